@@ -1,0 +1,14 @@
+# One image for every Tips mesh service; docker-compose.yml picks the command.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gen ./gen
+COPY kernel ./kernel
+COPY services ./services
+COPY gateway ./gateway
+COPY tipsmesh ./tipsmesh
+COPY models ./models
+RUN pip install --no-cache-dir .
+ENV TIPS_HOST=0.0.0.0 TIPS_LOG_FORMAT=json
+USER nobody
+ENTRYPOINT ["tips"]

@@ -1,0 +1,179 @@
+"""Database access for services: SQLAlchemy 2 async on asyncpg.
+
+One PostgreSQL database for the mesh, one schema and one role per service:
+schema ``<service>``, role ``tips_<service>`` (``settings.db_role_prefix``).
+The role owns its schema and can use nothing else (``kernel.migrations``
+sets that up), so a service cannot read another service's tables even by
+mistake. Services declare tables with ``MetaData(schema="<service>")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from kernel.settings import Settings
+
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "admin_url",
+    "async_url",
+    "redact",
+    "service_role",
+    "service_url",
+]
+
+log = logging.getLogger(__name__)
+
+# Service names become identifiers in DDL: only plain lower-case names, so
+# nothing ever needs quoting (or could inject SQL).
+_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class DatabaseError(RuntimeError):
+    """The database is unreachable or misconfigured."""
+
+
+def check_identifier(name: str, what: str = "service name") -> str:
+    """Return ``name`` if it is a safe lower-case SQL identifier, else raise."""
+    if not _IDENT.match(name):
+        raise DatabaseError(f"invalid {what} {name!r}: expected [a-z][a-z0-9_]*, at most 63 chars")
+    return name
+
+
+def service_role(settings: Settings, service: str) -> str:
+    """The database role of ``service`` (``tips_<service>`` by default)."""
+    return check_identifier(f"{settings.db_role_prefix}{check_identifier(service)}", "role name")
+
+
+def async_url(url: str | URL) -> URL:
+    """``url`` with the asyncpg driver (accepts postgres://, postgresql://, +psycopg...)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseError(f"not a PostgreSQL URL: {redact(parsed)}")
+    return parsed.set(drivername="postgresql+asyncpg")
+
+
+def redact(url: str | URL) -> str:
+    """The URL with its password hidden, for logs and errors."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    return parsed.render_as_string(hide_password=True)
+
+
+def admin_url(settings: Settings) -> str:
+    """The admin URL (``settings.database_url``) in ``postgresql+asyncpg://`` form."""
+    return async_url(settings.database_url).render_as_string(hide_password=False)
+
+
+def service_url(settings: Settings, service: str) -> str:
+    """The URL ``service`` connects with, in ``postgresql+asyncpg://`` form.
+
+    ``settings.service_database_url`` when set; otherwise the admin URL with
+    the user replaced by the service role and the password by
+    ``settings.db_role_password`` (none when empty: trust-auth local servers).
+    """
+    if settings.service_database_url:
+        return async_url(settings.service_database_url).render_as_string(hide_password=False)
+    url = async_url(settings.database_url).set(
+        username=service_role(settings, service),
+        password=settings.db_role_password or None,
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def _create_engine(url: str, service: str, pool_size: int) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        # A pooled connection can die with a server restart: check before use.
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": 10,
+            # Unqualified names resolve in the service's own schema.
+            "server_settings": {"application_name": f"tips-{service}", "search_path": service},
+        },
+    )
+
+
+class Database:
+    """A service's connection pool and session factory."""
+
+    def __init__(self, engine: AsyncEngine, service: str) -> None:
+        self._engine = engine
+        self.service = service
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: Settings,
+        service: str,
+        *,
+        attempts: int = 10,
+        delay: float = 0.2,
+        max_delay: float = 2.0,
+    ) -> Database:
+        """Connect as ``service``'s role, retrying a bounded number of times.
+
+        Retries cover a database still starting (``make up``, compose); after
+        ``attempts`` the error names the URL (password hidden) and the cause.
+        """
+        check_identifier(service)
+        url = service_url(settings, service)
+        engine = _create_engine(url, service, settings.db_pool_size)
+        db = cls(engine, service)
+        for attempt in range(1, attempts + 1):
+            try:
+                await db.ping()
+                return db
+            except Exception as exc:  # driver errors have no common base class
+                if attempt == attempts:
+                    await engine.dispose()
+                    raise DatabaseError(
+                        f"cannot connect service {service!r} to {redact(url)} "
+                        f"after {attempts} attempts: {exc}"
+                    ) from exc
+                log.warning(
+                    "database not reachable, retrying",
+                    extra={"service": service, "attempt": attempt, "error": str(exc)},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+        raise AssertionError("unreachable")
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    def session(self) -> AsyncSession:
+        """A new session; use ``async with db.session() as s, s.begin(): ...``."""
+        return self._sessions()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> None:
+        """Round-trip ``SELECT 1``; raises if the database is unreachable."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()

@@ -1,0 +1,228 @@
+"""The server interceptor every service runs behind.
+
+For each RPC, in this order: continue the W3C trace from the metadata and
+open a server span; set the caller (``kernel.identity``) and the inbound
+deadline (``kernel.deadline``) for the handler; map exceptions to statuses
+(DomainError -> its code and details, NotImplementedError -> UNIMPLEMENTED,
+anything else -> INTERNAL with nothing leaked, traceback logged); write one
+access-log line (method, code, duration).
+
+grpc.aio interceptors only see the RpcMethodHandler, so the interceptor
+wraps the handler's behaviour for each of the four call shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from kernel import deadline, telemetry
+from kernel.errors import DomainError
+from kernel.identity import caller_from_metadata, set_caller
+
+access_log = logging.getLogger("tips.access")
+log = logging.getLogger("tips.server")
+
+# Probes and tooling: logged at DEBUG so access logs stay readable.
+_QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+Behaviour = Callable[..., Any]
+
+# Downstream failures passed on as they are (the caller may retry); any other
+# error a downstream call raises is this service's bug: INTERNAL.
+_PASSED_ON = frozenset(
+    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+)
+
+
+class _Outcome:
+    """What the access log reports about one RPC."""
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+
+
+async def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
+    """Abort the RPC with the status ``exc`` maps to (never returns)."""
+    if isinstance(exc, DomainError):
+        status = exc.to_grpc_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    if isinstance(exc, NotImplementedError):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+    code = _code_for(exc)
+    if code is not grpc.StatusCode.INTERNAL:  # a downstream call timed out or was unreachable
+        log.warning("downstream call failed in %s", method, extra={"code": code.name})
+        await context.abort(code, f"a downstream call failed: {code.name}")
+    log.error("unhandled error in %s", method, exc_info=exc, extra={"rpc_method": method})
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Tracing, identity, deadline, error mapping and access log."""
+
+    def __init__(self) -> None:
+        self._tracer = telemetry.tracer("tips.grpc.server")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming(method, handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            self._unary(method, handler.unary_unary),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    @contextmanager
+    def _scope(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Iterator[_Outcome]:
+        """Span, caller, deadline and the access-log line around one RPC."""
+        metadata = tuple(context.invocation_metadata() or ())
+        caller = caller_from_metadata(metadata)
+        name = method.lstrip("/")
+        service, _, rpc = name.rpartition("/")
+        outcome = _Outcome()
+        start = time.perf_counter()
+        span = self._tracer.start_span(
+            name,
+            context=telemetry.extract_metadata(metadata),
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
+        )
+        # Set, never reset: grpc.aio gives each RPC its own contextvars.Context,
+        # and a cancelled stream is closed from another Context, where
+        # resetting a token would raise.
+        otel_context.attach(trace.set_span_in_context(span))
+        set_caller(caller)
+        deadline.set_remaining(context.time_remaining())
+        try:
+            yield outcome
+        finally:
+            span.set_attribute("rpc.grpc.status_code", outcome.code.value[0])
+            if outcome.code is not grpc.StatusCode.OK:
+                span.set_status(trace.StatusCode.ERROR, outcome.code.name)
+            span.end()
+            level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
+            access_log.log(
+                level,
+                "rpc",
+                extra={
+                    "rpc_method": name,
+                    "code": outcome.code.name,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "trace_id": format(span.get_span_context().trace_id, "032x"),
+                    **({"user": caller.user} if caller else {}),
+                },
+            )
+
+    def _unary(self, method: str, inner: Behaviour) -> Behaviour:
+        name = method.lstrip("/")
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            with self._scope(method, context) as outcome:
+                try:
+                    result = await _call(inner, request, context)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    outcome.code = _code_of(context, grpc.StatusCode.CANCELLED)
+                    raise
+                except Exception as exc:
+                    outcome.code = _code_for(exc)
+                    await _fail(context, name, exc)
+                outcome.code = _code_of(context, grpc.StatusCode.OK)
+                return result
+
+        return behaviour
+
+    def _streaming(self, method: str, inner: Behaviour) -> Behaviour:
+        name = method.lstrip("/")
+
+        async def behaviour(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            with self._scope(method, context) as outcome:
+                try:
+                    result = inner(request, context)
+                    if inspect.isawaitable(result):
+                        # A handler that writes with context.write().
+                        await result
+                    elif hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    else:  # a plain generator: only the generated base does this
+                        for item in result:
+                            yield item
+                except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+                    outcome.code = _code_of(context, grpc.StatusCode.CANCELLED)
+                    raise
+                except Exception as exc:
+                    outcome.code = _code_for(exc)
+                    await _fail(context, name, exc)
+                outcome.code = _code_of(context, grpc.StatusCode.OK)
+
+        return behaviour
+
+
+async def _call(inner: Behaviour, request: Any, context: Any) -> Any:
+    if inspect.iscoroutinefunction(inner):
+        return await inner(request, context)
+    # Sync handlers (generated base servicers) run off the event loop.
+    result = await asyncio.to_thread(inner, request, context)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _code_for(exc: Exception) -> grpc.StatusCode:
+    if isinstance(exc, DomainError):
+        return exc.code
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _PASSED_ON:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.INTERNAL
+
+
+def _code_of(
+    context: grpc.aio.ServicerContext[Any, Any], default: grpc.StatusCode
+) -> grpc.StatusCode:
+    """The code a handler set itself (set_code / abort), else ``default``."""
+    try:
+        code = context.code()
+    except Exception:  # older runtimes lack code()
+        return default
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):  # the aio context reports the raw integer
+        return next((c for c in grpc.StatusCode if c.value[0] == code), default)
+    return default

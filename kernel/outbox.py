@@ -1,0 +1,318 @@
+"""Transactional outbox (publish) and processed-messages table (consume).
+
+Publishing from a request handler straight to NATS loses the event when NATS
+is down after the commit, or publishes an event whose transaction then rolls
+back. Instead the handler ``enqueue``s the event in ITS OWN transaction (the
+row commits or rolls back with the data), and an ``OutboxRelay`` publishes
+committed rows in id order with their ``msg_id`` as ``Nats-Msg-Id``:
+
+- nothing lost: a row stays pending until JetStream acked it; outages are
+  retried with backoff, forever;
+- nothing twice: a row published but not yet marked (crash, lost ack) is
+  published again with the same msg id, and JetStream drops the duplicate
+  (2-minute window). Only one relay per table publishes at a time (advisory
+  lock), so order holds with several replicas.
+
+The relay wakes on ``LISTEN/NOTIFY`` (``enqueue`` notifies, delivered on
+commit) and polls as a fallback. Published rows are marked, then pruned after
+``retention`` seconds, so the table stays small.
+
+Consumers get at-least-once delivery: ``claim`` records a message id in a
+``processed_messages`` table in the handler's transaction, so a redelivered
+message is recognised and skipped (the claim commits with the handler's writes).
+
+Each service creates these tables in its own migration, e.g.
+``outbox_table(MetaData(schema="profile")).create(op.get_bind())``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from kernel.bus import Bus, message_headers, subject_of
+from kernel.db import Database
+
+__all__ = [
+    "OutboxRelay",
+    "claim",
+    "enqueue",
+    "notify_channel",
+    "outbox_table",
+    "processed_table",
+    "prune_processed",
+]
+
+log = logging.getLogger(__name__)
+
+
+def outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
+    """The outbox table in ``metadata``'s schema (one per service)."""
+    table = Table(
+        name,
+        metadata,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("msg_id", Text, nullable=False, unique=True),
+        Column("subject", Text, nullable=False),
+        Column("message_type", Text, nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True), nullable=True),
+    )
+    # The relay only ever scans pending rows: keep that index tiny.
+    Index(f"ix_{name}_pending", table.c.id, postgresql_where=table.c.published_at.is_(None))
+    return table
+
+
+def notify_channel(table: Table) -> str:
+    """The LISTEN/NOTIFY channel that wakes the relay of ``table``."""
+    return f"tips_outbox_{table.schema or 'public'}_{table.name}"
+
+
+async def enqueue(
+    session: AsyncSession,
+    table: Table,
+    message: Message,
+    *,
+    msg_id: str,
+    subject: str | None = None,
+) -> bool:
+    """Add ``message`` to the outbox inside the caller's transaction.
+
+    Returns False when ``msg_id`` is already in the outbox (a retried request):
+    enqueueing is idempotent like publishing. The caller commits.
+    """
+    headers = message_headers(message, msg_id)  # captures the caller's trace context
+    result = await session.execute(
+        insert(table)
+        .values(
+            msg_id=msg_id,
+            subject=subject or subject_of(message),
+            message_type=message.DESCRIPTOR.full_name,
+            payload=message.SerializeToString(),
+            headers=headers,
+        )
+        .on_conflict_do_nothing(index_elements=["msg_id"])
+        .returning(table.c.id)
+    )
+    inserted = result.scalar() is not None
+    if inserted:
+        # Delivered only if (and when) the transaction commits.
+        await session.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel(table)})
+    return inserted
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to the bus; run one per service process."""
+
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        table: Table,
+        *,
+        batch: int = 200,
+        poll_interval: float = 1.0,
+        retention: float = 600.0,
+        max_backoff: float = 10.0,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.table = table
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.max_backoff = max_backoff
+        self.publish_timeout = publish_timeout
+        self._wake = asyncio.Event()
+        self._lock_key = zlib.crc32(f"{table.schema}.{table.name}".encode()) & 0x7FFFFFFF
+        self._last_prune = 0.0
+
+    async def drain_once(self) -> int:
+        """Publish up to ``batch`` pending rows in id order; return how many were published.
+
+        Raises if publishing fails; rows published before the failure stay marked.
+        """
+        t = self.table
+        published: list[int] = []
+        error: Exception | None = None
+        async with self.db.transaction() as session:
+            # One publisher per table at a time keeps the stream in outbox order.
+            locked = await session.execute(select(func.pg_try_advisory_xact_lock(self._lock_key)))
+            if not locked.scalar():
+                return 0
+            rows = (
+                await session.execute(
+                    select(t.c.id, t.c.subject, t.c.payload, t.c.headers)
+                    .where(t.c.published_at.is_(None))
+                    .order_by(t.c.id)
+                    .limit(self.batch)
+                )
+            ).all()
+            for row in rows:
+                try:
+                    await self.bus.publish_bytes(
+                        row.subject,
+                        row.payload,
+                        headers=row.headers,
+                        ack_timeout=self.publish_timeout,
+                    )
+                except Exception as exc:
+                    error = exc
+                    break
+                published.append(row.id)
+            # Mark (and commit) what JetStream acked even when a later publish failed.
+            if published:
+                await session.execute(
+                    update(t).where(t.c.id.in_(published)).values(published_at=func.now())
+                )
+        if error is not None:
+            raise error
+        return len(published)
+
+    async def prune(self) -> int:
+        """Delete rows published more than ``retention`` seconds ago."""
+        t = self.table
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                delete(t).where(t.c.published_at < _seconds_ago(self.retention))
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection, re-opening it after failures (polling covers gaps)."""
+        channel = notify_channel(self.table)
+
+        def on_notify(*_: Any) -> None:
+            self._wake.set()
+
+        while True:
+            try:
+                async with self.db.engine.connect() as conn:
+                    raw = await _driver_connection(conn)
+                    closed = asyncio.Event()
+                    raw.add_termination_listener(lambda _conn, done=closed: done.set())
+                    await raw.add_listener(channel, on_notify)
+                    try:
+                        await closed.wait()
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await raw.remove_listener(channel, on_notify)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox listener failed", extra={"error": repr(exc)})
+            await asyncio.sleep(self.poll_interval)
+
+    async def run(self) -> None:
+        """Relay until cancelled. Never drops a row: failures are retried with backoff."""
+        listener = asyncio.create_task(self._listen())
+        backoff = 0.1
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    count = await self.drain_once()
+                    backoff = 0.1
+                except Exception as exc:
+                    log.warning(
+                        "outbox publish failed, retrying",
+                        extra={"table": str(self.table), "error": repr(exc), "delay": backoff},
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                if count >= self.batch:
+                    continue  # more are pending: no need to wait
+                await self._maybe_prune()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < max(self.retention / 10, 1.0):
+            return
+        self._last_prune = now
+        try:
+            await self.prune()
+        except Exception as exc:
+            log.warning("outbox prune failed", extra={"error": repr(exc)})
+
+
+def _seconds_ago(seconds: float) -> ColumnElement[Any]:
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+async def _driver_connection(conn: AsyncConnection) -> Any:
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection  # the asyncpg connection (LISTEN needs the driver's API)
+
+
+# --- consumer side: processed messages ---------------------------------------------------
+
+
+def processed_table(metadata: MetaData, name: str = "processed_messages") -> Table:
+    """(consumer, msg_id) pairs already handled, in ``metadata``'s schema."""
+    return Table(
+        name,
+        metadata,
+        Column("consumer", Text, nullable=False),
+        Column("msg_id", Text, nullable=False),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        PrimaryKeyConstraint("consumer", "msg_id"),
+    )
+
+
+async def claim(session: AsyncSession, table: Table, *, consumer: str, msg_id: str) -> bool:
+    """True the first time ``consumer`` sees ``msg_id``; False for a redelivery.
+
+    Call it first in the handler's transaction: the claim commits with the
+    handler's writes, or rolls back with them when the handler fails.
+    """
+    result = await session.execute(
+        insert(table)
+        .values(consumer=consumer, msg_id=msg_id)
+        .on_conflict_do_nothing()
+        .returning(table.c.msg_id)
+    )
+    return result.scalar() is not None
+
+
+async def prune_processed(session: AsyncSession, table: Table, *, older_than: float) -> int:
+    """Forget claims older than ``older_than`` seconds (keep > the redelivery horizon)."""
+    result = await session.execute(
+        delete(table).where(table.c.processed_at < _seconds_ago(older_than))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

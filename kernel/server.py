@@ -1,0 +1,296 @@
+"""Server bootstrap: one way to run every service.
+
+``run(SERVICE)`` (what ``tips serve NAME`` calls) configures logs and traces,
+listens at once with health NOT_SERVING, connects the DB and the bus (retried
+with backoff, bounded by ``startup_timeout_seconds``), declares the service's
+streams, calls ``definition.build(runtime)``, adds its servicers, reflection
+and health, then reports SERVING. On SIGTERM/SIGINT it drains: health goes
+NOT_SERVING, new RPCs are refused, in-flight RPCs get ``drain_seconds`` to
+finish, background tasks are cancelled, cleanups run in reverse, the bus then
+the DB are closed, and the process exits 0. Invalid settings exit 2 and an
+unreachable dependency exits 1, each with one line on stderr.
+
+Servicers are added after the server started (so health answers while the
+DB is still being reached): a generic handler looks them up as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from kernel.clients import close_channels
+from kernel.interceptors import ServerInterceptor
+from kernel.logging import configure_logging, redact_text
+from kernel.service import Binding, Runtime, ServiceDefinition
+from kernel.settings import DEFAULT_PORTS, Settings, SettingsError, load_settings
+from kernel.telemetry import configure_telemetry, shutdown_telemetry
+
+log = logging.getLogger("tips.server")
+T = TypeVar("T")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+class StartupError(RuntimeError):
+    """The service could not start (dependency unreachable, port busy)."""
+
+
+class _LateHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Method handlers added after start; also what ``add_*_to_server`` sees."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, grpc.RpcMethodHandler] = {}
+        self._generic: list[grpc.GenericRpcHandler] = []
+
+    # grpc.GenericRpcHandler
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._methods.get(handler_call_details.method)
+        if handler is not None:
+            return handler
+        for generic in self._generic:
+            found = generic.service(handler_call_details)
+            if found is not None:
+                return found
+        return None
+
+    # The two calls generated ``add_XServicer_to_server`` functions make.
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        for name, handler in method_handlers.items():
+            self._methods[f"/{service_name}/{name}"] = handler
+
+
+async def connect_with_retry(what: str, connect: Callable[[], Awaitable[T]], limit: float) -> T:
+    """Call ``connect`` until it succeeds, backing off; StartupError after ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + limit
+    delay, last = 0.2, "no attempt"
+    while (left := give_up - loop.time()) > 0:
+        try:
+            return await asyncio.wait_for(connect(), left)
+        except TimeoutError:
+            last = "timed out"
+        except Exception as exc:
+            last = redact_text(f"{type(exc).__name__}: {exc}")
+            log.warning("cannot reach %s yet, retrying", what, extra={"error": last})
+        await asyncio.sleep(max(0.0, min(delay, give_up - loop.time())))
+        delay = min(delay * 2, 5.0)
+    raise StartupError(f"could not reach {what} within {limit:g}s ({last})")
+
+
+class ServiceServer:
+    """One running service: ``await start()``, ``port``, ``await stop()``."""
+
+    def __init__(
+        self, definition: ServiceDefinition, settings: Settings, *, port: int | None = None
+    ) -> None:
+        self.definition = definition
+        self.settings = settings
+        self._requested_port = port
+        self.port = 0
+        self.runtime = Runtime(settings=settings, spawn=self._spawn)
+        self.service_names: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers = _LateHandlers()
+        self._health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def _listen_port(self) -> int:
+        if self._requested_port is not None:
+            return self._requested_port  # 0: any free port
+        if self.settings.port:
+            return self.settings.port
+        if self.definition.name not in DEFAULT_PORTS:
+            raise SettingsError(
+                f"invalid configuration: TIPS_PORT: no default port for {self.definition.name!r}"
+            )
+        return DEFAULT_PORTS[self.definition.name]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def start(self) -> None:
+        """Listen (NOT_SERVING), connect, build, then report SERVING."""
+        name, settings = self.definition.name, self.settings
+        configure_logging(settings, name)
+        configure_telemetry(settings, name)
+        # so_reuseport off: a busy port must fail loudly, not be shared.
+        server = grpc.aio.server(
+            interceptors=[ServerInterceptor()], options=[("grpc.so_reuseport", 0)]
+        )
+        self._server = server
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        server.add_generic_rpc_handlers((self._handlers,))
+        await self._health.set("", NOT_SERVING)
+        target = f"{settings.host}:{self._listen_port()}"
+        try:
+            self.port = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {target}: {exc}") from None
+        if not self.port:
+            raise StartupError(f"cannot listen on {target}")
+        await server.start()
+        log.info("listening", extra={"address": self.address})
+        await self._connect()
+        try:
+            bindings = await asyncio.wait_for(
+                self.definition.build(self.runtime), settings.startup_timeout_seconds
+            )
+        except TimeoutError:
+            raise StartupError(
+                f"build did not finish within {settings.startup_timeout_seconds:g}s"
+            ) from None
+        await self._bind(bindings)
+        log.info("serving", extra={"address": self.address, "port": self.port})
+
+    async def _connect(self) -> None:
+        timeout = self.settings.startup_timeout_seconds
+        name, settings = self.definition.name, self.settings
+        if self.definition.uses_db:
+            from kernel.db import Database  # only services with a DB need it
+
+            self.runtime.db = await connect_with_retry(
+                "PostgreSQL", lambda: Database.connect(settings, name), timeout
+            )
+        if self.definition.uses_bus:
+            from kernel.bus import Bus  # only services on the bus need it
+
+            bus = await connect_with_retry("NATS", lambda: Bus.connect(settings, name), timeout)
+            self.runtime.bus = bus
+            await asyncio.wait_for(bus.ensure_streams(self.definition.streams), timeout)
+
+    async def _bind(self, bindings: Sequence[Binding]) -> None:
+        for binding in bindings:
+            binding.add_to_server(binding.servicer, self._handlers)  # type: ignore[arg-type]
+        self.service_names = [b.full_name for b in bindings]
+        names = [*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ReflectionServicer(names), self._handlers
+        )
+        for full_name in self.service_names:
+            await self._health.set(full_name, SERVING)
+        await self._health.set("", SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and release everything; safe after a failed start."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            drain = self.settings.drain_seconds if grace is None else grace
+            log.info("draining", extra={"drain_seconds": drain})
+            await self._server.stop(drain)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for cleanup in reversed(self.runtime.cleanups):
+            await self._quietly("cleanup", cleanup)
+        if self.runtime.bus is not None:
+            await self._quietly("closing the bus", self.runtime.bus.close)
+        if self.runtime.db is not None:
+            await self._quietly("closing the database", self.runtime.db.close)
+        log.info("stopped")
+
+    async def _quietly(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        # One failing step must not skip the rest of the shutdown.
+        try:
+            await step()
+        except Exception:
+            log.exception("error while %s", what)
+
+
+class Started(asyncio.Event):
+    """A ``ready`` event that also hands over the running server (its port)."""
+
+    server: ServiceServer | None = None
+
+
+async def serve(
+    definition: ServiceDefinition,
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    port: int | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Run ``definition`` until SIGTERM/SIGINT (or cancellation), then drain.
+
+    ``port`` overrides the settings (0: any free port; read it from a
+    ``Started`` event's ``server.port``).
+    """
+    server = ServiceServer(definition, settings, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await server.start()
+        if isinstance(ready, Started):
+            ready.server = server
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await server.stop()
+
+
+def run(
+    definition: ServiceDefinition, settings: Settings | None = None, *, port: int | None = None
+) -> None:
+    """Process entry point: serve until a signal; exit non-zero on bad start."""
+    try:
+        if settings is None:
+            settings = load_settings()
+        if not settings.service:
+            settings = settings.model_copy(update={"service": definition.name})
+        asyncio.run(_main(definition, settings, port))
+    except SettingsError as exc:
+        print(f"tips {definition.name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except StartupError as exc:
+        print(f"tips {definition.name}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        shutdown_telemetry()
+
+
+async def _main(definition: ServiceDefinition, settings: Settings, port: int | None) -> None:
+    try:
+        await serve(definition, settings, port=port)
+    finally:
+        await close_channels()

@@ -1,0 +1,116 @@
+"""Typed settings from the environment (``TIPS_*``), validated at start.
+
+One settings class for every process keeps names the same across the mesh;
+a service reads only what it needs. ``load_settings`` turns a validation
+error into one clear message naming each bad variable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Default gRPC port of each service; the gateway listens on HTTP.
+DEFAULT_PORTS: dict[str, int] = {
+    "auth": 50051,
+    "profile": 50052,
+    "integrations": 50053,
+    "events": 50054,
+    "recommender": 50055,
+    "ml_serving": 50056,
+    "ml_pipelines": 50057,
+    "notifier": 50058,
+}
+GATEWAY_DEFAULT_PORT = 8080
+SERVICE_NAMES: tuple[str, ...] = tuple(DEFAULT_PORTS)
+
+
+class SettingsError(RuntimeError):
+    """Raised when the environment does not describe a valid configuration."""
+
+
+class Settings(BaseSettings):
+    """Everything a Tips mesh process can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="TIPS_", extra="ignore", frozen=True)
+
+    # Which service this process runs (set by `tips serve NAME`).
+    service: str = ""
+    host: str = "127.0.0.1"
+    # 0 means "the service's default port" (DEFAULT_PORTS).
+    port: int = Field(default=0, ge=0, le=65535)
+
+    # The PostgreSQL server, as an admin/owner URL (migrations create roles and
+    # schemas with it). Services connect as their own role, derived from it
+    # unless service_database_url names the URL to use.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/tips"
+    service_database_url: str | None = None
+    # Password given to each service role by `tips migrate`, and used when a
+    # service derives its URL. Empty for trust-auth local servers.
+    db_role_password: str = ""
+    db_pool_size: int = Field(default=5, ge=1, le=100)
+    # Service roles are named <prefix><service>. Tests against a shared server
+    # use a unique prefix so they can drop exactly the roles they created.
+    db_role_prefix: str = Field(default="tips_", pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # OpenTelemetry: off by default; "console" prints spans, "otlp" exports.
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str = "http://127.0.0.1:4317"
+
+    # Seconds in-flight RPCs get to finish after SIGTERM.
+    drain_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Deadline for downstream calls when the inbound call has none.
+    default_deadline_seconds: float = Field(default=10.0, gt=0, le=600)
+    # How long start-up may retry reaching PostgreSQL/NATS (and build) before
+    # the process exits non-zero instead of hanging.
+    startup_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    # Where the other services listen (host:port).
+    auth_addr: str = f"127.0.0.1:{DEFAULT_PORTS['auth']}"
+    profile_addr: str = f"127.0.0.1:{DEFAULT_PORTS['profile']}"
+    integrations_addr: str = f"127.0.0.1:{DEFAULT_PORTS['integrations']}"
+    events_addr: str = f"127.0.0.1:{DEFAULT_PORTS['events']}"
+    recommender_addr: str = f"127.0.0.1:{DEFAULT_PORTS['recommender']}"
+    ml_serving_addr: str = f"127.0.0.1:{DEFAULT_PORTS['ml_serving']}"
+    ml_pipelines_addr: str = f"127.0.0.1:{DEFAULT_PORTS['ml_pipelines']}"
+    notifier_addr: str = f"127.0.0.1:{DEFAULT_PORTS['notifier']}"
+
+    gateway_port: int = Field(default=GATEWAY_DEFAULT_PORT, ge=0, le=65535)
+
+    def grpc_port(self) -> int:
+        """The port this service listens on."""
+        if self.port:
+            return self.port
+        return DEFAULT_PORTS[self.service]
+
+    def addr_of(self, service: str) -> str:
+        """host:port of another service."""
+        value = getattr(self, f"{service}_addr", None)
+        if not isinstance(value, str):
+            raise SettingsError(f"unknown service {service!r}")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, failing with one clear message."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TIPS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None
+    if settings.service and settings.service not in DEFAULT_PORTS:
+        raise SettingsError(
+            f"invalid configuration: TIPS_SERVICE: unknown service {settings.service!r}; "
+            f"expected one of {', '.join(SERVICE_NAMES)}"
+        )
+    return settings

@@ -1,0 +1,11 @@
+"""The integrations service's tables, all in schema `integrations`."""
+
+from sqlalchemy import MetaData
+
+from kernel.outbox import outbox_table, processed_table
+
+metadata = MetaData(schema="integrations")
+# Events waiting to be published (transactional outbox).
+outbox = outbox_table(metadata)
+# Bus messages already handled, for idempotent consumers.
+processed_messages = processed_table(metadata)

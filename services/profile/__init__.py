@@ -1,0 +1,4 @@
+"""The profile service.
+
+Profiles and preferences, consents with their history, erasure.
+"""

@@ -1,0 +1,214 @@
+"""kernel.outbox: stored and published, nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from sqlalchemy import MetaData, Table, func, select
+
+from kernel.bus import Bus, StreamSpec
+from kernel.db import Database
+from kernel.migrations import migrate
+from kernel.outbox import OutboxRelay, claim, enqueue, outbox_table, processed_table
+from kernel.service import ServiceDefinition
+from kernel.settings import Settings
+from tipsmesh.localinfra import LocalNats
+
+pytestmark = pytest.mark.integration
+
+
+async def _no_build(runtime: object) -> list[object]:
+    return []
+
+
+class Env:
+    """A service schema with outbox and processed tables, and its stream."""
+
+    def __init__(self, db: Database, outbox: Table, processed: Table, stream: str, prefix: str):
+        self.db, self.outbox, self.processed = db, outbox, processed
+        self.stream, self.prefix = stream, prefix
+
+
+async def _service_db(settings: Settings, bus_ns: str) -> tuple[Database, Table, Table]:
+    service = f"obx{bus_ns}"
+    await migrate(settings, [ServiceDefinition(name=service, build=_no_build)])  # type: ignore[arg-type]
+    db = await Database.connect(settings, service)
+    metadata = MetaData(schema=service)
+    outbox, processed = outbox_table(metadata), processed_table(metadata)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    return db, outbox, processed
+
+
+@pytest.fixture
+async def env(settings: Settings, bus_ns: str, cleanup_streams: list[str]) -> AsyncIterator[Env]:
+    db, outbox, processed = await _service_db(settings, bus_ns)
+    stream, prefix = f"OBX{bus_ns}", f"obx{bus_ns}"
+    bus = await Bus.connect(settings, "setup")
+    await bus.ensure_streams([StreamSpec(stream, (f"{prefix}.>",), memory=True)])
+    cleanup_streams.append(stream)
+    await bus.close()
+    yield Env(db, outbox, processed, stream, prefix)
+    await db.close()
+
+
+async def _stream_messages(nats_url: str, stream: str, subject: str) -> list[Any]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(subject, stream=stream)
+        msgs: list[Any] = []
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while True:
+                msgs += await sub.fetch(100, timeout=0.5)
+        return msgs
+    finally:
+        await nc.close()
+
+
+async def _pending(env: Env) -> int:
+    async with env.db.session() as session:
+        query = select(func.count()).where(env.outbox.c.published_at.is_(None))
+        return int((await session.execute(query)).scalar_one())
+
+
+async def test_committed_event_is_published_once(
+    env: Env, settings: Settings, nats_url: str, test_events: dict[str, Any]
+) -> None:
+    thing = test_events["ThingHappened"]
+    subject = f"{env.prefix}.thing"
+    async with env.db.transaction() as session:
+        assert await enqueue(session, env.outbox, thing(event_id="c1", count=7), msg_id="c1",
+                             subject=subject)  # fmt: skip
+        # Enqueueing the same id again (a retried request) is a no-op.
+        assert not await enqueue(session, env.outbox, thing(event_id="c1"), msg_id="c1",
+                                 subject=subject)  # fmt: skip
+    bus = await Bus.connect(settings, "relay")
+    try:
+        relay = OutboxRelay(env.db, bus, env.outbox)
+        assert await relay.drain_once() == 1
+        assert await relay.drain_once() == 0
+    finally:
+        await bus.close()
+    msgs = await _stream_messages(nats_url, env.stream, subject)
+    assert len(msgs) == 1
+    assert thing.FromString(msgs[0].data).count == 7
+    assert msgs[0].headers["Nats-Msg-Id"] == "c1"
+    assert msgs[0].headers["Content-Type"].endswith("proto=tipstest.kernel.v1.ThingHappened")
+    assert await _pending(env) == 0
+
+
+async def test_rolled_back_event_is_never_published(
+    env: Env, settings: Settings, nats_url: str, test_events: dict[str, Any]
+) -> None:
+    subject = f"{env.prefix}.thing"
+    with pytest.raises(RuntimeError, match="handler failed"):
+        async with env.db.transaction() as session:
+            await enqueue(session, env.outbox, test_events["ThingHappened"](), msg_id="r1",
+                          subject=subject)  # fmt: skip
+            raise RuntimeError("handler failed")
+    bus = await Bus.connect(settings, "relay")
+    try:
+        assert await OutboxRelay(env.db, bus, env.outbox).drain_once() == 0
+    finally:
+        await bus.close()
+    assert await _stream_messages(nats_url, env.stream, subject) == []
+    async with env.db.session() as session:
+        assert (await session.execute(select(func.count()).select_from(env.outbox))).scalar() == 0
+
+
+async def test_relay_wakes_on_notify(
+    env: Env, settings: Settings, nats_url: str, test_events: dict[str, Any]
+) -> None:
+    subject = f"{env.prefix}.thing"
+    bus = await Bus.connect(settings, "relay")
+    # A long poll interval: only NOTIFY can make this fast.
+    relay = OutboxRelay(env.db, bus, env.outbox, poll_interval=30)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.3)  # let the listener start
+        async with env.db.transaction() as session:
+            for i in range(3):
+                await enqueue(session, env.outbox, test_events["ThingHappened"](count=i),
+                              msg_id=f"n{i}", subject=subject)  # fmt: skip
+        for _ in range(100):
+            if await _pending(env) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await _pending(env) == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bus.close()
+    msgs = await _stream_messages(nats_url, env.stream, subject)
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["n0", "n1", "n2"]
+
+
+@pytest.fixture
+def own_nats() -> Iterator[LocalNats]:
+    """A NATS of this test alone: it gets stopped and restarted."""
+    store = Path(tempfile.mkdtemp(prefix="tips-nats-outage-"))
+    server = LocalNats(store)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(store, ignore_errors=True)
+
+
+async def test_events_survive_a_nats_outage_exactly_once(
+    settings: Settings, bus_ns: str, own_nats: LocalNats, test_events: dict[str, Any]
+) -> None:
+    mine = settings.model_copy(update={"nats_url": own_nats.url})
+    db, outbox, _ = await _service_db(settings, bus_ns)
+    stream, subject = "OUTAGE", "outage.thing"
+    bus = await Bus.connect(mine, "relay")
+    # File storage: the stream survives the server restart.
+    await bus.ensure_streams([StreamSpec(stream, ("outage.>",))])
+    # A short ack timeout: publishes fail (and are retried) during the outage.
+    relay = OutboxRelay(db, bus, outbox, poll_interval=0.2, max_backoff=0.3, publish_timeout=0.3)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.to_thread(own_nats.stop)
+        async with db.transaction() as session:
+            for i in range(5):
+                await enqueue(session, outbox, test_events["ThingHappened"](count=i),
+                              msg_id=f"o{i}", subject=subject)  # fmt: skip
+        await asyncio.sleep(1.5)  # the relay keeps failing and retrying meanwhile
+        env = Env(db, outbox, outbox, stream, "")
+        assert await _pending(env) == 5
+        await asyncio.to_thread(own_nats.start)
+        for _ in range(200):
+            if await _pending(env) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await _pending(env) == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bus.close()
+        await db.close()
+    msgs = await _stream_messages(own_nats.url, stream, subject)
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == [f"o{i}" for i in range(5)]
+
+
+async def test_claim_recognises_redeliveries(env: Env) -> None:
+    async with env.db.transaction() as session:
+        assert await claim(session, env.processed, consumer="c", msg_id="m1")
+        assert not await claim(session, env.processed, consumer="c", msg_id="m1")
+        assert await claim(session, env.processed, consumer="other", msg_id="m1")
+    with pytest.raises(RuntimeError):
+        async with env.db.transaction() as session:
+            assert await claim(session, env.processed, consumer="c", msg_id="m2")
+            raise RuntimeError("handler failed: the claim rolls back with it")
+    async with env.db.transaction() as session:
+        assert await claim(session, env.processed, consumer="c", msg_id="m2")

@@ -1,0 +1,1 @@
+"""Tips mesh tooling: the ``tips`` CLI, local infrastructure, ``make up``."""
