@@ -25,6 +25,7 @@ venv: $(VENV)/.installed
 
 gen: venv
 	$(BIN)/buf generate
+	$(BIN)/python tools/gen_api_docs.py
 
 lint: lint-proto lint-breaking lint-drift lint-py
 
