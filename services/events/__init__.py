@@ -1,0 +1,1 @@
+"""The events service: signal ingress, store and the ``SignalRecorded`` stream."""

@@ -1,0 +1,313 @@
+"""Pure rules of the events service: signal validation, names, page tokens.
+
+No I/O here: the servicer parses and checks the caller, these functions judge
+the data, the store persists it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kernel.errors import InvalidArgument
+from tips.events.v1 import events_service_pb2, signal_pb2
+
+MAX_BATCH = 500
+MAX_CLIENT_SIGNAL_ID = 128
+# Connectors backfill history; the phone may be a little ahead of the server clock.
+MAX_PAST = timedelta(days=2 * 365)
+MAX_FUTURE = timedelta(hours=24)
+# Calendar events are planned ahead.
+MAX_FUTURE_CALENDAR = timedelta(days=2 * 365)
+MAX_SPAN = timedelta(days=31)
+
+MAX_STEPS = 200_000
+MAX_SLEEP_MINUTES = 1440
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+K = signal_pb2.SignalKind
+# The payload field each kind must carry (the proto's `payload` oneof).
+PAYLOAD_OF_KIND: dict[int, str] = {
+    K.SIGNAL_KIND_STEPS: "steps",
+    K.SIGNAL_KIND_SLEEP: "sleep",
+    K.SIGNAL_KIND_CALENDAR_EVENT: "calendar_event",
+    K.SIGNAL_KIND_FOCUS_SESSION: "focus_session",
+    K.SIGNAL_KIND_WORKOUT: "workout",
+    K.SIGNAL_KIND_TIP_REACTION: "tip_reaction",
+    K.SIGNAL_KIND_MOOD: "mood",
+}
+_ID = re.compile(r"^[A-Za-z0-9_.~-]{1,128}$")
+
+Violations = list[tuple[str, str]]
+
+
+def user_name(user_id: str) -> str:
+    return f"users/{user_id}"
+
+
+def signal_name(user_id: str, signal_id: str) -> str:
+    return f"users/{user_id}/signals/{signal_id}"
+
+
+def parse_signal_name(name: str, field: str = "name") -> tuple[str, str]:
+    """``(user, signal)`` of ``users/{user}/signals/{signal}``; InvalidArgument otherwise."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "users" or parts[2] != "signals" or "" in parts:
+        raise InvalidArgument([(field, f"must be users/{{user}}/signals/{{signal}}, got {name!r}")])
+    return parts[1], parts[3]
+
+
+def _is_child_name(name: str, user_id: str, collection: str) -> bool:
+    parts = name.split("/")
+    return (
+        len(parts) == 4
+        and parts[0] == "users"
+        and parts[1] == user_id
+        and parts[2] == collection
+        and bool(_ID.match(parts[3]))
+    )
+
+
+def check_batch_size(count: int) -> None:
+    if count < 1:
+        raise InvalidArgument([("signals", "at least one signal is required")])
+    if count > MAX_BATCH:
+        raise InvalidArgument([("signals", f"at most {MAX_BATCH} signals per batch, got {count}")])
+
+
+def validate_signal(signal: signal_pb2.Signal, user_id: str, now: datetime) -> Violations:
+    """Everything wrong with one ingest item, fields named relative to the item."""
+    v: Violations = []
+    _check_identity(signal, user_id, v)
+    _check_times(signal, now, v)
+    _check_payload(signal, user_id, v)
+    return v
+
+
+def _check_identity(signal: signal_pb2.Signal, user_id: str, v: Violations) -> None:
+    if not signal.client_signal_id:
+        v.append(("client_signal_id", "is required"))
+    elif len(signal.client_signal_id) > MAX_CLIENT_SIGNAL_ID:
+        v.append(("client_signal_id", f"at most {MAX_CLIENT_SIGNAL_ID} characters"))
+    if signal.source not in signal_pb2.SignalSource.values() or not signal.source:
+        v.append(("source", "is required (PHONE, CONNECTOR or APP)"))
+    if signal.connection and not _is_child_name(signal.connection, user_id, "connections"):
+        v.append(("connection", f"must be users/{user_id}/connections/{{connection}}"))
+    if signal.source == signal_pb2.SIGNAL_SOURCE_CONNECTOR and not signal.connection:
+        v.append(("connection", "is required for connector signals"))
+
+
+def _check_times(signal: signal_pb2.Signal, now: datetime, v: Violations) -> None:
+    if not signal.HasField("start_time"):
+        v.append(("start_time", "is required"))
+        return
+    start = signal.start_time.ToDatetime(UTC)
+    ahead = MAX_FUTURE_CALENDAR if signal.kind == K.SIGNAL_KIND_CALENDAR_EVENT else MAX_FUTURE
+    if start < now - MAX_PAST:
+        v.append(("start_time", f"is more than {MAX_PAST.days} days in the past"))
+    elif start > now + ahead:
+        v.append(("start_time", f"is more than {_span(ahead)} in the future"))
+    if signal.HasField("end_time"):
+        end = signal.end_time.ToDatetime(UTC)
+        if end < start:
+            v.append(("end_time", "must not be before start_time"))
+        elif end - start > MAX_SPAN:
+            v.append(("end_time", f"the period may span at most {MAX_SPAN.days} days"))
+
+
+def _span(delta: timedelta) -> str:
+    return f"{delta.days} days" if delta.days else f"{int(delta.total_seconds() // 3600)} hours"
+
+
+def _check_payload(signal: signal_pb2.Signal, user_id: str, v: Violations) -> None:
+    set_payload = signal.WhichOneof("payload")
+    expected = PAYLOAD_OF_KIND.get(signal.kind)
+    if expected is None:
+        v.append(("kind", "is required and must be a known kind"))
+        if set_payload is None:
+            v.append(("payload", "exactly one payload must be set"))
+        return
+    if set_payload != expected:
+        got = set_payload or "none"
+        v.append((expected, f"kind {K.Name(signal.kind)} needs the {expected} payload, got {got}"))
+        return
+    if expected == "steps":
+        if not 0 <= signal.steps.count <= MAX_STEPS:
+            v.append(("steps.count", f"must be between 0 and {MAX_STEPS}"))
+    elif expected == "sleep":
+        if not 0 <= signal.sleep.asleep_minutes <= MAX_SLEEP_MINUTES:
+            v.append(("sleep.asleep_minutes", f"must be between 0 and {MAX_SLEEP_MINUTES}"))
+        if not 0 <= signal.sleep.score <= 100:
+            v.append(("sleep.score", "must be between 0 and 100"))
+    elif expected == "calendar_event":
+        _check_calendar(signal.calendar_event, v)
+    elif expected == "workout":
+        _check_workout(signal.workout, v)
+    elif expected == "tip_reaction":
+        _check_reaction(signal.tip_reaction, user_id, v)
+    elif expected == "mood" and not 1 <= signal.mood.score <= 5:
+        v.append(("mood.score", "must be between 1 and 5"))
+
+
+def _check_calendar(event: signal_pb2.CalendarEventPayload, v: Violations) -> None:
+    if not event.event_id:
+        v.append(("calendar_event.event_id", "is required"))
+    elif len(event.event_id) > 256:
+        v.append(("calendar_event.event_id", "at most 256 characters"))
+    if event.attendee_count < 0:
+        v.append(("calendar_event.attendee_count", "must not be negative"))
+
+
+def _check_workout(workout: signal_pb2.WorkoutPayload, v: Violations) -> None:
+    if not workout.activity:
+        v.append(("workout.activity", "is required"))
+    elif len(workout.activity) > 64:
+        v.append(("workout.activity", "at most 64 characters"))
+    if not 0 <= workout.kilocalories <= 20_000:
+        v.append(("workout.kilocalories", "must be between 0 and 20000"))
+    if not 0 <= workout.distance_meters <= 1_000_000:
+        v.append(("workout.distance_meters", "must be between 0 and 1000000"))
+
+
+def _check_reaction(reaction: signal_pb2.TipReactionPayload, user_id: str, v: Violations) -> None:
+    if not _is_child_name(reaction.tip, user_id, "tips"):
+        v.append(("tip_reaction.tip", f"must be a tip of the user, users/{user_id}/tips/{{tip}}"))
+    known = signal_pb2.TipReaction.values()
+    if reaction.reaction not in known or reaction.reaction == signal_pb2.TIP_REACTION_UNSPECIFIED:
+        v.append(("tip_reaction.reaction", "is required (DONE, SNOOZE or DISMISS)"))
+    if reaction.HasField("snooze_until") and reaction.reaction != signal_pb2.TIP_REACTION_SNOOZE:
+        v.append(("tip_reaction.snooze_until", "only a SNOOZE reaction takes snooze_until"))
+
+
+def stored_signal(
+    signal: signal_pb2.Signal, user_id: str, signal_id: str, ingest_time: datetime
+) -> signal_pb2.Signal:
+    """The signal as stored and published: named, ingest time set."""
+    stored = signal_pb2.Signal()
+    stored.CopyFrom(signal)
+    stored.name = signal_name(user_id, signal_id)
+    stored.ingest_time.CopyFrom(timestamp(ingest_time))
+    return stored
+
+
+def timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+# --- listing ----------------------------------------------------------------------------
+
+ORDERS: dict[str, tuple[str, bool]] = {
+    "": ("start_time", True),
+    "start_time desc": ("start_time", True),
+    "start_time": ("start_time", False),
+    "start_time asc": ("start_time", False),
+    "ingest_time desc": ("ingest_time", True),
+    "ingest_time": ("ingest_time", False),
+    "ingest_time asc": ("ingest_time", False),
+}
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A validated ListSignals request."""
+
+    user_id: str
+    page_size: int
+    kinds: tuple[int, ...]
+    source: int
+    connection: str
+    time_field: str  # "start_time" or "ingest_time": what time_range applies to
+    range_start: datetime | None
+    range_end: datetime | None
+    order_field: str
+    descending: bool
+    # Keyset cursor: the last row of the previous page.
+    after: tuple[datetime, str] | None
+
+    def fingerprint(self) -> str:
+        """Hash of the filters, so a token is refused with other filters."""
+        parts = [
+            self.user_id,
+            ",".join(map(str, self.kinds)),
+            str(self.source),
+            self.connection,
+            self.time_field,
+            str(self.range_start),
+            str(self.range_end),
+            self.order_field,
+            str(self.descending),
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def parse_list_request(request: events_service_pb2.ListSignalsRequest, user_id: str) -> ListQuery:
+    v: Violations = []
+    if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+        v.append(("page_size", f"must be between 0 and {MAX_PAGE_SIZE}"))
+    order = ORDERS.get(request.order_by.strip().lower())
+    if order is None:
+        v.append(("order_by", f"must be one of {', '.join(repr(o) for o in ORDERS if o)}"))
+        order = ORDERS[""]
+    if request.connection and not _is_child_name(request.connection, user_id, "connections"):
+        v.append(("connection", f"must be users/{user_id}/connections/{{connection}}"))
+    unknown = [k for k in request.kinds if k not in PAYLOAD_OF_KIND]
+    if unknown:
+        v.append(("kinds", f"unknown kinds {unknown}"))
+    start = end = None
+    if request.HasField("time_range"):
+        tr = request.time_range
+        start = tr.start_time.ToDatetime(UTC) if tr.HasField("start_time") else None
+        end = tr.end_time.ToDatetime(UTC) if tr.HasField("end_time") else None
+        if start and end and end < start:
+            v.append(("time_range.end_time", "must not be before time_range.start_time"))
+    time_field = (
+        "ingest_time"
+        if request.time_field == events_service_pb2.SIGNAL_TIME_FIELD_INGEST_TIME
+        else "start_time"
+    )
+    if v:
+        raise InvalidArgument(v)
+    query = ListQuery(
+        user_id=user_id,
+        page_size=request.page_size or DEFAULT_PAGE_SIZE,
+        kinds=tuple(sorted(set(request.kinds))),
+        source=int(request.source),
+        connection=request.connection,
+        time_field=time_field,
+        range_start=start,
+        range_end=end,
+        order_field=order[0],
+        descending=order[1],
+        after=None,
+    )
+    if request.page_token:
+        query = _with_cursor(query, request.page_token)
+    return query
+
+
+def _with_cursor(query: ListQuery, token: str) -> ListQuery:
+    bad = InvalidArgument([("page_token", "is not a token of this listing")])
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        fingerprint, at, last_id = data["f"], data["t"], data["i"]
+        after = (datetime.fromisoformat(at), str(last_id))
+    except (ValueError, KeyError, TypeError):
+        raise bad from None
+    if fingerprint != query.fingerprint():
+        raise bad
+    return ListQuery(**{**query.__dict__, "after": after})
+
+
+def page_token(query: ListQuery, last_time: datetime, last_id: str) -> str:
+    data = {"f": query.fingerprint(), "t": last_time.isoformat(), "i": last_id}
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()

@@ -1,0 +1,1 @@
+"""The recommender: user context from the signal stream, rule policy, tip history."""

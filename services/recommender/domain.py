@@ -1,0 +1,259 @@
+"""The user's context as the recommender keeps it, folded from signals. Pure.
+
+``fold`` applies one stored signal to a ``UserContext`` and returns the new
+context; ``features`` computes the time-dependent view a decision made at
+``now`` uses. Days are UTC days until profiles (timezones) feed the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from kernel.errors import InvalidArgument
+from tips.events.v1 import signal_pb2
+
+# Calendar events kept per user: the next ones matter, not the whole calendar.
+MAX_EVENTS = 50
+K = signal_pb2.SignalKind
+
+
+@dataclass(frozen=True)
+class BusyEvent:
+    """A busy, not cancelled, timed calendar event."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """What the recommender knows about one user right now."""
+
+    user_id: str
+    steps_day: date | None = None
+    steps_today: int = 0
+    sleep_minutes: int | None = None
+    sleep_end: datetime | None = None
+    mood_score: int | None = None
+    mood_time: datetime | None = None
+    # Provider event id -> busy event; cancelled or free events are dropped.
+    busy_events: dict[str, BusyEvent] = field(default_factory=dict)
+    # Catalog tip id -> no offer before this time (snoozed, done, dismissed).
+    suppressed_until: dict[str, datetime] = field(default_factory=dict)
+    last_signal_time: datetime | None = None
+    signal_count: int = 0
+
+    # --- persistence (JSON in recommender.user_context) -------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps_day": self.steps_day.isoformat() if self.steps_day else None,
+            "steps_today": self.steps_today,
+            "sleep_minutes": self.sleep_minutes,
+            "sleep_end": _iso(self.sleep_end),
+            "mood_score": self.mood_score,
+            "mood_time": _iso(self.mood_time),
+            "busy_events": {
+                k: [e.start.isoformat(), e.end.isoformat()] for k, e in self.busy_events.items()
+            },
+            "suppressed_until": {k: v.isoformat() for k, v in self.suppressed_until.items()},
+            "last_signal_time": _iso(self.last_signal_time),
+            "signal_count": self.signal_count,
+        }
+
+    @classmethod
+    def from_json(cls, user_id: str, data: dict[str, Any]) -> UserContext:
+        return cls(
+            user_id=user_id,
+            steps_day=date.fromisoformat(data["steps_day"]) if data.get("steps_day") else None,
+            steps_today=int(data.get("steps_today", 0)),
+            sleep_minutes=data.get("sleep_minutes"),
+            sleep_end=_dt(data.get("sleep_end")),
+            mood_score=data.get("mood_score"),
+            mood_time=_dt(data.get("mood_time")),
+            busy_events={
+                k: BusyEvent(datetime.fromisoformat(s), datetime.fromisoformat(e))
+                for k, (s, e) in data.get("busy_events", {}).items()
+            },
+            suppressed_until={
+                k: datetime.fromisoformat(v) for k, v in data.get("suppressed_until", {}).items()
+            },
+            last_signal_time=_dt(data.get("last_signal_time")),
+            signal_count=int(data.get("signal_count", 0)),
+        )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _time(ts: Any) -> datetime:
+    return ts.ToDatetime(UTC)  # type: ignore[no-any-return]
+
+
+def fold(ctx: UserContext, signal: signal_pb2.Signal) -> UserContext:
+    """``ctx`` after ``signal``. Callers apply each signal once (claimed by msg id)."""
+    start = _time(signal.start_time)
+    end = _time(signal.end_time) if signal.HasField("end_time") else start
+    seen = _time(signal.ingest_time) if signal.HasField("ingest_time") else start
+    last = max(ctx.last_signal_time, seen) if ctx.last_signal_time else seen
+    ctx = replace(ctx, last_signal_time=last, signal_count=ctx.signal_count + 1)
+    payload = signal.WhichOneof("payload")
+    if payload == "steps":
+        day = start.date()
+        if ctx.steps_day is None or day > ctx.steps_day:
+            return replace(ctx, steps_day=day, steps_today=int(signal.steps.count))
+        if day == ctx.steps_day:
+            return replace(ctx, steps_today=ctx.steps_today + int(signal.steps.count))
+        return ctx  # an older day's steps do not change today
+    if payload == "sleep":
+        if ctx.sleep_end is None or end >= ctx.sleep_end:
+            return replace(ctx, sleep_minutes=signal.sleep.asleep_minutes, sleep_end=end)
+        return ctx
+    if payload == "mood":
+        if ctx.mood_time is None or start >= ctx.mood_time:
+            return replace(ctx, mood_score=signal.mood.score, mood_time=start)
+        return ctx
+    if payload == "calendar_event":
+        return _fold_calendar(ctx, signal.calendar_event, start, end)
+    return ctx
+
+
+def _fold_calendar(
+    ctx: UserContext, event: signal_pb2.CalendarEventPayload, start: datetime, end: datetime
+) -> UserContext:
+    events = dict(ctx.busy_events)
+    if event.cancelled or not event.busy or event.all_day:
+        events.pop(event.event_id, None)
+    else:
+        events[event.event_id] = BusyEvent(start, end)
+    # Forget past events; keep the soonest ones when too many.
+    horizon = (ctx.last_signal_time or start) - timedelta(days=1)
+    events = {k: e for k, e in events.items() if e.end > horizon}
+    if len(events) > MAX_EVENTS:
+        kept = sorted(events.items(), key=lambda kv: kv[1].start)[:MAX_EVENTS]
+        events = dict(kept)
+    return replace(ctx, busy_events=events)
+
+
+def suppress(ctx: UserContext, catalog_tip: str, until: datetime) -> UserContext:
+    """``ctx`` with ``catalog_tip`` not offered before ``until``."""
+    suppressed = dict(ctx.suppressed_until)
+    suppressed[catalog_tip] = max(until, suppressed.get(catalog_tip, until))
+    return replace(ctx, suppressed_until=suppressed)
+
+
+# --- the view a decision uses --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Features:
+    """The context as seen at ``now``: what the rules read."""
+
+    now: datetime
+    steps_today: int | None  # None: no steps signal today
+    sleep_minutes: int | None  # last night's sleep; None when none ended in the last 18 h
+    mood_score: int | None  # None: no check-in in the last 12 h
+    mood_age_minutes: int | None
+    in_meeting: bool
+    free_minutes: int | None  # until the next busy event today; None without one
+    next_event_start: datetime | None
+    signal_count: int
+
+    def as_pairs(self) -> list[tuple[str, float]]:
+        nan = float("nan")
+
+        def num(value: int | None) -> float:
+            return nan if value is None else float(value)
+
+        return [
+            ("steps_today", num(self.steps_today)),
+            ("sleep_minutes", num(self.sleep_minutes)),
+            ("mood_score", num(self.mood_score)),
+            ("in_meeting", 1.0 if self.in_meeting else 0.0),
+            ("free_minutes", num(self.free_minutes)),
+            ("signal_count", float(self.signal_count)),
+            ("hour_utc", float(self.now.hour)),
+        ]
+
+
+def features(ctx: UserContext, now: datetime) -> Features:
+    steps = ctx.steps_today if ctx.steps_day == now.date() else None
+    sleep = (
+        ctx.sleep_minutes
+        if ctx.sleep_end is not None and now - ctx.sleep_end <= timedelta(hours=18)
+        else None
+    )
+    mood_fresh = ctx.mood_time is not None and now - ctx.mood_time <= timedelta(hours=12)
+    in_meeting = any(e.start <= now < e.end for e in ctx.busy_events.values())
+    upcoming = sorted(e.start for e in ctx.busy_events.values() if e.start > now)
+    next_start = upcoming[0] if upcoming and upcoming[0].date() == now.date() else None
+    free = int((next_start - now).total_seconds() // 60) if next_start else None
+    return Features(
+        now=now,
+        steps_today=steps,
+        sleep_minutes=sleep,
+        mood_score=ctx.mood_score if mood_fresh else None,
+        mood_age_minutes=(
+            int((now - ctx.mood_time).total_seconds() // 60)
+            if mood_fresh and ctx.mood_time
+            else None
+        ),
+        in_meeting=in_meeting,
+        free_minutes=None if in_meeting else free,
+        next_event_start=next_start,
+        signal_count=ctx.signal_count,
+    )
+
+
+# --- reactions -------------------------------------------------------------------------
+
+R = signal_pb2.TipReaction
+MAX_SNOOZE = timedelta(days=7)
+MIN_SNOOZE = timedelta(minutes=1)
+DEFAULT_SNOOZE = timedelta(hours=1)
+# How long a catalog tip is not offered again after each reaction.
+_QUIET_AFTER: dict[int, timedelta] = {
+    R.TIP_REACTION_DONE: timedelta(hours=3),
+    R.TIP_REACTION_DISMISS: timedelta(hours=12),
+}
+
+
+def snooze_until(
+    reaction: int,
+    now: datetime,
+    *,
+    until: datetime | None = None,
+    duration: timedelta | None = None,
+) -> datetime | None:
+    """Validate a ReactToTip reaction and its snooze; the snooze end for a SNOOZE."""
+    if reaction not in (R.TIP_REACTION_DONE, R.TIP_REACTION_SNOOZE, R.TIP_REACTION_DISMISS):
+        raise InvalidArgument([("reaction", "must be DONE, SNOOZE or DISMISS")])
+    if reaction != R.TIP_REACTION_SNOOZE:
+        if until is not None:
+            raise InvalidArgument([("snooze_until", "only a SNOOZE reaction takes it")])
+        if duration is not None:
+            raise InvalidArgument([("snooze_duration", "only a SNOOZE reaction takes it")])
+        return None
+    if until is not None:
+        if not now < until <= now + MAX_SNOOZE:
+            raise InvalidArgument([("snooze_until", "must be in the future and within 7 days")])
+        return until
+    if duration is not None:
+        if not MIN_SNOOZE <= duration <= MAX_SNOOZE:
+            raise InvalidArgument([("snooze_duration", "must be between 1 minute and 7 days")])
+        return now + duration
+    return now + DEFAULT_SNOOZE
+
+
+def quiet_until(reaction: int, react_time: datetime, snoozed_until: datetime | None) -> datetime:
+    """Until when the reacted tip's catalog tip is not offered again."""
+    if reaction == R.TIP_REACTION_SNOOZE:
+        return snoozed_until or react_time + DEFAULT_SNOOZE
+    return react_time + _QUIET_AFTER.get(int(reaction), timedelta(0))
