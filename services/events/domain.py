@@ -6,15 +6,14 @@ the data, the store persists it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kernel import paging
 from kernel.errors import InvalidArgument
 from tips.events.v1 import events_service_pb2, signal_pb2
 
@@ -296,18 +295,10 @@ def parse_list_request(request: events_service_pb2.ListSignalsRequest, user_id: 
 
 
 def _with_cursor(query: ListQuery, token: str) -> ListQuery:
-    bad = InvalidArgument([("page_token", "is not a token of this listing")])
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        fingerprint, at, last_id = data["f"], data["t"], data["i"]
-        after = (datetime.fromisoformat(at), str(last_id))
-    except (ValueError, KeyError, TypeError):
-        raise bad from None
-    if fingerprint != query.fingerprint():
-        raise bad
+    cursor = paging.decode(token, query.fingerprint())
+    after = (cursor.time, cursor.id) if cursor else None
     return ListQuery(**{**query.__dict__, "after": after})
 
 
 def page_token(query: ListQuery, last_time: datetime, last_id: str) -> str:
-    data = {"f": query.fingerprint(), "t": last_time.isoformat(), "i": last_id}
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+    return paging.encode(paging.Cursor(last_time, last_id), query.fingerprint())

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kernel import paging
 from kernel.errors import InvalidArgument
 from services.recommender import rules
 from services.recommender.domain import Features
@@ -98,23 +97,17 @@ def parse_tip_name(name: str, field: str = "name") -> tuple[str, str]:
     return parts[1], parts[3]
 
 
+def _states_fingerprint(states: Sequence[int]) -> str:
+    return ",".join(str(state) for state in sorted(states))
+
+
 def history_token(states: Sequence[int], decide_time: datetime, tip_id: str) -> str:
-    data = {"s": sorted(states), "t": decide_time.isoformat(), "i": tip_id}
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+    return paging.encode(paging.Cursor(decide_time, tip_id), _states_fingerprint(states))
 
 
 def parse_history_token(token: str, states: Sequence[int]) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = (datetime.fromisoformat(data["t"]), str(data["i"]))
-        same = data["s"] == sorted(states)
-    except (ValueError, KeyError, TypeError):
-        same = False
-    if not same:
-        raise InvalidArgument([("page_token", "is not a token of this listing")])
-    return after
+    cursor = paging.decode(token, _states_fingerprint(states))
+    return (cursor.time, cursor.id) if cursor else None
 
 
 def reaction_signal_id(request_id: str, tip_name: str, reaction: int) -> str:
