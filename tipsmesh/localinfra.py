@@ -335,6 +335,9 @@ class LocalNats:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Own session: a terminal's Ctrl-C reaches `tips up`, which stops NATS
+                # last, after the services have drained.
+                start_new_session=True,
             )
         self.port = port
         deadline = time.monotonic() + self.start_timeout

@@ -1,0 +1,78 @@
+"""Port planning and CLI parsing of `tips up` (no processes started)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES
+from tipsmesh import cli
+from tipsmesh.up import GATEWAY, Mesh, UpError, UpOptions, check_ports, plan_ports
+
+pytestmark = pytest.mark.unit
+
+
+def test_default_ports_are_the_settings_defaults() -> None:
+    ports = plan_ports(None)
+    assert {n: ports[n] for n in SERVICE_NAMES} == DEFAULT_PORTS
+    assert ports[GATEWAY] == GATEWAY_DEFAULT_PORT
+
+
+def test_port_base_puts_gateway_on_base_and_services_after_it() -> None:
+    ports = plan_ports(42000)
+    assert ports[GATEWAY] == 42000
+    assert [ports[n] for n in SERVICE_NAMES] == list(range(42001, 42001 + len(SERVICE_NAMES)))
+
+
+def test_no_gateway_and_free_ports() -> None:
+    ports = plan_ports(None, free=True, gateway=False)
+    assert set(ports) == set(SERVICE_NAMES)
+    assert len(set(ports.values())) == len(ports)
+
+
+def test_port_base_out_of_range_is_rejected() -> None:
+    with pytest.raises(UpError, match="port base 80 out of range"):
+        plan_ports(80)
+
+
+def test_taken_port_is_named_with_its_service() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(UpError) as err:
+            check_ports({"profile": port, "auth": plan_ports(None, free=True)["auth"]})
+    assert f"{port} (profile)" in str(err.value)
+    assert "auth" not in str(err.value).split("Stop")[0]
+    assert "--port-base" in str(err.value)
+
+
+def test_child_env_names_every_peer_and_its_own_port(tmp_path: object) -> None:
+    mesh = Mesh(UpOptions(env={"TIPS_SERVICE": "stale", "TIPS_LOG_LEVEL": "DEBUG"}))
+    mesh.ports = plan_ports(43000)
+    mesh.database_url, mesh.nats_url = "postgresql://postgres@127.0.0.1:1/tips", "nats://x:2"
+    env = mesh.child_env("events")
+    assert env["TIPS_SERVICE"] == "events"
+    assert env["TIPS_PORT"] == str(mesh.ports["events"])
+    assert env["TIPS_PROFILE_ADDR"] == f"127.0.0.1:{mesh.ports['profile']}"
+    assert env["TIPS_GATEWAY_PORT"] == "43000"
+    assert env["TIPS_DATABASE_URL"].endswith(":1/tips")
+    assert env["TIPS_LOG_LEVEL"] == "DEBUG"  # the caller's settings pass through
+    gateway_env = mesh.child_env(GATEWAY)
+    assert "TIPS_SERVICE" not in gateway_env and "TIPS_PORT" not in gateway_env
+
+
+def test_cli_rejects_unknown_service(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "nope"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    assert cli.main(["migrate", "nope"]) == 2
+    assert "unknown service nope" in capsys.readouterr().err
+
+
+def test_cli_bench_lists_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "list"]) == 0
+    assert "mesh_startup" in capsys.readouterr().out.split()
+    assert cli.main(["bench", "no_such_scenario"]) == 2

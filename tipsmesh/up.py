@@ -1,0 +1,523 @@
+"""``tips up``: the whole mesh on one machine, each service its own process.
+
+Steps: start PostgreSQL (``LocalPostgres``) unless ``TIPS_DATABASE_URL`` is
+set and NATS (``LocalNats``) unless ``TIPS_NATS_URL`` is set, with their data
+under ``RUN_DIR`` (default ``.run/``; reused across runs, ``--fresh`` wipes
+it); run ``tips migrate``; start every service and the gateway as
+``python -m tipsmesh.cli serve NAME`` in its own process group, logging to
+``RUN_DIR/logs/NAME.log``; wait until each is SERVING on gRPC health (the
+gateway: ``GET /healthz`` 200); print a table; wait.
+
+On SIGINT/SIGTERM, or when a child exits on its own (reported, exit 1),
+everything is stopped in reverse dependency order: gateway, services (SIGTERM,
+then SIGKILL to the process group after ``stop_timeout``), NATS, PostgreSQL.
+Children also get SIGTERM from the kernel (``setpriv --pdeathsig``) if
+``tips up`` itself is SIGKILLed; PostgreSQL and NATS left behind that way are
+stopped by the next ``tips up`` on the same run dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES
+from tipsmesh.health import grpc_serving, http_ok
+from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
+
+__all__ = [
+    "GATEWAY",
+    "ROOT",
+    "Mesh",
+    "UpError",
+    "UpOptions",
+    "log_tail",
+    "plan_ports",
+    "up",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+GATEWAY = "gateway"
+READY_LINE = "all SERVING in"
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+class UpError(RuntimeError):
+    """The mesh could not be started; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    run_dir: Path = ROOT / ".run"
+    gateway: bool = True
+    # None: DEFAULT_PORTS and 8080; else gateway on BASE, services on BASE+1..BASE+8.
+    port_base: int | None = None
+    free_ports: bool = False
+    fresh: bool = False
+    start_timeout: float = 90.0
+    stop_timeout: float = 15.0
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def plan_ports(
+    port_base: int | None, *, free: bool = False, gateway: bool = True
+) -> dict[str, int]:
+    """Port of each process of the mesh (services, then the gateway)."""
+    names = [*SERVICE_NAMES, *([GATEWAY] if gateway else [])]
+    if free:
+        return {name: free_port() for name in names}
+    if port_base is None:
+        ports = dict(DEFAULT_PORTS)
+        ports[GATEWAY] = GATEWAY_DEFAULT_PORT
+    else:
+        if not 1024 <= port_base <= 65535 - len(SERVICE_NAMES):
+            raise UpError(
+                f"port base {port_base} out of range (1024..{65535 - len(SERVICE_NAMES)})"
+            )
+        ports = {name: port_base + i for i, name in enumerate(SERVICE_NAMES, start=1)}
+        ports[GATEWAY] = port_base
+    return {name: ports[name] for name in names}
+
+
+def port_taken(port: int, host: str = HOST) -> bool:
+    """True when nothing can listen on ``port`` (as servers bind: SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(ports: Mapping[str, int]) -> None:
+    taken = [f"{port} ({name})" for name, port in ports.items() if port_taken(port)]
+    if taken:
+        raise UpError(
+            f"port{'s' if len(taken) > 1 else ''} already in use: {', '.join(taken)}. "
+            "Stop what listens there (another `tips up`?), or choose other ports with "
+            "--port-base N / TIPS_PORT_BASE=N, or --free-ports"
+        )
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+def _pdeathsig_prefix() -> list[str]:
+    # The kernel SIGTERMs the child if `tips up` dies without cleaning up (SIGKILL).
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
+async def _finish_in_thread(fn: Callable[[], T]) -> T:
+    """Run blocking ``fn`` in a thread; on cancellation still wait for it.
+
+    Starting a server must not be abandoned half-way: the stop that follows
+    would race with it.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+@dataclass
+class Child:
+    """One process of the mesh."""
+
+    name: str
+    port: int
+    log_path: Path
+    proc: asyncio.subprocess.Process
+
+    @property
+    def url(self) -> str:
+        scheme = "http" if self.name == GATEWAY else "grpc"
+        return f"{scheme}://{HOST}:{self.port}"
+
+    def exited(self) -> bool:
+        return self.proc.returncode is not None
+
+    def failure(self, what: str) -> UpError:
+        return UpError(
+            f"{self.name} {what}\n--- tail of {self.log_path} ---\n{log_tail(self.log_path)}"
+        )
+
+
+class Mesh:
+    """The processes and servers ``tips up`` runs; ``start`` then ``stop``."""
+
+    def __init__(self, options: UpOptions) -> None:
+        self.options = options
+        self.run_dir = options.run_dir.absolute()
+        self.log_dir = self.run_dir / "logs"
+        self.ports: dict[str, int] = {}
+        self.children: dict[str, Child] = {}
+        self.postgres: LocalPostgres | None = None
+        self.nats: LocalNats | None = None
+        self.database_url = ""
+        self.nats_url = ""
+        self.started_at = time.monotonic()
+        self.serving_after: float | None = None
+        self.phases: dict[str, float] = {}
+        self._phase_start = self.started_at
+
+    # ----- start
+
+    async def start(self) -> None:
+        self.started_at = self._phase_start = time.monotonic()
+        opts = self.options
+        self.ports = plan_ports(opts.port_base, free=opts.free_ports, gateway=opts.gateway)
+        check_ports(self.ports)
+        self._prepare_run_dir()
+        await self._start_infra()
+        self._phase("infra")
+        await self._migrate()
+        self._phase("migrate")
+        for name in self.ports:
+            await self._spawn(name)
+        self._write_state()
+        await self._wait_serving()
+        self._phase("services")
+        self.serving_after = time.monotonic() - self.started_at
+        self._write_state()
+
+    def _phase(self, name: str) -> None:
+        # Seconds each start phase took (in mesh.json; the bench reports them).
+        now = time.monotonic()
+        self.phases[name] = round(now - self._phase_start, 3)
+        self._phase_start = now
+
+    def _prepare_run_dir(self) -> None:
+        state = self.run_dir / "mesh.json"
+        if state.exists():
+            with contextlib.suppress(ValueError, OSError):
+                owner = int(json.loads(state.read_text()).get("pid", 0))
+                if owner and owner != os.getpid() and _alive(owner):
+                    raise UpError(
+                        f"another `tips up` (pid {owner}) is running in {self.run_dir}; "
+                        "stop it or use --run-dir"
+                    )
+        if self.options.fresh:
+            for sub in ("postgres", "nats"):
+                shutil.rmtree(self.run_dir / sub, ignore_errors=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.log_dir.glob("*.log"):
+            old.unlink()
+
+    async def _start_infra(self) -> None:
+        try:
+            await self._start_servers()
+        except LocalInfraError as exc:
+            raise UpError(str(exc)) from None
+
+    async def _start_servers(self) -> None:
+        env = self.options.env
+        self.database_url = env.get("TIPS_DATABASE_URL", "")
+        if not self.database_url:
+            pg = LocalPostgres(self.run_dir / "postgres")
+            # A server left by a `tips up` that was SIGKILLed: stop it first
+            # (a stale pid file makes this fail; start copes with that).
+            with contextlib.suppress(LocalInfraError):
+                await _finish_in_thread(pg.stop)
+            self.postgres = pg
+            self.database_url = await _finish_in_thread(pg.start)
+        self.nats_url = env.get("TIPS_NATS_URL", "")
+        if not self.nats_url:
+            nats = LocalNats(self.run_dir / "nats")
+            await asyncio.to_thread(_stop_stale_nats, nats.store_dir)
+            self.nats = nats
+            self.nats_url = await _finish_in_thread(nats.start)
+
+    def child_env(self, name: str | None) -> dict[str, str]:
+        """The environment of a child: the caller's, plus the mesh's addresses."""
+        env = dict(self.options.env)
+        env.pop("TIPS_SERVICE", None)
+        env.pop("TIPS_PORT", None)
+        env.update(
+            TIPS_DATABASE_URL=self.database_url,
+            TIPS_NATS_URL=self.nats_url,
+            TIPS_HOST=HOST,
+            PYTHONUNBUFFERED="1",
+        )
+        for service in SERVICE_NAMES:
+            env[f"TIPS_{service.upper()}_ADDR"] = f"{HOST}:{self.ports[service]}"
+        if GATEWAY in self.ports:
+            env["TIPS_GATEWAY_PORT"] = str(self.ports[GATEWAY])
+        if name is not None and name != GATEWAY:
+            env["TIPS_SERVICE"] = name
+            env["TIPS_PORT"] = str(self.ports[name])
+        return env
+
+    def _command(self, *args: str) -> list[str]:
+        return [*_pdeathsig_prefix(), sys.executable, "-m", "tipsmesh.cli", *args]
+
+    async def _migrate(self) -> None:
+        log_path = self.log_dir / "migrate.log"
+        with log_path.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command("migrate"),
+                cwd=ROOT,
+                env=self.child_env(None),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.options.start_timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise
+        if code != 0:
+            raise UpError(
+                f"migrate failed (exit {code})\n--- tail of {log_path} ---\n{log_tail(log_path)}"
+            )
+
+    async def _spawn(self, name: str) -> None:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            # Own session: a terminal's Ctrl-C reaches only `tips up`, which
+            # then stops the children in order.
+            proc = await asyncio.create_subprocess_exec(
+                *self._command("serve", name),
+                cwd=ROOT,
+                env=self.child_env(name),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.children[name] = Child(name, self.ports[name], log_path, proc)
+
+    async def _wait_serving(self) -> None:
+        deadline = time.monotonic() + self.options.start_timeout
+        await asyncio.gather(*(self._wait_one(c, deadline) for c in self.children.values()))
+
+    async def _wait_one(self, child: Child, deadline: float) -> None:
+        while True:
+            if child.exited():
+                raise child.failure(f"exited with code {child.proc.returncode} before SERVING")
+            if child.name == GATEWAY:
+                ok = await http_ok(f"{child.url}/healthz", deadline_s=0.5)
+            else:
+                ok = await grpc_serving(f"{HOST}:{child.port}", deadline_s=0.5)
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise child.failure(
+                    f"not SERVING within {self.options.start_timeout:g}s (port {child.port})"
+                )
+            await asyncio.sleep(0.1)
+
+    # ----- running
+
+    async def watch(self, stop: asyncio.Event) -> int:
+        """Until ``stop`` is set (0) or a child exits on its own (1, reported)."""
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.children.values()}
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in [stopper, *waits]:
+                fut.cancel()
+        if stopper in done:
+            return 0
+        for fut in done:
+            child = waits[fut]
+            print(
+                str(child.failure(f"exited unexpectedly with code {child.proc.returncode}")),
+                file=sys.stderr,
+            )
+        return 1
+
+    def table(self) -> str:
+        rows = [("process", "port", "address", "log")]
+        for child in self.children.values():
+            rows.append((child.name, str(child.port), child.url, str(child.log_path)))
+        pg = self.postgres
+        rows.append(
+            (
+                "postgres",
+                str(pg.port) if pg else "-",
+                _hide_password(self.database_url) + ("" if pg else " (external)"),
+                str(pg.log_path) if pg else "-",
+            )
+        )
+        nats = self.nats
+        rows.append(
+            (
+                "nats",
+                str(nats.port) if nats else "-",
+                self.nats_url + ("" if nats else " (external)"),
+                str(nats.log_path) if nats else "-",
+            )
+        )
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
+            for row in rows
+        ]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "run_dir": str(self.run_dir),
+            "ports": self.ports,
+            "pids": {name: c.proc.pid for name, c in self.children.items()},
+            "database_url": _hide_password(self.database_url),
+            "nats_url": self.nats_url,
+            "postgres_pid_file": str(self.postgres.pgdata / "postmaster.pid")
+            if self.postgres
+            else None,
+            "serving_after_s": self.serving_after,
+            "phases_s": self.phases,
+        }
+        tmp = self.run_dir / "mesh.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.run_dir / "mesh.json")
+
+    # ----- stop
+
+    async def stop(self) -> None:
+        """Stop everything started, edge first, servers last; never raises."""
+        if GATEWAY in self.children:
+            await self._stop_children([self.children[GATEWAY]])
+        await self._stop_children([c for n, c in self.children.items() if n != GATEWAY])
+        if self.nats is not None:
+            await _quietly("NATS", self.nats.stop)
+        if self.postgres is not None:
+            await _quietly("PostgreSQL", self.postgres.stop)
+        with contextlib.suppress(OSError):
+            (self.run_dir / "mesh.json").unlink()
+
+    async def _stop_children(self, children: list[Child]) -> None:
+        for child in children:
+            _signal_group(child.proc.pid, signal.SIGTERM)
+        waits = [asyncio.ensure_future(c.proc.wait()) for c in children]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.options.stop_timeout)
+            for fut in pending:
+                fut.cancel()
+        for child in children:
+            if not child.exited():
+                print(
+                    f"tips up: {child.name} did not stop within "
+                    f"{self.options.stop_timeout:g}s: killing it",
+                    file=sys.stderr,
+                )
+            # Also reaches anything the child started in its group.
+            _signal_group(child.proc.pid, signal.SIGKILL)
+            if not child.exited():
+                await child.proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _stop_stale_nats(store_dir: Path, wait: float = 10.0) -> None:
+    """SIGTERM a nats-server left on ``store_dir`` by a `tips up` that was SIGKILLed."""
+    wanted = ["-sd", str(store_dir)]
+    stale = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if args and args[0].endswith("nats-server") and _contains(args, wanted):
+            stale.append(int(entry.name))
+    for pid in stale:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while stale and time.monotonic() < deadline:
+        stale = [pid for pid in stale if _alive(pid)]
+        time.sleep(0.05)
+
+
+def _contains(args: list[str], seq: list[str]) -> bool:
+    return any(args[i : i + len(seq)] == seq for i in range(len(args)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _hide_password(url: str) -> str:
+    from kernel.logging import redact_text
+
+    return redact_text(url)
+
+
+async def _quietly(what: str, stop: Callable[[], None]) -> None:
+    try:
+        await _finish_in_thread(stop)
+    except Exception as exc:
+        print(f"tips up: stopping {what} failed: {exc}", file=sys.stderr)
+
+
+async def up(options: UpOptions) -> int:
+    """Run the mesh until SIGINT/SIGTERM; the process exit code."""
+    mesh = Mesh(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        starting = asyncio.ensure_future(mesh.start())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([starting, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not starting.done():
+            print("tips up: interrupted while starting; stopping", file=sys.stderr)
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, UpError):
+                await starting
+            return 0
+        starting.result()  # raises UpError
+        print(mesh.table())
+        print(f"{READY_LINE} {mesh.serving_after:.2f} s  (Ctrl-C stops the mesh)", flush=True)
+        code = await mesh.watch(stop)
+        print("tips up: stopping", file=sys.stderr, flush=True)
+    except UpError as exc:
+        print(f"tips up: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        await mesh.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if code == 0:
+        print("tips up: stopped", file=sys.stderr, flush=True)
+    return code
