@@ -25,6 +25,8 @@ venv: $(VENV)/.installed
 
 gen: venv
 	$(BIN)/buf generate
+	@mkdir -p gen/descriptors
+	$(BIN)/buf build -o gen/descriptors/tips.binpb
 	$(BIN)/python tools/gen_api_docs.py
 
 lint: lint-proto lint-breaking lint-drift lint-py

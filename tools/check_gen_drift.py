@@ -1,7 +1,9 @@
-"""Fail when the committed gen/python is not what ``buf generate`` makes from proto/.
+"""Fail when the committed gen/ is not what buf makes from proto/.
 
-It generates into a temporary directory (``buf generate -o``), so the working tree is
-never touched, then compares file by file: missing, extra and differing files.
+gen/python comes from ``buf generate``; gen/descriptors/tips.binpb is the ``buf build``
+image (with comments) that the gateway and the OpenAPI generator read at start-up.
+Both are made into a temporary directory, so the working tree is never touched, then
+compared file by file: missing, extra and differing files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GEN = Path("gen/python")  # the `out` of every plugin in buf.gen.yaml
+GEN = Path("gen")  # gen/python: the `out` of every plugin in buf.gen.yaml
+IMAGE = GEN / "descriptors" / "tips.binpb"
 # Not produced by buf, but allowed to live next to generated code.
 IGNORED_NAMES = {"__pycache__", "py.typed"}
 MAX_DIFF_LINES = 40  # per file: enough to see what drifted, not a wall of text
@@ -48,9 +51,19 @@ def generate(out: Path) -> None:
     if result.returncode != 0:
         sys.stderr.write(result.stdout + result.stderr)
         raise SystemExit(f"gen drift: `buf generate` failed (exit {result.returncode})")
+    image = out / IMAGE
+    image.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["buf", "build", "-o", str(image)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"gen drift: `buf build` failed (exit {result.returncode})")
 
 
 def unified(name: str, committed: bytes, fresh: bytes) -> list[str]:
+    if name.endswith(".binpb"):
+        return [f"binary descriptor set differs ({len(committed)} vs {len(fresh)} bytes)"]
     lines = list(
         difflib.unified_diff(
             committed.decode(errors="replace").splitlines(),

@@ -104,6 +104,13 @@ def edit(repo: Path, path: Path, old: str, new: str) -> None:
     target.write_text(text.replace(old, new, 1))
 
 
+def regenerate(repo: Path) -> None:
+    """What `make gen` does: the Python stubs and the descriptor image."""
+    ok(repo, "buf", "generate")
+    (repo / "gen" / "descriptors").mkdir(parents=True, exist_ok=True)
+    ok(repo, "buf", "build", "-o", "gen/descriptors/tips.binpb")
+
+
 @pytest.fixture(scope="session")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-commit repository: the sample package, then a compatible field added."""
@@ -122,10 +129,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (repo / SAMPLE).write_text(SAMPLE_V1)
     (repo / ".gitignore").write_text("__pycache__/\n")
     ok(repo, "git", "init", "--quiet", "--initial-branch=main")
-    ok(repo, "buf", "generate")
+    regenerate(repo)
     commit(repo, "sample v1")
     (repo / SAMPLE).write_text(SAMPLE_V2)
-    ok(repo, "buf", "generate")
+    regenerate(repo)
     commit(repo, "sample: add read_count")
     return repo
 
@@ -188,7 +195,7 @@ BREAKING_EDITS = pytest.mark.parametrize(
 @BREAKING_EDITS
 def test_committed_breaking_change_fails(repo: Path, old: str, new: str, message: str) -> None:
     edit(repo, SAMPLE, old, new)
-    ok(repo, "buf", "generate")
+    regenerate(repo)
     commit(repo, "break the sample")
     result = run(repo, *BREAKING)
     assert result.returncode != 0
@@ -294,7 +301,7 @@ def test_missing_and_extra_generated_files_fail_drift(repo: Path) -> None:
     stray.write_text("# no proto makes this\n")
     result = run(repo, *DRIFT)
     assert result.returncode != 0
-    assert "missing in gen/python: tips/sample/v1/sample_pb2.py" in result.stdout
-    assert "extra in gen/python (no proto generates it): tips/sample/v1/stray_pb2.py" in (
+    assert "missing in gen: python/tips/sample/v1/sample_pb2.py" in result.stdout
+    assert "extra in gen (no proto generates it): python/tips/sample/v1/stray_pb2.py" in (
         result.stdout
     )
