@@ -35,6 +35,7 @@ SERVICES = {
     "ml_serving",
     "ml_pipelines",
     "notifier",
+    "gateway",  # screens the edge composes itself, tips.gateway.v1
     "options",  # the shared custom options, tips.options.v1
 }
 PACKAGE = re.compile(r"^tips\.(?P<service>[a-z][a-z0-9_]*)\.v[1-9][0-9]*$")
