@@ -1,0 +1,117 @@
+"""App screens composed at the edge (`tips.gateway.v1.ScreensService`).
+
+One REST call per screen: the gateway calls the services a screen needs
+concurrently, under the request's one deadline, and assembles the answer.
+Essential parts fail the call; the others are left out and named in
+``missing_parts`` with the error their service gave, so the app can still draw
+the screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from kernel.errors import InvalidArgument
+from tips.gateway.v1 import screens_service_pb2 as screens_pb
+from tips.integrations.v1 import integrations_service_pb2 as integrations_pb
+from tips.integrations.v1 import integrations_service_pb2_grpc as integrations_grpc
+from tips.profile.v1 import profile_service_pb2 as profile_pb
+from tips.profile.v1 import profile_service_pb2_grpc as profile_grpc
+from tips.recommender.v1 import recommender_service_pb2 as recommender_pb
+from tips.recommender.v1 import recommender_service_pb2_grpc as recommender_grpc
+
+Metadata = Sequence[tuple[str, str]]
+R = TypeVar("R", bound=Message)
+MAX_TIPS = 5
+# A non-essential part may use at most this share of the request's deadline,
+# so one slow service cannot hold the whole screen up.
+OPTIONAL_PART_SHARE = 0.8
+
+
+class HomeScreenComposer:
+    """Builds `users/{user}/home` from the recommender, profile and integrations."""
+
+    def __init__(
+        self,
+        recommender: grpc.aio.Channel,
+        profile: grpc.aio.Channel,
+        integrations: grpc.aio.Channel,
+    ) -> None:
+        self._recommender = recommender_grpc.RecommenderServiceStub(recommender)
+        self._profile = profile_grpc.ProfileServiceStub(profile)
+        self._integrations = integrations_grpc.IntegrationsServiceStub(integrations)
+
+    async def get_home_screen(
+        self, request: screens_pb.GetHomeScreenRequest, metadata: Metadata, deadline_s: float
+    ) -> screens_pb.GetHomeScreenResponse:
+        user = _user_of(request.name)
+        if not 0 <= request.tip_count <= MAX_TIPS:
+            raise InvalidArgument([("tip_count", f"must be between 0 and {MAX_TIPS}")])
+        optional_timeout = deadline_s * OPTIONAL_PART_SHARE
+        tips_call = self._recommender.ListTips(
+            recommender_pb.ListTipsRequest(parent=user, page_size=request.tip_count or 1),
+            metadata=metadata,
+            timeout=deadline_s,
+        )
+        profile_call = _optional(
+            "profile",
+            lambda: self._profile.GetProfile(
+                profile_pb.GetProfileRequest(name=f"{user}/profile"),
+                metadata=metadata,
+                timeout=optional_timeout,
+            ),
+        )
+        connections_call = _optional(
+            "connections",
+            lambda: self._integrations.ListConnections(
+                integrations_pb.ListConnectionsRequest(parent=user),
+                metadata=metadata,
+                timeout=optional_timeout,
+            ),
+        )
+        # The essential call raises (and cancels nothing it should not: the
+        # optional parts never raise).
+        tips, (profile, profile_missing), (connections, connections_missing) = await asyncio.gather(
+            tips_call, profile_call, connections_call
+        )
+        screen = screens_pb.HomeScreen(name=f"{user}/home", tips=tips.tips)
+        if profile is not None:
+            screen.profile.CopyFrom(profile.profile)
+        if connections is not None:
+            screen.connections.extend(connections.connections)
+        screen.missing_parts.extend(
+            part for part in (profile_missing, connections_missing) if part is not None
+        )
+        return screens_pb.GetHomeScreenResponse(home_screen=screen)
+
+
+async def _optional(
+    part: str, call: Callable[[], Awaitable[R]]
+) -> tuple[R | None, screens_pb.MissingPart | None]:
+    """The part's response, or None and why it is missing."""
+    try:
+        return await call(), None
+    except grpc.aio.AioRpcError as error:
+        return None, screens_pb.MissingPart(part=part, status=_status_of(error))
+
+
+def _status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    rich = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if rich is not None:
+        return rich
+    code = error.code().value[0] if error.code() else code_pb2.UNKNOWN
+    return status_pb2.Status(code=code, message=error.details() or "")
+
+
+def _user_of(name: str) -> str:
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "users" or not parts[1] or parts[2] != "home":
+        raise InvalidArgument([("name", f"must be users/{{user}}/home, got {name!r}")])
+    return f"users/{parts[1]}"
