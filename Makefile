@@ -28,6 +28,7 @@ gen: venv
 	@mkdir -p gen/descriptors
 	$(BIN)/buf build -o gen/descriptors/tips.binpb
 	$(BIN)/python tools/gen_api_docs.py
+	$(BIN)/python tools/gen_openapi.py
 
 lint: lint-proto lint-breaking lint-drift lint-py
 

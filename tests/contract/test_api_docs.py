@@ -34,3 +34,14 @@ def test_every_service_package_has_a_page() -> None:
     pages = {p.stem for p in (ROOT / "docs" / "api").glob("*.md")}
     packages = {p.parent.parent.name for p in (ROOT / "proto" / "tips").glob("*/v1/*.proto")}
     assert pages == packages - {"options"}
+
+
+def test_committed_openapi_matches_the_protos() -> None:
+    result = subprocess.run(
+        [sys.executable, "tools/gen_openapi.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
