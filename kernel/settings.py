@@ -84,6 +84,21 @@ class Settings(BaseSettings):
 
     gateway_port: int = Field(default=GATEWAY_DEFAULT_PORT, ge=0, le=65535)
 
+    # Access tokens the edge accepts (gateway.auth): their `iss` and `aud`.
+    auth_issuer: str = "https://auth.tips.local"
+    auth_audience: str = "tips-api"
+    # Where the edge gets the JWK Set: this URL when set, else the auth
+    # service's GetJwks over gRPC.
+    jwks_url: str | None = None
+    # How long a fetched JWK Set is used before it is fetched again.
+    jwks_cache_seconds: float = Field(default=300.0, gt=0, le=86400)
+    # At most one fetch per this interval, so a flood of unknown `kid`s
+    # cannot hammer the auth service.
+    jwks_min_refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
+    jwks_fetch_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Clock skew tolerated on `exp`, `nbf` and `iat`.
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+
     def grpc_port(self) -> int:
         """The port this service listens on."""
         if self.port:
