@@ -1,6 +1,6 @@
-"""``python -m gateway``: the same as ``tips serve gateway``."""
+"""``python -m gateway``: the product edge (as ``tips serve gateway``), or any API with flags."""
 
-from gateway.server import run
+from gateway.server import main
 
 if __name__ == "__main__":
-    run()
+    main()

@@ -1,7 +1,11 @@
 """The edge's ASGI app: explicit routes, middleware and lifespan.
 
-Later transcoding adds routes built from descriptors to ``routes`` and
-keeps the rest: every error leaves as google.rpc.Status JSON.
+Transcoded routes (built from the descriptor set at start-up) are served by
+``TranscodeMiddleware``, a plain ASGI layer in front of Starlette's router:
+Starlette routing would cost more per request than the transcoding itself.
+What no route matches reaches the router (``/healthz``, ``/readyz``, ...),
+and its 404 tells "no route" from "wrong method" with the route table.
+Every error leaves as google.rpc.Status JSON.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf import descriptor_pb2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -18,7 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.descriptors import build_pool, load_image
 from gateway.errors import error_info, status_response
+from gateway.proxy import EdgeAuth, LocalHandler, TranscodeMiddleware, Transcoder
+from gateway.render import Renderer
+from gateway.routing import build_routes
+from gateway.transcode import Codec
 from gateway.upstreams import Upstreams, not_serving
 from kernel.settings import Settings
 
@@ -49,15 +59,29 @@ async def readyz(request: Request) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return status_response(
-            grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}"
-        )
+        transcoder: Transcoder | None = getattr(request.app.state, "transcoder", None)
+        raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        allowed = transcoder.allowed(raw.decode("latin-1")) if transcoder else []
+        if not allowed:
+            return status_response(
+                grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}"
+            )
+        return _not_allowed(request, allowed)
     if exc.status_code == 405:
-        return status_response(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"method {request.method} not allowed on {request.url.path}",
-        )
+        return _not_allowed(request, [])
     return status_response(grpc.StatusCode.UNKNOWN, str(exc.detail))
+
+
+def _not_allowed(request: Request, allowed: list[str]) -> Response:
+    # grpc-gateway: HTTP 405 with code UNIMPLEMENTED.
+    response = status_response(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"method {request.method} not allowed on {request.url.path}",
+    )
+    response.status_code = 405
+    if allowed:
+        response.headers["allow"] = ", ".join(allowed)
+    return response
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -65,9 +89,45 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return status_response(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def create_app(settings: Settings, upstreams: Upstreams | None = None) -> Starlette:
-    """The edge app; ``upstreams`` defaults to the addresses in ``settings``."""
+def build_transcoder(
+    image: descriptor_pb2.FileDescriptorSet,
+    upstreams: Upstreams,
+    *,
+    auth: EdgeAuth | None,
+    default_deadline_s: float,
+    local: dict[str, LocalHandler] | None = None,
+) -> Transcoder:
+    """Everything derived from the descriptor set, once: routes, codecs, renderers."""
+    pool = build_pool(image)
+    codec = Codec(pool)
+    table = build_routes(pool, image, codec, Renderer(pool))
+    return Transcoder(
+        table, codec, upstreams, auth=auth, default_deadline_s=default_deadline_s, local=local
+    )
+
+
+def create_app(
+    settings: Settings,
+    upstreams: Upstreams | None = None,
+    *,
+    image: descriptor_pb2.FileDescriptorSet | None = None,
+    auth: EdgeAuth | None = None,
+    local: dict[str, LocalHandler] | None = None,
+) -> Starlette:
+    """The edge app.
+
+    ``upstreams`` defaults to the mesh's addresses in ``settings``, ``image``
+    to the product's descriptor set. ``auth=None`` checks no token and sends
+    no identity upstream (``--no-auth``, tests); the server passes EdgeAuth.
+    """
     ups = upstreams if upstreams is not None else Upstreams.from_settings(settings)
+    transcoder = build_transcoder(
+        image if image is not None else load_image(),
+        ups,
+        auth=auth,
+        default_deadline_s=settings.default_deadline_seconds,
+        local=local,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,16 +135,23 @@ def create_app(settings: Settings, upstreams: Upstreams | None = None) -> Starle
         try:
             yield
         finally:
+            if auth is not None:
+                await auth.close()
             await ups.close()
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    middleware = [Middleware(GZipMiddleware, minimum_size=1024)]
-    return Starlette(
+    middleware = [
+        Middleware(GZipMiddleware, minimum_size=1024),
+        Middleware(TranscodeMiddleware, transcoder=transcoder),
+    ]
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
+    app.state.transcoder = transcoder
+    return app

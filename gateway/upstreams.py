@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,20 +15,82 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class Upstreams:
-    """One channel per upstream service, opened lazily, closed by ``close``."""
+    """One channel per upstream address, opened lazily, closed by ``close``.
 
-    def __init__(self, addresses: Mapping[str, str]) -> None:
+    ``addresses`` names the upstreams ``/readyz`` checks (a mesh service name
+    or a full gRPC service name). A transcoded call finds its address by full
+    service name: ``services`` first, then the mesh's rule (``tips.<name>.v1.*``
+    goes to ``<name>``'s address) when ``mesh`` is set, then ``default``.
+    """
+
+    def __init__(
+        self,
+        addresses: Mapping[str, str],
+        *,
+        services: Mapping[str, str] | None = None,
+        default: str | None = None,
+        mesh: bool = False,
+    ) -> None:
         self.addresses = dict(addresses)
+        self.services = dict(services or {})
+        self.default = default
+        self.mesh = mesh
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._calls: dict[tuple[str, str], Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Upstreams:
-        return cls({name: settings.addr_of(name) for name in SERVICE_NAMES})
+        return cls({name: settings.addr_of(name) for name in SERVICE_NAMES}, mesh=True)
 
     def channel(self, name: str) -> grpc.aio.Channel:
-        if name not in self._channels:
-            self._channels[name] = grpc.aio.insecure_channel(self.addresses[name])
-        return self._channels[name]
+        """The channel of a named upstream (``addresses``) or of an address."""
+        return self._channel_to(self.addresses.get(name, name))
+
+    def _channel_to(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address)
+            self._channels[address] = channel
+        return channel
+
+    def address_of_service(self, full_name: str) -> str | None:
+        """Where the gRPC service ``full_name`` (``pkg.v1.Service``) is served."""
+        found = self.services.get(full_name)
+        if found is not None:
+            return found
+        if self.mesh:
+            parts = full_name.split(".")
+            if len(parts) >= 4 and parts[0] == "tips" and parts[1] in self.addresses:
+                return self.addresses[parts[1]]
+        return self.default
+
+    def unary(
+        self, service: str, path: str, response: Callable[[bytes], Any]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any] | None:
+        """A generic unary call on ``path`` (``/pkg.Service/Method``); None: no upstream."""
+        return self._call(service, path, response, streaming=False)
+
+    def server_stream(
+        self, service: str, path: str, response: Callable[[bytes], Any]
+    ) -> grpc.aio.UnaryStreamMultiCallable[Any, Any] | None:
+        """A generic server-streaming call on ``path``; None: no upstream."""
+        return self._call(service, path, response, streaming=True)
+
+    def _call(
+        self, service: str, path: str, response: Callable[[bytes], Any], *, streaming: bool
+    ) -> Any:
+        # Multicallables are cached: building one per request costs more than the call.
+        key = (path, "s" if streaming else "u")
+        call = self._calls.get(key)
+        if call is None:
+            address = self.address_of_service(service)
+            if address is None:
+                return None
+            channel = self._channel_to(address)
+            factory = channel.unary_stream if streaming else channel.unary_unary
+            call = factory(path, request_serializer=_serialize, response_deserializer=response)
+            self._calls[key] = call
+        return call
 
     async def health_of(self, name: str, deadline_s: float) -> str:
         """The service's overall health status name, or the RPC error's code name."""
@@ -47,7 +110,13 @@ class Upstreams:
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        self._calls = {}
         await asyncio.gather(*(ch.close() for ch in channels))
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
 
 
 def not_serving(statuses: Mapping[str, str]) -> dict[str, str]:

@@ -70,8 +70,9 @@ async def test_healthz_readyz_and_unknown_path(
             "message": "no route for GET /v1/nothing/here",
             "details": [],
         }
+        # grpc-gateway: a wrong method is HTTP 405 with code UNIMPLEMENTED.
         wrong_method = await client.post("/healthz")
-        assert wrong_method.status_code == 501
+        assert wrong_method.status_code == 405
         assert wrong_method.json()["code"] == 12
 
 

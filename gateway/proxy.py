@@ -1,0 +1,306 @@
+"""The per-request path: match -> auth -> request message -> upstream call -> JSON.
+
+A plain ASGI middleware in front of Starlette's router: a transcoded
+request never goes through Starlette routing or Request objects, and
+nothing here walks descriptors (routes carry everything, precomputed).
+Requests no route matches fall through to the app (``/healthz``, ...),
+whose 404 handler asks ``Transcoder.allowed`` to tell 404 from 405.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from gateway.errors import error_parts, status_of_rpc_error
+from gateway.routing import Route, RouteTable
+from gateway.streaming import stream_response
+from gateway.transcode import Bad, Codec, build_request
+from gateway.upstreams import Upstreams
+from kernel.errors import DomainError, PermissionDenied
+from kernel.identity import IDENTITY_KEYS, Caller
+from kernel.telemetry import extract_headers, inject_metadata
+
+log = logging.getLogger("tips.gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Metadata = list[tuple[str, str | bytes]]
+# A method served in the gateway itself (e.g. a screen composed from several
+# services): (request, metadata, timeout seconds) -> response.
+LocalHandler = Callable[[Message, Sequence[tuple[str, str | bytes]], float], Awaitable[Message]]
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+_METADATA_PREFIX = "grpc-metadata-"
+_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_JSON = (b"content-type", b"application/json")
+_tracer = trace.get_tracer("tips.gateway")
+
+
+class EdgeAuth(Protocol):
+    """The agreed edge-auth interface (implemented in ``gateway.auth``)."""
+
+    async def authenticate(self, authorization: str | None) -> Caller: ...
+
+    async def close(self) -> None: ...
+
+
+class Transcoder:
+    """Serves every route of a table against its upstreams."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        codec: Codec,
+        upstreams: Upstreams,
+        *,
+        auth: EdgeAuth | None,
+        default_deadline_s: float,
+        local: Mapping[str, LocalHandler] | None = None,
+    ) -> None:
+        self.table = table
+        self.codec = codec
+        self.upstreams = upstreams
+        self.auth = auth
+        self.default_deadline_s = default_deadline_s
+        self.local = dict(local or {})
+
+    def allowed(self, path: str) -> list[str]:
+        return self.table.allowed(path)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, route: Route, values: dict[str, str]
+    ) -> None:
+        headers = _headers(scope)
+        span = None
+        try:
+            timeout = _timeout(headers.get("grpc-timeout"), self.default_deadline_s)
+            metadata = _forwarded_metadata(scope, headers)
+            if not route.public and self.auth is not None:
+                caller = await self.auth.authenticate(headers.get("authorization"))
+                _check_scopes(route, caller)
+                values = _resolve_me(values, caller)
+                metadata.extend(caller.to_metadata())
+            body = await _read_body(receive) if route.plan.body else b""
+            query = scope.get("query_string", b"").decode("latin-1")
+            request = build_request(self.codec, route.plan, values, query, body)
+            if "traceparent" in headers:
+                span, trace_md = _continue_trace(route, headers)
+                metadata.extend(trace_md)
+            if route.streaming:
+                await self._stream(scope, send, route, request, metadata, timeout, headers)
+                return
+            response, header_md = await self._unary(route, request, metadata, timeout)
+            payload = json.dumps(route.render(response), separators=(",", ":")).encode()
+            await _respond(send, 200, payload, [_JSON, *_metadata_headers(header_md)])
+        except DomainError as exc:
+            await _respond_status(send, exc.to_status())
+        except grpc.RpcError as exc:
+            await _respond_status(send, status_of_rpc_error(exc))
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _unary(
+        self, route: Route, request: Message, metadata: Metadata, deadline_s: float
+    ) -> tuple[Any, Sequence[tuple[str, str | bytes]]]:
+        local = self.local.get(route.grpc_path)
+        if local is not None:
+            return await local(request, metadata, deadline_s), ()
+        call = self.upstreams.unary(route.service, route.grpc_path, route.response_class.FromString)
+        if call is None:
+            raise _no_upstream(route)
+        pending = call(request, timeout=deadline_s, metadata=metadata)
+        response = await pending
+        return response, (await pending.initial_metadata()) or ()
+
+    async def _stream(
+        self,
+        scope: Scope,
+        send: Send,
+        route: Route,
+        request: Message,
+        metadata: Metadata,
+        deadline_s: float,
+        headers: Mapping[str, str],
+    ) -> None:
+        call = self.upstreams.server_stream(
+            route.service, route.grpc_path, route.response_class.FromString
+        )
+        if call is None:
+            raise _no_upstream(route)
+        sse = "text/event-stream" in headers.get("accept", "")
+        await stream_response(
+            send, call(request, timeout=deadline_s, metadata=metadata), route.render, sse=sse
+        )
+
+
+class TranscodeMiddleware:
+    """ASGI middleware: matched routes are transcoded, the rest go on to ``app``."""
+
+    def __init__(self, app: ASGIApp, transcoder: Transcoder) -> None:
+        self.app = app
+        self.transcoder = transcoder
+        self._match = transcoder.table.match
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            found = self._match(scope["method"], _raw_path(scope))
+            if found is not None:
+                await self.transcoder.handle(scope, receive, send, *found)
+                return
+        await self.app(scope, receive, send)
+
+
+def _no_upstream(route: Route) -> DomainError:
+    from kernel.errors import Unavailable
+
+    return Unavailable(
+        f"no upstream is configured for {route.service}",
+        reason="NO_UPSTREAM",
+        metadata={"service": route.service},
+    )
+
+
+def _raw_path(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    if raw:
+        text: str = raw.decode("latin-1").split("?", 1)[0]
+        return text
+    path: str = scope["path"]
+    return path
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        name = key.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        out[name] = f"{out[name]},{text}" if name in out else text
+    return out
+
+
+def _timeout(value: str | None, default: float) -> float:
+    """grpc-gateway's ``Grpc-Timeout`` (``5S``, ``100m``, ...), else the default."""
+    if value is None:
+        return default
+    m = _TIMEOUT.match(value.strip())
+    if m is None:
+        raise Bad("Grpc-Timeout", f"expected digits and a unit of H M S m u n, got {value!r}")
+    return int(m.group(1)) * _TIMEOUT_UNITS[m.group(2)]
+
+
+def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
+    metadata: Metadata = []
+    for name, value in headers.items():
+        if name.startswith(_METADATA_PREFIX):
+            key = name[len(_METADATA_PREFIX) :]
+            # Identity comes only from a verified token, never from a client header.
+            if not key or key in IDENTITY_KEYS or key.startswith("grpc-"):
+                continue
+            if key.endswith("-bin"):
+                try:
+                    metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
+                except (binascii.Error, ValueError):
+                    raise Bad(f"Grpc-Metadata-{key}", "a -bin header must be base64") from None
+            else:
+                metadata.append((key, value))
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        metadata.append(("authorization", authorization))
+    client = scope.get("client")
+    if client:
+        forwarded = headers.get("x-forwarded-for")
+        metadata.append(
+            ("x-forwarded-for", f"{forwarded}, {client[0]}" if forwarded else str(client[0]))
+        )
+    host = headers.get("x-forwarded-host") or headers.get("host")
+    if host:
+        metadata.append(("x-forwarded-host", host))
+    return metadata
+
+
+def _check_scopes(route: Route, caller: Caller) -> None:
+    missing = [s for s in route.scopes if s not in caller.scopes]
+    if missing:
+        raise PermissionDenied(
+            f"this route needs the scope(s) {', '.join(missing)}",
+            reason="MISSING_SCOPE",
+            metadata={"scopes": " ".join(missing)},
+        )
+
+
+def _resolve_me(values: dict[str, str], caller: Caller) -> dict[str, str]:
+    """``users/me[/...]`` in a path variable names the caller."""
+    out = values
+    for key, value in values.items():
+        if value == "users/me" or value.startswith("users/me/"):
+            if out is values:
+                out = dict(values)
+            out[key] = caller.resource_name + value[len("users/me") :]
+    return out
+
+
+def _continue_trace(route: Route, headers: Mapping[str, str]) -> tuple[Any, list[tuple[str, str]]]:
+    carried = {k: headers[k] for k in ("traceparent", "tracestate") if k in headers}
+    parent = extract_headers(carried)
+    span = _tracer.start_span(
+        f"{route.verb} {route.template.source}", context=parent, kind=trace.SpanKind.SERVER
+    )
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        return span, inject_metadata()
+    finally:
+        otel_context.detach(token)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Bad("body", f"larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _metadata_headers(metadata: Sequence[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in metadata:
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode("ascii")
+        out.append((f"grpc-metadata-{key}".encode("latin-1"), value.encode("latin-1", "replace")))
+    return out
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _respond_status(send: Send, status: status_pb2.Status) -> None:
+    code, body, headers = error_parts(status)
+    await _respond(send, code, body, headers)

@@ -1,0 +1,57 @@
+"""Server streaming over HTTP/1.1: NDJSON by default, SSE on ``Accept: text/event-stream``.
+
+NDJSON follows grpc-gateway: one ``{"result": ...}`` line per message and a
+final ``{"error": <Status>}`` line when the stream fails. The first message
+is awaited before the response starts, so a call that fails at once gets
+its real HTTP status (grpc-gateway answers 200 and an error line). SSE sends
+each message as a ``data:`` event and a failure as ``event: error``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from gateway.errors import status_dict, status_of_rpc_error
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_NDJSON = b"application/x-ndjson"
+_SSE = b"text/event-stream"
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+async def stream_response(
+    send: Send, call: Any, render: Callable[[Any], Any], *, sse: bool
+) -> None:
+    """Relay ``call`` (a grpc.aio unary-stream call) to the client."""
+    first = await call.read()  # an error here propagates: a normal error response
+    header_md = (await call.initial_metadata()) or ()
+    headers = [(b"content-type", _SSE if sse else _NDJSON), (b"cache-control", b"no-cache")]
+    for key, value in header_md:
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode("ascii")
+        headers.append((f"grpc-metadata-{key}".encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    message = first
+    try:
+        while message is not grpc.aio.EOF:
+            data = render(message)
+            chunk = b"data: " + _dumps(data) + b"\n\n" if sse else _dumps({"result": data}) + b"\n"
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            message = await call.read()
+    except grpc.RpcError as exc:
+        status = status_dict(status_of_rpc_error(exc))
+        chunk = (
+            b"event: error\ndata: " + _dumps(status) + b"\n\n"
+            if sse
+            else _dumps({"error": status}) + b"\n"
+        )
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

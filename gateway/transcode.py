@@ -1,0 +1,468 @@
+"""HTTP request -> request message, as grpc-gateway v2 builds it.
+
+Order: the body (``body: "*"`` fills the message, ``body: "field"`` one
+field), then path variables (nested field paths), then query parameters for
+every field not bound by path or body (``a.b=1``, repeated by repeating the
+key, maps as ``m[k]=v``). Input names may be lowerCamelCase or the proto
+names; unknown body fields and unknown query parameters are ignored, as
+grpc-gateway does, so older servers accept newer clients. Every client
+mistake raises ``InvalidArgument`` naming the field as the client spelt it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qsl
+
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from gateway.render import WKT_SPECIAL
+from kernel.errors import InvalidArgument
+
+_FD = FieldDescriptor
+_INT_RANGES = {
+    _FD.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
+    _FD.CPPTYPE_UINT32: (0, 2**32 - 1),
+    _FD.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+    _FD.CPPTYPE_UINT64: (0, 2**64 - 1),
+}
+_FLOAT_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# strconv.ParseBool, which grpc-gateway uses for query and path values.
+_BOOL_WORDS = {
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+}
+_WRAPPERS = frozenset(
+    n
+    for n in WKT_SPECIAL
+    if n.endswith("Value") and n not in ("google.protobuf.Value", "google.protobuf.ListValue")
+)
+_QUERY_KEY = re.compile(r"^([^\[\]]+)(?:\[([^\]]*)\])?$")
+FIELD_MASK = "google.protobuf.FieldMask"
+
+
+class Bad(InvalidArgument):
+    """One bad field: the 400 every client mistake becomes."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__([(field, description)])
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _is_plain_message(field: FieldDescriptor) -> bool:
+    """A singular message field that query/path names may descend into."""
+    mt = field.message_type
+    return mt is not None and not field.is_repeated and mt.full_name not in WKT_SPECIAL
+
+
+class Codec:
+    """Name lookups per message type, built once per pool."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self.pool = pool
+        self._names: dict[str, dict[str, FieldDescriptor]] = {}
+
+    def names(self, descriptor: Any) -> dict[str, FieldDescriptor]:
+        """Field by JSON name and by proto name."""
+        found = self._names.get(descriptor.full_name)
+        if found is None:
+            found = {}
+            self._names[descriptor.full_name] = found
+            for field in descriptor.fields:
+                found[field.name] = field
+                found[field.json_name] = field
+            for field in descriptor.fields:
+                if field.message_type is not None:
+                    self.names(field.message_type)  # warm nested types now
+        return found
+
+    # --- JSON (body) ------------------------------------------------------
+
+    def merge_json(self, message: Message, value: Any, where: str) -> None:
+        """Merge a parsed JSON value into ``message``."""
+        descriptor = message.DESCRIPTOR
+        if descriptor.full_name in WKT_SPECIAL:
+            self._merge_wkt(message, value, where)
+            return
+        if not isinstance(value, dict):
+            raise Bad(where or "body", f"expected a JSON object for {descriptor.name}")
+        names = self.names(descriptor)
+        for key, item in value.items():
+            field = names.get(key)
+            if field is None:
+                continue  # unknown fields are ignored, as grpc-gateway does
+            self.set_json(message, field, item, f"{where}.{key}" if where else key)
+
+    def set_json(self, message: Message, field: FieldDescriptor, value: Any, where: str) -> None:
+        """Set one field of ``message`` from its JSON value."""
+        if value is None:
+            if (
+                field.message_type is not None
+                and field.message_type.full_name == ("google.protobuf.Value")
+                and not field.is_repeated
+            ):
+                getattr(message, field.name).null_value = 0
+            return
+        if _is_map(field):
+            if not isinstance(value, dict):
+                raise Bad(where, "expected a JSON object (a map)")
+            target = getattr(message, field.name)
+            entry: Any = field.message_type
+            key_field = entry.fields_by_name["key"]
+            value_field = entry.fields_by_name["value"]
+            for k, v in value.items():
+                at = f"{where}[{k}]"
+                key = self._scalar_from_text(key_field, k, at)
+                if value_field.message_type is not None:
+                    self.merge_json(target[key], v, at)
+                elif v is not None:
+                    target[key] = self._scalar_from_json(value_field, v, at)
+            return
+        if field.is_repeated:
+            if not isinstance(value, list):
+                raise Bad(where, "expected a JSON array")
+            target = getattr(message, field.name)
+            for index, item in enumerate(value):
+                at = f"{where}[{index}]"
+                if field.message_type is not None:
+                    self.merge_json(target.add(), item, at)
+                elif item is None:
+                    raise Bad(at, "null is not allowed in a repeated field")
+                else:
+                    target.append(self._scalar_from_json(field, item, at))
+            return
+        if field.message_type is not None:
+            sub = getattr(message, field.name)
+            sub.SetInParent()
+            self.merge_json(sub, value, where)
+            return
+        setattr(message, field.name, self._scalar_from_json(field, value, where))
+
+    def _merge_wkt(self, message: Message, value: Any, where: str) -> None:
+        try:
+            json_format.ParseDict(value, message, descriptor_pool=self.pool)
+        except (json_format.ParseError, ValueError, TypeError) as exc:
+            reason = str(exc).split(" at ", 1)[0]
+            raise Bad(where or "body", f"invalid {message.DESCRIPTOR.name}: {reason}") from None
+
+    def _scalar_from_json(self, field: FieldDescriptor, value: Any, where: str) -> Any:
+        cpp = field.cpp_type
+        if cpp in _INT_RANGES:
+            if isinstance(value, bool):
+                raise Bad(where, "expected an integer")
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, int):
+                return _in_range(cpp, value, where)
+            if isinstance(value, str):
+                return self._scalar_from_text(field, value, where)
+            raise Bad(where, "expected an integer")
+        if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                return self._scalar_from_text(field, value, where)
+            raise Bad(where, "expected a number")
+        if cpp == _FD.CPPTYPE_BOOL:
+            if isinstance(value, bool):
+                return value
+            raise Bad(where, "expected true or false")
+        if cpp == _FD.CPPTYPE_ENUM:
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                return self._enum(field, value, where)
+            raise Bad(where, "expected an enum name or number")
+        if not isinstance(value, str):
+            raise Bad(where, "expected a string")
+        if field.type == _FD.TYPE_BYTES:
+            return _b64(value, where)
+        return value
+
+    # --- text (path and query) -------------------------------------------
+
+    def _scalar_from_text(self, field: FieldDescriptor, text: str, where: str) -> Any:
+        cpp = field.cpp_type
+        if cpp in _INT_RANGES:
+            try:
+                number = int(text, 10)
+            except ValueError:
+                raise Bad(where, f"expected an integer, got {text!r}") from None
+            return _in_range(cpp, number, where)
+        if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT):
+            if text in _FLOAT_WORDS:
+                return _FLOAT_WORDS[text]
+            try:
+                return float(text)
+            except ValueError:
+                raise Bad(where, f"expected a number, got {text!r}") from None
+        if cpp == _FD.CPPTYPE_BOOL:
+            if text not in _BOOL_WORDS:
+                raise Bad(where, f"expected true or false, got {text!r}")
+            return _BOOL_WORDS[text]
+        if cpp == _FD.CPPTYPE_ENUM:
+            return self._enum(field, int(text) if _is_int(text) else text, where)
+        if field.type == _FD.TYPE_BYTES:
+            return _b64(text, where)
+        return text
+
+    def _enum(self, field: FieldDescriptor, value: str | int, where: str) -> int:
+        enum: Any = field.enum_type
+        if isinstance(value, int):
+            if enum.values_by_number.get(value) is None and enum.is_closed:
+                raise Bad(where, f"{value} is not a value of {enum.name}")
+            return _in_range(_FD.CPPTYPE_INT32, value, where)
+        found = enum.values_by_name.get(value)
+        if found is None:
+            names = ", ".join(v.name for v in enum.values)
+            raise Bad(where, f"{value!r} is not a value of {enum.name} (one of {names})")
+        number: int = found.number
+        return number
+
+    def set_text(self, message: Message, field: FieldDescriptor, text: str, where: str) -> None:
+        """Set (or append to) a field from a path or query value."""
+        mt = field.message_type
+        if mt is not None:
+            if field.is_repeated:
+                raise Bad(where, "a repeated message field cannot be set from a query or path")
+            self._wkt_from_text(getattr(message, field.name), text, where)
+            return
+        value = self._scalar_from_text(field, text, where)
+        if field.is_repeated:
+            getattr(message, field.name).append(value)
+        else:
+            setattr(message, field.name, value)
+
+    def _wkt_from_text(self, message: Message, text: str, where: str) -> None:
+        name = message.DESCRIPTOR.full_name
+        if name in _WRAPPERS:
+            inner: Any = message.DESCRIPTOR.fields_by_name["value"]
+            message.value = self._scalar_from_text(inner, text, where)  # type: ignore[attr-defined]
+            return
+        if name == FIELD_MASK:
+            # Query masks are comma separated; names may be camelCase or proto names.
+            paths = [p for p in text.split(",") if p]
+            message.paths.extend(_snake(p) for p in paths)  # type: ignore[attr-defined]
+            return
+        if name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+            self._merge_wkt(message, text, where)
+            return
+        raise Bad(where, f"a {message.DESCRIPTOR.name} cannot be set from a query or path value")
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _in_range(cpp: int, value: int, where: str) -> int:
+    low, high = _INT_RANGES[cpp]
+    if not low <= value <= high:
+        raise Bad(where, f"{value} is out of range [{low}, {high}]")
+    return value
+
+
+def _b64(text: str, where: str) -> bytes:
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(padded)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Bad(where, "expected base64 bytes") from None
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """How one binding fills its request message; built at start-up."""
+
+    message_class: type[Message]
+    # (field path as in the template, the fields along it)
+    path_fields: tuple[tuple[str, tuple[FieldDescriptor, ...]], ...]
+    body: str
+    body_field: FieldDescriptor | None
+    # Proto field paths bound by path or body: query parameters under them are ignored.
+    bound: tuple[str, ...]
+    # PATCH with a body field: the FieldMask to fill from the body's keys when unsent.
+    mask_field: FieldDescriptor | None
+
+
+def plan_request(
+    codec: Codec,
+    descriptor: Descriptor,
+    variables: Sequence[str],
+    body: str,
+    http_verb: str,
+) -> RequestPlan:
+    """The plan for a binding; ValueError names a path or body field the type lacks."""
+    path_fields = tuple((v, resolve(codec, descriptor, v)) for v in variables)
+    body_field = None
+    if body and body != "*":
+        body_field = descriptor.fields_by_name.get(body)
+        if body_field is None:
+            raise ValueError(f"{descriptor.full_name} has no body field {body!r}")
+    mask_field = None
+    if http_verb == "PATCH" and body_field is not None:
+        masks = [
+            f
+            for f in descriptor.fields
+            if f.message_type is not None
+            and f.message_type.full_name == FIELD_MASK
+            and not f.is_repeated
+        ]
+        masks.sort(key=lambda f: f.name != "update_mask")
+        mask_field = masks[0] if masks else None
+    bound = tuple(".".join(f.name for f in fields) for _, fields in path_fields)
+    if body_field is not None:
+        bound += (body_field.name,)
+    codec.names(descriptor)
+    return RequestPlan(
+        message_factory.GetMessageClass(descriptor),
+        path_fields,
+        body,
+        body_field,
+        bound,
+        mask_field,
+    )
+
+
+def resolve(codec: Codec, descriptor: Descriptor, path: str) -> tuple[FieldDescriptor, ...]:
+    """The fields along a dotted proto field path (start-up; raises ValueError)."""
+    fields: list[FieldDescriptor] = []
+    current: Descriptor | None = descriptor
+    for part in path.split("."):
+        if current is None:
+            raise ValueError(f"{path!r}: {fields[-1].name} is not a message")
+        field = current.fields_by_name.get(part)
+        if field is None:
+            raise ValueError(f"{descriptor.full_name} has no field {path!r}")
+        fields.append(field)
+        current = field.message_type if _is_plain_message(field) else None
+    return tuple(fields)
+
+
+def build_request(
+    codec: Codec,
+    plan: RequestPlan,
+    path_values: Mapping[str, str],
+    query: str,
+    body: bytes,
+) -> Message:
+    """The request message for one HTTP request; ``Bad`` on any client mistake."""
+    message = plan.message_class()
+    body_json: Any = None
+    if plan.body:
+        body_json = _parse_body(body, plan.body if plan.body != "*" else "body")
+        if plan.body_field is None:
+            codec.merge_json(message, body_json, "")
+        elif body_json is not None:
+            codec.set_json(message, plan.body_field, body_json, plan.body_field.json_name)
+    for variable, fields in plan.path_fields:
+        target = _descend(message, fields)
+        codec.set_text(target, fields[-1], path_values[variable], variable)
+    if query and plan.body != "*":
+        _apply_query(codec, message, plan, query)
+    if plan.mask_field is not None and plan.body_field is not None:
+        mask = getattr(message, plan.mask_field.name)
+        if not mask.paths and isinstance(body_json, dict):
+            _fill_mask(codec, mask, body_json, plan.body_field)
+    return message
+
+
+def _parse_body(body: bytes, where: str) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Bad(where, f"malformed JSON: {exc}") from None
+
+
+def _descend(message: Message, fields: tuple[FieldDescriptor, ...]) -> Message:
+    for field in fields[:-1]:
+        message = getattr(message, field.name)
+    return message
+
+
+def _apply_query(codec: Codec, message: Message, plan: RequestPlan, query: str) -> None:
+    singular_seen: set[str] = set()
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        m = _QUERY_KEY.match(key)
+        if m is None:
+            raise Bad(key, "malformed query parameter name")
+        dotted, map_key = m.group(1), m.group(2)
+        target: Message = message
+        fields: list[FieldDescriptor] = []
+        known = True
+        parts = dotted.split(".")
+        for part in parts:
+            if fields:
+                if not _is_plain_message(fields[-1]):
+                    raise Bad(key, f"{fields[-1].json_name} has no sub-fields")
+                target = getattr(target, fields[-1].name)
+            field = codec.names(target.DESCRIPTOR).get(part)
+            if field is None:
+                known = False  # unknown parameters are ignored, as grpc-gateway does
+                break
+            fields.append(field)
+        if not known:
+            continue
+        proto_path = ".".join(f.name for f in fields)
+        if any(proto_path == b or proto_path.startswith(b + ".") for b in plan.bound):
+            continue
+        leaf = fields[-1]
+        if map_key is not None:
+            if not _is_map(leaf):
+                raise Bad(key, f"{leaf.json_name} is not a map")
+            entry = cast(Any, leaf.message_type)
+            value_field = entry.fields_by_name["value"]
+            if value_field.message_type is not None:
+                raise Bad(key, "a map of messages cannot be set from a query")
+            mk = codec._scalar_from_text(entry.fields_by_name["key"], map_key, key)
+            getattr(target, leaf.name)[mk] = codec._scalar_from_text(value_field, value, key)
+            continue
+        if _is_map(leaf):
+            raise Bad(key, f"set map entries as {dotted}[key]=value")
+        if _is_plain_message(leaf):
+            raise Bad(key, f"{leaf.json_name} is a message; set its fields as {dotted}.field")
+        if not leaf.is_repeated:
+            if proto_path in singular_seen:
+                raise Bad(key, "given more than once but is not repeated")
+            singular_seen.add(proto_path)
+        codec.set_text(target, leaf, value, key)
+
+
+def _fill_mask(codec: Codec, mask: Message, body: dict[str, Any], field: FieldDescriptor) -> None:
+    """grpc-gateway's FieldMaskFromRequestBody: one path per key, nested objects descend."""
+    paths: list[str] = []
+
+    def walk(obj: dict[str, Any], descriptor: Any, prefix: str) -> None:
+        names = codec.names(descriptor)
+        for key, value in obj.items():
+            sub = names.get(key)
+            if sub is None:
+                continue
+            path = prefix + sub.name
+            if _is_plain_message(sub) and isinstance(value, dict) and value:
+                walk(value, sub.message_type, path + ".")
+            else:
+                paths.append(path)
+
+    if field.message_type is not None and not field.is_repeated and not _is_map(field):
+        walk(body, field.message_type, "")
+    else:
+        paths.append(field.name)
+    mask.paths.extend(paths)  # type: ignore[attr-defined]

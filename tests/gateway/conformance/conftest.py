@@ -1,0 +1,229 @@
+"""The conformance rig: the test proto compiled at test time, a real grpc.aio
+backend for it, and the gateway serving it over real HTTP (uvicorn, free port).
+
+One backend and one gateway per module. The gateway gets a tiny EdgeAuth
+(a test double of our own interface, not of a library): ``Bearer good``
+is user ``u1`` with scope ``read``, ``Bearer admin`` adds ``admin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, message_factory
+from grpc_tools import protoc
+
+from gateway.app import create_app
+from gateway.descriptors import build_pool
+from gateway.upstreams import Upstreams
+from kernel.errors import InvalidArgument, NotFound, Unauthenticated
+from kernel.identity import Caller
+from kernel.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+PROTOS = Path(__file__).resolve().parent / "protos"
+SERVICE = "conformance.v1.ConformanceService"
+
+
+def compile_descriptor_set(out_dir: Path) -> Path:
+    """protoc the test proto into a FileDescriptorSet with imports and comments."""
+    import grpc_tools
+
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    out = out_dir / "conformance.binpb"
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'third_party'}",
+            f"-I{ROOT / 'proto'}",
+            f"-I{PROTOS}",
+            f"-I{well_known}",
+            f"--descriptor_set_out={out}",
+            "--include_imports",
+            "--include_source_info",
+            "conformance/v1/conformance.proto",
+        ]
+    )
+    assert code == 0, "protoc failed on the conformance proto"
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class FakeEdgeAuth:
+    """Our EdgeAuth interface with fixed tokens."""
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        if not authorization:
+            raise Unauthenticated("an access token is required", reason="TOKEN_MISSING")
+        if authorization == "Bearer good":
+            return Caller("u1", frozenset({"read"}), "s1")
+        if authorization == "Bearer admin":
+            return Caller("u1", frozenset({"read", "admin"}), "s1")
+        raise Unauthenticated("the access token is not valid", reason="TOKEN_INVALID")
+
+    async def close(self) -> None:
+        return None
+
+
+class Backend:
+    """The conformance service, implemented with generic handlers over our pool."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self.pool = pool
+        self.seen_deadline: float | None = None
+
+    def cls(self, name: str) -> Any:
+        return message_factory.GetMessageClass(
+            self.pool.FindMessageTypeByName(f"conformance.v1.{name}")
+        )
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        c = self.cls
+
+        def unary(fn: Any, req: str, resp: Any) -> grpc.RpcMethodHandler:
+            out = c(resp) if isinstance(resp, str) else resp
+            return grpc.unary_unary_rpc_method_handler(
+                fn,
+                request_deserializer=c(req).FromString,
+                response_serializer=out.SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Echo": unary(self.echo, "Everything", "Everything"),
+                "GetBook": unary(self.get_book, "GetBookRequest", "GetBookResponse"),
+                "GetSpecialBook": unary(self.get_special, "GetBookRequest", "Book"),
+                "UpdateBook": unary(self.update_book, "UpdateBookRequest", "UpdateBookResponse"),
+                "DeleteBook": unary(self.delete_book, "GetBookRequest", empty_pb2.Empty),
+                "ArchiveBook": unary(self.archive, "ArchiveBookRequest", "Book"),
+                "Search": unary(self.search, "SearchRequest", "Book"),
+                "Fail": unary(self.fail, "FailRequest", empty_pb2.Empty),
+                "WhoAmI": unary(self.whoami, "WhoAmIRequest", "WhoAmIResponse"),
+                "AdminOnly": unary(self.whoami, "WhoAmIRequest", "WhoAmIResponse"),
+                "Stream": grpc.unary_stream_rpc_method_handler(
+                    self.stream,
+                    request_deserializer=c("StreamRequest").FromString,
+                    response_serializer=c("Book").SerializeToString,
+                ),
+            },
+        )
+
+    async def echo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return request
+
+    async def get_book(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        book = self.cls("Book")(name=request.name, title="Dune", pages=412)
+        return self.cls("GetBookResponse")(book=book, etag="e1")
+
+    async def get_special(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.cls("Book")(name=f"special:{request.name}")
+
+    async def update_book(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.cls("UpdateBookResponse")(
+            book=request.book, mask_paths=list(request.update_mask.paths)
+        )
+
+    async def delete_book(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return empty_pb2.Empty()
+
+    async def archive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.cls("Book")(name=request.name, title=f"archived: {request.reason}")
+
+    async def search(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.cls("Book")(title=f"found {request.query}")
+
+    async def fail(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        code = next(c for c in grpc.StatusCode if c.value[0] == request.code)
+        if code == grpc.StatusCode.OK:
+            return empty_pb2.Empty()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            await context.abort_with_status(
+                InvalidArgument([("code", "the backend says no")]).to_grpc_status()
+            )
+        if code == grpc.StatusCode.NOT_FOUND:
+            await context.abort_with_status(
+                NotFound("shelves/1/books/2", resource_type="Book").to_grpc_status()
+            )
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            await context.abort_with_status(
+                Unauthenticated("token expired", reason="TOKEN_EXPIRED").to_grpc_status()
+            )
+        await context.abort(code, f"failed with {code.name}")
+
+    async def whoami(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata: dict[str, str] = {}
+        for key, value in context.invocation_metadata() or ():
+            text = base64.b64encode(value).decode() if isinstance(value, bytes) else value
+            metadata[key] = text
+        context.set_trailing_metadata((("x-trailer", "t"),))
+        await context.send_initial_metadata((("x-answer", "42"), ("x-raw-bin", b"\x00\x01")))
+        remaining = context.time_remaining() or 0.0
+        return self.cls("WhoAmIResponse")(
+            name=request.name, metadata=metadata, deadline_seconds=remaining
+        )
+
+    async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if request.fail_first:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "nothing to stream")
+        for index in range(request.count):
+            if request.fail_after and index == request.fail_after:
+                await context.abort(grpc.StatusCode.INTERNAL, "stream broke")
+            yield self.cls("Book")(name=f"shelves/1/books/{index}", pages=index)
+
+
+@dataclass
+class Rig:
+    client: httpx.AsyncClient
+    base_url: str
+    descriptor_set: Path
+    backend_addr: str
+
+
+@pytest_asyncio.fixture(scope="module")
+async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
+    path = compile_descriptor_set(tmp_path_factory.mktemp("conformance"))
+    image = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    backend = Backend(build_pool(image))
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((backend.handler(),))
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    backend_addr = f"127.0.0.1:{grpc_port}"
+
+    upstreams = Upstreams({}, services={SERVICE: backend_addr})
+    app = create_app(Settings(), upstreams, image=image, auth=FakeEdgeAuth())
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False
+    )
+    http = uvicorn.Server(config)
+    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(http.serve())
+    for _ in range(1000):  # uvicorn has no started event; poll briefly
+        if http.started:
+            break
+        await asyncio.sleep(0.01)
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        yield Rig(client, base_url, path, backend_addr)
+    http.should_exit = True
+    await task
+    await server.stop(0)
