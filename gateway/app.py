@@ -11,6 +11,7 @@ Every error leaves as google.rpc.Status JSON.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,14 +21,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.descriptors import build_pool, load_image
+from gateway.docs_page import docs_html_from_spec
 from gateway.errors import error_info, status_response
+from gateway.openapi import build_openapi
 from gateway.proxy import EdgeAuth, LocalHandler, TranscodeMiddleware, Transcoder
 from gateway.render import Renderer
 from gateway.routing import build_routes
+from gateway.screens import product_screens
 from gateway.transcode import Codec
 from gateway.upstreams import Upstreams, not_serving
 from kernel.settings import Settings
@@ -121,8 +125,22 @@ def create_app(
     no identity upstream (``--no-auth``, tests); the server passes EdgeAuth.
     """
     ups = upstreams if upstreams is not None else Upstreams.from_settings(settings)
+    if image is None:
+        # The product: its descriptor set, and the screens the edge composes itself.
+        image = load_image()
+        local = {**product_screens(ups.channel), **(local or {})}
+    spec = build_openapi(image, build_pool(image), title="Tips mesh API", version="v1")
+    spec_json = json.dumps(spec, separators=(",", ":")).encode()
+    docs_page = docs_html_from_spec(spec)
+
+    async def openapi(request: Request) -> Response:
+        return Response(spec_json, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(docs_page)
+
     transcoder = build_transcoder(
-        image if image is not None else load_image(),
+        image,
         ups,
         auth=auth,
         default_deadline_s=settings.default_deadline_seconds,
@@ -142,6 +160,8 @@ def create_app(
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
     ]
     middleware = [
         Middleware(GZipMiddleware, minimum_size=1024),

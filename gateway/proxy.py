@@ -120,7 +120,12 @@ class Transcoder:
     ) -> tuple[Any, Sequence[tuple[str, str | bytes]]]:
         local = self.local.get(route.grpc_path)
         if local is not None:
-            return await local(request, metadata, deadline_s), ()
+            result = await local(request, metadata, deadline_s)
+            if not isinstance(result, route.response_class):
+                # Local handlers answer with generated classes; rendering plans
+                # are keyed to the descriptor set's own classes.
+                result = route.response_class.FromString(result.SerializeToString())
+            return result, ()
         call = self.upstreams.unary(route.service, route.grpc_path, route.response_class.FromString)
         if call is None:
             raise _no_upstream(route)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -27,7 +27,7 @@ from tips.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from tips.recommender.v1 import recommender_service_pb2 as recommender_pb
 from tips.recommender.v1 import recommender_service_pb2_grpc as recommender_grpc
 
-Metadata = Sequence[tuple[str, str]]
+Metadata = Sequence[tuple[str, str | bytes]]
 R = TypeVar("R", bound=Message)
 MAX_TIPS = 5
 # A non-essential part may use at most this share of the request's deadline,
@@ -115,3 +115,23 @@ def _user_of(name: str) -> str:
     if len(parts) != 3 or parts[0] != "users" or not parts[1] or parts[2] != "home":
         raise InvalidArgument([("name", f"must be users/{{user}}/home, got {name!r}")])
     return f"users/{parts[1]}"
+
+
+def home_screen_handler(
+    composer: HomeScreenComposer,
+) -> Callable[[Message, Metadata, float], Awaitable[Message]]:
+    """`GetHomeScreen` as a gateway local handler (requests arrive as dynamic messages)."""
+
+    async def handle(request: Message, metadata: Metadata, deadline_s: float) -> Message:
+        typed = screens_pb.GetHomeScreenRequest.FromString(request.SerializeToString())
+        return await composer.get_home_screen(typed, metadata, deadline_s)
+
+    return handle
+
+
+def product_screens(channel: Callable[[str], grpc.aio.Channel]) -> dict[str, Any]:
+    """The product's screens, keyed by gRPC path, over the mesh's channels."""
+    composer = HomeScreenComposer(
+        channel("recommender"), channel("profile"), channel("integrations")
+    )
+    return {"/tips.gateway.v1.ScreensService/GetHomeScreen": home_screen_handler(composer)}

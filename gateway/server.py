@@ -26,6 +26,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.auth import edge_auth_from_settings
 from gateway.descriptors import load_image
 from gateway.proxy import EdgeAuth
 from gateway.upstreams import Upstreams
@@ -35,15 +36,9 @@ from kernel.settings import Settings, SettingsError, load_settings
 log = logging.getLogger("tips.gateway")
 
 
-def edge_auth(settings: Settings, upstreams: Upstreams) -> EdgeAuth | None:
-    """The token check (``gateway.auth``); None only while that module is absent."""
-    try:
-        from gateway.auth import edge_auth_from_settings  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        log.warning("gateway.auth is not available: serving WITHOUT token checks")
-        return None
-    auth: EdgeAuth = edge_auth_from_settings(settings, upstreams)
-    return auth
+def edge_auth(settings: Settings, upstreams: Upstreams) -> EdgeAuth:
+    """The token check of the product's edge (``gateway.auth``)."""
+    return edge_auth_from_settings(settings, upstreams)
 
 
 def build_server(
@@ -61,6 +56,9 @@ def build_server(
         host=host or settings.host,
         port=settings.gateway_port if port is None else port,
         lifespan="on",
+        # Chosen by bench/http_stack.py: see docs/http-stack.md.
+        loop="uvloop",
+        http="httptools",
         log_config=None,  # keep the kernel's structured, redacting handler
         access_log=False,
         # The edge appends the peer to X-Forwarded-For itself: keep the client's header.

@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,128 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kernel.settings import SERVICE_NAMES
-from tipsmesh.up import READY_LINE, port_taken
+from tests.e2e.meshutil import STOP_TIMEOUT, RunningMesh, start_mesh, stop_and_check
+from tipsmesh.up import port_taken
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
-
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 150.0
-STOP_TIMEOUT = 45.0
-
-
-def _port_base() -> int:
-    """A base whose 9 ports (gateway + 8 services) are all free right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 30000)
-        if not any(port_taken(base + i) for i in range(len(SERVICE_NAMES) + 1)):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def _env(port_base: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIPS_")}
-    env["TIPS_PORT_BASE"] = str(port_base)
-    env["TIPS_LOG_FORMAT"] = "json"
-    return env
-
-
-@dataclass
-class RunningMesh:
-    proc: subprocess.Popen[str]
-    run_dir: Path
-    port_base: int
-    output: list[str] = field(default_factory=list)
-    state: dict[str, object] = field(default_factory=dict)
-
-    def port(self, name: str) -> int:
-        ports = self.state["ports"]
-        assert isinstance(ports, dict)
-        return int(ports[name])
-
-    def infra_ports(self) -> list[int]:
-        ports = []
-        for key in ("database_url", "nats_url"):
-            url = str(self.state[key])
-            ports.append(int(url.rsplit(":", 1)[1].split("/")[0]))
-        return ports
-
-    def all_ports(self) -> list[int]:
-        ports = self.state["ports"]
-        assert isinstance(ports, dict)
-        return [int(p) for p in ports.values()] + self.infra_ports()
-
-    def processes(self) -> list[psutil.Process]:
-        """Every process of the mesh: the launcher's tree and the detached postmaster's."""
-        root = psutil.Process(self.proc.pid)
-        procs = [root, *root.children(recursive=True)]
-        pid_file = Path(str(self.state["postgres_pid_file"]))
-        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
-        return [*procs, postmaster, *postmaster.children(recursive=True)]
-
-
-def _start(tmp: Path, *command: str) -> RunningMesh:
-    base = _port_base()
-    run_dir = tmp / "run"
-    argv = list(command) or [
-        sys.executable, "-m", "tipsmesh.cli", "up", "--run-dir", str(run_dir),
-    ]  # fmt: skip
-    env = _env(base)
-    if command:  # make up: the run dir comes from the repo default otherwise
-        env["TIPS_RUN_DIR"] = str(run_dir)
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    mesh = RunningMesh(proc, run_dir, base)
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            mesh.output.append(line)
-            if line.startswith(READY_LINE):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not ready.wait(0.2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"tips up did not reach SERVING:\n{''.join(mesh.output)}")
-    mesh.state = json.loads((run_dir / "mesh.json").read_text())
-    return mesh
-
-
-def _stop_and_check(mesh: RunningMesh, sig: signal.Signals, pid: int | None = None) -> int:
-    """Signal the mesh, wait, and assert no process, port or server is left."""
-    procs = mesh.processes()
-    ports = mesh.all_ports()
-    assert len(procs) >= len(SERVICE_NAMES) + 3  # services, gateway, nats, postgres
-    started = time.monotonic()
-    os.kill(pid or mesh.proc.pid, sig)
-    try:
-        code = mesh.proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        mesh.proc.kill()
-        pytest.fail(f"mesh did not stop within {STOP_TIMEOUT}s:\n{''.join(mesh.output)}")
-    took = time.monotonic() - started
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    assert not alive, f"left running: {[(p.pid, p.cmdline()) for p in alive]}"
-    leftovers = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(str(mesh.run_dir) in arg for arg in proc.info["cmdline"] or []):
-            leftovers.append((proc.pid, proc.info["cmdline"]))
-    assert not leftovers, f"processes still using the run dir: {leftovers}"
-    assert not [p for p in ports if port_taken(p)], "ports still in use"
-    assert not Path(str(mesh.state["postgres_pid_file"])).exists(), "PostgreSQL still running"
-    assert not (mesh.run_dir / "mesh.json").exists()
-    assert took < STOP_TIMEOUT
-    return code
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    running = _start(tmp_path_factory.mktemp("mesh"))
+    running = start_mesh(tmp_path_factory.mktemp("mesh"))
     yield running
     if running.proc.poll() is None:  # a test failed before the stop test
         running.proc.send_signal(signal.SIGTERM)
@@ -229,18 +111,18 @@ def test_logs_go_to_run_dir(mesh: RunningMesh) -> None:
 
 
 def test_sigterm_stops_everything(mesh: RunningMesh) -> None:
-    code = _stop_and_check(mesh, signal.SIGTERM)
+    code = stop_and_check(mesh, signal.SIGTERM)
     assert code == 0, "".join(mesh.output)
 
 
 def test_sigint_stops_everything(tmp_path: Path) -> None:
-    running = _start(tmp_path)
-    code = _stop_and_check(running, signal.SIGINT)
+    running = start_mesh(tmp_path)
+    code = stop_and_check(running, signal.SIGINT)
     assert code == 0, "".join(running.output)
 
 
 def test_a_dying_service_stops_the_mesh_with_exit_1(tmp_path: Path) -> None:
-    running = _start(tmp_path)
+    running = start_mesh(tmp_path)
     pids = running.state["pids"]
     assert isinstance(pids, dict)
     procs = running.processes()
@@ -258,7 +140,7 @@ def test_a_dying_service_stops_the_mesh_with_exit_1(tmp_path: Path) -> None:
 
 def test_make_up_reaches_serving_and_stops(tmp_path: Path) -> None:
     # -o: treat the venv as up to date (it is: we run from it); never reinstall here.
-    running = _start(tmp_path, "make", "--no-print-directory", "-o", ".venv/.installed", "up")
+    running = start_mesh(tmp_path, "make", "--no-print-directory", "-o", ".venv/.installed", "up")
     assert not any("pip install" in line for line in running.output)
     # make forwards SIGTERM to `tips up`, which stops the mesh.
-    _stop_and_check(running, signal.SIGTERM)
+    stop_and_check(running, signal.SIGTERM)
