@@ -38,15 +38,33 @@ OPTIONAL_PART_SHARE = 0.8
 class HomeScreenComposer:
     """Builds `users/{user}/home` from the recommender, profile and integrations."""
 
-    def __init__(
+    def __init__(self, channel: Callable[[str], grpc.aio.Channel]) -> None:
+        # Channels are made on first use: a grpc.aio channel belongs to the
+        # event loop it is created in, which is the server's, not start-up's.
+        self._channel = channel
+        self._stubs: (
+            tuple[
+                recommender_grpc.RecommenderServiceStub,
+                profile_grpc.ProfileServiceStub,
+                integrations_grpc.IntegrationsServiceStub,
+            ]
+            | None
+        ) = None
+
+    def _clients(
         self,
-        recommender: grpc.aio.Channel,
-        profile: grpc.aio.Channel,
-        integrations: grpc.aio.Channel,
-    ) -> None:
-        self._recommender = recommender_grpc.RecommenderServiceStub(recommender)
-        self._profile = profile_grpc.ProfileServiceStub(profile)
-        self._integrations = integrations_grpc.IntegrationsServiceStub(integrations)
+    ) -> tuple[
+        recommender_grpc.RecommenderServiceStub,
+        profile_grpc.ProfileServiceStub,
+        integrations_grpc.IntegrationsServiceStub,
+    ]:
+        if self._stubs is None:
+            self._stubs = (
+                recommender_grpc.RecommenderServiceStub(self._channel("recommender")),
+                profile_grpc.ProfileServiceStub(self._channel("profile")),
+                integrations_grpc.IntegrationsServiceStub(self._channel("integrations")),
+            )
+        return self._stubs
 
     async def get_home_screen(
         self, request: screens_pb.GetHomeScreenRequest, metadata: Metadata, deadline_s: float
@@ -55,14 +73,15 @@ class HomeScreenComposer:
         if not 0 <= request.tip_count <= MAX_TIPS:
             raise InvalidArgument([("tip_count", f"must be between 0 and {MAX_TIPS}")])
         optional_timeout = deadline_s * OPTIONAL_PART_SHARE
-        tips_call = self._recommender.ListTips(
+        recommender, profile_client, integrations = self._clients()
+        tips_call = recommender.ListTips(
             recommender_pb.ListTipsRequest(parent=user, page_size=request.tip_count or 1),
             metadata=metadata,
             timeout=deadline_s,
         )
         profile_call = _optional(
             "profile",
-            lambda: self._profile.GetProfile(
+            lambda: profile_client.GetProfile(
                 profile_pb.GetProfileRequest(name=f"{user}/profile"),
                 metadata=metadata,
                 timeout=optional_timeout,
@@ -70,7 +89,7 @@ class HomeScreenComposer:
         )
         connections_call = _optional(
             "connections",
-            lambda: self._integrations.ListConnections(
+            lambda: integrations.ListConnections(
                 integrations_pb.ListConnectionsRequest(parent=user),
                 metadata=metadata,
                 timeout=optional_timeout,
@@ -131,7 +150,5 @@ def home_screen_handler(
 
 def product_screens(channel: Callable[[str], grpc.aio.Channel]) -> dict[str, Any]:
     """The product's screens, keyed by gRPC path, over the mesh's channels."""
-    composer = HomeScreenComposer(
-        channel("recommender"), channel("profile"), channel("integrations")
-    )
+    composer = HomeScreenComposer(channel)
     return {"/tips.gateway.v1.ScreensService/GetHomeScreen": home_screen_handler(composer)}

@@ -92,7 +92,7 @@ async def setup() -> AsyncIterator[tuple[HomeScreenComposer, Behaviour]]:
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield HomeScreenComposer(channel, channel, channel), behaviour
+        yield HomeScreenComposer(lambda name: channel), behaviour
     finally:
         await channel.close()
         await server.stop(0)

@@ -1,0 +1,199 @@
+"""The product's REST surface through the gateway, in the mesh `tips up` starts.
+
+Driven as a mobile app would: JSON over HTTP with a bearer token. The tokens
+are signed by the test with a key whose JWK Set it serves (TIPS_JWKS_URL), so
+this module does not depend on the auth service's sign-in.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey
+from openapi_spec_validator import validate
+
+from tests.e2e.meshutil import RunningMesh, start_mesh, stop_and_check
+from tests.support.jwks_server import JwksServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+ISSUER = "https://auth.e2e.test"
+AUDIENCE = "tips-e2e"
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> Iterator[tuple[ECKey, JwksServer]]:
+    key = ECKey.generate_key("P-256", parameters={"kid": "e2e-1"})
+    server = JwksServer()
+    server.publish(key)
+    try:
+        yield key, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, signing_key: tuple[ECKey, JwksServer]
+) -> Iterator[RunningMesh]:
+    _, jwks = signing_key
+    env = {"TIPS_JWKS_URL": jwks.url, "TIPS_AUTH_ISSUER": ISSUER, "TIPS_AUTH_AUDIENCE": AUDIENCE}
+    running = start_mesh(tmp_path_factory.mktemp("rest"), extra_env=env)
+    yield running
+    import signal
+
+    if running.proc.poll() is None:
+        assert stop_and_check(running, signal.SIGTERM) == 0
+
+
+def token(key: ECKey, user: str, scopes: str = "") -> str:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER, "aud": AUDIENCE, "sub": user, "iat": now, "exp": now + 600,
+        "jti": uuid.uuid4().hex, "scope": scopes, "sid": f"s_{user}",
+    }  # fmt: skip
+    return jwt.encode({"alg": "ES256", "kid": key.kid}, claims, key)
+
+
+@pytest.fixture
+def user() -> str:
+    return f"u{uuid.uuid4().hex[:12]}"
+
+
+def client(mesh: RunningMesh, key: ECKey | None = None, user: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token(key, user)}"} if key and user else {}
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{mesh.port('gateway')}",
+        headers=headers,
+        timeout=10,
+        trust_env=False,
+    )
+
+
+def steps(client_id: str, count: int) -> dict[str, Any]:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    return {
+        "clientSignalId": client_id,
+        "kind": "SIGNAL_KIND_STEPS",
+        "source": "SIGNAL_SOURCE_PHONE",
+        "startTime": start.isoformat().replace("+00:00", "Z"),
+        "endTime": (start + timedelta(minutes=30)).isoformat().replace("+00:00", "Z"),
+        "steps": {"count": str(count)},
+    }
+
+
+def wait_for_tip(http: httpx.Client, needle: str) -> dict[str, Any]:
+    """ListTips until the recommender's context has caught up with the signal."""
+    deadline = time.monotonic() + 20
+    while True:
+        response = http.get("/v1/users/me/tips")
+        assert response.status_code == 200, response.text
+        tips = response.json()["tips"]
+        if tips and needle in tips[0]["explanation"]:
+            return dict(tips[0])
+        assert time.monotonic() < deadline, f"no tip mentioning {needle!r}: {tips}"
+        time.sleep(0.2)
+
+
+def test_thin_path_over_rest(mesh: RunningMesh, signing_key: tuple[ECKey, Any], user: str) -> None:
+    key, _ = signing_key
+    with client(mesh, key, user) as http:
+        bad = {**steps("bad-1", 1), "steps": {"count": "-5"}}
+        posted = http.post(
+            "/v1/users/me/signals:batchIngest", json={"signals": [steps("s-1", 900), bad]}
+        )
+        assert posted.status_code == 200, posted.text
+        results = posted.json()["results"]
+        assert [r["outcome"] for r in results] == [
+            "INGEST_OUTCOME_ACCEPTED",
+            "INGEST_OUTCOME_REJECTED",
+        ]
+        assert results[0]["signal"].startswith(f"users/{user}/signals/")
+        details = results[1]["error"]["details"]
+        fields = [v["field"] for d in details for v in d.get("fieldViolations", [])]
+        assert fields == ["steps.count"], details
+
+        tip = wait_for_tip(http, "900 steps")
+        assert tip["name"].startswith(f"users/{user}/tips/")
+
+        reacted = http.post(f"/v1/{tip['name']}:react", json={"reaction": "TIP_REACTION_DONE"})
+        assert reacted.status_code == 200, reacted.text
+        assert reacted.json()["state"] == "TIP_STATE_DONE"
+
+        deadline = time.monotonic() + 20
+        while True:
+            history = http.get("/v1/users/me/tips:history").json()["tips"]
+            states = {t["name"]: t["state"] for t in history}
+            if states.get(tip["name"]) == "TIP_STATE_DONE":
+                break
+            assert time.monotonic() < deadline, history
+            time.sleep(0.2)
+
+
+def test_another_users_resources_are_refused(
+    mesh: RunningMesh, signing_key: tuple[ECKey, Any], user: str
+) -> None:
+    key, _ = signing_key
+    with client(mesh, key, user) as http:
+        assert http.get("/v1/users/someone-else/tips").status_code == 403
+        refused = http.post(
+            "/v1/users/someone-else/signals:batchIngest", json={"signals": [steps("x", 10)]}
+        )
+        assert refused.status_code == 403
+        assert refused.json()["code"] == 7
+
+
+def test_a_request_without_a_token_is_401_with_www_authenticate(mesh: RunningMesh) -> None:
+    with client(mesh) as http:
+        response = http.get("/v1/users/me/tips")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["code"] == 16
+
+
+def test_a_client_mistake_is_a_400_naming_the_field(
+    mesh: RunningMesh, signing_key: tuple[ECKey, Any], user: str
+) -> None:
+    key, _ = signing_key
+    with client(mesh, key, user) as http:
+        response = http.get("/v1/users/me/tips", params={"pageSize": "many"})
+    assert response.status_code == 400
+    details = response.json()["details"]
+    fields = [v["field"] for d in details for v in d.get("fieldViolations", [])]
+    assert fields == ["page_size"] or fields == ["pageSize"], details
+
+
+def test_home_screen_is_partial_when_a_part_is_missing(
+    mesh: RunningMesh, signing_key: tuple[ECKey, Any], user: str
+) -> None:
+    key, _ = signing_key
+    with client(mesh, key, user) as http:
+        response = http.get("/v1/users/me/home")
+    assert response.status_code == 200, response.text
+    screen = response.json()
+    assert screen["name"] == f"users/{user}/home"
+    assert len(screen["tips"]) == 1
+    # Whatever is not built yet, or down, is named rather than failing the screen.
+    for part in screen["missingParts"]:
+        assert part["part"] in {"profile", "connections"}
+        assert part["status"]["code"] != 0
+
+
+def test_openapi_is_valid_3_1_and_docs_are_served(mesh: RunningMesh, tmp_path: Path) -> None:
+    with client(mesh) as http:
+        spec = http.get("/openapi.json")
+        docs = http.get("/docs")
+    assert spec.status_code == 200
+    document = spec.json()
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+    assert "/v1/users/{usersId}/signals:batchIngest" in document["paths"]
+    assert docs.status_code == 200 and "BatchIngestSignals" in docs.text
