@@ -197,3 +197,54 @@ def test_openapi_is_valid_3_1_and_docs_are_served(mesh: RunningMesh, tmp_path: P
     validate(document)
     assert "/v1/users/{usersId}/signals:batchIngest" in document["paths"]
     assert docs.status_code == 200 and "BatchIngestSignals" in docs.text
+
+
+def test_schemathesis_finds_no_server_error(
+    mesh: RunningMesh, signing_key: tuple[ECKey, Any], user: str, tmp_path: Path
+) -> None:
+    """A bounded property-based run of every documented operation: no 5xx.
+
+    The one 5xx allowed is 501 for an RPC of the contract that is not built
+    yet: the foundation issue asks for exactly that answer ("not implemented
+    yet"). Anything else (500, 502, 503, 504, or a 501 for another reason)
+    fails, and the not-built list is printed so it can only shrink knowingly.
+    """
+    import re
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    key, _ = signing_key
+    base = f"http://127.0.0.1:{mesh.port('gateway')}"
+    st = Path(sys.executable).parent / "st"
+    result = subprocess.run(
+        [
+            str(st), "run", f"{base}/openapi.json", "--url", base,
+            "--checks", "not_a_server_error",
+            "--max-examples", "5", "--request-timeout", "10",
+            "--generation-deterministic", "--phases", "examples,coverage,fuzzing",
+            "-H", f"Authorization: Bearer {token(key, user, 'admin')}",
+            "--report", "junit", "--report-dir", str(tmp_path),
+        ],
+        capture_output=True, text=True, timeout=200, check=False,
+    )  # fmt: skip
+    [report] = list(tmp_path.glob("junit*.xml"))
+    tested = 0
+    not_built: set[str] = set()
+    server_errors: list[str] = []
+    for case in ET.parse(report).iter("testcase"):
+        tested += 1
+        for failure in case.findall("failure") + case.findall("error"):
+            text = failure.text or failure.get("message") or ""
+            for status, body in re.findall(r"\[(\d{3})\][^\n]*\n\s*\n\s*`([^`]*)`", text):
+                if status == "501" and "is not implemented yet" in body:
+                    not_built.add(str(case.get("name")))
+                else:
+                    server_errors.append(f"{case.get('name')}: [{status}] {body[:300]}")
+            if "[" not in text:
+                server_errors.append(f"{case.get('name')}: {text[:300]}")
+    print(f"schemathesis: {tested} operations; not built yet (501): {len(not_built)}")
+    for name in sorted(not_built):
+        print(f"  not built yet: {name}")
+    assert tested >= 60, result.stdout[-3000:]
+    assert not server_errors, "\n".join(server_errors)
