@@ -136,7 +136,12 @@ def main() -> None:
         descriptor_set = compile_protos(pb_dir)
         backend_port, gateway_port = free_port(), free_port()
         backend = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "echo_backend.py"), tmp, str(backend_port)],
+            [
+                sys.executable,
+                str(ROOT / "bench" / "support" / "echo_backend.py"),
+                tmp,
+                str(backend_port),
+            ],
             stdout=subprocess.DEVNULL,
         )
         gateway = subprocess.Popen(
@@ -154,7 +159,7 @@ def main() -> None:
             direct_file = pb_dir / "direct.json"
             subprocess.run(
                 [
-                    sys.executable, str(ROOT / "bench" / "grpc_load.py"), tmp,
+                    sys.executable, str(ROOT / "bench" / "support" / "grpc_load.py"), tmp,
                     f"127.0.0.1:{backend_port}", str(args.concurrency), str(args.seconds),
                     str(direct_file),
                 ],

@@ -38,12 +38,31 @@ class Stack:
 
 UVICORN = (sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning")
 STACKS = [
-    Stack("uvicorn-h11-asyncio", (*UVICORN, "--http", "h11", "--loop", "asyncio",
-                                  "--port", "{port}", "{app}")),
-    Stack("uvicorn-httptools-uvloop", (*UVICORN, "--http", "httptools", "--loop", "uvloop",
-                                       "--port", "{port}", "{app}")),
-    Stack("granian", (sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1",
-                      "--log-level", "warning", "--port", "{port}", "{app}")),
+    Stack(
+        "uvicorn-h11-asyncio",
+        (*UVICORN, "--http", "h11", "--loop", "asyncio", "--port", "{port}", "{app}"),
+    ),
+    Stack(
+        "uvicorn-httptools-uvloop",
+        (*UVICORN, "--http", "httptools", "--loop", "uvloop", "--port", "{port}", "{app}"),
+    ),
+    Stack(
+        "granian",
+        (
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            "--port",
+            "{port}",
+            "{app}",
+        ),
+    ),
 ]
 APPS = {"raw": "bench.apps.hello:raw", "starlette": "bench.apps.hello:starlette"}
 
@@ -80,9 +99,17 @@ def parse_ms(value: str) -> float:
 
 def run_wrk(port: int, seconds: int, connections: int) -> tuple[float, float, float]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-         f"http://127.0.0.1:{port}{PATH}"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            f"http://127.0.0.1:{port}{PATH}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = parse_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
@@ -135,17 +162,25 @@ def main() -> None:
             results.append(measure(stack, app, args.seconds, args.connections))
     base = next(r for r in results if r.stack == STACKS[0].name and r.app == "raw")
     plot(results, OUT / "http_stack.png")
-    print(json.dumps({
-        "scenario": "http_stack",
-        "connections": args.connections,
-        "baseline": asdict(base),
-        "results": [
-            {**asdict(r), "rps_ratio": round(r.rps / base.rps, 3),
-             "p50_ratio": round(r.p50_ms / base.p50_ms, 3)}
-            for r in results
-        ],
-        "plot": str((OUT / "http_stack.png").relative_to(ROOT)),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "scenario": "http_stack",
+                "connections": args.connections,
+                "baseline": asdict(base),
+                "results": [
+                    {
+                        **asdict(r),
+                        "rps_ratio": round(r.rps / base.rps, 3),
+                        "p50_ratio": round(r.p50_ms / base.p50_ms, 3),
+                    }
+                    for r in results
+                ],
+                "plot": str((OUT / "http_stack.png").relative_to(ROOT)),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -103,6 +103,29 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a process gets to exit after SIGTERM before SIGKILL (default 15)",
     )
 
+    auth = sub.add_parser("auth", help="auth service administration")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
+    rotate = auth_sub.add_parser(
+        "rotate-keys",
+        help="rotate the access-token signing key (old public keys stay in the JWKS)",
+        description="Create a new signing key; running auth services pick it up within "
+        "TIPS_AUTH_SIGNING_KEY_RELOAD_SECONDS. The old key verifies until its tokens expire.",
+    )
+    rotate.add_argument(
+        "--grace", type=float, default=None, metavar="S",
+        help="seconds the old public key stays published (default: token lifetime + leeway)",
+    )  # fmt: skip
+
+    integrations = sub.add_parser("integrations", help="integrations service administration")
+    integrations_sub = integrations.add_subparsers(dest="integrations_command", required=True)
+    rewrap = integrations_sub.add_parser(
+        "rewrap-tokens",
+        help="re-wrap every stored provider token's data key under a key-encryption key",
+        description="Re-seal the data keys of every vault record under KEY (default: "
+        "TIPS_INTEGRATIONS_KEK_CURRENT), in small batches, while the service runs.",
+    )
+    rewrap.add_argument("--key", default="", metavar="KEY", help="target key id")
+
     bench = sub.add_parser(
         "bench",
         help="run a benchmark scenario from bench/ (prints JSON)",
@@ -204,6 +227,34 @@ def _up(args: argparse.Namespace) -> int:
         return 2
 
 
+def _rotate_keys(grace: float | None) -> int:
+    from kernel.settings import SettingsError, load_settings
+    from services.auth.service import rotate_signing_keys
+
+    try:
+        settings = load_settings(service="auth")
+    except SettingsError as exc:
+        print(f"tips auth: {exc}", file=sys.stderr)
+        return 2
+    kid = asyncio.run(rotate_signing_keys(settings, grace))
+    print(f"new signing key: {kid}")
+    return 0
+
+
+def _rewrap(key: str) -> int:
+    from kernel.settings import SettingsError, load_settings
+    from services.integrations.rewrap import rewrap_tokens
+
+    try:
+        settings = load_settings(service="integrations")
+        result = asyncio.run(rewrap_tokens(settings, key))
+    except SettingsError as exc:
+        print(f"tips integrations: {exc}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
 def bench_scenarios() -> list[str]:
     return sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.stem.startswith("_"))
 
@@ -236,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate(args.names)
     if args.command == "up":
         return _up(args)
+    if args.command == "auth":
+        return _rotate_keys(args.grace)
+    if args.command == "integrations":
+        return _rewrap(args.key)
     return _bench(args.name, args.args)
 
 

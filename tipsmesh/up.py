@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES
+from tipsmesh import devsecrets
 from tipsmesh.health import grpc_serving, http_ok
 from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
 
@@ -260,6 +261,7 @@ class Mesh:
             TIPS_HOST=HOST,
             PYTHONUNBUFFERED="1",
         )
+        devsecrets.fill(env, self.run_dir / "secrets.env")
         for service in SERVICE_NAMES:
             env[f"TIPS_{service.upper()}_ADDR"] = f"{HOST}:{self.ports[service]}"
         if GATEWAY in self.ports:

@@ -1,6 +1,6 @@
 """A gRPC load generator: one grpc.aio channel, N concurrent callers, T seconds.
 
-    python bench/grpc_load.py PB_DIR ADDRESS CONCURRENCY SECONDS OUT_JSON
+    python bench/support/grpc_load.py PB_DIR ADDRESS CONCURRENCY SECONDS OUT_JSON
 Writes JSON: {"count": n, "seconds": s, "latencies_ms": [...]}.
 """
 

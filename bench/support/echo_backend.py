@@ -1,6 +1,6 @@
 """The benchmark's gRPC backend: EchoService from bench/protos, on a given port.
 
-python bench/echo_backend.py PB_DIR PORT
+python bench/support/echo_backend.py PB_DIR PORT
 """
 
 from __future__ import annotations

@@ -1,0 +1,277 @@
+"""The decision hot path under load, against an empty gRPC call, and signal freshness.
+
+    tips bench decision [--seconds S] [--users N] [--signals N]
+
+Starts a local PostgreSQL and NATS, the events service and the recommender in
+this process (as `tips serve` runs them, ONNX Runtime in process), and a bare
+grpc.aio server with an empty RPC (health Check) in another process. The load
+comes from a separate client process (one channel, N concurrent calls):
+
+- ListTips (page_size 1, users rotated so eligibility never runs dry) and the
+  empty RPC at concurrency 16 and 64: p50, p99, throughput, and their ratios;
+- freshness: a steps signal is ingested (BatchIngestSignals returns), then the
+  user's decision context is polled every millisecond until it holds the
+  signal. ListTips reads exactly that in-memory context, so the first decision
+  after that point uses the signal.
+
+Prints JSON and writes bench/out/decision.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+
+EMPTY_SERVER = """
+import asyncio, sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+async def main() -> None:
+    server = grpc.aio.server()
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+CLIENT = """
+import asyncio, json, sys, time
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tips.recommender.v1 import recommender_service_pb2 as rec, recommender_service_pb2_grpc as rg
+
+async def main(kind, addr, conc, seconds, users):
+    async with grpc.aio.insecure_channel(addr) as ch:
+        if kind == "empty":
+            stub = health_pb2_grpc.HealthStub(ch)
+            def call(i):
+                return stub.Check(health_pb2.HealthCheckRequest())
+        else:
+            stub = rg.RecommenderServiceStub(ch)
+            def call(i):
+                u = users[i % len(users)]
+                return stub.ListTips(rec.ListTipsRequest(parent="users/" + u, page_size=1),
+                                     metadata=(("x-tips-user", u),))
+        lat, counter, errors, empty = [], [0], [0], [0]
+        stop = time.perf_counter() + seconds
+        warm = time.perf_counter() + min(1.0, seconds / 5)
+        async def worker():
+            while time.perf_counter() < stop:
+                i = counter[0]; counter[0] += 1
+                t = time.perf_counter()
+                try:
+                    r = await call(i)
+                    if kind != "empty" and not r.tips:
+                        empty[0] += 1
+                except grpc.aio.AioRpcError:
+                    errors[0] += 1
+                    continue
+                if t >= warm:
+                    lat.append(time.perf_counter() - t)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        took = time.perf_counter() - max(t0, warm - seconds / 5 if False else t0)
+        measured = stop - warm
+        print(json.dumps({"lat": lat, "rps": len(lat) / measured, "errors": errors[0],
+                          "empty": empty[0]}))
+
+kind, addr, conc, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+users = sys.argv[5].split(",") if len(sys.argv) > 5 else []
+asyncio.run(main(kind, addr, conc, seconds, users))
+"""
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _load(kind: str, addr: str, conc: int, seconds: float, users: list[str]) -> dict[str, Any]:
+    args = [sys.executable, "-c", CLIENT, kind, addr, str(conc), str(seconds)]
+    if users:
+        args.append(",".join(users))
+    out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
+    data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    lat = np.array(data.pop("lat")) * 1000
+    data.update(
+        p50_ms=float(np.percentile(lat, 50)),
+        p99_ms=float(np.percentile(lat, 99)),
+        n=len(lat),
+        _lat=lat.tolist(),
+    )
+    return data
+
+
+async def _freshness(events_addr: str, rec_addr: str, n: int) -> list[float]:
+    from tips.events.v1 import events_service_pb2 as ev
+    from tips.events.v1 import events_service_pb2_grpc as ev_grpc
+    from tips.events.v1 import signal_pb2
+    from tips.recommender.v1 import recommender_service_pb2 as rec
+    from tips.recommender.v1 import recommender_service_pb2_grpc as rg
+
+    out: list[float] = []
+    async with (
+        grpc.aio.insecure_channel(events_addr) as ev_ch,
+        grpc.aio.insecure_channel(rec_addr) as rec_ch,
+    ):
+        events, internal = ev_grpc.EventsServiceStub(ev_ch), rg.RecommenderInternalServiceStub(rec_ch)
+        for i in range(n):
+            user = f"fresh_{secrets.token_hex(4)}"
+            now = datetime.now(UTC)
+            signal = signal_pb2.Signal(
+                client_signal_id=secrets.token_hex(8), kind=signal_pb2.SIGNAL_KIND_STEPS,
+                source=signal_pb2.SIGNAL_SOURCE_PHONE, start_time=_ts(now - timedelta(seconds=1)),
+                end_time=_ts(now), steps=signal_pb2.StepsPayload(count=1000 + i),
+            )  # fmt: skip
+            md = (("x-tips-user", user),)
+            await events.BatchIngestSignals(
+                ev.BatchIngestSignalsRequest(parent=f"users/{user}", signals=[signal]), metadata=md
+            )
+            t0 = time.perf_counter()
+            name = f"users/{user}/decisionContext"
+            while True:
+                got = await internal.GetDecisionContext(rec.GetDecisionContextRequest(name=name))
+                if got.decision_context.signal_count >= 1:
+                    break
+                if time.perf_counter() - t0 > 5:
+                    raise RuntimeError("signal never reached the recommender")
+                await asyncio.sleep(0.001)
+            out.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(0.02)
+    return out
+
+
+async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
+    from kernel.clients import close_channels
+    from kernel.migrations import migrate
+    from kernel.server import ServiceServer
+    from kernel.settings import Settings
+    from services.events.service import SERVICE as EVENTS
+    from services.recommender.service import SERVICE as RECOMMENDER
+    from services.recommender.settings import RecommenderSettings
+    from tipsmesh.localinfra import LocalNats, LocalPostgres
+
+    tmp = Path(tempfile.mkdtemp(prefix="tips-bench-decision-"))
+    pg, nats_server = LocalPostgres(tmp / "pg"), LocalNats(tmp / "nats")
+    empty = subprocess.Popen(
+        [sys.executable, "-c", EMPTY_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        settings = Settings(
+            database_url=pg.start(), nats_url=nats_server.start(), log_level="WARNING",
+            log_format="text",
+        )  # fmt: skip
+        await migrate(settings, [EVENTS, RECOMMENDER])
+        events_server = ServiceServer(EVENTS, settings, port=0)
+        await events_server.start()
+        rec_settings = RecommenderSettings(
+            **{**settings.model_dump(), "events_addr": events_server.address},
+            recommender_model_repository=str(tmp / "models"),
+        )
+        rec_server = ServiceServer(RECOMMENDER, rec_settings, port=0)
+        await rec_server.start()
+        assert empty.stdout is not None
+        empty_addr = f"127.0.0.1:{empty.stdout.readline().strip()}"
+        users = [f"bench_{i:05d}" for i in range(n_users)]
+        results: dict[str, Any] = {}
+        for conc in (16, 64):
+            # The client runs in a thread so this loop keeps serving the recommender.
+            base = await asyncio.to_thread(_load, "empty", empty_addr, conc, seconds, [])
+            tips = await asyncio.to_thread(
+                _load, "list_tips", rec_server.address, conc, seconds, users
+            )
+            results[f"c{conc}"] = {
+                "empty_rpc": {k: v for k, v in base.items() if k != "_lat"},
+                "list_tips": {k: v for k, v in tips.items() if k != "_lat"},
+                "ratio_p50": tips["p50_ms"] / base["p50_ms"],
+                "ratio_p99": tips["p99_ms"] / base["p99_ms"],
+                "ratio_throughput": tips["rps"] / base["rps"],
+                "_lat": {"empty": base["_lat"], "list_tips": tips["_lat"]},
+            }
+        fresh = await _freshness(events_server.address, rec_server.address, n_signals)
+        results["freshness_ms"] = {
+            "n": len(fresh),
+            "p50": float(np.percentile(fresh, 50)),
+            "p99": float(np.percentile(fresh, 99)),
+            "max": float(max(fresh)),
+        }
+        results["goals"] = {
+            "p99_ratio_c16_under_3": results["c16"]["ratio_p99"] < 3,
+            "freshness_p99_under_100ms": results["freshness_ms"]["p99"] < 100,
+        }
+        await rec_server.stop(grace=1)
+        await events_server.stop(grace=1)
+        await close_channels()
+        return results
+    finally:
+        empty.terminate()
+        nats_server.stop()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, conc in zip(axes, ("c16", "c64"), strict=True):
+        lat = results[conc]["_lat"]
+        for label, values in lat.items():
+            ax.hist(values, bins=80, alpha=0.6, label=label, log=True)
+        ax.set_title(f"latency at concurrency {conc[1:]} (ms)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--users", type=int, default=3000)
+    parser.add_argument("--signals", type=int, default=200)
+    args = parser.parse_args()
+    os.environ.pop("TIPS_DATABASE_URL", None)
+    os.environ.pop("TIPS_NATS_URL", None)
+    results = asyncio.run(run(args.seconds, args.users, args.signals))
+    OUT.mkdir(parents=True, exist_ok=True)
+    try:
+        _plot(results, OUT / "decision.png")
+    except ImportError:
+        results["plot"] = "matplotlib not installed"
+    for conc in ("c16", "c64"):
+        results[conc].pop("_lat")
+    (OUT / "decision.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The consent gate: no fetch and no signal without the provider's purpose granted.
+
+Granted purposes come from the profile service (``GetUserContext``), cached
+for ``integrations_consent_cache_seconds``. ``ConsentChanged`` on
+``TIPS_PROFILE`` evicts the user's entry at once, so a revocation stops the
+next page of a running sync and every later run; a grant makes the user's
+connections of that purpose due now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from sqlalchemy import func
+
+from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.clients import channel
+from kernel.db import Database
+from kernel.identity import parse_user
+from kernel.outbox import claim
+from services.integrations import domain, store
+from services.integrations.settings import IntegrationsSettings
+from tips.profile.v1 import consent_pb2, events_pb2, profile_service_pb2, profile_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class ConsentUnknown(Exception):
+    """The profile service could not be asked; the sync is retried later."""
+
+
+class ConsentGate:
+    def __init__(
+        self, settings: IntegrationsSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+
+    def evict(self, user_id: str) -> None:
+        self._cache.pop(user_id, None)
+
+    async def granted(self, user_id: str) -> frozenset[str]:
+        """The user's granted purposes, as consent ids ("calendar-data-for-tips")."""
+        ttl = self.settings.integrations_consent_cache_seconds
+        cached = self._cache.get(user_id)
+        if cached is not None and self._clock() - cached[0] < ttl:
+            return cached[1]
+        stub = profile_service_pb2_grpc.ProfileInternalServiceStub(
+            channel(self.settings, "profile")
+        )
+        try:
+            response = await stub.GetUserContext(
+                profile_service_pb2.GetUserContextRequest(user=f"users/{user_id}")
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                purposes: frozenset[str] = frozenset()  # no profile: nothing granted
+            else:
+                raise ConsentUnknown(f"profile service: {exc.code().name}") from None
+        else:
+            purposes = frozenset(
+                domain.purpose_id(consent_pb2.ConsentPurpose.Name(p))
+                for p in response.user_context.granted_purposes
+            )
+        self._cache[user_id] = (self._clock(), purposes)
+        return purposes
+
+    async def allows(self, user_id: str, purpose: str) -> bool:
+        return purpose in await self.granted(user_id)
+
+
+class ConsentListener:
+    """Consumes ``ConsentChanged``: evicts the gate's cache, reschedules on grant."""
+
+    def __init__(
+        self,
+        db: Database,
+        gate: ConsentGate,
+        durable: str,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.db = db
+        self.gate = gate
+        self.durable = durable
+        self.wake = wake
+
+    async def handle(self, delivery: Delivery[events_pb2.ConsentChanged]) -> None:
+        event = delivery.message
+        try:
+            user_id = parse_user(event.user, "user")
+        except Exception:
+            log.error(
+                "consent event without a valid user skipped", extra={"msg_id": delivery.msg_id}
+            )
+            return
+        self.gate.evict(user_id)
+        if event.state != consent_pb2.CONSENT_STATE_GRANTED:
+            return  # running syncs see the revocation at their next page
+        purpose = domain.purpose_id(consent_pb2.ConsentPurpose.Name(event.purpose))
+        async with self.db.transaction() as session:
+            msg_id = delivery.msg_id or event.event_id
+            if not await claim(
+                session, store.processed_messages, consumer=self.durable, msg_id=msg_id
+            ):
+                return
+            for row in await store.connections_with_purpose(session, user_id, purpose):
+                if row.state in store.SCHEDULABLE and not row.paused:
+                    await store.update_connection(
+                        session, user_id, row.connection_id, next_run_time=func.now()
+                    )
+        self.wake()
+
+    async def run(self, bus: Bus) -> None:
+        """Consume until cancelled; waits for the profile stream if it is not there yet."""
+        delay = 0.5
+        while True:
+            try:
+                await bus.consume(
+                    stream=stream_of(events_pb2.ConsentChanged),
+                    durable=self.durable,
+                    subjects=[subject_of(events_pb2.ConsentChanged)],
+                    message_type=events_pb2.ConsentChanged,
+                    handler=self.handle,
+                    fetch_timeout=1.0,
+                )
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "consent consumer not running, retrying",
+                    extra={"durable": self.durable, "error": repr(exc), "delay": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
