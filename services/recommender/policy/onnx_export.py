@@ -1,0 +1,148 @@
+"""Export the policy's shared part as an ONNX model in a Triton model repository.
+
+The graph maps candidate rows ``rows`` [K, DIM] (float32) to ``scores`` [K]::
+
+    scores = rows @ theta + alpha * sqrt(max(rowsum((rows @ A^-1) * rows), 0))
+
+which is ``Policy.shared_scores``; the per-tip part is added by the policy
+(bandit.py). Layout written (Triton's)::
+
+    <repository>/tip_scorer/config.pbtxt          platform "onnxruntime_onnx"
+    <repository>/tip_scorer/<version>/model.onnx  version = 1, 2, ...
+
+``write_python_backend`` turns a copy of the repository into the variant the
+CPU test Triton serves (``backend: "python"``, model.py running ONNX Runtime
+on the same model.onnx): no package ships Triton's ONNX Runtime backend for CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from services.recommender.policy.bandit import ALGORITHM, Policy
+from services.recommender.policy.features import ROW_NAMES
+from services.recommender.policy.triton_python import MODEL_PY
+
+MODEL_NAME = "tip_scorer"
+INPUT = "rows"
+OUTPUT = "scores"
+OPSET = 17
+
+
+def build_model(policy: Policy) -> onnx.ModelProto:
+    """The ONNX graph of the policy's current shared statistics."""
+    dim = policy.dim
+    inits = [
+        numpy_helper.from_array(policy.theta.astype(np.float32), "theta"),
+        numpy_helper.from_array(policy.a_inv.astype(np.float32), "a_inv"),
+        numpy_helper.from_array(np.array(policy.params.alpha, dtype=np.float32), "alpha"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", [INPUT, "theta"], ["mean"]),
+        helper.make_node("MatMul", [INPUT, "a_inv"], ["proj"]),
+        helper.make_node("Mul", ["proj", INPUT], ["quad"]),
+        helper.make_node("ReduceSum", ["quad", "axis1"], ["var"], keepdims=0),
+        helper.make_node("Max", ["var", "zero"], ["var_pos"]),
+        helper.make_node("Sqrt", ["var_pos"], ["sd"]),
+        helper.make_node("Mul", ["sd", "alpha"], ["bonus"]),
+        helper.make_node("Add", ["mean", "bonus"], [OUTPUT]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        MODEL_NAME,
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["K", dim])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["K"])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="tips-recommender",
+    )
+    model.ir_version = 8  # readable by ONNX Runtime >= 1.10 (the Triton stub's too)
+    helper.set_model_props(
+        model,
+        {
+            "algorithm": ALGORITHM,
+            "policy_version": policy.version,
+            "dim": str(dim),
+            "alpha": repr(policy.params.alpha),
+            "feature_names": json.dumps(ROW_NAMES if dim == len(ROW_NAMES) else []),
+        },
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def config_pbtxt(dim: int, name: str = MODEL_NAME, backend: str = "onnxruntime") -> str:
+    """Triton's config: production ``onnxruntime_onnx``, or the ``python`` backend."""
+    runtime = 'platform: "onnxruntime_onnx"' if backend == "onnxruntime" else 'backend: "python"'
+    return f"""name: "{name}"
+{runtime}
+max_batch_size: 0
+input [{{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ -1, {dim} ] }}]
+output [{{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ -1 ] }}]
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+instance_group [{{ kind: KIND_CPU count: 1 }}]
+"""
+
+
+def versions(repository: Path, name: str = MODEL_NAME) -> list[int]:
+    """Version numbers present for a model, ascending."""
+    root = repository / name
+    if not root.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file()
+    )
+
+
+def export(policy: Policy, repository: Path, name: str = MODEL_NAME, keep: int = 3) -> str:
+    """Writes the next version of ``name`` and returns it; keeps the last ``keep``.
+
+    The version directory appears complete or not at all (written aside, then
+    renamed), so a scorer reloading at any moment never reads half a file.
+    """
+    root = repository / name
+    root.mkdir(parents=True, exist_ok=True)
+    present = versions(repository, name)
+    version = (present[-1] + 1) if present else 1
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    staging.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
+    onnx.save(build_model(policy), str(staging / "model.onnx"))
+    os.replace(staging, root / str(version))
+    config = root / "config.pbtxt"
+    if not config.exists():
+        tmp = config.with_suffix(".tmp")
+        tmp.write_text(config_pbtxt(policy.dim, name))
+        os.replace(tmp, config)
+    for old in present[: max(len(present) + 1 - keep, 0)]:
+        shutil.rmtree(root / str(old), ignore_errors=True)
+    return str(version)
+
+
+def write_python_backend(repository: Path, name: str = MODEL_NAME) -> None:
+    """Rewrites ``name`` in ``repository`` (a copy) for Triton's python backend."""
+    root = repository / name
+    present = versions(repository, name)
+    if not present:
+        raise FileNotFoundError(f"{root}: no version with a model.onnx")
+    dim = int(
+        onnx.load(str(root / str(present[-1]) / "model.onnx"))
+        .graph.input[0]
+        .type.tensor_type.shape.dim[1]
+        .dim_value
+    )
+    (root / "config.pbtxt").write_text(config_pbtxt(dim, name, backend="python"))
+    for version in present:
+        (root / str(version) / "model.py").write_text(MODEL_PY)

@@ -1,0 +1,171 @@
+"""The tip policy: features, learning, proper propensities, persistence, and the
+ONNX export scoring what the policy scores."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from services.recommender.policy.bandit import Policy, PolicyParams
+from services.recommender.policy.features import (
+    DIM,
+    FEATURE_NAMES,
+    ROW_NAMES,
+    TipFeatures,
+    day_part,
+    feature_vector,
+)
+from services.recommender.policy.onnx_export import export, versions
+from services.recommender.policy.scoring import FallbackScorer, OnnxScorer, TritonScorer
+from tipsmesh.localinfra import free_port
+
+WALK = TipFeatures("walk", "movement", 2, 10, frozenset({"afternoon"}))
+WIND_DOWN = TipFeatures("wind-down", "sleep", 1, 15, frozenset({"evening", "night"}))
+
+
+def test_feature_vector_is_bounded_and_named() -> None:
+    ctx = {"local_hour": 15.0, "steps_today": 1000, "steps_usual_by_now": 4000, "mood": 3.0}
+    x = feature_vector(ctx, WALK)
+    assert x.shape == (DIM,) == (len(ROW_NAMES),)
+    assert np.all(np.abs(x) <= 1.0 + 1e-9)
+    named = dict(zip(ROW_NAMES, x, strict=True))
+    assert named["bias"] == 1.0 and named["category_movement"] == 1.0
+    assert named["steps_today_ratio"] == pytest.approx(-0.75)
+    assert named["mood"] == 1.0  # clipped
+    assert (
+        named["day_part_fit"] == 1.0
+        and feature_vector(ctx, WIND_DOWN)[ROW_NAMES.index("day_part_fit")] == 0.0
+    )
+    assert named["steps_today_ratio*category_movement"] == pytest.approx(-0.75)
+    assert len(FEATURE_NAMES) == 9 and day_part(23.5) == "night"
+    # Missing keys take documented defaults, not errors.
+    assert np.isfinite(feature_vector({}, WALK)).all()
+
+
+def test_probabilities_are_proper_and_propensity_is_the_chosen_ones() -> None:
+    policy = Policy()
+    rng = np.random.default_rng(0)
+    cands = [(f"t{i}", rng.normal(size=DIM) / 5) for i in range(20)]
+    decision = policy.choose(cands, rng)
+    assert sum(decision.probabilities.values()) == pytest.approx(1.0)
+    assert min(decision.probabilities.values()) >= PolicyParams().epsilon / 20 * 0.999
+    assert decision.propensity == decision.probabilities[decision.arm]
+    assert set(decision.scores) == set(decision.means) == {a for a, _ in cands}
+    with pytest.raises(ValueError, match="candidates"):
+        policy.choose([], rng)
+
+
+def test_learns_the_better_tip_in_its_context() -> None:
+    """Walks pay off in the afternoon when steps lag, wind-downs at night."""
+    policy = Policy()
+    rng = np.random.default_rng(1)
+    afternoon = {"local_hour": 15.0, "steps_today": 500, "steps_usual_by_now": 5000}
+    night = {"local_hour": 22.5, "sleep_last_night_minutes": 300}
+
+    def reward(tip: str, when: str) -> float:
+        good = (tip == "walk") == (when == "afternoon")
+        return float(rng.random() < (0.8 if good else 0.1))
+
+    for _ in range(300):
+        when, ctx = ("afternoon", afternoon) if rng.random() < 0.5 else ("night", night)
+        cands = [(t.catalog_tip, feature_vector(ctx, t)) for t in (WALK, WIND_DOWN)]
+        d = policy.choose(cands, rng)
+        policy.update(d.arm, dict(cands)[d.arm], reward(d.arm, when))
+    for ctx, best in ((afternoon, "walk"), (night, "wind-down")):
+        cands = [(t.catalog_tip, feature_vector(ctx, t)) for t in (WALK, WIND_DOWN)]
+        d = policy.choose(cands, rng)
+        assert max(d.means, key=lambda a: d.means[a]) == best
+        assert d.probabilities[best] > 0.9
+
+
+def test_update_reflects_at_once_and_state_round_trips() -> None:
+    policy = Policy()
+    x = feature_vector({"local_hour": 9.0}, WALK)
+    before = policy.choose([("walk", x)], np.random.default_rng(0)).means["walk"]
+    policy.update("walk", x, 1.0)
+    after = policy.choose([("walk", x)], np.random.default_rng(0)).means["walk"]
+    assert after > before
+    assert policy.version.endswith("@1")
+    with pytest.raises(ValueError, match="x: expected shape"):
+        policy.update("walk", x[:3], 1.0)
+
+    copy = Policy.from_state(policy.state())
+    rows = np.stack([x, feature_vector({"local_hour": 20.0}, WIND_DOWN)])
+    np.testing.assert_allclose(copy.shared_scores(rows), policy.shared_scores(rows))
+    assert copy.arm_terms("walk") == policy.arm_terms("walk")
+    assert copy.version == policy.version
+
+
+def _trained(seed: int = 2) -> Policy:
+    rng = np.random.default_rng(seed)
+    policy = Policy()
+    for i in range(400):
+        policy.update(f"t{i % 9}", rng.normal(size=DIM) / 3, float(rng.random() < 0.3))
+    return policy
+
+
+def test_onnx_model_scores_what_the_policy_scores(tmp_path: Path) -> None:
+    policy = _trained()
+    version = export(policy, tmp_path)
+    assert version == "1"
+    session = ort.InferenceSession(str(tmp_path / "tip_scorer" / "1" / "model.onnx"))
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["policy_version"] == policy.version
+    rows = np.random.default_rng(5).normal(size=(64, DIM)) / 3
+    (scores,) = session.run(["scores"], {"rows": rows.astype(np.float32)})
+    np.testing.assert_allclose(scores, policy.shared_scores(rows), atol=1e-5)
+    # The decision with the model's scores equals the decision without them.
+    cands = [(f"t{i}", rows[i]) for i in range(64)]
+    a = policy.choose(cands, np.random.default_rng(1), base_scores=scores)
+    b = policy.choose(cands, np.random.default_rng(1))
+    assert a.arm == b.arm
+    assert a.propensity == pytest.approx(b.propensity, rel=1e-3)
+    config = (tmp_path / "tip_scorer" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and f"dims: [ -1, {DIM} ]" in config
+
+
+def test_export_keeps_the_last_versions(tmp_path: Path) -> None:
+    policy = Policy()
+    for _ in range(5):
+        export(policy, tmp_path, keep=3)
+    assert versions(tmp_path) == [3, 4, 5]
+    assert not [p for p in (tmp_path / "tip_scorer").iterdir() if p.name.startswith(".")]
+
+
+async def test_onnx_scorer_swaps_models_without_failing_requests(tmp_path: Path) -> None:
+    export(Policy(), tmp_path)
+    scorer = OnnxScorer(tmp_path)
+    rows = np.random.default_rng(3).normal(size=(8, DIM))
+    trained = _trained()
+    export(trained, tmp_path)
+    results = await asyncio.gather(
+        *(scorer.score(rows) for _ in range(20)),
+        scorer.reload(),
+        *(scorer.score(rows) for _ in range(20)),
+    )
+    assert results[20] == "2" and scorer.model_version == "2"
+    np.testing.assert_allclose(await scorer.score(rows), trained.shared_scores(rows), atol=1e-4)
+    assert scorer.policy_version == trained.version
+    with pytest.raises(FileNotFoundError):
+        await scorer.reload("7")
+    assert scorer.model_version == "2"  # a failed load leaves the model serving
+
+
+async def test_fallback_when_triton_is_unreachable(tmp_path: Path) -> None:
+    export(_trained(), tmp_path)
+    onnx = OnnxScorer(tmp_path)
+    triton = TritonScorer(f"127.0.0.1:{free_port()}", timeout_s=2.0)
+    scorer = FallbackScorer(triton, onnx, retry_after_s=60)
+    rows = np.random.default_rng(4).normal(size=(3, DIM))
+    try:
+        scores = await scorer.score(rows)
+    finally:
+        await triton.close()
+    np.testing.assert_allclose(scores, await onnx.score(rows))
+    assert scorer.using_fallback and scorer.fallbacks == 1 and scorer.reason
+    assert scorer.health()["scoring_runtime"] == "onnxruntime"
+    assert scorer.model_version == onnx.model_version

@@ -1,0 +1,78 @@
+"""The simulator: proper reaction probabilities, signals that are valid
+protos, and `tips bench learning` producing its JSON and plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.reactions import DISMISS, DONE, SNOOZE
+from sim.signals import day_signals, reaction_signal
+from sim.users import make_day, make_user
+from sim.world import World
+from tips.events.v1 import signal_pb2
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_rounds_carry_proper_probabilities_and_an_oracle() -> None:
+    world = World(users=3, days=2, decisions_per_day=4)
+    rounds = list(world.rounds())
+    assert len(rounds) == world.n_rounds == 24
+    for rnd in rounds:
+        for p in rnd.probabilities:
+            assert sum(p.values()) == pytest.approx(1.0)
+            assert all(0.0 <= p[k] <= 1.0 for k in (DONE, SNOOZE, DISMISS))
+        assert rnd.rows.shape[0] == len(world.arms)
+    best = np.stack([r.expected for r in rounds]).max(axis=1)
+    assert (best > np.stack([r.expected for r in rounds]).mean(axis=1)).all()
+
+
+def test_a_day_becomes_signals() -> None:
+    rng = np.random.default_rng(0)
+    user = make_user(0, rng)
+    day = make_day(user, 0, rng, decisions=3)  # a Monday: meetings likely
+    signals = day_signals(user, day, date(2026, 3, 2))
+    kinds = {s.kind for s in signals}
+    assert {signal_pb2.SIGNAL_KIND_SLEEP, signal_pb2.SIGNAL_KIND_STEPS} <= kinds
+    for s in signals:
+        assert s.WhichOneof("payload") and s.client_signal_id and s.HasField("start_time")
+    assert len({s.client_signal_id for s in signals}) == len(signals)
+    snooze = reaction_signal(user, "users/u/tips/t1", SNOOZE, signals[0].end_time.ToDatetime())
+    assert snooze.tip_reaction.reaction == signal_pb2.TIP_REACTION_SNOOZE
+    assert snooze.tip_reaction.HasField("snooze_until")
+
+
+def test_bench_learning_prints_json_and_plots(tmp_path: Path) -> None:
+    plot = tmp_path / "learning.png"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "learning.py"),
+            "--users",
+            "3",
+            "--days",
+            "4",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["rounds"] == 3 * 4 * 6
+    policies = result["policies"]
+    assert {"ours", "uniform", "vw_cb_explore_adf", "best_single_tip"} <= set(policies)
+    for numbers in policies.values():
+        assert numbers["regret_vs_oracle"] >= 0
+    assert plot.stat().st_size > 0
