@@ -164,8 +164,10 @@ def create_app(
         Route("/docs", docs, methods=["GET"]),
     ]
     middleware = [
-        Middleware(GZipMiddleware, minimum_size=1024),
+        # Outermost: transcoded routes skip the rest of the stack (they gzip
+        # large bodies themselves); GZip then serves /openapi.json and /docs.
         Middleware(TranscodeMiddleware, transcoder=transcoder),
+        Middleware(GZipMiddleware, minimum_size=1024),
     ]
     app = Starlette(
         routes=routes,

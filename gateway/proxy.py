@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import json
 import logging
 import re
@@ -44,6 +45,8 @@ Metadata = list[tuple[str, str | bytes]]
 LocalHandler = Callable[[Message, Sequence[tuple[str, str | bytes]], float], Awaitable[Message]]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# Smaller JSON answers cost more to compress than they save on the wire.
+GZIP_MIN_BYTES = 1024
 _METADATA_PREFIX = "grpc-metadata-"
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -106,7 +109,11 @@ class Transcoder:
                 return
             response, header_md = await self._unary(route, request, metadata, timeout)
             payload = json.dumps(route.render(response), separators=(",", ":")).encode()
-            await _respond(send, 200, payload, [_JSON, *_metadata_headers(header_md)])
+            response_headers = [_JSON, *_metadata_headers(header_md)]
+            if len(payload) >= GZIP_MIN_BYTES and "gzip" in headers.get("accept-encoding", ""):
+                payload = gzip.compress(payload, compresslevel=5)
+                response_headers += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
+            await _respond(send, 200, payload, response_headers)
         except DomainError as exc:
             await _respond_status(send, exc.to_status())
         except grpc.RpcError as exc:

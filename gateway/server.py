@@ -15,7 +15,6 @@ shutdown (closing upstream channels) and returns, so the process exits 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
+import uvloop
 from starlette.applications import Starlette
 
 from gateway.app import create_app
@@ -91,7 +91,8 @@ def run(
     # the exit status 0 (uvicorn installs its own while serving).
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: None)
-    asyncio.run(server.serve())
+    # server.serve() under uvloop: asyncio.run would ignore the config's loop.
+    uvloop.run(server.serve())
     if not server.started:
         # uvicorn logs the bind error itself and returns without serving.
         print(f"tips gateway: cannot start: could not listen on {address}", file=sys.stderr)

@@ -358,3 +358,18 @@ async def test_default_deadline_applies_without_grpc_timeout(rig: Rig) -> None:
 async def test_healthz_still_served(rig: Rig) -> None:
     r = await rig.client.get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+async def test_large_answers_are_gzipped_when_the_client_accepts_it(rig: Rig) -> None:
+    sent = {"name": "b", "maybeText": "walk " * 400}  # well over the 1 KiB threshold
+    zipped = await rig.client.post("/v1/echo", json=sent, headers={"Accept-Encoding": "gzip"})
+    assert zipped.status_code == 200
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert int(zipped.headers["content-length"]) < len(sent["maybeText"])
+    assert zipped.json()["maybeText"] == sent["maybeText"]  # httpx decodes it
+    plain = await rig.client.post("/v1/echo", json=sent, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    small = await rig.client.post(
+        "/v1/echo", json={"name": "b"}, headers={"Accept-Encoding": "gzip"}
+    )
+    assert "content-encoding" not in small.headers
