@@ -82,12 +82,36 @@ def check_batch_size(count: int) -> None:
         raise InvalidArgument([("signals", f"at most {MAX_BATCH} signals per batch, got {count}")])
 
 
-def validate_signal(signal: signal_pb2.Signal, user_id: str, now: datetime) -> Violations:
+def check_batch_limit(count: int, limit: int, field: str = "signals") -> None:
+    """``check_batch_size`` with a configured limit."""
+    if count < 1:
+        raise InvalidArgument([(field, "at least one signal is required")])
+    if count > limit:
+        raise InvalidArgument([(field, f"at most {limit} signals per batch, got {count}")])
+
+
+def validate_signal(
+    signal: signal_pb2.Signal, user_id: str, now: datetime, max_bytes: int = 4096
+) -> Violations:
     """Everything wrong with one ingest item, fields named relative to the item."""
     v: Violations = []
+    size = signal.ByteSize()
+    if size > max_bytes:
+        # Too big to judge further: a flood of huge items must stay cheap to refuse.
+        return [("signal", f"the signal is {size} bytes serialized, at most {max_bytes} allowed")]
     _check_identity(signal, user_id, v)
     _check_times(signal, now, v)
     _check_payload(signal, user_id, v)
+    return v
+
+
+def validate_connector_signal(
+    signal: signal_pb2.Signal, user_id: str, now: datetime, max_bytes: int = 4096
+) -> Violations:
+    """``validate_signal`` plus the connector rules: source CONNECTOR, connection set."""
+    v = validate_signal(signal, user_id, now, max_bytes)
+    if signal.source != signal_pb2.SIGNAL_SOURCE_CONNECTOR and not any(f == "source" for f, _ in v):
+        v.append(("source", "must be SIGNAL_SOURCE_CONNECTOR for connector signals"))
     return v
 
 
@@ -192,6 +216,8 @@ def stored_signal(
     """The signal as stored and published: named, ingest time set."""
     stored = signal_pb2.Signal()
     stored.CopyFrom(signal)
+    # Fields this build does not know are not stored or published (size, privacy).
+    stored.DiscardUnknownFields()
     stored.name = signal_name(user_id, signal_id)
     stored.ingest_time.CopyFrom(timestamp(ingest_time))
     return stored

@@ -1,7 +1,11 @@
 """The events service: ingress and durable store of signals.
 
 Accepted signals are stored with a ``SignalRecorded`` outbox row in the same
-transaction; an ``OutboxRelay`` publishes them to the ``TIPS_EVENTS`` stream.
+transaction; a ``BatchOutboxRelay`` publishes them to the ``TIPS_EVENTS``
+stream (retention from ``EventsSettings``). Ingest is admitted by an
+``Ingress`` that refuses with a retry hint when the store or the bus falls
+behind; an ``Eraser`` deletes a user's signals on ``UserDeleted``. See
+docs/durable-log.md.
 """
 
 from __future__ import annotations
@@ -9,37 +13,66 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kernel.bus import streams_for
-from kernel.outbox import OutboxRelay
+from kernel.bus import StreamSpec, streams_for
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from services.events import store
+from services.events.erasure import DURABLE, Eraser
+from services.events.ingress import Ingress
+from services.events.relay import BatchOutboxRelay
 from services.events.servicer import EventsInternalServicer, EventsServicer
+from services.events.settings import EventsSettings, load_events_settings
 from tips.events.v1 import events_pb2, events_service_pb2, events_service_pb2_grpc
 
 
-async def build(runtime: Runtime) -> Sequence[Binding]:
-    if runtime.db is None or runtime.bus is None:
-        raise RuntimeError("the events service needs the database and the bus")
-    runtime.spawn(OutboxRelay(runtime.db, runtime.bus, store.outbox).run())
-    return [
-        bind(
-            EventsServicer(runtime.db),
-            events_service_pb2_grpc,
-            events_service_pb2,
-            "EventsService",
-        ),
-        bind(
-            EventsInternalServicer(),
-            events_service_pb2_grpc,
-            events_service_pb2,
-            "EventsInternalService",
-        ),
-    ]
+def stream_specs(settings: EventsSettings) -> list[StreamSpec]:
+    """TIPS_EVENTS with the retention and duplicate window of ``settings``."""
+    return streams_for(
+        events_pb2.SignalRecorded,
+        events_pb2.SignalsPurged,
+        max_age=settings.events_stream_max_age_seconds,
+        max_bytes=settings.events_stream_max_bytes,
+        duplicate_window=settings.events_stream_duplicate_window_seconds,
+    )
 
 
-SERVICE = ServiceDefinition(
-    name="events",
-    build=build,
-    migrations_dir=Path(__file__).parent / "migrations",
-    streams=streams_for(events_pb2.SignalRecorded, events_pb2.SignalsPurged),
-)
+def definition(erasure_durable: str = DURABLE) -> ServiceDefinition:
+    """The service; ``erasure_durable`` names its UserDeleted consumer (tests vary it)."""
+
+    async def build(runtime: Runtime) -> Sequence[Binding]:
+        if runtime.db is None or runtime.bus is None:
+            raise RuntimeError("the events service needs the database and the bus")
+        settings = load_events_settings(runtime.settings)
+        # The kernel declared the stream with defaults; apply the configured limits.
+        await runtime.bus.ensure_streams(stream_specs(settings))
+        ingress = Ingress(runtime.db, settings)
+        await ingress.measure()
+        runtime.spawn(ingress.monitor())
+        relay = BatchOutboxRelay(
+            runtime.db, runtime.bus, store.outbox, batch=settings.events_relay_batch
+        )
+        runtime.spawn(relay.run())
+        runtime.spawn(Eraser(runtime.db, erasure_durable).run(runtime.bus))
+        return [
+            bind(
+                EventsServicer(runtime.db, ingress, settings),
+                events_service_pb2_grpc,
+                events_service_pb2,
+                "EventsService",
+            ),
+            bind(
+                EventsInternalServicer(runtime.db, ingress, settings),
+                events_service_pb2_grpc,
+                events_service_pb2,
+                "EventsInternalService",
+            ),
+        ]
+
+    return ServiceDefinition(
+        name="events",
+        build=build,
+        migrations_dir=Path(__file__).parent / "migrations",
+        streams=streams_for(events_pb2.SignalRecorded, events_pb2.SignalsPurged),
+    )
+
+
+SERVICE = definition()

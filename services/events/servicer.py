@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import parse_user, require_owner
-from services.events import domain, store
+from services.events import domain, queries, selectors, store
+from services.events.ingress import Ingress
+from services.events.settings import EventsSettings
 from tips.events.v1 import events_service_pb2 as pb
 from tips.events.v1 import events_service_pb2_grpc as pb_grpc
 
@@ -32,37 +36,64 @@ def new_signal_id() -> str:
     return uuid.uuid4().hex
 
 
-class EventsServicer(pb_grpc.EventsServiceServicer):
-    """``tips.events.v1.EventsService``: ingest and read a user's signals."""
+def new_signal_ids(count: int) -> list[str]:
+    """``count`` random 128-bit hex ids from one read of the OS's random source."""
+    raw = os.urandom(16 * count).hex()
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
-    def __init__(self, db: Database) -> None:
+
+def _settle(
+    response: pb.BatchIngestSignalsResponse | pb.BatchIngestConnectorSignalsResponse,
+    pending: list[tuple[pb.IngestResult, store.NewSignal]],
+    stored: list[store.Ingested],
+    delay: timedelta | None,
+) -> None:
+    for (result, item), ingested in zip(pending, stored, strict=True):
+        result.outcome = ACCEPTED if ingested.created else DUPLICATE
+        result.signal = domain.signal_name(item.user_id, ingested.signal_id)
+    outcomes = [r.outcome for r in response.results]
+    response.accepted_count = outcomes.count(ACCEPTED)
+    response.duplicate_count = outcomes.count(DUPLICATE)
+    response.rejected_count = outcomes.count(REJECTED)
+    if delay is not None:
+        response.retry_delay.FromTimedelta(delay)
+
+
+def _new(signal: Any, user_id: str, now: datetime, signal_id: str) -> store.NewSignal:
+    return store.NewSignal(
+        user_id, signal_id, domain.stored_signal(signal, user_id, signal_id, now)
+    )
+
+
+class EventsServicer(pb_grpc.EventsServiceServicer):
+    """``tips.events.v1.EventsService``: ingest, read, replay and purge a user's signals."""
+
+    def __init__(self, db: Database, ingress: Ingress, settings: EventsSettings) -> None:
         self.db = db
+        self.ingress = ingress
+        self.settings = settings
 
     async def BatchIngestSignals(
         self, request: pb.BatchIngestSignalsRequest, context: Any
     ) -> pb.BatchIngestSignalsResponse:
         user_id = _require_user_parent(request.parent)
-        domain.check_batch_size(len(request.signals))
+        domain.check_batch_limit(len(request.signals), self.settings.events_max_batch)
         now = datetime.now(UTC)
         response = pb.BatchIngestSignalsResponse()
+        pending: list[tuple[pb.IngestResult, store.NewSignal]] = []
+        max_bytes = self.settings.events_max_signal_bytes
+        ids = new_signal_ids(len(request.signals))
+        for index, signal in enumerate(request.signals):
+            result = response.results.add(index=index)
+            violations = domain.validate_signal(signal, user_id, now, max_bytes)
+            if violations:
+                result.outcome = REJECTED
+                result.error.CopyFrom(InvalidArgument(violations).to_status())
+            else:
+                pending.append((result, _new(signal, user_id, now, ids[index])))
         # One transaction: every accepted signal commits with its outbox event.
-        async with self.db.transaction() as session:
-            for index, signal in enumerate(request.signals):
-                result = response.results.add(index=index)
-                violations = domain.validate_signal(signal, user_id, now)
-                if violations:
-                    result.outcome = REJECTED
-                    result.error.CopyFrom(InvalidArgument(violations).to_status())
-                    continue
-                signal_id = new_signal_id()
-                stored = domain.stored_signal(signal, user_id, signal_id, now)
-                ingested = await store.insert_signal(session, user_id, stored, signal_id)
-                result.outcome = ACCEPTED if ingested.created else DUPLICATE
-                result.signal = domain.signal_name(user_id, ingested.signal_id)
-        outcomes = [r.outcome for r in response.results]
-        response.accepted_count = outcomes.count(ACCEPTED)
-        response.duplicate_count = outcomes.count(DUPLICATE)
-        response.rejected_count = outcomes.count(REJECTED)
+        stored = await self.ingress.store([item for _, item in pending])
+        _settle(response, pending, stored, self.ingress.soft_delay())
         return response
 
     async def GetSignal(self, request: pb.GetSignalRequest, context: Any) -> pb.GetSignalResponse:
@@ -87,23 +118,91 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
     async def PurgeSignals(
         self, request: pb.PurgeSignalsRequest, context: Any
     ) -> pb.PurgeSignalsResponse:
-        raise NotImplementedError("PurgeSignals")
+        user_id = _require_user_parent(request.parent)
+        selector = selectors.parse_purge(request, user_id)
+        if request.validate_only:
+            async with self.db.session() as session:
+                return pb.PurgeSignalsResponse(
+                    purge_count=await queries.count_purge(session, selector)
+                )
+        now = datetime.now(UTC)
+        async with self.db.transaction() as session:
+            count = await queries.purge(session, selector, now)
+        return pb.PurgeSignalsResponse(purge_count=count, purge_time=domain.timestamp(now))
 
-    def ReplaySignals(
+    async def ReplaySignals(
         self, request: pb.ReplaySignalsRequest, context: Any
     ) -> AsyncIterator[pb.ReplaySignalsResponse]:
-        raise NotImplementedError("ReplaySignals")
+        user_id = _require_user_parent(request.parent)
+        query = selectors.parse_replay(request, user_id, datetime.now(UTC))
+        async for signals, token in _scan(self.db, query):
+            yield pb.ReplaySignalsResponse(signals=signals, resume_token=token)
+
+
+async def _scan(db: Database, query: selectors.ScanQuery) -> AsyncIterator[tuple[list[Any], str]]:
+    """Chunks of ``query`` and the token resuming after each; one short session per chunk."""
+    while True:
+        async with db.session() as session:
+            signals, last = await queries.scan_chunk(session, query)
+        if last is None:
+            return
+        token = query.token(*last)
+        yield signals, token
+        if len(signals) < query.chunk:
+            return
+        query = replace(query, after=last)
 
 
 class EventsInternalServicer(pb_grpc.EventsInternalServiceServicer):
-    """``tips.events.v1.EventsInternalService``: not implemented yet (UNIMPLEMENTED)."""
+    """``tips.events.v1.EventsInternalService``: connector ingest and replay of all users."""
+
+    def __init__(self, db: Database, ingress: Ingress, settings: EventsSettings) -> None:
+        self.db = db
+        self.ingress = ingress
+        self.settings = settings
 
     async def BatchIngestConnectorSignals(
         self, request: pb.BatchIngestConnectorSignalsRequest, context: Any
     ) -> pb.BatchIngestConnectorSignalsResponse:
-        raise NotImplementedError("BatchIngestConnectorSignals")
+        domain.check_batch_limit(len(request.signals), self.settings.events_max_connector_batch)
+        now = datetime.now(UTC)
+        response = pb.BatchIngestConnectorSignalsResponse()
+        pending: list[tuple[pb.IngestResult, store.NewSignal]] = []
+        max_bytes = self.settings.events_max_signal_bytes
+        ids = new_signal_ids(len(request.signals))
+        for index, item in enumerate(request.signals):
+            result = response.results.add(index=index)
+            violations = _connector_violations(item, now, max_bytes)
+            if isinstance(violations, str):
+                pending.append((result, _new(item.signal, violations, now, ids[index])))
+            else:
+                result.outcome = REJECTED
+                result.error.CopyFrom(InvalidArgument(violations).to_status())
+        stored = await self.ingress.store([item for _, item in pending])
+        _settle(response, pending, stored, self.ingress.soft_delay())
+        return response
 
-    def ReplayAllSignals(
+    async def ReplayAllSignals(
         self, request: pb.ReplayAllSignalsRequest, context: Any
     ) -> AsyncIterator[pb.ReplayAllSignalsResponse]:
-        raise NotImplementedError("ReplayAllSignals")
+        query = selectors.parse_replay_all(request, datetime.now(UTC))
+        async for signals, token in _scan(self.db, query):
+            yield pb.ReplayAllSignalsResponse(signals=signals, resume_token=token)
+
+
+def _connector_violations(
+    item: pb.ConnectorSignal, now: datetime, max_bytes: int
+) -> str | domain.Violations:
+    """The item's user id when it is valid, else its violations (fields relative to the item)."""
+    try:
+        user_id = parse_user(item.parent, "parent")
+    except InvalidArgument as exc:
+        return exc.violations
+    if item.parent != domain.user_name(user_id):
+        return [("parent", f"must be users/{{user}}, got {item.parent!r}")]
+    if not item.HasField("signal"):
+        return [("signal", "is required")]
+    violations = domain.validate_connector_signal(item.signal, user_id, now, max_bytes)
+    if violations:
+        return [(f"signal.{f}" if f != "signal" else f, d) for f, d in violations]
+    return user_id

@@ -1,0 +1,174 @@
+"""Admission and storage of ingest batches, with backpressure.
+
+Ingest never queues without bound. A call is refused with a retry hint
+(``google.rpc.RetryInfo``) instead of waiting when:
+
+- the store is down or unreachable: UNAVAILABLE (the last health check
+  failed, or the call's own transaction did);
+- the outbox backlog (stored, not yet on the stream: NATS down or slower
+  than ingest) is above ``events_outbox_max_backlog``: RESOURCE_EXHAUSTED;
+- ``events_ingest_max_in_flight`` calls are already in the store and no slot
+  frees within ``events_ingest_queue_timeout_seconds``: RESOURCE_EXHAUSTED.
+
+A background monitor measures the backlog and the store's health, so the
+service recovers by itself once the relay drained and PostgreSQL is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+import sqlalchemy.exc
+
+from kernel.db import Database
+from kernel.errors import ResourceExhausted, Unavailable
+from services.events import store
+from services.events.settings import EventsSettings
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes that mean "the server is not there right now": connection
+# exceptions (08), operator intervention / shutdown (57), insufficient resources (53).
+_UNAVAILABLE_SQLSTATES = ("08", "57", "53")
+
+
+def is_store_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` (or a cause) says PostgreSQL is unreachable, not that a query is bad."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (OSError, TimeoutError, ConnectionError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.OperationalError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.TimeoutError):  # pool checkout timed out
+            return True
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(state, str) and state[:2] in _UNAVAILABLE_SQLSTATES:
+            return True
+        name = type(seen).__name__
+        if name in ("ConnectionDoesNotExistError", "InterfaceError", "InternalClientError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Ingress:
+    """Stores ingest batches within the backpressure limits of ``settings``."""
+
+    def __init__(self, db: Database, settings: EventsSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self._slots = asyncio.Semaphore(settings.events_ingest_max_in_flight)
+        self.backlog = 0
+        self._store_down_at: float | None = None
+
+    @property
+    def retry_after(self) -> timedelta:
+        return timedelta(seconds=self.settings.events_retry_after_seconds)
+
+    def soft_delay(self) -> timedelta | None:
+        """A hint to slow down while the backlog is above half its limit."""
+        if self.backlog * 2 >= self.settings.events_outbox_max_backlog:
+            return self.retry_after
+        return None
+
+    def _mark_down(self) -> None:
+        if self._store_down_at is None:
+            log.warning("event store unreachable: ingest answers UNAVAILABLE")
+        self._store_down_at = time.monotonic()
+
+    def _check_admission(self) -> None:
+        if self._store_down_at is not None:
+            raise Unavailable(
+                "the signal store is unavailable; retry later",
+                reason="STORE_UNAVAILABLE",
+                retry_after=self.retry_after,
+            )
+        if self.backlog >= self.settings.events_outbox_max_backlog:
+            raise ResourceExhausted(
+                "too many signals are waiting to be published; retry later",
+                reason="OUTBOX_BACKLOG",
+                metadata={"backlog": str(self.backlog)},
+                retry_after=self.retry_after,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(
+                self._slots.acquire(), self.settings.events_ingest_queue_timeout_seconds
+            )
+        except TimeoutError:
+            raise ResourceExhausted(
+                "too many ingest calls in flight; retry later",
+                reason="INGEST_CONCURRENCY",
+                retry_after=self.retry_after,
+            ) from None
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def store(self, items: Sequence[store.NewSignal]) -> list[store.Ingested]:
+        """Store ``items`` in one transaction, or raise Unavailable / ResourceExhausted."""
+        if not items:
+            return []
+        self._check_admission()
+        async with self._slot():
+            self._check_admission()  # the state may have changed while waiting
+            try:
+                async with asyncio.timeout(self.settings.events_ingest_timeout_seconds):
+                    async with self.db.transaction() as session:
+                        result = await store.insert_signals(session, items)
+            except TimeoutError:
+                self._mark_down()
+                raise Unavailable(
+                    "the signal store did not answer in time; retry later",
+                    reason="STORE_TIMEOUT",
+                    retry_after=self.retry_after,
+                ) from None
+            except Exception as exc:
+                if not is_store_unavailable(exc):
+                    raise
+                self._mark_down()
+                # The commit may or may not have happened: a retry with the same
+                # client ids is answered DUPLICATE for what did commit.
+                raise Unavailable(
+                    "the signal store is unavailable; retry later",
+                    reason="STORE_UNAVAILABLE",
+                    retry_after=self.retry_after,
+                ) from None
+        self.backlog += sum(1 for r in result if r.created)  # until the next measure
+        return result
+
+    async def measure(self) -> None:
+        """One health check: the backlog (bounded count) and whether the store answers."""
+        cap = self.settings.events_outbox_max_backlog + 1
+        try:
+            async with asyncio.timeout(max(1.0, self.settings.events_backlog_check_seconds * 4)):
+                async with self.db.session() as session:
+                    self.backlog = await store.pending_outbox(session, cap)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) or is_store_unavailable(exc):
+                self._mark_down()
+                return
+            raise
+        if self._store_down_at is not None:
+            log.info("event store reachable again: ingest resumes")
+        self._store_down_at = None
+
+    async def monitor(self) -> None:
+        """Measure until cancelled."""
+        while True:
+            try:
+                await self.measure()
+            except Exception:
+                log.exception("ingest monitor check failed")
+            await asyncio.sleep(self.settings.events_backlog_check_seconds)
