@@ -455,6 +455,22 @@ class AuthCore:
             if session_id is not None:
                 await self._revoke(session, [session_id], S.SESSION_REVOKE_REASON_SIGN_OUT, _now())
 
+    async def revoke_all_in(
+        self, session: AsyncSession, user_id: str, reason: int, now: datetime
+    ) -> int:
+        """Revoke every active session of ``user_id`` in the caller's transaction."""
+        s = store.sessions
+        ids = (
+            (
+                await session.execute(
+                    select(s.c.id).where(s.c.user_id == user_id, s.c.revoke_time.is_(None))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return await self._revoke(session, list(ids), reason, now) if ids else 0
+
     async def _revoke(
         self, session: AsyncSession, session_ids: Sequence[str], reason: int, now: datetime
     ) -> int:

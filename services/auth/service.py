@@ -1,8 +1,8 @@
 """How the kernel runs the auth service.
 
 On start: the signing keys are loaded (the first start creates one), the
-provider clients are made, and background tasks run the outbox relay and
-prune expired nonces, web sign-ins and failure counters.
+provider clients are made, and background tasks run the outbox relay, the
+erasure consumer, and prune expired nonces, web sign-ins and failure counters.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kernel.settings import Settings
 from services.auth import store
 from services.auth.core import AuthCore
 from services.auth.crypto import Envelope
+from services.auth.erasure import eraser
 from services.auth.providers import Providers
 from services.auth.ratelimit import FailureLimiter
 from services.auth.servicer import AuthInternalServicer, AuthServicer
@@ -76,6 +77,8 @@ async def build(runtime: Runtime) -> Sequence[Binding]:
     )
     runtime.spawn(OutboxRelay(runtime.db, runtime.bus, store.outbox).run())
     runtime.spawn(_prune_forever(core, limiter))
+    # Deleted users: sessions revoked, rows gone (docs/erasure.md).
+    runtime.spawn(eraser(runtime.db, core).run(runtime.bus))
     return [
         bind(AuthServicer(core, limiter), auth_service_pb2_grpc, auth_service_pb2, "AuthService"),
         bind(

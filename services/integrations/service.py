@@ -1,8 +1,8 @@
 """How the kernel runs the integrations service.
 
 On start: the key ring is checked, the outbox relay (``ConnectionChanged``,
-``SyncCompleted`` to ``TIPS_INTEGRATIONS``), the ``ConsentChanged`` consumer
-and the sync scheduler are spawned.
+``SyncCompleted`` to ``TIPS_INTEGRATIONS``), the ``ConsentChanged`` and
+``UserDeleted`` (erasure) consumers and the sync scheduler are spawned.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from kernel.settings import SettingsError
 from services.integrations import store
 from services.integrations.consent import ConsentGate, ConsentListener
+from services.integrations.erasure import eraser
 from services.integrations.ingest import EventsSink
 from services.integrations.rewrap import key_ring
 from services.integrations.scheduler import Scheduler
@@ -52,6 +53,8 @@ async def build(runtime: Runtime) -> Sequence[Binding]:
     listener = ConsentListener(runtime.db, gate, settings.integrations_consent_durable, wake)
     runtime.spawn(OutboxRelay(runtime.db, runtime.bus, store.outbox).run())
     runtime.spawn(listener.run(runtime.bus))
+    # Deleted users: connections, vault records and sync state go (docs/erasure.md).
+    runtime.spawn(eraser(runtime.db, gate).run(runtime.bus))
     if settings.integrations_scheduler_enabled:
         runtime.spawn(scheduler.run())
     wiring = Wiring(runtime.db, settings, ring, http, gate, engine, wake)
