@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -82,7 +84,11 @@ class RunningMesh:
 
 def start_mesh(tmp: Path, *command: str, extra_env: dict[str, str] | None = None) -> RunningMesh:
     base = port_base()
-    run_dir = tmp / "run"
+    # Not under pytest's tmp dir: another pytest run on the machine may reset
+    # /tmp/pytest-of-<user> to owner-only, and PostgreSQL (its own system user)
+    # could then no longer reach its data dir to stop. `tmp` keeps a pointer.
+    run_dir = Path(tempfile.mkdtemp(prefix="tips-e2e-")) / "run"
+    (tmp / "run-dir.txt").write_text(str(run_dir))
     argv = list(command) or [
         sys.executable, "-m", "tipsmesh.cli", "up", "--run-dir", str(run_dir),
     ]  # fmt: skip
@@ -137,4 +143,5 @@ def stop_and_check(mesh: RunningMesh, sig: signal.Signals, pid: int | None = Non
     assert not Path(str(mesh.state["postgres_pid_file"])).exists(), "PostgreSQL still running"
     assert not (mesh.run_dir / "mesh.json").exists()
     assert took < STOP_TIMEOUT
+    shutil.rmtree(mesh.run_dir.parent, ignore_errors=True)
     return code
