@@ -93,9 +93,7 @@ async def main(kind, addr, conc, seconds, users):
                     continue
                 if t >= warm:
                     lat.append(time.perf_counter() - t)
-        t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(conc)))
-        took = time.perf_counter() - max(t0, warm - seconds / 5 if False else t0)
         measured = stop - warm
         print(json.dumps({"lat": lat, "rps": len(lat) / measured, "errors": errors[0],
                           "empty": empty[0]}))
@@ -110,6 +108,10 @@ def _ts(value: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+def _start_empty() -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", EMPTY_SERVER], stdout=subprocess.PIPE, text=True)
 
 
 def _load(kind: str, addr: str, conc: int, seconds: float, users: list[str]) -> dict[str, Any]:
@@ -140,7 +142,10 @@ async def _freshness(events_addr: str, rec_addr: str, n: int) -> list[float]:
         grpc.aio.insecure_channel(events_addr) as ev_ch,
         grpc.aio.insecure_channel(rec_addr) as rec_ch,
     ):
-        events, internal = ev_grpc.EventsServiceStub(ev_ch), rg.RecommenderInternalServiceStub(rec_ch)
+        events, internal = (
+            ev_grpc.EventsServiceStub(ev_ch),
+            rg.RecommenderInternalServiceStub(rec_ch),
+        )
         for i in range(n):
             user = f"fresh_{secrets.token_hex(4)}"
             now = datetime.now(UTC)
@@ -179,9 +184,7 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="tips-bench-decision-"))
     pg, nats_server = LocalPostgres(tmp / "pg"), LocalNats(tmp / "nats")
-    empty = subprocess.Popen(
-        [sys.executable, "-c", EMPTY_SERVER], stdout=subprocess.PIPE, text=True
-    )
+    empty = await asyncio.to_thread(_start_empty)
     try:
         settings = Settings(
             database_url=pg.start(), nats_url=nats_server.start(), log_level="WARNING",

@@ -6,8 +6,10 @@ message's claim, so a restart reloads the contexts and a redelivered message
 changes nothing. Memory is updated only after the commit.
 
 A ``tip_reaction`` signal lands the reaction in the tip history (whoever
-posted it: ``ReactToTip`` or a client straight to the events service) and
-keeps the reacted catalog tip from being offered again for a while.
+posted it: ``ReactToTip`` or a client straight to the events service), keeps
+the reacted catalog tip from being offered again for a while, and - the
+first reaction only - gives the decision its reward (``RewardAssigned`` in
+the same transaction), which the policy folds in right after the commit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from kernel.db import Database
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
 from kernel.outbox import claim
-from services.recommender import domain, store
+from services.recommender import domain, reward_store, store
+from services.recommender.history import HistoryKeeper
+from services.recommender.learning import SOURCE_REACTION, Learner
 from tips.events.v1 import events_pb2, signal_pb2
 
 log = logging.getLogger(__name__)
@@ -34,9 +38,17 @@ DURABLE = "recommender-context"
 class ContextKeeper:
     """The in-memory read model of user contexts, and the consumer that feeds it."""
 
-    def __init__(self, db: Database, durable: str = DURABLE) -> None:
+    def __init__(
+        self,
+        db: Database,
+        durable: str = DURABLE,
+        learner: Learner | None = None,
+        history: HistoryKeeper | None = None,
+    ) -> None:
         self.db = db
         self.durable = durable
+        self.learner = learner
+        self.history = history
         self._contexts: dict[str, domain.UserContext] = {}
 
     def get(self, user_id: str) -> domain.UserContext:
@@ -62,15 +74,30 @@ class ContextKeeper:
                 "signal event without a valid user skipped", extra={"msg_id": delivery.msg_id}
             )
             return
+        is_reaction = signal.WhichOneof("payload") == "tip_reaction"
+        if is_reaction and self.learner is not None:
+            # Rewards commit and apply in one order (see learning.py).
+            async with self.learner.lock:
+                rewarded = await self._fold(delivery, user_id, signal)
+                if rewarded:
+                    self.learner.apply(rewarded)
+        else:
+            await self._fold(delivery, user_id, signal)
+
+    async def _fold(
+        self, delivery: Delivery[events_pb2.SignalRecorded], user_id: str, signal: signal_pb2.Signal
+    ) -> list[reward_store.Rewarded]:
+        rewarded: list[reward_store.Rewarded] = []
         async with self.db.transaction() as session:
-            msg_id = delivery.msg_id or event.event_id
+            msg_id = delivery.msg_id or delivery.message.event_id
             if not await claim(session, store.processed, consumer=self.durable, msg_id=msg_id):
-                return  # a redelivery: already folded in
+                return []  # a redelivery: already folded in
             ctx = domain.fold(self.get(user_id), signal)
             if signal.WhichOneof("payload") == "tip_reaction":
-                ctx = await self._land_reaction(session, user_id, signal, ctx)
+                ctx = await self._land_reaction(session, user_id, signal, ctx, rewarded)
             await store.save_context(session, ctx)
         self.remember(ctx)
+        return rewarded
 
     async def _land_reaction(
         self,
@@ -78,6 +105,7 @@ class ContextKeeper:
         user_id: str,
         signal: signal_pb2.Signal,
         ctx: domain.UserContext,
+        rewarded: list[reward_store.Rewarded],
     ) -> domain.UserContext:
         payload = signal.tip_reaction
         parts = payload.tip.split("/")
@@ -95,6 +123,18 @@ class ContextKeeper:
             log.info("reaction to an unknown tip ignored", extra={"tip": payload.tip})
             return ctx
         catalog_id = catalog_tip.removeprefix("catalogTips/")
+        if self.learner is not None:
+            reward = self.learner.reaction_reward(payload.reaction)
+            got = await reward_store.assign(
+                session, user_id, parts[3], reward, SOURCE_REACTION, react_time
+            )
+            if got is not None:
+                await self.learner.enqueue_reward(
+                    session, got, SOURCE_REACTION, payload.reaction, react_time
+                )
+                rewarded.append(got)
+        if self.history is not None and payload.reaction == signal_pb2.TIP_REACTION_DONE:
+            self.history.record_done(user_id, catalog_id, react_time)
         return domain.suppress(
             ctx, catalog_id, domain.quiet_until(payload.reaction, react_time, until)
         )

@@ -2,13 +2,15 @@
 
 ``fold`` applies one stored signal to a ``UserContext`` and returns the new
 context; ``features`` computes the time-dependent view a decision made at
-``now`` uses. Days are UTC days until profiles (timezones) feed the context.
+``now`` uses, in the user's timezone (from their profile). Step totals are
+kept per UTC day (the consumer does not wait for the profile); "usual" is
+the mean of the previous days kept.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from kernel.errors import InvalidArgument
@@ -16,6 +18,10 @@ from tips.events.v1 import signal_pb2
 
 # Calendar events kept per user: the next ones matter, not the whole calendar.
 MAX_EVENTS = 50
+# Past days of step totals kept for the user's usual.
+STEPS_DAYS = 14
+# A signal kind seen within this long counts as available to a tip needing it.
+RECENT_SIGNALS = timedelta(days=7)
 K = signal_pb2.SignalKind
 
 
@@ -44,6 +50,10 @@ class UserContext:
     suppressed_until: dict[str, datetime] = field(default_factory=dict)
     last_signal_time: datetime | None = None
     signal_count: int = 0
+    # Past UTC days' step totals (ISO date -> steps), newest STEPS_DAYS kept.
+    steps_history: dict[str, int] = field(default_factory=dict)
+    # Signal kind -> start time of its newest signal.
+    kinds_seen: dict[int, datetime] = field(default_factory=dict)
 
     # --- persistence (JSON in recommender.user_context) -------------------------------
 
@@ -61,6 +71,8 @@ class UserContext:
             "suppressed_until": {k: v.isoformat() for k, v in self.suppressed_until.items()},
             "last_signal_time": _iso(self.last_signal_time),
             "signal_count": self.signal_count,
+            "steps_history": dict(self.steps_history),
+            "kinds_seen": {str(k): v.isoformat() for k, v in self.kinds_seen.items()},
         }
 
     @classmethod
@@ -82,6 +94,10 @@ class UserContext:
             },
             last_signal_time=_dt(data.get("last_signal_time")),
             signal_count=int(data.get("signal_count", 0)),
+            steps_history={k: int(v) for k, v in data.get("steps_history", {}).items()},
+            kinds_seen={
+                int(k): datetime.fromisoformat(v) for k, v in data.get("kinds_seen", {}).items()
+            },
         )
 
 
@@ -103,12 +119,21 @@ def fold(ctx: UserContext, signal: signal_pb2.Signal) -> UserContext:
     end = _time(signal.end_time) if signal.HasField("end_time") else start
     seen = _time(signal.ingest_time) if signal.HasField("ingest_time") else start
     last = max(ctx.last_signal_time, seen) if ctx.last_signal_time else seen
-    ctx = replace(ctx, last_signal_time=last, signal_count=ctx.signal_count + 1)
+    kinds = dict(ctx.kinds_seen)
+    if signal.kind and (signal.kind not in kinds or kinds[signal.kind] < start):
+        kinds[signal.kind] = start
+    ctx = replace(ctx, last_signal_time=last, signal_count=ctx.signal_count + 1, kinds_seen=kinds)
     payload = signal.WhichOneof("payload")
     if payload == "steps":
         day = start.date()
         if ctx.steps_day is None or day > ctx.steps_day:
-            return replace(ctx, steps_day=day, steps_today=int(signal.steps.count))
+            history = dict(ctx.steps_history)
+            if ctx.steps_day is not None:
+                history[ctx.steps_day.isoformat()] = ctx.steps_today
+            kept = dict(sorted(history.items())[-STEPS_DAYS:])
+            return replace(
+                ctx, steps_day=day, steps_today=int(signal.steps.count), steps_history=kept
+            )
         if day == ctx.steps_day:
             return replace(ctx, steps_today=ctx.steps_today + int(signal.steps.count))
         return ctx  # an older day's steps do not change today
@@ -154,37 +179,96 @@ def suppress(ctx: UserContext, catalog_tip: str, until: datetime) -> UserContext
 
 @dataclass(frozen=True)
 class Features:
-    """The context as seen at ``now``: what the rules read."""
+    """The context as seen at ``now``: what eligibility, the policy and explanations read."""
 
     now: datetime
+    local: datetime  # ``now`` in the user's timezone
     steps_today: int | None  # None: no steps signal today
+    steps_usual: float | None  # mean of past days' totals; None without history
     sleep_minutes: int | None  # last night's sleep; None when none ended in the last 18 h
     mood_score: int | None  # None: no check-in in the last 12 h
     mood_age_minutes: int | None
     in_meeting: bool
-    free_minutes: int | None  # until the next busy event today; None without one
+    # Minutes until the next busy event today, or until local midnight when
+    # the calendar is known and nothing else is booked; None without a calendar.
+    free_minutes: int | None
     next_event_start: datetime | None
     signal_count: int
+    recent_kinds: frozenset[int] = frozenset()
 
-    def as_pairs(self) -> list[tuple[str, float]]:
+    @property
+    def day_part(self) -> str:
+        return day_part(self.local.hour)
+
+    def values(self) -> dict[str, float]:
+        """Named context features (NaN when unknown), the policy's context input."""
         nan = float("nan")
 
-        def num(value: int | None) -> float:
+        def num(value: float | None) -> float:
             return nan if value is None else float(value)
 
-        return [
-            ("steps_today", num(self.steps_today)),
-            ("sleep_minutes", num(self.sleep_minutes)),
-            ("mood_score", num(self.mood_score)),
-            ("in_meeting", 1.0 if self.in_meeting else 0.0),
-            ("free_minutes", num(self.free_minutes)),
-            ("signal_count", float(self.signal_count)),
-            ("hour_utc", float(self.now.hour)),
-        ]
+        minutes_to_meeting = (
+            (self.next_event_start - self.now).total_seconds() / 60
+            if self.next_event_start
+            else None
+        )
+        ratio = (
+            self.steps_today / self.steps_usual
+            if self.steps_today is not None and self.steps_usual
+            else None
+        )
+        hour = self.local.hour + self.local.minute / 60
+        return {
+            "hour_local": hour,
+            "weekday": float(self.local.weekday()),
+            "is_weekend": 1.0 if self.local.weekday() >= 5 else 0.0,
+            "morning": 1.0 if self.day_part == "morning" else 0.0,
+            "afternoon": 1.0 if self.day_part == "afternoon" else 0.0,
+            "evening": 1.0 if self.day_part == "evening" else 0.0,
+            "night": 1.0 if self.day_part == "night" else 0.0,
+            "free_minutes": num(self.free_minutes),
+            "minutes_to_next_meeting": num(minutes_to_meeting),
+            "in_meeting": 1.0 if self.in_meeting else 0.0,
+            "steps_today": num(self.steps_today),
+            "steps_usual": num(self.steps_usual),
+            "steps_ratio": num(ratio),
+            "sleep_minutes": num(self.sleep_minutes),
+            "sleep_hours": num(self.sleep_minutes / 60 if self.sleep_minutes is not None else None),
+            "mood_score": num(self.mood_score),
+            "signal_count": float(self.signal_count),
+        }
+
+    def as_pairs(self) -> list[tuple[str, float]]:
+        return list(self.values().items())
 
 
-def features(ctx: UserContext, now: datetime) -> Features:
+def day_part(hour: int) -> str:
+    """The DayPart of a local hour (catalog_tip.proto's boundaries)."""
+    if 5 <= hour < 12:
+        return "morning"
+    if 12 <= hour < 17:
+        return "afternoon"
+    if 17 <= hour < 22:
+        return "evening"
+    return "night"
+
+
+def local_midnight(local: datetime) -> datetime:
+    """Start of the local day of ``local`` (tz-aware)."""
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def features(ctx: UserContext, now: datetime, tz: tzinfo = UTC) -> Features:
+    local = now.astimezone(tz)
     steps = ctx.steps_today if ctx.steps_day == now.date() else None
+    past = [
+        v
+        for k, v in ctx.steps_history.items()
+        if now.date() - timedelta(days=STEPS_DAYS) <= date.fromisoformat(k) < now.date()
+    ]
+    if ctx.steps_day is not None and ctx.steps_day < now.date():
+        past.append(ctx.steps_today)  # yesterday's total still in the "today" slot
+    usual = sum(past) / len(past) if past else None
     sleep = (
         ctx.sleep_minutes
         if ctx.sleep_end is not None and now - ctx.sleep_end <= timedelta(hours=18)
@@ -192,12 +276,22 @@ def features(ctx: UserContext, now: datetime) -> Features:
     )
     mood_fresh = ctx.mood_time is not None and now - ctx.mood_time <= timedelta(hours=12)
     in_meeting = any(e.start <= now < e.end for e in ctx.busy_events.values())
+    tomorrow = local_midnight(local) + timedelta(days=1)
     upcoming = sorted(e.start for e in ctx.busy_events.values() if e.start > now)
-    next_start = upcoming[0] if upcoming and upcoming[0].date() == now.date() else None
-    free = int((next_start - now).total_seconds() // 60) if next_start else None
+    next_start = upcoming[0] if upcoming and upcoming[0] < tomorrow else None
+    has_calendar = K.SIGNAL_KIND_CALENDAR_EVENT in ctx.kinds_seen or bool(ctx.busy_events)
+    if in_meeting or not has_calendar:
+        free = None
+    else:
+        free = int(((next_start or tomorrow) - now).total_seconds() // 60)
+    recent = frozenset(k for k, t in ctx.kinds_seen.items() if now - t <= RECENT_SIGNALS)
+    if ctx.busy_events:
+        recent |= {K.SIGNAL_KIND_CALENDAR_EVENT}
     return Features(
         now=now,
+        local=local,
         steps_today=steps,
+        steps_usual=usual,
         sleep_minutes=sleep,
         mood_score=ctx.mood_score if mood_fresh else None,
         mood_age_minutes=(
@@ -206,9 +300,10 @@ def features(ctx: UserContext, now: datetime) -> Features:
             else None
         ),
         in_meeting=in_meeting,
-        free_minutes=None if in_meeting else free,
-        next_event_start=next_start,
+        free_minutes=free,
+        next_event_start=next_start if not in_meeting else None,
         signal_count=ctx.signal_count,
+        recent_kinds=recent,
     )
 
 

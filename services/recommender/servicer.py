@@ -6,20 +6,22 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from kernel.clients import channel
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import parse_user, require_owner
 from kernel.outbox import enqueue
 from kernel.settings import Settings
-from services.recommender import decisions, domain, rules, store
-from services.recommender.consumer import ContextKeeper
+from services.recommender import decisions, domain, reward_store, store
+from services.recommender.engine import FEATURE_SCHEMA_VERSION, DecisionEngine
+from services.recommender.policy import bandit
 from tips.events.v1 import events_service_pb2, events_service_pb2_grpc, signal_pb2
+from tips.ml_serving.v1 import model_pb2
+from tips.recommender.v1 import context_pb2, events_pb2, tip_pb2
 from tips.recommender.v1 import recommender_service_pb2 as pb
 from tips.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
-from tips.recommender.v1 import tip_catalog_service_pb2 as catalog_pb
-from tips.recommender.v1 import tip_catalog_service_pb2_grpc as catalog_grpc
-from tips.recommender.v1 import tip_pb2
 
 ACCEPTED = events_service_pb2.INGEST_OUTCOME_ACCEPTED
 REJECTED = events_service_pb2.INGEST_OUTCOME_REJECTED
@@ -36,28 +38,15 @@ def _require_user_parent(parent: str) -> str:
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """``tips.recommender.v1.RecommenderService``: tips, history, reactions."""
 
-    def __init__(self, db: Database, contexts: ContextKeeper, settings: Settings) -> None:
+    def __init__(self, db: Database, engine: DecisionEngine, settings: Settings) -> None:
         self.db = db
-        self.contexts = contexts
+        self.engine = engine
         self.settings = settings
 
     async def ListTips(self, request: pb.ListTipsRequest, context: Any) -> pb.ListTipsResponse:
         user_id = _require_user_parent(request.parent)
         count = decisions.tip_count(request.page_size)
-        now = datetime.now(UTC)
-        ctx = self.contexts.get(user_id)
-        features = domain.features(ctx, now)
-        proposals = rules.decide(features, ctx.suppressed_until, count)
-        tips: list[tip_pb2.Tip] = []
-        # Each tip and its TipDecided event commit together.
-        async with self.db.transaction() as session:
-            for rank, proposal in enumerate(proposals):
-                tip_id = uuid.uuid4().hex
-                tip = decisions.build_tip(store.tip_name(user_id, tip_id), proposal, now)
-                await store.insert_tip(session, user_id, tip_id, tip)
-                event = decisions.decided_event(request.parent, tip, rank, proposals, features)
-                await enqueue(session, store.outbox, event, msg_id=tip.name)
-                tips.append(tip)
+        tips = await self.engine.decide(user_id, count, datetime.now(UTC))
         return pb.ListTipsResponse(tips=tips)
 
     async def GetTip(self, request: pb.GetTipRequest, context: Any) -> pb.GetTipResponse:
@@ -139,53 +128,110 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
 
 class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
-    """``tips.recommender.v1.RecommenderInternalService``: not implemented yet."""
+    """``tips.recommender.v1.RecommenderInternalService``: never routed at the edge."""
+
+    def __init__(self, db: Database, engine: DecisionEngine) -> None:
+        self.db = db
+        self.engine = engine
+        self.learner = engine.learner
 
     async def GetDecisionContext(
         self, request: pb.GetDecisionContextRequest, context: Any
     ) -> pb.GetDecisionContextResponse:
-        raise NotImplementedError("GetDecisionContext")
+        parts = request.name.split("/")
+        if len(parts) != 3 or parts[0] != "users" or not parts[1] or parts[2] != "decisionContext":
+            raise InvalidArgument([("name", "must be users/{user}/decisionContext")])
+        now = datetime.now(UTC)
+        ctx, _, features = await self.engine.situation(parts[1], now)
+        out = context_pb2.DecisionContext(
+            name=request.name,
+            features=[context_pb2.ContextFeature(name=k, value=v) for k, v in features.as_pairs()],
+            feature_schema_version=FEATURE_SCHEMA_VERSION,
+            compute_time=_ts(now),
+            signal_count=ctx.signal_count,
+        )
+        if ctx.last_signal_time is not None:
+            out.last_signal_time.CopyFrom(_ts(ctx.last_signal_time))
+        return pb.GetDecisionContextResponse(decision_context=out)
 
     async def ExportPolicyModel(
         self, request: pb.ExportPolicyModelRequest, context: Any
     ) -> pb.ExportPolicyModelResponse:
-        raise NotImplementedError("ExportPolicyModel")
+        if request.model_name and request.model_name != self.learner.model_name:
+            raise InvalidArgument(
+                [("model_name", f"this recommender exports {self.learner.model_name!r} only")]
+            )
+        if len(request.request_id) > 128:
+            raise InvalidArgument([("request_id", "at most 128 characters")])
+        if request.request_id:
+            async with self.db.session() as session:
+                found = await reward_store.find_export(session, request.request_id)
+            if found is not None:
+                return _export_response(found)
+        version, base, updates = await self.learner.export()
+        now = datetime.now(UTC)
+        values = {
+            "request_id": request.request_id or uuid.uuid4().hex,
+            "model_version": version,
+            "artifact_uri": self.learner.artifact_uri(version),
+            "base_model_version": base,
+            "online_update_count": updates,
+            "export_time": now,
+        }
+        event = events_pb2.PolicyModelExported(
+            event_id=f"export:{values['request_id']}",
+            occur_time=_ts(now),
+            model_version=version,
+            artifact_uri=str(values["artifact_uri"]),
+            base_model_version=base,
+            online_update_count=updates,
+            policy_name=bandit.ALGORITHM,
+            feature_schema_version=FEATURE_SCHEMA_VERSION,
+        )
+        async with self.db.transaction() as session:
+            await reward_store.save_export(session, **values)
+            await enqueue(session, store.outbox, event, msg_id=event.event_id)
+        return pb.ExportPolicyModelResponse(
+            model_version=version,
+            artifact_uri=str(values["artifact_uri"]),
+            base_model_version=base,
+            online_update_count=updates,
+            export_time=_ts(now),
+        )
 
     async def GetPolicyStatus(
         self, request: pb.GetPolicyStatusRequest, context: Any
     ) -> pb.GetPolicyStatusResponse:
-        raise NotImplementedError("GetPolicyStatus")
+        learner, fallback = self.learner, self.learner.fallback
+        triton_configured = learner.triton is not None
+        reachable = triton_configured and fallback is not None and not fallback.using_fallback
+        runtime = (
+            model_pb2.MODEL_RUNTIME_TRITON if reachable else model_pb2.MODEL_RUNTIME_ONNX_RUNTIME
+        )
+        return pb.GetPolicyStatusResponse(
+            policy_name=bandit.ALGORITHM,
+            model_version=learner.model_version,
+            runtime=runtime,
+            triton_configured=triton_configured,
+            triton_reachable=reachable,
+            model_load_time=_ts(learner.model_load_time),
+            online_update_count=learner.online_updates,
+            catalog_version=self.engine.catalog.version,
+            enabled_catalog_tip_count=self.engine.catalog.enabled_count,
+        )
 
 
-class TipCatalogServicer(catalog_grpc.TipCatalogServiceServicer):
-    """``tips.recommender.v1.TipCatalogService``: not implemented yet (built-in catalog)."""
+def _export_response(row: Any) -> pb.ExportPolicyModelResponse:
+    return pb.ExportPolicyModelResponse(
+        model_version=row.model_version,
+        artifact_uri=row.artifact_uri,
+        base_model_version=row.base_model_version,
+        online_update_count=row.online_update_count,
+        export_time=_ts(row.export_time),
+    )
 
-    async def ListCatalogTips(
-        self, request: catalog_pb.ListCatalogTipsRequest, context: Any
-    ) -> catalog_pb.ListCatalogTipsResponse:
-        raise NotImplementedError("ListCatalogTips")
 
-    async def GetCatalogTip(
-        self, request: catalog_pb.GetCatalogTipRequest, context: Any
-    ) -> catalog_pb.GetCatalogTipResponse:
-        raise NotImplementedError("GetCatalogTip")
-
-    async def CreateCatalogTip(
-        self, request: catalog_pb.CreateCatalogTipRequest, context: Any
-    ) -> catalog_pb.CreateCatalogTipResponse:
-        raise NotImplementedError("CreateCatalogTip")
-
-    async def UpdateCatalogTip(
-        self, request: catalog_pb.UpdateCatalogTipRequest, context: Any
-    ) -> catalog_pb.UpdateCatalogTipResponse:
-        raise NotImplementedError("UpdateCatalogTip")
-
-    async def DeleteCatalogTip(
-        self, request: catalog_pb.DeleteCatalogTipRequest, context: Any
-    ) -> catalog_pb.DeleteCatalogTipResponse:
-        raise NotImplementedError("DeleteCatalogTip")
-
-    async def ImportCatalogTips(
-        self, request: catalog_pb.ImportCatalogTipsRequest, context: Any
-    ) -> catalog_pb.ImportCatalogTipsResponse:
-        raise NotImplementedError("ImportCatalogTips")
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts

@@ -14,14 +14,19 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Row,
     Table,
     Text,
+    false,
     func,
     or_,
     select,
@@ -58,6 +63,20 @@ tips = Table(
     Column("decide_time", DateTime(timezone=True), nullable=False),
     Column("expire_time", DateTime(timezone=True), nullable=False),
     Column("model_version", Text, nullable=False),
+    # The logged decision (0002): what the policy saw and how likely its pick was.
+    Column("catalog_version", Text, nullable=False, server_default=""),
+    Column("policy_version", Text, nullable=False, server_default=""),
+    Column("propensity", Float, nullable=False, server_default="1"),
+    Column("explored", Boolean, nullable=False, server_default=false()),
+    Column("rank", Integer, nullable=False, server_default="0"),
+    Column("row", LargeBinary, nullable=True),  # the scored feature row, float64
+    Column("context", JSONB, nullable=True),  # named context features
+    Column("candidates", JSONB, nullable=True),  # catalog id -> [score, probability]
+    # Its reward, once a reaction or the wait assigned it (exactly once).
+    Column("reward", Float, nullable=True),
+    Column("reward_source", Integer, nullable=True),
+    Column("reward_time", DateTime(timezone=True), nullable=True),
+    Column("reward_seq", BigInteger, nullable=True),
     Index("ix_tips_user_decide", "user_id", "decide_time"),
 )
 

@@ -25,6 +25,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
+from kernel.bus import Bus, streams_for
 from kernel.clients import close_channels
 from kernel.db import Database
 from kernel.errors import field_violations, unpack_details
@@ -34,9 +35,12 @@ from kernel.settings import Settings
 from services.events.service import SERVICE as EVENTS
 from services.recommender.consumer import DURABLE, ContextKeeper
 from services.recommender.service import definition as recommender_definition
+from services.recommender.settings import RecommenderSettings
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
+from tips.profile.v1 import consent_pb2
+from tips.profile.v1 import events_pb2 as profile_events
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from tips.recommender.v1 import tip_pb2
@@ -44,7 +48,7 @@ from tips.recommender.v1 import tip_pb2
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER")
+STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER", "TIPS_PROFILE")
 SIGNAL_SUBJECT = "tips.events.v1.signal_recorded"
 TIP_SUBJECT = "tips.recommender.v1.tip_decided"
 
@@ -55,6 +59,7 @@ class Mesh:
     recommender: rec_grpc.RecommenderServiceStub
     db: asyncpg.Connection
     nats_url: str
+    bus: Bus
 
 
 async def _existing_streams(nats_url: str) -> set[str]:
@@ -77,6 +82,9 @@ async def _cleanup_bus(nats_url: str, created: set[str], durable: str) -> None:
         js = nc.jetstream()
         with contextlib.suppress(Exception):
             await js.delete_consumer("TIPS_EVENTS", durable)
+        for suffix in ("profile", "consent"):
+            with contextlib.suppress(Exception):
+                await js.delete_consumer("TIPS_PROFILE", f"{durable}-{suffix}")
         for name in created:
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
@@ -85,18 +93,30 @@ async def _cleanup_bus(nats_url: str, created: set[str], durable: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def mesh(settings: Settings, nats_url: str, database_url: str) -> AsyncIterator[Mesh]:
+async def mesh(
+    settings: Settings, nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Mesh]:
     # Our own durable: on a shared NATS a running recommender keeps its own.
     durable = f"{DURABLE}-t{secrets.token_hex(4)}"
     recommender = recommender_definition(durable)
     before = await _existing_streams(nats_url)
     await migrate(settings, [EVENTS, recommender])
+    # The test plays the profile service on the bus (its events grant consents).
+    bus = await Bus.connect(settings, "thin-path-profile")
+    await bus.ensure_streams(
+        streams_for(
+            profile_events.ProfileChanged,
+            profile_events.ConsentChanged,
+            profile_events.UserDeleted,
+        )
+    )
     events_server = ServiceServer(
         EVENTS, settings.model_copy(update={"log_format": "text"}), port=0
     )
     await events_server.start()
-    rec_settings = settings.model_copy(
-        update={"events_addr": events_server.address, "log_format": "text"}
+    rec_settings = RecommenderSettings(
+        **{**settings.model_dump(), "events_addr": events_server.address, "log_format": "text"},
+        recommender_model_repository=str(tmp_path_factory.mktemp("models")),
     )
     rec_server = ServiceServer(recommender, rec_settings, port=0)
     db = await asyncpg.connect(database_url)
@@ -111,12 +131,14 @@ async def mesh(settings: Settings, nats_url: str, database_url: str) -> AsyncIte
                 rec_grpc.RecommenderServiceStub(rec_channel),
                 db,
                 nats_url,
+                bus,
             )
     finally:
         await rec_server.stop(grace=0)
         await events_server.stop(grace=0)
         await close_channels()
         await db.close()
+        await bus.close()
         await _cleanup_bus(nats_url, set(STREAMS) - before, durable)
 
 
@@ -207,17 +229,33 @@ async def _count(mesh: Mesh, sql: str, *args: Any) -> int:
     return int(await mesh.db.fetchval(sql, *args))
 
 
-async def _tips_until(mesh: Mesh, user: str, catalog_tip: str) -> tip_pb2.Tip:
-    """ListTips until the recommender's context has caught up and picks ``catalog_tip``."""
-
-    async def probe() -> tip_pb2.Tip:
-        response = await mesh.recommender.ListTips(
-            rec.ListTipsRequest(parent=f"users/{user}"), metadata=_md(user), timeout=10
+async def grant(mesh: Mesh, user: str, *purposes: int) -> None:
+    """Publish ConsentChanged(GRANTED) as the profile service would."""
+    for purpose in purposes:
+        event = profile_events.ConsentChanged(
+            event_id=secrets.token_hex(8),
+            occur_time=_ts(datetime.now(UTC)),
+            user=f"users/{user}",
+            consent=f"users/{user}/consents/x",
+            purpose=purpose,  # type: ignore[arg-type]
+            state=consent_pb2.CONSENT_STATE_GRANTED,
+            previous_state=consent_pb2.CONSENT_STATE_UNDECIDED,
+            text_version="v1",
         )
-        assert len(response.tips) == 1
-        return response.tips[0]
+        await mesh.bus.publish(event, msg_id=event.event_id)
 
-    return await eventually(probe, lambda tip: tip.catalog_tip == catalog_tip)
+
+async def _tips_until(mesh: Mesh, user: str, text: str) -> tip_pb2.Tip:
+    """ListTips (5 at a time) until the context has caught up and a tip explains ``text``."""
+
+    async def probe() -> list[tip_pb2.Tip]:
+        response = await mesh.recommender.ListTips(
+            rec.ListTipsRequest(parent=f"users/{user}", page_size=5), metadata=_md(user), timeout=10
+        )
+        return list(response.tips)
+
+    tips = await eventually(probe, lambda tips: any(text in t.explanation for t in tips))
+    return next(t for t in tips if text in t.explanation)
 
 
 async def _get_tip(mesh: Mesh, user: str, name: str) -> tip_pb2.Tip:
@@ -247,8 +285,8 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
         lambda ids: signal_name in ids,
     )
 
-    walk = await _tips_until(mesh, alice, "catalogTips/walk_low_steps")
-    assert "900 steps" in walk.explanation
+    await grant(mesh, alice, consent_pb2.CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS)
+    walk = await _tips_until(mesh, alice, "900 steps")
     assert walk.state == tip_pb2.TIP_STATE_ACTIVE
     assert walk.name.startswith(f"users/{alice}/tips/")
     await eventually(
@@ -257,9 +295,10 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
     )
 
     # Another user, another signal: another tip.
+    await grant(mesh, bob, consent_pb2.CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS)
     await _ingest(mesh, bob, _sleep(300))
-    wind_down = await _tips_until(mesh, bob, "catalogTips/wind_down_earlier")
-    assert "5 h 00 min" in wind_down.explanation
+    wind_down = await _tips_until(mesh, bob, "5 h 00 min")
+    assert wind_down.category in ("sleep", "recovery")
 
     # Alice did the walk: the reaction goes through events and lands in her history.
     request_id = secrets.token_hex(8)
@@ -282,7 +321,7 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
         lambda: mesh.db.fetchval(
             "SELECT context FROM recommender.user_context WHERE user_id = $1", alice
         ),
-        lambda ctx: ctx is not None and "walk_low_steps" in str(ctx),
+        lambda ctx: ctx is not None and walk.catalog_tip.split("/")[1] in str(ctx),
     )
     history = await mesh.recommender.ListTipHistory(
         rec.ListTipHistoryRequest(parent=f"users/{alice}"), metadata=_md(alice), timeout=10
@@ -299,8 +338,9 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
 
 async def test_reaction_posted_to_events_lands_in_history(mesh: Mesh) -> None:
     bob = _user()
+    await grant(mesh, bob, consent_pb2.CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS)
     await _ingest(mesh, bob, _sleep(280))
-    tip = await _tips_until(mesh, bob, "catalogTips/wind_down_earlier")
+    tip = await _tips_until(mesh, bob, "4 h 40 min")
     reaction = signal_pb2.Signal(
         client_signal_id=secrets.token_hex(8),
         kind=signal_pb2.SIGNAL_KIND_TIP_REACTION,
@@ -470,18 +510,3 @@ async def test_contexts_are_rebuilt_from_the_database(mesh: Mesh, settings: Sett
         assert fresh.get(user).steps_today == 700
     finally:
         await db.close()
-
-
-async def test_later_methods_answer_unimplemented(mesh: Mesh) -> None:
-    user = _user()
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await mesh.events.PurgeSignals(
-            ev.PurgeSignalsRequest(parent=f"users/{user}", all_signals=True), metadata=_md(user)
-        )
-    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        async for _ in mesh.events.ReplaySignals(
-            ev.ReplaySignalsRequest(parent=f"users/{user}"), metadata=_md(user)
-        ):
-            pass
-    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED

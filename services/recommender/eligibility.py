@@ -1,0 +1,141 @@
+"""Which catalog tips may be decided for a user now. Pure.
+
+Each check returns the reason a tip (or every tip) is blocked, or None. The
+reasons are short stable ids: logs and the ``tips_no_tip`` metric count them.
+Checks are ordered cheapest and most common first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+
+from services.recommender.catalog import Entry
+from services.recommender.domain import Features, local_midnight
+
+
+@dataclass(frozen=True)
+class QuietWindow:
+    """A weekly quiet window in local time; ``end <= start`` runs past midnight."""
+
+    day: int  # ISO weekday of the start, 1 = Monday .. 7 = Sunday
+    start_minute: int
+    end_minute: int
+
+
+@dataclass(frozen=True)
+class Prefs:
+    """What the profile says about a user (defaults when the profile is unknown)."""
+
+    tz: tzinfo = UTC
+    time_zone: str = "UTC"
+    quiet_hours: tuple[QuietWindow, ...] = ()
+    granted: frozenset[str] = frozenset()  # consent ids
+    muted: frozenset[str] = frozenset()
+    daily_cap: int = 0  # 0: the service default
+    known: bool = False  # the profile service answered
+
+
+@dataclass
+class History:
+    """A user's recent decisions and reactions (kept in memory by ``history.py``)."""
+
+    # Catalog tip id -> decide times in the last two days, oldest first.
+    decided: dict[str, list[datetime]] = field(default_factory=dict)
+    # Catalog tip id -> latest DONE reaction time.
+    done: dict[str, datetime] = field(default_factory=dict)
+
+
+def in_quiet_hours(local: datetime, windows: Iterable[QuietWindow]) -> bool:
+    minute = local.hour * 60 + local.minute
+    today = local.isoweekday()
+    yesterday = 7 if today == 1 else today - 1
+    for w in windows:
+        if w.end_minute > w.start_minute:
+            if w.day == today and w.start_minute <= minute < w.end_minute:
+                return True
+        else:  # runs past midnight: the evening of its day, the morning after
+            if w.day == today and minute >= w.start_minute:
+                return True
+            if w.day == yesterday and minute < w.end_minute:
+                return True
+    return False
+
+
+def decided_today(history: History, since: datetime) -> int:
+    """Distinct catalog tips decided since ``since`` (the local midnight)."""
+    return sum(1 for times in history.decided.values() if times and times[-1] >= since)
+
+
+def user_block(f: Features, prefs: Prefs, history: History, default_cap: int) -> str | None:
+    """Why no tip at all may be decided now, or None."""
+    if prefs.quiet_hours and in_quiet_hours(f.local, prefs.quiet_hours):
+        return "quiet_hours"
+    cap = prefs.daily_cap or default_cap
+    if decided_today(history, local_midnight(f.local)) >= cap:
+        return "daily_cap"
+    return None
+
+
+def tip_block(
+    e: Entry,
+    f: Features,
+    prefs: Prefs,
+    history: History,
+    suppressed: Mapping[str, datetime],
+) -> str | None:
+    """Why catalog tip ``e`` may not be decided now, or None."""
+    if e.category in prefs.muted:
+        return "muted_category"
+    if not e.required_consents <= prefs.granted:
+        return "consent"
+    if e.day_parts and f.day_part not in e.day_parts:
+        return "day_part"
+    if not e.signals_needed <= f.recent_kinds:
+        return "signals_needed"
+    until = suppressed.get(e.id)
+    if until is not None and until > f.now:
+        return "snoozed"  # snoozed, or dismissed/done a short while ago
+    done = history.done.get(e.id)
+    if done is not None and done >= local_midnight(f.local):
+        return "done_today"
+    times = history.decided.get(e.id, ())
+    if e.cooldown is not None and times and f.now - times[-1] < e.cooldown:
+        return "cooldown"
+    if e.max_per_day:
+        midnight = local_midnight(f.local)
+        if sum(1 for t in times if t >= midnight) >= e.max_per_day:
+            return "max_per_day"
+    if e.min_free_block_minutes and (
+        f.free_minutes is None or f.free_minutes < e.min_free_block_minutes
+    ):
+        return "free_block"
+    if f.free_minutes is not None and e.minutes_needed > f.free_minutes:
+        return "does_not_fit"
+    return None
+
+
+def eligible(
+    entries: Sequence[Entry],
+    f: Features,
+    prefs: Prefs,
+    history: History,
+    suppressed: Mapping[str, datetime],
+    default_cap: int,
+) -> tuple[list[Entry], Counter[str]]:
+    """The eligible entries, and how many were blocked for each reason."""
+    reasons: Counter[str] = Counter()
+    blocked = user_block(f, prefs, history, default_cap)
+    if blocked is not None:
+        reasons[blocked] = len(entries)
+        return [], reasons
+    out: list[Entry] = []
+    for e in entries:
+        reason = tip_block(e, f, prefs, history, suppressed)
+        if reason is None:
+            out.append(e)
+        else:
+            reasons[reason] += 1
+    return out, reasons

@@ -1,0 +1,267 @@
+"""The decision: candidates -> eligibility -> features -> scores -> policy -> logged tips.
+
+Everything a decision reads is in memory (catalog, context, profile,
+history, policy); the only wait is the group commit of the decision log
+(``writer.py``). When nothing is eligible the answer is empty and the reason
+is logged and counted (``no_tip_reasons``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kernel.bus import message_headers
+from services.recommender import domain, eligibility, explain
+from services.recommender.catalog import Entry
+from services.recommender.catalog_store import CatalogKeeper
+from services.recommender.consumer import ContextKeeper
+from services.recommender.history import HistoryKeeper
+from services.recommender.learning import Learner
+from services.recommender.policy import bandit, features
+from services.recommender.profiles import ProfileCache
+from services.recommender.settings import RecommenderSettings
+from services.recommender.store import tip_name
+from services.recommender.writer import DecisionWriter
+from tips.recommender.v1 import context_pb2, events_pb2, tip_pb2
+
+log = logging.getLogger(__name__)
+
+FEATURE_SCHEMA_VERSION = f"features-v1-d{features.DIM}"
+# A decision stays relevant this long unless its free block ends sooner.
+DEFAULT_TTL = timedelta(hours=2)
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def policy_context(f: domain.Features, affinity: dict[str, float]) -> dict[str, float]:
+    """The raw context keys ``policy.features`` reads; unknown ones are left out."""
+    out: dict[str, float] = {
+        "local_hour": f.local.hour + f.local.minute / 60,
+        "weekday": float(f.local.weekday()),
+        "in_meeting": 1.0 if f.in_meeting else 0.0,
+        **affinity,
+    }
+    if f.next_event_start is not None:
+        out["minutes_to_next_meeting"] = (f.next_event_start - f.now).total_seconds() / 60
+    if f.free_minutes is not None:
+        out["free_block_minutes"] = float(f.free_minutes)
+    if f.steps_today is not None:
+        out["steps_today"] = float(f.steps_today)
+    if f.steps_usual is not None:
+        # The usual by now: waking hours 7..22 spread the day's steps.
+        share = min(max((out["local_hour"] - 7.0) / 15.0, 0.05), 1.0)
+        out["steps_usual_by_now"] = f.steps_usual * share
+    if f.sleep_minutes is not None:
+        out["sleep_last_night_minutes"] = float(f.sleep_minutes)
+    if f.mood_score is not None:
+        out["mood"] = (f.mood_score - 3) / 2
+    return out
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    entry: Entry
+    tip: features.TipFeatures
+
+
+class DecisionEngine:
+    """Decides tips for a user; one per process."""
+
+    def __init__(
+        self,
+        settings: RecommenderSettings,
+        catalog: CatalogKeeper,
+        contexts: ContextKeeper,
+        profiles: ProfileCache,
+        history: HistoryKeeper,
+        learner: Learner,
+        writer: DecisionWriter,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.contexts = contexts
+        self.profiles = profiles
+        self.history = history
+        self.learner = learner
+        self.writer = writer
+        self.no_tip_reasons: Counter[str] = Counter()
+        self.decisions = 0
+        self._tip_features: dict[Entry, features.TipFeatures] = {}
+
+    def _tip(self, e: Entry) -> features.TipFeatures:
+        found = self._tip_features.get(e)
+        if found is None:
+            found = features.TipFeatures(
+                e.name, e.category, e.effort, e.minutes_needed, e.day_parts
+            )
+            if len(self._tip_features) > 10_000:
+                self._tip_features.clear()  # old catalog versions
+            self._tip_features[e] = found
+        return found
+
+    async def situation(
+        self, user_id: str, now: datetime
+    ) -> tuple[domain.UserContext, eligibility.Prefs, domain.Features]:
+        ctx = self.contexts.get(user_id)
+        prefs = await self.profiles.get(user_id)
+        return ctx, prefs, domain.features(ctx, now, prefs.tz)
+
+    async def decide(self, user_id: str, count: int, now: datetime) -> list[tip_pb2.Tip]:
+        ctx, prefs, f = await self.situation(user_id, now)
+        history = self.history.get(user_id)
+        entries, reasons = eligibility.eligible(
+            self.catalog.entries, f, prefs, history, ctx.suppressed_until,
+            self.settings.recommender_default_daily_cap,
+        )  # fmt: skip
+        if not entries:
+            top = reasons.most_common(1)[0][0] if reasons else "empty_catalog"
+            self.no_tip_reasons[top] += 1
+            log.info("no eligible tip", extra={"user": user_id, "reasons": dict(reasons)})
+            return []
+        context = policy_context(f, self.history.affinity(user_id))
+        ctx_row = features.context_features(context)
+        rows = np.stack(
+            [features.row_from_parts(ctx_row, features.tip_features(context, self._tip(e)))
+             for e in entries]
+        )  # fmt: skip
+        base = await self.learner.base_scores(rows)
+        model_version = self.learner.model_version if base is not None else ""
+        policy = self.learner.policy
+        arms = [e.id for e in entries]
+        by_arm = {e.id: (e, i) for i, e in enumerate(entries)}
+        picks: list[tuple[Entry, int, bandit.Decision]] = []
+        remaining = list(range(len(entries)))
+        for _ in range(min(count, len(entries))):
+            decision = policy.choose(
+                [(arms[i], rows[i]) for i in remaining],
+                self.learner.rng,
+                base_scores=None if base is None else base[remaining],
+            )
+            entry, index = by_arm[decision.arm]
+            picks.append((entry, index, decision))
+            remaining.remove(index)
+        values = f.values()
+        context_features = [context_pb2.ContextFeature(name=k, value=v) for k, v in values.items()]
+        json_context = {k: (None if v != v else v) for k, v in values.items()}  # NaN -> null
+        out: list[tip_pb2.Tip] = []
+        db_rows: list[dict[str, object]] = []
+        events: list[tuple[events_pb2.TipDecided, dict[str, str]]] = []
+        for rank, (entry, index, decision) in enumerate(picks):
+            tip = self._render(user_id, entry, f, now, model_version)
+            event = self._event(user_id, tip, rank, decision, context_features, policy.version)
+            db_rows.append(self._row(user_id, tip, entry, rank, decision, rows[index],
+                                     json_context, policy.version))  # fmt: skip
+            events.append((event, message_headers(event, event.event_id)))
+            out.append(tip)
+        await self.writer.write(db_rows, events)  # type: ignore[arg-type]
+        for tip in out:
+            self.history.record_decision(user_id, tip.catalog_tip.removeprefix("catalogTips/"), now)
+        self.decisions += len(out)
+        return out
+
+    def _render(
+        self, user_id: str, e: Entry, f: domain.Features, now: datetime, model_version: str
+    ) -> tip_pb2.Tip:
+        title, body, why = explain.explain(f, e)
+        expire = now + DEFAULT_TTL
+        if e.min_free_block_minutes and f.next_event_start is not None:
+            expire = min(expire, f.next_event_start)
+        return tip_pb2.Tip(
+            name=tip_name(user_id, uuid.uuid4().hex),
+            catalog_tip=e.name,
+            title=title,
+            body=body,
+            category=e.category,
+            explanation=why,
+            effort=e.effort,  # type: ignore[arg-type]
+            minutes_needed=e.minutes_needed,
+            state=tip_pb2.TIP_STATE_ACTIVE,
+            decide_time=_ts(now),
+            expire_time=_ts(expire),
+            model_version=model_version,
+        )
+
+    def _event(
+        self,
+        user_id: str,
+        tip: tip_pb2.Tip,
+        rank: int,
+        decision: bandit.Decision,
+        context_features: Sequence[context_pb2.ContextFeature],
+        policy_version: str,
+    ) -> events_pb2.TipDecided:
+        return events_pb2.TipDecided(
+            event_id=tip.name,
+            occur_time=tip.decide_time,
+            user=f"users/{user_id}",
+            tip=tip.name,
+            catalog_tip=tip.catalog_tip,
+            candidates=[
+                context_pb2.CandidateScore(
+                    catalog_tip=f"catalogTips/{arm}",
+                    score=decision.scores[arm],
+                    probability=p,
+                )
+                for arm, p in decision.probabilities.items()
+            ],
+            propensity=decision.propensity,
+            context_features=context_features,
+            feature_schema_version=FEATURE_SCHEMA_VERSION,
+            model_version=tip.model_version,
+            policy_name=bandit.ALGORITHM,
+            exploration=bool(decision.explored),
+            rank=rank,
+            catalog_version=self.catalog.version,
+            expire_time=tip.expire_time,
+        )
+
+    def _row(
+        self,
+        user_id: str,
+        tip: tip_pb2.Tip,
+        e: Entry,
+        rank: int,
+        decision: bandit.Decision,
+        x: np.ndarray,
+        context: dict[str, float | None],
+        policy_version: str,
+    ) -> dict[str, object]:
+        return {
+            "user_id": user_id,
+            "tip_id": tip.name.rsplit("/", 1)[-1],
+            "catalog_tip": tip.catalog_tip,
+            "title": tip.title,
+            "body": tip.body,
+            "category": tip.category,
+            "explanation": tip.explanation,
+            "effort": int(tip.effort),
+            "minutes_needed": tip.minutes_needed,
+            "state": int(tip.state),
+            "reaction": 0,
+            "decide_time": tip.decide_time.ToDatetime(UTC),
+            "expire_time": tip.expire_time.ToDatetime(UTC),
+            "model_version": tip.model_version,
+            "catalog_version": self.catalog.version,
+            "policy_version": policy_version,
+            "propensity": float(decision.propensity),
+            "explored": bool(decision.explored),
+            "rank": rank,
+            "row": np.asarray(x, dtype=np.float64).tobytes(),
+            "context": json.dumps(context),
+            "candidates": json.dumps(
+                {arm: [decision.scores[arm], p] for arm, p in decision.probabilities.items()}
+            ),
+        }

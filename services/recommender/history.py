@@ -1,0 +1,102 @@
+"""Each user's recent decisions, done tips and category affinities, in memory.
+
+Eligibility (cooldowns, per-day limits, the daily cap, done today) and the
+policy's ``affinity_<category>`` features read it on every decision, so it
+lives in memory: updated after each commit that changes it, and rebuilt from
+the ``tips`` table on start (the last two days of decisions, thirty of
+rewards).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from kernel.db import Database
+from services.recommender.eligibility import History
+from services.recommender.store import tips
+from tips.events.v1 import signal_pb2
+
+KEEP = timedelta(days=2)
+AFFINITY_DAYS = 30
+# Smoothing of the done-rate per category: two pseudo-observations at 0.5.
+PRIOR_N, PRIOR_MEAN = 2.0, 0.5
+
+
+class HistoryKeeper:
+    """User id -> History and per-category reward sums."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, History] = {}
+        self._affinity: dict[str, dict[str, tuple[float, float]]] = {}
+
+    def get(self, user_id: str) -> History:
+        history = self._users.get(user_id)
+        if history is None:
+            history = self._users[user_id] = History()
+        return history
+
+    def record_decision(self, user_id: str, catalog_id: str, at: datetime) -> None:
+        times = self.get(user_id).decided.setdefault(catalog_id, [])
+        times.append(at)
+        horizon = at - KEEP
+        while times and times[0] < horizon:
+            times.pop(0)
+
+    def record_done(self, user_id: str, catalog_id: str, at: datetime) -> None:
+        done = self.get(user_id).done
+        if catalog_id not in done or done[catalog_id] < at:
+            done[catalog_id] = at
+
+    def record_reward(self, user_id: str, category: str, reward: float) -> None:
+        stats = self._affinity.setdefault(user_id, {})
+        total, n = stats.get(category, (0.0, 0.0))
+        stats[category] = (total + reward, n + 1.0)
+
+    def affinity(self, user_id: str) -> dict[str, float]:
+        """``affinity_<category>``: the smoothed mean reward of the user's tips there."""
+        return {
+            f"affinity_{c}": (total + PRIOR_N * PRIOR_MEAN) / (n + PRIOR_N)
+            for c, (total, n) in self._affinity.get(user_id, {}).items()
+        }
+
+    async def load(self, db: Database) -> int:
+        """Rebuild from the decision log; returns the number of decisions read."""
+        now = datetime.now(UTC)
+        async with db.session() as session:
+            recent = (
+                await session.execute(
+                    select(tips.c.user_id, tips.c.catalog_tip, tips.c.decide_time)
+                    .where(tips.c.decide_time > now - KEEP)
+                    .order_by(tips.c.decide_time)
+                )
+            ).all()
+            done = (
+                await session.execute(
+                    select(tips.c.user_id, tips.c.catalog_tip, tips.c.react_time).where(
+                        tips.c.reaction == signal_pb2.TIP_REACTION_DONE,
+                        tips.c.react_time > now - KEEP,
+                    )
+                )
+            ).all()
+            rewarded = (
+                await session.execute(
+                    select(tips.c.user_id, tips.c.category, tips.c.reward).where(
+                        tips.c.reward.is_not(None),
+                        tips.c.decide_time > now - timedelta(days=AFFINITY_DAYS),
+                    )
+                )
+            ).all()
+        self._users, self._affinity = {}, {}
+        for row in recent:
+            self.record_decision(row.user_id, _id(row.catalog_tip), row.decide_time)
+        for row in done:
+            self.record_done(row.user_id, _id(row.catalog_tip), row.react_time)
+        for row in rewarded:
+            self.record_reward(row.user_id, row.category, float(row.reward))
+        return len(recent)
+
+
+def _id(catalog_tip: str) -> str:
+    return catalog_tip.removeprefix("catalogTips/")

@@ -1,0 +1,277 @@
+"""The learning loop: rewards -> online policy updates, snapshots, model exports.
+
+- Rewards: a reaction (``consumer.py``) or the reward wait running out
+  (``sweep``) gives a decision its reward in a transaction that also enqueues
+  ``RewardAssigned``; after the commit the policy folds it in (``apply``), so
+  the next decision reflects it within milliseconds. ``lock`` orders those
+  transactions, so the reward sequence is the order of updates.
+- Durability: the rewards are the record. A snapshot of the statistics with
+  the last sequence folded in is saved every ``policy_snapshot_seconds`` and
+  at shutdown; a restart loads it and replays the rewards after it.
+- The model: the ONNX model (the policy's shared part) is exported on demand
+  or on a schedule and swapped into the scorer without failing a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel.db import Database
+from kernel.outbox import enqueue
+from services.recommender import reward_store
+from services.recommender.history import HistoryKeeper
+from services.recommender.policy import bandit, onnx_export, scoring
+from services.recommender.reward_store import Rewarded
+from services.recommender.settings import RecommenderSettings
+from tips.events.v1 import signal_pb2
+from tips.recommender.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+POLICY_NAME = "tip_policy"
+R = signal_pb2.TipReaction
+SOURCE_REACTION = events_pb2.REWARD_SOURCE_REACTION
+SOURCE_TIMEOUT = events_pb2.REWARD_SOURCE_TIMEOUT
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+class Learner:
+    """The policy, its scorer and the reward bookkeeping of one process."""
+
+    def __init__(
+        self,
+        settings: RecommenderSettings,
+        db: Database,
+        outbox: Table,
+        history: HistoryKeeper,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.outbox = outbox
+        self.history = history
+        self.policy = bandit.Policy()
+        self.repository = Path(settings.recommender_model_repository)
+        self.model_name = settings.recommender_model_name
+        self.onnx: scoring.OnnxScorer | None = None
+        self.triton: scoring.TritonScorer | None = None
+        self.scorer: scoring.Scorer | None = None
+        self.rng = np.random.default_rng(settings.recommender_seed)
+        self.lock = asyncio.Lock()
+        self.applied_seq = 0
+        self._saved_seq = 0
+        self.online_updates = 0  # since the deciding model was loaded
+        self.model_load_time = datetime.now(UTC)
+        self.exports = 0
+
+    # --- start ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Statistics from the snapshot plus the rewards after it; the model loaded."""
+        async with self.db.session() as session:
+            snapshot = await reward_store.load_snapshot(session, POLICY_NAME)
+            if snapshot is not None:
+                self.policy = bandit.Policy.from_state(snapshot[0])
+                self.applied_seq = self._saved_seq = snapshot[1]
+            replay = await reward_store.rewards_after(session, self.applied_seq)
+        self.apply(replay)
+        self.online_updates = 0
+        if not onnx_export.versions(self.repository, self.model_name):
+            await asyncio.to_thread(self._export_copy)
+        self.onnx = await asyncio.to_thread(scoring.OnnxScorer, self.repository, self.model_name)
+        self.scorer = self.onnx
+        if self.settings.recommender_triton_url:
+            self.triton = scoring.TritonScorer(
+                self.settings.recommender_triton_url, self.model_name
+            )
+            self.scorer = scoring.FallbackScorer(self.triton, self.onnx)
+        log.info(
+            "policy ready",
+            extra={"replayed": len(replay), "model_version": self.model_version},
+        )
+
+    # --- scoring ----------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> str:
+        """``models/{model}/versions/{version}`` of the model scoring now."""
+        if self.scorer is None:
+            return ""
+        return f"models/{self.model_name}/versions/{self.scorer.model_version}"
+
+    @property
+    def fallback(self) -> scoring.FallbackScorer | None:
+        return self.scorer if isinstance(self.scorer, scoring.FallbackScorer) else None
+
+    async def base_scores(self, rows: np.ndarray) -> np.ndarray | None:
+        """The model's shared part; None (live statistics) when no scorer can answer."""
+        if self.scorer is None:
+            return None
+        try:
+            return await self.scorer.score(rows)
+        except Exception as exc:
+            log.warning("scoring failed, deciding from live statistics", extra={"error": repr(exc)})
+            return None
+
+    # --- rewards ----------------------------------------------------------------------
+
+    def reaction_reward(self, reaction: int) -> float:
+        s = self.settings
+        rewards: dict[int, float] = {
+            R.TIP_REACTION_DONE: s.recommender_reward_done,
+            R.TIP_REACTION_SNOOZE: s.recommender_reward_snooze,
+            R.TIP_REACTION_DISMISS: s.recommender_reward_dismiss,
+        }
+        return rewards[reaction]
+
+    async def enqueue_reward(
+        self,
+        session: AsyncSession,
+        rewarded: Rewarded,
+        source: int,
+        reaction: int,
+        react_time: datetime | None,
+    ) -> None:
+        """``RewardAssigned`` into the outbox, in the reward's transaction."""
+        tip = f"users/{rewarded.user_id}/tips/{rewarded.tip_id}"
+        event = events_pb2.RewardAssigned(
+            event_id=f"{tip}:reward",
+            occur_time=_ts(rewarded.reward_time),
+            user=f"users/{rewarded.user_id}",
+            tip=tip,
+            catalog_tip=rewarded.catalog_tip,
+            reward=rewarded.reward,
+            source=source,  # type: ignore[arg-type]
+            reaction=reaction,  # type: ignore[arg-type]
+            decide_time=_ts(rewarded.decide_time),
+            model_version=rewarded.model_version,
+            propensity=rewarded.propensity,
+        )
+        if react_time is not None:
+            event.react_time.CopyFrom(_ts(react_time))
+        await enqueue(session, self.outbox, event, msg_id=event.event_id)
+
+    def apply(self, rewards: Iterable[Rewarded]) -> int:
+        """Fold committed rewards into the policy (call with ``lock`` held, in seq order)."""
+        count = 0
+        for r in rewards:
+            if r.seq <= self.applied_seq:
+                continue
+            self.applied_seq = r.seq
+            self.history.record_reward(r.user_id, r.category, r.reward)
+            if r.row is None:
+                continue  # a decision of the rule policy: no feature row to learn from
+            x = np.frombuffer(r.row, dtype=np.float64)
+            if x.shape != (self.policy.dim,):
+                continue  # logged under another feature schema
+            self.policy.update(r.catalog_tip.removeprefix("catalogTips/"), x, r.reward)
+            self.online_updates += 1
+            count += 1
+        return count
+
+    async def sweep_once(self, limit: int = 500) -> int:
+        """Default reward for decisions past the wait; returns how many got one."""
+        s = self.settings
+        now = datetime.now(UTC)
+        before = now - timedelta(seconds=s.recommender_reward_wait_seconds)
+        async with self.lock:
+            async with self.db.transaction() as session:
+                rewarded = await reward_store.expire_waiting(
+                    session, before, s.recommender_default_reward, SOURCE_TIMEOUT, now, limit
+                )
+                for r in rewarded:
+                    await self.enqueue_reward(session, r, SOURCE_TIMEOUT, 0, None)
+            self.apply(rewarded)
+        return len(rewarded)
+
+    async def sweep(self) -> None:
+        interval = self.settings.recommender_reward_sweep_seconds
+        while True:
+            try:
+                while await self.sweep_once() >= 500:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reward sweep failed", extra={"error": repr(exc)})
+            await asyncio.sleep(interval)
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    async def snapshot(self) -> bool:
+        """Save the statistics if they changed since the last snapshot."""
+        async with self.lock:
+            if self.applied_seq == self._saved_seq:
+                return False
+            state, seq = self.policy.state(), self.applied_seq
+        async with self.db.transaction() as session:
+            await reward_store.save_snapshot(session, POLICY_NAME, state, seq)
+        self._saved_seq = seq
+        return True
+
+    async def snapshots(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.recommender_policy_snapshot_seconds)
+            try:
+                await self.snapshot()
+            except Exception as exc:
+                log.warning("policy snapshot failed", extra={"error": repr(exc)})
+
+    # --- export -------------------------------------------------------------------------
+
+    def _export_copy(self, state: bytes | None = None) -> str:
+        policy = bandit.Policy.from_state(state) if state is not None else self.policy
+        return onnx_export.export(policy, self.repository, self.model_name)
+
+    async def export(self) -> tuple[str, str, int]:
+        """Write a new model version from the live statistics and score with it.
+
+        Returns (new model version, the one it replaces, online updates folded
+        in since that one). The copy is taken under the lock (updates mutate
+        the arrays in place); writing and loading run in threads.
+        """
+        async with self.lock:
+            state = self.policy.state()
+            updates = self.online_updates
+        base = self.model_version
+        version = await asyncio.to_thread(self._export_copy, state)
+        if self.onnx is not None:
+            await self.onnx.reload(version)
+        self.online_updates -= updates
+        self.model_load_time = datetime.now(UTC)
+        self.exports += 1
+        return f"models/{self.model_name}/versions/{version}", base, updates
+
+    async def export_schedule(self) -> None:
+        interval = self.settings.recommender_export_interval_seconds
+        while interval > 0:
+            await asyncio.sleep(interval)
+            started = time.monotonic()
+            try:
+                version, _, updates = await self.export()
+                log.info(
+                    "policy model exported",
+                    extra={"model_version": version, "updates": updates,
+                           "seconds": round(time.monotonic() - started, 3)},
+                )  # fmt: skip
+            except Exception as exc:
+                log.warning("scheduled export failed", extra={"error": repr(exc)})
+
+    def artifact_uri(self, model_version: str) -> str:
+        version = model_version.rsplit("/", 1)[-1]
+        path = (self.repository / self.model_name / version / "model.onnx").resolve()
+        return path.as_uri()

@@ -1,0 +1,195 @@
+"""Each user's preferences and consents, cached in memory for the hot path.
+
+The first decision for a user asks the profile service's read model
+(``ProfileInternalService.GetUserContext``); its answer is cached and kept
+current by ``ProfileChanged`` / ``ConsentChanged`` from stream TIPS_PROFILE.
+When the profile service cannot answer (down, UNIMPLEMENTED, no profile) the
+user gets the defaults - UTC, no quiet hours, muted nothing, NO consents, so
+tips needing consent are not offered - and the lookup is retried after
+``recommender_profile_retry_seconds``; events received meanwhile still apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import grpc
+
+from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.clients import channel
+from kernel.errors import InvalidArgument
+from kernel.identity import parse_user
+from services.recommender.eligibility import Prefs, QuietWindow
+from services.recommender.settings import RecommenderSettings
+from tips.profile.v1 import (
+    consent_pb2,
+    events_pb2,
+    profile_pb2,
+    profile_service_pb2,
+    profile_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+GRANTED = consent_pb2.CONSENT_STATE_GRANTED
+
+
+def consent_id(purpose: int) -> str:
+    """``CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS`` -> ``calendar-data-for-tips``."""
+    name = consent_pb2.ConsentPurpose.Name(purpose)  # type: ignore[arg-type]
+    return name.removeprefix("CONSENT_PURPOSE_").lower().replace("_", "-")
+
+
+def zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name) if name else UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def prefs_of(profile: profile_pb2.Profile, granted: frozenset[str]) -> Prefs:
+    windows = tuple(
+        QuietWindow(
+            day=int(w.day_of_week),
+            start_minute=w.start_time_of_day.hours * 60 + w.start_time_of_day.minutes,
+            end_minute=w.end_time_of_day.hours * 60 + w.end_time_of_day.minutes,
+        )
+        for w in profile.quiet_hours
+        if w.day_of_week
+    )
+    return Prefs(
+        tz=zone(profile.time_zone),
+        time_zone=profile.time_zone or "UTC",
+        quiet_hours=windows,
+        granted=granted,
+        muted=frozenset(profile.muted_categories),
+        daily_cap=profile.daily_tip_cap,
+        known=True,
+    )
+
+
+class ProfileCache:
+    """User id -> Prefs, with single-flight lookups and event updates."""
+
+    def __init__(self, settings: RecommenderSettings) -> None:
+        self.settings = settings
+        self._prefs: dict[str, Prefs] = {}
+        self._retry_at: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Future[Prefs]] = {}
+        self._times: dict[str, datetime] = {}  # newest event applied per user
+        self.unavailable = 0  # lookups the profile service could not answer
+
+    async def get(self, user_id: str) -> Prefs:
+        cached = self._prefs.get(user_id)
+        if cached is not None and (
+            cached.known or time.monotonic() < self._retry_at.get(user_id, 0.0)
+        ):
+            return cached
+        pending = self._inflight.get(user_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(user_id, cached))
+            self._inflight[user_id] = pending
+            pending.add_done_callback(lambda _f: self._inflight.pop(user_id, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, user_id: str, cached: Prefs | None) -> Prefs:
+        stub = profile_service_pb2_grpc.ProfileInternalServiceStub(
+            channel(self.settings, "profile")
+        )
+        request = profile_service_pb2.GetUserContextRequest(user=f"users/{user_id}")
+        try:
+            # The caller's identity goes along: they own the profile asked for.
+            response = await stub.GetUserContext(
+                request, timeout=self.settings.recommender_profile_timeout_seconds
+            )
+        except grpc.aio.AioRpcError as exc:
+            self.unavailable += 1
+            log.info(
+                "profile unavailable, using defaults",
+                extra={"user": user_id, "code": exc.code().name},
+            )
+            self._retry_at[user_id] = (
+                time.monotonic() + self.settings.recommender_profile_retry_seconds
+            )
+            prefs = cached or Prefs()
+            self._prefs[user_id] = prefs
+            return prefs
+        context = response.user_context
+        granted = frozenset(consent_id(p) for p in context.granted_purposes)
+        prefs = prefs_of(context.profile, granted)
+        self._prefs[user_id] = prefs
+        self._times[user_id] = context.update_time.ToDatetime(UTC)
+        return prefs
+
+    # --- events --------------------------------------------------------------------
+
+    def _newer(self, user_id: str, when: datetime) -> bool:
+        last = self._times.get(user_id)
+        if last is not None and when < last:
+            return False  # a replay or a reordered event: the cache is newer
+        self._times[user_id] = when
+        return True
+
+    async def on_profile(self, delivery: Delivery[events_pb2.ProfileChanged]) -> None:
+        event = delivery.message
+        try:
+            user_id = parse_user(event.user, "user")
+        except InvalidArgument:
+            return
+        if not self._newer(user_id, event.occur_time.ToDatetime(UTC)):
+            return
+        granted = self._prefs.get(user_id, Prefs()).granted
+        known = self._prefs.get(user_id, Prefs()).known
+        self._prefs[user_id] = replace(prefs_of(event.profile, granted), known=known)
+
+    async def on_consent(self, delivery: Delivery[events_pb2.ConsentChanged]) -> None:
+        event = delivery.message
+        try:
+            user_id = parse_user(event.user, "user")
+        except InvalidArgument:
+            return
+        # Consents are per purpose: order them per purpose, not per user.
+        key = f"{user_id}#{event.purpose}"
+        if not self._newer(key, event.occur_time.ToDatetime(UTC)):
+            return
+        prefs = self._prefs.get(user_id, Prefs())
+        purpose = consent_id(event.purpose)
+        granted = prefs.granted | {purpose} if event.state == GRANTED else prefs.granted - {purpose}
+        self._prefs[user_id] = replace(prefs, granted=granted)
+
+    async def run(self, bus: Bus, durable: str) -> None:
+        """Follow TIPS_PROFILE until cancelled (waits for the stream to exist)."""
+        await asyncio.gather(
+            _follow(bus, f"{durable}-profile", events_pb2.ProfileChanged, self.on_profile),
+            _follow(bus, f"{durable}-consent", events_pb2.ConsentChanged, self.on_consent),
+        )
+
+
+async def _follow(bus: Bus, durable: str, message_type: type, handler: object) -> None:
+    delay = 0.5
+    while True:
+        try:
+            await bus.consume(
+                stream=stream_of(message_type),
+                durable=durable,
+                subjects=[subject_of(message_type)],
+                message_type=message_type,
+                handler=handler,  # type: ignore[arg-type]
+                fetch_timeout=1.0,
+            )
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Typically the profile service has not declared TIPS_PROFILE yet.
+            log.info(
+                "profile consumer not running, retrying",
+                extra={"durable": durable, "error": repr(exc), "delay": delay},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

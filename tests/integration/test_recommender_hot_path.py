@@ -1,0 +1,428 @@
+"""The recommender's hot path against real PostgreSQL and NATS: catalog, eligibility,
+decisions logged with propensity and model version, rewards, online learning, exports.
+
+Events and the recommender run in process (as in test_thin_path.py); the test
+plays the profile service on TIPS_PROFILE (ProfileChanged / ConsentChanged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+import nats
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import dayofweek_pb2, timeofday_pb2
+
+from kernel.bus import Bus, streams_for
+from kernel.clients import close_channels
+from kernel.migrations import migrate
+from kernel.server import ServiceServer
+from kernel.settings import Settings
+from services.events.service import SERVICE as EVENTS
+from services.recommender.consumer import DURABLE
+from services.recommender.service import definition as recommender_definition
+from services.recommender.settings import RecommenderSettings
+from tips.events.v1 import events_service_pb2 as ev
+from tips.events.v1 import events_service_pb2_grpc as ev_grpc
+from tips.events.v1 import signal_pb2
+from tips.profile.v1 import consent_pb2, profile_pb2
+from tips.profile.v1 import events_pb2 as profile_events
+from tips.recommender.v1 import recommender_service_pb2 as rec
+from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+from tips.recommender.v1 import tip_catalog_service_pb2 as cat
+from tips.recommender.v1 import tip_catalog_service_pb2_grpc as cat_grpc
+from tips.recommender.v1 import tip_pb2
+
+pytestmark = pytest.mark.integration
+
+STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER", "TIPS_PROFILE")
+P = consent_pb2.ConsentPurpose
+ALL_DATA = (
+    P.CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS,
+    P.CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS,
+    P.CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS,
+    P.CONSENT_PURPOSE_MOOD_DATA_FOR_TIPS,
+)
+REWARD_WAIT = 2.0
+
+
+@dataclass
+class Mesh:
+    events: ev_grpc.EventsServiceStub
+    tips: rec_grpc.RecommenderServiceStub
+    internal: rec_grpc.RecommenderInternalServiceStub
+    catalog: cat_grpc.TipCatalogServiceStub
+    db: asyncpg.Connection
+    bus: Bus
+
+
+async def _existing(nats_url: str) -> set[str]:
+    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
+    try:
+        js, found = nc.jetstream(), set()
+        for name in STREAMS:
+            with contextlib.suppress(Exception):
+                await js.stream_info(name)
+                found.add(name)
+        return found
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="module")
+async def mesh(
+    settings: Settings, nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Mesh]:
+    durable = f"{DURABLE}-h{secrets.token_hex(4)}"
+    recommender = recommender_definition(durable)
+    before = await _existing(nats_url)
+    await migrate(settings, [EVENTS, recommender])
+    bus = await Bus.connect(settings, "hot-path-profile")
+    await bus.ensure_streams(
+        streams_for(
+            profile_events.ProfileChanged,
+            profile_events.ConsentChanged,
+            profile_events.UserDeleted,
+        )
+    )
+    events_server = ServiceServer(
+        EVENTS, settings.model_copy(update={"log_format": "text"}), port=0
+    )
+    await events_server.start()
+    rec_settings = RecommenderSettings(
+        **{**settings.model_dump(), "events_addr": events_server.address, "log_format": "text"},
+        recommender_model_repository=str(tmp_path_factory.mktemp("models")),
+        recommender_reward_wait_seconds=REWARD_WAIT,
+        recommender_reward_sweep_seconds=0.3,
+        recommender_seed=7,
+    )
+    rec_server = ServiceServer(recommender, rec_settings, port=0)
+    db = await asyncpg.connect(database_url)
+    try:
+        await rec_server.start()
+        async with (
+            grpc.aio.insecure_channel(events_server.address) as ev_channel,
+            grpc.aio.insecure_channel(rec_server.address) as rec_channel,
+        ):
+            yield Mesh(
+                ev_grpc.EventsServiceStub(ev_channel),
+                rec_grpc.RecommenderServiceStub(rec_channel),
+                rec_grpc.RecommenderInternalServiceStub(rec_channel),
+                cat_grpc.TipCatalogServiceStub(rec_channel),
+                db,
+                bus,
+            )
+    finally:
+        await rec_server.stop(grace=0)
+        await events_server.stop(grace=0)
+        await close_channels()
+        await db.close()
+        nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
+        js = nc.jetstream()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer("TIPS_EVENTS", durable)
+        for suffix in ("profile", "consent"):
+            with contextlib.suppress(Exception):
+                await js.delete_consumer("TIPS_PROFILE", f"{durable}-{suffix}")
+        for name in set(STREAMS) - before:
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+        await nc.close()
+        await bus.close()
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _user() -> str:
+    return f"u_{secrets.token_hex(5)}"
+
+
+def _md(user: str, *scopes: str) -> tuple[tuple[str, str], ...]:
+    md: tuple[tuple[str, str], ...] = (("x-tips-user", user),)
+    return md + ((("x-tips-scopes", " ".join(scopes)),) if scopes else ())
+
+
+ADMIN = _md("ops", "admin")
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+async def _grant(mesh: Mesh, user: str, *purposes: int) -> None:
+    for purpose in purposes:
+        event = profile_events.ConsentChanged(
+            event_id=secrets.token_hex(8), occur_time=_ts(datetime.now(UTC)), user=f"users/{user}",
+            consent=f"users/{user}/consents/x", purpose=purpose,  # type: ignore[arg-type]
+            state=consent_pb2.CONSENT_STATE_GRANTED,
+            previous_state=consent_pb2.CONSENT_STATE_UNDECIDED, text_version="v1",
+        )  # fmt: skip
+        await mesh.bus.publish(event, msg_id=event.event_id)
+
+
+async def _profile(mesh: Mesh, user: str, **fields: Any) -> None:
+    event = profile_events.ProfileChanged(
+        event_id=secrets.token_hex(8),
+        occur_time=_ts(datetime.now(UTC)),
+        user=f"users/{user}",
+        profile=profile_pb2.Profile(name=f"users/{user}/profile", **fields),
+    )
+    await mesh.bus.publish(event, msg_id=event.event_id)
+
+
+async def _list(mesh: Mesh, user: str, n: int = 5) -> list[tip_pb2.Tip]:
+    response = await mesh.tips.ListTips(
+        rec.ListTipsRequest(parent=f"users/{user}", page_size=n), metadata=_md(user), timeout=10
+    )
+    return list(response.tips)
+
+
+async def _eventually(probe: Any, done: Any, within: float = 10.0) -> Any:
+    give_up = asyncio.get_running_loop().time() + within
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if asyncio.get_running_loop().time() > give_up:
+            raise AssertionError(f"not met within {within}s: {value!r}")
+        await asyncio.sleep(0.05)
+
+
+def _steps(count: int) -> signal_pb2.Signal:
+    now = datetime.now(UTC)
+    return signal_pb2.Signal(
+        client_signal_id=secrets.token_hex(8), kind=signal_pb2.SIGNAL_KIND_STEPS,
+        source=signal_pb2.SIGNAL_SOURCE_PHONE, start_time=_ts(now - timedelta(seconds=5)),
+        end_time=_ts(now), steps=signal_pb2.StepsPayload(count=count),
+    )  # fmt: skip
+
+
+async def _ingest(mesh: Mesh, user: str, *signals: signal_pb2.Signal) -> None:
+    await mesh.events.BatchIngestSignals(
+        ev.BatchIngestSignalsRequest(parent=f"users/{user}", signals=signals),
+        metadata=_md(user),
+        timeout=10,
+    )
+
+
+# --- catalog --------------------------------------------------------------------------------
+
+
+async def test_catalog_is_loaded_and_needs_the_admin_scope(mesh: Mesh) -> None:
+    names: list[str] = []
+    token = ""
+    while True:
+        page = await mesh.catalog.ListCatalogTips(
+            cat.ListCatalogTipsRequest(page_size=25, page_token=token), metadata=ADMIN
+        )
+        names += [t.name for t in page.catalog_tips]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(names) >= 60 and len(set(names)) == len(names)
+    assert page.catalog_version.startswith("v1")
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await mesh.catalog.ListCatalogTips(cat.ListCatalogTipsRequest(), metadata=_md("someone"))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    status = await mesh.internal.GetPolicyStatus(rec.GetPolicyStatusRequest())
+    assert status.enabled_catalog_tip_count == len(names)
+
+
+async def test_admin_edits_with_etags_and_masks(mesh: Mesh) -> None:
+    got = (
+        await mesh.catalog.GetCatalogTip(
+            cat.GetCatalogTipRequest(name="catalogTips/drink_water"), metadata=ADMIN
+        )
+    ).catalog_tip
+    tip = cat.CreateCatalogTipRequest(catalog_tip=got, catalog_tip_id=f"t_{secrets.token_hex(3)}")
+    tip.catalog_tip.body_template = "Drink {unknown_thing}"
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await mesh.catalog.CreateCatalogTip(tip, metadata=ADMIN)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    tip.catalog_tip.body_template = "Drink water, it is {local_time}."
+    created = (await mesh.catalog.CreateCatalogTip(tip, metadata=ADMIN)).catalog_tip
+    assert created.catalog_version.startswith("v1+") and created.etag
+    patch = cat.UpdateCatalogTipRequest(
+        catalog_tip=created, update_mask=FieldMask(paths=["title", "eligibility.max_per_day"])
+    )
+    patch.catalog_tip.title = "Water!"
+    patch.catalog_tip.eligibility.max_per_day = 2
+    updated = (await mesh.catalog.UpdateCatalogTip(patch, metadata=ADMIN)).catalog_tip
+    assert updated.title == "Water!" and updated.eligibility.max_per_day == 2
+    assert updated.etag != created.etag
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await mesh.catalog.UpdateCatalogTip(patch, metadata=ADMIN)  # old etag
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    await mesh.catalog.DeleteCatalogTip(
+        cat.DeleteCatalogTipRequest(name=created.name, etag=updated.etag), metadata=ADMIN
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await mesh.catalog.GetCatalogTip(
+            cat.GetCatalogTipRequest(name=created.name), metadata=ADMIN
+        )
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- decisions --------------------------------------------------------------------------------
+
+
+async def test_decisions_are_logged_with_propensity_and_model_version(mesh: Mesh) -> None:
+    user = _user()
+    tips = await _list(mesh, user, 3)
+    assert len(tips) == 3 and len({t.catalog_tip for t in tips}) == 3
+    assert all(t.explanation and t.model_version.startswith("models/tip_scorer/") for t in tips)
+    rows = await mesh.db.fetch(
+        "SELECT propensity, model_version, row, candidates, context, rank "
+        "FROM recommender.tips WHERE user_id = $1 ORDER BY rank",
+        user,
+    )
+    assert [r["rank"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert 0 < r["propensity"] <= 1 and r["row"] is not None and r["candidates"]
+        assert r["model_version"] == tips[0].model_version
+    # No consent granted: no tip that needs one.
+    assert not any(t.category == "sleep" and "slept" in t.explanation for t in tips)
+
+
+async def test_eligibility_rules_hold_through_the_service(mesh: Mesh) -> None:
+    user = _user()
+    # Muted categories and a cap of 4 distinct tips a day (the profile's events).
+    await _profile(mesh, user, muted_categories=["hydration", "nutrition"], daily_tip_cap=4)
+    await asyncio.sleep(0.3)
+    seen: list[tip_pb2.Tip] = []
+    for _ in range(3):
+        seen += await _list(mesh, user, 2)
+    assert 0 < len(seen) <= 4
+    assert not {t.category for t in seen} & {"hydration", "nutrition"}
+    assert len({t.catalog_tip for t in seen}) == len(seen)  # cooldowns: never twice
+    assert await _list(mesh, user) == []  # the daily cap is reached
+
+    # Quiet hours around now: nothing at all.
+    quiet = _user()
+    now = datetime.now(UTC)
+    window = profile_pb2.QuietHoursWindow(
+        day_of_week=dayofweek_pb2.DayOfWeek.Value(now.strftime("%A").upper()),
+        start_time_of_day=timeofday_pb2.TimeOfDay(hours=0),
+        end_time_of_day=timeofday_pb2.TimeOfDay(hours=23, minutes=59),
+    )
+    await _profile(mesh, quiet, time_zone="UTC", quiet_hours=[window])
+    await _eventually(lambda: _list(mesh, quiet), lambda tips: tips == [])
+
+
+async def test_snooze_and_done_keep_a_tip_away(mesh: Mesh) -> None:
+    user = _user()
+    first = (await _list(mesh, user, 1))[0]
+    await mesh.tips.ReactToTip(
+        rec.ReactToTipRequest(name=first.name, reaction=signal_pb2.TIP_REACTION_SNOOZE),
+        metadata=_md(user),
+    )
+    for _ in range(4):
+        assert first.catalog_tip not in {t.catalog_tip for t in await _list(mesh, user)}
+
+
+async def test_done_reaction_reaches_the_policy_within_a_second(mesh: Mesh) -> None:
+    async def status() -> rec.GetPolicyStatusResponse:
+        return await mesh.internal.GetPolicyStatus(rec.GetPolicyStatusRequest())
+
+    a, b = _user(), _user()
+    tip = (await _list(mesh, a, 1))[0]
+    arm = tip.catalog_tip.split("/")[1]
+    before_updates = (await status()).online_update_count
+    score_sql = (
+        "SELECT (candidates->$2->>0)::float FROM recommender.tips "
+        "WHERE user_id = $1 AND candidates ? $2 ORDER BY decide_time DESC LIMIT 1"
+    )
+    await _list(mesh, b, 1)
+    before = await mesh.db.fetchval(score_sql, b, arm)
+    start = asyncio.get_running_loop().time()
+    await mesh.tips.ReactToTip(
+        rec.ReactToTipRequest(name=tip.name, reaction=signal_pb2.TIP_REACTION_DONE),
+        metadata=_md(a),
+    )
+    await _eventually(status, lambda s: s.online_update_count > before_updates, within=1.0)
+    assert asyncio.get_running_loop().time() - start < 1.0
+    c = _user()
+    await _list(mesh, c, 1)
+    after = await mesh.db.fetchval(score_sql, c, arm)
+    assert before is not None and after is not None and after > before + 0.05
+    reward = await mesh.db.fetchrow(
+        "SELECT reward, reward_source FROM recommender.tips WHERE user_id = $1", a
+    )
+    assert reward["reward"] == 1.0 and reward["reward_source"] == 1
+    msg = f"{tip.name}:reward"
+    assert await mesh.db.fetchval("SELECT count(*) FROM recommender.outbox WHERE msg_id = $1", msg)
+
+
+async def test_default_reward_after_the_wait(mesh: Mesh) -> None:
+    user = _user()
+    tip = (await _list(mesh, user, 1))[0]
+    row = await _eventually(
+        lambda: mesh.db.fetchrow(
+            "SELECT reward, reward_source, state FROM recommender.tips WHERE user_id = $1", user
+        ),
+        lambda r: r["reward"] is not None,
+        within=REWARD_WAIT + 5,
+    )
+    assert row["reward"] == 0.0 and row["reward_source"] == 2
+    assert row["state"] == tip_pb2.TIP_STATE_EXPIRED
+    assert await mesh.db.fetchval(
+        "SELECT count(*) FROM recommender.outbox WHERE msg_id = $1", f"{tip.name}:reward"
+    )
+
+
+async def test_export_swaps_the_model_under_load(mesh: Mesh) -> None:
+    start = await mesh.internal.GetPolicyStatus(rec.GetPolicyStatusRequest())
+    users = [_user() for _ in range(60)]
+
+    async def decide(user: str) -> int:
+        return len(await _list(mesh, user, 1))
+
+    async def export(i: int) -> rec.ExportPolicyModelResponse:
+        await asyncio.sleep(0.01 * i)
+        return await mesh.internal.ExportPolicyModel(
+            rec.ExportPolicyModelRequest(request_id=f"exp-{secrets.token_hex(4)}")
+        )
+
+    results = await asyncio.gather(*(decide(u) for u in users), *(export(i) for i in range(3)))
+    assert all(r == 1 for r in results[:60])
+    exports = results[60:]
+    end = await mesh.internal.GetPolicyStatus(rec.GetPolicyStatusRequest())
+    assert end.model_version != start.model_version
+    assert end.model_version == max(
+        (e.model_version for e in exports), key=lambda v: int(v.rsplit("/", 1)[1])
+    )
+    again = await mesh.internal.ExportPolicyModel(
+        rec.ExportPolicyModelRequest(request_id="same-id")
+    )
+    repeat = await mesh.internal.ExportPolicyModel(
+        rec.ExportPolicyModelRequest(request_id="same-id")
+    )
+    assert again.model_version == repeat.model_version
+
+
+async def test_decision_context_reflects_signals(mesh: Mesh) -> None:
+    user = _user()
+    await _grant(mesh, user, *ALL_DATA)
+    await _ingest(mesh, user, _steps(1234))
+
+    async def probe() -> dict[str, float]:
+        got = await mesh.internal.GetDecisionContext(
+            rec.GetDecisionContextRequest(name=f"users/{user}/decisionContext")
+        )
+        return {f.name: f.value for f in got.decision_context.features}
+
+    values = await _eventually(probe, lambda v: v.get("steps_today") == 1234)
+    assert values["signal_count"] == 1
