@@ -57,6 +57,10 @@ class ContextKeeper:
     def remember(self, ctx: domain.UserContext) -> None:
         self._contexts[ctx.user_id] = ctx
 
+    def forget(self, user_id: str) -> None:
+        """Drop an erased user's context."""
+        self._contexts.pop(user_id, None)
+
     async def load(self) -> int:
         """Rebuild memory from the persisted contexts; returns how many were loaded."""
         async with self.db.session() as session:

@@ -31,6 +31,11 @@ class HistoryKeeper:
         self._users: dict[str, History] = {}
         self._affinity: dict[str, dict[str, tuple[float, float]]] = {}
 
+    def forget(self, user_id: str) -> None:
+        """Drop an erased user's history and affinities."""
+        self._users.pop(user_id, None)
+        self._affinity.pop(user_id, None)
+
     def get(self, user_id: str) -> History:
         history = self._users.get(user_id)
         if history is None:

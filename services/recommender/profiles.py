@@ -84,6 +84,11 @@ class ProfileCache:
         self._times: dict[str, datetime] = {}  # newest event applied per user
         self.unavailable = 0  # lookups the profile service could not answer
 
+    def forget(self, user_id: str) -> None:
+        """Drop an erased user's cached preferences."""
+        for cache in (self._prefs, self._retry_at, self._times):
+            cache.pop(user_id, None)
+
     async def get(self, user_id: str) -> Prefs:
         cached = self._prefs.get(user_id)
         if cached is not None and (

@@ -22,6 +22,7 @@ from services.recommender.catalog_servicer import TipCatalogServicer
 from services.recommender.catalog_store import CatalogKeeper
 from services.recommender.consumer import DURABLE, ContextKeeper
 from services.recommender.engine import DecisionEngine
+from services.recommender.erasure import eraser
 from services.recommender.history import HistoryKeeper
 from services.recommender.learning import Learner
 from services.recommender.profiles import ProfileCache
@@ -65,6 +66,7 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         runtime.spawn(learner.snapshots())
         runtime.spawn(learner.export_schedule())
         runtime.spawn(catalog.watch(settings.recommender_catalog_refresh_seconds))
+        runtime.spawn(eraser(db, durable, contexts, history, profiles).run(bus))
         runtime.cleanups.append(writer.close)
         runtime.cleanups.append(_final_snapshot(learner))
         rec, cat = recommender_service_pb2, tip_catalog_service_pb2
