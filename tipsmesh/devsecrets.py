@@ -25,7 +25,11 @@ GENERATED: dict[str, Callable[[], str]] = {
     "TIPS_AUTH_KEY_ENCRYPTION_KEY": _key32,
     "TIPS_INTEGRATIONS_KEK_RING": lambda: json.dumps({"local-1": _key32()}),
     "TIPS_INTEGRATIONS_KEK_CURRENT": lambda: "local-1",
+    "TIPS_NOTIFIER_KEK_RING": lambda: json.dumps({"local-1": _key32()}),
+    "TIPS_NOTIFIER_KEK_CURRENT": lambda: "local-1",
 }
+# A ring and its current id are set together or not at all.
+RINGS = ("TIPS_INTEGRATIONS_KEK", "TIPS_NOTIFIER_KEK")
 
 
 def load_or_create(path: Path) -> dict[str, str]:
@@ -49,8 +53,8 @@ def load_or_create(path: Path) -> dict[str, str]:
 def fill(env: dict[str, str], path: Path) -> None:
     """Set every generated secret the environment does not already set."""
     defaults: Mapping[str, str] = load_or_create(path)
-    # The integrations ring and its current id go together.
-    if "TIPS_INTEGRATIONS_KEK_RING" in env:
-        defaults = {k: v for k, v in defaults.items() if not k.startswith("TIPS_INTEGRATIONS_KEK")}
+    for ring in RINGS:
+        if f"{ring}_RING" in env:
+            defaults = {k: v for k, v in defaults.items() if not k.startswith(ring)}
     for name, value in defaults.items():
         env.setdefault(name, value)

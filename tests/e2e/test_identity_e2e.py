@@ -17,34 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import secrets
-import shutil
-import signal
-import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.meshutil import RunningMesh, start_mesh, stop_and_check
+from tests.e2e import identity_support as idp
+from tests.e2e.identity_support import Issuers, eventually, user_id
+from tests.e2e.meshutil import RunningMesh
 from tests.support.oidc_issuer import OidcIssuer
 from tests.support.providers import CLIENT_SECRET, ProviderStandIn, provider_settings, serve_standin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-T = TypeVar("T")
-GOOGLE_CLIENT, APPLE_CLIENT = "google-ios", "com.tips.app"
 ERASURE_WAIT = 45.0
 # Kept by the protocol (docs/erasure.md): the erasure record is the proof of the
 # deletion; outbox rows and processed-message claims hold ids, not personal data,
@@ -52,40 +45,24 @@ ERASURE_WAIT = 45.0
 ALLOWED_LEFTOVERS = {"profile.erasures", "*.outbox", "*.processed_messages"}
 
 
-class Background:
-    """An event loop in a thread, for the asyncio-based stand-ins."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @dataclass
 class Stage:
-    google: OidcIssuer
-    apple: OidcIssuer
+    issuers: Issuers
     standin: ProviderStandIn
     mesh: RunningMesh
     # Every secret the tests handled, for the log scan at the end.
     secrets: set[str] = field(default_factory=set)
 
+    @property
+    def google(self) -> OidcIssuer:
+        return self.issuers.google
+
+    @property
+    def apple(self) -> OidcIssuer:
+        return self.issuers.apple
+
     def http(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(
-            base_url=f"http://127.0.0.1:{self.mesh.port('gateway')}",
-            headers=headers,
-            timeout=15,
-            trust_env=False,
-            follow_redirects=False,
-        )
+        return idp.rest_client(self.mesh, token)
 
     def keep(self, *values: str) -> None:
         self.secrets.update(v for v in values if v)
@@ -93,41 +70,17 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def stage() -> Iterator[Stage]:
-    bg = Background()
-    google = bg.run(OidcIssuer("google", [GOOGLE_CLIENT]).start())
-    apple = bg.run(OidcIssuer("apple", [APPLE_CLIENT]).start())
-    standin = ProviderStandIn()
-    standin_ctx = serve_standin(standin)
-    standin_url = bg.run(standin_ctx.__aenter__())
-    env = {
-        "TIPS_AUTH_GOOGLE_ISSUER": google.issuer,
-        "TIPS_AUTH_GOOGLE_CLIENT_IDS": json.dumps(google.client_ids),
-        "TIPS_AUTH_APPLE_ISSUER": apple.issuer,
-        "TIPS_AUTH_APPLE_CLIENT_IDS": json.dumps(apple.client_ids),
-        "TIPS_INTEGRATIONS_PROVIDERS": json.dumps(provider_settings(standin_url)),
-    }
-    # Not under pytest's basetemp: another pytest session on the machine re-chmods
-    # /tmp/pytest-of-<user> to 0700, and PostgreSQL (its own system user) could then
-    # not be stopped (pg_ctl cannot reach its data dir).
-    home = Path(tempfile.mkdtemp(prefix="tips-identity-e2e-"))
-    home.chmod(0o755)
-    mesh = start_mesh(home, extra_env=env)
-    try:
-        yield Stage(google, apple, standin, mesh, {CLIENT_SECRET})
-    finally:
-        if mesh.proc.poll() is None:
-            try:
-                assert stop_and_check(mesh, signal.SIGTERM) == 0
-            except AssertionError as exc:
-                tail = "".join(mesh.output[-30:])
-                raise AssertionError(f"{exc}\n--- tips up output (tail):\n{tail}") from None
-        with contextlib.suppress(Exception):
-            bg.run(standin_ctx.__aexit__(None, None, None))
-        for issuer in (google, apple):
+    with idp.oidc_issuers() as issuers:
+        standin = ProviderStandIn()
+        standin_ctx = serve_standin(standin)
+        standin_url = issuers.bg.run(standin_ctx.__aenter__())
+        env = {"TIPS_INTEGRATIONS_PROVIDERS": json.dumps(provider_settings(standin_url))}
+        try:
+            with idp.identity_mesh(issuers, "tips-identity-e2e-", env) as mesh:
+                yield Stage(issuers, standin, mesh, {CLIENT_SECRET})
+        finally:
             with contextlib.suppress(Exception):
-                bg.run(issuer.stop())
-        bg.close()
-        shutil.rmtree(home, ignore_errors=True)
+                issuers.bg.run(standin_ctx.__aexit__(None, None, None))
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -135,37 +88,16 @@ def stage() -> Iterator[Stage]:
 
 def id_token(stage: Stage, issuer: OidcIssuer, subject: str) -> tuple[str, str]:
     """A fresh ID token as the provider's SDK hands it to the app, and the raw nonce."""
-    raw = secrets.token_urlsafe(16)
-    # Apple's SDK is given SHA-256(raw nonce); Google's the raw nonce (docs/auth.md).
-    nonce = raw if issuer is stage.google else hashlib.sha256(raw.encode()).hexdigest()
-    token = issuer.mint(subject, nonce=nonce, email=f"{subject}@example.com")
+    token, raw = stage.issuers.id_token(issuer, subject)
     stage.keep(token)
     return token, raw
 
 
-def provider_of(stage: Stage, issuer: OidcIssuer) -> str:
-    return "IDENTITY_PROVIDER_GOOGLE" if issuer is stage.google else "IDENTITY_PROVIDER_APPLE"
-
-
 def sign_in(stage: Stage, issuer: OidcIssuer, subject: str, device: str) -> dict[str, Any]:
-    token, raw = id_token(stage, issuer, subject)
-    body = {
-        "provider": provider_of(stage, issuer),
-        "idToken": token,
-        "nonce": raw,
-        "deviceName": device,
-        "platform": "PLATFORM_IOS",
-    }
-    with stage.http() as http:
-        response = http.post("/v1/sessions:signIn", json=body)
-    assert response.status_code == 200, response.text
-    signed = dict(response.json())
+    token = id_token(stage, issuer, subject)
+    signed = idp.sign_in(stage.mesh, stage.issuers, issuer, subject, device, id_token=token)
     stage.keep(signed["accessToken"], signed["refreshToken"])
     return signed
-
-
-def user_id(signed: dict[str, Any]) -> str:
-    return str(signed["user"]).removeprefix("users/")
 
 
 def steps(client_id: str, count: int) -> dict[str, Any]:
@@ -178,16 +110,6 @@ def steps(client_id: str, count: int) -> dict[str, Any]:
         "endTime": (start + timedelta(minutes=30)).isoformat().replace("+00:00", "Z"),
         "steps": {"count": str(count)},
     }
-
-
-def eventually(what: str, probe: Callable[[], T | None], timeout: float = 20) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got is not None:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def give_data_everywhere(stage: Stage, http: httpx.Client, user: str) -> dict[str, str]:
