@@ -172,6 +172,7 @@ class Mesh:
         self.options = options
         self.run_dir = options.run_dir.absolute()
         self.log_dir = self.run_dir / "logs"
+        self.models_dir = self.run_dir / "models"
         self.ports: dict[str, int] = {}
         self.children: dict[str, Child] = {}
         self.postgres: LocalPostgres | None = None
@@ -220,8 +221,12 @@ class Mesh:
                         "stop it or use --run-dir"
                     )
         if self.options.fresh:
-            for sub in ("postgres", "nats"):
+            for sub in ("postgres", "nats", "models"):
                 shutil.rmtree(self.run_dir / sub, ignore_errors=True)
+        # The mesh exports and promotes models: into its own copy of the model
+        # repository, never into the repo's models/ (which seeds it).
+        if not self.models_dir.exists():
+            shutil.copytree(ROOT / "models", self.models_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for old in self.log_dir.glob("*.log"):
             old.unlink()
@@ -262,6 +267,10 @@ class Mesh:
             PYTHONUNBUFFERED="1",
         )
         devsecrets.fill(env, self.run_dir / "secrets.env")
+        for setting in MODEL_REPOSITORY_SETTINGS:
+            env.setdefault(setting, str(self.models_dir))
+        # Fold online learning into the served model regularly (decision 9).
+        env.setdefault("TIPS_RECOMMENDER_EXPORT_INTERVAL_SECONDS", "300")
         for service in SERVICE_NAMES:
             env[f"TIPS_{service.upper()}_ADDR"] = f"{HOST}:{self.ports[service]}"
         if GATEWAY in self.ports:
@@ -435,6 +444,14 @@ class Mesh:
             _signal_group(child.proc.pid, signal.SIGKILL)
             if not child.exited():
                 await child.proc.wait()
+
+
+# Every setting naming the Triton-layout model repository a service reads.
+MODEL_REPOSITORY_SETTINGS = (
+    "TIPS_RECOMMENDER_MODEL_REPOSITORY",
+    "TIPS_ML_SERVING_MODEL_REPOSITORY",
+    "TIPS_ML_PIPELINES_MODEL_REPOSITORY",
+)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
