@@ -1,24 +1,63 @@
-"""How the kernel runs the notifier service."""
+"""How the kernel runs the notifier service.
+
+On start: the push-token key ring and the FCM key are checked, then the
+outbox relay (NotificationSent/Suppressed/Failed to TIPS_NOTIFIER), the
+erasure consumer (``UserDeleted``) and the delivery worker are spawned.
+Push is on when ``TIPS_NOTIFIER_FCM_PROJECT_ID`` is set, email when
+``TIPS_NOTIFIER_SMTP_HOST`` is; a notification for a channel that is off
+fails with FAILED_PRECONDITION (docs/notifier.md).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
+
 from kernel.bus import streams_for
+from kernel.outbox import OutboxRelay
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
+from kernel.settings import SettingsError
+from services.notifier import store
+from services.notifier.devices import Devices
+from services.notifier.erasure import eraser
+from services.notifier.fcm import FcmConfigError, FcmSender, ServiceAccountTokens
+from services.notifier.mail import SmtpSender
+from services.notifier.notifications import Log
+from services.notifier.sending import Sender
 from services.notifier.servicer import NotifierInternalServicer, NotifierServicer
+from services.notifier.settings import notifier_settings
+from services.notifier.worker import Worker
 from tips.notifier.v1 import events_pb2, notifier_service_pb2, notifier_service_pb2_grpc
 
 
-async def build(runtime: Runtime) -> list[Binding]:
+async def build(runtime: Runtime) -> Sequence[Binding]:
     """The servicers, wired to what the runtime provides."""
-    # Not built yet: mypy sees the generated bases as abstract, and the
-    # kernel answers their RPCs with UNIMPLEMENTED naming the RPC.
-    public = NotifierServicer()  # type: ignore[abstract]
-    internal = NotifierInternalServicer()  # type: ignore[abstract]
+    if runtime.db is None or runtime.bus is None:
+        raise RuntimeError("the notifier service needs the database and the bus")
+    settings = notifier_settings(runtime.settings)
+    registry = Devices(runtime.db, settings.key_ring())
+    http = httpx.AsyncClient(timeout=settings.notifier_http_timeout_seconds, follow_redirects=False)
+    runtime.cleanups.append(http.aclose)
+    push = None
+    if settings.notifier_fcm_project_id:
+        try:
+            push = FcmSender(settings, http, ServiceAccountTokens(settings, http))
+        except FcmConfigError as exc:
+            raise SettingsError(f"invalid configuration: {exc}") from None
+    mail = SmtpSender(settings) if settings.notifier_smtp_host else None
+    worker = Worker(runtime.db, settings, registry, push, mail)
+    runtime.spawn(OutboxRelay(runtime.db, runtime.bus, store.outbox).run())
+    # Deleted users: devices and notifications go (docs/erasure.md).
+    runtime.spawn(eraser(runtime.db, settings.notifier_erasure_durable).run(runtime.bus))
+    if settings.notifier_worker_enabled:
+        runtime.spawn(worker.run())
+    sender = Sender(runtime.db, settings, worker.wake)
+    pb, pb_grpc = notifier_service_pb2, notifier_service_pb2_grpc
     return [
-        bind(public, notifier_service_pb2_grpc, notifier_service_pb2, "NotifierService"),
-        bind(internal, notifier_service_pb2_grpc, notifier_service_pb2, "NotifierInternalService"),
+        bind(NotifierServicer(registry, Log(runtime.db)), pb_grpc, pb, "NotifierService"),
+        bind(NotifierInternalServicer(sender), pb_grpc, pb, "NotifierInternalService"),
     ]
 
 

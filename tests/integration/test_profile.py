@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from kernel.server import ServiceServer
 from kernel.settings import Settings
 from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
+from tests.support.waiting import eventually
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
 from tips.profile.v1 import profile_service_pb2 as pb
@@ -115,20 +116,6 @@ def _window(day: int, start: int, end: int) -> profile_pb2.QuietHoursWindow:
         start_time_of_day=timeofday_pb2.TimeOfDay(hours=start),
         end_time_of_day=timeofday_pb2.TimeOfDay(hours=end),
     )
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 15.0
-) -> T:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if loop.time() > give_up:
-            raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.2)
 
 
 async def _stream(nats_url: str, subject: str, message: Any) -> list[Any]:

@@ -32,6 +32,7 @@ from services.events.service import SERVICE as EVENTS
 from services.recommender.consumer import DURABLE
 from services.recommender.service import definition as recommender_definition
 from services.recommender.settings import RecommenderSettings
+from tests.support.waiting import eventually as _eventually
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
@@ -188,17 +189,6 @@ async def _list(mesh: Mesh, user: str, n: int = 5) -> list[tip_pb2.Tip]:
         rec.ListTipsRequest(parent=f"users/{user}", page_size=n), metadata=_md(user), timeout=10
     )
     return list(response.tips)
-
-
-async def _eventually(probe: Any, done: Any, within: float = 10.0) -> Any:
-    give_up = asyncio.get_running_loop().time() + within
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if asyncio.get_running_loop().time() > give_up:
-            raise AssertionError(f"not met within {within}s: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 def _steps(count: int) -> signal_pb2.Signal:

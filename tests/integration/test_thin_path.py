@@ -8,10 +8,9 @@ runs them. Every test uses its own user ids, so tests share one mesh.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from services.events.service import SERVICE as EVENTS
 from services.recommender.consumer import DURABLE, ContextKeeper
 from services.recommender.service import definition as recommender_definition
 from services.recommender.settings import RecommenderSettings
+from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
@@ -193,38 +193,6 @@ async def _ingest(
     return response
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 15.0
-) -> T:
-    """Poll ``probe`` until ``done`` holds (bounded): consumers are asynchronous."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if loop.time() > give_up:
-            raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.2)
-
-
-async def _stream_msg_ids(nats_url: str, stream: str, subject: str) -> list[str]:
-    """``Nats-Msg-Id`` of every message on ``subject`` (an ephemeral consumer)."""
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        sub = await nc.jetstream().pull_subscribe(subject, stream=stream)
-        ids: list[str] = []
-        with contextlib.suppress(nats.errors.TimeoutError):
-            while True:
-                for msg in await sub.fetch(500, timeout=0.5):
-                    ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
-                    await msg.ack()
-        await sub.unsubscribe()
-        return ids
-    finally:
-        await nc.close()
-
-
 async def _count(mesh: Mesh, sql: str, *args: Any) -> int:
     return int(await mesh.db.fetchval(sql, *args))
 
@@ -281,7 +249,7 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
     )
     assert row is not None and row["kind"] == signal_pb2.SIGNAL_KIND_STEPS
     await eventually(
-        lambda: _stream_msg_ids(mesh.nats_url, "TIPS_EVENTS", SIGNAL_SUBJECT),
+        lambda: stream_msg_ids(mesh.nats_url, "TIPS_EVENTS", SIGNAL_SUBJECT),
         lambda ids: signal_name in ids,
     )
 
@@ -290,7 +258,7 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
     assert walk.state == tip_pb2.TIP_STATE_ACTIVE
     assert walk.name.startswith(f"users/{alice}/tips/")
     await eventually(
-        lambda: _stream_msg_ids(mesh.nats_url, "TIPS_RECOMMENDER", TIP_SUBJECT),
+        lambda: stream_msg_ids(mesh.nats_url, "TIPS_RECOMMENDER", TIP_SUBJECT),
         lambda ids: walk.name in ids,
     )
 
@@ -444,7 +412,7 @@ async def test_duplicate_is_stored_and_published_once(mesh: Mesh) -> None:
         lambda: _count(mesh, "SELECT count(*) FROM events.outbox WHERE published_at IS NULL"),
         lambda pending: pending == 0,
     )
-    ids = await _stream_msg_ids(mesh.nats_url, "TIPS_EVENTS", SIGNAL_SUBJECT)
+    ids = await stream_msg_ids(mesh.nats_url, "TIPS_EVENTS", SIGNAL_SUBJECT)
     assert ids.count(name) == 1
     assert not any(i.startswith(f"users/{user}/") and i != name for i in ids)
 

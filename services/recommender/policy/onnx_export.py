@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -84,15 +85,26 @@ def build_model(policy: Policy) -> onnx.ModelProto:
     return model
 
 
-def config_pbtxt(dim: int, name: str = MODEL_NAME, backend: str = "onnxruntime") -> str:
-    """Triton's config: production ``onnxruntime_onnx``, or the ``python`` backend."""
+def config_pbtxt(
+    dim: int, name: str = MODEL_NAME, backend: str = "onnxruntime", version: int | None = None
+) -> str:
+    """Triton's config: production ``onnxruntime_onnx``, or the ``python`` backend.
+
+    ``version`` pins the served version (``specific``; ml_pipelines' promotion),
+    else the latest one serves.
+    """
     runtime = 'platform: "onnxruntime_onnx"' if backend == "onnxruntime" else 'backend: "python"'
+    policy = (
+        "latest: { num_versions: 1 }"
+        if version is None
+        else f"specific: {{ versions: [{version}] }}"
+    )
     return f"""name: "{name}"
 {runtime}
 max_batch_size: 0
 input [{{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ -1, {dim} ] }}]
 output [{{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ -1 ] }}]
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+version_policy: {{ {policy} }}
 instance_group [{{ kind: KIND_CPU count: 1 }}]
 """
 
@@ -126,9 +138,21 @@ def export(policy: Policy, repository: Path, name: str = MODEL_NAME, keep: int =
         tmp = config.with_suffix(".tmp")
         tmp.write_text(config_pbtxt(policy.dim, name))
         os.replace(tmp, config)
+    pinned = pinned_versions(config)
     for old in present[: max(len(present) + 1 - keep, 0)]:
-        shutil.rmtree(root / str(old), ignore_errors=True)
+        if old not in pinned:  # a promoted version stays until promotion moves on
+            shutil.rmtree(root / str(old), ignore_errors=True)
     return str(version)
+
+
+def pinned_versions(config: Path) -> set[int]:
+    """Versions a ``version_policy: { specific: { versions: [...] } }`` pins (promotion)."""
+    if not config.exists():
+        return set()
+    match = re.search(r"specific\s*:\s*\{\s*versions\s*:\s*\[([\d,\s]*)\]", config.read_text())
+    if match is None:
+        return set()
+    return {int(v) for v in re.findall(r"\d+", match.group(1))}
 
 
 def write_python_backend(repository: Path, name: str = MODEL_NAME) -> None:

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import grpc
-import nats
-import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kernel.errors import status_details, unpack_details
 from kernel.server import ServiceServer
@@ -112,38 +109,6 @@ async def send_until_settled(
         stats.accepted += response.accepted_count
         stats.duplicates += response.duplicate_count
         return
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 30.0
-) -> T:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if loop.time() > give_up:
-            raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.2)
-
-
-async def stream_msg_ids(nats_url: str, stream: str, subject: str) -> list[str]:
-    """``Nats-Msg-Id`` of every message on ``subject``, duplicates included."""
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL)
-        sub = await nc.jetstream().pull_subscribe(subject, stream=stream, config=config)
-        ids: list[str] = []
-        # nats-py raises its own TimeoutError or asyncio's: both are TimeoutError.
-        with contextlib.suppress(TimeoutError):
-            while True:
-                for msg in await sub.fetch(1000, timeout=1.0):
-                    ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
-        await sub.unsubscribe()
-        return ids
-    finally:
-        await nc.close()
 
 
 @contextlib.asynccontextmanager

@@ -17,15 +17,6 @@ import asyncpg
 import grpc
 import nats
 import pytest
-from events_helpers import (
-    events_server,
-    eventually,
-    md,
-    steps,
-    stream_msg_ids,
-    ts,
-    user,
-)
 
 from kernel.bus import Bus, streams_for
 from kernel.clients import close_channels
@@ -38,6 +29,14 @@ from services.events.ingress import Ingress
 from services.events.service import SERVICE as EVENTS
 from services.events.settings import EventsSettings
 from services.events.store import NewSignal
+from tests.integration.events.events_helpers import (
+    events_server,
+    md,
+    steps,
+    ts,
+    user,
+)
+from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2

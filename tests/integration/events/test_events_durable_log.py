@@ -20,21 +20,20 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from events_helpers import (
-    SIGNAL_SUBJECT,
-    PhoneStats,
-    events_server,
-    eventually,
-    send_until_settled,
-    steps,
-    stream_msg_ids,
-    user,
-)
 
 from kernel.clients import close_channels
 from kernel.migrations import migrate
 from services.events.service import SERVICE as EVENTS
 from services.events.settings import EventsSettings
+from tests.integration.events.events_helpers import (
+    SIGNAL_SUBJECT,
+    PhoneStats,
+    events_server,
+    send_until_settled,
+    steps,
+    user,
+)
+from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
 

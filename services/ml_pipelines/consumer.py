@@ -1,0 +1,95 @@
+"""Registers the recommender's exports (``PolicyModelExported``) as CANDIDATE versions.
+
+The recommender wrote ``models/<model>/<version>/model.onnx`` itself; the
+version keeps its number. Claimed per message id, and a version already
+registered is skipped, so redeliveries change nothing. An export whose file
+is missing, outside the repository or not a scorer model is logged and
+acknowledged: redelivering cannot fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.db import Database
+from kernel.erasure import run_until_stream
+from kernel.errors import InvalidArgument
+from kernel.outbox import claim
+from services.ml_pipelines import names, repository, store
+from services.ml_pipelines.registry import NewVersion, Registry
+from tips.recommender.v1 import events_pb2 as rec_events
+
+log = logging.getLogger(__name__)
+
+
+class ExportConsumer:
+    def __init__(self, db: Database, registry: Registry, durable: str) -> None:
+        self.db = db
+        self.registry = registry
+        self.durable = durable
+
+    async def handle(self, delivery: Delivery[rec_events.PolicyModelExported]) -> None:
+        e = delivery.message
+        where = {"msg_id": delivery.msg_id, "model_version": e.model_version}
+        try:
+            model, version = names.parse_version(e.model_version, "model_version")
+            path = await asyncio.to_thread(
+                repository.artifact_path, e.artifact_uri, self.registry.repository, "artifact_uri"
+            )
+            await asyncio.to_thread(repository.check_model, path, "artifact_uri")
+        except InvalidArgument as exc:
+            log.error("export not registered", extra={**where, "error": exc.message})
+            return
+        async with self.db.transaction() as session:
+            if not await claim(
+                session, store.processed_messages, consumer=self.durable,
+                msg_id=delivery.msg_id or e.event_id,
+            ):  # fmt: skip
+                return
+            await session.execute(
+                insert(store.models)
+                .values(
+                    model_id=model,
+                    algorithm=e.policy_name,
+                    description="policy exported by the recommender",
+                )
+                .on_conflict_do_nothing()
+            )
+            V = store.model_versions
+            exists = (
+                await session.execute(
+                    select(V.c.version).where(V.c.model_id == model, V.c.version == version)
+                )
+            ).first()
+            if exists is not None:
+                return
+            await self.registry.register(
+                NewVersion(
+                    model=model,
+                    artifact=path,
+                    feature_schema_version=e.feature_schema_version,
+                    description=(
+                        f"export of the online policy ({e.online_update_count} updates"
+                        f" since {e.base_model_version or 'the start'})"
+                    ),
+                    metrics={"online_update_count": float(e.online_update_count)},
+                    in_place=version,
+                ),
+                session,
+            )
+        log.info("export registered", extra=where)
+
+    async def consume(self, bus: Bus) -> None:
+        m = rec_events.PolicyModelExported
+        await bus.consume(
+            stream=stream_of(m), durable=self.durable, subjects=[subject_of(m)],
+            message_type=m, handler=self.handle,
+        )  # fmt: skip
+
+    async def run(self, bus: Bus) -> None:
+        await run_until_stream(self.durable, lambda: self.consume(bus))

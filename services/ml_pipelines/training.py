@@ -1,0 +1,409 @@
+"""Training runs: train the policy offline on the logged decisions, export a CANDIDATE.
+
+A run is QUEUED, then RUNNING in a background task (``runtime.spawn``): it
+reads the joined decisions of its data window, folds them into a fresh
+``bandit.Policy`` in chunks (progress and a cancel check between chunks, the
+maths in a worker thread), writes ``models/<model>/<next version>/`` (ONNX +
+statistics), registers it as a CANDIDATE and publishes ``TrainingRunCompleted``
+in the same transaction that marks the run SUCCEEDED. Runs left QUEUED or
+RUNNING by a restart start again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from kernel.db import Database
+from kernel.deadline import deadline_in
+from kernel.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from kernel.identity import acting_as
+from kernel.outbox import enqueue
+from services.ml_pipelines import jobs, logged, names, offline, repository, store
+from services.ml_pipelines.registry import ALGORITHMS, FEATURE_SCHEMA_VERSION, NewVersion, Registry
+from services.ml_pipelines.settings import MlPipelinesSettings
+from services.recommender.policy import bandit
+from tips.ml_pipelines.v1 import events_pb2, training_run_pb2
+
+log = logging.getLogger(__name__)
+R = store.training_runs
+St = training_run_pb2.TrainingRunState
+FINAL = (
+    St.TRAINING_RUN_STATE_SUCCEEDED,
+    St.TRAINING_RUN_STATE_FAILED,
+    St.TRAINING_RUN_STATE_CANCELLED,
+)
+PARAMS = {f.name for f in dataclasses.fields(bandit.PolicyParams)}
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Cancelled(Exception):
+    """The run was asked to stop."""
+
+
+def parse_params(params: Mapping[str, str]) -> dict[str, float]:
+    """Hyper-parameters by name; unknown names and bad values are named in the error."""
+    out: dict[str, float] = {}
+    problems = []
+    for key in sorted(params):
+        field = f"training_run.params[{key}]"
+        if key not in PARAMS:
+            problems.append((field, f"unknown parameter; known: {', '.join(sorted(PARAMS))}"))
+            continue
+        try:
+            value = float(params[key])
+        except ValueError:
+            problems.append((field, "must be a number"))
+            continue
+        if key == "epsilon" and not 0.0 <= value < 1.0:
+            problems.append((field, "must be in [0, 1)"))
+        elif key != "epsilon" and not value > 0.0:
+            problems.append((field, "must be positive"))
+        else:
+            out[key] = value
+    if problems:
+        raise InvalidArgument(problems)
+    return out
+
+
+def run_proto(row: Any) -> training_run_pb2.TrainingRun:
+    out = training_run_pb2.TrainingRun(
+        name=f"trainingRuns/{row.run_id}",
+        model=names.model_name(row.model_id),
+        algorithm=row.algorithm,
+        params={k: repr(v) for k, v in (row.params or {}).items()},
+        data_window=names.interval(row.window_start, row.window_end),
+        state=row.state,
+        progress_fraction=row.progress,
+        metrics={k: float(v) for k, v in (row.metrics or {}).items()},
+        model_version=names.version_name(row.model_id, row.model_version)
+        if row.model_version
+        else "",
+        create_time=names.ts(row.create_time),
+        start_time=names.ts(row.start_time),
+        end_time=names.ts(row.end_time),
+    )
+    if row.error:
+        out.error.ParseFromString(row.error)
+    return out
+
+
+class Trainer:
+    def __init__(
+        self, db: Database, settings: MlPipelinesSettings, registry: Registry, spawn: Spawn
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.registry = registry
+        self.spawn = spawn
+        # One run trains at a time: the machines are small and runs are CPU-bound.
+        self._slot = asyncio.Semaphore(1)
+
+    # --- API -------------------------------------------------------------------------------
+
+    async def create(
+        self, run: training_run_pb2.TrainingRun, run_id: str
+    ) -> training_run_pb2.TrainingRun:
+        names.check_job_id(run_id, "training_run_id")
+        if not run.model:
+            raise InvalidArgument([("training_run.model", "is required")])
+        model = names.parse_model(run.model, "training_run.model")
+        if not run.HasField("data_window"):
+            raise InvalidArgument([("training_run.data_window", "is required")])
+        start, end = names.parse_window(
+            run.data_window, "training_run.data_window", datetime.now(UTC)
+        )
+        params = parse_params(run.params)
+        async with self.db.session() as session:
+            model_row = await self.registry.get_model_row(session, model)
+        algorithm = run.algorithm or model_row.algorithm
+        if algorithm not in ALGORITHMS:
+            raise InvalidArgument(
+                [("training_run.algorithm", f"must be one of {sorted(ALGORITHMS)}")]
+            )
+        run_id = run_id or jobs.new_id()
+        digest = jobs.content_hash(
+            {"model": model, "algorithm": algorithm, "params": params, "start": start, "end": end}
+        )
+        async with self.db.transaction() as session:
+            row = (
+                await session.execute(
+                    insert(R)
+                    .values(
+                        run_id=run_id,
+                        model_id=model,
+                        algorithm=algorithm,
+                        params=params,
+                        window_start=start,
+                        window_end=end,
+                        state=St.TRAINING_RUN_STATE_QUEUED,
+                        content_hash=digest,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(*R.c)
+                )
+            ).first()
+            if row is None:
+                existing = await self._row(session, run_id)
+                jobs.check_same(existing.content_hash, digest, f"trainingRuns/{run_id}")
+                return run_proto(existing)
+        self.spawn(self.run(run_id))
+        return run_proto(row)
+
+    async def _row(self, session: Any, run_id: str) -> Any:
+        row = (await session.execute(select(R).where(R.c.run_id == run_id))).first()
+        if row is None:
+            raise NotFound(f"trainingRuns/{run_id}", resource_type="tips.app/TrainingRun")
+        return row
+
+    async def get(self, name: str) -> training_run_pb2.TrainingRun:
+        run_id = names.parse_job(name, "trainingRuns")
+        async with self.db.session() as session:
+            return run_proto(await self._row(session, run_id))
+
+    async def list(
+        self,
+        model: str | None,
+        states: Sequence[int],
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Any]:
+        query = select(R)
+        if model:
+            query = query.where(R.c.model_id == model)
+        if states:
+            query = query.where(R.c.state.in_(list(states)))
+        if after is not None:
+            t, i = after
+            query = query.where((R.c.create_time < t) | ((R.c.create_time == t) & (R.c.run_id < i)))
+        async with self.db.session() as session:
+            rows = await session.execute(
+                query.order_by(R.c.create_time.desc(), R.c.run_id.desc()).limit(limit)
+            )
+            return list(rows)
+
+    async def cancel(self, name: str) -> training_run_pb2.TrainingRun:
+        run_id = names.parse_job(name, "trainingRuns")
+        async with self.db.transaction() as session:
+            row = (
+                await session.execute(select(R).where(R.c.run_id == run_id).with_for_update())
+            ).first()
+            if row is None:
+                raise NotFound(name, resource_type="tips.app/TrainingRun")
+            if row.state in FINAL:
+                raise FailedPrecondition(
+                    f"{name} already ended ({_state_name(row.state)})",
+                    reason="RUN_ENDED",
+                    metadata={"run": name},
+                )
+            if row.state == St.TRAINING_RUN_STATE_CANCELLING:
+                return run_proto(row)
+            updated = (
+                await session.execute(
+                    update(R)
+                    .where(R.c.run_id == run_id)
+                    .values(state=St.TRAINING_RUN_STATE_CANCELLING)
+                    .returning(*R.c)
+                )
+            ).one()
+        return run_proto(updated)
+
+    async def resume(self) -> None:
+        """Restarts runs a previous process left unfinished."""
+        async with self.db.session() as session:
+            rows = await session.execute(
+                select(R.c.run_id).where(
+                    R.c.state.in_(
+                        [
+                            St.TRAINING_RUN_STATE_QUEUED,
+                            St.TRAINING_RUN_STATE_RUNNING,
+                            St.TRAINING_RUN_STATE_CANCELLING,
+                        ]
+                    )
+                )
+            )
+            for row in rows:
+                self.spawn(self.run(row.run_id))
+
+    # --- the job ---------------------------------------------------------------------------
+
+    async def run(self, run_id: str) -> None:
+        # A job outlives the request that created it: no inherited deadline or caller.
+        with deadline_in(None), acting_as(None):
+            await self._run(run_id)
+
+    async def _run(self, run_id: str) -> None:
+        async with self._slot:
+            try:
+                await self._train(run_id)
+            except Cancelled:
+                await self._finish(run_id, St.TRAINING_RUN_STATE_CANCELLED)
+            except asyncio.CancelledError:
+                raise  # shutdown: the run resumes at the next start
+            except Exception as exc:
+                if not isinstance(exc, DomainError):
+                    log.exception("training run failed", extra={"run": run_id})
+                await self._finish(
+                    run_id, St.TRAINING_RUN_STATE_FAILED, error=jobs.error_status(exc)
+                )
+
+    async def _state(self, run_id: str) -> int:
+        async with self.db.session() as session:
+            return int(
+                (await session.execute(select(R.c.state).where(R.c.run_id == run_id))).scalar_one()
+            )
+
+    async def _progress(self, run_id: str, progress: float, metrics: dict[str, float]) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(R).where(R.c.run_id == run_id).values(progress=progress, metrics=metrics)
+            )
+        log.info("training run progress", extra={"run": run_id, "progress": round(progress, 3)})
+
+    async def _train(self, run_id: str) -> None:
+        async with self.db.transaction() as session:
+            row = (
+                await session.execute(select(R).where(R.c.run_id == run_id).with_for_update())
+            ).one()
+            if row.state in FINAL:
+                return
+            if row.state == St.TRAINING_RUN_STATE_CANCELLING:
+                raise Cancelled
+            await session.execute(
+                update(R)
+                .where(R.c.run_id == run_id)
+                .values(
+                    state=St.TRAINING_RUN_STATE_RUNNING, start_time=datetime.now(UTC), progress=0.0
+                )
+            )
+            rows = await logged.load_rows(
+                session,
+                row.window_start,
+                row.window_end,
+                self.settings.ml_pipelines_max_logged_rows,
+            )
+        log.info("training run started", extra={"run": run_id, "decisions": len(rows)})
+        book = await asyncio.to_thread(
+            offline.TipBook.from_catalog_file, self.settings.ml_pipelines_catalog_path
+        )
+        rounds = await asyncio.to_thread(offline.rounds_of, rows, book)
+        if not rounds:
+            raise FailedPrecondition(
+                "no joined decisions (decision + reward) of known catalog tips in the data window",
+                reason="NO_TRAINING_DATA",
+            )
+        policy = bandit.Policy(bandit.PolicyParams(**row.params))
+        chunk = self.settings.ml_pipelines_train_chunk
+        squared, seen = 0.0, 0
+        for begin in range(0, len(rounds), chunk):
+            if await self._state(run_id) == St.TRAINING_RUN_STATE_CANCELLING:
+                raise Cancelled
+            part = rounds[begin : begin + chunk]
+            sq, n = await asyncio.to_thread(offline.train_step, policy, part)
+            squared, seen = squared + sq, seen + n
+            metrics = _metrics(rounds[:seen], squared, seen)
+            await self._progress(run_id, 0.95 * seen / len(rounds), metrics)
+        if await self._state(run_id) == St.TRAINING_RUN_STATE_CANCELLING:
+            raise Cancelled
+        await self._register(run_id, row.model_id, policy, _metrics(rounds, squared, seen))
+
+    async def _register(
+        self, run_id: str, model: str, policy: bandit.Policy, metrics: dict[str, float]
+    ) -> None:
+        reg = self.registry
+        async with self.db.transaction() as session:
+            await reg.get_model_row(session, model, lock=True)
+            version = await reg.next_version(session, model)
+            path = await asyncio.to_thread(
+                repository.write_trained, policy, reg.repository, model, version
+            )
+            await reg.register(
+                NewVersion(
+                    model=model,
+                    artifact=Path(path),
+                    feature_schema_version=FEATURE_SCHEMA_VERSION,
+                    description=f"trained by trainingRuns/{run_id}",
+                    metrics=metrics,
+                    training_run=f"trainingRuns/{run_id}",
+                    in_place=version,
+                ),
+                session,
+            )
+            now = datetime.now(UTC)
+            done = (
+                await session.execute(
+                    update(R)
+                    .where(R.c.run_id == run_id, R.c.state == St.TRAINING_RUN_STATE_RUNNING)
+                    .values(
+                        state=St.TRAINING_RUN_STATE_SUCCEEDED,
+                        progress=1.0,
+                        metrics=metrics,
+                        model_version=version,
+                        end_time=now,
+                    )
+                    .returning(R.c.run_id)
+                )
+            ).first()
+            if done is None:
+                raise Cancelled  # cancelled meanwhile: the transaction (and the version) rolls back
+            await self._event(session, run_id, model, St.TRAINING_RUN_STATE_SUCCEEDED, now,
+                              names.version_name(model, version), metrics)  # fmt: skip
+        log.info("training run succeeded", extra={"run": run_id, "model_version": version})
+
+    async def _finish(self, run_id: str, state: int, error: bytes | None = None) -> None:
+        now = datetime.now(UTC)
+        async with self.db.transaction() as session:
+            row = (
+                await session.execute(
+                    update(R)
+                    .where(R.c.run_id == run_id, R.c.state.not_in(list(FINAL)))
+                    .values(state=state, error=error, end_time=now)
+                    .returning(R.c.model_id, R.c.metrics)
+                )
+            ).first()
+            if row is None:
+                return
+            status = None if error is None else status_pb2.Status.FromString(error)
+            await self._event(
+                session, run_id, row.model_id, state, now, "", row.metrics or {}, status
+            )
+        log.info("training run ended", extra={"run": run_id, "state": _state_name(state)})
+
+    async def _event(
+        self, session: Any, run_id: str, model: str, state: int, now: datetime,
+        version: str, metrics: Mapping[str, float], error: Any = None,
+    ) -> None:  # fmt: skip
+        event = events_pb2.TrainingRunCompleted(
+            event_id=f"training-run-completed:{run_id}",
+            occur_time=names.ts(now),
+            training_run=f"trainingRuns/{run_id}",
+            model=names.model_name(model),
+            state=state,  # type: ignore[arg-type]
+            model_version=version,
+            metrics={k: float(v) for k, v in metrics.items()},
+            error=error,
+        )
+        await enqueue(session, store.outbox, event, msg_id=event.event_id)
+
+
+def _state_name(state: int) -> str:
+    return St.Name(state)  # type: ignore[arg-type]
+
+
+def _metrics(rounds: Sequence[offline.Round], squared: float, seen: int) -> dict[str, float]:
+    rewards = [r.reward for r in rounds]
+    return {
+        "decisions": float(seen),
+        "mean_reward": sum(rewards) / len(rewards) if rewards else 0.0,
+        # Progressive validation: each row predicted before it was learned from.
+        "train_loss": squared / seen if seen else 0.0,
+    }
