@@ -8,8 +8,10 @@ until the TIPS_EVENTS stream holds every signal (gRPC -> PostgreSQL + outbox
 -> relay -> JetStream). Baseline, measured in the same run on the same NATS:
 raw JetStream ``publish_async`` of the same SignalRecorded payloads and
 headers to a stream with the same settings, from one process, until every
-ack arrived. Prints JSON (rates and ratio; goal >= 0.5), progress on stderr,
-and plots bench/out/ingest.png.
+ack arrived. Prints JSON (rates and ratio; goal >= 0.5; the CPU seconds each
+process spent in both phases, which on a shared machine vary less than the
+rates), progress on stderr, and plots bench/out/ingest.png. ``--profile``
+records the service and its relay child with py-spy.
 
     tips bench ingest [--signals 50000] [--batch 500] [--clients 4] [--users 20]
 """
@@ -30,6 +32,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from support.cpu import CpuMeter
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -189,6 +193,20 @@ def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 
         time.sleep(0.1)
 
 
+def _cpu_roots(service: int, client: int, pg: Any, work: Path) -> dict[str, int]:
+    """The processes whose CPU the bench reports: service, client, PostgreSQL, NATS."""
+    import psutil
+
+    roots = {"service": service, "client": client}
+    pid_file = pg.pgdata / "postmaster.pid"
+    if pid_file.exists():
+        roots["postgres"] = int(pid_file.read_text().split()[0])
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if str(work / "nats") in " ".join(proc.info["cmdline"] or []):
+            roots["nats"] = proc.info["pid"]
+    return roots
+
+
 def _plot(result: dict[str, Any], curve: list[tuple[float, int]]) -> Path:
     import matplotlib
 
@@ -255,7 +273,13 @@ def main() -> None:
         }
         command = [sys.executable, "-m", "tipsmesh.cli", "serve", "events"]
         if args.profile:  # py-spy (pip install py-spy) samples the service for the whole run
-            spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
+            spy = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--format",
+                "raw",
+                "--subprocesses",
+            ]
             command = [*spy, "-o", args.profile, "--rate", "200", "--", *command]
         service = subprocess.Popen(command, cwd=ROOT, env=env)
         address = f"127.0.0.1:{port}"
@@ -281,16 +305,22 @@ def main() -> None:
         assert client.stdin is not None and client.stdout is not None
         if client.stdout.readline().strip() != "READY":
             raise RuntimeError("bench client did not start")
+        meter = CpuMeter(_cpu_roots(service.pid, client.pid, pg, work))
+        meter.start()
         started = time.perf_counter()
         client.stdin.write("GO\n")
         client.stdin.flush()
         curve = asyncio.run(_wait_stream(nats_url, "TIPS_EVENTS", base + total, started, 600))
         seconds = curve[-1][0]
+        cpu = meter.stop()
         client_out = json.loads(client.stdout.readline())
         client.wait(30)
         curve = [(t, c - base) for t, c in curve]
         log(f"service: {total / seconds:,.0f} signals/s; raw publish_async next")
+        raw_meter = CpuMeter({"publisher": os.getpid(), "nats": meter.roots.get("nats", 0)})
+        raw_meter.start()  # includes building the payloads, before the timed part
         raw_seconds = asyncio.run(_raw_publish(nats_url, total, args.batch, args.users))
+        raw_cpu = raw_meter.stop()
         result = {
             "bench": "ingest",
             "cpus": os.cpu_count(),
@@ -304,6 +334,9 @@ def main() -> None:
             "raw_publish_async_msgs_per_s": round(total / raw_seconds, 1),
             "ratio": round((total / seconds) / (total / raw_seconds), 3),
             "client_retries": client_out["retries"],
+            # CPU seconds per process tree while ingesting: where the 2 cores went.
+            "cpu_seconds": cpu,
+            "raw_cpu_seconds": raw_cpu,
         }
         result["plot"] = str(_plot(result, curve).relative_to(ROOT))
         print(json.dumps(result, indent=2))

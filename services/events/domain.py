@@ -44,6 +44,9 @@ PAYLOAD_OF_KIND: dict[int, str] = {
     K.SIGNAL_KIND_MOOD: "mood",
 }
 _ID = re.compile(r"^[A-Za-z0-9_.~-]{1,128}$")
+# Known enum values, computed once (``EnumTypeWrapper.values()`` builds a list per call).
+_SOURCES = frozenset(signal_pb2.SignalSource.values())
+_REACTIONS = frozenset(signal_pb2.TipReaction.values())
 
 Violations = list[tuple[str, str]]
 
@@ -120,7 +123,7 @@ def _check_identity(signal: signal_pb2.Signal, user_id: str, v: Violations) -> N
         v.append(("client_signal_id", "is required"))
     elif len(signal.client_signal_id) > MAX_CLIENT_SIGNAL_ID:
         v.append(("client_signal_id", f"at most {MAX_CLIENT_SIGNAL_ID} characters"))
-    if signal.source not in signal_pb2.SignalSource.values() or not signal.source:
+    if signal.source not in _SOURCES or not signal.source:
         v.append(("source", "is required (PHONE, CONNECTOR or APP)"))
     if signal.connection and not _is_child_name(signal.connection, user_id, "connections"):
         v.append(("connection", f"must be users/{user_id}/connections/{{connection}}"))
@@ -128,22 +131,43 @@ def _check_identity(signal: signal_pb2.Signal, user_id: str, v: Violations) -> N
         v.append(("connection", "is required for connector signals"))
 
 
+def _micros(value: Timestamp) -> int:
+    return value.seconds * 1_000_000 + value.nanos // 1000
+
+
 def _check_times(signal: signal_pb2.Signal, now: datetime, v: Violations) -> None:
     if not signal.HasField("start_time"):
         v.append(("start_time", "is required"))
         return
-    start = signal.start_time.ToDatetime(UTC)
-    ahead = MAX_FUTURE_CALENDAR if signal.kind == K.SIGNAL_KIND_CALENDAR_EVENT else MAX_FUTURE
-    if start < now - MAX_PAST:
+    # Integer microseconds: no datetime per item, and no ValueError for a
+    # Timestamp outside datetime's range (it is simply out of bounds).
+    now_us = _micros_of(now)
+    start = _micros(signal.start_time)
+    calendar = signal.kind == _CALENDAR  # a module constant: K.X is a slow lookup
+    if start < now_us - _MAX_PAST_US:
         v.append(("start_time", f"is more than {MAX_PAST.days} days in the past"))
-    elif start > now + ahead:
+    elif start > now_us + (_MAX_FUTURE_CALENDAR_US if calendar else _MAX_FUTURE_US):
+        ahead = MAX_FUTURE_CALENDAR if calendar else MAX_FUTURE
         v.append(("start_time", f"is more than {_span(ahead)} in the future"))
     if signal.HasField("end_time"):
-        end = signal.end_time.ToDatetime(UTC)
+        end = _micros(signal.end_time)
         if end < start:
             v.append(("end_time", "must not be before start_time"))
-        elif end - start > MAX_SPAN:
+        elif end - start > _MAX_SPAN_US:
             v.append(("end_time", f"the period may span at most {MAX_SPAN.days} days"))
+
+
+_CALENDAR = signal_pb2.SIGNAL_KIND_CALENDAR_EVENT
+_MICROSECOND = timedelta(microseconds=1)
+_MAX_PAST_US = MAX_PAST // _MICROSECOND
+_MAX_FUTURE_US = MAX_FUTURE // _MICROSECOND
+_MAX_FUTURE_CALENDAR_US = MAX_FUTURE_CALENDAR // _MICROSECOND
+_MAX_SPAN_US = MAX_SPAN // _MICROSECOND
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros_of(value: datetime) -> int:
+    return (value - _EPOCH) // _MICROSECOND
 
 
 def _span(delta: timedelta) -> str:
@@ -203,8 +227,10 @@ def _check_workout(workout: signal_pb2.WorkoutPayload, v: Violations) -> None:
 def _check_reaction(reaction: signal_pb2.TipReactionPayload, user_id: str, v: Violations) -> None:
     if not _is_child_name(reaction.tip, user_id, "tips"):
         v.append(("tip_reaction.tip", f"must be a tip of the user, users/{user_id}/tips/{{tip}}"))
-    known = signal_pb2.TipReaction.values()
-    if reaction.reaction not in known or reaction.reaction == signal_pb2.TIP_REACTION_UNSPECIFIED:
+    if (
+        reaction.reaction not in _REACTIONS
+        or reaction.reaction == signal_pb2.TIP_REACTION_UNSPECIFIED
+    ):
         v.append(("tip_reaction.reaction", "is required (DONE, SNOOZE or DISMISS)"))
     if reaction.HasField("snooze_until") and reaction.reaction != signal_pb2.TIP_REACTION_SNOOZE:
         v.append(("tip_reaction.snooze_until", "only a SNOOZE reaction takes snooze_until"))
@@ -213,14 +239,21 @@ def _check_reaction(reaction: signal_pb2.TipReactionPayload, user_id: str, v: Vi
 def stored_signal(
     signal: signal_pb2.Signal, user_id: str, signal_id: str, ingest_time: datetime
 ) -> signal_pb2.Signal:
-    """The signal as stored and published: named, ingest time set."""
+    """A copy of ``signal`` as stored and published: named, ingest time set."""
     stored = signal_pb2.Signal()
     stored.CopyFrom(signal)
+    return stamp_signal(stored, user_id, signal_id, timestamp(ingest_time))
+
+
+def stamp_signal(
+    signal: signal_pb2.Signal, user_id: str, signal_id: str, ingest_time: Timestamp
+) -> signal_pb2.Signal:
+    """``signal`` itself made the stored signal (ingest: the request's item, no copy)."""
     # Fields this build does not know are not stored or published (size, privacy).
-    stored.DiscardUnknownFields()
-    stored.name = signal_name(user_id, signal_id)
-    stored.ingest_time.CopyFrom(timestamp(ingest_time))
-    return stored
+    signal.DiscardUnknownFields()
+    signal.name = signal_name(user_id, signal_id)
+    signal.ingest_time.CopyFrom(ingest_time)
+    return signal
 
 
 def timestamp(value: datetime) -> Timestamp:

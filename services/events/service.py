@@ -1,11 +1,11 @@
 """The events service: ingress and durable store of signals.
 
 Accepted signals are stored with a ``SignalRecorded`` outbox row in the same
-transaction; a ``BatchOutboxRelay`` publishes them to the ``TIPS_EVENTS``
-stream (retention from ``EventsSettings``). Ingest is admitted by an
-``Ingress`` that refuses with a retry hint when the store or the bus falls
-behind; an ``Eraser`` deletes a user's signals on ``UserDeleted``. See
-docs/durable-log.md.
+transaction; a ``BatchOutboxRelay``, in a child process by default
+(``relay_process``), publishes them to the ``TIPS_EVENTS`` stream (retention
+from ``EventsSettings``). Ingest is admitted by an ``Ingress`` that refuses
+with a retry hint when the store or the bus falls behind; an ``Eraser``
+deletes a user's signals on ``UserDeleted``. See docs/durable-log.md.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 
 from kernel.bus import StreamSpec, streams_for
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
-from services.events import store
 from services.events.erasure import DURABLE, Eraser
 from services.events.ingress import Ingress
-from services.events.relay import BatchOutboxRelay
+from services.events.relay_process import RelaySupervisor, make_relay
 from services.events.servicer import EventsInternalServicer, EventsServicer
 from services.events.settings import EventsSettings, load_events_settings
 from tips.events.v1 import events_pb2, events_service_pb2, events_service_pb2_grpc
@@ -47,10 +46,10 @@ def definition(erasure_durable: str = DURABLE) -> ServiceDefinition:
         ingress = Ingress(runtime.db, settings)
         await ingress.measure()
         runtime.spawn(ingress.monitor())
-        relay = BatchOutboxRelay(
-            runtime.db, runtime.bus, store.outbox, batch=settings.events_relay_batch
-        )
-        runtime.spawn(relay.run())
+        if settings.events_relay_process:
+            runtime.spawn(RelaySupervisor(settings).run())
+        else:
+            runtime.spawn(make_relay(runtime.db, runtime.bus, settings).run())
         runtime.spawn(Eraser(runtime.db, erasure_durable).run(runtime.bus))
         return [
             bind(

@@ -9,6 +9,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import parse_user, require_owner
@@ -59,10 +61,9 @@ def _settle(
         response.retry_delay.FromTimedelta(delay)
 
 
-def _new(signal: Any, user_id: str, now: datetime, signal_id: str) -> store.NewSignal:
-    return store.NewSignal(
-        user_id, signal_id, domain.stored_signal(signal, user_id, signal_id, now)
-    )
+def _new(signal: Any, user_id: str, now: Timestamp, signal_id: str) -> store.NewSignal:
+    # The request's item becomes the stored signal in place: it is not used after.
+    return store.NewSignal(user_id, signal_id, domain.stamp_signal(signal, user_id, signal_id, now))
 
 
 class EventsServicer(pb_grpc.EventsServiceServicer):
@@ -79,6 +80,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
         user_id = _require_user_parent(request.parent)
         domain.check_batch_limit(len(request.signals), self.settings.events_max_batch)
         now = datetime.now(UTC)
+        stamp = domain.timestamp(now)
         response = pb.BatchIngestSignalsResponse()
         pending: list[tuple[pb.IngestResult, store.NewSignal]] = []
         max_bytes = self.settings.events_max_signal_bytes
@@ -90,7 +92,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
                 result.outcome = REJECTED
                 result.error.CopyFrom(InvalidArgument(violations).to_status())
             else:
-                pending.append((result, _new(signal, user_id, now, ids[index])))
+                pending.append((result, _new(signal, user_id, stamp, ids[index])))
         # One transaction: every accepted signal commits with its outbox event.
         stored = await self.ingress.store([item for _, item in pending])
         _settle(response, pending, stored, self.ingress.soft_delay())
@@ -166,6 +168,7 @@ class EventsInternalServicer(pb_grpc.EventsInternalServiceServicer):
     ) -> pb.BatchIngestConnectorSignalsResponse:
         domain.check_batch_limit(len(request.signals), self.settings.events_max_connector_batch)
         now = datetime.now(UTC)
+        stamp = domain.timestamp(now)
         response = pb.BatchIngestConnectorSignalsResponse()
         pending: list[tuple[pb.IngestResult, store.NewSignal]] = []
         max_bytes = self.settings.events_max_signal_bytes
@@ -174,7 +177,7 @@ class EventsInternalServicer(pb_grpc.EventsInternalServiceServicer):
             result = response.results.add(index=index)
             violations = _connector_violations(item, now, max_bytes)
             if isinstance(violations, str):
-                pending.append((result, _new(item.signal, violations, now, ids[index])))
+                pending.append((result, _new(item.signal, violations, stamp, ids[index])))
             else:
                 result.outcome = REJECTED
                 result.error.CopyFrom(InvalidArgument(violations).to_status())

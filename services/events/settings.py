@@ -49,6 +49,9 @@ class EventsSettings(Settings):
     # --- relay -------------------------------------------------------------------
     # Outbox rows published per relay round (published concurrently, one mark).
     events_relay_batch: int = Field(default=1000, ge=1, le=10_000)
+    # Run the relay in a child process (services/events/relay_process.py), so
+    # ingest and publishing each get a core; False runs it in the service's loop.
+    events_relay_process: bool = True
 
 
 def load_events_settings(base: Settings) -> EventsSettings:
