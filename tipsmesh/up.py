@@ -271,6 +271,9 @@ class Mesh:
             env.setdefault(setting, str(self.models_dir))
         # Fold online learning into the served model regularly (decision 9).
         env.setdefault("TIPS_RECOMMENDER_EXPORT_INTERVAL_SECONDS", "300")
+        # The outbox relay publishes from its own process: ingest and publishing
+        # each get a core (docs/durable-log.md).
+        env.setdefault("TIPS_EVENTS_RELAY_PROCESS", "true")
         for service in SERVICE_NAMES:
             env[f"TIPS_{service.upper()}_ADDR"] = f"{HOST}:{self.ports[service]}"
         if GATEWAY in self.ports:

@@ -51,7 +51,9 @@ class EventsSettings(Settings):
     events_relay_batch: int = Field(default=1000, ge=1, le=10_000)
     # Run the relay in a child process (services/events/relay_process.py), so
     # ingest and publishing each get a core; False runs it in the service's loop.
-    events_relay_process: bool = True
+    # Off by default so a process embedding the service (tests) spawns no child;
+    # `tips up` and docker-compose turn it on.
+    events_relay_process: bool = False
 
 
 def load_events_settings(base: Settings) -> EventsSettings:

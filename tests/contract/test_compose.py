@@ -1,0 +1,36 @@
+"""docker-compose.yml runs the same mesh as `tips up`: every service, one image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kernel.settings import SERVICE_NAMES
+
+pytestmark = pytest.mark.contract
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_service_and_the_gateway_run_from_the_one_image() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in [*SERVICE_NAMES, "gateway"]:
+        assert services[name]["command"] == ["serve", name], name
+        assert services[name]["image"] == "tips-mesh:latest", name
+    for infra in ("postgres", "nats", "triton", "otel-collector", "migrate"):
+        assert infra in services
+
+
+def test_required_secrets_are_never_defaulted() -> None:
+    environment = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["auth"][
+        "environment"
+    ]
+    for name in (
+        "TIPS_AUTH_KEY_ENCRYPTION_KEY",
+        "TIPS_INTEGRATIONS_KEK_RING",
+        "TIPS_NOTIFIER_KEK_RING",
+    ):
+        assert ":?" in str(environment[name]), f"{name} must be required, not defaulted"
