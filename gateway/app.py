@@ -30,6 +30,7 @@ from gateway.errors import error_info, status_response
 from gateway.openapi import build_openapi
 from gateway.proxy import EdgeAuth, LocalHandler, TranscodeMiddleware, Transcoder
 from gateway.render import Renderer
+from gateway.revocations import RevocationFeed
 from gateway.routing import build_routes
 from gateway.screens import product_screens
 from gateway.transcode import Codec
@@ -46,12 +47,20 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: every upstream reports SERVING on gRPC health."""
+    """Readiness: every upstream reports SERVING on gRPC health, and the revocation
+    feed (when there is one) has read the recent revocations once."""
     upstreams: Upstreams = request.app.state.upstreams
     statuses = await upstreams.health(READY_CHECK_TIMEOUT)
     bad = not_serving(statuses)
+    feed: RevocationFeed | None = getattr(request.app.state, "revocations", None)
+    if feed is not None and not feed.ready:
+        # Until then a token revoked before this process started would pass.
+        bad["revocations"] = feed.state
     if not bad:
-        return JSONResponse({"status": "ready", "services": statuses})
+        body: dict[str, object] = {"status": "ready", "services": statuses}
+        if feed is not None:
+            body["revocations"] = feed.state
+        return JSONResponse(body)
     listing = ", ".join(f"{name} is {status}" for name, status in sorted(bad.items()))
     return status_response(
         grpc.StatusCode.UNAVAILABLE,
@@ -117,12 +126,15 @@ def create_app(
     image: descriptor_pb2.FileDescriptorSet | None = None,
     auth: EdgeAuth | None = None,
     local: dict[str, LocalHandler] | None = None,
+    revocations: RevocationFeed | None = None,
 ) -> Starlette:
     """The edge app.
 
     ``upstreams`` defaults to the mesh's addresses in ``settings``, ``image``
     to the product's descriptor set. ``auth=None`` checks no token and sends
     no identity upstream (``--no-auth``, tests); the server passes EdgeAuth.
+    ``revocations`` (the feed of the set ``auth`` refuses) is started and
+    stopped with the app, and shown by ``/readyz``.
     """
     ups = upstreams if upstreams is not None else Upstreams.from_settings(settings)
     if image is None:
@@ -150,9 +162,14 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.upstreams = ups
+        app.state.revocations = revocations
+        if revocations is not None:
+            revocations.start()  # in the background: a down bus does not stop the edge
         try:
             yield
         finally:
+            if revocations is not None:
+                await revocations.close()
             if auth is not None:
                 await auth.close()
             await ups.close()

@@ -14,7 +14,8 @@ option is not ``public``. A token is accepted only when all of these hold
 
 The Caller is ``user=sub``, ``scopes=scope.split()``, ``session=sid``.
 Failures raise ``Unauthenticated`` (reason TOKEN_MISSING, TOKEN_INVALID,
-TOKEN_EXPIRED or TOKEN_NOT_YET_VALID) or, when no key set could ever be
+TOKEN_EXPIRED, TOKEN_NOT_YET_VALID, or SESSION_REVOKED when ``sid`` is a
+session revoked since: ``gateway.revocations``) or, when no key set could ever be
 fetched, ``Unavailable`` (AUTH_KEYS_UNAVAILABLE): never open. Tokens and the
 Authorization header are never logged or echoed in messages.
 
@@ -48,6 +49,7 @@ from gateway.jwks import (
     KeyCache,
     KeySource,
 )
+from gateway.revocations import RevokedSessions
 from gateway.upstreams import Upstreams
 from kernel.errors import Unauthenticated
 from kernel.identity import Caller
@@ -163,9 +165,12 @@ def _is_number(value: object) -> bool:
 class JwtEdgeAuth:
     """EdgeAuth verifying JWTs against a cached JWK Set."""
 
-    def __init__(self, keys: KeyCache, policy: ClaimsPolicy) -> None:
+    def __init__(
+        self, keys: KeyCache, policy: ClaimsPolicy, revoked: RevokedSessions | None = None
+    ) -> None:
         self.keys = keys
         self._policy = policy
+        self._revoked = revoked
         self._registry = _Registry(algorithms=sorted(ALLOWED_ALGORITHMS))
         # token -> (caller, wall-clock deadline, key set generation)
         self._verified: dict[str, tuple[Caller, float, int]] = {}
@@ -182,13 +187,28 @@ class JwtEdgeAuth:
                 and time.time() < deadline
                 and self.keys.is_fresh()
             ):
-                return caller
+                return self._not_revoked(caller)
             self._verified.pop(token, None)
         generation = self.keys.generation
         caller, claims = await self._verify(token)
+        self._not_revoked(caller)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))  # oldest first
         self._verified[token] = (caller, float(claims["exp"]) + self._policy.leeway_s, generation)
+        return caller
+
+    def _not_revoked(self, caller: Caller) -> Caller:
+        # After the memo too: a token verified before its session was revoked.
+        if (
+            self._revoked is not None
+            and caller.session is not None
+            and self._revoked.is_revoked(caller.session)
+        ):
+            raise Unauthenticated(
+                "the access token's session has been revoked (signed out or deleted): "
+                "sign in again",
+                reason="SESSION_REVOKED",
+            )
         return caller
 
     async def _verify(self, token: str) -> tuple[Caller, dict[str, Any]]:
@@ -241,8 +261,11 @@ class JwtEdgeAuth:
         await self.keys.close()
 
 
-def edge_auth_from_settings(settings: Settings, upstreams: Upstreams) -> EdgeAuth:
-    """The edge's token check: keys from ``jwks_url``, else the auth service."""
+def edge_auth_from_settings(
+    settings: Settings, upstreams: Upstreams, revoked: RevokedSessions | None = None
+) -> EdgeAuth:
+    """The edge's token check: keys from ``jwks_url``, else the auth service;
+    tokens of a session in ``revoked`` are refused (gateway.revocations)."""
     source: KeySource
     if settings.jwks_url:
         source = HttpKeySource(settings.jwks_url, settings.jwks_fetch_timeout_seconds)
@@ -260,4 +283,4 @@ def edge_auth_from_settings(settings: Settings, upstreams: Upstreams) -> EdgeAut
         audience=settings.auth_audience,
         leeway_s=settings.jwt_leeway_seconds,
     )
-    return JwtEdgeAuth(cache, policy)
+    return JwtEdgeAuth(cache, policy, revoked)

@@ -29,6 +29,7 @@ from gateway.app import create_app
 from gateway.auth import edge_auth_from_settings
 from gateway.descriptors import load_image
 from gateway.proxy import EdgeAuth
+from gateway.revocations import RevocationFeed, RevokedSessions
 from gateway.upstreams import Upstreams
 from kernel.logging import configure_logging
 from kernel.settings import Settings, SettingsError, load_settings
@@ -36,9 +37,23 @@ from kernel.settings import Settings, SettingsError, load_settings
 log = logging.getLogger("tips.gateway")
 
 
-def edge_auth(settings: Settings, upstreams: Upstreams) -> EdgeAuth:
+def edge_auth(
+    settings: Settings, upstreams: Upstreams, revoked: RevokedSessions | None = None
+) -> EdgeAuth:
     """The token check of the product's edge (``gateway.auth``)."""
-    return edge_auth_from_settings(settings, upstreams)
+    return edge_auth_from_settings(settings, upstreams, revoked)
+
+
+def product_app(settings: Settings, upstreams: Upstreams | None = None) -> Starlette:
+    """The product's edge: token check, and revoked sessions followed on the bus."""
+    ups = upstreams if upstreams is not None else Upstreams.from_settings(settings)
+    revoked = RevokedSessions()
+    return create_app(
+        settings,
+        ups,
+        auth=edge_auth(settings, ups, revoked),
+        revocations=RevocationFeed(settings, revoked),
+    )
 
 
 def build_server(
@@ -49,8 +64,7 @@ def build_server(
     port: int | None = None,
 ) -> uvicorn.Server:
     if app is None:
-        upstreams = Upstreams.from_settings(settings)
-        app = create_app(settings, upstreams, auth=edge_auth(settings, upstreams))
+        app = product_app(settings)
     config = uvicorn.Config(
         app,
         host=host or settings.host,
@@ -142,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.upstream or args.default_upstream:
             raise SystemExit("tips gateway: --upstream needs --descriptor-set")
         upstreams = Upstreams.from_settings(settings)
-        auth = None if args.no_auth else edge_auth(settings, upstreams)
-        run(settings, create_app(settings, upstreams, auth=auth), host=host, port=port)
+        if args.no_auth:
+            app = create_app(settings, upstreams, auth=None)
+        else:
+            app = product_app(settings, upstreams)
+        run(settings, app, host=host, port=port)
         return
     services: dict[str, str] = {}
     for item in args.upstream:

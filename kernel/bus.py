@@ -698,6 +698,7 @@ class Bus:
             try:
                 last_seq = await self._follow_consumer(
                     sub, info.name, stream, expected_type, message_type, handler, last_seq,
+                    info.num_pending or 0,
                     batch, fetch_timeout, check_interval, on_caught_up,
                 )  # fmt: skip
                 backoff = 0.1
@@ -718,6 +719,7 @@ class Bus:
         message_type: type[M],
         handler: Handler[M],
         last_seq: int,
+        pending: int,
         batch: int,
         fetch_timeout: float,
         check_interval: float,
@@ -725,6 +727,8 @@ class Bus:
     ) -> int:
         """Pull from one consumer until it fails or is gone; the last stream sequence seen."""
         checked = asyncio.get_running_loop().time()
+        if on_caught_up is not None and not pending:
+            on_caught_up()  # nothing to replay: no need to wait for an empty fetch
         while not self._closing:
             try:
                 msgs = await sub.fetch(batch, timeout=fetch_timeout)

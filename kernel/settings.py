@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     jwks_fetch_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     # Clock skew tolerated on `exp`, `nbf` and `iat`.
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # Lifetime of the access tokens the auth service issues. The edge keeps a
+    # revoked session refused this long (+ leeway) after the revocation
+    # (gateway.revocations). Same variable as the auth service's.
+    auth_access_token_ttl_seconds: int = Field(default=600, ge=30, le=86400)
 
     def grpc_port(self) -> int:
         """The port this service listens on."""

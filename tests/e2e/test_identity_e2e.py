@@ -7,8 +7,8 @@ TIPS_JWKS_URL). One mesh start serves the whole module, in file order:
 
 1. the identity flow: sign in as Google and as Apple, refresh, list sessions,
    sign out; preferences; consents; data in every service; delete the user;
-   afterwards the old tokens fail or find nothing, and no row of the user is
-   left in any schema;
+   afterwards the old tokens are refused at the edge (it follows SessionRevoked),
+   and no row of the user is left in any schema;
 2. ownership: user A on each of user B's resources is 403/404, B's data unchanged;
 3. no token, ID token, code or client secret in any log line of the mesh.
 """
@@ -175,6 +175,34 @@ def connect_calendar(stage: Stage, http: httpx.Client, user: str) -> str:
     return str(got.json()["name"])
 
 
+def reason_of(response: httpx.Response) -> str | None:
+    """The ErrorInfo reason of a google.rpc.Status body."""
+    for detail in response.json().get("details", []):
+        if "reason" in detail:
+            return str(detail["reason"])
+    return None
+
+
+# SessionRevoked goes auth's outbox -> NATS -> every gateway: well under this.
+REVOCATION_WAIT = 10.0
+
+
+def refused_at_edge(stage: Stage, token: str, path: str) -> None:
+    """Within a bounded wait, ``token`` gets 401 SESSION_REVOKED at the gateway."""
+    deadline = time.monotonic() + REVOCATION_WAIT
+    with stage.http(token) as http:
+        while True:
+            got = http.get(path)
+            if got.status_code == 401:
+                assert reason_of(got) == "SESSION_REVOKED", got.text
+                return
+            assert time.monotonic() < deadline, (
+                f"revoked session's token still accepted after {REVOCATION_WAIT:.0f}s: "
+                f"{got.status_code} {got.text}"
+            )
+            time.sleep(0.1)
+
+
 # --- the database, as the admin --------------------------------------------------------
 
 SERVICE_SCHEMAS = (
@@ -289,6 +317,8 @@ def test_sign_in_sessions_preferences_consents_and_erasure(stage: Stage) -> None
         assert out.status_code == 200, out.text
         again = public.post("/v1/sessions:refresh", json={"refreshToken": apple["refreshToken"]})
         assert again.status_code == 401, again.text
+    # The signed-out session's access token stops at the edge too (SessionRevoked).
+    refused_at_edge(stage, apple["accessToken"], "/v1/users/me/profile")
     with stage.http(access) as http:
         active = http.get("/v1/users/me/sessions").json()["sessions"]
         assert [s["deviceName"] for s in active] == ["Pixel"]
@@ -339,24 +369,27 @@ def test_sign_in_sessions_preferences_consents_and_erasure(stage: Stage) -> None
         time.sleep(0.5)
         left = scan(stage, user)
 
-    # The old tokens: refresh fails; reads find nothing (the gateway checks only the
-    # signature of an access token: it works until it expires, on no data).
+    # The old tokens: refresh fails; the access token is refused at the edge (auth
+    # revoked the sessions, the gateway follows SessionRevoked), so nothing can be
+    # read, and no write can make new rows for the deleted user.
     with stage.http() as public:
         stale = public.post("/v1/sessions:refresh", json={"refreshToken": fresh["refreshToken"]})
         assert stale.status_code == 401, stale.text
+    refused_at_edge(stage, access, "/v1/users/me/profile")
     with stage.http(access) as http:
-        assert http.get("/v1/users/me/profile").status_code == 404
-        assert http.get("/v1/users/me/consents").status_code == 404
-        for path, key in (
-            ("/v1/users/me/sessions", "sessions"),
-            ("/v1/users/me/identities", "identities"),
-            ("/v1/users/me/signals", "signals"),
+        for path in (
+            "/v1/users/me/consents",
+            "/v1/users/me/sessions",
+            "/v1/users/me/signals",
+            f"/v1/{made['connection']}",
+            f"/v1/{made['signal']}",
         ):
             got = http.get(path)
-            assert got.status_code == 404 or not got.json().get(key), (path, got.text)
-        connection = http.get(f"/v1/{made['connection']}")
-        assert connection.status_code == 404, connection.text
-        assert http.get(f"/v1/{made['signal']}").status_code == 404
+            assert got.status_code == 401 and reason_of(got) == "SESSION_REVOKED", (path, got.text)
+        wrote = http.post(
+            "/v1/users/me/signals:batchIngest", json={"signals": [steps("after-delete", 1)]}
+        )
+        assert wrote.status_code == 401 and reason_of(wrote) == "SESSION_REVOKED", wrote.text
 
     assert not left, (
         f"rows of the deleted user left {ERASURE_WAIT:.0f}s after DeleteUser, by table "
