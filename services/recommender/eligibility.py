@@ -87,27 +87,40 @@ def tip_block(
     suppressed: Mapping[str, datetime],
 ) -> str | None:
     """Why catalog tip ``e`` may not be decided now, or None."""
+    return _tip_block(e, f, prefs, history, suppressed, local_midnight(f.local), f.day_part)
+
+
+def _static_block(e: Entry, prefs: Prefs, part: str, kinds: frozenset[int]) -> str | None:
+    """The checks that read only the user's settings, the day part and recent signal kinds."""
     if e.category in prefs.muted:
         return "muted_category"
     if not e.required_consents <= prefs.granted:
         return "consent"
-    if e.day_parts and f.day_part not in e.day_parts:
+    if e.day_parts and part not in e.day_parts:
         return "day_part"
-    if not e.signals_needed <= f.recent_kinds:
+    if not e.signals_needed <= kinds:
         return "signals_needed"
+    return None
+
+
+def _dynamic_block(
+    e: Entry,
+    f: Features,
+    history: History,
+    suppressed: Mapping[str, datetime],
+    midnight: datetime,
+) -> str | None:
     until = suppressed.get(e.id)
     if until is not None and until > f.now:
         return "snoozed"  # snoozed, or dismissed/done a short while ago
     done = history.done.get(e.id)
-    if done is not None and done >= local_midnight(f.local):
+    if done is not None and done >= midnight:
         return "done_today"
     times = history.decided.get(e.id, ())
     if e.cooldown is not None and times and f.now - times[-1] < e.cooldown:
         return "cooldown"
-    if e.max_per_day:
-        midnight = local_midnight(f.local)
-        if sum(1 for t in times if t >= midnight) >= e.max_per_day:
-            return "max_per_day"
+    if e.max_per_day and sum(1 for t in times if t >= midnight) >= e.max_per_day:
+        return "max_per_day"
     if e.min_free_block_minutes and (
         f.free_minutes is None or f.free_minutes < e.min_free_block_minutes
     ):
@@ -115,6 +128,59 @@ def tip_block(
     if f.free_minutes is not None and e.minutes_needed > f.free_minutes:
         return "does_not_fit"
     return None
+
+
+def _tip_block(
+    e: Entry,
+    f: Features,
+    prefs: Prefs,
+    history: History,
+    suppressed: Mapping[str, datetime],
+    midnight: datetime,
+    part: str,
+) -> str | None:
+    # ``midnight`` and ``part`` are the same for every tip: computed once per decision.
+    return _static_block(e, prefs, part, f.recent_kinds) or _dynamic_block(
+        e, f, history, suppressed, midnight
+    )
+
+
+class StaticChecks:
+    """The static checks of one catalog tuple, cached by their inputs.
+
+    Muted categories, consents, day part and recent signal kinds take few
+    distinct values across users, so their outcome for every tip is kept
+    (bounded) and a decision runs only the checks of its own history.
+    """
+
+    MAX_KEYS = 4096
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        self.entries = entries
+        self._cache: dict[
+            tuple[frozenset[str], frozenset[str], str, frozenset[int]],
+            tuple[tuple[int, ...], Counter[str]],
+        ] = {}
+
+    def passing(
+        self, prefs: Prefs, part: str, kinds: frozenset[int]
+    ) -> tuple[tuple[int, ...], Counter[str]]:
+        """Positions passing the static checks, and the reasons of the others (do not mutate)."""
+        key = (prefs.muted, prefs.granted, part, kinds)
+        found = self._cache.get(key)
+        if found is None:
+            ok: list[int] = []
+            reasons: Counter[str] = Counter()
+            for i, e in enumerate(self.entries):
+                reason = _static_block(e, prefs, part, kinds)
+                if reason is None:
+                    ok.append(i)
+                else:
+                    reasons[reason] += 1
+            if len(self._cache) >= self.MAX_KEYS:
+                self._cache.clear()
+            found = self._cache[key] = (tuple(ok), reasons)
+        return found
 
 
 def eligible(
@@ -126,16 +192,37 @@ def eligible(
     default_cap: int,
 ) -> tuple[list[Entry], Counter[str]]:
     """The eligible entries, and how many were blocked for each reason."""
-    reasons: Counter[str] = Counter()
+    index, reasons = eligible_index(entries, f, prefs, history, suppressed, default_cap)
+    return [entries[i] for i in index], reasons
+
+
+def eligible_index(
+    entries: Sequence[Entry],
+    f: Features,
+    prefs: Prefs,
+    history: History,
+    suppressed: Mapping[str, datetime],
+    default_cap: int,
+    static: StaticChecks | None = None,
+) -> tuple[list[int], Counter[str]]:
+    """``eligible`` as positions in ``entries`` (the decision's feature rows are by position).
+
+    ``static`` (built over the same ``entries``) caches the checks that do not
+    read the user's history.
+    """
     blocked = user_block(f, prefs, history, default_cap)
     if blocked is not None:
-        reasons[blocked] = len(entries)
-        return [], reasons
-    out: list[Entry] = []
-    for e in entries:
-        reason = tip_block(e, f, prefs, history, suppressed)
+        return [], Counter({blocked: len(entries)})
+    if static is None or static.entries is not entries:
+        static = StaticChecks(entries)
+    midnight, part = local_midnight(f.local), f.day_part
+    passing, static_reasons = static.passing(prefs, part, f.recent_kinds)
+    reasons = Counter(static_reasons)
+    out: list[int] = []
+    for i in passing:
+        reason = _dynamic_block(entries[i], f, history, suppressed, midnight)
         if reason is None:
-            out.append(e)
+            out.append(i)
         else:
             reasons[reason] += 1
     return out, reasons

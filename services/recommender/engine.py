@@ -12,15 +12,13 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.bus import message_headers
-from services.recommender import domain, eligibility, explain
+from services.recommender import domain, eligibility, explain, wire
 from services.recommender.catalog import Entry
 from services.recommender.catalog_store import CatalogKeeper
 from services.recommender.consumer import ContextKeeper
@@ -30,8 +28,8 @@ from services.recommender.policy import bandit, features
 from services.recommender.profiles import ProfileCache
 from services.recommender.settings import RecommenderSettings
 from services.recommender.store import tip_name
-from services.recommender.writer import DecisionWriter
-from tips.recommender.v1 import context_pb2, events_pb2, tip_pb2
+from services.recommender.writer import DecisionWriter, OutboxRow
+from tips.recommender.v1 import events_pb2, tip_pb2
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +69,6 @@ def policy_context(f: domain.Features, affinity: dict[str, float]) -> dict[str, 
     return out
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    entry: Entry
-    tip: features.TipFeatures
-
-
 class DecisionEngine:
     """Decides tips for a user; one per process."""
 
@@ -99,18 +91,20 @@ class DecisionEngine:
         self.writer = writer
         self.no_tip_reasons: Counter[str] = Counter()
         self.decisions = 0
-        self._tip_features: dict[Entry, features.TipFeatures] = {}
+        # The catalog's context-free features, rebuilt when the catalog tuple changes.
+        self._block_of: tuple[Entry, ...] | None = None
+        self._block = features.tip_block(())
+        self._checks = eligibility.StaticChecks(())
 
-    def _tip(self, e: Entry) -> features.TipFeatures:
-        found = self._tip_features.get(e)
-        if found is None:
-            found = features.TipFeatures(
-                e.name, e.category, e.effort, e.minutes_needed, e.day_parts
-            )
-            if len(self._tip_features) > 10_000:
-                self._tip_features.clear()  # old catalog versions
-            self._tip_features[e] = found
-        return found
+    def _tip_block(self, entries: tuple[Entry, ...]) -> features.TipBlock:
+        if entries is not self._block_of:
+            self._block = features.tip_block(
+                [features.TipFeatures(e.name, e.category, e.effort, e.minutes_needed, e.day_parts)
+                 for e in entries]
+            )  # fmt: skip
+            self._checks = eligibility.StaticChecks(entries)
+            self._block_of = entries
+        return self._block
 
     async def situation(
         self, user_id: str, now: datetime
@@ -122,51 +116,48 @@ class DecisionEngine:
     async def decide(self, user_id: str, count: int, now: datetime) -> list[tip_pb2.Tip]:
         ctx, prefs, f = await self.situation(user_id, now)
         history = self.history.get(user_id)
-        entries, reasons = eligibility.eligible(
-            self.catalog.entries, f, prefs, history, ctx.suppressed_until,
-            self.settings.recommender_default_daily_cap,
+        catalog = self.catalog.entries  # one tuple for the whole decision
+        block = self._tip_block(catalog)
+        index, reasons = eligibility.eligible_index(
+            catalog, f, prefs, history, ctx.suppressed_until,
+            self.settings.recommender_default_daily_cap, self._checks,
         )  # fmt: skip
-        if not entries:
+        if not index:
             top = reasons.most_common(1)[0][0] if reasons else "empty_catalog"
             self.no_tip_reasons[top] += 1
             log.info("no eligible tip", extra={"user": user_id, "reasons": dict(reasons)})
             return []
         context = policy_context(f, self.history.affinity(user_id))
-        ctx_row = features.context_features(context)
-        rows = np.stack(
-            [features.row_from_parts(ctx_row, features.tip_features(context, self._tip(e)))
-             for e in entries]
-        )  # fmt: skip
+        rows = features.rows(context, block, index)
         base = await self.learner.base_scores(rows)
         model_version = self.learner.model_version if base is not None else ""
         policy = self.learner.policy
-        arms = [e.id for e in entries]
-        by_arm = {e.id: (e, i) for i, e in enumerate(entries)}
+        arms = [catalog[i].id for i in index]
         picks: list[tuple[Entry, int, bandit.Decision]] = []
-        remaining = list(range(len(entries)))
-        for _ in range(min(count, len(entries))):
-            decision = policy.choose(
-                [(arms[i], rows[i]) for i in remaining],
+        remaining = list(range(len(index)))
+        for _ in range(min(count, len(index))):
+            decision = policy.choose_rows(
+                [arms[j] for j in remaining],
+                rows[remaining],
                 self.learner.rng,
                 base_scores=None if base is None else base[remaining],
             )
-            entry, index = by_arm[decision.arm]
-            picks.append((entry, index, decision))
-            remaining.remove(index)
+            at = remaining[[arms[j] for j in remaining].index(decision.arm)]
+            picks.append((catalog[index[at]], at, decision))
+            remaining.remove(at)
         values = f.values()
-        context_features = [context_pb2.ContextFeature(name=k, value=v) for k, v in values.items()]
-        json_context = {k: (None if v != v else v) for k, v in values.items()}  # NaN -> null
+        feature_bytes = wire.context_features(values.items())
+        json_context = json.dumps({k: (None if v != v else v) for k, v in values.items()})
         out: list[tip_pb2.Tip] = []
         db_rows: list[dict[str, object]] = []
-        events: list[tuple[events_pb2.TipDecided, dict[str, str]]] = []
-        for rank, (entry, index, decision) in enumerate(picks):
+        events: list[OutboxRow] = []
+        for rank, (entry, at, decision) in enumerate(picks):
             tip = self._render(user_id, entry, f, now, model_version)
-            event = self._event(user_id, tip, rank, decision, context_features, policy.version)
-            db_rows.append(self._row(user_id, tip, entry, rank, decision, rows[index],
+            db_rows.append(self._row(user_id, tip, rank, decision, rows[at],
                                      json_context, policy.version))  # fmt: skip
-            events.append((event, message_headers(event, event.event_id)))
+            events.append(self._event(user_id, tip, rank, decision, feature_bytes))
             out.append(tip)
-        await self.writer.write(db_rows, events)  # type: ignore[arg-type]
+        await self.writer.write(db_rows, events)
         for tip in out:
             self.history.record_decision(user_id, tip.catalog_tip.removeprefix("catalogTips/"), now)
         self.decisions += len(out)
@@ -200,25 +191,16 @@ class DecisionEngine:
         tip: tip_pb2.Tip,
         rank: int,
         decision: bandit.Decision,
-        context_features: Sequence[context_pb2.ContextFeature],
-        policy_version: str,
-    ) -> events_pb2.TipDecided:
-        return events_pb2.TipDecided(
+        feature_bytes: bytes,
+    ) -> OutboxRow:
+        """The TipDecided outbox row; its repeated fields are encoded by ``wire``."""
+        head = events_pb2.TipDecided(
             event_id=tip.name,
             occur_time=tip.decide_time,
             user=f"users/{user_id}",
             tip=tip.name,
             catalog_tip=tip.catalog_tip,
-            candidates=[
-                context_pb2.CandidateScore(
-                    catalog_tip=f"catalogTips/{arm}",
-                    score=decision.scores[arm],
-                    probability=p,
-                )
-                for arm, p in decision.probabilities.items()
-            ],
             propensity=decision.propensity,
-            context_features=context_features,
             feature_schema_version=FEATURE_SCHEMA_VERSION,
             model_version=tip.model_version,
             policy_name=bandit.ALGORITHM,
@@ -227,16 +209,23 @@ class DecisionEngine:
             catalog_version=self.catalog.version,
             expire_time=tip.expire_time,
         )
+        scores = decision.scores
+        candidates = wire.candidates(
+            (arm, scores[arm], p) for arm, p in decision.probabilities.items()
+        )
+        payload = wire.tip_decided(head, candidates, feature_bytes)
+        # Taken in the request: the headers carry its trace context.
+        headers = json.dumps(message_headers(events_pb2.TipDecided, tip.name))
+        return (tip.name, wire.TIP_DECIDED_SUBJECT, wire.TIP_DECIDED_TYPE, payload, headers)
 
     def _row(
         self,
         user_id: str,
         tip: tip_pb2.Tip,
-        e: Entry,
         rank: int,
         decision: bandit.Decision,
         x: np.ndarray,
-        context: dict[str, float | None],
+        context: str,
         policy_version: str,
     ) -> dict[str, object]:
         return {
@@ -260,7 +249,7 @@ class DecisionEngine:
             "explored": bool(decision.explored),
             "rank": rank,
             "row": np.asarray(x, dtype=np.float64).tobytes(),
-            "context": json.dumps(context),
+            "context": context,
             "candidates": json.dumps(
                 {arm: [decision.scores[arm], p] for arm, p in decision.probabilities.items()}
             ),

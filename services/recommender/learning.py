@@ -72,6 +72,7 @@ class Learner:
         self.scorer: scoring.Scorer | None = None
         self.rng = np.random.default_rng(settings.recommender_seed)
         self.lock = asyncio.Lock()
+        self._export_lock = asyncio.Lock()
         self.applied_seq = 0
         self._saved_seq = 0
         self.online_updates = 0  # since the deciding model was loaded
@@ -244,16 +245,19 @@ class Learner:
         in since that one). The copy is taken under the lock (updates mutate
         the arrays in place); writing and loading run in threads.
         """
-        async with self.lock:
-            state = self.policy.state()
-            updates = self.online_updates
-        base = self.model_version
-        version = await asyncio.to_thread(self._export_copy, state)
-        if self.onnx is not None:
-            await self.onnx.reload(version)
-        self.online_updates -= updates
-        self.model_load_time = datetime.now(UTC)
-        self.exports += 1
+        # One export at a time: concurrent ones picked the same next version
+        # number and collided on its directory (seen under load).
+        async with self._export_lock:
+            async with self.lock:
+                state = self.policy.state()
+                updates = self.online_updates
+            base = self.model_version
+            version = await asyncio.to_thread(self._export_copy, state)
+            if self.onnx is not None:
+                await self.onnx.reload(version)
+            self.online_updates -= updates
+            self.model_load_time = datetime.now(UTC)
+            self.exports += 1
         return f"models/{self.model_name}/versions/{version}", base, updates
 
     async def export_schedule(self) -> None:

@@ -49,6 +49,9 @@ class RecommenderSettings(Settings):
     # How long a failed profile lookup (profile down) is trusted before retrying.
     recommender_profile_retry_seconds: float = Field(default=30.0, gt=0)
     recommender_profile_timeout_seconds: float = Field(default=0.5, gt=0)
+    # TipDecided relay: wait this long after a wake so one drain carries many
+    # decisions' events (a drain per group commit cost more than the decisions).
+    recommender_relay_linger_seconds: float = Field(default=0.02, ge=0, le=1)
 
 
 def load_recommender_settings(base: Settings) -> RecommenderSettings:

@@ -6,16 +6,17 @@ each request in its own transaction costs a round trip and a WAL flush per
 request; instead requests queue their rows and one writer task commits all
 that are waiting in one transaction (tips rows + outbox rows + one NOTIFY).
 Under load a commit carries many decisions; alone, a request pays one commit.
-The writer holds one connection and talks to asyncpg directly (prepared
-``executemany``): the ORM session's per-transaction overhead was most of the
-decision's CPU (bench/decision.py).
+The writer holds one connection and talks to asyncpg directly: the ORM
+session's per-transaction overhead was most of the decision's CPU
+(bench/decision.py). A batch is ONE statement (arrays ``unnest``ed into both
+tables, the NOTIFY in its SELECT): atomic on its own, one round trip instead
+of BEGIN, two ``executemany``, NOTIFY and COMMIT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -23,29 +24,46 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kernel.bus import subject_of
 from kernel.db import Database
 from kernel.outbox import notify_channel
 from services.recommender.store import tips
-from tips.recommender.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
-# Columns of a decision row, in the order of the prepared insert.
+# Columns of a decision row and their PostgreSQL types, in the statement's order.
 COLUMNS = (
-    "user_id", "tip_id", "catalog_tip", "title", "body", "category", "explanation", "effort",
-    "minutes_needed", "state", "reaction", "decide_time", "expire_time", "model_version",
-    "catalog_version", "policy_version", "propensity", "explored", "rank", "row", "context",
-    "candidates",
+    ("user_id", "text"), ("tip_id", "text"), ("catalog_tip", "text"), ("title", "text"),
+    ("body", "text"), ("category", "text"), ("explanation", "text"), ("effort", "int4"),
+    ("minutes_needed", "int4"), ("state", "int4"), ("reaction", "int4"),
+    ("decide_time", "timestamptz"), ("expire_time", "timestamptz"), ("model_version", "text"),
+    ("catalog_version", "text"), ("policy_version", "text"), ("propensity", "float8"),
+    ("explored", "bool"), ("rank", "int4"), ("row", "bytea"), ("context", "jsonb"),
+    ("candidates", "jsonb"),
 )  # fmt: skip
-CASTS = {"context": "::jsonb", "candidates": "::jsonb"}
+OUTBOX_COLUMNS = (
+    ("msg_id", "text"), ("subject", "text"), ("message_type", "text"), ("payload", "bytea"),
+    ("headers", "jsonb"),
+)  # fmt: skip
+# An outbox row as the decision encodes it: (msg_id, subject, message_type,
+# payload, headers as JSON text).
+OutboxRow = tuple[str, str, str, bytes, str]
+
+
+def _unnest(columns: tuple[tuple[str, str], ...], first: int) -> tuple[str, str]:
+    """(column list, SELECT of ``$first``.. arrays unnested); JSON travels as text."""
+    names = ", ".join(c for c, _ in columns)
+    arrays = ", ".join(
+        f"${first + i}::{'text' if t == 'jsonb' else t}[]" for i, (_, t) in enumerate(columns)
+    )
+    values = ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}" for c, t in columns)
+    return names, f"SELECT {values} FROM unnest({arrays}) AS u({names})"
 
 
 @dataclass
 class _Pending:
     rows: list[dict[str, Any]]
-    events: list[tuple[events_pb2.TipDecided, dict[str, str]]]
+    events: list[OutboxRow]
     done: asyncio.Future[None]
 
 
@@ -58,22 +76,22 @@ class DecisionWriter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._sa_conn: AsyncConnection | None = None
         self._raw: Any = None
-        marks = ", ".join(f"${i + 1}{CASTS.get(c, '')}" for i, c in enumerate(COLUMNS))
-        self._tips_sql = (
-            f"INSERT INTO {tips.schema}.{tips.name} ({', '.join(COLUMNS)}) VALUES ({marks})"
+        tip_names, tip_select = _unnest(COLUMNS, 1)
+        out_names, out_select = _unnest(OUTBOX_COLUMNS, len(COLUMNS) + 1)
+        self._sql = (
+            f"WITH t AS (INSERT INTO {tips.schema}.{tips.name} ({tip_names}) {tip_select}), "
+            f"o AS (INSERT INTO {outbox.schema}.{outbox.name} ({out_names}) {out_select} "
+            "ON CONFLICT (msg_id) DO NOTHING) "
+            f"SELECT pg_notify(${len(COLUMNS) + len(OUTBOX_COLUMNS) + 1}, '')"
         )
-        self._outbox_sql = (
-            f"INSERT INTO {outbox.schema}.{outbox.name} "
-            "(msg_id, subject, message_type, payload, headers) "
-            "VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (msg_id) DO NOTHING"
-        )
+        self._channel = notify_channel(outbox)
         self.commits = 0
         self.written = 0
 
     async def write(
         self,
         rows: list[dict[str, Any]],
-        events: list[tuple[events_pb2.TipDecided, dict[str, str]]],
+        events: list[OutboxRow],
     ) -> None:
         """Returns once the rows and their events are committed; raises if they were not."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -117,26 +135,15 @@ class DecisionWriter:
                 await conn.close()
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        rows = [tuple(r[c] for c in COLUMNS) for p in batch for r in p.rows]
+        rows = [r for p in batch for r in p.rows]
         if not rows:
             return
-        outbox_rows = [
-            (
-                e.event_id,
-                subject_of(e),
-                e.DESCRIPTOR.full_name,
-                e.SerializeToString(),
-                json.dumps(headers),  # taken in the request: its trace context
-            )
-            for p in batch
-            for e, headers in p.events
-        ]
+        events = [e for p in batch for e in p.events]
+        args: list[Any] = [[r[c] for r in rows] for c, _ in COLUMNS]
+        args += [list(column) for column in zip(*events, strict=True)] if events else [[]] * 5
         conn = await self._connection()
         try:
-            async with conn.transaction():
-                await conn.executemany(self._tips_sql, rows)
-                await conn.executemany(self._outbox_sql, outbox_rows)
-                await conn.execute("SELECT pg_notify($1, '')", notify_channel(self.outbox))
+            await conn.execute(self._sql, *args, self._channel)
         except Exception:
             await self._drop()  # a broken connection is not reused
             raise

@@ -126,7 +126,18 @@ class Policy:
         if not candidates:
             raise ValueError("candidates: at least one is needed")
         arms = [arm for arm, _ in candidates]
-        rows = np.stack([x for _, x in candidates])
+        return self.choose_rows(arms, np.stack([x for _, x in candidates]), rng, base_scores)
+
+    def choose_rows(
+        self,
+        arms: Sequence[str],
+        rows: np.ndarray,
+        rng: np.random.Generator,
+        base_scores: np.ndarray | None = None,
+    ) -> Decision:
+        """``choose`` with the candidates' rows already stacked [K, DIM] (the hot path)."""
+        if not len(arms) or len(arms) != len(rows):
+            raise ValueError(f"arms: {len(arms)} for {len(rows)} rows, at least one is needed")
         mean_shared = rows @ self._theta
         shared = self.shared_scores(rows) if base_scores is None else np.asarray(base_scores)
         n = np.array([self._arm_n.get(arm, 0.0) for arm in arms]) + self.params.arm_prior

@@ -204,3 +204,28 @@ def test_snooze_checks() -> None:
     assert domain.snooze_until(snooze, NOW) == NOW + timedelta(hours=1)
     with pytest.raises(InvalidArgument):
         domain.snooze_until(snooze, NOW, duration=timedelta(days=8))
+
+
+def test_cached_static_checks_decide_as_the_plain_checks() -> None:
+    """``eligible_index`` with ``StaticChecks`` (the hot path) agrees with ``tip_block``."""
+    entries = tuple(ENTRIES.values())
+    static = eligibility.StaticChecks(entries)
+    kinds = [frozenset(), frozenset({signal_pb2.SIGNAL_KIND_STEPS}), frozenset(range(1, 9))]
+    prefs = [Prefs(), ALL_CONSENTS, replace(ALL_CONSENTS, muted=frozenset({"movement"}))]
+    first, second = list(ENTRIES)[:2]
+    history = History(decided={first: [NOW - timedelta(minutes=5)]}, done={second: NOW})
+    for hour in (3, 8, 13, 19):
+        now = NOW.replace(hour=hour)
+        for k in kinds:
+            for p in prefs:
+                f = replace(domain.features(UserContext(user_id="u"), now, p.tz), recent_kinds=k)
+                for _ in range(2):  # the second time from the cache
+                    got, reasons = eligibility.eligible_index(
+                        entries, f, p, history, {}, 50, static
+                    )
+                    want = [
+                        i for i, e in enumerate(entries)
+                        if eligibility.tip_block(e, f, p, history, {}) is None
+                    ]  # fmt: skip
+                    assert got == want
+                    assert sum(reasons.values()) == len(entries) - len(want)

@@ -1,0 +1,38 @@
+"""The hand-encoded TipDecided parses to the message protobuf builds."""
+
+from __future__ import annotations
+
+import math
+
+from services.recommender import wire
+from tips.recommender.v1 import context_pb2, events_pb2
+
+
+def test_tip_decided_bytes_parse_to_the_built_message() -> None:
+    cands = [("walk-10", 0.25, 0.5), ("x" * 200, -1.5, 0.0), ("stretch", 0.0, 1e-9)]
+    feats = [("hour_local", 14.5), ("free_minutes", math.nan), ("steps_today", 0.0)]
+    head = events_pb2.TipDecided(event_id="users/u/tips/t", user="users/u", propensity=0.5)
+    got = events_pb2.TipDecided.FromString(
+        wire.tip_decided(head, wire.candidates(cands), wire.context_features(feats))
+    )
+    want = events_pb2.TipDecided(
+        event_id="users/u/tips/t",
+        user="users/u",
+        propensity=0.5,
+        candidates=[
+            context_pb2.CandidateScore(catalog_tip=f"catalogTips/{a}", score=s, probability=p)
+            for a, s, p in cands
+        ],
+        context_features=[context_pb2.ContextFeature(name=n, value=v) for n, v in feats],
+    )
+    assert got.candidates == want.candidates
+    assert [f.name for f in got.context_features] == [n for n, _ in feats]
+    assert math.isnan(got.context_features[1].value)
+    got.ClearField("context_features")  # NaN != NaN
+    want.ClearField("context_features")
+    assert got == want
+
+
+def test_subject_and_type_are_tip_decided_s() -> None:
+    assert wire.TIP_DECIDED_SUBJECT == "tips.recommender.v1.tip_decided"
+    assert wire.TIP_DECIDED_TYPE == "tips.recommender.v1.TipDecided"
