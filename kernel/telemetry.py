@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from kernel.settings import Settings
@@ -33,7 +34,12 @@ def configure_telemetry(settings: Settings, service: str) -> TracerProvider:
     global _provider
     if _provider is not None:
         return _provider
-    provider = TracerProvider(resource=Resource.create({"service.name": f"tips-{service}"}))
+    # With no exporter nothing would read recorded spans: sample none, so a span
+    # costs only its ids (trace context still propagates and reaches the logs).
+    sampler = ALWAYS_OFF if settings.otel_exporter == "none" else ParentBased(ALWAYS_ON)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"tips-{service}"}), sampler=sampler
+    )
     if settings.otel_exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     elif settings.otel_exporter == "otlp":
