@@ -83,9 +83,21 @@ def http_status_of(code: int) -> int:
     return HTTP_STATUS[found] if found is not None else 500
 
 
+# What a client sees when the gRPC library itself failed to reach a service:
+# its own message names internal addresses ("failed to connect to 10.0.3.7:50051").
+UPSTREAM_UNAVAILABLE = "the service is unavailable right now; retry later"
+
+
 def status_of_rpc_error(error: grpc.RpcError) -> status_pb2.Status:
-    """The Status an upstream call failed with, details included."""
-    return status_details(error)
+    """The Status an upstream call failed with, details included.
+
+    Our services always attach details (ErrorInfo at least); a detail-less
+    UNAVAILABLE comes from the transport, so its text is replaced.
+    """
+    status = status_details(error)
+    if status.code == grpc.StatusCode.UNAVAILABLE.value[0] and not status.details:
+        return status_pb2.Status(code=status.code, message=UPSTREAM_UNAVAILABLE)
+    return status
 
 
 def error_parts(
