@@ -178,6 +178,7 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
     from kernel.server import ServiceServer
     from kernel.settings import Settings
     from services.events.service import SERVICE as EVENTS
+    from services.events.settings import EventsSettings
     from services.recommender.service import SERVICE as RECOMMENDER
     from services.recommender.settings import RecommenderSettings
     from tipsmesh.localinfra import LocalNats, LocalPostgres
@@ -191,7 +192,9 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
             log_format="text",
         )  # fmt: skip
         await migrate(settings, [EVENTS, RECOMMENDER])
-        events_server = ServiceServer(EVENTS, settings, port=0)
+        # No profile service in this bench: the consent gate is off (it is tested elsewhere).
+        events_settings = EventsSettings(**settings.model_dump(), events_consent_gate=False)
+        events_server = ServiceServer(EVENTS, events_settings, port=0)
         await events_server.start()
         rec_settings = RecommenderSettings(
             **{**settings.model_dump(), "events_addr": events_server.address},

@@ -270,6 +270,8 @@ def main() -> None:
             "TIPS_PORT": str(port),
             "TIPS_LOG_LEVEL": "WARNING",
             "TIPS_EVENTS_OUTBOX_MAX_BACKLOG": str(max(20_000, args.signals)),
+            # Throughput, not consent: no profile service runs in this bench.
+            "TIPS_EVENTS_CONSENT_GATE": "false",
         }
         command = [sys.executable, "-m", "tipsmesh.cli", "serve", "events"]
         if args.profile:  # py-spy (pip install py-spy) samples the service for the whole run

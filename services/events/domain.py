@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kernel import paging
 from kernel.errors import InvalidArgument
 from tips.events.v1 import events_service_pb2, signal_pb2
+from tips.profile.v1 import consent_pb2
 
 MAX_BATCH = 500
 MAX_CLIENT_SIGNAL_ID = 128
@@ -43,6 +44,31 @@ PAYLOAD_OF_KIND: dict[int, str] = {
     K.SIGNAL_KIND_TIP_REACTION: "tip_reaction",
     K.SIGNAL_KIND_MOOD: "mood",
 }
+# The profile consent purpose each kind needs before it is stored (IngestResult
+# error CONSENT_REQUIRED otherwise). Focus sessions and tip reactions are the
+# app's own data and need none.
+P = consent_pb2.ConsentPurpose
+PURPOSE_OF_KIND: dict[int, int] = {
+    K.SIGNAL_KIND_STEPS: P.CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS,
+    K.SIGNAL_KIND_WORKOUT: P.CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS,
+    K.SIGNAL_KIND_SLEEP: P.CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS,
+    K.SIGNAL_KIND_CALENDAR_EVENT: P.CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS,
+    K.SIGNAL_KIND_MOOD: P.CONSENT_PURPOSE_MOOD_DATA_FOR_TIPS,
+}
+
+
+def purpose_of_kind(kind: int) -> int | None:
+    """The consent purpose a signal of ``kind`` needs, None when it needs none."""
+    return PURPOSE_OF_KIND.get(kind)
+
+
+def consent_id(purpose: int) -> str:
+    """The consent id of ``purpose``: ..._FITNESS_DATA_FOR_TIPS -> fitness-data-for-tips."""
+    name = consent_pb2.ConsentPurpose.Name(consent_pb2.ConsentPurpose.ValueType(purpose))
+    name = name.removeprefix("CONSENT_PURPOSE_")
+    return name.lower().replace("_", "-")
+
+
 _ID = re.compile(r"^[A-Za-z0-9_.~-]{1,128}$")
 # Known enum values, computed once (``EnumTypeWrapper.values()`` builds a list per call).
 _SOURCES = frozenset(signal_pb2.SignalSource.values())

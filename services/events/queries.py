@@ -13,7 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from kernel.outbox import enqueue
 from services.events.domain import timestamp, user_name
 from services.events.selectors import PurgeSelector, ScanQuery
-from services.events.store import outbox, signals
+from services.events.store import consents, outbox, signals
 from tips.events.v1 import events_pb2, signal_pb2
 
 
@@ -97,7 +97,7 @@ async def enqueue_purged(
 
 
 async def erase_user(session: AsyncSession, user_id: str) -> int:
-    """Delete every signal of the user and every outbox row about them.
+    """Delete every signal of the user, every outbox row about them, their consents.
 
     Unpublished SignalRecorded rows go too: after the erasure nothing of the
     user may reach the stream. Their msg ids all start with ``users/{user}/``.
@@ -109,6 +109,7 @@ async def erase_user(session: AsyncSession, user_id: str) -> int:
     ).all()
     prefix = f"users/{user_id}/"
     await session.execute(delete(outbox).where(func.starts_with(outbox.c.msg_id, prefix)))
+    await session.execute(delete(consents).where(consents.c.user_id == user_id))
     return len(deleted)
 
 

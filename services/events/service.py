@@ -15,6 +15,8 @@ from pathlib import Path
 
 from kernel.bus import StreamSpec, streams_for
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
+from services.events.consent import DURABLE as CONSENT_DURABLE
+from services.events.consent import ConsentGate, ConsentModel
 from services.events.erasure import DURABLE, Eraser
 from services.events.ingress import Ingress
 from services.events.relay_process import RelaySupervisor, make_relay
@@ -34,8 +36,18 @@ def stream_specs(settings: EventsSettings) -> list[StreamSpec]:
     )
 
 
-def definition(erasure_durable: str = DURABLE) -> ServiceDefinition:
-    """The service; ``erasure_durable`` names its UserDeleted consumer (tests vary it)."""
+def definition(
+    erasure_durable: str = DURABLE, consent_durable: str | None = None
+) -> ServiceDefinition:
+    """The service; ``erasure_durable`` names its UserDeleted consumer (tests vary it).
+
+    ``consent_durable`` names its ConsentChanged consumer; by default it follows
+    a varied ``erasure_durable`` so tests get distinct consumers of both.
+    """
+    if consent_durable is None:
+        consent_durable = (
+            CONSENT_DURABLE if erasure_durable == DURABLE else f"{erasure_durable}-consents"
+        )
 
     async def build(runtime: Runtime) -> Sequence[Binding]:
         if runtime.db is None or runtime.bus is None:
@@ -51,15 +63,22 @@ def definition(erasure_durable: str = DURABLE) -> ServiceDefinition:
         else:
             runtime.spawn(make_relay(runtime.db, runtime.bus, settings).run())
         runtime.spawn(Eraser(runtime.db, erasure_durable).run(runtime.bus))
+        gate: ConsentGate | None = None
+        if settings.events_consent_gate:
+            model = ConsentModel(runtime.db, consent_durable)
+            await model.load()
+            gate = ConsentGate(model, settings)
+            runtime.spawn(model.run(runtime.bus))
+            runtime.spawn(model.reload_every(settings.events_consent_reload_seconds))
         return [
             bind(
-                EventsServicer(runtime.db, ingress, settings),
+                EventsServicer(runtime.db, ingress, settings, gate),
                 events_service_pb2_grpc,
                 events_service_pb2,
                 "EventsService",
             ),
             bind(
-                EventsInternalServicer(runtime.db, ingress, settings),
+                EventsInternalServicer(runtime.db, ingress, settings, gate),
                 events_service_pb2_grpc,
                 events_service_pb2,
                 "EventsInternalService",

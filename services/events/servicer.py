@@ -15,6 +15,7 @@ from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import parse_user, require_owner
 from services.events import domain, queries, selectors, store
+from services.events.consent import ConsentGate
 from services.events.ingress import Ingress
 from services.events.settings import EventsSettings
 from tips.events.v1 import events_service_pb2 as pb
@@ -61,6 +62,32 @@ def _settle(
         response.retry_delay.FromTimedelta(delay)
 
 
+async def _gate(
+    gate: ConsentGate | None, pending: list[tuple[pb.IngestResult, store.NewSignal]]
+) -> list[tuple[pb.IngestResult, store.NewSignal]]:
+    """``pending`` less the items whose kind needs a consent not granted (REJECTED)."""
+    if gate is None:
+        return pending
+    needed: dict[str, set[int]] = {}
+    for _, item in pending:
+        purpose = domain.purpose_of_kind(item.stored.kind)
+        if purpose is not None:
+            needed.setdefault(item.user_id, set()).add(purpose)
+    if not needed:
+        return pending
+    errors = {user: await gate.errors(user, purposes) for user, purposes in needed.items()}
+    kept = []
+    for result, item in pending:
+        purpose = domain.purpose_of_kind(item.stored.kind)
+        error = errors.get(item.user_id, {}).get(purpose) if purpose is not None else None
+        if error is None:
+            kept.append((result, item))
+        else:
+            result.outcome = REJECTED
+            result.error.CopyFrom(error.to_status())
+    return kept
+
+
 def _new(signal: Any, user_id: str, now: Timestamp, signal_id: str) -> store.NewSignal:
     # The request's item becomes the stored signal in place: it is not used after.
     return store.NewSignal(user_id, signal_id, domain.stamp_signal(signal, user_id, signal_id, now))
@@ -69,10 +96,17 @@ def _new(signal: Any, user_id: str, now: Timestamp, signal_id: str) -> store.New
 class EventsServicer(pb_grpc.EventsServiceServicer):
     """``tips.events.v1.EventsService``: ingest, read, replay and purge a user's signals."""
 
-    def __init__(self, db: Database, ingress: Ingress, settings: EventsSettings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ingress: Ingress,
+        settings: EventsSettings,
+        gate: ConsentGate | None = None,
+    ) -> None:
         self.db = db
         self.ingress = ingress
         self.settings = settings
+        self.gate = gate  # None: the consent gate is off (events_consent_gate)
 
     async def BatchIngestSignals(
         self, request: pb.BatchIngestSignalsRequest, context: Any
@@ -93,6 +127,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
                 result.error.CopyFrom(InvalidArgument(violations).to_status())
             else:
                 pending.append((result, _new(signal, user_id, stamp, ids[index])))
+        pending = await _gate(self.gate, pending)
         # One transaction: every accepted signal commits with its outbox event.
         stored = await self.ingress.store([item for _, item in pending])
         _settle(response, pending, stored, self.ingress.soft_delay())
@@ -158,10 +193,17 @@ async def _scan(db: Database, query: selectors.ScanQuery) -> AsyncIterator[tuple
 class EventsInternalServicer(pb_grpc.EventsInternalServiceServicer):
     """``tips.events.v1.EventsInternalService``: connector ingest and replay of all users."""
 
-    def __init__(self, db: Database, ingress: Ingress, settings: EventsSettings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ingress: Ingress,
+        settings: EventsSettings,
+        gate: ConsentGate | None = None,
+    ) -> None:
         self.db = db
         self.ingress = ingress
         self.settings = settings
+        self.gate = gate  # None: the consent gate is off (events_consent_gate)
 
     async def BatchIngestConnectorSignals(
         self, request: pb.BatchIngestConnectorSignalsRequest, context: Any
@@ -181,6 +223,8 @@ class EventsInternalServicer(pb_grpc.EventsInternalServiceServicer):
             else:
                 result.outcome = REJECTED
                 result.error.CopyFrom(InvalidArgument(violations).to_status())
+        # Integrations gates before fetching already; this is defence in depth.
+        pending = await _gate(self.gate, pending)
         stored = await self.ingress.store([item for _, item in pending])
         _settle(response, pending, stored, self.ingress.soft_delay())
         return response

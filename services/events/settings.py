@@ -55,6 +55,19 @@ class EventsSettings(Settings):
     # `tips up` and docker-compose turn it on.
     events_relay_process: bool = False
 
+    # --- consent gate --------------------------------------------------------------
+    # Reject items whose kind needs a consent the user has not granted
+    # (CONSENT_REQUIRED). Only tests that run no profile service turn it off.
+    events_consent_gate: bool = True
+    # How long a "granted" confirmed by the profile service is trusted before the
+    # ConsentChanged consumer has caught up (a ConsentChanged of the user evicts it).
+    events_consent_confirm_seconds: float = Field(default=5.0, ge=0, le=300)
+    # How often the in-memory consents are reloaded from the table (other
+    # replicas' consumer may have applied a change this one did not see).
+    events_consent_reload_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Bound on one GetUserContext call to the profile service.
+    events_consent_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
 
 def load_events_settings(base: Settings) -> EventsSettings:
     """EventsSettings from the environment, over the values of ``base``."""

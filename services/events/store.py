@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -59,6 +60,17 @@ signals = Table(
     # ReplayAllSignals scans every user in time order.
     Index("ix_signals_start_id", "start_time", "id"),
     Index("ix_signals_ingest_id", "ingest_time", "id"),
+)
+
+# The consent read model: each user's decision per purpose, from ConsentChanged
+# (services/events/consent.py). ``update_time`` orders out-of-order deliveries.
+consents = Table(
+    "consents",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("purpose", Integer, primary_key=True),
+    Column("granted", Boolean, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
 )
 
 outbox = outbox_table(metadata)

@@ -150,12 +150,21 @@ def new_user(stage: Stage, label: str, *, consents: bool) -> tuple[str, str]:
         if consents:  # before the recommender first looks the user up
             for consent in DATA_CONSENTS:
                 grant(http, consent)
-        posted = http.post("/v1/users/me/signals:batchIngest", json={"signals": signals(stage)})
-        assert posted.status_code == 200, posted.text
-        outcomes = [r["outcome"] for r in posted.json()["results"]]
-        assert outcomes == ["INGEST_OUTCOME_ACCEPTED"] * SIGNALS_SEEN, posted.json()
+        outcomes = post_signals(stage, http)
+        if not consents:
+            # Every posted kind needs a data consent: events stores none of them.
+            assert outcomes == ["INGEST_OUTCOME_REJECTED"] * SIGNALS_SEEN, outcomes
+            return token, user
+        assert outcomes == ["INGEST_OUTCOME_ACCEPTED"] * SIGNALS_SEEN, outcomes
     wait_for_context(stage, user)
     return token, user
+
+
+def post_signals(stage: Stage, http: httpx.Client) -> list[str]:
+    """Posts ``signals(stage)``; the outcome of each."""
+    posted = http.post("/v1/users/me/signals:batchIngest", json={"signals": signals(stage)})
+    assert posted.status_code == 200, posted.text
+    return [r["outcome"] for r in posted.json()["results"]]
 
 
 def wait_for_context(stage: Stage, user: str) -> dict[str, float]:
@@ -260,6 +269,9 @@ def test_sign_in_consent_signals_explained_tip_react_and_learn(stage: Stage) -> 
 
         for consent in DATA_CONSENTS:
             grant(http, consent)
+        # Granted: events stores the same kinds at once (it confirms with profile).
+        assert post_signals(stage, http) == ["INGEST_OUTCOME_ACCEPTED"] * SIGNALS_SEEN
+        wait_for_context(stage, user)
 
         # The grant reaches the recommender (ConsentChanged): gated tips become candidates.
         def gated_considered() -> bool | None:

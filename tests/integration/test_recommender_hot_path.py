@@ -29,6 +29,7 @@ from kernel.migrations import migrate
 from kernel.server import ServiceServer
 from kernel.settings import Settings
 from services.events.service import SERVICE as EVENTS
+from services.events.settings import EventsSettings
 from services.recommender.consumer import DURABLE
 from services.recommender.service import definition as recommender_definition
 from services.recommender.settings import RecommenderSettings
@@ -97,7 +98,13 @@ async def mesh(
         )
     )
     events_server = ServiceServer(
-        EVENTS, settings.model_copy(update={"log_format": "text"}), port=0
+        EVENTS,
+        # No profile service here; the consent gate has its own test (test_events_consent.py).
+        EventsSettings(
+            **settings.model_copy(update={"log_format": "text"}).model_dump(),
+            events_consent_gate=False,
+        ),
+        port=0,
     )
     await events_server.start()
     rec_settings = RecommenderSettings(

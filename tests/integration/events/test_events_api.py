@@ -64,6 +64,7 @@ async def env(
     nats_url = await asyncio.to_thread(local.start)
     db_url = await create_database()
     settings = EventsSettings(
+        events_consent_gate=False,  # no profile service: gate tested in test_events_consent.py
         database_url=db_url, nats_url=nats_url, db_role_prefix=db_role_prefix,
         log_format="text", events_stream_max_age_seconds=3600,
         events_stream_max_bytes=64 << 20, events_max_signal_bytes=1024,

@@ -36,6 +36,7 @@ async def test_supervisor_restarts_a_dead_relay_and_stops_it_on_shutdown(
 ) -> None:
     db_url = await create_database()
     events = EventsSettings(
+        events_consent_gate=False,  # no profile service: gate tested in test_events_consent.py
         database_url=db_url, nats_url=settings.nats_url, db_role_prefix=db_role_prefix,
         log_format="text", log_level="WARNING",
     )  # fmt: skip

@@ -106,7 +106,10 @@ async def stack(settings: Settings, nats_url: str, database_url: str) -> AsyncIt
         await profile.start()
         await migrate(settings, [EVENTS, INTEGRATIONS])
         events_server = ServiceServer(
-            EVENTS, settings.model_copy(update={"log_format": "text"}), port=0
+            EVENTS,
+            # Events' own consent gate asks the same profile stand-in.
+            settings.model_copy(update={"log_format": "text", "profile_addr": profile.address}),
+            port=0,
         )
         await events_server.start()
         bus = await Bus.connect(settings, "integrations-test")

@@ -130,7 +130,9 @@ async def env(
         + streams_for(profile_events.UserDeleted)
     )
     events_settings = EventsSettings(
-        **{**settings.model_dump(), "log_format": "text"}, events_relay_process=False
+        events_consent_gate=False,  # no profile service: gate tested in test_events_consent.py
+        **{**settings.model_dump(), "log_format": "text"},
+        events_relay_process=False,
     )
     events_server = ServiceServer(events_def, events_settings, port=0)
     await events_server.start()

@@ -31,7 +31,9 @@ class _ConsentPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consen
     CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS: _ConsentPurpose.ValueType  # 1
     """Use calendar events (free time, meetings) to choose tips."""
     CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS: _ConsentPurpose.ValueType  # 2
-    """Use steps, workouts and focus sessions to choose tips."""
+    """Use steps and workouts to choose tips. (Focus sessions and reactions to
+    tips are the app's own data and need no data-use consent.)
+    """
     CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS: _ConsentPurpose.ValueType  # 3
     """Use sleep data to choose tips."""
     CONSENT_PURPOSE_MOOD_DATA_FOR_TIPS: _ConsentPurpose.ValueType  # 4
@@ -57,7 +59,9 @@ CONSENT_PURPOSE_UNSPECIFIED: ConsentPurpose.ValueType  # 0
 CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS: ConsentPurpose.ValueType  # 1
 """Use calendar events (free time, meetings) to choose tips."""
 CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS: ConsentPurpose.ValueType  # 2
-"""Use steps, workouts and focus sessions to choose tips."""
+"""Use steps and workouts to choose tips. (Focus sessions and reactions to
+tips are the app's own data and need no data-use consent.)
+"""
 CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS: ConsentPurpose.ValueType  # 3
 """Use sleep data to choose tips."""
 CONSENT_PURPOSE_MOOD_DATA_FOR_TIPS: ConsentPurpose.ValueType  # 4
