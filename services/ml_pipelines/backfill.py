@@ -101,29 +101,22 @@ class Backfiller:
             {"schema": b.feature_schema_version, "names": feature_names, "users": users,
              "start": start, "end": end}
         )  # fmt: skip
+        values = {
+            "backfill_id": backfill_id,
+            "feature_schema_version": b.feature_schema_version,
+            "feature_names": feature_names,
+            "users": users,
+            "window_start": start,
+            "window_end": end,
+            "state": St.FEATURE_BACKFILL_STATE_QUEUED,
+            "content_hash": digest,
+        }
         async with self.db.transaction() as session:
-            row = (
-                await session.execute(
-                    insert(B)
-                    .values(
-                        backfill_id=backfill_id,
-                        feature_schema_version=b.feature_schema_version,
-                        feature_names=feature_names,
-                        users=users,
-                        window_start=start,
-                        window_end=end,
-                        state=St.FEATURE_BACKFILL_STATE_QUEUED,
-                        content_hash=digest,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(*B.c)
-                )
-            ).first()
-            if row is None:
-                existing = await self._row(session, backfill_id)
-                jobs.check_same(existing.content_hash, digest, f"featureBackfills/{backfill_id}")
-                return backfill_proto(existing)
-        self.spawn(self.run(backfill_id))
+            row, created = await jobs.insert_once(
+                session, B, "backfill_id", values, f"featureBackfills/{backfill_id}"
+            )
+        if created:
+            self.spawn(self.run(backfill_id))
         return backfill_proto(row)
 
     async def _row(self, session: Any, backfill_id: str) -> Any:

@@ -8,6 +8,9 @@ import uuid
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
+from sqlalchemy import Table, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.errors import AlreadyExists
 
@@ -26,6 +29,30 @@ def check_same(existing_hash: str, new_hash: str, name: str) -> None:
         raise AlreadyExists(
             f"{name} already exists with other content", metadata={"resource": name}
         )
+
+
+async def insert_once(
+    session: AsyncSession,
+    table: Table,
+    key: str,
+    values: dict[str, Any],
+    name: str,
+) -> tuple[Any, bool]:
+    """Create a job row, or return the one a retry of the same request made.
+
+    Job creation is idempotent by id (``values[key]``): the same request again
+    returns the existing row (``created`` False); other content under the same
+    id is ALREADY_EXISTS. ``values`` carries its ``content_hash``.
+    """
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.c)
+    row = (await session.execute(statement)).first()
+    if row is not None:
+        return row, True
+    existing = (await session.execute(select(table).where(table.c[key] == values[key]))).first()
+    if existing is None:  # deleted between the two statements: let the caller retry
+        raise AlreadyExists(f"{name} is being replaced; retry", metadata={"resource": name})
+    check_same(existing.content_hash, values["content_hash"], name)
+    return existing, False
 
 
 def error_status(exc: BaseException) -> bytes:

@@ -21,7 +21,6 @@ from typing import Any
 
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
 
 from kernel.db import Database
 from kernel.deadline import deadline_in
@@ -134,29 +133,22 @@ class Trainer:
         digest = jobs.content_hash(
             {"model": model, "algorithm": algorithm, "params": params, "start": start, "end": end}
         )
+        values = {
+            "run_id": run_id,
+            "model_id": model,
+            "algorithm": algorithm,
+            "params": params,
+            "window_start": start,
+            "window_end": end,
+            "state": St.TRAINING_RUN_STATE_QUEUED,
+            "content_hash": digest,
+        }
         async with self.db.transaction() as session:
-            row = (
-                await session.execute(
-                    insert(R)
-                    .values(
-                        run_id=run_id,
-                        model_id=model,
-                        algorithm=algorithm,
-                        params=params,
-                        window_start=start,
-                        window_end=end,
-                        state=St.TRAINING_RUN_STATE_QUEUED,
-                        content_hash=digest,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(*R.c)
-                )
-            ).first()
-            if row is None:
-                existing = await self._row(session, run_id)
-                jobs.check_same(existing.content_hash, digest, f"trainingRuns/{run_id}")
-                return run_proto(existing)
-        self.spawn(self.run(run_id))
+            row, created = await jobs.insert_once(
+                session, R, "run_id", values, f"trainingRuns/{run_id}"
+            )
+        if created:
+            self.spawn(self.run(run_id))
         return run_proto(row)
 
     async def _row(self, session: Any, run_id: str) -> Any:

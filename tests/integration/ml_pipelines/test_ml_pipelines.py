@@ -543,6 +543,16 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
         metadata=ADMIN,
     )
     assert again.training_run.name == run_name
+    # Other content under the same id is refused, and the first run is untouched.
+    other = training_run_pb2.TrainingRun(
+        model=f"models/{mid}", data_window=window(start, end), params={"alpha": "0.9"}
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as clash:
+        await env.ml.CreateTrainingRun(
+            pb.CreateTrainingRunRequest(training_run=other, training_run_id=run_name.split("/")[1]),
+            metadata=ADMIN,
+        )
+    assert clash.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
     async def finished() -> training_run_pb2.TrainingRun | None:
         got = await env.ml.GetTrainingRun(pb.GetTrainingRunRequest(name=run_name), metadata=ADMIN)
