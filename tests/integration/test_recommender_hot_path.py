@@ -8,7 +8,6 @@ plays the profile service on TIPS_PROFILE (ProfileChanged / ConsentChanged).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,22 +16,14 @@ from typing import Any
 
 import asyncpg
 import grpc
-import nats
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import dayofweek_pb2, timeofday_pb2
 
-from kernel.bus import Bus, streams_for
-from kernel.clients import close_channels
-from kernel.migrations import migrate
-from kernel.server import ServiceServer
+from kernel.bus import Bus
 from kernel.settings import Settings
-from services.events.service import SERVICE as EVENTS
-from services.events.settings import EventsSettings
-from services.recommender.consumer import DURABLE
-from services.recommender.service import definition as recommender_definition
-from services.recommender.settings import RecommenderSettings
+from tests.support.recommender_rig import events_and_recommender
 from tests.support.waiting import eventually as _eventually
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
@@ -47,7 +38,6 @@ from tips.recommender.v1 import tip_pb2
 
 pytestmark = pytest.mark.integration
 
-STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER", "TIPS_PROFILE")
 P = consent_pb2.ConsentPurpose
 ALL_DATA = (
     P.CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS,
@@ -68,85 +58,32 @@ class Mesh:
     bus: Bus
 
 
-async def _existing(nats_url: str) -> set[str]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js, found = nc.jetstream(), set()
-        for name in STREAMS:
-            with contextlib.suppress(Exception):
-                await js.stream_info(name)
-                found.add(name)
-        return found
-    finally:
-        await nc.close()
-
-
 @pytest.fixture(scope="module")
 async def mesh(
     settings: Settings, nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Mesh]:
-    durable = f"{DURABLE}-h{secrets.token_hex(4)}"
-    recommender = recommender_definition(durable)
-    before = await _existing(nats_url)
-    await migrate(settings, [EVENTS, recommender])
-    bus = await Bus.connect(settings, "hot-path-profile")
-    await bus.ensure_streams(
-        streams_for(
-            profile_events.ProfileChanged,
-            profile_events.ConsentChanged,
-            profile_events.UserDeleted,
+    models = tmp_path_factory.mktemp("models")
+    async with (
+        events_and_recommender(
+            settings,
+            nats_url,
+            database_url,
+            models,
+            recommender_reward_wait_seconds=REWARD_WAIT,
+            recommender_reward_sweep_seconds=0.3,
+            recommender_seed=7,
+        ) as rig,
+        grpc.aio.insecure_channel(rig.events.address) as ev_channel,
+        grpc.aio.insecure_channel(rig.recommender.address) as rec_channel,
+    ):
+        yield Mesh(
+            ev_grpc.EventsServiceStub(ev_channel),
+            rec_grpc.RecommenderServiceStub(rec_channel),
+            rec_grpc.RecommenderInternalServiceStub(rec_channel),
+            cat_grpc.TipCatalogServiceStub(rec_channel),
+            rig.db,
+            rig.bus,
         )
-    )
-    events_server = ServiceServer(
-        EVENTS,
-        # No profile service here; the consent gate has its own test (test_events_consent.py).
-        EventsSettings(
-            **settings.model_copy(update={"log_format": "text"}).model_dump(),
-            events_consent_gate=False,
-        ),
-        port=0,
-    )
-    await events_server.start()
-    rec_settings = RecommenderSettings(
-        **{**settings.model_dump(), "events_addr": events_server.address, "log_format": "text"},
-        recommender_model_repository=str(tmp_path_factory.mktemp("models")),
-        recommender_reward_wait_seconds=REWARD_WAIT,
-        recommender_reward_sweep_seconds=0.3,
-        recommender_seed=7,
-    )
-    rec_server = ServiceServer(recommender, rec_settings, port=0)
-    db = await asyncpg.connect(database_url)
-    try:
-        await rec_server.start()
-        async with (
-            grpc.aio.insecure_channel(events_server.address) as ev_channel,
-            grpc.aio.insecure_channel(rec_server.address) as rec_channel,
-        ):
-            yield Mesh(
-                ev_grpc.EventsServiceStub(ev_channel),
-                rec_grpc.RecommenderServiceStub(rec_channel),
-                rec_grpc.RecommenderInternalServiceStub(rec_channel),
-                cat_grpc.TipCatalogServiceStub(rec_channel),
-                db,
-                bus,
-            )
-    finally:
-        await rec_server.stop(grace=0)
-        await events_server.stop(grace=0)
-        await close_channels()
-        await db.close()
-        nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-        js = nc.jetstream()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer("TIPS_EVENTS", durable)
-        for suffix in ("profile", "consent"):
-            with contextlib.suppress(Exception):
-                await js.delete_consumer("TIPS_PROFILE", f"{durable}-{suffix}")
-        for name in set(STREAMS) - before:
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
-        await nc.close()
-        await bus.close()
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ runs them. Every test uses its own user ids, so tests share one mesh.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,25 +16,16 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
-import nats
-import nats.errors
-import nats.js.errors
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
-from kernel.bus import Bus, streams_for
-from kernel.clients import close_channels
+from kernel.bus import Bus
 from kernel.db import Database
 from kernel.errors import field_violations, unpack_details
-from kernel.migrations import migrate
-from kernel.server import ServiceServer
 from kernel.settings import Settings
-from services.events.service import SERVICE as EVENTS
-from services.events.settings import EventsSettings
-from services.recommender.consumer import DURABLE, ContextKeeper
-from services.recommender.service import definition as recommender_definition
-from services.recommender.settings import RecommenderSettings
+from services.recommender.consumer import ContextKeeper
+from tests.support.recommender_rig import events_and_recommender
 from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
@@ -49,7 +39,6 @@ from tips.recommender.v1 import tip_pb2
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER", "TIPS_PROFILE")
 SIGNAL_SUBJECT = "tips.events.v1.signal_recorded"
 TIP_SUBJECT = "tips.recommender.v1.tip_decided"
 
@@ -63,90 +52,23 @@ class Mesh:
     bus: Bus
 
 
-async def _existing_streams(nats_url: str) -> set[str]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js, found = nc.jetstream(), set()
-        for name in STREAMS:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.stream_info(name)
-                found.add(name)
-        return found
-    finally:
-        await nc.close()
-
-
-async def _cleanup_bus(nats_url: str, created: set[str], durable: str) -> None:
-    """Leave a shared NATS as found: our consumer and the streams we created go."""
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js = nc.jetstream()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer("TIPS_EVENTS", durable)
-        for suffix in ("profile", "consent"):
-            with contextlib.suppress(Exception):
-                await js.delete_consumer("TIPS_PROFILE", f"{durable}-{suffix}")
-        for name in created:
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
-
-
 @pytest.fixture(scope="module")
 async def mesh(
     settings: Settings, nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Mesh]:
-    # Our own durable: on a shared NATS a running recommender keeps its own.
-    durable = f"{DURABLE}-t{secrets.token_hex(4)}"
-    recommender = recommender_definition(durable)
-    before = await _existing_streams(nats_url)
-    await migrate(settings, [EVENTS, recommender])
-    # The test plays the profile service on the bus (its events grant consents).
-    bus = await Bus.connect(settings, "thin-path-profile")
-    await bus.ensure_streams(
-        streams_for(
-            profile_events.ProfileChanged,
-            profile_events.ConsentChanged,
-            profile_events.UserDeleted,
+    models = tmp_path_factory.mktemp("models")
+    async with (
+        events_and_recommender(settings, nats_url, database_url, models) as rig,
+        grpc.aio.insecure_channel(rig.events.address) as ev_channel,
+        grpc.aio.insecure_channel(rig.recommender.address) as rec_channel,
+    ):
+        yield Mesh(
+            ev_grpc.EventsServiceStub(ev_channel),
+            rec_grpc.RecommenderServiceStub(rec_channel),
+            rig.db,
+            nats_url,
+            rig.bus,
         )
-    )
-    events_server = ServiceServer(
-        EVENTS,
-        # No profile service here; the consent gate has its own test (test_events_consent.py).
-        EventsSettings(
-            **settings.model_copy(update={"log_format": "text"}).model_dump(),
-            events_consent_gate=False,
-        ),
-        port=0,
-    )
-    await events_server.start()
-    rec_settings = RecommenderSettings(
-        **{**settings.model_dump(), "events_addr": events_server.address, "log_format": "text"},
-        recommender_model_repository=str(tmp_path_factory.mktemp("models")),
-    )
-    rec_server = ServiceServer(recommender, rec_settings, port=0)
-    db = await asyncpg.connect(database_url)
-    try:
-        await rec_server.start()
-        async with (
-            grpc.aio.insecure_channel(events_server.address) as ev_channel,
-            grpc.aio.insecure_channel(rec_server.address) as rec_channel,
-        ):
-            yield Mesh(
-                ev_grpc.EventsServiceStub(ev_channel),
-                rec_grpc.RecommenderServiceStub(rec_channel),
-                db,
-                nats_url,
-                bus,
-            )
-    finally:
-        await rec_server.stop(grace=0)
-        await events_server.stop(grace=0)
-        await close_channels()
-        await db.close()
-        await bus.close()
-        await _cleanup_bus(nats_url, set(STREAMS) - before, durable)
 
 
 # --- helpers ------------------------------------------------------------------------------
