@@ -1,0 +1,69 @@
+"""Resource-name patterns and Timestamp conversions of the kernel."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from kernel.errors import InvalidArgument
+from kernel.names import USER, Pattern, user_name
+from kernel.timestamps import datetime_of, optional_timestamp, timestamp, to_datetime
+from tips.events.v1 import signal_pb2
+
+pytestmark = pytest.mark.unit
+
+TIP = Pattern("users/{user}/tips/{tip}")
+CONNECTION = Pattern("users/{user}/connections/{connection}", ids={"connection": "[a-z0-9-]{1,63}"})
+
+
+def test_format_and_parse_round_trip() -> None:
+    name = TIP.format("u_1", "t9")
+    assert name == "users/u_1/tips/t9"
+    assert TIP.parse(name) == ("u_1", "t9")
+    assert USER.parse_one(user_name("u_1")) == "u_1"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "users/u_1",
+        "users/u_1/tips/",
+        "users//tips/t",
+        "users/u_1/tip/t",
+        "users/u_1/tips/t/extra",
+        "people/u_1/tips/t",
+        "users/u 1/tips/t",
+        "users/u_1/tips/a/b",
+    ],
+)
+def test_parse_refuses_other_shapes_naming_the_field(name: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        TIP.parse(name, "tip.name")
+    assert caught.value.violations == [
+        ("tip.name", f"must be users/{{user}}/tips/{{tip}}, got {name!r}")
+    ]
+
+
+def test_a_pattern_can_narrow_an_id() -> None:
+    assert CONNECTION.parse("users/u/connections/fitbit-1") == ("u", "fitbit-1")
+    assert CONNECTION.match("users/u/connections/Fitbit") is None
+
+
+def test_format_checks_the_arity() -> None:
+    with pytest.raises(TypeError):
+        TIP.format("u_1")
+
+
+def test_timestamps_are_aware_and_optional_fields_read_as_none() -> None:
+    at = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=1)))
+    ts = timestamp(at)
+    assert to_datetime(ts) == at
+    assert to_datetime(ts).tzinfo is UTC
+    assert optional_timestamp(None) is None
+    signal = signal_pb2.Signal(start_time=ts)
+    assert datetime_of(signal, "start_time") == at
+    assert datetime_of(signal, "end_time") is None
+    with pytest.raises(ValueError):
+        timestamp(datetime(2026, 1, 1))  # naive
