@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.consumers import retry_forever
 from kernel.settings import Settings
 from tips.auth.v1 import events_pb2
 
@@ -141,17 +142,7 @@ class RevocationFeed:
             self._task = asyncio.create_task(self._run(), name="revocation-feed")
 
     async def _run(self) -> None:
-        delay = 0.5
-        while self._bus is None:
-            try:
-                self._bus = await self._connect()
-            except Exception as exc:
-                log.warning(
-                    "revocations: bus unreachable, retrying",
-                    extra={"error": repr(exc), "retry_s": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        self._bus = await retry_forever("revocations: bus", self._connect)
         start = datetime.now(UTC) - timedelta(seconds=self.window_s)
         await self._bus.follow(
             stream=stream_of(events_pb2.SessionRevoked),

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from sqlalchemy import text
+from sqlalchemy import Table, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -31,6 +31,7 @@ __all__ = [
     "DatabaseError",
     "admin_url",
     "async_url",
+    "insert_from_arrays",
     "redact",
     "service_role",
     "service_url",
@@ -52,6 +53,31 @@ def check_identifier(name: str, what: str = "service name") -> str:
     if not _IDENT.match(name):
         raise DatabaseError(f"invalid {what} {name!r}: expected [a-z][a-z0-9_]*, at most 63 chars")
     return name
+
+
+def insert_from_arrays(
+    table: Table, columns: Sequence[tuple[str, str]], params: Sequence[str]
+) -> str:
+    """``INSERT INTO table (columns)`` of as many rows as the arrays in ``params`` hold.
+
+    ``columns`` are (name, PostgreSQL type) pairs, ``params`` one placeholder per
+    column (``$3`` for asyncpg, ``:names`` for SQLAlchemy), each bound to a list.
+    One statement and one round trip whatever the row count, and one prepared
+    statement too. ``jsonb`` columns travel as text (asyncpg has no jsonb[] codec
+    by default).
+    """
+    if len(params) != len(columns):
+        raise ValueError(f"{len(columns)} columns need as many placeholders, got {len(params)}")
+    names = ", ".join(c for c, _ in columns)
+    arrays = ", ".join(
+        f"CAST({p} AS {'text' if t == 'jsonb' else t}[])"
+        for p, (_, t) in zip(params, columns, strict=True)
+    )
+    values = ", ".join(f"CAST(u.{c} AS jsonb)" if t == "jsonb" else f"u.{c}" for c, t in columns)
+    return (
+        f"INSERT INTO {table.schema}.{table.name} ({names}) "
+        f"SELECT {values} FROM unnest({arrays}) AS u({names})"
+    )
 
 
 def service_role(settings: Settings, service: str) -> str:

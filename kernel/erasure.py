@@ -4,7 +4,7 @@ A service gives a ``purge(session, user_id)`` that deletes the user's rows of
 its schema; ``ErasureConsumer`` does the rest the same way everywhere:
 
 - a durable pull consumer of ``tips.profile.v1.UserDeleted`` (stream
-  TIPS_PROFILE), started before that stream may exist: ``run_until_stream``
+  TIPS_PROFILE), started before that stream may exist: ``consume_forever``
   retries with backoff until the profile service has declared it;
 - ONE transaction per message: ``claim`` first, then ``purge``; the claim
   commits with the deletes or neither does, so a redelivery is skipped and a
@@ -18,54 +18,26 @@ its schema; ``ErasureConsumer`` does the rest the same way everywhere:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
+from kernel.consumers import consume_forever
 from kernel.db import Database
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
 from kernel.outbox import claim
 from tips.profile.v1 import events_pb2 as profile_events
 
-__all__ = ["ErasureConsumer", "Purge", "run_until_stream"]
+__all__ = ["ErasureConsumer", "Purge"]
 
 log = logging.getLogger(__name__)
 
 # Deletes the user's rows inside the given transaction; returns how many rows went.
 Purge = Callable[[AsyncSession, str], Awaitable[int]]
-
-
-async def run_until_stream(
-    what: str,
-    consume: Callable[[], Awaitable[None]],
-    *,
-    first_delay: float = 0.5,
-    max_delay: float = 10.0,
-) -> None:
-    """Run ``consume`` until cancelled, retrying while it fails to start.
-
-    ``Bus.consume`` fails at once when the stream is not declared yet (its
-    owner has not started); it returns only when the bus closes.
-    """
-    delay = first_delay
-    while True:
-        try:
-            await consume()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning(
-                "consumer not running, retrying",
-                extra={"consumer": what, "error": repr(exc), "delay": delay},
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
 
 
 class ErasureConsumer:
@@ -108,17 +80,8 @@ class ErasureConsumer:
             extra={"consumer": self.durable, "msg_id": msg_id, "rows": count},
         )
 
-    async def consume(self, bus: Bus) -> None:
-        """One consumer run; raises at once while TIPS_PROFILE does not exist."""
-        message = profile_events.UserDeleted
-        await bus.consume(
-            stream=stream_of(message),
-            durable=self.durable,
-            subjects=[subject_of(message)],
-            message_type=message,
-            handler=self.handle,
-        )
-
     async def run(self, bus: Bus) -> None:
         """Consume until cancelled; waits for the profile stream if it is not there yet."""
-        await run_until_stream(self.durable, lambda: self.consume(bus))
+        await consume_forever(
+            bus, profile_events.UserDeleted, durable=self.durable, handler=self.handle
+        )

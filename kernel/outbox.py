@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import zlib
-from typing import Any
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 from sqlalchemy import (
@@ -56,19 +59,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 
-from kernel.bus import Bus, message_headers, subject_of
-from kernel.db import Database
+from kernel.bus import MSG_ID_HEADER, Bus, message_headers, subject_of
+from kernel.db import Database, insert_from_arrays
 
 __all__ = [
+    "EventRows",
     "OutboxRelay",
+    "OutboxRow",
     "claim",
     "enqueue",
+    "enqueue_rows",
+    "insert_rows_sql",
     "notify_channel",
+    "outbox_row",
     "outbox_table",
     "processed_table",
     "prune_processed",
+    "row_arrays",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +107,107 @@ def notify_channel(table: Table) -> str:
     return f"tips_outbox_{table.schema or 'public'}_{table.name}"
 
 
+class OutboxRow(NamedTuple):
+    """One event as the outbox stores it; ``headers`` is JSON text (content type,
+    ``Nats-Msg-Id``, trace context)."""
+
+    msg_id: str
+    subject: str
+    message_type: str
+    payload: bytes
+    headers: str
+
+
+class EventRows:
+    """Outbox rows of one event type, for a batch built in one request.
+
+    The headers differ per row only by ``Nats-Msg-Id``: the rest (content
+    type, the caller's trace context, captured here) is encoded once.
+    ``payload`` may be bytes the caller wrote itself (``kernel.wire``).
+    """
+
+    def __init__(self, message_type: type[Message] | Message) -> None:
+        self.subject = subject_of(message_type)
+        self.message_type = message_type.DESCRIPTOR.full_name
+        common = message_headers(message_type, "-")
+        del common[MSG_ID_HEADER]
+        head = json.dumps(common)[:-1] + (", " if common else "")
+        self._prefix = head + json.dumps(MSG_ID_HEADER) + ": "
+
+    def headers(self, msg_id: str) -> str:
+        return self._prefix + json.dumps(msg_id) + "}"
+
+    def row(self, msg_id: str, payload: bytes) -> OutboxRow:
+        return OutboxRow(msg_id, self.subject, self.message_type, payload, self.headers(msg_id))
+
+
+def outbox_row(message: Message, *, msg_id: str, subject: str | None = None) -> OutboxRow:
+    """``message`` as an outbox row (captures the caller's trace context)."""
+    return OutboxRow(
+        msg_id,
+        subject or subject_of(message),
+        message.DESCRIPTOR.full_name,
+        message.SerializeToString(),
+        json.dumps(message_headers(message, msg_id)),
+    )
+
+
+# Columns of an outbox row and their PostgreSQL types, in OutboxRow's order.
+ROW_COLUMNS = (
+    ("msg_id", "text"), ("subject", "text"), ("message_type", "text"), ("payload", "bytea"),
+    ("headers", "jsonb"),
+)  # fmt: skip
+
+
+def insert_rows_sql(table: Table, params: Sequence[str]) -> str:
+    """``INSERT`` of the rows whose columns come as arrays in ``params`` (one
+    placeholder per ``ROW_COLUMNS`` entry: ``$3`` for asyncpg, ``:payloads`` for
+    SQLAlchemy); a msg id already in the outbox is skipped (idempotent retries).
+
+    The one way rows reach an outbox: ``enqueue_rows`` runs it, a caller that
+    writes its own data in the same statement (the recommender's group commit)
+    embeds it in a ``WITH``.
+    """
+    return insert_from_arrays(table, ROW_COLUMNS, params) + " ON CONFLICT (msg_id) DO NOTHING"
+
+
+def row_arrays(rows: Sequence[OutboxRow]) -> list[list[Any]]:
+    """The rows' columns as arrays, in ``ROW_COLUMNS`` order."""
+    if not rows:
+        return [[] for _ in ROW_COLUMNS]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+_PARAMS = tuple(f":{c}_values" for c, _ in ROW_COLUMNS)
+
+
+@cache
+def _enqueue_statement(table: Table) -> TextClause:
+    # One round trip: insert, count, and wake the relay on commit when a row went in.
+    return text(
+        f"WITH o AS ({insert_rows_sql(table, _PARAMS)} RETURNING 1) "
+        "SELECT n, CASE WHEN n > 0 THEN pg_notify(:channel, '') END "
+        "FROM (SELECT count(*) AS n FROM o) AS c"
+    )
+
+
+async def enqueue_rows(session: AsyncSession, table: Table, rows: Sequence[OutboxRow]) -> int:
+    """Add ``rows`` to the outbox inside the caller's transaction, in one statement.
+
+    Returns how many were new: a row whose msg id is already in the outbox
+    (a retried request) is skipped, as JetStream would drop its publish. The
+    relay is woken when (and only if) the transaction commits.
+    """
+    if not rows:
+        return 0
+    params: dict[str, Any] = {
+        p[1:]: column for p, column in zip(_PARAMS, row_arrays(rows), strict=True)
+    }
+    params["channel"] = notify_channel(table)
+    result = await session.execute(_enqueue_statement(table), params)
+    return int(result.scalar_one())
+
+
 async def enqueue(
     session: AsyncSession,
     table: Table,
@@ -111,24 +221,8 @@ async def enqueue(
     Returns False when ``msg_id`` is already in the outbox (a retried request):
     enqueueing is idempotent like publishing. The caller commits.
     """
-    headers = message_headers(message, msg_id)  # captures the caller's trace context
-    result = await session.execute(
-        insert(table)
-        .values(
-            msg_id=msg_id,
-            subject=subject or subject_of(message),
-            message_type=message.DESCRIPTOR.full_name,
-            payload=message.SerializeToString(),
-            headers=headers,
-        )
-        .on_conflict_do_nothing(index_elements=["msg_id"])
-        .returning(table.c.id)
-    )
-    inserted = result.scalar() is not None
-    if inserted:
-        # Delivered only if (and when) the transaction commits.
-        await session.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel(table)})
-    return inserted
+    row = outbox_row(message, msg_id=msg_id, subject=subject)
+    return await enqueue_rows(session, table, [row]) == 1
 
 
 class OutboxRelay:

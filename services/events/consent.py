@@ -26,8 +26,9 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
 from kernel.clients import channel
+from kernel.consumers import consume_forever
 from kernel.db import Database
 from kernel.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
 from kernel.identity import parse_user
@@ -112,28 +113,13 @@ class ConsentModel:
 
     async def run(self, bus: Bus) -> None:
         """Consume until cancelled; waits for TIPS_PROFILE if it is not there yet."""
-        delay = 0.5
-        while True:
-            try:
-                await bus.consume(
-                    stream=stream_of(events_pb2.ConsentChanged),
-                    durable=self.durable,
-                    subjects=[subject_of(events_pb2.ConsentChanged)],
-                    message_type=events_pb2.ConsentChanged,
-                    handler=self.handle,
-                    fetch_timeout=1.0,
-                )
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Typically the profile service has not declared its stream yet.
-                log.warning(
-                    "consent consumer not running, retrying",
-                    extra={"durable": self.durable, "error": repr(exc), "delay": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await consume_forever(
+            bus,
+            events_pb2.ConsentChanged,
+            durable=self.durable,
+            handler=self.handle,
+            fetch_timeout=1.0,
+        )
 
 
 class ConsentGate:

@@ -4,7 +4,7 @@ Accepted signals are stored with a ``SignalRecorded`` outbox row in the same
 transaction; a ``BatchOutboxRelay``, in a child process by default
 (``relay_process``), publishes them to the ``TIPS_EVENTS`` stream (retention
 from ``EventsSettings``). Ingest is admitted by an ``Ingress`` that refuses
-with a retry hint when the store or the bus falls behind; an ``Eraser``
+with a retry hint when the store or the bus falls behind; ``erasure``
 deletes a user's signals on ``UserDeleted``. See docs/durable-log.md.
 """
 
@@ -17,7 +17,7 @@ from kernel.bus import StreamSpec, streams_for
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from services.events.consent import DURABLE as CONSENT_DURABLE
 from services.events.consent import ConsentGate, ConsentModel
-from services.events.erasure import DURABLE, Eraser
+from services.events.erasure import DURABLE, eraser
 from services.events.ingress import Ingress
 from services.events.relay_process import RelaySupervisor, make_relay
 from services.events.servicer import EventsInternalServicer, EventsServicer
@@ -62,7 +62,7 @@ def definition(
             runtime.spawn(RelaySupervisor(settings).run())
         else:
             runtime.spawn(make_relay(runtime.db, runtime.bus, settings).run())
-        runtime.spawn(Eraser(runtime.db, erasure_durable).run(runtime.bus))
+        runtime.spawn(eraser(runtime.db, erasure_durable).run(runtime.bus))
         gate: ConsentGate | None = None
         if settings.events_consent_gate:
             model = ConsentModel(runtime.db, consent_durable)

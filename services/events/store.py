@@ -32,10 +32,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.bus import subject_of
-from kernel.outbox import notify_channel, outbox_table, processed_table
+from kernel.outbox import EventRows, enqueue_rows, outbox_table, processed_table
 from services.events.domain import ListQuery, user_name
-from services.events.recorded import HeaderTemplate, recorded_bytes
+from services.events.recorded import recorded_bytes
 from tips.events.v1 import events_pb2, signal_pb2
 
 SCHEMA = "events"
@@ -124,15 +123,6 @@ _EXISTING = text(
       USING (user_id, source, client_signal_id)
     """
 )
-_INSERT_OUTBOX = text(
-    """
-    INSERT INTO events.outbox (msg_id, subject, message_type, payload, headers)
-    SELECT m, :subject, :message_type, p, CAST(h AS jsonb)
-    FROM unnest(CAST(:msg_ids AS text[]), CAST(:payloads AS bytea[]),
-                CAST(:headers AS text[])) AS o(m, p, h)
-    ON CONFLICT (msg_id) DO NOTHING
-    """
-)
 
 
 def _key(user_id: str, signal: signal_pb2.Signal) -> tuple[str, int, str]:
@@ -201,31 +191,25 @@ def _signal_columns(items: Sequence[NewSignal], payloads: list[bytes]) -> dict[s
 
 
 async def _enqueue_recorded(session: AsyncSession, new: Sequence[tuple[NewSignal, bytes]]) -> None:
-    """The SignalRecorded rows of ``(item, its serialized signal)``, as ``kernel.outbox.enqueue``
-    would write them (msg id = the signal's name), built without re-serializing."""
-    headers = HeaderTemplate()
-    # The signal's name is unique: as msg_id it makes publishing idempotent.
-    msg_ids = [item.stored.name for item, _ in new]
-    await session.execute(
-        _INSERT_OUTBOX,
-        {
-            "subject": subject_of(events_pb2.SignalRecorded),
-            "message_type": events_pb2.SignalRecorded.DESCRIPTOR.full_name,
-            "msg_ids": msg_ids,
-            "payloads": [
+    """The SignalRecorded outbox rows of ``(item, its serialized signal)``, built without
+    re-serializing; the signal's name is unique: as msg_id it makes publishing idempotent."""
+    rows = EventRows(events_pb2.SignalRecorded)
+    await enqueue_rows(
+        session,
+        outbox,
+        [
+            rows.row(
+                item.stored.name,
                 recorded_bytes(
                     item.stored.name,
                     user_name(item.user_id),
                     item.stored.ingest_time.SerializeToString(),
                     payload,
-                )
-                for item, payload in new
-            ],
-            "headers": [headers.json(m) for m in msg_ids],
-        },
+                ),
+            )
+            for item, payload in new
+        ],
     )
-    # Wakes the relay when (and only if) the transaction commits.
-    await session.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel(outbox)})
 
 
 async def pending_outbox(session: AsyncSession, cap: int) -> int:

@@ -9,7 +9,6 @@ connections of that purpose due now.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -17,8 +16,9 @@ from collections.abc import Callable
 import grpc
 from sqlalchemy import func
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
 from kernel.clients import channel
+from kernel.consumers import consume_forever
 from kernel.db import Database
 from kernel.identity import parse_user
 from kernel.outbox import claim
@@ -117,24 +117,10 @@ class ConsentListener:
 
     async def run(self, bus: Bus) -> None:
         """Consume until cancelled; waits for the profile stream if it is not there yet."""
-        delay = 0.5
-        while True:
-            try:
-                await bus.consume(
-                    stream=stream_of(events_pb2.ConsentChanged),
-                    durable=self.durable,
-                    subjects=[subject_of(events_pb2.ConsentChanged)],
-                    message_type=events_pb2.ConsentChanged,
-                    handler=self.handle,
-                    fetch_timeout=1.0,
-                )
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "consent consumer not running, retrying",
-                    extra={"durable": self.durable, "error": repr(exc), "delay": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await consume_forever(
+            bus,
+            events_pb2.ConsentChanged,
+            durable=self.durable,
+            handler=self.handle,
+            fetch_timeout=1.0,
+        )

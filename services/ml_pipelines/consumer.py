@@ -15,9 +15,9 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
+from kernel.consumers import consume_forever
 from kernel.db import Database
-from kernel.erasure import run_until_stream
 from kernel.errors import InvalidArgument
 from kernel.outbox import claim
 from services.ml_pipelines import names, repository, store
@@ -84,12 +84,7 @@ class ExportConsumer:
             )
         log.info("export registered", extra=where)
 
-    async def consume(self, bus: Bus) -> None:
-        m = rec_events.PolicyModelExported
-        await bus.consume(
-            stream=stream_of(m), durable=self.durable, subjects=[subject_of(m)],
-            message_type=m, handler=self.handle,
-        )  # fmt: skip
-
     async def run(self, bus: Bus) -> None:
-        await run_until_stream(self.durable, lambda: self.consume(bus))
+        await consume_forever(
+            bus, rec_events.PolicyModelExported, durable=self.durable, handler=self.handle
+        )

@@ -12,15 +12,16 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
+from kernel.consumers import consume_forever
 from kernel.db import Database
-from kernel.erasure import run_until_stream
 from kernel.identity import parse_user
 from kernel.outbox import claim
 from services.ml_pipelines import store
@@ -105,26 +106,15 @@ class LogConsumer:
                 )
             )
 
-    def tasks(self, bus: Bus) -> list[object]:
+    def tasks(self, bus: Bus) -> list[Awaitable[None]]:
         """The two consumer loops (they wait for TIPS_RECOMMENDER to exist)."""
-
-        async def decisions() -> None:
-            m = rec_events.TipDecided
-            await bus.consume(
-                stream=stream_of(m), durable=self.decisions_durable,
-                subjects=[subject_of(m)], message_type=m, handler=self.on_decided,
-            )  # fmt: skip
-
-        async def rewards() -> None:
-            m = rec_events.RewardAssigned
-            await bus.consume(
-                stream=stream_of(m), durable=self.rewards_durable,
-                subjects=[subject_of(m)], message_type=m, handler=self.on_reward,
-            )  # fmt: skip
-
         return [
-            run_until_stream(self.decisions_durable, decisions),
-            run_until_stream(self.rewards_durable, rewards),
+            consume_forever(
+                bus, rec_events.TipDecided, durable=self.decisions_durable, handler=self.on_decided
+            ),
+            consume_forever(
+                bus, rec_events.RewardAssigned, durable=self.rewards_durable, handler=self.on_reward
+            ),
         ]
 
 

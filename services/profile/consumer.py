@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
+from kernel.consumers import consume_forever
 from kernel.errors import InvalidArgument
 from kernel.outbox import claim
 from services.profile import names, store
@@ -23,25 +23,6 @@ from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import events_pb2
 
 log = logging.getLogger(__name__)
-
-
-async def run_forever(what: str, consume: Callable[[], Awaitable[None]]) -> None:
-    """Run a consumer, retrying while its stream is not declared yet."""
-    delay = 0.5
-    while True:
-        try:
-            await consume()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Typically the owner of the stream (auth) has not started yet.
-            log.warning(
-                "consumer not running, retrying",
-                extra={"consumer": what, "error": repr(exc), "delay": delay},
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 class SignUps:
@@ -80,16 +61,9 @@ class SignUps:
         self.profiles.contexts.put_profile(user_id, profile)
 
     async def run(self, bus: Bus) -> None:
-        message = auth_events.UserSignedUp
-        await run_forever(
-            self.durable,
-            lambda: bus.consume(
-                stream=stream_of(message),
-                durable=self.durable,
-                subjects=[subject_of(message)],
-                message_type=message,
-                handler=self.handle,
-            ),
+        """Consume until cancelled; waits for auth's stream if it is not there yet."""
+        await consume_forever(
+            bus, auth_events.UserSignedUp, durable=self.durable, handler=self.handle
         )
 
 
@@ -111,23 +85,17 @@ class ReplicaSync:
 
     def tasks(self, bus: Bus) -> list[Awaitable[None]]:
         """One consumer per event type (the bus decodes one message type per consumer)."""
-        out: list[Awaitable[None]] = []
-        for message, handler, suffix in (
-            (events_pb2.ProfileChanged, self.on_profile, "profiles"),
-            (events_pb2.ConsentChanged, self.on_consent, "consents"),
-            (events_pb2.UserDeleted, self.on_deleted, "deletions"),
-        ):
-            durable = f"{self.durable}-{suffix}"
-            out.append(
-                run_forever(
-                    durable,
-                    lambda m=message, h=handler, d=durable: bus.consume(  # type: ignore[misc]
-                        stream=stream_of(m),
-                        durable=d,
-                        subjects=[subject_of(m)],
-                        message_type=m,
-                        handler=h,
-                    ),
-                )
-            )
-        return out
+        return [
+            consume_forever(
+                bus, events_pb2.ProfileChanged, durable=f"{self.durable}-profiles",
+                handler=self.on_profile,
+            ),
+            consume_forever(
+                bus, events_pb2.ConsentChanged, durable=f"{self.durable}-consents",
+                handler=self.on_consent,
+            ),
+            consume_forever(
+                bus, events_pb2.UserDeleted, durable=f"{self.durable}-deletions",
+                handler=self.on_deleted,
+            ),
+        ]  # fmt: skip

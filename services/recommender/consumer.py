@@ -14,13 +14,13 @@ the same transaction), which the policy folds in right after the commit.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
+from kernel.consumers import consume_forever
 from kernel.db import Database
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
@@ -145,24 +145,6 @@ class ContextKeeper:
 
     async def run(self, bus: Bus) -> None:
         """Consume until cancelled; waits for the events stream if it is not there yet."""
-        delay = 0.5
-        while True:
-            try:
-                await bus.consume(
-                    stream=stream_of(events_pb2.SignalRecorded),
-                    durable=self.durable,
-                    subjects=[subject_of(events_pb2.SignalRecorded)],
-                    message_type=events_pb2.SignalRecorded,
-                    handler=self.handle,
-                )
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Typically the events service has not declared its stream yet.
-                log.warning(
-                    "signal consumer not running, retrying",
-                    extra={"durable": self.durable, "error": repr(exc), "delay": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await consume_forever(
+            bus, events_pb2.SignalRecorded, durable=self.durable, handler=self.handle
+        )

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kernel.bus import message_headers
+from kernel.outbox import EventRows, OutboxRow
 from services.recommender import domain, eligibility, explain, wire
 from services.recommender.catalog import Entry
 from services.recommender.catalog_store import CatalogKeeper
@@ -28,7 +28,7 @@ from services.recommender.policy import bandit, features
 from services.recommender.profiles import ProfileCache
 from services.recommender.settings import RecommenderSettings
 from services.recommender.store import tip_name
-from services.recommender.writer import DecisionWriter, OutboxRow
+from services.recommender.writer import DecisionWriter
 from tips.recommender.v1 import events_pb2, tip_pb2
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,13 @@ class DecisionEngine:
         out: list[tip_pb2.Tip] = []
         db_rows: list[dict[str, object]] = []
         events: list[OutboxRow] = []
+        # Made in the request: the headers carry its trace context.
+        event_rows = EventRows(events_pb2.TipDecided)
         for rank, (entry, at, decision) in enumerate(picks):
             tip = self._render(user_id, entry, f, now, model_version)
             db_rows.append(self._row(user_id, tip, rank, decision, rows[at],
                                      json_context, policy.version))  # fmt: skip
-            events.append(self._event(user_id, tip, rank, decision, feature_bytes))
+            events.append(self._event(event_rows, user_id, tip, rank, decision, feature_bytes))
             out.append(tip)
         await self.writer.write(db_rows, events)
         for tip in out:
@@ -187,6 +189,7 @@ class DecisionEngine:
 
     def _event(
         self,
+        event_rows: EventRows,
         user_id: str,
         tip: tip_pb2.Tip,
         rank: int,
@@ -213,10 +216,7 @@ class DecisionEngine:
         candidates = wire.candidates(
             (arm, scores[arm], p) for arm, p in decision.probabilities.items()
         )
-        payload = wire.tip_decided(head, candidates, feature_bytes)
-        # Taken in the request: the headers carry its trace context.
-        headers = json.dumps(message_headers(events_pb2.TipDecided, tip.name))
-        return (tip.name, wire.TIP_DECIDED_SUBJECT, wire.TIP_DECIDED_TYPE, payload, headers)
+        return event_rows.row(tip.name, wire.tip_decided(head, candidates, feature_bytes))
 
     def _row(
         self,

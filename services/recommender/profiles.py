@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 
-from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.bus import Bus, Delivery
 from kernel.clients import channel
+from kernel.consumers import consume_forever
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
 from services.recommender.eligibility import Prefs, QuietWindow
@@ -170,31 +171,12 @@ class ProfileCache:
     async def run(self, bus: Bus, durable: str) -> None:
         """Follow TIPS_PROFILE until cancelled (waits for the stream to exist)."""
         await asyncio.gather(
-            _follow(bus, f"{durable}-profile", events_pb2.ProfileChanged, self.on_profile),
-            _follow(bus, f"{durable}-consent", events_pb2.ConsentChanged, self.on_consent),
-        )
-
-
-async def _follow(bus: Bus, durable: str, message_type: type, handler: object) -> None:
-    delay = 0.5
-    while True:
-        try:
-            await bus.consume(
-                stream=stream_of(message_type),
-                durable=durable,
-                subjects=[subject_of(message_type)],
-                message_type=message_type,
-                handler=handler,  # type: ignore[arg-type]
-                fetch_timeout=1.0,
-            )
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Typically the profile service has not declared TIPS_PROFILE yet.
-            log.info(
-                "profile consumer not running, retrying",
-                extra={"durable": durable, "error": repr(exc), "delay": delay},
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            consume_forever(
+                bus, events_pb2.ProfileChanged, durable=f"{durable}-profile",
+                handler=self.on_profile, fetch_timeout=1.0,
+            ),
+            consume_forever(
+                bus, events_pb2.ConsentChanged, durable=f"{durable}-consent",
+                handler=self.on_consent, fetch_timeout=1.0,
+            ),
+        )  # fmt: skip

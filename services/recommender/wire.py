@@ -17,49 +17,35 @@ from functools import lru_cache
 
 from google.protobuf.message import Message
 
-from kernel.bus import subject_of
-from tips.recommender.v1 import events_pb2
+from kernel.wire import FIXED64, key, length_delimited, varint
 
-# Wire tags: (field number << 3) | wire type (2: length-delimited, 1: 64-bit).
-_CANDIDATES = 6 << 3 | 2  # TipDecided.candidates
-_CONTEXT_FEATURES = 8 << 3 | 2  # TipDecided.context_features
-_NAME = 1 << 3 | 2  # CandidateScore.catalog_tip, ContextFeature.name
+# Field keys: TipDecided.candidates = 6, .context_features = 8 (length-delimited);
+# CandidateScore.catalog_tip / ContextFeature.name = 1; the doubles (64-bit).
+_CANDIDATES = key(6)
+_CONTEXT_FEATURES = key(8)
 _SCORE_AND_PROBABILITY = struct.Struct("<BdBd")  # CandidateScore.score = 2, .probability = 3
 _VALUE = struct.Struct("<Bd")  # ContextFeature.value = 2
-
-TIP_DECIDED_SUBJECT = subject_of(events_pb2.TipDecided)
-TIP_DECIDED_TYPE = events_pb2.TipDecided.DESCRIPTOR.full_name
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, body: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(body)) + body
+# Keys of the double fields 2 and 3 (score, probability; a feature's value is 2).
+_DOUBLE_2, _DOUBLE_3 = key(2, FIXED64)[0], key(3, FIXED64)[0]
 
 
 @lru_cache(maxsize=4096)
-def _prefix(tag: int, name: str, rest: int) -> bytes:
-    """Tag, length and ``name`` field of an item whose other fields take ``rest`` bytes.
+def _prefix(field_key: bytes, name: str, rest: int) -> bytes:
+    """Key, length and ``name`` field of an item whose other fields take ``rest`` bytes.
 
     The names are the same few strings every decision: cached, so an item
     costs one ``pack`` and one concatenation.
     """
-    named = _field(_NAME, name.encode())
-    return bytes((tag,)) + _varint(len(named) + rest) + named
+    named = length_delimited(1, name.encode())
+    return field_key + varint(len(named) + rest) + named
 
 
 def candidates(items: Iterable[tuple[str, float, float]]) -> bytes:
     """``TipDecided.candidates`` from (catalog tip id, score, probability)."""
     pack, size = _SCORE_AND_PROBABILITY.pack, _SCORE_AND_PROBABILITY.size
     return b"".join(
-        _prefix(_CANDIDATES, f"catalogTips/{arm}", size) + pack(0x11, score, 0x19, probability)
+        _prefix(_CANDIDATES, f"catalogTips/{arm}", size)
+        + pack(_DOUBLE_2, score, _DOUBLE_3, probability)
         for arm, score, probability in items
     )
 
@@ -68,7 +54,7 @@ def context_features(items: Iterable[tuple[str, float]]) -> bytes:
     """``TipDecided.context_features`` from (name, value)."""
     pack, size = _VALUE.pack, _VALUE.size
     return b"".join(
-        _prefix(_CONTEXT_FEATURES, name, size) + pack(0x11, value) for name, value in items
+        _prefix(_CONTEXT_FEATURES, name, size) + pack(_DOUBLE_2, value) for name, value in items
     )
 
 

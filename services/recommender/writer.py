@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kernel.db import Database
-from kernel.outbox import notify_channel
+from kernel.db import Database, insert_from_arrays
+from kernel.outbox import ROW_COLUMNS, OutboxRow, insert_rows_sql, notify_channel, row_arrays
 from services.recommender.store import tips
 
 log = logging.getLogger(__name__)
@@ -41,23 +41,6 @@ COLUMNS = (
     ("explored", "bool"), ("rank", "int4"), ("row", "bytea"), ("context", "jsonb"),
     ("candidates", "jsonb"),
 )  # fmt: skip
-OUTBOX_COLUMNS = (
-    ("msg_id", "text"), ("subject", "text"), ("message_type", "text"), ("payload", "bytea"),
-    ("headers", "jsonb"),
-)  # fmt: skip
-# An outbox row as the decision encodes it: (msg_id, subject, message_type,
-# payload, headers as JSON text).
-OutboxRow = tuple[str, str, str, bytes, str]
-
-
-def _unnest(columns: tuple[tuple[str, str], ...], first: int) -> tuple[str, str]:
-    """(column list, SELECT of ``$first``.. arrays unnested); JSON travels as text."""
-    names = ", ".join(c for c, _ in columns)
-    arrays = ", ".join(
-        f"${first + i}::{'text' if t == 'jsonb' else t}[]" for i, (_, t) in enumerate(columns)
-    )
-    values = ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}" for c, t in columns)
-    return names, f"SELECT {values} FROM unnest({arrays}) AS u({names})"
 
 
 @dataclass
@@ -76,13 +59,12 @@ class DecisionWriter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._sa_conn: AsyncConnection | None = None
         self._raw: Any = None
-        tip_names, tip_select = _unnest(COLUMNS, 1)
-        out_names, out_select = _unnest(OUTBOX_COLUMNS, len(COLUMNS) + 1)
+        params = [f"${n}" for n in range(1, len(COLUMNS) + len(ROW_COLUMNS) + 2)]
+        tip_params, outbox_params = params[: len(COLUMNS)], params[len(COLUMNS) : -1]
         self._sql = (
-            f"WITH t AS (INSERT INTO {tips.schema}.{tips.name} ({tip_names}) {tip_select}), "
-            f"o AS (INSERT INTO {outbox.schema}.{outbox.name} ({out_names}) {out_select} "
-            "ON CONFLICT (msg_id) DO NOTHING) "
-            f"SELECT pg_notify(${len(COLUMNS) + len(OUTBOX_COLUMNS) + 1}, '')"
+            f"WITH t AS ({insert_from_arrays(tips, COLUMNS, tip_params)}), "
+            f"o AS ({insert_rows_sql(outbox, outbox_params)}) "
+            f"SELECT pg_notify({params[-1]}, '')"
         )
         self._channel = notify_channel(outbox)
         self.commits = 0
@@ -140,7 +122,7 @@ class DecisionWriter:
             return
         events = [e for p in batch for e in p.events]
         args: list[Any] = [[r[c] for r in rows] for c, _ in COLUMNS]
-        args += [list(column) for column in zip(*events, strict=True)] if events else [[]] * 5
+        args += row_arrays(events)
         conn = await self._connection()
         try:
             await conn.execute(self._sql, *args, self._channel)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,15 @@ from sqlalchemy import MetaData, Table, func, select
 from kernel.bus import Bus, StreamSpec
 from kernel.db import Database
 from kernel.migrations import migrate
-from kernel.outbox import OutboxRelay, claim, enqueue, outbox_table, processed_table
+from kernel.outbox import (
+    OutboxRelay,
+    OutboxRow,
+    claim,
+    enqueue,
+    enqueue_rows,
+    outbox_table,
+    processed_table,
+)
 from kernel.service import ServiceDefinition
 from kernel.settings import Settings
 from tipsmesh.localinfra import LocalNats
@@ -104,6 +113,36 @@ async def test_committed_event_is_published_once(
     assert msgs[0].headers["Nats-Msg-Id"] == "c1"
     assert msgs[0].headers["Content-Type"].endswith("proto=tipstest.kernel.v1.ThingHappened")
     assert await _pending(env) == 0
+
+
+async def test_bulk_rows_are_one_writer_with_the_single_path(
+    env: Env, settings: Settings, nats_url: str, test_events: dict[str, Any]
+) -> None:
+    thing = test_events["ThingHappened"]
+    subject = f"{env.prefix}.thing"
+    rows = [
+        OutboxRow(
+            f"b{i}", subject, thing.DESCRIPTOR.full_name,
+            thing(event_id=f"b{i}", count=i).SerializeToString(),
+            json.dumps({"Nats-Msg-Id": f"b{i}", "Content-Type": "application/protobuf"}),
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    async with env.db.transaction() as session:
+        assert await enqueue(session, env.outbox, thing(event_id="b1"), msg_id="b1",
+                             subject=subject)  # fmt: skip
+        # b1 is in already (a retried request): only the other two go in.
+        assert await enqueue_rows(session, env.outbox, rows) == 2
+        assert await enqueue_rows(session, env.outbox, rows) == 0
+        assert await enqueue_rows(session, env.outbox, []) == 0
+    bus = await Bus.connect(settings, "relay")
+    try:
+        assert await OutboxRelay(env.db, bus, env.outbox).drain_once() == 3
+    finally:
+        await bus.close()
+    msgs = await _stream_messages(nats_url, env.stream, subject)
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["b1", "b0", "b2"]
+    assert [thing.FromString(m.data).count for m in msgs] == [0, 0, 2]
 
 
 async def test_rolled_back_event_is_never_published(

@@ -1,13 +1,10 @@
-"""The hand-written SignalRecorded bytes equal what protobuf writes, and headers are valid JSON."""
+"""The hand-written SignalRecorded bytes equal what protobuf writes."""
 
 from __future__ import annotations
 
-import json
-
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kernel.bus import CONTENT_TYPE_HEADER, MSG_ID_HEADER
-from services.events.recorded import HeaderTemplate, recorded_bytes
+from services.events.recorded import recorded_bytes
 from tips.events.v1 import events_pb2, signal_pb2
 
 
@@ -46,9 +43,3 @@ def test_zero_ingest_time_is_still_present() -> None:
     expected.occur_time.CopyFrom(Timestamp())
     got = recorded_bytes("users/u1/signals/a", "users/u1", b"", signal.SerializeToString())
     assert got == expected.SerializeToString()
-
-
-def test_header_template_fills_the_msg_id() -> None:
-    headers = json.loads(HeaderTemplate().json('users/u1/signals/a"b'))
-    assert headers[MSG_ID_HEADER] == 'users/u1/signals/a"b'
-    assert headers[CONTENT_TYPE_HEADER].endswith("tips.events.v1.SignalRecorded")

@@ -31,8 +31,3 @@ def test_tip_decided_bytes_parse_to_the_built_message() -> None:
     got.ClearField("context_features")  # NaN != NaN
     want.ClearField("context_features")
     assert got == want
-
-
-def test_subject_and_type_are_tip_decided_s() -> None:
-    assert wire.TIP_DECIDED_SUBJECT == "tips.recommender.v1.tip_decided"
-    assert wire.TIP_DECIDED_TYPE == "tips.recommender.v1.TipDecided"
