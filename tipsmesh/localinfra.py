@@ -66,6 +66,26 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def _as_user(command: list[str], user: str | None) -> tuple[list[str], str | None]:
+    """``command`` run as ``user``: through ``setpriv`` where there is one.
+
+    ``subprocess``'s own ``user=`` makes it fork() instead of vfork(), and a
+    fork of a process with gRPC's threads runs gRPC's fork handlers in the
+    child, which were seen to abort or segfault it now and then (pytest
+    starting and stopping PostgreSQL). ``setpriv`` drops the ids after exec.
+    """
+    import pwd
+
+    if user is None:
+        return command, None
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return command, user
+    ids = pwd.getpwnam(user)
+    drop = [setpriv, f"--reuid={ids.pw_uid}", f"--regid={ids.pw_gid}", "--clear-groups"]
+    return [*drop, *command], None
+
+
 def _pg_bin_dir() -> Path:
     # find_spec instead of import: importing the package touches runtime dirs
     # and locks we do not use.
@@ -160,9 +180,10 @@ class LocalPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def _run(self, exe: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        command, user = _as_user([str(self._bin / exe), *args], self._user)
         return subprocess.run(
-            [str(self._bin / exe), *args],
-            user=self._user,
+            command,
+            user=user,
             cwd=self.data_dir,  # the server user must be able to read its cwd
             capture_output=True,
             text=True,
