@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from kernel.timestamps import timestamp
 from sim.reactions import DONE, SNOOZE
 from sim.users import DAY_END_HOUR, Day, User, _steps_by
 from tips.events.v1 import signal_pb2
@@ -19,12 +18,6 @@ _REACTIONS = {
     DONE: signal_pb2.TIP_REACTION_DONE,
     SNOOZE: signal_pb2.TIP_REACTION_SNOOZE,
 }
-
-
-def _ts(at: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
 
 
 def _at(day_start: datetime, hour: float) -> datetime:
@@ -43,15 +36,15 @@ def day_signals(
             client_signal_id=f"{sid}-sleep",
             kind=K.SIGNAL_KIND_SLEEP,
             source=S.SIGNAL_SOURCE_PHONE,
-            start_time=_ts(wake - timedelta(minutes=day.sleep_minutes + 20)),
-            end_time=_ts(wake),
+            start_time=timestamp(wake - timedelta(minutes=day.sleep_minutes + 20)),
+            end_time=timestamp(wake),
             sleep=signal_pb2.SleepPayload(asleep_minutes=int(day.sleep_minutes)),
         ),
         signal_pb2.Signal(
             client_signal_id=f"{sid}-mood",
             kind=K.SIGNAL_KIND_MOOD,
             source=S.SIGNAL_SOURCE_APP,
-            start_time=_ts(wake + timedelta(minutes=30)),
+            start_time=timestamp(wake + timedelta(minutes=30)),
             mood=signal_pb2.MoodPayload(score=round(3 + 2 * day.mood)),
         ),
     ]
@@ -61,8 +54,8 @@ def day_signals(
                 client_signal_id=f"{sid}-meeting-{i}",
                 kind=K.SIGNAL_KIND_CALENDAR_EVENT,
                 source=S.SIGNAL_SOURCE_CONNECTOR,
-                start_time=_ts(_at(start, begin)),
-                end_time=_ts(_at(start, end)),
+                start_time=timestamp(_at(start, begin)),
+                end_time=timestamp(_at(start, end)),
                 calendar_event=signal_pb2.CalendarEventPayload(
                     event_id=f"{sid}-meeting-{i}", busy=True, attendee_count=3
                 ),
@@ -76,8 +69,8 @@ def day_signals(
                 client_signal_id=f"{sid}-steps-{int(hour):02d}",
                 kind=K.SIGNAL_KIND_STEPS,
                 source=S.SIGNAL_SOURCE_PHONE,
-                start_time=_ts(_at(start, hour)),
-                end_time=_ts(_at(start, hour + 1)),
+                start_time=timestamp(_at(start, hour)),
+                end_time=timestamp(_at(start, hour + 1)),
                 steps=signal_pb2.StepsPayload(count=int(count)),
             )
         )
@@ -91,11 +84,11 @@ def reaction_signal(user: User, tip_name: str, reaction: str, at: datetime) -> s
         tip=tip_name, reaction=_REACTIONS.get(reaction, signal_pb2.TIP_REACTION_DISMISS)
     )
     if reaction == SNOOZE:
-        payload.snooze_until.CopyFrom(_ts(at + timedelta(hours=2)))
+        payload.snooze_until.CopyFrom(timestamp(at + timedelta(hours=2)))
     return signal_pb2.Signal(
         client_signal_id=f"{user.user_id}-reaction-{tip_name.rsplit('/', 1)[-1]}",
         kind=K.SIGNAL_KIND_TIP_REACTION,
         source=S.SIGNAL_SOURCE_APP,
-        start_time=_ts(at),
+        start_time=timestamp(at),
         tip_reaction=payload,
     )

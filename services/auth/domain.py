@@ -7,10 +7,9 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from kernel.errors import InvalidArgument
 from kernel.identity import Caller, require_caller, require_owner
+from kernel.timestamps import optional_timestamp
 from tips.auth.v1 import identity_pb2, session_pb2
 
 PROVIDERS = (identity_pb2.IDENTITY_PROVIDER_GOOGLE, identity_pb2.IDENTITY_PROVIDER_APPLE)
@@ -35,14 +34,6 @@ def session_name(user_id: str, session_id: str) -> str:
 
 def identity_name(user_id: str, identity_id: str) -> str:
     return f"users/{user_id}/identities/{identity_id}"
-
-
-def ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def resolve_parent(parent: str, field: str = "parent") -> Caller:
@@ -124,9 +115,9 @@ def session_proto(row: Any, now: datetime, current_session: str | None) -> sessi
         state=state,
         provider=row.provider,
         identity=identity_name(row.user_id, row.identity_id),
-        create_time=ts(row.create_time),
-        last_use_time=ts(row.last_use_time),
-        expire_time=ts(row.expire_time),
+        create_time=optional_timestamp(row.create_time),
+        last_use_time=optional_timestamp(row.last_use_time),
+        expire_time=optional_timestamp(row.expire_time),
         revoke_reason=row.revoke_reason,
         current=current_session == row.id,
     )
@@ -142,8 +133,8 @@ def identity_proto(row: Any) -> identity_pb2.Identity:
         subject=row.subject,
         email=row.email,
         email_verified=row.email_verified,
-        link_time=ts(row.link_time),
-        last_sign_in_time=ts(row.last_sign_in_time),
+        link_time=optional_timestamp(row.link_time),
+        last_sign_in_time=optional_timestamp(row.last_sign_in_time),
     )
 
 

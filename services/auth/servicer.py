@@ -10,6 +10,7 @@ from google.protobuf.json_format import ParseDict
 from kernel import paging
 from kernel.errors import InvalidArgument, Unauthenticated
 from kernel.identity import parse_user
+from kernel.timestamps import optional_timestamp
 from services.auth import domain
 from services.auth.core import AuthCore, Device, Issued
 from services.auth.ratelimit import FailureLimiter
@@ -32,9 +33,9 @@ def _user_agent(context: Any) -> str:
 
 def _fill(response: Any, issued: Issued) -> None:
     response.access_token = issued.access.token
-    response.access_token_expire_time.CopyFrom(domain.ts(issued.access.expire_time))
+    response.access_token_expire_time.CopyFrom(optional_timestamp(issued.access.expire_time))
     response.refresh_token = issued.refresh_token
-    response.refresh_token_expire_time.CopyFrom(domain.ts(issued.refresh_expire_time))
+    response.refresh_token_expire_time.CopyFrom(optional_timestamp(issued.refresh_expire_time))
     response.session.CopyFrom(issued.session)
     response.user = domain.user_name(issued.user_id)
 
@@ -85,7 +86,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
             request.provider, request.redirect_uri, request.login_hint, device
         )
         return pb.StartWebSignInResponse(
-            authorization_uri=uri, state=state, expire_time=domain.ts(expire)
+            authorization_uri=uri, state=state, expire_time=optional_timestamp(expire)
         )
 
     async def CompleteWebSignIn(
@@ -204,7 +205,7 @@ class AuthInternalServicer(pb_grpc.AuthInternalServiceServicer):
             user=domain.user_name(found.user_id),
             session=domain.session_name(found.user_id, found.session_id),
             scopes=found.scopes,
-            expire_time=domain.ts(found.expire_time),
+            expire_time=optional_timestamp(found.expire_time),
         )
 
     async def RotateSigningKeys(

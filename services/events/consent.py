@@ -8,7 +8,7 @@ loaded at start and reloaded every ``events_consent_reload_seconds``.
 
 The gate trusts a local "granted". A local "not granted" may only mean the
 consumer has not caught up, so it asks the profile service's read model
-(``GetUserContext``) once before refusing; a "granted" it confirms is cached
+(``kernel.profile_context``) once before refusing; a "granted" it confirms is cached
 for ``events_consent_confirm_seconds`` (a ConsentChanged of the user evicts
 it). When profile cannot be asked the item fails closed with UNAVAILABLE and
 a retry hint. See docs/durable-log.md, "Consent gate".
@@ -22,20 +22,19 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import grpc
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from kernel.bus import Bus, Delivery
-from kernel.clients import channel
 from kernel.consumers import consume_forever
 from kernel.db import Database
 from kernel.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
 from kernel.identity import parse_user
 from kernel.outbox import claim
-from services.events import domain, store
+from kernel.profile_context import ProfileUnavailable, consent_id, user_context
+from services.events import store
 from services.events.settings import EventsSettings
-from tips.profile.v1 import consent_pb2, events_pb2, profile_service_pb2, profile_service_pb2_grpc
+from tips.profile.v1 import consent_pb2, events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +153,11 @@ class ConsentGate:
                 return {}
         # Only a "granted" is cached: a grant made a moment ago must not wait.
         try:
-            granted = await self._ask_profile(user_id)
-        except grpc.aio.AioRpcError as exc:
-            log.warning(
-                "profile unreachable: consent-gated items refused",
-                extra={"code": exc.code().name},
+            context = await user_context(
+                self.settings, user_id, timeout=self.settings.events_consent_timeout_seconds
             )
+        except ProfileUnavailable:
+            log.warning("profile unreachable: consent-gated items refused")
             retry = timedelta(seconds=self.settings.events_retry_after_seconds)
             return {
                 p: Unavailable(
@@ -169,28 +167,15 @@ class ConsentGate:
                 )
                 for p in missing
             }
+        # No profile: nothing granted.
+        granted = frozenset(context.granted_purposes) if context is not None else frozenset()
         if granted:
             self._confirmed[user_id] = (self._clock(), granted)
         return {
             p: FailedPrecondition(
-                f"the user has not granted consent {domain.consent_id(p)!r} for this kind",
+                f"the user has not granted consent {consent_id(p)!r} for this kind",
                 reason="CONSENT_REQUIRED",
-                metadata={"consent": domain.consent_id(p)},
+                metadata={"consent": consent_id(p)},
             )
             for p in missing - granted
         }
-
-    async def _ask_profile(self, user_id: str) -> frozenset[int]:
-        stub = profile_service_pb2_grpc.ProfileInternalServiceStub(
-            channel(self.settings, "profile")
-        )
-        try:
-            response = await stub.GetUserContext(
-                profile_service_pb2.GetUserContextRequest(user=domain.user_name(user_id)),
-                timeout=self.settings.events_consent_timeout_seconds,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return frozenset()  # no profile: nothing granted
-            raise
-        return frozenset(response.user_context.granted_purposes)

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel import paging
 from kernel.errors import InvalidArgument
+from kernel.timestamps import timestamp
 from tips.events.v1 import events_service_pb2, signal_pb2
 from tips.profile.v1 import consent_pb2
 
@@ -60,13 +61,6 @@ PURPOSE_OF_KIND: dict[int, int] = {
 def purpose_of_kind(kind: int) -> int | None:
     """The consent purpose a signal of ``kind`` needs, None when it needs none."""
     return PURPOSE_OF_KIND.get(kind)
-
-
-def consent_id(purpose: int) -> str:
-    """The consent id of ``purpose``: ..._FITNESS_DATA_FOR_TIPS -> fitness-data-for-tips."""
-    name = consent_pb2.ConsentPurpose.Name(consent_pb2.ConsentPurpose.ValueType(purpose))
-    name = name.removeprefix("CONSENT_PURPOSE_")
-    return name.lower().replace("_", "-")
 
 
 _ID = re.compile(r"^[A-Za-z0-9_.~-]{1,128}$")
@@ -280,12 +274,6 @@ def stamp_signal(
     signal.name = signal_name(user_id, signal_id)
     signal.ingest_time.CopyFrom(ingest_time)
     return signal
-
-
-def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 # --- listing ----------------------------------------------------------------------------

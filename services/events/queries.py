@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from kernel.outbox import enqueue
-from services.events.domain import timestamp, user_name
+from kernel.timestamps import timestamp
+from services.events.domain import user_name
 from services.events.selectors import PurgeSelector, ScanQuery
 from services.events.store import consents, outbox, signals
 from tips.events.v1 import events_pb2, signal_pb2

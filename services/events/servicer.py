@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import parse_user, require_owner
+from kernel.timestamps import timestamp
 from services.events import domain, queries, selectors, store
 from services.events.consent import ConsentGate
 from services.events.ingress import Ingress
@@ -114,7 +115,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
         user_id = _require_user_parent(request.parent)
         domain.check_batch_limit(len(request.signals), self.settings.events_max_batch)
         now = datetime.now(UTC)
-        stamp = domain.timestamp(now)
+        stamp = timestamp(now)
         response = pb.BatchIngestSignalsResponse()
         pending: list[tuple[pb.IngestResult, store.NewSignal]] = []
         max_bytes = self.settings.events_max_signal_bytes
@@ -165,7 +166,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
             count = await queries.purge(session, selector, now)
-        return pb.PurgeSignalsResponse(purge_count=count, purge_time=domain.timestamp(now))
+        return pb.PurgeSignalsResponse(purge_count=count, purge_time=timestamp(now))
 
     async def ReplaySignals(
         self, request: pb.ReplaySignalsRequest, context: Any
@@ -210,7 +211,7 @@ class EventsInternalServicer(pb_grpc.EventsInternalServiceServicer):
     ) -> pb.BatchIngestConnectorSignalsResponse:
         domain.check_batch_limit(len(request.signals), self.settings.events_max_connector_batch)
         now = datetime.now(UTC)
-        stamp = domain.timestamp(now)
+        stamp = timestamp(now)
         response = pb.BatchIngestConnectorSignalsResponse()
         pending: list[tuple[pb.IngestResult, store.NewSignal]] = []
         max_bytes = self.settings.events_max_signal_bytes

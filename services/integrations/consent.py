@@ -1,6 +1,6 @@
 """The consent gate: no fetch and no signal without the provider's purpose granted.
 
-Granted purposes come from the profile service (``GetUserContext``), cached
+Granted purposes come from the profile service (``kernel.profile_context``), cached
 for ``integrations_consent_cache_seconds``. ``ConsentChanged`` on
 ``TIPS_PROFILE`` evicts the user's entry at once, so a revocation stops the
 next page of a running sync and every later run; a grant makes the user's
@@ -13,18 +13,17 @@ import logging
 import time
 from collections.abc import Callable
 
-import grpc
 from sqlalchemy import func
 
 from kernel.bus import Bus, Delivery
-from kernel.clients import channel
 from kernel.consumers import consume_forever
 from kernel.db import Database
 from kernel.identity import parse_user
 from kernel.outbox import claim
-from services.integrations import domain, store
+from kernel.profile_context import ProfileUnavailable, consent_id, granted_ids, user_context
+from services.integrations import store
 from services.integrations.settings import IntegrationsSettings
-from tips.profile.v1 import consent_pb2, events_pb2, profile_service_pb2, profile_service_pb2_grpc
+from tips.profile.v1 import consent_pb2, events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +49,12 @@ class ConsentGate:
         cached = self._cache.get(user_id)
         if cached is not None and self._clock() - cached[0] < ttl:
             return cached[1]
-        stub = profile_service_pb2_grpc.ProfileInternalServiceStub(
-            channel(self.settings, "profile")
-        )
         try:
-            response = await stub.GetUserContext(
-                profile_service_pb2.GetUserContextRequest(user=f"users/{user_id}")
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                purposes: frozenset[str] = frozenset()  # no profile: nothing granted
-            else:
-                raise ConsentUnknown(f"profile service: {exc.code().name}") from None
-        else:
-            purposes = frozenset(
-                domain.purpose_id(consent_pb2.ConsentPurpose.Name(p))
-                for p in response.user_context.granted_purposes
-            )
+            context = await user_context(self.settings, user_id)
+        except ProfileUnavailable as exc:
+            raise ConsentUnknown(str(exc)) from None
+        # No profile: nothing granted.
+        purposes = granted_ids(context) if context is not None else frozenset()
         self._cache[user_id] = (self._clock(), purposes)
         return purposes
 
@@ -101,7 +89,7 @@ class ConsentListener:
         self.gate.evict(user_id)
         if event.state != consent_pb2.CONSENT_STATE_GRANTED:
             return  # running syncs see the revocation at their next page
-        purpose = domain.purpose_id(consent_pb2.ConsentPurpose.Name(event.purpose))
+        purpose = consent_id(event.purpose)
         async with self.db.transaction() as session:
             msg_id = delivery.msg_id or event.event_id
             if not await claim(

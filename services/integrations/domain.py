@@ -11,13 +11,13 @@ import random
 import re
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.errors import InvalidArgument
+from kernel.timestamps import optional_timestamp
 from services.integrations.connectors.base import Connector
 from services.integrations.settings import IntegrationsSettings
 from tips.integrations.v1 import connection_pb2, provider_pb2
@@ -115,14 +115,6 @@ def output_state(row: Any) -> int:
     return int(row.state)
 
 
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
-
-
 def _duration(value: timedelta) -> Duration:
     d = Duration()
     d.FromTimedelta(value)
@@ -148,7 +140,7 @@ def to_connection(row: Any) -> connection_pb2.Connection:
         ("update_time", row.update_time),
         ("authorize_time", row.authorize_time),
     ):
-        ts = _ts(value)
+        ts = optional_timestamp(value)
         if ts is not None:
             getattr(msg, field).CopyFrom(ts)
     status = msg.sync_status
@@ -159,17 +151,17 @@ def to_connection(row: Any) -> connection_pb2.Connection:
         ("last_attempt_time", row.last_attempt_time),
         ("last_success_time", row.last_success_time),
     ):
-        ts = _ts(value)
+        ts = optional_timestamp(value)
         if ts is not None:
             getattr(status, field).CopyFrom(ts)
     schedulable = state in (S.CONNECTION_STATE_ACTIVE, S.CONNECTION_STATE_ERROR)
-    next_run = _ts(row.next_run_time) if schedulable else None
+    next_run = optional_timestamp(row.next_run_time) if schedulable else None
     if next_run is not None:
         status.next_run_time.CopyFrom(next_run)
     if row.last_error_code is not None:
         status.last_error.code = row.last_error_code
         status.last_error.message = row.last_error_message or ""
-        error_time = _ts(row.last_error_time)
+        error_time = optional_timestamp(row.last_error_time)
         if error_time is not None:
             status.last_error.error_time.CopyFrom(error_time)
     return msg
@@ -188,12 +180,3 @@ def to_provider(connector: Connector, settings: IntegrationsSettings) -> provide
         icon_uri=connector.icon_uri,
         available=bool(settings.provider_client(connector.id).client_id),
     )
-
-
-def purpose_enum_name(purpose: str) -> str:
-    """ "calendar-data-for-tips" -> "CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS"."""
-    return "CONSENT_PURPOSE_" + purpose.upper().replace("-", "_")
-
-
-def purpose_id(enum_name: str) -> str:
-    return enum_name.removeprefix("CONSENT_PURPOSE_").lower().replace("_", "-")

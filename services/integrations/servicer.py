@@ -8,7 +8,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 
 from kernel import paging
@@ -22,6 +21,7 @@ from kernel.errors import (
     Unavailable,
 )
 from kernel.identity import parse_user, require_owner, require_scope
+from kernel.timestamps import timestamp
 from services.integrations import domain, oauth, store
 from services.integrations.connectors.base import Connector
 from services.integrations.connectors.http import ProviderError
@@ -39,12 +39,6 @@ from tips.integrations.v1 import integrations_service_pb2_grpc as pb_grpc
 S = connection_pb2.ConnectionState
 CONNECTION_TYPE = "tips.app/Connection"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def _with_query(uri: str, **params: str) -> str:
@@ -195,7 +189,9 @@ class IntegrationsServicer(pb_grpc.IntegrationsServiceServicer):
             extra=connector.authorize_params,
         )
         return pb.StartConnectionResponse(
-            connection=domain.to_connection(row), authorization_uri=uri, expire_time=_ts(expire)
+            connection=domain.to_connection(row),
+            authorization_uri=uri,
+            expire_time=timestamp(expire),
         )
 
     async def CompleteConnection(

@@ -20,11 +20,11 @@ from typing import Any
 
 import grpc
 import httpx
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2  # type: ignore[import-untyped]
 
 from kernel.db import Database
 from kernel.outbox import enqueue
+from kernel.timestamps import timestamp
 from services.integrations import domain, oauth, store
 from services.integrations.connectors.base import Connector, FetchContext
 from services.integrations.connectors.http import (
@@ -68,12 +68,6 @@ class RunState:
     revoked: bool = False
     consent_blocked: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 class SyncEngine:
@@ -304,7 +298,7 @@ class SyncEngine:
             result = self._result(row, run, outcome, end)
             event = events_pb2.SyncCompleted(
                 event_id=uuid.uuid4().hex,
-                occur_time=_ts(end),
+                occur_time=timestamp(end),
                 user=f"users/{row.user_id}",
                 result=result,
                 provider=f"providers/{row.provider}",
@@ -328,8 +322,8 @@ class SyncEngine:
             connection=self._name(row),
             trigger=run.trigger,  # type: ignore[arg-type]
             outcome=outcome,  # type: ignore[arg-type]
-            start_time=_ts(run.start),
-            end_time=_ts(end),
+            start_time=timestamp(run.start),
+            end_time=timestamp(end),
             records_fetched=run.records,
             signals_emitted=run.accepted,
             signals_rejected=run.rejected,
@@ -337,7 +331,7 @@ class SyncEngine:
         if run.error_code is not None:
             result.error.code = run.error_code
             result.error.message = run.error_message
-            result.error.error_time.CopyFrom(_ts(end))
+            result.error.error_time.CopyFrom(timestamp(end))
         return result
 
 
@@ -352,7 +346,7 @@ async def publish_change(
     """Enqueue a ``ConnectionChanged`` in the caller's transaction."""
     event = events_pb2.ConnectionChanged(
         event_id=uuid.uuid4().hex,
-        occur_time=_ts(datetime.now(UTC)),
+        occur_time=timestamp(datetime.now(UTC)),
         user=f"users/{user_id}",
         change=change,  # type: ignore[arg-type]
         connection=connection,

@@ -25,6 +25,7 @@ from kernel.db import Database
 from kernel.deadline import deadline_in
 from kernel.errors import DomainError, InvalidArgument, NotFound
 from kernel.identity import acting_as, parse_user
+from kernel.timestamps import optional_timestamp
 from services.ml_pipelines import daily, jobs, logged, names, store
 from services.ml_pipelines.settings import MlPipelinesSettings
 from services.ml_pipelines.training import Spawn
@@ -53,9 +54,9 @@ def backfill_proto(row: Any) -> feature_backfill_pb2.FeatureBackfill:
         progress_fraction=row.progress,
         processed_user_count=row.processed_user_count,
         written_row_count=row.written_row_count,
-        create_time=names.ts(row.create_time),
-        start_time=names.ts(row.start_time),
-        end_time=names.ts(row.end_time),
+        create_time=optional_timestamp(row.create_time),
+        start_time=optional_timestamp(row.start_time),
+        end_time=optional_timestamp(row.end_time),
     )
     if row.error:
         out.error.ParseFromString(row.error)

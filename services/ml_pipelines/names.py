@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import interval_pb2
 
 from kernel.errors import InvalidArgument
+from kernel.timestamps import timestamp
 
 MODEL_ID = re.compile(r"^[a-z][a-z0-9_]{2,62}$")
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -76,16 +76,8 @@ def check_job_id(value: str, field: str) -> None:
         )
 
 
-def ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
-
-
 def interval(start: datetime, end: datetime) -> interval_pb2.Interval:
-    return interval_pb2.Interval(start_time=ts(start), end_time=ts(end))
+    return interval_pb2.Interval(start_time=timestamp(start), end_time=timestamp(end))
 
 
 def parse_window(

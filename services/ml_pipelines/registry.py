@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db import Database
 from kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kernel.outbox import enqueue
+from kernel.timestamps import optional_timestamp
 from services.ml_pipelines import evaluation, names, repository, store
 from services.ml_pipelines.settings import MlPipelinesSettings
 from services.recommender.policy import bandit, features
@@ -39,8 +40,8 @@ def model_proto(row: Any) -> model_pb2.Model:
         promoted_version=(
             names.version_name(row.model_id, row.promoted_version) if row.promoted_version else ""
         ),
-        create_time=names.ts(row.create_time),
-        update_time=names.ts(row.update_time),
+        create_time=optional_timestamp(row.create_time),
+        update_time=optional_timestamp(row.update_time),
     )
 
 
@@ -53,8 +54,8 @@ def version_proto(row: Any) -> model_pb2.ModelVersion:
         training_run=row.training_run,
         feature_schema_version=row.feature_schema_version,
         description=row.description,
-        create_time=names.ts(row.create_time),
-        promote_time=names.ts(row.promote_time),
+        create_time=optional_timestamp(row.create_time),
+        promote_time=optional_timestamp(row.promote_time),
     )
     if row.evaluation:
         out.evaluation.ParseFromString(row.evaluation)
@@ -361,7 +362,7 @@ class Registry:
             )
             event = events_pb2.ModelVersionPromoted(
                 event_id=f"promote:{model}:{version}:{uuid.uuid4().hex}",
-                occur_time=names.ts(now),
+                occur_time=optional_timestamp(now),
                 model=names.model_name(model),
                 model_version=names.version_name(model, version),
                 artifact_uri=row.artifact_uri,

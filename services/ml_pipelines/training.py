@@ -27,6 +27,7 @@ from kernel.deadline import deadline_in
 from kernel.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from kernel.identity import acting_as
 from kernel.outbox import enqueue
+from kernel.timestamps import optional_timestamp
 from services.ml_pipelines import jobs, logged, names, offline, repository, store
 from services.ml_pipelines.registry import ALGORITHMS, FEATURE_SCHEMA_VERSION, NewVersion, Registry
 from services.ml_pipelines.settings import MlPipelinesSettings
@@ -87,9 +88,9 @@ def run_proto(row: Any) -> training_run_pb2.TrainingRun:
         model_version=names.version_name(row.model_id, row.model_version)
         if row.model_version
         else "",
-        create_time=names.ts(row.create_time),
-        start_time=names.ts(row.start_time),
-        end_time=names.ts(row.end_time),
+        create_time=optional_timestamp(row.create_time),
+        start_time=optional_timestamp(row.start_time),
+        end_time=optional_timestamp(row.end_time),
     )
     if row.error:
         out.error.ParseFromString(row.error)
@@ -376,7 +377,7 @@ class Trainer:
     ) -> None:  # fmt: skip
         event = events_pb2.TrainingRunCompleted(
             event_id=f"training-run-completed:{run_id}",
-            occur_time=names.ts(now),
+            occur_time=optional_timestamp(now),
             training_run=f"trainingRuns/{run_id}",
             model=names.model_name(model),
             state=state,  # type: ignore[arg-type]

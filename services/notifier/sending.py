@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from kernel.db import Database
-from services.notifier import devices, domain, notifications, profiles
+from kernel.profile_context import user_context
+from services.notifier import devices, domain, notifications
 from services.notifier.settings import NotifierSettings
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.profile.v1 import user_context_pb2
@@ -57,7 +58,9 @@ class Sender:
             if row is not None:
                 return _response(row)
         # Asked before the transaction: no DB connection is held across the call.
-        context = await profiles.user_context(self.settings, inp.user_id)
+        context = await user_context(
+            self.settings, inp.user_id, timeout=self.settings.notifier_profile_timeout_seconds
+        )
         async with self.db.transaction() as session:
             await session.execute(
                 select(func.pg_advisory_xact_lock(func.hashtext(f"notifier:{inp.user_id}")))

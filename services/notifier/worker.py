@@ -28,7 +28,8 @@ from sqlalchemy import func, select, update
 
 from kernel.db import Database
 from kernel.errors import Unavailable
-from services.notifier import devices, domain, notifications, profiles
+from kernel.profile_context import user_context
+from services.notifier import devices, domain, notifications
 from services.notifier.fcm import FcmSender, Outcome, message_body
 from services.notifier.mail import SmtpSender
 from services.notifier.settings import NotifierSettings
@@ -122,7 +123,9 @@ class Worker:
             )
             return
         try:
-            context = await profiles.user_context(self.settings, row.user_id)
+            context = await user_context(
+                self.settings, row.user_id, timeout=self.settings.notifier_profile_timeout_seconds
+            )
         except Unavailable:
             await self._retry(row, Outcome("retry", "profile service unavailable"))
             return

@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
     Boolean,
     Column,
@@ -35,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db import Database
 from kernel.errors import AlreadyExists
+from kernel.timestamps import timestamp
 from services.recommender import catalog
 from services.recommender.store import metadata, tips
 from tips.recommender.v1 import catalog_tip_pb2
@@ -71,20 +70,14 @@ catalog_imports = Table(
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('recommender.catalog'))"
 
 
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def tip_from_row(row: Row[Any]) -> catalog_tip_pb2.CatalogTip:
     tip = catalog_tip_pb2.CatalogTip.FromString(row.data)
     tip.name = catalog.catalog_name(row.tip_id)
     tip.enabled = row.enabled
     tip.etag = row.etag
     tip.catalog_version = row.catalog_version
-    tip.create_time.CopyFrom(_ts(row.create_time))
-    tip.update_time.CopyFrom(_ts(row.update_time))
+    tip.create_time.CopyFrom(timestamp(row.create_time))
+    tip.update_time.CopyFrom(timestamp(row.update_time))
     return tip
 
 

@@ -15,9 +15,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.outbox import EventRows, OutboxRow
+from kernel.timestamps import timestamp
 from services.recommender import domain, eligibility, explain, wire
 from services.recommender.catalog import Entry
 from services.recommender.catalog_store import CatalogKeeper
@@ -36,12 +36,6 @@ log = logging.getLogger(__name__)
 FEATURE_SCHEMA_VERSION = f"features-v1-d{features.DIM}"
 # A decision stays relevant this long unless its free block ends sooner.
 DEFAULT_TTL = timedelta(hours=2)
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def policy_context(f: domain.Features, affinity: dict[str, float]) -> dict[str, float]:
@@ -182,8 +176,8 @@ class DecisionEngine:
             effort=e.effort,  # type: ignore[arg-type]
             minutes_needed=e.minutes_needed,
             state=tip_pb2.TIP_STATE_ACTIVE,
-            decide_time=_ts(now),
-            expire_time=_ts(expire),
+            decide_time=timestamp(now),
+            expire_time=timestamp(expire),
             model_version=model_version,
         )
 

@@ -22,12 +22,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db import Database
 from kernel.outbox import enqueue
+from kernel.timestamps import timestamp
 from services.recommender import reward_store
 from services.recommender.history import HistoryKeeper
 from services.recommender.policy import bandit, onnx_export, scoring
@@ -42,12 +42,6 @@ POLICY_NAME = "tip_policy"
 R = signal_pb2.TipReaction
 SOURCE_REACTION = events_pb2.REWARD_SOURCE_REACTION
 SOURCE_TIMEOUT = events_pb2.REWARD_SOURCE_TIMEOUT
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 class Learner:
@@ -151,19 +145,19 @@ class Learner:
         tip = f"users/{rewarded.user_id}/tips/{rewarded.tip_id}"
         event = events_pb2.RewardAssigned(
             event_id=f"{tip}:reward",
-            occur_time=_ts(rewarded.reward_time),
+            occur_time=timestamp(rewarded.reward_time),
             user=f"users/{rewarded.user_id}",
             tip=tip,
             catalog_tip=rewarded.catalog_tip,
             reward=rewarded.reward,
             source=source,  # type: ignore[arg-type]
             reaction=reaction,  # type: ignore[arg-type]
-            decide_time=_ts(rewarded.decide_time),
+            decide_time=timestamp(rewarded.decide_time),
             model_version=rewarded.model_version,
             propensity=rewarded.propensity,
         )
         if react_time is not None:
-            event.react_time.CopyFrom(_ts(react_time))
+            event.react_time.CopyFrom(timestamp(react_time))
         await enqueue(session, self.outbox, event, msg_id=event.event_id)
 
     def apply(self, rewards: Iterable[Rewarded]) -> int:

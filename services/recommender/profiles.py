@@ -18,32 +18,18 @@ from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import grpc
-
 from kernel.bus import Bus, Delivery
-from kernel.clients import channel
 from kernel.consumers import consume_forever
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
+from kernel.profile_context import ProfileUnavailable, consent_id, granted_ids, user_context
 from services.recommender.eligibility import Prefs, QuietWindow
 from services.recommender.settings import RecommenderSettings
-from tips.profile.v1 import (
-    consent_pb2,
-    events_pb2,
-    profile_pb2,
-    profile_service_pb2,
-    profile_service_pb2_grpc,
-)
+from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
 
 log = logging.getLogger(__name__)
 
 GRANTED = consent_pb2.CONSENT_STATE_GRANTED
-
-
-def consent_id(purpose: int) -> str:
-    """``CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS`` -> ``calendar-data-for-tips``."""
-    name = consent_pb2.ConsentPurpose.Name(purpose)  # type: ignore[arg-type]
-    return name.removeprefix("CONSENT_PURPOSE_").lower().replace("_", "-")
 
 
 def zone(name: str) -> tzinfo:
@@ -104,30 +90,23 @@ class ProfileCache:
         return await asyncio.shield(pending)
 
     async def _fetch(self, user_id: str, cached: Prefs | None) -> Prefs:
-        stub = profile_service_pb2_grpc.ProfileInternalServiceStub(
-            channel(self.settings, "profile")
-        )
-        request = profile_service_pb2.GetUserContextRequest(user=f"users/{user_id}")
         try:
             # The caller's identity goes along: they own the profile asked for.
-            response = await stub.GetUserContext(
-                request, timeout=self.settings.recommender_profile_timeout_seconds
+            context = await user_context(
+                self.settings, user_id, timeout=self.settings.recommender_profile_timeout_seconds
             )
-        except grpc.aio.AioRpcError as exc:
+        except ProfileUnavailable:
+            context = None
+        if context is None:
             self.unavailable += 1
-            log.info(
-                "profile unavailable, using defaults",
-                extra={"user": user_id, "code": exc.code().name},
-            )
+            log.info("profile unavailable, using defaults", extra={"user": user_id})
             self._retry_at[user_id] = (
                 time.monotonic() + self.settings.recommender_profile_retry_seconds
             )
             prefs = cached or Prefs()
             self._prefs[user_id] = prefs
             return prefs
-        context = response.user_context
-        granted = frozenset(consent_id(p) for p in context.granted_purposes)
-        prefs = prefs_of(context.profile, granted)
+        prefs = prefs_of(context.profile, granted_ids(context))
         self._prefs[user_id] = prefs
         self._times[user_id] = context.update_time.ToDatetime(UTC)
         return prefs

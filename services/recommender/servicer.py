@@ -6,14 +6,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from kernel.clients import channel
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import parse_user, require_owner
 from kernel.outbox import enqueue
 from kernel.settings import Settings
+from kernel.timestamps import timestamp
 from services.recommender import decisions, domain, reward_store, store
 from services.recommender.engine import FEATURE_SCHEMA_VERSION, DecisionEngine
 from services.recommender.policy import bandit
@@ -147,11 +146,11 @@ class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
             name=request.name,
             features=[context_pb2.ContextFeature(name=k, value=v) for k, v in features.as_pairs()],
             feature_schema_version=FEATURE_SCHEMA_VERSION,
-            compute_time=_ts(now),
+            compute_time=timestamp(now),
             signal_count=ctx.signal_count,
         )
         if ctx.last_signal_time is not None:
-            out.last_signal_time.CopyFrom(_ts(ctx.last_signal_time))
+            out.last_signal_time.CopyFrom(timestamp(ctx.last_signal_time))
         return pb.GetDecisionContextResponse(decision_context=out)
 
     async def ExportPolicyModel(
@@ -180,7 +179,7 @@ class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
         }
         event = events_pb2.PolicyModelExported(
             event_id=f"export:{values['request_id']}",
-            occur_time=_ts(now),
+            occur_time=timestamp(now),
             model_version=version,
             artifact_uri=str(values["artifact_uri"]),
             base_model_version=base,
@@ -196,7 +195,7 @@ class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
             artifact_uri=str(values["artifact_uri"]),
             base_model_version=base,
             online_update_count=updates,
-            export_time=_ts(now),
+            export_time=timestamp(now),
         )
 
     async def GetPolicyStatus(
@@ -214,7 +213,7 @@ class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
             runtime=runtime,
             triton_configured=triton_configured,
             triton_reachable=reachable,
-            model_load_time=_ts(learner.model_load_time),
+            model_load_time=timestamp(learner.model_load_time),
             online_update_count=learner.online_updates,
             catalog_version=self.engine.catalog.version,
             enabled_catalog_tip_count=self.engine.catalog.enabled_count,
@@ -227,11 +226,5 @@ def _export_response(row: Any) -> pb.ExportPolicyModelResponse:
         artifact_uri=row.artifact_uri,
         base_model_version=row.base_model_version,
         online_update_count=row.online_update_count,
-        export_time=_ts(row.export_time),
+        export_time=timestamp(row.export_time),
     )
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts

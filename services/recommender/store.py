@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -37,6 +36,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.outbox import outbox_table, processed_table
+from kernel.timestamps import optional_timestamp
 from services.recommender.domain import UserContext
 from tips.events.v1 import signal_pb2
 from tips.recommender.v1 import tip_pb2
@@ -98,14 +98,6 @@ def tip_name(user_id: str, tip_id: str) -> str:
     return f"users/{user_id}/tips/{tip_id}"
 
 
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def tip_from_row(row: Row[Any]) -> tip_pb2.Tip:
     return tip_pb2.Tip(
         name=tip_name(row.user_id, row.tip_id),
@@ -118,10 +110,10 @@ def tip_from_row(row: Row[Any]) -> tip_pb2.Tip:
         minutes_needed=row.minutes_needed,
         state=row.state,
         reaction=row.reaction,
-        react_time=_ts(row.react_time),
-        snooze_until=_ts(row.snooze_until),
-        decide_time=_ts(row.decide_time),
-        expire_time=_ts(row.expire_time),
+        react_time=optional_timestamp(row.react_time),
+        snooze_until=optional_timestamp(row.snooze_until),
+        decide_time=optional_timestamp(row.decide_time),
+        expire_time=optional_timestamp(row.expire_time),
         model_version=row.model_version,
     )
 

@@ -39,6 +39,7 @@ from services.notifier.settings import NotifierSettings
 from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
 from tests.support.push_standins import PROJECT, FcmStandIn, SmtpStandIn, serve_fcm
+from tests.support.waiting import stream_events
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.notifier.v1 import device_pb2, events_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
@@ -292,19 +293,7 @@ async def _final(m: Mesh, user: str, name: str) -> notification_pb2.Notification
 
 
 async def _events(nats_url: str, subject: str, message: Any) -> list[Any]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        sub = await nc.jetstream().pull_subscribe(subject, stream="TIPS_NOTIFIER")
-        out: list[Any] = []
-        with contextlib.suppress(nats.errors.TimeoutError):
-            while True:
-                for msg in await sub.fetch(500, timeout=0.5):
-                    out.append(message.FromString(msg.data))
-                    await msg.ack()
-        await sub.unsubscribe()
-        return out
-    finally:
-        await nc.close()
+    return await stream_events(nats_url, "TIPS_NOTIFIER", subject, message)
 
 
 def _ts(when: datetime) -> Any:

@@ -30,7 +30,7 @@ from kernel.server import ServiceServer
 from kernel.settings import Settings
 from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, stream_events
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
 from tips.profile.v1 import profile_service_pb2 as pb
@@ -119,20 +119,8 @@ def _window(day: int, start: int, end: int) -> profile_pb2.QuietHoursWindow:
 
 
 async def _stream(nats_url: str, subject: str, message: Any) -> list[Any]:
-    """Every message on ``subject`` in TIPS_PROFILE, decoded (an ephemeral consumer)."""
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        sub = await nc.jetstream().pull_subscribe(subject, stream="TIPS_PROFILE")
-        out: list[Any] = []
-        with contextlib.suppress(nats.errors.TimeoutError):
-            while True:
-                for msg in await sub.fetch(500, timeout=0.5):
-                    out.append(message.FromString(msg.data))
-                    await msg.ack()
-        await sub.unsubscribe()
-        return out
-    finally:
-        await nc.close()
+    """Every message on ``subject`` in TIPS_PROFILE, decoded."""
+    return await stream_events(nats_url, "TIPS_PROFILE", subject, message)
 
 
 async def _update(

@@ -8,9 +8,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import nats
+from google.protobuf.message import Message
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 async def eventually(
@@ -35,19 +38,52 @@ async def eventually(
         await asyncio.sleep(every)
 
 
-async def stream_msg_ids(nats_url: str, stream: str, subject: str) -> list[str]:
-    """``Nats-Msg-Id`` of every message on ``subject``, duplicates included."""
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
+async def stream_messages(
+    nats_url: str, stream: str, subject: str, *, within: float = 30.0
+) -> list[Msg]:
+    """Every message stored on ``subject`` in ``stream`` right now, in stream order.
+
+    An ephemeral consumer counts the messages when it is created
+    (``num_pending``); the fetches then read exactly that many, each with a
+    generous deadline. Ending on "a fetch timed out" instead would cut the
+    list short whenever one fetch is slow (a loaded machine), and nats-py
+    raises asyncio's TimeoutError from some fetch paths, not its own.
+    """
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=3)
     try:
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL)
-        sub = await nc.jetstream().pull_subscribe(subject, stream=stream, config=config)
-        ids: list[str] = []
-        # nats-py raises its own TimeoutError or asyncio's: both are TimeoutError.
-        with contextlib.suppress(TimeoutError):
-            while True:
-                for msg in await sub.fetch(1000, timeout=1.0):
-                    ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        js = nc.jetstream()
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True
+        )
+        sub = await js.pull_subscribe(subject, stream=stream, config=config)
+        expected = (await sub.consumer_info()).num_pending or 0
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + within
+        msgs: list[Msg] = []
+        while len(msgs) < expected:
+            left = give_up - loop.time()
+            if left <= 0:
+                raise AssertionError(
+                    f"read {len(msgs)} of the {expected} messages on {subject} within {within}s"
+                )
+            with contextlib.suppress(TimeoutError):  # nats-py's and asyncio's alike
+                msgs += await sub.fetch(min(expected - len(msgs), 1000), timeout=min(left, 5.0))
         await sub.unsubscribe()
-        return ids
+        return msgs
     finally:
         await nc.close()
+
+
+async def stream_events(nats_url: str, stream: str, subject: str, message_type: type[M]) -> list[M]:
+    """``stream_messages`` decoded as ``message_type``."""
+    return [
+        message_type.FromString(m.data) for m in await stream_messages(nats_url, stream, subject)
+    ]
+
+
+async def stream_msg_ids(nats_url: str, stream: str, subject: str) -> list[str]:
+    """``Nats-Msg-Id`` of every message on ``subject``, duplicates included."""
+    return [
+        (m.headers or {}).get("Nats-Msg-Id", "")
+        for m in await stream_messages(nats_url, stream, subject)
+    ]

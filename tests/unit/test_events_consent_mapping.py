@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kernel.profile_context import ALL_PURPOSES, consent_id, purpose_of
 from services.events import domain
 from tips.events.v1 import signal_pb2
 from tips.profile.v1 import consent_pb2
@@ -33,5 +34,8 @@ def test_every_payload_kind_is_decided() -> None:
 
 
 def test_consent_ids_match_the_profile_resource_ids() -> None:
-    assert domain.consent_id(P.CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS) == "fitness-data-for-tips"
-    assert domain.consent_id(P.CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS) == "calendar-data-for-tips"
+    assert consent_id(P.CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS) == "fitness-data-for-tips"
+    assert consent_id(P.CONSENT_PURPOSE_CALENDAR_DATA_FOR_TIPS) == "calendar-data-for-tips"
+    for purpose in ALL_PURPOSES:
+        assert purpose_of(consent_id(purpose)) == purpose
+    assert purpose_of("no-such-consent") is None

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from datetime import datetime
 
 from services.integrations.connectors.base import MalformedRecord
 
 MAX_CLIENT_ID = 128
-
-
-def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
 
 
 def parse_rfc3339(value: object, what: str) -> datetime:

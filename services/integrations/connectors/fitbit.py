@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from kernel.timestamps import timestamp
 from services.integrations.connectors.base import (
     Connector,
     Cursor,
@@ -25,7 +26,7 @@ from services.integrations.connectors.base import (
     MalformedRecord,
     Page,
 )
-from services.integrations.connectors.common import client_id, timestamp
+from services.integrations.connectors.common import client_id
 from tips.events.v1 import signal_pb2
 
 SLEEP_PATH = "1.2/user/-/sleep/list.json"

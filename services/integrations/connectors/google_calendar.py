@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kernel.timestamps import timestamp
 from services.integrations.connectors.base import (
     Connector,
     Cursor,
@@ -26,7 +27,7 @@ from services.integrations.connectors.base import (
     MalformedRecord,
     Page,
 )
-from services.integrations.connectors.common import client_id, parse_rfc3339, timestamp
+from services.integrations.connectors.common import client_id, parse_rfc3339
 from services.integrations.connectors.http import Gone
 from tips.events.v1 import signal_pb2
 

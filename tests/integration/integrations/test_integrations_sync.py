@@ -39,6 +39,7 @@ from services.integrations.service import SERVICE as INTEGRATIONS
 from services.integrations.settings import IntegrationsSettings
 from tests.support.profile_standin import ProfileStandIn
 from tests.support.providers import CLIENT_SECRET, ProviderStandIn, provider_settings, serve_standin
+from tests.support.waiting import eventually, stream_events
 from tips.events.v1 import events_pb2 as ev_events
 from tips.integrations.v1 import connection_pb2
 from tips.integrations.v1 import events_pb2 as int_events
@@ -220,29 +221,15 @@ async def stored_ids(stack: Stack, user: str) -> list[str]:
 
 async def streamed_ids(stack: Stack, user: str, expected: int) -> list[str]:
     """client_signal_ids of the user's SignalRecorded messages on TIPS_EVENTS."""
-    nc = await nats.connect(stack.nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js = nc.jetstream()
-        deadline = asyncio.get_running_loop().time() + 15
-        found: list[str] = []
-        while True:
-            sub = await js.pull_subscribe("tips.events.v1.signal_recorded", stream="TIPS_EVENTS")
-            found = []
-            while True:
-                try:
-                    msgs = await sub.fetch(500, timeout=0.5)
-                except nats.errors.TimeoutError:
-                    break
-                for msg in msgs:
-                    event = ev_events.SignalRecorded.FromString(msg.data)
-                    if event.user == f"users/{user}":
-                        found.append(event.signal.client_signal_id)
-            await sub.unsubscribe()
-            if len(found) >= expected or asyncio.get_running_loop().time() > deadline:
-                return found
-            await asyncio.sleep(0.3)
-    finally:
-        await nc.close()
+
+    async def found() -> list[str]:
+        events = await stream_events(
+            stack.nats_url, "TIPS_EVENTS", "tips.events.v1.signal_recorded",
+            ev_events.SignalRecorded,
+        )  # fmt: skip
+        return [e.signal.client_signal_id for e in events if e.user == f"users/{user}"]
+
+    return await eventually(found, lambda ids: len(ids) >= expected, within=30)
 
 
 # --- the done-when test -------------------------------------------------------------------
@@ -520,31 +507,21 @@ async def test_connection_lifecycle(stack: Stack) -> None:
         "SELECT count(*) FROM integrations.tokens WHERE user_id = $1", user_id
     )
     assert left == 0
+
     # ConnectionChanged(DELETED) reaches TIPS_INTEGRATIONS through the outbox.
-    nc = await nats.connect(stack.nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js = nc.jetstream()
-        changes: list[int] = []
-        for _ in range(30):
-            sub = await js.pull_subscribe(
-                "tips.integrations.v1.connection_changed", stream="TIPS_INTEGRATIONS"
-            )
-            changes = []
-            with contextlib.suppress(nats.errors.TimeoutError):
-                while True:
-                    for msg in await sub.fetch(200, timeout=0.5):
-                        event = int_events.ConnectionChanged.FromString(msg.data)
-                        if event.connection.name == name:
-                            changes.append(event.change)
-            await sub.unsubscribe()
-            if int_events.CONNECTION_CHANGE_DELETED in changes:
-                break
-            await asyncio.sleep(0.2)
-        assert changes[0] == int_events.CONNECTION_CHANGE_CONNECTED
-        assert int_events.CONNECTION_CHANGE_PAUSED in changes
-        assert changes[-1] == int_events.CONNECTION_CHANGE_DELETED
-    finally:
-        await nc.close()
+    async def seen() -> list[int]:
+        events = await stream_events(
+            stack.nats_url, "TIPS_INTEGRATIONS", "tips.integrations.v1.connection_changed",
+            int_events.ConnectionChanged,
+        )  # fmt: skip
+        return [int(e.change) for e in events if e.connection.name == name]
+
+    changes = await eventually(
+        seen, lambda found: int_events.CONNECTION_CHANGE_DELETED in found, within=30
+    )
+    assert changes[0] == int_events.CONNECTION_CHANGE_CONNECTED
+    assert int_events.CONNECTION_CHANGE_PAUSED in changes
+    assert changes[-1] == int_events.CONNECTION_CHANGE_DELETED
 
 
 async def test_providers_are_listed(stack: Stack) -> None:

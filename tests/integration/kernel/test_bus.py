@@ -12,6 +12,7 @@ import pytest
 
 from kernel.bus import Bus, BusError, Delivery, StreamSpec, stream_of, streams_for, subject_of
 from kernel.settings import Settings
+from tests.support.waiting import stream_messages
 
 pytestmark = pytest.mark.integration
 
@@ -56,19 +57,6 @@ async def bus(settings: Settings) -> Any:
     await bus.close()
 
 
-async def _raw_messages(nats_url: str, stream: str, subject: str, n: int) -> list[Any]:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(subject, stream=stream)
-        msgs = await sub.fetch(n, timeout=1)
-        with contextlib.suppress(nats.errors.TimeoutError):
-            msgs += await sub.fetch(1, timeout=0.3)  # nothing more expected
-        return msgs
-    finally:
-        await nc.close()
-
-
 async def test_publish_dedupes_by_msg_id_and_sets_headers(
     bus: Bus, stream: tuple[str, str], nats_url: str, test_events: dict[str, Any]
 ) -> None:
@@ -81,7 +69,7 @@ async def test_publish_dedupes_by_msg_id_and_sets_headers(
     assert not first.duplicate and again.duplicate and not other.duplicate
     assert again.seq == first.seq and other.seq == first.seq + 1
 
-    msgs = await _raw_messages(nats_url, name, subject, 2)
+    msgs = await stream_messages(nats_url, name, subject)
     assert [thing.FromString(m.data).event_id for m in msgs] == ["e1", "e2"]
     assert msgs[0].headers["Nats-Msg-Id"] == "e1"
     assert msgs[0].headers["Content-Type"] == (

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from sqlalchemy import MetaData, Table, func, select
 
@@ -29,6 +28,7 @@ from kernel.outbox import (
 )
 from kernel.service import ServiceDefinition
 from kernel.settings import Settings
+from tests.support.waiting import stream_messages
 from tipsmesh.localinfra import LocalNats
 
 pytestmark = pytest.mark.integration
@@ -69,20 +69,6 @@ async def env(settings: Settings, bus_ns: str, cleanup_streams: list[str]) -> As
     await db.close()
 
 
-async def _stream_messages(nats_url: str, stream: str, subject: str) -> list[Any]:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(subject, stream=stream)
-        msgs: list[Any] = []
-        with contextlib.suppress(nats.errors.TimeoutError):
-            while True:
-                msgs += await sub.fetch(100, timeout=0.5)
-        return msgs
-    finally:
-        await nc.close()
-
-
 async def _pending(env: Env) -> int:
     async with env.db.session() as session:
         query = select(func.count()).where(env.outbox.c.published_at.is_(None))
@@ -107,7 +93,7 @@ async def test_committed_event_is_published_once(
         assert await relay.drain_once() == 0
     finally:
         await bus.close()
-    msgs = await _stream_messages(nats_url, env.stream, subject)
+    msgs = await stream_messages(nats_url, env.stream, subject)
     assert len(msgs) == 1
     assert thing.FromString(msgs[0].data).count == 7
     assert msgs[0].headers["Nats-Msg-Id"] == "c1"
@@ -140,7 +126,7 @@ async def test_bulk_rows_are_one_writer_with_the_single_path(
         assert await OutboxRelay(env.db, bus, env.outbox).drain_once() == 3
     finally:
         await bus.close()
-    msgs = await _stream_messages(nats_url, env.stream, subject)
+    msgs = await stream_messages(nats_url, env.stream, subject)
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["b1", "b0", "b2"]
     assert [thing.FromString(m.data).count for m in msgs] == [0, 0, 2]
 
@@ -159,7 +145,7 @@ async def test_rolled_back_event_is_never_published(
         assert await OutboxRelay(env.db, bus, env.outbox).drain_once() == 0
     finally:
         await bus.close()
-    assert await _stream_messages(nats_url, env.stream, subject) == []
+    assert await stream_messages(nats_url, env.stream, subject) == []
     async with env.db.session() as session:
         assert (await session.execute(select(func.count()).select_from(env.outbox))).scalar() == 0
 
@@ -188,7 +174,7 @@ async def test_relay_wakes_on_notify(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await bus.close()
-    msgs = await _stream_messages(nats_url, env.stream, subject)
+    msgs = await stream_messages(nats_url, env.stream, subject)
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["n0", "n1", "n2"]
 
 
@@ -236,7 +222,7 @@ async def test_events_survive_a_nats_outage_exactly_once(
             await task
         await bus.close()
         await db.close()
-    msgs = await _stream_messages(own_nats.url, stream, subject)
+    msgs = await stream_messages(own_nats.url, stream, subject)
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == [f"o{i}" for i in range(5)]
 
 

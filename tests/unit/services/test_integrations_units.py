@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kernel.profile_context import purpose_of
 from services.integrations import domain
 from services.integrations.connectors import fitbit, google_calendar
 from services.integrations.connectors.base import MalformedRecord
 from services.integrations.connectors.http import parse_retry_after
+from services.integrations.connectors.registry import all_connectors
 from services.integrations.settings import IntegrationsSettings
 from services.integrations.vault import Envelope, KeyRing, UnknownKey, VaultError
 from tips.events.v1 import signal_pb2
@@ -143,6 +145,8 @@ def test_update_mask_and_names() -> None:
     with pytest.raises(Exception, match="update_mask"):
         domain.check_update_mask(["provider"])
     assert domain.parse_connection_name("users/u/connections/c") == ("u", "c")
-    assert domain.purpose_id(domain.purpose_enum_name("calendar-data-for-tips")) == (
-        "calendar-data-for-tips"
-    )
+
+
+def test_every_connector_names_a_real_consent() -> None:
+    for connector in all_connectors().values():
+        assert purpose_of(connector.consent_purpose) is not None, connector.id
