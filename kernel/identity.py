@@ -15,7 +15,8 @@ network only, and in production every hop is mutually authenticated with mTLS
 The gateway strips any ``x-tips-*`` header a client sends.
 
 The server interceptor sets ``current_caller()`` for each RPC; servicers
-call ``require_caller()``, ``require_owner(name)`` or ``require_scope(s)``.
+call ``require_caller()``, ``require_owner(name)``, ``require_user_parent(parent)``
+or ``require_scope(s)``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from kernel.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from kernel.names import USER
 
 USER_KEY = "x-tips-user"
 SCOPES_KEY = "x-tips-scopes"
@@ -126,6 +128,13 @@ def require_owner(resource_name: str, field_name: str = "name") -> Caller:
             metadata={"resource": resource_name},
         )
     return caller
+
+
+def require_user_parent(parent: str, field: str = "parent") -> str:
+    """The user id of ``parent``, exactly ``users/{user}``, which the caller must be."""
+    user_id = USER.parse_one(parent, field)
+    require_owner(parent, field)
+    return user_id
 
 
 def require_scope(scope: str) -> Caller:

@@ -70,13 +70,13 @@ class ProfileUnavailable(Unavailable):
 
 
 async def user_context(
-    settings: Settings, user_id: str, *, timeout: float | None = None
+    settings: Settings, user_id: str, *, rpc_timeout: float | None = None
 ) -> user_context_pb2.UserContext | None:
     """The user's context; None when the profile service knows no such user."""
     stub = profile_service_pb2_grpc.ProfileInternalServiceStub(channel(settings, "profile"))
     request = profile_service_pb2.GetUserContextRequest(user=user_name(user_id))
     try:
-        response = await stub.GetUserContext(request, timeout=timeout)
+        response = await stub.GetUserContext(request, timeout=rpc_timeout)
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             return None

@@ -29,6 +29,7 @@ from kernel.errors import (
     NotFound,
     Unauthenticated,
 )
+from kernel.names import user_name
 from kernel.outbox import enqueue
 from services.auth import crypto, domain, signing, store
 from services.auth.crypto import Envelope, Sealed
@@ -203,7 +204,7 @@ class AuthCore:
         await _publish(
             session,
             events_pb2.UserSignedUp(
-                user=domain.user_name(user_id),
+                user=user_name(user_id),
                 identity=identity,
                 provider=provider,  # type: ignore[arg-type]
                 email=claims.email,
@@ -216,7 +217,7 @@ class AuthCore:
         await _publish(
             session,
             events_pb2.IdentityLinked(
-                user=domain.user_name(user_id),
+                user=user_name(user_id),
                 identity=identity,
                 provider=provider,  # type: ignore[arg-type]
                 email=claims.email,
@@ -486,7 +487,7 @@ class AuthCore:
         ).all()
         for row in rows:
             event = events_pb2.SessionRevoked(
-                user=domain.user_name(row.user_id),
+                user=user_name(row.user_id),
                 session=domain.session_name(row.user_id, row.id),
                 reason=reason,  # type: ignore[arg-type]
             )
@@ -631,7 +632,7 @@ class AuthCore:
             await _publish(
                 session,
                 events_pb2.IdentityLinked(
-                    user=domain.user_name(user_id),
+                    user=user_name(user_id),
                     identity=domain.identity_name(user_id, identity_id),
                     provider=provider,  # type: ignore[arg-type]
                     email=claims.email,

@@ -9,6 +9,7 @@ from typing import Any
 
 from kernel.errors import InvalidArgument
 from kernel.identity import Caller, require_caller, require_owner
+from kernel.names import USER, Pattern
 from kernel.timestamps import optional_timestamp
 from tips.auth.v1 import identity_pb2, session_pb2
 
@@ -24,38 +25,33 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def user_name(user_id: str) -> str:
-    return f"users/{user_id}"
+SESSION = Pattern("users/{user}/sessions/{session}")
+IDENTITY = Pattern("users/{user}/identities/{identity}")
+# ``users/me`` names the caller in the REST paths of this service.
+ME = "me"
 
 
 def session_name(user_id: str, session_id: str) -> str:
-    return f"users/{user_id}/sessions/{session_id}"
+    return SESSION.format(user_id, session_id)
 
 
 def identity_name(user_id: str, identity_id: str) -> str:
-    return f"users/{user_id}/identities/{identity_id}"
+    return IDENTITY.format(user_id, identity_id)
 
 
 def resolve_parent(parent: str, field: str = "parent") -> Caller:
     """The caller, who must own ``users/{user}`` (``users/me`` means the caller)."""
-    if parent == "users/me":
+    if USER.parse_one(parent, field) == ME:
         return require_caller()
-    parts = parent.split("/")
-    if len(parts) != 2 or parts[0] != "users" or not parts[1]:
-        raise InvalidArgument([(field, f"must be users/{{user}}, got {parent!r}")])
     return require_owner(parent, field)
 
 
-def resolve_child(name: str, collection: str, field: str = "name") -> tuple[Caller, str]:
+def resolve_child(name: str, pattern: Pattern, field: str = "name") -> tuple[Caller, str]:
     """The caller and the child id of ``users/{user}/<collection>/{id}``, owned by the caller."""
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "users" or parts[2] != collection or "" in parts:
-        raise InvalidArgument(
-            [(field, f"must be users/{{user}}/{collection}/{{id}}, got {name!r}")]
-        )
-    if parts[1] == "me":
-        return require_caller(), parts[3]
-    return require_owner(name, field), parts[3]
+    user_id, child_id = pattern.parse(name, field)
+    if user_id == ME:
+        return require_caller(), child_id
+    return require_owner(name, field), child_id
 
 
 def check_provider(value: int, field: str = "provider") -> int:

@@ -10,6 +10,7 @@ from google.protobuf.json_format import ParseDict
 from kernel import paging
 from kernel.errors import InvalidArgument, Unauthenticated
 from kernel.identity import parse_user
+from kernel.names import user_name
 from kernel.timestamps import optional_timestamp
 from services.auth import domain
 from services.auth.core import AuthCore, Device, Issued
@@ -37,7 +38,7 @@ def _fill(response: Any, issued: Issued) -> None:
     response.refresh_token = issued.refresh_token
     response.refresh_token_expire_time.CopyFrom(optional_timestamp(issued.refresh_expire_time))
     response.session.CopyFrom(issued.session)
-    response.user = domain.user_name(issued.user_id)
+    response.user = user_name(issued.user_id)
 
 
 def _jwks(keys: list[dict[str, str]]) -> list[jwk_pb2.Jwk]:
@@ -129,14 +130,14 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Any
     ) -> pb.GetSessionResponse:
-        caller, session_id = domain.resolve_child(request.name, "sessions")
+        caller, session_id = domain.resolve_child(request.name, domain.SESSION)
         found = await self.core.get_session(caller.user, session_id, request.name, caller.session)
         return pb.GetSessionResponse(session=found)
 
     async def RevokeSession(
         self, request: pb.RevokeSessionRequest, context: Any
     ) -> pb.RevokeSessionResponse:
-        caller, session_id = domain.resolve_child(request.name, "sessions")
+        caller, session_id = domain.resolve_child(request.name, domain.SESSION)
         found = await self.core.revoke_session(
             caller.user, session_id, request.name, caller.session
         )
@@ -155,7 +156,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     async def GetIdentity(
         self, request: pb.GetIdentityRequest, context: Any
     ) -> pb.GetIdentityResponse:
-        caller, identity_id = domain.resolve_child(request.name, "identities")
+        caller, identity_id = domain.resolve_child(request.name, domain.IDENTITY)
         found = await self.core.get_identity(caller.user, identity_id, request.name)
         return pb.GetIdentityResponse(identity=found)
 
@@ -186,7 +187,7 @@ class AuthInternalServicer(pb_grpc.AuthInternalServiceServicer):
         self, request: pb.RevokeUserSessionsRequest, context: Any
     ) -> pb.RevokeUserSessionsResponse:
         user_id = parse_user(request.user, "user")
-        if request.user != domain.user_name(user_id):
+        if request.user != user_name(user_id):
             raise InvalidArgument([("user", f"must be users/{{user}}, got {request.user!r}")])
         reason = request.reason or session_pb2.SESSION_REVOKE_REASON_ADMIN
         count = await self.core.revoke_user_sessions(user_id, reason)
@@ -202,7 +203,7 @@ class AuthInternalServicer(pb_grpc.AuthInternalServiceServicer):
             return pb.IntrospectTokenResponse(active=False)
         return pb.IntrospectTokenResponse(
             active=True,
-            user=domain.user_name(found.user_id),
+            user=user_name(found.user_id),
             session=domain.session_name(found.user_id, found.session_id),
             scopes=found.scopes,
             expire_time=optional_timestamp(found.expire_time),

@@ -154,7 +154,7 @@ class ConsentGate:
         # Only a "granted" is cached: a grant made a moment ago must not wait.
         try:
             context = await user_context(
-                self.settings, user_id, timeout=self.settings.events_consent_timeout_seconds
+                self.settings, user_id, rpc_timeout=self.settings.events_consent_timeout_seconds
             )
         except ProfileUnavailable:
             log.warning("profile unreachable: consent-gated items refused")

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel import paging
 from kernel.errors import InvalidArgument
+from kernel.names import Pattern
 from kernel.timestamps import timestamp
 from tips.events.v1 import events_service_pb2, signal_pb2
 from tips.profile.v1 import consent_pb2
@@ -71,31 +72,25 @@ _REACTIONS = frozenset(signal_pb2.TipReaction.values())
 Violations = list[tuple[str, str]]
 
 
-def user_name(user_id: str) -> str:
-    return f"users/{user_id}"
+SIGNAL = Pattern("users/{user}/signals/{signal}")
+# Another resource of the same user a signal may point at (its connection, its tip).
+CONNECTION = Pattern("users/{user}/connections/{id}", ids={"id": _ID.pattern[1:-1]})
+TIP = Pattern("users/{user}/tips/{id}", ids={"id": _ID.pattern[1:-1]})
 
 
 def signal_name(user_id: str, signal_id: str) -> str:
-    return f"users/{user_id}/signals/{signal_id}"
+    return SIGNAL.format(user_id, signal_id)
 
 
 def parse_signal_name(name: str, field: str = "name") -> tuple[str, str]:
     """``(user, signal)`` of ``users/{user}/signals/{signal}``; InvalidArgument otherwise."""
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "users" or parts[2] != "signals" or "" in parts:
-        raise InvalidArgument([(field, f"must be users/{{user}}/signals/{{signal}}, got {name!r}")])
-    return parts[1], parts[3]
+    user_id, signal_id = SIGNAL.parse(name, field)
+    return user_id, signal_id
 
 
-def _is_child_name(name: str, user_id: str, collection: str) -> bool:
-    parts = name.split("/")
-    return (
-        len(parts) == 4
-        and parts[0] == "users"
-        and parts[1] == user_id
-        and parts[2] == collection
-        and bool(_ID.match(parts[3]))
-    )
+def is_child_name(name: str, user_id: str, pattern: Pattern) -> bool:
+    found = pattern.match(name)
+    return found is not None and found[0] == user_id
 
 
 def check_batch_size(count: int) -> None:
@@ -145,7 +140,7 @@ def _check_identity(signal: signal_pb2.Signal, user_id: str, v: Violations) -> N
         v.append(("client_signal_id", f"at most {MAX_CLIENT_SIGNAL_ID} characters"))
     if signal.source not in _SOURCES or not signal.source:
         v.append(("source", "is required (PHONE, CONNECTOR or APP)"))
-    if signal.connection and not _is_child_name(signal.connection, user_id, "connections"):
+    if signal.connection and not is_child_name(signal.connection, user_id, CONNECTION):
         v.append(("connection", f"must be users/{user_id}/connections/{{connection}}"))
     if signal.source == signal_pb2.SIGNAL_SOURCE_CONNECTOR and not signal.connection:
         v.append(("connection", "is required for connector signals"))
@@ -245,7 +240,7 @@ def _check_workout(workout: signal_pb2.WorkoutPayload, v: Violations) -> None:
 
 
 def _check_reaction(reaction: signal_pb2.TipReactionPayload, user_id: str, v: Violations) -> None:
-    if not _is_child_name(reaction.tip, user_id, "tips"):
+    if not is_child_name(reaction.tip, user_id, TIP):
         v.append(("tip_reaction.tip", f"must be a tip of the user, users/{user_id}/tips/{{tip}}"))
     if (
         reaction.reaction not in _REACTIONS
@@ -330,7 +325,7 @@ def parse_list_request(request: events_service_pb2.ListSignalsRequest, user_id: 
     if order is None:
         v.append(("order_by", f"must be one of {', '.join(repr(o) for o in ORDERS if o)}"))
         order = ORDERS[""]
-    if request.connection and not _is_child_name(request.connection, user_id, "connections"):
+    if request.connection and not is_child_name(request.connection, user_id, CONNECTION):
         v.append(("connection", f"must be users/{user_id}/connections/{{connection}}"))
     unknown = [k for k in request.kinds if k not in PAYLOAD_OF_KIND]
     if unknown:

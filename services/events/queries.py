@@ -10,9 +10,9 @@ from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
-from services.events.domain import user_name
 from services.events.selectors import PurgeSelector, ScanQuery
 from services.events.store import consents, outbox, signals
 from tips.events.v1 import events_pb2, signal_pb2

@@ -11,7 +11,8 @@ from google.type import interval_pb2
 from kernel import paging
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
-from services.events.domain import PAYLOAD_OF_KIND, Violations, _is_child_name, user_name
+from kernel.names import user_name
+from services.events.domain import CONNECTION, PAYLOAD_OF_KIND, Violations, is_child_name
 from tips.events.v1 import events_service_pb2 as pb
 from tips.events.v1 import signal_pb2
 
@@ -63,7 +64,7 @@ def parse_purge(request: pb.PurgeSignalsRequest, user_id: str) -> PurgeSelector:
     v: Violations = []
     if not _source_ok(request.source):
         v.append(("source", f"unknown source {request.source}"))
-    if request.connection and not _is_child_name(request.connection, user_id, "connections"):
+    if request.connection and not is_child_name(request.connection, user_id, CONNECTION):
         v.append(("connection", f"must be users/{user_id}/connections/{{connection}}"))
     kinds = _kinds(list(request.kinds), v)
     start = end = None

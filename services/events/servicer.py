@@ -13,7 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
-from kernel.identity import parse_user, require_owner
+from kernel.identity import require_owner, require_user_parent
+from kernel.names import USER
 from kernel.timestamps import timestamp
 from services.events import domain, queries, selectors, store
 from services.events.consent import ConsentGate
@@ -25,15 +26,6 @@ from tips.events.v1 import events_service_pb2_grpc as pb_grpc
 ACCEPTED = pb.INGEST_OUTCOME_ACCEPTED
 DUPLICATE = pb.INGEST_OUTCOME_DUPLICATE
 REJECTED = pb.INGEST_OUTCOME_REJECTED
-
-
-def _require_user_parent(parent: str) -> str:
-    """The user id of ``users/{user}``, which the caller must be."""
-    user_id = parse_user(parent, "parent")
-    if parent != domain.user_name(user_id):
-        raise InvalidArgument([("parent", f"must be users/{{user}}, got {parent!r}")])
-    require_owner(parent, "parent")
-    return user_id
 
 
 def new_signal_id() -> str:
@@ -112,7 +104,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
     async def BatchIngestSignals(
         self, request: pb.BatchIngestSignalsRequest, context: Any
     ) -> pb.BatchIngestSignalsResponse:
-        user_id = _require_user_parent(request.parent)
+        user_id = require_user_parent(request.parent)
         domain.check_batch_limit(len(request.signals), self.settings.events_max_batch)
         now = datetime.now(UTC)
         stamp = timestamp(now)
@@ -146,7 +138,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
     async def ListSignals(
         self, request: pb.ListSignalsRequest, context: Any
     ) -> pb.ListSignalsResponse:
-        user_id = _require_user_parent(request.parent)
+        user_id = require_user_parent(request.parent)
         query = domain.parse_list_request(request, user_id)
         async with self.db.session() as session:
             signals, cursor = await store.list_signals(session, query)
@@ -156,7 +148,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
     async def PurgeSignals(
         self, request: pb.PurgeSignalsRequest, context: Any
     ) -> pb.PurgeSignalsResponse:
-        user_id = _require_user_parent(request.parent)
+        user_id = require_user_parent(request.parent)
         selector = selectors.parse_purge(request, user_id)
         if request.validate_only:
             async with self.db.session() as session:
@@ -171,7 +163,7 @@ class EventsServicer(pb_grpc.EventsServiceServicer):
     async def ReplaySignals(
         self, request: pb.ReplaySignalsRequest, context: Any
     ) -> AsyncIterator[pb.ReplaySignalsResponse]:
-        user_id = _require_user_parent(request.parent)
+        user_id = require_user_parent(request.parent)
         query = selectors.parse_replay(request, user_id, datetime.now(UTC))
         async for signals, token in _scan(self.db, query):
             yield pb.ReplaySignalsResponse(signals=signals, resume_token=token)
@@ -243,11 +235,9 @@ def _connector_violations(
 ) -> str | domain.Violations:
     """The item's user id when it is valid, else its violations (fields relative to the item)."""
     try:
-        user_id = parse_user(item.parent, "parent")
+        user_id = USER.parse_one(item.parent, "parent")
     except InvalidArgument as exc:
         return exc.violations
-    if item.parent != domain.user_name(user_id):
-        return [("parent", f"must be users/{{user}}, got {item.parent!r}")]
     if not item.HasField("signal"):
         return [("signal", "is required")]
     violations = domain.validate_connector_signal(item.signal, user_id, now, max_bytes)

@@ -32,8 +32,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.names import user_name
 from kernel.outbox import EventRows, enqueue_rows, outbox_table, processed_table
-from services.events.domain import ListQuery, user_name
+from services.events.domain import ListQuery
 from services.events.recorded import recorded_bytes
 from tips.events.v1 import events_pb2, signal_pb2
 

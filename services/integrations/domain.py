@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from kernel.errors import InvalidArgument
+from kernel.names import Pattern
 from kernel.timestamps import optional_timestamp
 from services.integrations.connectors.base import Connector
 from services.integrations.settings import IntegrationsSettings
@@ -27,24 +28,21 @@ _CONNECTION_ID = re.compile(r"^[a-z0-9-]{1,63}$")
 UPDATABLE = ("display_name", "paused", "sync_interval")
 
 
+CONNECTION = Pattern("users/{user}/connections/{connection}")
+PROVIDER = Pattern("providers/{provider}")
+
+
 def connection_name(user_id: str, connection_id: str) -> str:
-    return f"users/{user_id}/connections/{connection_id}"
+    return CONNECTION.format(user_id, connection_id)
 
 
 def parse_connection_name(name: str, field: str = "name") -> tuple[str, str]:
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "users" or parts[2] != "connections" or "" in parts:
-        raise InvalidArgument(
-            [(field, f"must be users/{{user}}/connections/{{connection}}, got {name!r}")]
-        )
-    return parts[1], parts[3]
+    user_id, connection_id = CONNECTION.parse(name, field)
+    return user_id, connection_id
 
 
 def parse_provider_name(name: str, field: str) -> str:
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "providers" or not parts[1]:
-        raise InvalidArgument([(field, f"must be providers/{{provider}}, got {name!r}")])
-    return parts[1]
+    return PROVIDER.parse_one(name, field)
 
 
 def check_connection_id(value: str, field: str = "connection_id") -> str:

@@ -16,6 +16,7 @@ import grpc
 
 from kernel.clients import channel
 from kernel.identity import Caller, acting_as
+from kernel.names import user_name
 from services.integrations.settings import IntegrationsSettings
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
@@ -67,7 +68,7 @@ class EventsSink:
         self, user_id: str, signals: Sequence[signal_pb2.Signal], sync_id: str
     ) -> IngestCounts:
         stub = ev_grpc.EventsInternalServiceStub(channel(self.settings, "events"))
-        parent = f"users/{user_id}"
+        parent = user_name(user_id)
         response = await stub.BatchIngestConnectorSignals(
             ev.BatchIngestConnectorSignalsRequest(
                 signals=[ev.ConnectorSignal(parent=parent, signal=s) for s in signals],
@@ -82,7 +83,7 @@ class EventsSink:
         stub = ev_grpc.EventsServiceStub(channel(self.settings, "events"))
         with acting_as(Caller(user=user_id)):  # the channel sends x-tips-user
             response = await stub.BatchIngestSignals(
-                ev.BatchIngestSignalsRequest(parent=f"users/{user_id}", signals=list(signals))
+                ev.BatchIngestSignalsRequest(parent=user_name(user_id), signals=list(signals))
             )
         return IngestCounts(
             response.accepted_count, response.duplicate_count, response.rejected_count

@@ -20,7 +20,7 @@ from kernel.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from kernel.identity import parse_user, require_owner, require_scope
+from kernel.identity import require_owner, require_scope, require_user_parent
 from kernel.timestamps import timestamp
 from services.integrations import domain, oauth, store
 from services.integrations.connectors.base import Connector
@@ -120,10 +120,7 @@ class IntegrationsServicer(pb_grpc.IntegrationsServiceServicer):
         self, request: pb.StartConnectionRequest, context: Any
     ) -> pb.StartConnectionResponse:
         w = self.w
-        user_id = parse_user(request.parent, "parent")
-        if request.parent != f"users/{user_id}":
-            raise InvalidArgument([("parent", f"must be users/{{user}}, got {request.parent!r}")])
-        require_owner(request.parent, "parent")
+        user_id = require_user_parent(request.parent)
         if not request.connection.provider:
             raise InvalidArgument([("connection.provider", "is required")])
         connector = _connector(request.connection.provider, "connection.provider")
@@ -274,8 +271,7 @@ class IntegrationsServicer(pb_grpc.IntegrationsServiceServicer):
     async def ListConnections(
         self, request: pb.ListConnectionsRequest, context: Any
     ) -> pb.ListConnectionsResponse:
-        user_id = parse_user(request.parent, "parent")
-        require_owner(request.parent, "parent")
+        user_id = require_user_parent(request.parent)
         size = paging.page_size(request.page_size, default=50, maximum=100)
         provider = (
             domain.parse_provider_name(request.provider, "provider") if request.provider else None

@@ -23,6 +23,7 @@ import httpx
 from google.rpc import code_pb2  # type: ignore[import-untyped]
 
 from kernel.db import Database
+from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
 from services.integrations import domain, oauth, store
@@ -299,7 +300,7 @@ class SyncEngine:
             event = events_pb2.SyncCompleted(
                 event_id=uuid.uuid4().hex,
                 occur_time=timestamp(end),
-                user=f"users/{row.user_id}",
+                user=user_name(row.user_id),
                 result=result,
                 provider=f"providers/{row.provider}",
             )
@@ -347,7 +348,7 @@ async def publish_change(
     event = events_pb2.ConnectionChanged(
         event_id=uuid.uuid4().hex,
         occur_time=timestamp(datetime.now(UTC)),
-        user=f"users/{user_id}",
+        user=user_name(user_id),
         change=change,  # type: ignore[arg-type]
         connection=connection,
         keep_signals=keep_signals,

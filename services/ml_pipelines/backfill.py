@@ -45,7 +45,7 @@ RETRIES = 5
 
 def backfill_proto(row: Any) -> feature_backfill_pb2.FeatureBackfill:
     out = feature_backfill_pb2.FeatureBackfill(
-        name=f"featureBackfills/{row.backfill_id}",
+        name=names.FEATURE_BACKFILL.format(row.backfill_id),
         feature_schema_version=row.feature_schema_version,
         feature_names=row.feature_names,
         users=row.users,
@@ -114,7 +114,7 @@ class Backfiller:
         }
         async with self.db.transaction() as session:
             row, created = await jobs.insert_once(
-                session, B, "backfill_id", values, f"featureBackfills/{backfill_id}"
+                session, B, "backfill_id", values, names.FEATURE_BACKFILL.format(backfill_id)
             )
         if created:
             self.spawn(self.run(backfill_id))
@@ -124,12 +124,12 @@ class Backfiller:
         row = (await session.execute(select(B).where(B.c.backfill_id == backfill_id))).first()
         if row is None:
             raise NotFound(
-                f"featureBackfills/{backfill_id}", resource_type="tips.app/FeatureBackfill"
+                names.FEATURE_BACKFILL.format(backfill_id), resource_type="tips.app/FeatureBackfill"
             )
         return row
 
     async def get(self, name: str) -> feature_backfill_pb2.FeatureBackfill:
-        backfill_id = names.parse_job(name, "featureBackfills")
+        backfill_id = names.FEATURE_BACKFILL.parse_one(name)
         async with self.db.session() as session:
             return backfill_proto(await self._row(session, backfill_id))
 

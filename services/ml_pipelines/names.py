@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from google.type import interval_pb2
 
 from kernel.errors import InvalidArgument
+from kernel.names import Pattern
 from kernel.timestamps import timestamp
 
 MODEL_ID = re.compile(r"^[a-z][a-z0-9_]{2,62}$")
@@ -16,52 +17,33 @@ JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SKEW = timedelta(minutes=5)
 
 
+MODEL = Pattern("models/{model}", ids={"model": MODEL_ID.pattern[1:-1]})
+VERSION = Pattern(
+    "models/{model}/versions/{version}",
+    ids={"model": MODEL_ID.pattern[1:-1], "version": "[1-9][0-9]{0,8}"},
+)
+_JOB = JOB_ID.pattern[1:-1]
+TRAINING_RUN = Pattern("trainingRuns/{id}", ids={"id": _JOB})
+FEATURE_BACKFILL = Pattern("featureBackfills/{id}", ids={"id": _JOB})
+
+
 def parse_model(name: str, field: str = "name") -> str:
     """The ``{model}`` of ``models/{model}``."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "models" or not MODEL_ID.match(parts[1]):
-        raise InvalidArgument([(field, f"must be models/{{model}}, got {name!r}")])
-    return parts[1]
+    return MODEL.parse_one(name, field)
 
 
 def parse_version(name: str, field: str = "name") -> tuple[str, int]:
-    """``({model}, {version})`` of ``models/{model}/versions/{version}``."""
-    parts = name.split("/")
-    ok = (
-        len(parts) == 4
-        and parts[0] == "models"
-        and parts[2] == "versions"
-        and MODEL_ID.match(parts[1]) is not None
-        and parts[3].isdigit()
-        and int(parts[3]) > 0
-    )
-    if not ok:
-        raise InvalidArgument(
-            [
-                (
-                    field,
-                    "must be models/{model}/versions/{version} (a positive integer), "
-                    f"got {name!r}",
-                )
-            ]
-        )
-    return parts[1], int(parts[3])
+    """``({model}, {version})`` of ``models/{model}/versions/{version}`` (a positive integer)."""
+    model, version = VERSION.parse(name, field)
+    return model, int(version)
 
 
 def model_name(model: str) -> str:
-    return f"models/{model}"
+    return MODEL.format(model)
 
 
 def version_name(model: str, version: int) -> str:
-    return f"models/{model}/versions/{version}"
-
-
-def parse_job(name: str, collection: str, field: str = "name") -> str:
-    """The id of ``{collection}/{id}`` (training runs, feature backfills)."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != collection or not JOB_ID.match(parts[1]):
-        raise InvalidArgument([(field, f"must be {collection}/{{id}}, got {name!r}")])
-    return parts[1]
+    return VERSION.format(model, str(version))
 
 
 def check_job_id(value: str, field: str) -> None:

@@ -77,7 +77,7 @@ def parse_params(params: Mapping[str, str]) -> dict[str, float]:
 
 def run_proto(row: Any) -> training_run_pb2.TrainingRun:
     out = training_run_pb2.TrainingRun(
-        name=f"trainingRuns/{row.run_id}",
+        name=names.TRAINING_RUN.format(row.run_id),
         model=names.model_name(row.model_id),
         algorithm=row.algorithm,
         params={k: repr(v) for k, v in (row.params or {}).items()},
@@ -146,7 +146,7 @@ class Trainer:
         }
         async with self.db.transaction() as session:
             row, created = await jobs.insert_once(
-                session, R, "run_id", values, f"trainingRuns/{run_id}"
+                session, R, "run_id", values, names.TRAINING_RUN.format(run_id)
             )
         if created:
             self.spawn(self.run(run_id))
@@ -155,11 +155,11 @@ class Trainer:
     async def _row(self, session: Any, run_id: str) -> Any:
         row = (await session.execute(select(R).where(R.c.run_id == run_id))).first()
         if row is None:
-            raise NotFound(f"trainingRuns/{run_id}", resource_type="tips.app/TrainingRun")
+            raise NotFound(names.TRAINING_RUN.format(run_id), resource_type="tips.app/TrainingRun")
         return row
 
     async def get(self, name: str) -> training_run_pb2.TrainingRun:
-        run_id = names.parse_job(name, "trainingRuns")
+        run_id = names.TRAINING_RUN.parse_one(name)
         async with self.db.session() as session:
             return run_proto(await self._row(session, run_id))
 
@@ -185,7 +185,7 @@ class Trainer:
             return list(rows)
 
     async def cancel(self, name: str) -> training_run_pb2.TrainingRun:
-        run_id = names.parse_job(name, "trainingRuns")
+        run_id = names.TRAINING_RUN.parse_one(name)
         async with self.db.transaction() as session:
             row = (
                 await session.execute(select(R).where(R.c.run_id == run_id).with_for_update())
@@ -326,7 +326,7 @@ class Trainer:
                     feature_schema_version=FEATURE_SCHEMA_VERSION,
                     description=f"trained by trainingRuns/{run_id}",
                     metrics=metrics,
-                    training_run=f"trainingRuns/{run_id}",
+                    training_run=names.TRAINING_RUN.format(run_id),
                     in_place=version,
                 ),
                 session,
@@ -378,7 +378,7 @@ class Trainer:
         event = events_pb2.TrainingRunCompleted(
             event_id=f"training-run-completed:{run_id}",
             occur_time=optional_timestamp(now),
-            training_run=f"trainingRuns/{run_id}",
+            training_run=names.TRAINING_RUN.format(run_id),
             model=names.model_name(model),
             state=state,  # type: ignore[arg-type]
             model_version=version,

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
+from kernel.names import Pattern
 from tips.notifier.v1 import device_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.profile.v1 import consent_pb2, user_context_pb2
@@ -54,27 +55,16 @@ DATA_MAX = 32  # keys; FCM caps the whole payload at 4 KB anyway
 # --- names ---------------------------------------------------------------------------------
 
 
+DEVICE = Pattern("users/{user}/devices/{id}", ids={"id": _PART.pattern[1:-1]})
+NOTIFICATION = Pattern("users/{user}/notifications/{id}", ids={"id": _PART.pattern[1:-1]})
+
+
 def device_name(user_id: str, device_id: str) -> str:
-    return f"users/{user_id}/devices/{device_id}"
+    return DEVICE.format(user_id, device_id)
 
 
 def notification_name(user_id: str, notification_id: str) -> str:
-    return f"users/{user_id}/notifications/{notification_id}"
-
-
-def parse_child(name: str, collection: str, field: str = "name") -> tuple[str, str]:
-    """(user, id) of ``users/{user}/{collection}/{id}``; InvalidArgument naming ``field``."""
-    parts = name.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "users"
-        or parts[2] != collection
-        or not _PART.match(parts[3])
-    ):
-        raise InvalidArgument(
-            [(field, f"must be users/{{user}}/{collection}/{{id}}, got {name!r}")]
-        )
-    return parse_user(name, field), parts[3]
+    return NOTIFICATION.format(user_id, notification_id)
 
 
 # --- input checks ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import paging
 from kernel.db import Database
 from kernel.errors import NotFound
+from kernel.names import user_name
 from kernel.outbox import enqueue
 from services.notifier import domain, store
 from tips.notifier.v1 import events_pb2, notification_pb2
@@ -61,7 +62,7 @@ async def publish_outcome(session: AsyncSession, row: Any) -> None:
     """Enqueue the event of a final state (SUPPRESSED, SENT, FAILED) in the caller's transaction."""
     notification = to_proto(row)
     event_id = str(uuid.uuid4())
-    user = f"users/{row.user_id}"
+    user = user_name(row.user_id)
     event: Any
     if row.state == domain.SUPPRESSED:
         event = events_pb2.NotificationSuppressed(

@@ -59,7 +59,7 @@ class Sender:
                 return _response(row)
         # Asked before the transaction: no DB connection is held across the call.
         context = await user_context(
-            self.settings, inp.user_id, timeout=self.settings.notifier_profile_timeout_seconds
+            self.settings, inp.user_id, rpc_timeout=self.settings.notifier_profile_timeout_seconds
         )
         async with self.db.transaction() as session:
             await session.execute(

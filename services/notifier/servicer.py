@@ -42,7 +42,7 @@ class NotifierServicer(pb_grpc.NotifierServiceServicer):
     async def DeleteDevice(
         self, request: pb.DeleteDeviceRequest, context: Any
     ) -> pb.DeleteDeviceResponse:
-        user_id, device_id = domain.parse_child(request.name, "devices")
+        user_id, device_id = domain.DEVICE.parse(request.name)
         require_owner(request.name)
         await self.devices.delete(user_id, device_id)
         return pb.DeleteDeviceResponse()
@@ -58,7 +58,7 @@ class NotifierServicer(pb_grpc.NotifierServiceServicer):
     async def GetNotification(
         self, request: pb.GetNotificationRequest, context: Any
     ) -> pb.GetNotificationResponse:
-        user_id, notification_id = domain.parse_child(request.name, "notifications")
+        user_id, notification_id = domain.NOTIFICATION.parse(request.name)
         require_owner(request.name)
         return pb.GetNotificationResponse(notification=await self.log.get(user_id, notification_id))
 

@@ -124,7 +124,9 @@ class Worker:
             return
         try:
             context = await user_context(
-                self.settings, row.user_id, timeout=self.settings.notifier_profile_timeout_seconds
+                self.settings,
+                row.user_id,
+                rpc_timeout=self.settings.notifier_profile_timeout_seconds,
             )
         except Unavailable:
             await self._retry(row, Outcome("retry", "profile service unavailable"))

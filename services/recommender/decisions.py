@@ -7,6 +7,7 @@ from datetime import datetime
 
 from kernel import paging
 from kernel.errors import InvalidArgument
+from kernel.names import Pattern
 
 MAX_TIPS = 5
 DEFAULT_HISTORY = 20
@@ -26,12 +27,13 @@ def history_size(page_size: int) -> int:
     return min(page_size or DEFAULT_HISTORY, MAX_HISTORY)
 
 
+TIP = Pattern("users/{user}/tips/{tip}")
+
+
 def parse_tip_name(name: str, field: str = "name") -> tuple[str, str]:
     """``(user, tip)`` of ``users/{user}/tips/{tip}``; InvalidArgument otherwise."""
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "users" or parts[2] != "tips" or "" in parts:
-        raise InvalidArgument([(field, f"must be users/{{user}}/tips/{{tip}}, got {name!r}")])
-    return parts[1], parts[3]
+    user_id, tip_id = TIP.parse(name, field)
+    return user_id, tip_id
 
 
 def _states_fingerprint(states: Sequence[int]) -> str:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from kernel.names import user_name
 from kernel.outbox import EventRows, OutboxRow
 from kernel.timestamps import timestamp
 from services.recommender import domain, eligibility, explain, wire
@@ -194,7 +195,7 @@ class DecisionEngine:
         head = events_pb2.TipDecided(
             event_id=tip.name,
             occur_time=tip.decide_time,
-            user=f"users/{user_id}",
+            user=user_name(user_id),
             tip=tip.name,
             catalog_tip=tip.catalog_tip,
             propensity=decision.propensity,

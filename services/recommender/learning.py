@@ -26,6 +26,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db import Database
+from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
 from services.recommender import reward_store
@@ -146,7 +147,7 @@ class Learner:
         event = events_pb2.RewardAssigned(
             event_id=f"{tip}:reward",
             occur_time=timestamp(rewarded.reward_time),
-            user=f"users/{rewarded.user_id}",
+            user=user_name(rewarded.user_id),
             tip=tip,
             catalog_tip=rewarded.catalog_tip,
             reward=rewarded.reward,

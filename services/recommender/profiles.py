@@ -93,7 +93,9 @@ class ProfileCache:
         try:
             # The caller's identity goes along: they own the profile asked for.
             context = await user_context(
-                self.settings, user_id, timeout=self.settings.recommender_profile_timeout_seconds
+                self.settings,
+                user_id,
+                rpc_timeout=self.settings.recommender_profile_timeout_seconds,
             )
         except ProfileUnavailable:
             context = None

@@ -9,7 +9,8 @@ from typing import Any
 from kernel.clients import channel
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
-from kernel.identity import parse_user, require_owner
+from kernel.identity import require_owner, require_user_parent
+from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.settings import Settings
 from kernel.timestamps import timestamp
@@ -26,14 +27,6 @@ ACCEPTED = events_service_pb2.INGEST_OUTCOME_ACCEPTED
 REJECTED = events_service_pb2.INGEST_OUTCOME_REJECTED
 
 
-def _require_user_parent(parent: str) -> str:
-    user_id = parse_user(parent, "parent")
-    if parent != f"users/{user_id}":
-        raise InvalidArgument([("parent", f"must be users/{{user}}, got {parent!r}")])
-    require_owner(parent, "parent")
-    return user_id
-
-
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """``tips.recommender.v1.RecommenderService``: tips, history, reactions."""
 
@@ -43,7 +36,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self.settings = settings
 
     async def ListTips(self, request: pb.ListTipsRequest, context: Any) -> pb.ListTipsResponse:
-        user_id = _require_user_parent(request.parent)
+        user_id = require_user_parent(request.parent)
         count = decisions.tip_count(request.page_size)
         tips = await self.engine.decide(user_id, count, datetime.now(UTC))
         return pb.ListTipsResponse(tips=tips)
@@ -54,7 +47,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def ListTipHistory(
         self, request: pb.ListTipHistoryRequest, context: Any
     ) -> pb.ListTipHistoryResponse:
-        user_id = _require_user_parent(request.parent)
+        user_id = require_user_parent(request.parent)
         limit = decisions.history_size(request.page_size)
         states = [int(s) for s in request.states]
         after = decisions.parse_history_token(request.page_token, states)
@@ -92,7 +85,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if until is not None:
             signal.tip_reaction.snooze_until.FromDatetime(until)
         user_id, tip_id = decisions.parse_tip_name(tip.name)
-        result = await self._ingest(f"users/{user_id}", signal)
+        result = await self._ingest(user_name(user_id), signal)
         if result.outcome == REJECTED:
             raise InvalidArgument([("name", f"the reaction was rejected: {result.error.message}")])
         if result.outcome == ACCEPTED:

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.outbox import outbox_table, processed_table
 from kernel.timestamps import optional_timestamp
+from services.recommender.decisions import TIP
 from services.recommender.domain import UserContext
 from tips.events.v1 import signal_pb2
 from tips.recommender.v1 import tip_pb2
@@ -95,7 +96,7 @@ S = tip_pb2.TipState
 
 
 def tip_name(user_id: str, tip_id: str) -> str:
-    return f"users/{user_id}/tips/{tip_id}"
+    return TIP.format(user_id, tip_id)
 
 
 def tip_from_row(row: Row[Any]) -> tip_pb2.Tip:

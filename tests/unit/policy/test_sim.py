@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ def test_a_day_becomes_signals() -> None:
     for s in signals:
         assert s.WhichOneof("payload") and s.client_signal_id and s.HasField("start_time")
     assert len({s.client_signal_id for s in signals}) == len(signals)
-    snooze = reaction_signal(user, "users/u/tips/t1", SNOOZE, signals[0].end_time.ToDatetime())
+    snooze = reaction_signal(user, "users/u/tips/t1", SNOOZE, signals[0].end_time.ToDatetime(UTC))
     assert snooze.tip_reaction.reaction == signal_pb2.TIP_REACTION_SNOOZE
     assert snooze.tip_reaction.HasField("snooze_until")
 

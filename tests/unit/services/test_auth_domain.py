@@ -68,7 +68,7 @@ def test_bad_requests_name_fields() -> None:
         domain.check_sign_in_request(0, "", "")
     assert [f for f, _ in caught.value.violations] == ["provider", "id_token", "nonce"]
     with pytest.raises(InvalidArgument):
-        domain.resolve_child("users/u1/tips/x", "sessions")
+        domain.resolve_child("users/u1/tips/x", domain.SESSION)
 
 
 def _provider() -> Provider:
