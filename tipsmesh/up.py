@@ -6,7 +6,7 @@ under ``RUN_DIR`` (default ``.run/``; reused across runs, ``--fresh`` wipes
 it); run ``tips migrate``; start every service and the gateway as
 ``python -m tipsmesh.cli serve NAME`` in its own process group, logging to
 ``RUN_DIR/logs/NAME.log``; wait until each is SERVING on gRPC health (the
-gateway: ``GET /healthz`` 200); print a table; wait.
+gateway: ``GET /readyz`` 200); print a table; wait.
 
 On SIGINT/SIGTERM, or when a child exits on its own (reported, exit 1),
 everything is stopped in reverse dependency order: gateway, services (SIGTERM,
@@ -335,7 +335,8 @@ class Mesh:
             if child.exited():
                 raise child.failure(f"exited with code {child.proc.returncode} before SERVING")
             if child.name == GATEWAY:
-                ok = await http_ok(f"{child.url}/healthz", deadline_s=0.5)
+                # Ready, not merely up: every upstream SERVING, revocations caught up.
+                ok = await http_ok(f"{child.url}/readyz", deadline_s=1.0)
             else:
                 ok = await grpc_serving(f"{HOST}:{child.port}", deadline_s=0.5)
             if ok:
