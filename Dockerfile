@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gen ./gen
 COPY kernel ./kernel
+COPY policy ./policy
 COPY services ./services
 COPY gateway ./gateway
 COPY tipsmesh ./tipsmesh

@@ -47,7 +47,7 @@ lint-py: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy kernel services gateway tipsmesh sim
+	$(BIN)/mypy kernel policy services gateway tipsmesh sim
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,7 @@
 
 Every policy sees the same simulated rounds (users, days, contexts, and the
 same uniform draw deciding each reaction) and the same feature rows
-(services.recommender.policy.features): ours (ridge UCB + per-tip residuals,
+(policy.features): ours (ridge UCB + per-tip residuals,
 softmax propensities), uniform random, Vowpal Wabbit ``--cb_explore_adf``
 (its default epsilon-greedy, and ``--squarecb``; plus one given the tip id as
 a feature), and the best single tip in hindsight (the one tip with the highest
@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `sim` is a top-level package of the repository
 
-from services.recommender.policy.bandit import REWARD_DONE, REWARD_SNOOZE  # noqa: E402
-from services.recommender.policy.features import DIM, ROW_NAMES  # noqa: E402
+from policy.bandit import REWARD_DONE, REWARD_SNOOZE  # noqa: E402
+from policy.features import DIM, ROW_NAMES  # noqa: E402
 from sim.agents import Agent, OurAgent, UniformAgent, VwAgent  # noqa: E402
 from sim.reactions import DONE, SNOOZE, draw  # noqa: E402
 from sim.world import Affinity, World  # noqa: E402

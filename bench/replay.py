@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `sim` is a top-level package of the repository
 
-from services.recommender.policy.bandit import REWARD_DONE, REWARD_SNOOZE  # noqa: E402
-from services.recommender.policy.features import (  # noqa: E402
+from policy.bandit import REWARD_DONE, REWARD_SNOOZE  # noqa: E402
+from policy.features import (  # noqa: E402
     CATEGORIES,
     FEATURE_NAMES,
     context_features,

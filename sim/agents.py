@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.recommender.policy.bandit import Policy, PolicyParams
+from policy.bandit import Policy, PolicyParams
 
 
 class Agent(Protocol):

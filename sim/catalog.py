@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.recommender.policy.features import CATEGORIES, TipFeatures
+from policy.features import CATEGORIES, TipFeatures
 
 # Day parts each category usually fits (the visible time-of-day fit).
 _PARTS = {

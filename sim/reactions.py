@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from services.recommender.policy.bandit import REWARD_DONE, REWARD_SNOOZE
-from services.recommender.policy.features import MINUTES_CAP, day_part
+from policy.bandit import REWARD_DONE, REWARD_SNOOZE
+from policy.features import MINUTES_CAP, day_part
 from sim.catalog import SimTip
 from sim.users import User
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.recommender.policy.features import CATEGORIES
+from policy.features import CATEGORIES
 
 DAY_END_HOUR = 22.5
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.recommender.policy.features import CATEGORIES, feature_vector
+from policy.features import CATEGORIES, feature_vector
 from sim.catalog import SimTip, make_catalog
 from sim.reactions import expected_reward, reaction_probabilities
 from sim.users import Day, User, context_at, make_day, make_user

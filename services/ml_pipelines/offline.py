@@ -3,7 +3,7 @@
 
 A ``TipDecided`` carries the named context features and the candidate ids,
 not the policy's rows: the rows are rebuilt here with the policy's own
-feature code (``services.recommender.policy.features``) from the context
+feature code (``policy.features``) from the context
 values and the catalog tips' features. Values the log does not carry (the
 user's per-category affinities) take the feature code's defaults, so rebuilt
 rows match the served ones on everything but affinity.
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from policy import bandit, features
+from policy.onnx_export import INPUT, OUTPUT
 from services.ml_pipelines import ope
 from services.recommender.catalog import entry, from_file
-from services.recommender.policy import bandit, features
-from services.recommender.policy.onnx_export import INPUT, OUTPUT
 
 # Trained versions keep their full statistics next to model.onnx (Triton
 # ignores other files): the per-tip residuals the ONNX graph does not hold.

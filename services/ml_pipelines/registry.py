@@ -19,9 +19,9 @@ from kernel.db import Database
 from kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kernel.outbox import enqueue
 from kernel.timestamps import optional_timestamp
+from policy import bandit, features
 from services.ml_pipelines import evaluation, names, repository, store
 from services.ml_pipelines.settings import MlPipelinesSettings
-from services.recommender.policy import bandit, features
 from tips.ml_pipelines.v1 import events_pb2, model_pb2
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The Triton model repository on disk: artifact checks, new versions, the serving pin.
 
-Layout (``services.recommender.policy.onnx_export``)::
+Layout (``policy.onnx_export``)::
 
     <repository>/<model>/config.pbtxt
     <repository>/<model>/<version>/model.onnx    (+ policy.npz for trained versions)
@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 
 from kernel.errors import InvalidArgument
+from policy import bandit, features, onnx_export
+from policy.onnx_export import INPUT, OUTPUT
 from services.ml_pipelines.offline import STATE_FILE, session_for
-from services.recommender.policy import bandit, features, onnx_export
-from services.recommender.policy.onnx_export import INPUT, OUTPUT
 
 
 def artifact_uri(path: Path) -> str:

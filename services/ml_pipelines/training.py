@@ -28,10 +28,10 @@ from kernel.errors import DomainError, FailedPrecondition, InvalidArgument, NotF
 from kernel.identity import acting_as
 from kernel.outbox import enqueue
 from kernel.timestamps import optional_timestamp
+from policy import bandit
 from services.ml_pipelines import jobs, logged, names, offline, repository, store
 from services.ml_pipelines.registry import ALGORITHMS, FEATURE_SCHEMA_VERSION, NewVersion, Registry
 from services.ml_pipelines.settings import MlPipelinesSettings
-from services.recommender.policy import bandit
 from tips.ml_pipelines.v1 import events_pb2, training_run_pb2
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ import numpy as np
 from kernel.names import user_name
 from kernel.outbox import EventRows, OutboxRow
 from kernel.timestamps import timestamp
+from policy import bandit, features
 from services.recommender import domain, eligibility, explain, wire
 from services.recommender.catalog import Entry
 from services.recommender.catalog_store import CatalogKeeper
 from services.recommender.consumer import ContextKeeper
 from services.recommender.history import HistoryKeeper
 from services.recommender.learning import Learner
-from services.recommender.policy import bandit, features
 from services.recommender.profiles import ProfileCache
 from services.recommender.settings import RecommenderSettings
 from services.recommender.store import tip_name

@@ -29,9 +29,9 @@ from kernel.db import Database
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
+from policy import bandit, onnx_export, scoring
 from services.recommender import reward_store
 from services.recommender.history import HistoryKeeper
-from services.recommender.policy import bandit, onnx_export, scoring
 from services.recommender.reward_store import Rewarded
 from services.recommender.settings import RecommenderSettings
 from tips.events.v1 import signal_pb2

@@ -14,9 +14,9 @@ from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.settings import Settings
 from kernel.timestamps import timestamp
+from policy import bandit
 from services.recommender import decisions, domain, reward_store, store
 from services.recommender.engine import FEATURE_SCHEMA_VERSION, DecisionEngine
-from services.recommender.policy import bandit
 from tips.events.v1 import events_service_pb2, events_service_pb2_grpc, signal_pb2
 from tips.ml_serving.v1 import model_pb2
 from tips.recommender.v1 import context_pb2, events_pb2, tip_pb2

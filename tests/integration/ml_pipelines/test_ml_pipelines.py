@@ -33,12 +33,12 @@ from kernel.errors import error_info, field_violations
 from kernel.migrations import migrate
 from kernel.server import ServiceServer
 from kernel.settings import Settings
+from policy import bandit, features, onnx_export
 from services.events.service import definition as events_definition
 from services.events.settings import EventsSettings
 from services.ml_pipelines import offline
 from services.ml_pipelines.service import SERVICE
 from services.ml_pipelines.settings import MlPipelinesSettings
-from services.recommender.policy import bandit, features, onnx_export
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2

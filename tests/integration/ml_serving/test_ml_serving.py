@@ -14,11 +14,11 @@ import pytest
 from kernel.errors import field_violations
 from kernel.server import ServiceServer
 from kernel.settings import Settings
+from policy.bandit import Policy
+from policy.features import DIM
+from policy.onnx_export import export
 from services.ml_serving.service import SERVICE
 from services.ml_serving.settings import MlServingSettings
-from services.recommender.policy.bandit import Policy
-from services.recommender.policy.features import DIM
-from services.recommender.policy.onnx_export import export
 from tips.ml_serving.v1 import ml_serving_service_pb2 as pb
 from tips.ml_serving.v1 import ml_serving_service_pb2_grpc as pb_grpc
 from tips.ml_serving.v1 import model_pb2

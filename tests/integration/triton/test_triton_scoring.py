@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from services.recommender.policy.bandit import Policy
-from services.recommender.policy.features import DIM
-from services.recommender.policy.onnx_export import export, write_python_backend
-from services.recommender.policy.scoring import FallbackScorer, OnnxScorer, TritonScorer
+from policy.bandit import Policy
+from policy.features import DIM
+from policy.onnx_export import export, write_python_backend
+from policy.scoring import FallbackScorer, OnnxScorer, TritonScorer
 from tests.integration.triton.conftest import Triton
 
 

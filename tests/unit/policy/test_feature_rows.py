@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.recommender import catalog
-from services.recommender.policy.features import (
+from policy.features import (
     MINUTES_CAP,
     TipFeatures,
     feature_vector,
     rows,
     tip_block,
 )
+from services.recommender import catalog
 
 CATALOG = "services/recommender/catalog/tips.v1.json"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.recommender.policy import onnx_export
-from services.recommender.policy.bandit import Policy
+from policy import onnx_export
+from policy.bandit import Policy
 
 pytestmark = pytest.mark.unit
 

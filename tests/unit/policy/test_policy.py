@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from services.recommender.policy.bandit import Policy, PolicyParams
-from services.recommender.policy.features import (
+from policy.bandit import Policy, PolicyParams
+from policy.features import (
     DIM,
     FEATURE_NAMES,
     ROW_NAMES,
@@ -19,8 +19,8 @@ from services.recommender.policy.features import (
     day_part,
     feature_vector,
 )
-from services.recommender.policy.onnx_export import export, versions
-from services.recommender.policy.scoring import FallbackScorer, OnnxScorer, TritonScorer
+from policy.onnx_export import export, versions
+from policy.scoring import FallbackScorer, OnnxScorer, TritonScorer
 from tipsmesh.localinfra import free_port
 
 WALK = TipFeatures("walk", "movement", 2, 10, frozenset({"afternoon"}))

@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from services.recommender.policy.bandit import ALGORITHM, Policy
-from services.recommender.policy.features import ROW_NAMES
-from services.recommender.policy.triton_python import MODEL_PY
+from policy.bandit import ALGORITHM, Policy
+from policy.features import ROW_NAMES
+from policy.triton_python import MODEL_PY
 
 MODEL_NAME = "tip_scorer"
 INPUT = "rows"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.recommender.policy.features import DIM
+from policy.features import DIM
 
 ALGORITHM = "ridge-ucb-softmax"
 

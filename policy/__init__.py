@@ -1,9 +1,14 @@
-"""The learning machinery of the recommender: features, the bandit policy, the
-ONNX export and the scorers. Pure, apart from reading and writing model files.
+"""The contextual-bandit library: features, the policy, the ONNX export and the scorers.
+
+Pure, apart from reading and writing model files. Its own top-level package
+because three services and the lab share it: the recommender serves and
+learns online with it, ml_pipelines trains and evaluates offline with it,
+ml_serving scores its exports; ``sim`` and ``bench`` measure it. It imports
+nothing of ``services``.
 
 How the recommender uses it (docs/policy.md argues the choices)::
 
-    from services.recommender.policy import features, bandit, onnx_export, scoring
+    from policy import features, bandit, onnx_export, scoring
 
     # candidates: each eligible tip's row in the user's context
     rows = [(tip.catalog_tip, features.feature_vector(context, tip)) for tip in eligible]

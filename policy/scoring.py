@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from services.recommender.policy.onnx_export import INPUT, MODEL_NAME, OUTPUT, versions
+from policy.onnx_export import INPUT, MODEL_NAME, OUTPUT, versions
 
 if TYPE_CHECKING:
     from tritonclient.grpc.aio import InferenceServerClient  # type: ignore[import-untyped]
