@@ -9,7 +9,7 @@ per-process dict, never from PostgreSQL:
   changed a preference sees it at once;
 - with several replicas, each replica also follows the service's own
   ``ProfileChanged`` / ``ConsentChanged`` / ``UserDeleted`` events
-  (``apply_*``, fed by ``services.profile.consumer``), so a write served by
+  (``apply_*``, fed by ``services.profile.consumers``), so a write served by
   another replica lands within the bus's latency. Events are applied only
   when newer than the cached copy, so replays and reordering are harmless.
 """

@@ -15,9 +15,9 @@ from kernel.bus import streams_for
 from kernel.outbox import OutboxRelay
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from services.profile import store
-from services.profile.consents import Consents
-from services.profile.consumer import ReplicaSync, SignUps
-from services.profile.profiles import Profiles
+from services.profile.consumers import ReplicaSync, SignUps
+from services.profile.core.consents import Consents
+from services.profile.core.profiles import Profiles
 from services.profile.readmodel import UserContexts
 from services.profile.servicer import ProfileInternalServicer, ProfileServicer
 from services.profile.settings import profile_settings

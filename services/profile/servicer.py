@@ -7,8 +7,8 @@ from typing import Any
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import require_owner, require_scope
 from services.profile import domain, names
-from services.profile.consents import Consents
-from services.profile.profiles import Profiles, SignUp
+from services.profile.core.consents import Consents
+from services.profile.core.profiles import Profiles, SignUp
 from services.profile.readmodel import UserContexts
 from tips.profile.v1 import profile_service_pb2 as pb
 from tips.profile.v1 import profile_service_pb2_grpc as pb_grpc

@@ -16,7 +16,7 @@ from kernel import paging
 from kernel.errors import InvalidArgument, NotFound
 from kernel.outbox import enqueue
 from services.profile import names, store
-from services.profile.profiles import Profiles, lock_user, new_id, now, refuse_erased
+from services.profile.core.profiles import Profiles, lock_user, new_id, now, refuse_erased
 from tips.profile.v1 import consent_pb2, erasure_pb2, events_pb2
 
 GRANTED = consent_pb2.CONSENT_STATE_GRANTED

@@ -18,7 +18,7 @@ from kernel.consumers import consume_forever
 from kernel.errors import InvalidArgument
 from kernel.outbox import claim
 from services.profile import names, store
-from services.profile.profiles import Profiles, SignUp, clean_display_name, lock_user
+from services.profile.core.profiles import Profiles, SignUp, clean_display_name, lock_user
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import events_pb2
 
