@@ -15,10 +15,11 @@ from pathlib import Path
 
 from kernel.bus import StreamSpec, streams_for
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
+from services.events.backpressure import Ingress
 from services.events.consent import DURABLE as CONSENT_DURABLE
 from services.events.consent import ConsentGate, ConsentModel
+from services.events.core import Signals
 from services.events.erasure import DURABLE, eraser
-from services.events.ingress import Ingress
 from services.events.relay_process import RelaySupervisor, make_relay
 from services.events.servicer import EventsInternalServicer, EventsServicer
 from services.events.settings import EventsSettings, load_events_settings
@@ -70,15 +71,16 @@ def definition(
             gate = ConsentGate(model, settings)
             runtime.spawn(model.run(runtime.bus))
             runtime.spawn(model.reload_every(settings.events_consent_reload_seconds))
+        signals = Signals(runtime.db, ingress, settings, gate)
         return [
             bind(
-                EventsServicer(runtime.db, ingress, settings, gate),
+                EventsServicer(signals),
                 events_service_pb2_grpc,
                 events_service_pb2,
                 "EventsService",
             ),
             bind(
-                EventsInternalServicer(runtime.db, ingress, settings, gate),
+                EventsInternalServicer(signals),
                 events_service_pb2_grpc,
                 events_service_pb2,
                 "EventsInternalService",

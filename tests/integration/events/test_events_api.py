@@ -25,7 +25,7 @@ from kernel.errors import ResourceExhausted, field_violations
 from kernel.migrations import migrate
 from kernel.server import ServiceServer
 from services.events import domain
-from services.events.ingress import Ingress
+from services.events.backpressure import Ingress
 from services.events.service import SERVICE as EVENTS
 from services.events.settings import EventsSettings
 from services.events.store import NewSignal
