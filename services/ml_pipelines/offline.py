@@ -21,9 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 from policy import bandit, features
+from policy.catalog import entry, from_file
 from policy.onnx_export import INPUT, OUTPUT
 from services.ml_pipelines import ope
-from services.recommender.catalog import entry, from_file
 
 # Trained versions keep their full statistics next to model.onnx (Triton
 # ignores other files): the per-tip residuals the ONNX graph does not hold.

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from kernel.settings import Settings
+from policy import catalog
 
 _ROOT = Path(__file__).resolve().parents[2]
 _DURABLE = r"^[A-Za-z0-9_-]{1,64}$"
@@ -20,9 +21,7 @@ class MlPipelinesSettings(Settings):
     # promotion rewrites <model>/config.pbtxt. Tests use a temporary directory.
     ml_pipelines_model_repository: str = str(_ROOT / "models")
     # The tip catalog file whose tip features rebuild candidate rows from logs.
-    ml_pipelines_catalog_path: str = str(
-        _ROOT / "services" / "recommender" / "catalog" / "tips.v1.json"
-    )
+    ml_pipelines_catalog_path: str = str(catalog.DEFAULT_FILE)
     # Durable consumers (tests vary them so parallel runs do not share state).
     ml_pipelines_decisions_durable: str = Field(default="ml-pipelines-decisions", pattern=_DURABLE)
     ml_pipelines_rewards_durable: str = Field(default="ml-pipelines-rewards", pattern=_DURABLE)

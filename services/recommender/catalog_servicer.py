@@ -13,7 +13,8 @@ from kernel import paging
 from kernel.db import Database
 from kernel.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kernel.identity import require_scope
-from services.recommender import catalog, catalog_store
+from policy import catalog
+from services.recommender import catalog_store
 from services.recommender.catalog_store import CatalogKeeper
 from tips.recommender.v1 import tip_catalog_service_pb2 as pb
 from tips.recommender.v1 import tip_catalog_service_pb2_grpc as pb_grpc

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db import Database
 from kernel.errors import AlreadyExists
 from kernel.timestamps import timestamp
-from services.recommender import catalog
+from policy import catalog
 from services.recommender.store import metadata, tips
 from tips.recommender.v1 import catalog_tip_pb2
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
-from services.recommender.catalog import Entry
+from policy.catalog import Entry
 from services.recommender.domain import Features, local_midnight
 
 

@@ -20,8 +20,8 @@ from kernel.names import user_name
 from kernel.outbox import EventRows, OutboxRow
 from kernel.timestamps import timestamp
 from policy import bandit, features
+from policy.catalog import Entry
 from services.recommender import domain, eligibility, explain, wire
-from services.recommender.catalog import Entry
 from services.recommender.catalog_store import CatalogKeeper
 from services.recommender.consumer import ContextKeeper
 from services.recommender.history import HistoryKeeper

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.recommender.catalog import Entry
+from policy.catalog import Entry
 from services.recommender.domain import Features
 from tips.events.v1 import signal_pb2
 

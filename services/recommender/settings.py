@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import Field
 
 from kernel.settings import Settings, SettingsError
+from policy import catalog
 
 _HERE = Path(__file__).resolve().parent
 
@@ -41,7 +42,7 @@ class RecommenderSettings(Settings):
     recommender_seed: int | None = None
 
     # --- catalog and eligibility ------------------------------------------------------
-    recommender_catalog_file: str = str(_HERE / "catalog" / "tips.v1.json")
+    recommender_catalog_file: str = str(catalog.DEFAULT_FILE)
     # How often a replica checks whether another one changed the catalog.
     recommender_catalog_refresh_seconds: float = Field(default=5.0, gt=0)
     # Distinct catalog tips decided per local day when the profile sets no cap.

@@ -39,7 +39,7 @@ from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-CATALOG = json.loads((ROOT / "services/recommender/catalog/tips.v1.json").read_text())["tips"]
+CATALOG = json.loads((ROOT / "policy/data/tips.v1.json").read_text())["tips"]
 NEEDS: dict[str, dict[str, Any]] = {t["id"]: t for t in CATALOG}
 DATA_CONSENTS = (
     "fitness-data-for-tips",

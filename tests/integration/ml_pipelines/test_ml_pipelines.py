@@ -55,9 +55,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER", "TIPS_PROFILE", "TIPS_ML_PIPELINES")
 ADMIN = (("x-tips-user", "u_admin"), ("x-tips-scopes", "admin"))
 S = model_pb2.ModelVersionState
-CATALOG = json.loads(
-    (Path(__file__).resolve().parents[3] / "services/recommender/catalog/tips.v1.json").read_text()
-)
+CATALOG = json.loads((Path(__file__).resolve().parents[3] / "policy/data/tips.v1.json").read_text())
 
 
 def _first(category: str) -> str:
@@ -274,7 +272,7 @@ def inverted_policy_file(env: Env, start: datetime) -> Path:
     """A policy trained on 1 - reward: a clearly worse model file inside the repository."""
     rng = np.random.default_rng(99)
     book = offline.TipBook.from_catalog_file(
-        Path(__file__).resolve().parents[3] / "services/recommender/catalog/tips.v1.json"
+        Path(__file__).resolve().parents[3] / "policy/data/tips.v1.json"
     )
     policy = bandit.Policy()
     for _i in range(800):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policy import catalog
 from policy.features import (
     MINUTES_CAP,
     TipFeatures,
@@ -11,9 +12,8 @@ from policy.features import (
     rows,
     tip_block,
 )
-from services.recommender import catalog
 
-CATALOG = "services/recommender/catalog/tips.v1.json"
+CATALOG = "policy/data/tips.v1.json"
 
 
 def _tips() -> list[TipFeatures]:

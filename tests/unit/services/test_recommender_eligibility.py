@@ -11,7 +11,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.errors import InvalidArgument
-from services.recommender import catalog, domain, eligibility, explain
+from policy import catalog
+from services.recommender import domain, eligibility, explain
 from services.recommender.domain import UserContext
 from services.recommender.eligibility import History, Prefs, QuietWindow
 from services.recommender.settings import RecommenderSettings

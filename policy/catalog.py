@@ -1,6 +1,6 @@
 """The tip catalog: the file format, validation, etags, field masks, the hot-path view. Pure.
 
-The catalog file (``catalog/tips.v<N>.json``) is the whole catalog at one
+The catalog file (``policy/data/tips.v<N>.json``) is the whole catalog at one
 version; ``from_file`` turns it into ``CatalogTip`` messages, the form the
 admin RPCs and the store use. ``Entry`` is the frozen, pre-digested view a
 decision reads (no proto access on the hot path).
@@ -110,6 +110,11 @@ def parse_catalog_name(name: str, field: str = "name") -> str:
 
 
 # --- the file ---------------------------------------------------------------------------
+
+
+# The catalog the mesh ships with (64 tips): the recommender seeds it, ml_pipelines
+# rebuilds logged candidates' features from it, the lab simulates against it.
+DEFAULT_FILE = Path(__file__).parent / "data" / "tips.v1.json"
 
 
 def from_file(path: str | Path) -> tuple[str, list[catalog_tip_pb2.CatalogTip]]:
