@@ -18,12 +18,12 @@ from kernel.erasure import ErasureConsumer
 from kernel.outbox import OutboxRelay
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from services.ml_pipelines import logged, store
-from services.ml_pipelines.backfill import Backfiller
-from services.ml_pipelines.consumer import ExportConsumer
-from services.ml_pipelines.registry import Registry
+from services.ml_pipelines.consumers import ExportConsumer
+from services.ml_pipelines.core.backfill import Backfiller
+from services.ml_pipelines.core.registry import Registry
+from services.ml_pipelines.core.training import Trainer
 from services.ml_pipelines.servicer import MlPipelinesServicer
 from services.ml_pipelines.settings import ml_pipelines_settings
-from services.ml_pipelines.training import Trainer
 from tips.ml_pipelines.v1 import events_pb2, ml_pipelines_service_pb2, ml_pipelines_service_pb2_grpc
 
 

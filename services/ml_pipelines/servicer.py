@@ -10,10 +10,10 @@ from typing import Any
 
 from kernel import paging
 from kernel.identity import require_scope
-from services.ml_pipelines import names
-from services.ml_pipelines.backfill import Backfiller, backfill_proto
-from services.ml_pipelines.registry import Registry
-from services.ml_pipelines.training import Trainer, run_proto
+from services.ml_pipelines import domain
+from services.ml_pipelines.core.backfill import Backfiller, backfill_proto
+from services.ml_pipelines.core.registry import Registry
+from services.ml_pipelines.core.training import Trainer, run_proto
 from tips.ml_pipelines.v1 import ml_pipelines_service_pb2 as pb
 from tips.ml_pipelines.v1 import ml_pipelines_service_pb2_grpc as pb_grpc
 
@@ -68,7 +68,7 @@ class MlPipelinesServicer(pb_grpc.MlPipelinesServiceServicer):
         self, request: pb.ListModelVersionsRequest, context: Any
     ) -> pb.ListModelVersionsResponse:
         require_scope(ADMIN)
-        model = names.parse_model(request.parent, "parent")
+        model = domain.parse_model(request.parent, "parent")
         size = _size(request.page_size)
         states = sorted(set(request.states))
         fingerprint = f"versions:{model}:{states}"
@@ -139,7 +139,7 @@ class MlPipelinesServicer(pb_grpc.MlPipelinesServiceServicer):
         self, request: pb.ListTrainingRunsRequest, context: Any
     ) -> pb.ListTrainingRunsResponse:
         require_scope(ADMIN)
-        model = names.parse_model(request.model, "model") if request.model else None
+        model = domain.parse_model(request.model, "model") if request.model else None
         size = _size(request.page_size)
         states = sorted(set(request.states))
         fingerprint = f"runs:{model}:{states}"

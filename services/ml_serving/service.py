@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from kernel.service import Binding, Runtime, ServiceDefinition, bind
-from services.ml_serving.registry import ModelRegistry
+from services.ml_serving.core import ModelRegistry
 from services.ml_serving.servicer import MlServingInternalServicer
 from services.ml_serving.settings import load_ml_serving_settings
 from tips.ml_serving.v1 import ml_serving_service_pb2, ml_serving_service_pb2_grpc

@@ -8,7 +8,7 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 
 from policy.scoring import FallbackScorer, TritonScorer
-from services.ml_serving.registry import LoadedVersion, ModelEntry, ModelRegistry, Tensor
+from services.ml_serving.core import LoadedVersion, ModelEntry, ModelRegistry, Tensor
 from tips.ml_serving.v1 import ml_serving_service_pb2 as pb
 from tips.ml_serving.v1 import ml_serving_service_pb2_grpc, model_pb2
 

@@ -29,8 +29,13 @@ from kernel.identity import acting_as
 from kernel.outbox import enqueue
 from kernel.timestamps import optional_timestamp
 from policy import bandit
-from services.ml_pipelines import jobs, logged, names, offline, repository, store
-from services.ml_pipelines.registry import ALGORITHMS, FEATURE_SCHEMA_VERSION, NewVersion, Registry
+from services.ml_pipelines import domain, jobs, logged, offline, repository, store
+from services.ml_pipelines.core.registry import (
+    ALGORITHMS,
+    FEATURE_SCHEMA_VERSION,
+    NewVersion,
+    Registry,
+)
 from services.ml_pipelines.settings import MlPipelinesSettings
 from tips.ml_pipelines.v1 import events_pb2, training_run_pb2
 
@@ -77,15 +82,15 @@ def parse_params(params: Mapping[str, str]) -> dict[str, float]:
 
 def run_proto(row: Any) -> training_run_pb2.TrainingRun:
     out = training_run_pb2.TrainingRun(
-        name=names.TRAINING_RUN.format(row.run_id),
-        model=names.model_name(row.model_id),
+        name=domain.TRAINING_RUN.format(row.run_id),
+        model=domain.model_name(row.model_id),
         algorithm=row.algorithm,
         params={k: repr(v) for k, v in (row.params or {}).items()},
-        data_window=names.interval(row.window_start, row.window_end),
+        data_window=domain.interval(row.window_start, row.window_end),
         state=row.state,
         progress_fraction=row.progress,
         metrics={k: float(v) for k, v in (row.metrics or {}).items()},
-        model_version=names.version_name(row.model_id, row.model_version)
+        model_version=domain.version_name(row.model_id, row.model_version)
         if row.model_version
         else "",
         create_time=optional_timestamp(row.create_time),
@@ -113,13 +118,13 @@ class Trainer:
     async def create(
         self, run: training_run_pb2.TrainingRun, run_id: str
     ) -> training_run_pb2.TrainingRun:
-        names.check_job_id(run_id, "training_run_id")
+        domain.check_job_id(run_id, "training_run_id")
         if not run.model:
             raise InvalidArgument([("training_run.model", "is required")])
-        model = names.parse_model(run.model, "training_run.model")
+        model = domain.parse_model(run.model, "training_run.model")
         if not run.HasField("data_window"):
             raise InvalidArgument([("training_run.data_window", "is required")])
-        start, end = names.parse_window(
+        start, end = domain.parse_window(
             run.data_window, "training_run.data_window", datetime.now(UTC)
         )
         params = parse_params(run.params)
@@ -146,7 +151,7 @@ class Trainer:
         }
         async with self.db.transaction() as session:
             row, created = await jobs.insert_once(
-                session, R, "run_id", values, names.TRAINING_RUN.format(run_id)
+                session, R, "run_id", values, domain.TRAINING_RUN.format(run_id)
             )
         if created:
             self.spawn(self.run(run_id))
@@ -155,11 +160,11 @@ class Trainer:
     async def _row(self, session: Any, run_id: str) -> Any:
         row = (await session.execute(select(R).where(R.c.run_id == run_id))).first()
         if row is None:
-            raise NotFound(names.TRAINING_RUN.format(run_id), resource_type="tips.app/TrainingRun")
+            raise NotFound(domain.TRAINING_RUN.format(run_id), resource_type="tips.app/TrainingRun")
         return row
 
     async def get(self, name: str) -> training_run_pb2.TrainingRun:
-        run_id = names.TRAINING_RUN.parse_one(name)
+        run_id = domain.TRAINING_RUN.parse_one(name)
         async with self.db.session() as session:
             return run_proto(await self._row(session, run_id))
 
@@ -185,7 +190,7 @@ class Trainer:
             return list(rows)
 
     async def cancel(self, name: str) -> training_run_pb2.TrainingRun:
-        run_id = names.TRAINING_RUN.parse_one(name)
+        run_id = domain.TRAINING_RUN.parse_one(name)
         async with self.db.transaction() as session:
             row = (
                 await session.execute(select(R).where(R.c.run_id == run_id).with_for_update())
@@ -326,7 +331,7 @@ class Trainer:
                     feature_schema_version=FEATURE_SCHEMA_VERSION,
                     description=f"trained by trainingRuns/{run_id}",
                     metrics=metrics,
-                    training_run=names.TRAINING_RUN.format(run_id),
+                    training_run=domain.TRAINING_RUN.format(run_id),
                     in_place=version,
                 ),
                 session,
@@ -349,7 +354,7 @@ class Trainer:
             if done is None:
                 raise Cancelled  # cancelled meanwhile: the transaction (and the version) rolls back
             await self._event(session, run_id, model, St.TRAINING_RUN_STATE_SUCCEEDED, now,
-                              names.version_name(model, version), metrics)  # fmt: skip
+                              domain.version_name(model, version), metrics)  # fmt: skip
         log.info("training run succeeded", extra={"run": run_id, "model_version": version})
 
     async def _finish(self, run_id: str, state: int, error: bytes | None = None) -> None:
@@ -378,8 +383,8 @@ class Trainer:
         event = events_pb2.TrainingRunCompleted(
             event_id=f"training-run-completed:{run_id}",
             occur_time=optional_timestamp(now),
-            training_run=names.TRAINING_RUN.format(run_id),
-            model=names.model_name(model),
+            training_run=domain.TRAINING_RUN.format(run_id),
+            model=domain.model_name(model),
             state=state,  # type: ignore[arg-type]
             model_version=version,
             metrics={k: float(v) for k, v in metrics.items()},

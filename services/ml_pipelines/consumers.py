@@ -20,8 +20,8 @@ from kernel.consumers import consume_forever
 from kernel.db import Database
 from kernel.errors import InvalidArgument
 from kernel.outbox import claim
-from services.ml_pipelines import names, repository, store
-from services.ml_pipelines.registry import NewVersion, Registry
+from services.ml_pipelines import domain, repository, store
+from services.ml_pipelines.core.registry import NewVersion, Registry
 from tips.recommender.v1 import events_pb2 as rec_events
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class ExportConsumer:
         e = delivery.message
         where = {"msg_id": delivery.msg_id, "model_version": e.model_version}
         try:
-            model, version = names.parse_version(e.model_version, "model_version")
+            model, version = domain.parse_version(e.model_version, "model_version")
             path = await asyncio.to_thread(
                 repository.artifact_path, e.artifact_uri, self.registry.repository, "artifact_uri"
             )

@@ -26,9 +26,9 @@ from kernel.deadline import deadline_in
 from kernel.errors import DomainError, InvalidArgument, NotFound
 from kernel.identity import acting_as, parse_user
 from kernel.timestamps import optional_timestamp
-from services.ml_pipelines import daily, jobs, logged, names, store
+from services.ml_pipelines import daily, domain, jobs, logged, store
+from services.ml_pipelines.core.training import Spawn
 from services.ml_pipelines.settings import MlPipelinesSettings
-from services.ml_pipelines.training import Spawn
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.ml_pipelines.v1 import feature_backfill_pb2
@@ -45,11 +45,11 @@ RETRIES = 5
 
 def backfill_proto(row: Any) -> feature_backfill_pb2.FeatureBackfill:
     out = feature_backfill_pb2.FeatureBackfill(
-        name=names.FEATURE_BACKFILL.format(row.backfill_id),
+        name=domain.FEATURE_BACKFILL.format(row.backfill_id),
         feature_schema_version=row.feature_schema_version,
         feature_names=row.feature_names,
         users=row.users,
-        time_window=names.interval(row.window_start, row.window_end),
+        time_window=domain.interval(row.window_start, row.window_end),
         state=row.state,
         progress_fraction=row.progress,
         processed_user_count=row.processed_user_count,
@@ -73,7 +73,7 @@ class Backfiller:
     async def create(
         self, b: feature_backfill_pb2.FeatureBackfill, backfill_id: str
     ) -> feature_backfill_pb2.FeatureBackfill:
-        names.check_job_id(backfill_id, "feature_backfill_id")
+        domain.check_job_id(backfill_id, "feature_backfill_id")
         field = "feature_backfill"
         schema = daily.SCHEMAS.get(b.feature_schema_version)
         if schema is None:
@@ -94,7 +94,7 @@ class Backfiller:
             raise InvalidArgument(problems)
         if not b.HasField("time_window"):
             raise InvalidArgument([(f"{field}.time_window", "is required")])
-        start, end = names.parse_window(b.time_window, f"{field}.time_window", datetime.now(UTC))
+        start, end = domain.parse_window(b.time_window, f"{field}.time_window", datetime.now(UTC))
         feature_names = sorted(set(b.feature_names)) or list(schema)
         users = sorted(set(b.users))
         backfill_id = backfill_id or jobs.new_id()
@@ -114,7 +114,7 @@ class Backfiller:
         }
         async with self.db.transaction() as session:
             row, created = await jobs.insert_once(
-                session, B, "backfill_id", values, names.FEATURE_BACKFILL.format(backfill_id)
+                session, B, "backfill_id", values, domain.FEATURE_BACKFILL.format(backfill_id)
             )
         if created:
             self.spawn(self.run(backfill_id))
@@ -124,12 +124,13 @@ class Backfiller:
         row = (await session.execute(select(B).where(B.c.backfill_id == backfill_id))).first()
         if row is None:
             raise NotFound(
-                names.FEATURE_BACKFILL.format(backfill_id), resource_type="tips.app/FeatureBackfill"
+                domain.FEATURE_BACKFILL.format(backfill_id),
+                resource_type="tips.app/FeatureBackfill",
             )
         return row
 
     async def get(self, name: str) -> feature_backfill_pb2.FeatureBackfill:
-        backfill_id = names.FEATURE_BACKFILL.parse_one(name)
+        backfill_id = domain.FEATURE_BACKFILL.parse_one(name)
         async with self.db.session() as session:
             return backfill_proto(await self._row(session, backfill_id))
 
@@ -232,7 +233,7 @@ class Backfiller:
         token, failures = "", 0
         while True:
             request = ev.ReplayAllSignalsRequest(
-                time_range=names.interval(row.window_start, row.window_end),
+                time_range=domain.interval(row.window_start, row.window_end),
                 time_field=ev.SIGNAL_TIME_FIELD_START_TIME,
                 users=row.users,
                 chunk_size=self.settings.ml_pipelines_backfill_chunk,

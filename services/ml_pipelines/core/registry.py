@@ -20,7 +20,8 @@ from kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from kernel.outbox import enqueue
 from kernel.timestamps import optional_timestamp
 from policy import bandit, features
-from services.ml_pipelines import evaluation, names, repository, store
+from services.ml_pipelines import domain, repository, store
+from services.ml_pipelines.core import evaluation
 from services.ml_pipelines.settings import MlPipelinesSettings
 from tips.ml_pipelines.v1 import events_pb2, model_pb2
 
@@ -34,11 +35,11 @@ DEFAULT_EVAL_WINDOW = timedelta(days=14)
 
 def model_proto(row: Any) -> model_pb2.Model:
     return model_pb2.Model(
-        name=names.model_name(row.model_id),
+        name=domain.model_name(row.model_id),
         description=row.description,
         algorithm=row.algorithm,
         promoted_version=(
-            names.version_name(row.model_id, row.promoted_version) if row.promoted_version else ""
+            domain.version_name(row.model_id, row.promoted_version) if row.promoted_version else ""
         ),
         create_time=optional_timestamp(row.create_time),
         update_time=optional_timestamp(row.update_time),
@@ -47,7 +48,7 @@ def model_proto(row: Any) -> model_pb2.Model:
 
 def version_proto(row: Any) -> model_pb2.ModelVersion:
     out = model_pb2.ModelVersion(
-        name=names.version_name(row.model_id, row.version),
+        name=domain.version_name(row.model_id, row.version),
         artifact_uri=row.artifact_uri,
         state=row.state,
         metrics={k: float(v) for k, v in (row.metrics or {}).items()},
@@ -87,7 +88,7 @@ class Registry:
 
     async def create_model(self, model_id: str, model: model_pb2.Model) -> model_pb2.Model:
         problems = []
-        if not names.MODEL_ID.match(model_id):
+        if not domain.MODEL_ID.match(model_id):
             problems.append(
                 (
                     "model_id",
@@ -120,11 +121,11 @@ class Registry:
         query = select(M).where(M.c.model_id == model)
         row = (await session.execute(query.with_for_update() if lock else query)).first()
         if row is None:
-            raise NotFound(names.model_name(model), resource_type="tips.app/Model")
+            raise NotFound(domain.model_name(model), resource_type="tips.app/Model")
         return row
 
     async def get_model(self, name: str) -> model_pb2.Model:
-        model = names.parse_model(name)
+        model = domain.parse_model(name)
         async with self.db.session() as session:
             return model_proto(await self.get_model_row(session, model))
 
@@ -144,12 +145,12 @@ class Registry:
         row = (await session.execute(query.with_for_update() if lock else query)).first()
         if row is None:
             raise NotFound(
-                names.version_name(model, version), resource_type="tips.app/ModelVersion"
+                domain.version_name(model, version), resource_type="tips.app/ModelVersion"
             )
         return row
 
     async def get_version(self, name: str) -> model_pb2.ModelVersion:
-        model, version = names.parse_version(name)
+        model, version = domain.parse_version(name)
         async with self.db.session() as session:
             return version_proto(await self.get_version_row(session, model, version))
 
@@ -215,7 +216,7 @@ class Registry:
     async def create_version(
         self, parent: str, version: model_pb2.ModelVersion, request_id: str
     ) -> model_pb2.ModelVersion:
-        model = names.parse_model(parent, "parent")
+        model = domain.parse_model(parent, "parent")
         problems = []
         if not version.artifact_uri:
             problems.append(("model_version.artifact_uri", "is required"))
@@ -265,7 +266,7 @@ class Registry:
         confidence: float,
         has_window: bool,
     ) -> model_pb2.OfflineEvaluation:
-        model, version = names.parse_version(name)
+        model, version = domain.parse_version(name)
         kinds = evaluation.parse_estimators(estimators, primary)
         if confidence == 0.0:
             confidence = 0.95
@@ -273,7 +274,7 @@ class Registry:
             raise InvalidArgument([("confidence_level", "must be in (0, 1); 0 means 0.95")])
         now = datetime.now(UTC)
         if has_window:
-            start, end = names.parse_window(window, "data_window", now)
+            start, end = domain.parse_window(window, "data_window", now)
         else:
             start, end = now - DEFAULT_EVAL_WINDOW, now
         async with self.db.session() as session:
@@ -296,9 +297,9 @@ class Registry:
             self.settings.ml_pipelines_min_eval_decisions,
         )
         result.baseline_version = (
-            "" if baseline is None else names.version_name(model, baseline.version)
+            "" if baseline is None else domain.version_name(model, baseline.version)
         )
-        result.data_window.CopyFrom(names.interval(start, end))
+        result.data_window.CopyFrom(domain.interval(start, end))
         result.evaluate_time.FromDatetime(datetime.now(UTC))
         async with self.db.transaction() as session:
             await session.execute(
@@ -310,7 +311,7 @@ class Registry:
 
     def _stored_file(self, row: Any) -> Path:
         """The model file of a registered version; FailedPrecondition when it is gone."""
-        name = names.version_name(row.model_id, row.version)
+        name = domain.version_name(row.model_id, row.version)
         try:
             return repository.artifact_path(row.artifact_uri, self.repository, "artifact_uri")
         except InvalidArgument as exc:
@@ -323,7 +324,7 @@ class Registry:
     # --- promotion -------------------------------------------------------------------------
 
     async def promote(self, name: str, force: bool, reason: str) -> model_pb2.ModelVersion:
-        model, version = names.parse_version(name)
+        model, version = domain.parse_version(name)
         if force and not reason.strip():
             raise InvalidArgument([("reason", "is required when force is set")])
         if len(reason) > 1000:
@@ -335,7 +336,7 @@ class Registry:
             if row.state == S.MODEL_VERSION_STATE_PROMOTED:
                 return version_proto(row)  # already serving: nothing to do
             current = (
-                names.version_name(model, model_row.promoted_version)
+                domain.version_name(model, model_row.promoted_version)
                 if model_row.promoted_version
                 else ""
             )
@@ -363,8 +364,8 @@ class Registry:
             event = events_pb2.ModelVersionPromoted(
                 event_id=f"promote:{model}:{version}:{uuid.uuid4().hex}",
                 occur_time=optional_timestamp(now),
-                model=names.model_name(model),
-                model_version=names.version_name(model, version),
+                model=domain.model_name(model),
+                model_version=domain.version_name(model, version),
                 artifact_uri=row.artifact_uri,
                 previous_model_version=current,
                 feature_schema_version=row.feature_schema_version,
@@ -381,7 +382,7 @@ class Registry:
 
 
 def _check_promotable(row: Any, current: str) -> None:
-    name = names.version_name(row.model_id, row.version)
+    name = domain.version_name(row.model_id, row.version)
     if not row.evaluation:
         raise FailedPrecondition(
             f"{name} has no evaluation: run :evaluate first, or promote with force and a reason",
