@@ -17,8 +17,8 @@ from typing import Any
 from kernel.db import Database
 from services.integrations import store
 from services.integrations.connectors.registry import all_connectors
+from services.integrations.core.sync import SyncEngine
 from services.integrations.settings import IntegrationsSettings
-from services.integrations.sync import SyncEngine
 
 log = logging.getLogger(__name__)
 

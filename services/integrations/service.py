@@ -18,17 +18,14 @@ from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from kernel.settings import SettingsError
 from services.integrations import store
 from services.integrations.consent import ConsentGate, ConsentListener
+from services.integrations.core.connections import Connections
+from services.integrations.core.sync import SyncEngine
 from services.integrations.erasure import eraser
 from services.integrations.ingest import EventsSink
 from services.integrations.rewrap import key_ring
 from services.integrations.scheduler import Scheduler
-from services.integrations.servicer import (
-    IntegrationsInternalServicer,
-    IntegrationsServicer,
-    Wiring,
-)
+from services.integrations.servicer import IntegrationsInternalServicer, IntegrationsServicer
 from services.integrations.settings import load_integrations_settings
-from services.integrations.sync import SyncEngine
 from services.integrations.vault import VaultError
 from tips.integrations.v1 import events_pb2, integrations_service_pb2, integrations_service_pb2_grpc
 
@@ -57,16 +54,16 @@ async def build(runtime: Runtime) -> Sequence[Binding]:
     runtime.spawn(eraser(runtime.db, gate).run(runtime.bus))
     if settings.integrations_scheduler_enabled:
         runtime.spawn(scheduler.run())
-    wiring = Wiring(runtime.db, settings, ring, http, gate, engine, wake)
+    connections = Connections(runtime.db, settings, ring, http, gate, engine, wake)
     return [
         bind(
-            IntegrationsServicer(wiring),
+            IntegrationsServicer(connections),
             integrations_service_pb2_grpc,
             integrations_service_pb2,
             "IntegrationsService",
         ),
         bind(
-            IntegrationsInternalServicer(wiring),
+            IntegrationsInternalServicer(connections),
             integrations_service_pb2_grpc,
             integrations_service_pb2,
             "IntegrationsInternalService",
