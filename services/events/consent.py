@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from kernel.bus import Bus, Delivery
 from kernel.consumers import consume_forever
 from kernel.db import Database
+from kernel.erasure import guard_user
 from kernel.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
 from kernel.identity import parse_user
 from kernel.outbox import claim
@@ -89,6 +90,8 @@ class ConsentModel:
             msg_id = delivery.msg_id or event.event_id
             if not await claim(session, store.processed, consumer=self.durable, msg_id=msg_id):
                 return
+            if await guard_user(session, store.processed, user_id):
+                return  # delivered after the user's erasure: no row may come back
             upsert = insert(table).values(
                 user_id=user_id,
                 purpose=event.purpose,

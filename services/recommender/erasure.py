@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db import Database
 from kernel.erasure import ErasureConsumer
 from services.recommender import store
-from services.recommender.consumer import ContextKeeper
+from services.recommender.consumers import ContextKeeper
 from services.recommender.history import HistoryKeeper
 from services.recommender.profiles import ProfileCache
 

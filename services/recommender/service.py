@@ -20,11 +20,11 @@ from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from services.recommender import store
 from services.recommender.catalog_servicer import TipCatalogServicer
 from services.recommender.catalog_store import CatalogKeeper
-from services.recommender.consumer import DURABLE, ContextKeeper
-from services.recommender.engine import DecisionEngine
+from services.recommender.consumers import DURABLE, ContextKeeper
+from services.recommender.core.decisions import DecisionEngine
+from services.recommender.core.learning import Learner
 from services.recommender.erasure import eraser
 from services.recommender.history import HistoryKeeper
-from services.recommender.learning import Learner
 from services.recommender.profiles import ProfileCache
 from services.recommender.servicer import RecommenderInternalServicer, RecommenderServicer
 from services.recommender.settings import load_recommender_settings

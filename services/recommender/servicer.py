@@ -15,8 +15,9 @@ from kernel.outbox import enqueue
 from kernel.settings import Settings
 from kernel.timestamps import timestamp
 from policy import bandit
-from services.recommender import decisions, domain, reward_store, store
-from services.recommender.engine import FEATURE_SCHEMA_VERSION, DecisionEngine
+from services.recommender import domain, reward_store, store
+from services.recommender.core.decisions import FEATURE_SCHEMA_VERSION, DecisionEngine
+from services.recommender.core.reactions import reaction_signal
 from tips.events.v1 import events_service_pb2, events_service_pb2_grpc, signal_pb2
 from tips.ml_serving.v1 import model_pb2
 from tips.recommender.v1 import context_pb2, events_pb2, tip_pb2
@@ -37,7 +38,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     async def ListTips(self, request: pb.ListTipsRequest, context: Any) -> pb.ListTipsResponse:
         user_id = require_user_parent(request.parent)
-        count = decisions.tip_count(request.page_size)
+        count = domain.tip_count(request.page_size)
         tips = await self.engine.decide(user_id, count, datetime.now(UTC))
         return pb.ListTipsResponse(tips=tips)
 
@@ -48,14 +49,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.ListTipHistoryRequest, context: Any
     ) -> pb.ListTipHistoryResponse:
         user_id = require_user_parent(request.parent)
-        limit = decisions.history_size(request.page_size)
+        limit = domain.history_size(request.page_size)
         states = [int(s) for s in request.states]
-        after = decisions.parse_history_token(request.page_token, states)
+        after = domain.parse_history_token(request.page_token, states)
         async with self.db.session() as session:
             tips, cursor = await store.list_tips(
                 session, user_id, limit=limit, states=states, after=after
             )
-        token = decisions.history_token(states, *cursor) if cursor else ""
+        token = domain.history_token(states, *cursor) if cursor else ""
         return pb.ListTipHistoryResponse(tips=tips, next_page_token=token)
 
     async def ReactToTip(
@@ -73,28 +74,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 else None
             ),
         )
-        client_id = decisions.reaction_signal_id(request.request_id, request.name, request.reaction)
+        client_id = domain.reaction_signal_id(request.request_id, request.name, request.reaction)
         tip = await self._owned_tip(request.name)
-        signal = signal_pb2.Signal(
-            client_signal_id=client_id,
-            kind=signal_pb2.SIGNAL_KIND_TIP_REACTION,
-            source=signal_pb2.SIGNAL_SOURCE_APP,
-            tip_reaction=signal_pb2.TipReactionPayload(tip=tip.name, reaction=request.reaction),
-        )
-        signal.start_time.FromDatetime(now)
-        if until is not None:
-            signal.tip_reaction.snooze_until.FromDatetime(until)
-        user_id, tip_id = decisions.parse_tip_name(tip.name)
+        signal = reaction_signal(client_id, tip.name, request.reaction, now, until)
+        user_id, _ = domain.parse_tip_name(tip.name)
         result = await self._ingest(user_name(user_id), signal)
         if result.outcome == REJECTED:
             raise InvalidArgument([("name", f"the reaction was rejected: {result.error.message}")])
         if result.outcome == ACCEPTED:
-            # Land it now so the answer shows it; the consumer lands the same values again.
-            async with self.db.transaction() as session:
-                await store.apply_reaction(
-                    session, user_id, tip_id, reaction=request.reaction, react_time=now,
-                    snooze_until=until,
-                )  # fmt: skip
+            # Landed now, as the consumer would (same message id), so the answer shows it.
+            await self.engine.contexts.apply(result.signal, user_id, signal)
         # A DUPLICATE (retried request_id) changes nothing: answer the tip as it is.
         return pb.ReactToTipResponse(tip=await self._owned_tip(tip.name))
 
@@ -110,7 +99,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return result
 
     async def _owned_tip(self, name: str) -> tip_pb2.Tip:
-        user_id, tip_id = decisions.parse_tip_name(name)
+        user_id, tip_id = domain.parse_tip_name(name)
         require_owner(name, "name")
         async with self.db.session() as session:
             tip = await store.get_tip(session, user_id, tip_id)

@@ -37,8 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.outbox import outbox_table, processed_table
 from kernel.timestamps import optional_timestamp
-from services.recommender.decisions import TIP
-from services.recommender.domain import UserContext
+from services.recommender.domain import TIP, UserContext
 from tips.events.v1 import signal_pb2
 from tips.recommender.v1 import tip_pb2
 

@@ -267,7 +267,7 @@ async def test_snooze_and_done_keep_a_tip_away(mesh: Mesh) -> None:
         assert first.catalog_tip not in {t.catalog_tip for t in await _list(mesh, user)}
 
 
-async def test_done_reaction_reaches_the_policy_within_a_second(mesh: Mesh) -> None:
+async def test_done_reaction_reaches_the_policy_before_react_to_tip_answers(mesh: Mesh) -> None:
     async def status() -> rec.GetPolicyStatusResponse:
         return await mesh.internal.GetPolicyStatus(rec.GetPolicyStatusRequest())
 
@@ -281,13 +281,12 @@ async def test_done_reaction_reaches_the_policy_within_a_second(mesh: Mesh) -> N
     )
     await _list(mesh, b, 1)
     before = await mesh.db.fetchval(score_sql, b, arm)
-    start = asyncio.get_running_loop().time()
     await mesh.tips.ReactToTip(
         rec.ReactToTipRequest(name=tip.name, reaction=signal_pb2.TIP_REACTION_DONE),
         metadata=_md(a),
     )
-    await _eventually(status, lambda s: s.online_update_count > before_updates, within=1.0)
-    assert asyncio.get_running_loop().time() - start < 1.0
+    # ReactToTip lands its reaction itself (core.reactions): no waiting for the consumer.
+    assert (await status()).online_update_count > before_updates
     c = _user()
     await _list(mesh, c, 1)
     after = await mesh.db.fetchval(score_sql, c, arm)

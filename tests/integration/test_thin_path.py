@@ -24,7 +24,7 @@ from kernel.bus import Bus
 from kernel.db import Database
 from kernel.errors import field_violations, unpack_details
 from kernel.settings import Settings
-from services.recommender.consumer import ContextKeeper
+from services.recommender.consumers import ContextKeeper
 from tests.support.recommender_rig import events_and_recommender
 from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2 as ev

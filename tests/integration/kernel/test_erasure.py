@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.bus import Delivery
 from kernel.db import Database
-from kernel.erasure import ErasureConsumer
+from kernel.erasure import ERASED, ErasureConsumer, guard_user
 from kernel.migrations import migrate
 from kernel.outbox import processed_table
 from kernel.service import ServiceDefinition
@@ -102,3 +103,48 @@ async def test_a_malformed_event_is_skipped(schema: tuple[Database, Table, Table
     consumer = ErasureConsumer(db, processed, "t-erasure", purge)
     await consumer.handle(_delivery("", "m1"))  # "users/" names no user: acked, nothing runs
     assert called == []
+
+
+async def test_a_late_event_cannot_bring_an_erased_users_rows_back(
+    schema: tuple[Database, Table, Table],
+) -> None:
+    db, items, processed = schema
+
+    async def purge(session: AsyncSession, user_id: str) -> int:
+        result = await session.execute(delete(items).where(items.c.user_id == user_id))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def late_write(user_id: str) -> bool:
+        """What a consumer of another event does: guard, then write the user's row."""
+        async with db.transaction() as session:
+            if await guard_user(session, processed, user_id):
+                return False
+            await session.execute(insert(items).values(user_id=user_id, what="late"))
+        return True
+
+    assert await late_write("u_alive")  # not erased: written
+    await ErasureConsumer(db, processed, "t-erasure", purge).handle(
+        _delivery("u_late", "users/u_late/erasure")
+    )
+    assert not await late_write("u_late")
+    assert await _count(db, items, "u_late") == 0
+    async with db.session() as session:
+        stored = await session.execute(
+            select(processed.c.msg_id).where(processed.c.consumer == ERASED)
+        )
+        tombstones = list(stored.scalars())
+        assert len(tombstones) == 1 and "u_late" not in tombstones[0]  # hashed, not in clear
+
+    # Racing: the erasure waits for a writer holding the user's lock, then deletes its row.
+    async with db.transaction() as session:
+        assert not await guard_user(session, processed, "u_race")
+        await session.execute(insert(items).values(user_id="u_race", what="in flight"))
+        erasing = asyncio.create_task(
+            ErasureConsumer(db, processed, "t-erasure", purge).handle(
+                _delivery("u_race", "users/u_race/erasure")
+            )
+        )
+        await asyncio.sleep(0.2)  # the erasure is blocked on the lock meanwhile
+        assert not erasing.done()
+    await asyncio.wait_for(erasing, 30)
+    assert await _count(db, items, "u_race") == 0

@@ -23,9 +23,9 @@ from policy import bandit, features
 from policy.catalog import Entry
 from services.recommender import domain, eligibility, explain, wire
 from services.recommender.catalog_store import CatalogKeeper
-from services.recommender.consumer import ContextKeeper
+from services.recommender.consumers import ContextKeeper
+from services.recommender.core.learning import Learner
 from services.recommender.history import HistoryKeeper
-from services.recommender.learning import Learner
 from services.recommender.profiles import ProfileCache
 from services.recommender.settings import RecommenderSettings
 from services.recommender.store import tip_name
