@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from kernel.bus import Bus, Handler, stream_of, subject_of
+from kernel.bus import Bus, Delivery, Handler, stream_of, subject_of
+from kernel.names import USER
 
-__all__ = ["consume_forever", "retry_forever"]
+__all__ = ["consume_forever", "event_user", "retry_forever"]
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +86,19 @@ async def consume_forever(
             **options,
         ),
     )
+
+
+def event_user(delivery: Delivery[Any]) -> str | None:
+    """The user id the event's ``user`` field names (``users/{user}``); None when malformed.
+
+    A handler returns on None, which acks the message: redelivering cannot fix
+    it, and a message that fails forever would hold back nothing but noise.
+    """
+    found = USER.match(getattr(delivery.message, "user", ""))
+    if found is None:
+        log.error(
+            "event without a valid user skipped",
+            extra={"subject": delivery.subject, "msg_id": delivery.msg_id},
+        )
+        return None
+    return found[0]

@@ -32,10 +32,8 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever
+from kernel.consumers import consume_forever, event_user
 from kernel.db import Database
-from kernel.errors import InvalidArgument
-from kernel.identity import parse_user
 from kernel.outbox import claim
 from tips.profile.v1 import events_pb2 as profile_events
 
@@ -94,14 +92,8 @@ class ErasureConsumer:
 
     async def handle(self, delivery: Delivery[profile_events.UserDeleted]) -> None:
         event = delivery.message
-        try:
-            user_id = parse_user(event.user, "user")
-        except InvalidArgument:
-            # Redelivering cannot fix a malformed event: log it and ack it.
-            log.error(
-                "UserDeleted without a valid user skipped",
-                extra={"consumer": self.durable, "msg_id": delivery.msg_id},
-            )
+        user_id = event_user(delivery)
+        if user_id is None:
             return
         msg_id = delivery.msg_id or event.event_id or event.erasure
         async with self.db.transaction() as session:

@@ -279,6 +279,8 @@ class OutboxRelay:
                     .limit(self.batch)
                 )
             ).all()
+            if not rows:
+                return 0
             # One wave for the batch: awaiting each ack in turn cost a flush and a
             # round trip per row (most of the relay's CPU under load).
             outcomes = await self.bus.publish_many(

@@ -26,11 +26,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever
+from kernel.consumers import consume_forever, event_user
 from kernel.db import Database
 from kernel.erasure import guard_user
-from kernel.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
-from kernel.identity import parse_user
+from kernel.errors import DomainError, FailedPrecondition, Unavailable
 from kernel.outbox import claim
 from kernel.profile_context import ProfileUnavailable, consent_id, user_context
 from services.events import store
@@ -76,13 +75,8 @@ class ConsentModel:
 
     async def handle(self, delivery: Delivery[events_pb2.ConsentChanged]) -> None:
         event = delivery.message
-        try:
-            user_id = parse_user(event.user, "user")
-        except InvalidArgument:
-            # Redelivering cannot fix a malformed event: log it and ack it.
-            log.error(
-                "ConsentChanged without a valid user skipped", extra={"msg_id": delivery.msg_id}
-            )
+        user_id = event_user(delivery)
+        if user_id is None:
             return
         at = event.occur_time.ToDatetime(UTC) if event.HasField("occur_time") else datetime.now(UTC)
         table = store.consents

@@ -33,8 +33,8 @@ from typing import Any
 from kernel.bus import Bus
 from kernel.db import Database
 from kernel.logging import configure_logging
+from kernel.outbox import OutboxRelay
 from services.events import store
-from services.events.relay import BatchOutboxRelay
 from services.events.settings import EventsSettings
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 MODULE = "services.events.relay_process"
 
 
-def make_relay(db: Database, bus: Bus, settings: EventsSettings) -> BatchOutboxRelay:
-    return BatchOutboxRelay(db, bus, store.outbox, batch=settings.events_relay_batch)
+def make_relay(db: Database, bus: Bus, settings: EventsSettings) -> OutboxRelay:
+    """The kernel's relay, with the larger batches signals arrive in."""
+    return OutboxRelay(db, bus, store.outbox, batch=settings.events_relay_batch)
 
 
 class RelaySupervisor:

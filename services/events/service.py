@@ -1,7 +1,7 @@
 """The events service: ingress and durable store of signals.
 
 Accepted signals are stored with a ``SignalRecorded`` outbox row in the same
-transaction; a ``BatchOutboxRelay``, in a child process by default
+transaction; the kernel's ``OutboxRelay``, in a child process by default
 (``relay_process``), publishes them to the ``TIPS_EVENTS`` stream (retention
 from ``EventsSettings``). Ingest is admitted by an ``Ingress`` that refuses
 with a retry hint when the store or the bus falls behind; ``erasure``

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from sqlalchemy import func
 
 from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever
+from kernel.consumers import consume_forever, event_user
 from kernel.db import Database
-from kernel.identity import parse_user
 from kernel.outbox import claim
 from kernel.profile_context import ProfileUnavailable, consent_id, granted_ids, user_context
 from services.integrations import store
@@ -79,12 +78,8 @@ class ConsentListener:
 
     async def handle(self, delivery: Delivery[events_pb2.ConsentChanged]) -> None:
         event = delivery.message
-        try:
-            user_id = parse_user(event.user, "user")
-        except Exception:
-            log.error(
-                "consent event without a valid user skipped", extra={"msg_id": delivery.msg_id}
-            )
+        user_id = event_user(delivery)
+        if user_id is None:
             return
         self.gate.evict(user_id)
         if event.state != consent_pb2.CONSENT_STATE_GRANTED:

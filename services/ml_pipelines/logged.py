@@ -20,9 +20,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever
+from kernel.consumers import consume_forever, event_user
 from kernel.db import Database
-from kernel.identity import parse_user
 from kernel.outbox import claim
 from services.ml_pipelines import store
 from services.ml_pipelines.offline import LoggedRow
@@ -50,7 +49,9 @@ class LogConsumer:
 
     async def on_decided(self, delivery: Delivery[rec_events.TipDecided]) -> None:
         e = delivery.message
-        user_id = parse_user(e.user, "user")
+        user_id = event_user(delivery)
+        if user_id is None:
+            return
         values = {
             "user_id": user_id,
             "decided": True,
@@ -77,7 +78,9 @@ class LogConsumer:
 
     async def on_reward(self, delivery: Delivery[rec_events.RewardAssigned]) -> None:
         e = delivery.message
-        user_id = parse_user(e.user, "user")
+        user_id = event_user(delivery)
+        if user_id is None:
+            return
         reward = {
             "reward": e.reward,
             "reward_source": int(e.source),

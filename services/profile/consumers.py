@@ -14,10 +14,9 @@ import logging
 from collections.abc import Awaitable
 
 from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever
-from kernel.errors import InvalidArgument
+from kernel.consumers import consume_forever, event_user
 from kernel.outbox import claim
-from services.profile import names, store
+from services.profile import store
 from services.profile.core.profiles import Profiles, SignUp, clean_display_name, lock_user
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import events_pb2
@@ -34,13 +33,8 @@ class SignUps:
 
     async def handle(self, delivery: Delivery[auth_events.UserSignedUp]) -> None:
         event = delivery.message
-        try:
-            user_id = names.parse_user_name(event.user, "user")
-        except InvalidArgument:
-            # Redelivery cannot fix a malformed event: log it and ack it.
-            log.error(
-                "sign-up event without a valid user skipped", extra={"msg_id": delivery.msg_id}
-            )
+        user_id = event_user(delivery)
+        if user_id is None:
             return
         signup = SignUp(
             display_name=clean_display_name(event.display_name),

@@ -16,11 +16,9 @@ from __future__ import annotations
 import logging
 
 from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever
+from kernel.consumers import consume_forever, event_user
 from kernel.db import Database
 from kernel.erasure import guard_user
-from kernel.errors import InvalidArgument
-from kernel.identity import parse_user
 from kernel.outbox import claim
 from services.recommender import domain, reward_store, store
 from services.recommender.core.learning import Learner
@@ -67,13 +65,8 @@ class ContextKeeper:
 
     async def handle(self, delivery: Delivery[events_pb2.SignalRecorded]) -> None:
         event = delivery.message
-        try:
-            user_id = parse_user(event.user, "user")
-        except InvalidArgument:
-            # Redelivering cannot fix a malformed event: log it and ack it.
-            log.error(
-                "signal event without a valid user skipped", extra={"msg_id": delivery.msg_id}
-            )
+        user_id = event_user(delivery)
+        if user_id is None:
             return
         await self.apply(delivery.msg_id or event.event_id, user_id, event.signal)
 

@@ -19,9 +19,7 @@ from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever
-from kernel.errors import InvalidArgument
-from kernel.identity import parse_user
+from kernel.consumers import consume_forever, event_user
 from kernel.profile_context import ProfileUnavailable, consent_id, granted_ids, user_context
 from services.recommender.eligibility import Prefs, QuietWindow
 from services.recommender.settings import RecommenderSettings
@@ -124,9 +122,8 @@ class ProfileCache:
 
     async def on_profile(self, delivery: Delivery[events_pb2.ProfileChanged]) -> None:
         event = delivery.message
-        try:
-            user_id = parse_user(event.user, "user")
-        except InvalidArgument:
+        user_id = event_user(delivery)
+        if user_id is None:
             return
         if not self._newer(user_id, event.occur_time.ToDatetime(UTC)):
             return
@@ -136,9 +133,8 @@ class ProfileCache:
 
     async def on_consent(self, delivery: Delivery[events_pb2.ConsentChanged]) -> None:
         event = delivery.message
-        try:
-            user_id = parse_user(event.user, "user")
-        except InvalidArgument:
+        user_id = event_user(delivery)
+        if user_id is None:
             return
         # Consents are per purpose: order them per purpose, not per user.
         key = f"{user_id}#{event.purpose}"
