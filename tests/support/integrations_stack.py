@@ -49,6 +49,11 @@ def _key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
+# One key ring per test process: every stack shares the session's database,
+# and a rewrap test re-seals every stored token, other modules' included.
+KEK_RING = {"k1": _key(), "k2": _key()}
+
+
 @dataclass
 class Stack:
     api: pb_grpc.IntegrationsServiceStub
@@ -77,7 +82,7 @@ async def _existing_streams(nats_url: str) -> set[str]:
 def integrations_settings(settings: Settings, **overrides: Any) -> IntegrationsSettings:
     values = settings.model_dump() | {
         "log_format": "text",
-        "integrations_kek_ring": {"k1": _key(), "k2": _key()},
+        "integrations_kek_ring": dict(KEK_RING),
         "integrations_kek_current": "k1",
         "integrations_page_size": 2,
         "integrations_scheduler_enabled": False,

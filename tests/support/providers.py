@@ -19,7 +19,9 @@ connectors to be tested as they run against the real thing:
   value per day, "0" for a day without data, 400 for a bad range).
 
 Faults are scripted: ``faults`` is a queue of responses served instead of the
-next API requests (``(429, {"Retry-After": "1"})``, ``(503, {})``, ...);
+next API requests (``(429, {"Retry-After": "1"})``, ``(503, {})``, ...), and
+``faults_at`` entries are served instead of the next request whose URL
+contains their first item (``("offset=2", 503, {})``);
 ``expire_access_tokens()`` makes every issued access token answer 401.
 """
 
@@ -69,6 +71,8 @@ class ProviderStandIn:
     issued: list[str] = field(default_factory=list)  # every token ever issued (for leak checks)
     revoked: list[str] = field(default_factory=list)
     faults: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
+    # (URL part, status, headers): served instead of the next request whose URL contains it.
+    faults_at: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     token_requests: list[str] = field(default_factory=list)
     # Google Calendar: events with a modification sequence number.
@@ -175,6 +179,10 @@ class ProviderStandIn:
         if self.faults:
             status, headers = self.faults.popleft()
             return JSONResponse({"error": {"code": status}}, status, headers=headers)
+        for i, (part, status, headers) in enumerate(self.faults_at):
+            if part in str(request.url):
+                del self.faults_at[i]
+                return JSONResponse({"error": {"code": status}}, status, headers=headers)
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.access_tokens:
             return JSONResponse({"error": {"code": 401, "status": "UNAUTHENTICATED"}}, 401)
