@@ -189,15 +189,17 @@ async def connect(stack: Stack, user: str, provider: str, connection_id: str) ->
             pb.CompleteConnectionRequest(state=callback["state"][0], code=callback["code"][0])
         )
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    return done.connection.name
+    name: str = done.connection.name
+    return name
 
 
 async def run_sync(
     stack: Stack, name: str, *, full_resync: bool = False
 ) -> pb.RunConnectionSyncResponse:
-    return await stack.internal.RunConnectionSync(
+    response: pb.RunConnectionSyncResponse = await stack.internal.RunConnectionSync(
         pb.RunConnectionSyncRequest(name=name, full_resync=full_resync)
     )
+    return response
 
 
 async def stored_ids(stack: Stack, user: str) -> list[str]:

@@ -226,7 +226,7 @@ class FitbitActivity(Connector):
         revoke_url="https://api.fitbit.com/oauth2/revoke",
     )
     # Steps today feed the tips; Fitbit allows 150 requests per user and hour,
-    # a run makes 4 or more.
+    # a run makes 5 or more (profile, three series, the list's pages).
     default_sync_interval = timedelta(minutes=30)
     min_sync_interval = timedelta(minutes=15)
 
@@ -304,12 +304,14 @@ class FitbitActivity(Connector):
         page = Page()
         seen: dict[date, Totals] = {}
         steps, bad, undated = read[STEPS]
+        (fairly, bad_fairly, _), (very, bad_very, _) = read[FAIRLY], read[VERY]
         page.records, page.skipped = len(steps) + len(bad) + undated, len(bad) + undated
         for day, count in steps.items():
             if not start <= day <= today:
                 continue
-            minutes = read[FAIRLY][0].get(day, 0) + read[VERY][0].get(day, 0)
-            if day in read[FAIRLY][1] | read[VERY][1] or count > MAX_STEPS or minutes > MAX_MINUTES:
+            minutes = fairly.get(day, 0) + very.get(day, 0)
+            unusable = day in bad_fairly or day in bad_very
+            if unusable or count > MAX_STEPS or minutes > MAX_MINUTES:
                 page.skipped += 1  # kept out of the ledger: read again next run
                 continue
             seen[day] = Totals(count, minutes)
