@@ -30,6 +30,7 @@ MAX_FUTURE_CALENDAR = timedelta(days=2 * 365)
 MAX_SPAN = timedelta(days=31)
 
 MAX_STEPS = 200_000
+MAX_ACTIVE_MINUTES = 1440
 MAX_SLEEP_MINUTES = 1440
 
 DEFAULT_PAGE_SIZE = 100
@@ -204,6 +205,8 @@ def _check_payload(signal: signal_pb2.Signal, user_id: str, v: Violations) -> No
     if expected == "steps":
         if not 0 <= signal.steps.count <= MAX_STEPS:
             v.append(("steps.count", f"must be between 0 and {MAX_STEPS}"))
+        if not 0 <= signal.steps.active_minutes <= MAX_ACTIVE_MINUTES:
+            v.append(("steps.active_minutes", f"must be between 0 and {MAX_ACTIVE_MINUTES}"))
     elif expected == "sleep":
         if not 0 <= signal.sleep.asleep_minutes <= MAX_SLEEP_MINUTES:
             v.append(("sleep.asleep_minutes", f"must be between 0 and {MAX_SLEEP_MINUTES}"))

@@ -11,11 +11,17 @@ connectors to be tested as they run against the real thing:
 - Google Calendar ``GET /calendar/v3/calendars/primary/events``: pages with
   ``nextPageToken``, ``nextSyncToken`` on the last page, incremental results
   for a ``syncToken`` (cancelled events included), 410 for a stale one;
-- Fitbit ``GET /1/user/-/profile.json`` and ``GET /1.2/user/-/sleep/list.json``
-  with ``afterDate``/``sort``/``limit``/``offset`` and ``pagination.next``.
+- Fitbit ``GET /1/user/-/profile.json`` (``offsetFromUTCMillis``, and
+  ``timezone`` when set), ``GET /1.2/user/-/sleep/list.json`` and
+  ``GET /1/user/-/activities/list.json`` with ``afterDate``/``sort``/``limit``/
+  ``offset`` and ``pagination.next``, and the activity time series
+  ``GET /1/user/-/activities/{resource}/date/{start}/{end}.json`` (one string
+  value per day, "0" for a day without data, 400 for a bad range).
 
 Faults are scripted: ``faults`` is a queue of responses served instead of the
-next API requests (``(429, {"Retry-After": "1"})``, ``(503, {})``, ...);
+next API requests (``(429, {"Retry-After": "1"})``, ``(503, {})``, ...), and
+``faults_at`` entries are served instead of the next request whose URL
+contains their first item (``("offset=2", 503, {})``);
 ``expire_access_tokens()`` makes every issued access token answer 401.
 """
 
@@ -29,6 +35,7 @@ import json
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -42,6 +49,8 @@ from tipsmesh.localinfra import free_port
 
 CLIENT_ID = "standin-client"
 CLIENT_SECRET = "standin-secret-do-not-log"
+# Fitbit activity time series the stand-in serves.
+SERIES = ("steps", "minutesFairlyActive", "minutesVeryActive", "minutesLightlyActive")
 
 
 def _form(body: bytes) -> dict[str, str]:
@@ -62,6 +71,8 @@ class ProviderStandIn:
     issued: list[str] = field(default_factory=list)  # every token ever issued (for leak checks)
     revoked: list[str] = field(default_factory=list)
     faults: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
+    # (URL part, status, headers): served instead of the next request whose URL contains it.
+    faults_at: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     token_requests: list[str] = field(default_factory=list)
     # Google Calendar: events with a modification sequence number.
@@ -71,6 +82,10 @@ class ProviderStandIn:
     # Fitbit
     sleep_logs: list[dict[str, Any]] = field(default_factory=list)
     utc_offset_millis: int = 0
+    timezone: str = ""  # the profile's IANA zone; omitted when empty
+    activity_logs: list[dict[str, Any]] = field(default_factory=list)
+    # Local day (YYYY-MM-DD) -> time series resource ("steps", ...) -> value, as served.
+    daily: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_url: str = ""
 
     # --- test controls -------------------------------------------------------
@@ -164,6 +179,10 @@ class ProviderStandIn:
         if self.faults:
             status, headers = self.faults.popleft()
             return JSONResponse({"error": {"code": status}}, status, headers=headers)
+        for i, (part, status, headers) in enumerate(self.faults_at):
+            if part in str(request.url):
+                del self.faults_at[i]
+                return JSONResponse({"error": {"code": status}}, status, headers=headers)
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.access_tokens:
             return JSONResponse({"error": {"code": 401, "status": "UNAUTHENTICATED"}}, 401)
@@ -211,7 +230,10 @@ class ProviderStandIn:
         refused = self._api_gate(request)
         if refused is not None:
             return refused
-        return JSONResponse({"user": {"offsetFromUTCMillis": self.utc_offset_millis}})
+        user: dict[str, Any] = {"offsetFromUTCMillis": self.utc_offset_millis}
+        if self.timezone:
+            user["timezone"] = self.timezone
+        return JSONResponse({"user": user})
 
     async def fitbit_sleep(self, request: Request) -> Response:
         refused = self._api_gate(request)
@@ -244,6 +266,57 @@ class ProviderStandIn:
             }
         )
 
+    async def fitbit_activities(self, request: Request) -> Response:
+        refused = self._api_gate(request)
+        if refused is not None:
+            return refused
+        q = request.query_params
+        after, limit = q.get("afterDate", ""), int(q.get("limit", "100"))
+        if not after or q.get("sort") != "asc" or not 0 < limit <= 100:
+            return JSONResponse({"errors": [{"errorType": "validation"}]}, 400)
+        offset = int(q.get("offset", "0"))
+        logs = sorted(
+            (x for x in self.activity_logs if str(x.get("startTime", "9999")) >= after),
+            key=lambda x: str(x.get("startTime", "")),
+        )
+        nxt = ""
+        if offset + limit < len(logs):
+            params = {"afterDate": after, "sort": "asc", "limit": limit, "offset": offset + limit}
+            nxt = f"{self.base_url}/1/user/-/activities/list.json?{urlencode(params)}"
+        return JSONResponse(
+            {
+                "activities": logs[offset : offset + limit],
+                "pagination": {
+                    "afterDate": after,
+                    "limit": limit,
+                    "next": nxt,
+                    "offset": offset,
+                    "previous": "",
+                    "sort": "asc",
+                },
+            }
+        )
+
+    async def fitbit_series(self, request: Request) -> Response:
+        refused = self._api_gate(request)
+        if refused is not None:
+            return refused
+        resource = request.path_params["resource"]
+        try:
+            start = date.fromisoformat(request.path_params["start"])
+            end = date.fromisoformat(request.path_params["end"])
+        except ValueError:
+            return JSONResponse({"errors": [{"errorType": "validation"}]}, 400)
+        if resource not in SERIES or not start <= end <= start + timedelta(days=1094):
+            return JSONResponse({"errors": [{"errorType": "validation"}]}, 400)
+        values = []
+        day = start
+        while day <= end:
+            value = self.daily.get(day.isoformat(), {}).get(resource, 0)
+            values.append({"dateTime": day.isoformat(), "value": str(value)})
+            day += timedelta(days=1)
+        return JSONResponse({f"activities-{resource}": values})
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
@@ -253,6 +326,10 @@ class ProviderStandIn:
                 Route("/calendar/v3/calendars/primary/events", self.calendar_events),
                 Route("/1/user/-/profile.json", self.fitbit_profile),
                 Route("/1.2/user/-/sleep/list.json", self.fitbit_sleep),
+                Route("/1/user/-/activities/list.json", self.fitbit_activities),
+                Route(
+                    "/1/user/-/activities/{resource}/date/{start}/{end}.json", self.fitbit_series
+                ),
             ]
         )
 
@@ -279,7 +356,7 @@ async def serve_standin(standin: ProviderStandIn) -> Any:
 
 
 def provider_settings(base_url: str) -> dict[str, Any]:
-    """``integrations_providers`` pointing both connectors at the stand-in."""
+    """``integrations_providers`` pointing every connector at the stand-in."""
     entry = {
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
@@ -288,4 +365,8 @@ def provider_settings(base_url: str) -> dict[str, Any]:
         "revoke_url": f"{base_url}/oauth/revoke",
         "api_base_url": base_url,
     }
-    return {"google_calendar": dict(entry), "fitbit": dict(entry)}
+    return {
+        "google_calendar": dict(entry),
+        "fitbit": dict(entry),
+        "fitbit_activity": dict(entry),
+    }

@@ -71,6 +71,11 @@ class Connector(ABC):
     min_sync_interval: ClassVar[timedelta] = timedelta(minutes=5)
     icon_uri: ClassVar[str] = ""
 
+    def resync_cursor(self, cursor: Cursor) -> Cursor:
+        """The cursor a full resync starts from: empty unless the connector must
+        remember what it already sent (e.g. daily totals sent as increases)."""
+        return {}
+
     @abstractmethod
     def fetch(self, api: Any, cursor: Cursor, ctx: FetchContext) -> AsyncIterator[Page]:
         """Pages of new records from ``cursor`` on (``api`` is a ``ProviderApi``).

@@ -108,7 +108,8 @@ class ProviderApi:
                 self.requests += 1
                 response = await self._http.get(
                     url,
-                    params=dict(params or {}),
+                    # None, not {}: httpx replaces a link's own query with any params given.
+                    params=dict(params) if params else None,
                     headers={"Authorization": f"Bearer {self._token}"},
                 )
             except httpx.HTTPError as exc:

@@ -104,7 +104,9 @@ class SyncEngine:
             start=datetime.now(UTC),
         )
         resync = full_resync if full_resync is not None else row.pending_full_resync
-        cursor: dict[str, Any] = {} if resync else dict(row.cursor or {})
+        cursor: dict[str, Any] = dict(row.cursor or {})
+        if resync:
+            cursor = connector.resync_cursor(cursor) if connector else {}
         async with self.db.transaction() as session:
             await store.update_connection(
                 session, row.user_id, row.connection_id,

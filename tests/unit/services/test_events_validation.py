@@ -48,6 +48,7 @@ def _fields(signal: signal_pb2.Signal) -> list[str]:
 
 def test_good_signals_pass() -> None:
     assert _fields(_signal(steps=signal_pb2.StepsPayload(count=900))) == []
+    assert _fields(_signal(steps=signal_pb2.StepsPayload(count=900, active_minutes=1440))) == []
     assert _fields(_signal(sleep=signal_pb2.SleepPayload(asleep_minutes=420, score=80))) == []
     assert _fields(_signal(mood=signal_pb2.MoodPayload(score=1))) == []
     reaction = signal_pb2.TipReactionPayload(
@@ -61,6 +62,14 @@ def test_good_signals_pass() -> None:
     [
         (_signal(steps=signal_pb2.StepsPayload(count=-1)), "steps.count"),
         (_signal(steps=signal_pb2.StepsPayload(count=200_001)), "steps.count"),
+        (
+            _signal(steps=signal_pb2.StepsPayload(count=1, active_minutes=-1)),
+            "steps.active_minutes",
+        ),
+        (
+            _signal(steps=signal_pb2.StepsPayload(count=1, active_minutes=1441)),
+            "steps.active_minutes",
+        ),
         (_signal(sleep=signal_pb2.SleepPayload(asleep_minutes=1441)), "sleep.asleep_minutes"),
         (_signal(mood=signal_pb2.MoodPayload(score=0)), "mood.score"),
         (_signal(mood=signal_pb2.MoodPayload(score=6)), "mood.score"),

@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btips/events/v1/signal.proto\x12\x0etips.events.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x07\n\x06Signal\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08R\x04name\x12/\n\x10\x63lient_signal_id\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x0e\x63lientSignalId\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.tips.events.v1.SignalKindB\x04\xe2\x41\x01\x02R\x04kind\x12:\n\x06source\x18\x04 \x01(\x0e\x32\x1c.tips.events.v1.SignalSourceB\x04\xe2\x41\x01\x02R\x06source\x12$\n\nconnection\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\nconnection\x12?\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02R\tstartTime\x12;\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\x12\x41\n\x0bingest_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ningestTime\x12\x34\n\x05steps\x18\x14 \x01(\x0b\x32\x1c.tips.events.v1.StepsPayloadH\x00R\x05steps\x12\x34\n\x05sleep\x18\x15 \x01(\x0b\x32\x1c.tips.events.v1.SleepPayloadH\x00R\x05sleep\x12M\n\x0e\x63\x61lendar_event\x18\x16 \x01(\x0b\x32$.tips.events.v1.CalendarEventPayloadH\x00R\rcalendarEvent\x12J\n\rfocus_session\x18\x17 \x01(\x0b\x32#.tips.events.v1.FocusSessionPayloadH\x00R\x0c\x66ocusSession\x12:\n\x07workout\x18\x18 \x01(\x0b\x32\x1e.tips.events.v1.WorkoutPayloadH\x00R\x07workout\x12G\n\x0ctip_reaction\x18\x19 \x01(\x0b\x32\".tips.events.v1.TipReactionPayloadH\x00R\x0btipReaction\x12\x31\n\x04mood\x18\x1a \x01(\x0b\x32\x1b.tips.events.v1.MoodPayloadH\x00R\x04mood:D\xea\x41\x41\n\x0ftips.app/Signal\x12\x1dusers/{user}/signals/{signal}*\x07signals2\x06signalB\t\n\x07payload\"*\n\x0cStepsPayload\x12\x1a\n\x05\x63ount\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x05\x63ount\"W\n\x0cSleepPayload\x12+\n\x0e\x61sleep_minutes\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02R\rasleepMinutes\x12\x1a\n\x05score\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x05score\"\xc1\x01\n\x14\x43\x61lendarEventPayload\x12\x1f\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x65ventId\x12\x18\n\x04\x62usy\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x04\x62usy\x12\"\n\tcancelled\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01R\tcancelled\x12\x1d\n\x07\x61ll_day\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x06\x61llDay\x12+\n\x0e\x61ttendee_count\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01R\rattendeeCount\"9\n\x13\x46ocusSessionPayload\x12\"\n\tcompleted\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01R\tcompleted\"\x8b\x01\n\x0eWorkoutPayload\x12 \n\x08\x61\x63tivity\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x08\x61\x63tivity\x12(\n\x0ckilocalories\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0ckilocalories\x12-\n\x0f\x64istance_meters\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0e\x64istanceMeters\"\xb0\x01\n\x12TipReactionPayload\x12\x16\n\x03tip\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x03tip\x12=\n\x08reaction\x18\x02 \x01(\x0e\x32\x1b.tips.events.v1.TipReactionB\x04\xe2\x41\x01\x02R\x08reaction\x12\x43\n\x0csnooze_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x0bsnoozeUntil\")\n\x0bMoodPayload\x12\x1a\n\x05score\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02R\x05score*\xe3\x01\n\nSignalKind\x12\x1b\n\x17SIGNAL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SIGNAL_KIND_STEPS\x10\x01\x12\x15\n\x11SIGNAL_KIND_SLEEP\x10\x02\x12\x1e\n\x1aSIGNAL_KIND_CALENDAR_EVENT\x10\x03\x12\x1d\n\x19SIGNAL_KIND_FOCUS_SESSION\x10\x04\x12\x17\n\x13SIGNAL_KIND_WORKOUT\x10\x05\x12\x1c\n\x18SIGNAL_KIND_TIP_REACTION\x10\x06\x12\x14\n\x10SIGNAL_KIND_MOOD\x10\x07*z\n\x0cSignalSource\x12\x1d\n\x19SIGNAL_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNAL_SOURCE_PHONE\x10\x01\x12\x1b\n\x17SIGNAL_SOURCE_CONNECTOR\x10\x02\x12\x15\n\x11SIGNAL_SOURCE_APP\x10\x03*u\n\x0bTipReaction\x12\x1c\n\x18TIP_REACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11TIP_REACTION_DONE\x10\x01\x12\x17\n\x13TIP_REACTION_SNOOZE\x10\x02\x12\x18\n\x14TIP_REACTION_DISMISS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btips/events/v1/signal.proto\x12\x0etips.events.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x07\n\x06Signal\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08R\x04name\x12/\n\x10\x63lient_signal_id\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x0e\x63lientSignalId\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.tips.events.v1.SignalKindB\x04\xe2\x41\x01\x02R\x04kind\x12:\n\x06source\x18\x04 \x01(\x0e\x32\x1c.tips.events.v1.SignalSourceB\x04\xe2\x41\x01\x02R\x06source\x12$\n\nconnection\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\nconnection\x12?\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02R\tstartTime\x12;\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\x12\x41\n\x0bingest_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ningestTime\x12\x34\n\x05steps\x18\x14 \x01(\x0b\x32\x1c.tips.events.v1.StepsPayloadH\x00R\x05steps\x12\x34\n\x05sleep\x18\x15 \x01(\x0b\x32\x1c.tips.events.v1.SleepPayloadH\x00R\x05sleep\x12M\n\x0e\x63\x61lendar_event\x18\x16 \x01(\x0b\x32$.tips.events.v1.CalendarEventPayloadH\x00R\rcalendarEvent\x12J\n\rfocus_session\x18\x17 \x01(\x0b\x32#.tips.events.v1.FocusSessionPayloadH\x00R\x0c\x66ocusSession\x12:\n\x07workout\x18\x18 \x01(\x0b\x32\x1e.tips.events.v1.WorkoutPayloadH\x00R\x07workout\x12G\n\x0ctip_reaction\x18\x19 \x01(\x0b\x32\".tips.events.v1.TipReactionPayloadH\x00R\x0btipReaction\x12\x31\n\x04mood\x18\x1a \x01(\x0b\x32\x1b.tips.events.v1.MoodPayloadH\x00R\x04mood:D\xea\x41\x41\n\x0ftips.app/Signal\x12\x1dusers/{user}/signals/{signal}*\x07signals2\x06signalB\t\n\x07payload\"W\n\x0cStepsPayload\x12\x1a\n\x05\x63ount\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02R\x05\x63ount\x12+\n\x0e\x61\x63tive_minutes\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\ractiveMinutes\"W\n\x0cSleepPayload\x12+\n\x0e\x61sleep_minutes\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02R\rasleepMinutes\x12\x1a\n\x05score\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x05score\"\xc1\x01\n\x14\x43\x61lendarEventPayload\x12\x1f\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x07\x65ventId\x12\x18\n\x04\x62usy\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x04\x62usy\x12\"\n\tcancelled\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01R\tcancelled\x12\x1d\n\x07\x61ll_day\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x06\x61llDay\x12+\n\x0e\x61ttendee_count\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01R\rattendeeCount\"9\n\x13\x46ocusSessionPayload\x12\"\n\tcompleted\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01R\tcompleted\"\x8b\x01\n\x0eWorkoutPayload\x12 \n\x08\x61\x63tivity\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x08\x61\x63tivity\x12(\n\x0ckilocalories\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0ckilocalories\x12-\n\x0f\x64istance_meters\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01R\x0e\x64istanceMeters\"\xb0\x01\n\x12TipReactionPayload\x12\x16\n\x03tip\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x03tip\x12=\n\x08reaction\x18\x02 \x01(\x0e\x32\x1b.tips.events.v1.TipReactionB\x04\xe2\x41\x01\x02R\x08reaction\x12\x43\n\x0csnooze_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x0bsnoozeUntil\")\n\x0bMoodPayload\x12\x1a\n\x05score\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02R\x05score*\xe3\x01\n\nSignalKind\x12\x1b\n\x17SIGNAL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SIGNAL_KIND_STEPS\x10\x01\x12\x15\n\x11SIGNAL_KIND_SLEEP\x10\x02\x12\x1e\n\x1aSIGNAL_KIND_CALENDAR_EVENT\x10\x03\x12\x1d\n\x19SIGNAL_KIND_FOCUS_SESSION\x10\x04\x12\x17\n\x13SIGNAL_KIND_WORKOUT\x10\x05\x12\x1c\n\x18SIGNAL_KIND_TIP_REACTION\x10\x06\x12\x14\n\x10SIGNAL_KIND_MOOD\x10\x07*z\n\x0cSignalSource\x12\x1d\n\x19SIGNAL_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNAL_SOURCE_PHONE\x10\x01\x12\x1b\n\x17SIGNAL_SOURCE_CONNECTOR\x10\x02\x12\x15\n\x11SIGNAL_SOURCE_APP\x10\x03*u\n\x0bTipReaction\x12\x1c\n\x18TIP_REACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11TIP_REACTION_DONE\x10\x01\x12\x17\n\x13TIP_REACTION_SNOOZE\x10\x02\x12\x18\n\x14TIP_REACTION_DISMISS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +54,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNAL']._serialized_options = b'\352AA\n\017tips.app/Signal\022\035users/{user}/signals/{signal}*\007signals2\006signal'
   _globals['_STEPSPAYLOAD'].fields_by_name['count']._loaded_options = None
   _globals['_STEPSPAYLOAD'].fields_by_name['count']._serialized_options = b'\342A\001\002'
+  _globals['_STEPSPAYLOAD'].fields_by_name['active_minutes']._loaded_options = None
+  _globals['_STEPSPAYLOAD'].fields_by_name['active_minutes']._serialized_options = b'\342A\001\001'
   _globals['_SLEEPPAYLOAD'].fields_by_name['asleep_minutes']._loaded_options = None
   _globals['_SLEEPPAYLOAD'].fields_by_name['asleep_minutes']._serialized_options = b'\342A\001\002'
   _globals['_SLEEPPAYLOAD'].fields_by_name['score']._loaded_options = None
@@ -84,26 +86,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIPREACTIONPAYLOAD'].fields_by_name['snooze_until']._serialized_options = b'\342A\001\001'
   _globals['_MOODPAYLOAD'].fields_by_name['score']._loaded_options = None
   _globals['_MOODPAYLOAD'].fields_by_name['score']._serialized_options = b'\342A\001\002'
-  _globals['_SIGNALKIND']._serialized_start=1852
-  _globals['_SIGNALKIND']._serialized_end=2079
-  _globals['_SIGNALSOURCE']._serialized_start=2081
-  _globals['_SIGNALSOURCE']._serialized_end=2203
-  _globals['_TIPREACTION']._serialized_start=2205
-  _globals['_TIPREACTION']._serialized_end=2322
+  _globals['_SIGNALKIND']._serialized_start=1897
+  _globals['_SIGNALKIND']._serialized_end=2124
+  _globals['_SIGNALSOURCE']._serialized_start=2126
+  _globals['_SIGNALSOURCE']._serialized_end=2248
+  _globals['_TIPREACTION']._serialized_start=2250
+  _globals['_TIPREACTION']._serialized_end=2367
   _globals['_SIGNAL']._serialized_start=141
   _globals['_SIGNAL']._serialized_end=1097
   _globals['_STEPSPAYLOAD']._serialized_start=1099
-  _globals['_STEPSPAYLOAD']._serialized_end=1141
-  _globals['_SLEEPPAYLOAD']._serialized_start=1143
-  _globals['_SLEEPPAYLOAD']._serialized_end=1230
-  _globals['_CALENDAREVENTPAYLOAD']._serialized_start=1233
-  _globals['_CALENDAREVENTPAYLOAD']._serialized_end=1426
-  _globals['_FOCUSSESSIONPAYLOAD']._serialized_start=1428
-  _globals['_FOCUSSESSIONPAYLOAD']._serialized_end=1485
-  _globals['_WORKOUTPAYLOAD']._serialized_start=1488
-  _globals['_WORKOUTPAYLOAD']._serialized_end=1627
-  _globals['_TIPREACTIONPAYLOAD']._serialized_start=1630
-  _globals['_TIPREACTIONPAYLOAD']._serialized_end=1806
-  _globals['_MOODPAYLOAD']._serialized_start=1808
-  _globals['_MOODPAYLOAD']._serialized_end=1849
+  _globals['_STEPSPAYLOAD']._serialized_end=1186
+  _globals['_SLEEPPAYLOAD']._serialized_start=1188
+  _globals['_SLEEPPAYLOAD']._serialized_end=1275
+  _globals['_CALENDAREVENTPAYLOAD']._serialized_start=1278
+  _globals['_CALENDAREVENTPAYLOAD']._serialized_end=1471
+  _globals['_FOCUSSESSIONPAYLOAD']._serialized_start=1473
+  _globals['_FOCUSSESSIONPAYLOAD']._serialized_end=1530
+  _globals['_WORKOUTPAYLOAD']._serialized_start=1533
+  _globals['_WORKOUTPAYLOAD']._serialized_end=1672
+  _globals['_TIPREACTIONPAYLOAD']._serialized_start=1675
+  _globals['_TIPREACTIONPAYLOAD']._serialized_end=1851
+  _globals['_MOODPAYLOAD']._serialized_start=1853
+  _globals['_MOODPAYLOAD']._serialized_end=1894
 # @@protoc_insertion_point(module_scope)

@@ -234,16 +234,23 @@ class StepsPayload(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COUNT_FIELD_NUMBER: _builtins.int
+    ACTIVE_MINUTES_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """Number of steps; 0..200000 per item."""
+    active_minutes: _builtins.int
+    """Minutes of fairly or very active movement within the period (Fitbit's
+    `minutesFairlyActive` + `minutesVeryActive`); 0..1440 per item, 0 when
+    unknown.
+    """
     def __init__(
         self,
         *,
         count: _builtins.int = ...,
+        active_minutes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_minutes", b"active_minutes", "count", b"count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
