@@ -15,9 +15,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
-import nats
-import nats.errors
-import nats.js.errors
 import pytest
 from google.protobuf import field_mask_pb2
 from google.type import dayofweek_pb2, timeofday_pb2
@@ -30,6 +27,7 @@ from kernel.server import ServiceServer
 from kernel.settings import Settings
 from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
+from tests.support.streams import left_as_found
 from tests.support.waiting import eventually, stream_events
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
@@ -53,23 +51,18 @@ class Svc:
     nats_url: str
 
 
-async def _existing_streams(nats_url: str) -> set[str]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js, found = nc.jetstream(), set()
-        for name in STREAMS:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.stream_info(name)
-                found.add(name)
-        return found
-    finally:
-        await nc.close()
-
-
 @pytest.fixture(scope="module")
 async def svc(settings: Settings, nats_url: str, database_url: str) -> AsyncIterator[Svc]:
     durable = f"profile-signups-t{secrets.token_hex(4)}"
-    before = await _existing_streams(nats_url)
+    async with (
+        left_as_found(nats_url, STREAMS, [("TIPS_AUTH", durable)]),
+        _svc(settings, database_url, durable) as svc,
+    ):
+        yield svc
+
+
+@contextlib.asynccontextmanager
+async def _svc(settings: Settings, database_url: str, durable: str) -> AsyncIterator[Svc]:
     await migrate(settings, [PROFILE])
     svc_settings = ProfileSettings(
         **settings.model_copy(update={"log_format": "text"}).model_dump(),
@@ -88,16 +81,12 @@ async def svc(settings: Settings, nats_url: str, database_url: str) -> AsyncIter
                 pb_grpc.ProfileInternalServiceStub(channel),
                 db,
                 bus,
-                nats_url,
+                settings.nats_url,
             )
     finally:
         await server.stop(grace=0)
         await close_channels()
         await db.close()
-        with contextlib.suppress(Exception):
-            await bus._js.delete_consumer("TIPS_AUTH", durable)
-        for name in set(STREAMS) - before:
-            await bus.delete_stream(name)
         await bus.close()
 
 

@@ -22,8 +22,6 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import grpc
 import httpx
-import nats
-import nats.js.errors
 import pytest
 
 from kernel.bus import Bus, streams_for
@@ -36,6 +34,7 @@ from services.integrations.service import SERVICE as INTEGRATIONS
 from services.integrations.settings import IntegrationsSettings
 from tests.support.profile_standin import ProfileStandIn
 from tests.support.providers import ProviderStandIn, provider_settings, serve_standin
+from tests.support.streams import left_as_found
 from tips.integrations.v1 import connection_pb2
 from tips.integrations.v1 import integrations_service_pb2 as pb
 from tips.integrations.v1 import integrations_service_pb2_grpc as pb_grpc
@@ -66,19 +65,6 @@ class Stack:
     bus: Bus
 
 
-async def _existing_streams(nats_url: str) -> set[str]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js, found = nc.jetstream(), set()
-        for name in STREAMS:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.stream_info(name)
-                found.add(name)
-        return found
-    finally:
-        await nc.close()
-
-
 def integrations_settings(settings: Settings, **overrides: Any) -> IntegrationsSettings:
     values = settings.model_dump() | {
         "log_format": "text",
@@ -96,11 +82,13 @@ async def integrations_stack(
     settings: Settings, nats_url: str, database_url: str
 ) -> AsyncIterator[Stack]:
     """Events and integrations servers, the stand-ins, a DB connection; all stopped after."""
-    before = await _existing_streams(nats_url)
     standin = ProviderStandIn()
     profile = ProfileStandIn()
     durable = f"integrations-consent-t{secrets.token_hex(4)}"
-    async with serve_standin(standin) as base:
+    async with (
+        left_as_found(nats_url, STREAMS, [("TIPS_PROFILE", durable)]),
+        serve_standin(standin) as base,
+    ):
         await profile.start()
         await migrate(settings, [EVENTS, INTEGRATIONS])
         events_server = ServiceServer(
@@ -136,14 +124,6 @@ async def integrations_stack(
             await close_channels()
             await profile.stop()
             await db.close()
-            nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-            js = nc.jetstream()
-            with contextlib.suppress(Exception):
-                await js.delete_consumer("TIPS_PROFILE", durable)
-            for name in set(STREAMS) - before:
-                with contextlib.suppress(Exception):
-                    await js.delete_stream(name)
-            await nc.close()
             await bus.close()
 
 

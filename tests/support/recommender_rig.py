@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import nats
 
 from kernel.bus import Bus, streams_for
 from kernel.clients import close_channels
@@ -28,6 +27,7 @@ from services.events.settings import EventsSettings
 from services.recommender.service import DURABLE
 from services.recommender.service import definition as recommender_definition
 from services.recommender.settings import RecommenderSettings
+from tests.support.streams import left_as_found
 from tips.profile.v1 import events_pb2 as profile_events
 
 STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER", "TIPS_PROFILE")
@@ -39,35 +39,6 @@ class Rig:
     recommender: ServiceServer
     db: asyncpg.Connection
     bus: Bus  # the test's own connection, publishing as the profile service
-
-
-async def _existing_streams(nats_url: str) -> set[str]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js, found = nc.jetstream(), set()
-        for name in STREAMS:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.stream_info(name)
-                found.add(name)
-        return found
-    finally:
-        await nc.close()
-
-
-async def _cleanup_bus(nats_url: str, created: set[str], durable: str) -> None:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js = nc.jetstream()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer("TIPS_EVENTS", durable)
-        for suffix in ("profile", "consent"):
-            with contextlib.suppress(Exception):
-                await js.delete_consumer("TIPS_PROFILE", f"{durable}-{suffix}")
-        for name in created:
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +53,24 @@ async def events_and_recommender(
     # Our own durable: on a shared NATS a running recommender keeps its own.
     durable = f"{DURABLE}-t{secrets.token_hex(4)}"
     recommender = recommender_definition(durable)
-    before = await _existing_streams(nats_url)
+    consumers = [("TIPS_EVENTS", durable)] + [
+        ("TIPS_PROFILE", f"{durable}-{suffix}") for suffix in ("profile", "consent")
+    ]
+    async with (
+        left_as_found(nats_url, STREAMS, consumers),
+        _rig(settings, database_url, models, recommender, recommender_settings) as rig,
+    ):
+        yield rig
+
+
+@contextlib.asynccontextmanager
+async def _rig(
+    settings: Settings,
+    database_url: str,
+    models: Path,
+    recommender: Any,
+    recommender_settings: dict[str, Any],
+) -> AsyncIterator[Rig]:
     await migrate(settings, [EVENTS, recommender])
     bus = await Bus.connect(settings, "rig-profile")
     await bus.ensure_streams(
@@ -118,4 +106,3 @@ async def events_and_recommender(
         await close_channels()
         await db.close()
         await bus.close()
-        await _cleanup_bus(nats_url, set(STREAMS) - before, durable)
