@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kernel.timestamps import timestamp
 from services.integrations.connectors.base import (
     Connector,
     Cursor,
-    Endpoints,
     FetchContext,
     MalformedRecord,
     Page,
@@ -51,47 +49,26 @@ from services.integrations.connectors.daily_totals import (
     ledger_to_json,
     reconcile,
 )
-from services.integrations.connectors.http import Gone
+from services.integrations.connectors.fitbit_api import (
+    ENDPOINTS,
+    after_date_pages,
+    day_of,
+    local_midnight,
+    local_time,
+    zone_of,
+)
 from tips.events.v1 import signal_pb2
 
 log = logging.getLogger(__name__)
 
-PROFILE_PATH = "1/user/-/profile.json"
 LIST_PATH = "1/user/-/activities/list.json"
 SERIES_PATH = "1/user/-/activities/{resource}/date/{start}/{end}.json"
 STEPS, FAIRLY, VERY = "steps", "minutesFairlyActive", "minutesVeryActive"
-MAX_LIMIT = 100  # the activity list's maximum page size
 WINDOW = 7  # recent local days re-read each run: trackers sync late
 MAX_STEPS = 200_000  # the events service's bound per item
 MAX_MINUTES = 1440
 MAX_WORKOUT_MS = 24 * 3600 * 1000
 METRES = {"kilometer": 1000.0, "mile": 1609.344}
-
-
-# --- the user's zone -----------------------------------------------------------------
-
-
-def user_zone(profile: object) -> tzinfo:
-    """The profile's IANA ``timezone`` (DST-correct per day), else its current offset."""
-    user = profile.get("user") if isinstance(profile, Mapping) else None
-    if not isinstance(user, Mapping):
-        return UTC
-    name = user.get("timezone")
-    if isinstance(name, str) and name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    millis = user.get("offsetFromUTCMillis")
-    if isinstance(millis, int | float) and not isinstance(millis, bool):
-        offset = timedelta(milliseconds=millis)
-        if abs(offset) < timedelta(hours=24):
-            return timezone(offset)
-    return UTC
-
-
-def local_midnight(day: date, zone: tzinfo) -> datetime:
-    return datetime.combine(day, time(), tzinfo=zone)
 
 
 # --- normalisers ---------------------------------------------------------------------
@@ -105,17 +82,6 @@ def _number(value: object, what: str, top: float) -> float:
     return float(value)
 
 
-def _start(value: object, zone: tzinfo) -> datetime:
-    if not isinstance(value, str) or not value:
-        raise MalformedRecord("startTime is missing")
-    try:
-        start = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MalformedRecord("startTime is not a time") from None
-    # A time without an offset is the user's local time.
-    return start if start.tzinfo is not None else start.replace(tzinfo=zone)
-
-
 def normalise_workout(activity: object, connection: str, zone: tzinfo) -> signal_pb2.Signal:
     """One activity log as a WORKOUT signal; MalformedRecord when it cannot be one."""
     if not isinstance(activity, Mapping):
@@ -126,7 +92,7 @@ def normalise_workout(activity: object, connection: str, zone: tzinfo) -> signal
     name = activity.get("activityName")
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 64:
         raise MalformedRecord("activityName is missing or longer than 64 characters")
-    start = _start(activity.get("startTime"), zone)
+    start = local_time(activity.get("startTime"), zone, "startTime")
     millis = activity.get("duration", activity.get("activeDuration"))
     if millis is None:
         raise MalformedRecord("activity has neither duration nor activeDuration")
@@ -200,13 +166,6 @@ def steps_signal(
     )
 
 
-def _day(value: object) -> date | None:
-    try:
-        return date.fromisoformat(str(value)[:10])
-    except ValueError:
-        return None
-
-
 # --- the connector -------------------------------------------------------------------
 
 
@@ -219,12 +178,7 @@ class FitbitActivity(Connector):
     signal_kinds = (signal_pb2.SIGNAL_KIND_STEPS, signal_pb2.SIGNAL_KIND_WORKOUT)
     consent_purpose = "fitness-data-for-tips"
     scopes = ("activity", "profile")
-    endpoints = Endpoints(
-        authorize_url="https://www.fitbit.com/oauth2/authorize",
-        token_url="https://api.fitbit.com/oauth2/token",
-        api_base_url="https://api.fitbit.com/",
-        revoke_url="https://api.fitbit.com/oauth2/revoke",
-    )
+    endpoints = ENDPOINTS
     # Steps today feed the tips; Fitbit allows 150 requests per user and hour,
     # a run makes 5 or more (profile, three series, the list's pages).
     default_sync_interval = timedelta(minutes=30)
@@ -235,41 +189,24 @@ class FitbitActivity(Connector):
         return {k: cursor[k] for k in ("days", "corrections") if k in cursor}
 
     async def fetch(self, api: Any, cursor: Cursor, ctx: FetchContext) -> AsyncIterator[Page]:
-        zone = user_zone(await api.get_json(PROFILE_PATH))
+        zone = await zone_of(api)
         today = ctx.now.astimezone(zone).date()
         oldest = (ctx.now - ctx.backfill).astimezone(zone).date()
         page, state = await self._days(api, cursor, ctx, zone, today, oldest)
-        after = _day(cursor.get("after_date")) or oldest
+        after = day_of(cursor.get("after_date")) or oldest
         newest = after
-        link: str | None = cursor.get("next")
-        while True:
-            if link:
-                try:
-                    body = await api.get_json(link)
-                except Gone:  # a stale pagination link: list again from after_date
-                    link = None
-                    continue
-            else:
-                params = {
-                    "afterDate": after.isoformat(),
-                    "sort": "asc",
-                    "limit": min(ctx.page_size, MAX_LIMIT),
-                    "offset": 0,
-                }
-                body = await api.get_json(LIST_PATH, params)
-            logs = body.get("activities") if isinstance(body, Mapping) else None
-            for activity in logs if isinstance(logs, list) else []:
+        pages = after_date_pages(api, LIST_PATH, "activities", cursor, after, ctx.page_size)
+        async for logs, link in pages:
+            for activity in logs:
                 page.records += 1
                 try:
                     page.signals.append(normalise_workout(activity, ctx.connection, zone))
                 except MalformedRecord:
                     page.skipped += 1
                     continue
-                day = _day(activity.get("startTime"))
+                day = day_of(activity.get("startTime"))
                 if day is not None and day > newest:
                     newest = day
-            pagination = body.get("pagination") if isinstance(body, Mapping) else None
-            link = pagination.get("next") if isinstance(pagination, Mapping) else None
             # Overlap one day: an activity logged late for yesterday is read again.
             page.cursor = {
                 **state,
@@ -278,8 +215,6 @@ class FitbitActivity(Connector):
             if link:
                 page.cursor["next"] = link
             yield page
-            if not link:
-                return
             page = Page()
 
     async def _days(
@@ -292,7 +227,7 @@ class FitbitActivity(Connector):
         oldest: date,
     ) -> tuple[Page, Cursor]:
         """The page of day increases, and the cursor part recording what was sent."""
-        last = _day(cursor.get("today"))
+        last = day_of(cursor.get("today"))
         # From the last run's window on (a pause leaves no gap), within the backfill.
         start = (
             oldest if last is None else max(oldest, min(today, last) - timedelta(days=WINDOW - 1))

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.integrations.connectors import fitbit_activity as fa
+from services.integrations.connectors import fitbit_api
 from services.integrations.connectors.base import MalformedRecord
 from services.integrations.connectors.daily_totals import (
     Increase,
@@ -93,11 +94,13 @@ def test_workout_needs_a_duration() -> None:
 
 
 def test_user_zone_prefers_the_iana_zone_then_the_offset() -> None:
-    assert fa.user_zone({"user": {"timezone": "Europe/Berlin"}}) == ZoneInfo("Europe/Berlin")
+    assert fitbit_api.user_zone({"user": {"timezone": "Europe/Berlin"}}) == ZoneInfo(
+        "Europe/Berlin"
+    )
     offset_only = {"user": {"timezone": "Not/AZone", "offsetFromUTCMillis": -18_000_000}}
-    assert fa.user_zone(offset_only) == MINUS_5
-    assert fa.user_zone({"user": {"offsetFromUTCMillis": True}}) == UTC
-    assert fa.user_zone("garbage") == UTC
+    assert fitbit_api.user_zone(offset_only) == MINUS_5
+    assert fitbit_api.user_zone({"user": {"offsetFromUTCMillis": True}}) == UTC
+    assert fitbit_api.user_zone("garbage") == UTC
 
 
 def test_series_reads_fitbit_strings_and_flags_bad_values() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -106,10 +107,10 @@ def test_malformed_calendar_events_raise(event: object) -> None:
         google_calendar.normalise(event, CONN)
 
 
-def test_fitbit_sleep_local_times_use_the_offset() -> None:
+def test_fitbit_sleep_local_times_use_the_users_zone() -> None:
     log = {"logId": 5, "startTime": "2026-01-01T23:00:00.000", "endTime": "2026-01-02T07:00:00.000",
            "minutesAsleep": 450}  # fmt: skip
-    signal = fitbit.normalise(log, CONN, timedelta(hours=-5))
+    signal = fitbit.normalise(log, CONN, timezone(timedelta(hours=-5)))
     assert signal.client_signal_id == "fitbit:sleep:5"
     assert signal.start_time.ToDatetime(UTC) == datetime(2026, 1, 2, 4, tzinfo=UTC)
     assert signal.sleep.asleep_minutes == 450
@@ -119,7 +120,11 @@ def test_fitbit_sleep_local_times_use_the_offset() -> None:
         {**log, "endTime": "2026-01-01T00:00:00"},
     ):
         with pytest.raises(MalformedRecord):
-            fitbit.normalise(bad, CONN, timedelta(0))
+            fitbit.normalise(bad, CONN, UTC)
+    # The IANA zone: the same wall-clock time is a different instant across DST.
+    summer = {**log, "startTime": "2026-07-01T23:00:00.000", "endTime": "2026-07-02T07:00:00.000"}
+    signal = fitbit.normalise(summer, CONN, ZoneInfo("America/New_York"))
+    assert signal.start_time.ToDatetime(UTC) == datetime(2026, 7, 2, 3, tzinfo=UTC)
 
 
 def test_backoff_grows_and_is_capped() -> None:
