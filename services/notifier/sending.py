@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from kernel import localtime
 from kernel.db import Database
 from services.notifier import devices, domain, notifications, profiles
 from services.notifier.settings import NotifierSettings
@@ -120,15 +121,15 @@ class Sender:
                 channel,
                 duplicate_of=domain.notification_name(inp.user_id, first),
             )
-        tz = domain.zone(context.profile.time_zone)
+        tz = localtime.zone(context.profile.time_zone)
         due = max(now, inp.not_before or now)
-        quiet_end = domain.quiet_until(due, tz, domain.windows_of(context))
+        quiet_end = localtime.quiet_until(due, tz, localtime.windows_of(context.profile))
         if quiet_end is not None:
             expired = inp.expire is not None and inp.expire <= quiet_end
             if self.settings.notifier_quiet_hours_mode == "suppress" or expired:
                 return Verdict(domain.SUPPRESSED, domain.QUIET_HOURS, channel)
             due = quiet_end
-        day = domain.local_day(due, tz)
+        day = localtime.local_day(due, tz)
         cap = context.profile.daily_tip_cap or self.settings.notifier_daily_cap
         if await notifications.live_on_day(session, inp.user_id, day) >= cap:
             return Verdict(domain.SUPPRESSED, domain.FREQUENCY_CAP, channel)

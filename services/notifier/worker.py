@@ -26,6 +26,7 @@ import grpc
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from sqlalchemy import func, select, update
 
+from kernel import localtime
 from kernel.db import Database
 from kernel.errors import Unavailable
 from services.notifier import devices, domain, notifications, profiles
@@ -129,8 +130,8 @@ class Worker:
         if row.channel not in domain.allowed_channels(context, [row.channel]) or context is None:
             await self._finish(row, domain.SUPPRESSED, reason=domain.NO_CONSENT)
             return
-        tz = domain.zone(context.profile.time_zone)
-        quiet_end = domain.quiet_until(now, tz, domain.windows_of(context))
+        tz = localtime.zone(context.profile.time_zone)
+        quiet_end = localtime.quiet_until(now, tz, localtime.windows_of(context.profile))
         if quiet_end is not None:
             expired = row.expire_time is not None and row.expire_time <= quiet_end
             if self.settings.notifier_quiet_hours_mode == "suppress" or expired:
