@@ -24,8 +24,13 @@ SENT = notification_pb2.NOTIFICATION_STATE_SENT
 DELIVERED = notification_pb2.NOTIFICATION_STATE_DELIVERED
 SUPPRESSED = notification_pb2.NOTIFICATION_STATE_SUPPRESSED
 FAILED = notification_pb2.NOTIFICATION_STATE_FAILED
-# States that count as "delivered or on its way" for dedupe and caps.
-LIVE_STATES = (QUEUED, SENT, DELIVERED)
+HELD = notification_pb2.NOTIFICATION_STATE_HELD
+# States that count as "delivered or on its way" for dedupe and caps (a tip
+# held for the digest will reach the user: it counts too).
+LIVE_STATES = (QUEUED, SENT, DELIVERED, HELD)
+
+TIP = notification_pb2.NOTIFICATION_KIND_TIP
+DIGEST = notification_pb2.NOTIFICATION_KIND_DIGEST
 
 QUIET_HOURS = notification_pb2.SUPPRESSION_REASON_QUIET_HOURS
 DUPLICATE = notification_pb2.SUPPRESSION_REASON_DUPLICATE
@@ -118,6 +123,7 @@ class SendInput:
     expire: datetime | None
     data: dict[str, str]
     request_id: str
+    urgent: bool = False
 
 
 def check_send(request: pb.SendNotificationRequest, now: datetime) -> SendInput:
@@ -172,6 +178,7 @@ def check_send(request: pb.SendNotificationRequest, now: datetime) -> SendInput:
         expire=expire,
         data=dict(request.data),
         request_id=request.request_id,
+        urgent=request.urgent,
     )
 
 
