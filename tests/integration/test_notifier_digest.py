@@ -219,9 +219,13 @@ async def eventually(
     loop = asyncio.get_running_loop()
     give_up = loop.time() + within
     while True:
-        value = await probe()
-        if done(value):
-            return value
+        try:
+            value: Any = await probe()
+        except TimeoutError as exc:  # a busy machine: probe again
+            value = exc
+        else:
+            if done(value):
+                return value  # type: ignore[no-any-return]
         if loop.time() > give_up:
             raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
         await asyncio.sleep(0.05)
