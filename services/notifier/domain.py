@@ -1,12 +1,14 @@
-"""The notifier's pure logic: names, input checks, quiet hours, channel choice. No I/O."""
+"""The notifier's pure logic: names, input checks, channel choice. No I/O.
+
+Local time (quiet hours, local days) is ``kernel.localtime``.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import UTC, datetime
 
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
@@ -23,8 +25,13 @@ SENT = notification_pb2.NOTIFICATION_STATE_SENT
 DELIVERED = notification_pb2.NOTIFICATION_STATE_DELIVERED
 SUPPRESSED = notification_pb2.NOTIFICATION_STATE_SUPPRESSED
 FAILED = notification_pb2.NOTIFICATION_STATE_FAILED
-# States that count as "delivered or on its way" for dedupe and caps.
-LIVE_STATES = (QUEUED, SENT, DELIVERED)
+HELD = notification_pb2.NOTIFICATION_STATE_HELD
+# States that count as "delivered or on its way" for dedupe and caps (a tip
+# held for the digest will reach the user: it counts too).
+LIVE_STATES = (QUEUED, SENT, DELIVERED, HELD)
+
+TIP = notification_pb2.NOTIFICATION_KIND_TIP
+DIGEST = notification_pb2.NOTIFICATION_KIND_DIGEST
 
 QUIET_HOURS = notification_pb2.SUPPRESSION_REASON_QUIET_HOURS
 DUPLICATE = notification_pb2.SUPPRESSION_REASON_DUPLICATE
@@ -106,6 +113,7 @@ class SendInput:
     expire: datetime | None
     data: dict[str, str]
     request_id: str
+    urgent: bool = False
 
 
 def check_send(request: pb.SendNotificationRequest, now: datetime) -> SendInput:
@@ -160,71 +168,8 @@ def check_send(request: pb.SendNotificationRequest, now: datetime) -> SendInput:
         expire=expire,
         data=dict(request.data),
         request_id=request.request_id,
+        urgent=request.urgent,
     )
-
-
-# --- quiet hours and local days ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QuietWindow:
-    """A weekly window in local time; ``end <= start`` runs past midnight."""
-
-    day: int  # ISO weekday of its start, 1 = Monday .. 7 = Sunday (google.type.DayOfWeek)
-    start_minute: int
-    end_minute: int
-
-
-def zone(name: str) -> tzinfo:
-    try:
-        return ZoneInfo(name) if name else UTC
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC
-
-
-def windows_of(context: user_context_pb2.UserContext) -> tuple[QuietWindow, ...]:
-    return tuple(
-        QuietWindow(
-            day=int(w.day_of_week),
-            start_minute=w.start_time_of_day.hours * 60 + w.start_time_of_day.minutes,
-            end_minute=w.end_time_of_day.hours * 60 + w.end_time_of_day.minutes,
-        )
-        for w in context.profile.quiet_hours
-        if w.day_of_week
-    )
-
-
-def _occurrences(local: datetime, w: QuietWindow) -> Iterable[tuple[datetime, datetime]]:
-    """The window's spans (local, naive-free) that could contain ``local``: this week's and last."""
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    week_start = midnight - timedelta(days=local.isoweekday() - 1)
-    for weeks in (-1, 0):
-        day = week_start + timedelta(days=w.day - 1, weeks=weeks)
-        start = day + timedelta(minutes=w.start_minute)
-        length = w.end_minute - w.start_minute
-        end = start + timedelta(minutes=length if length > 0 else length + 24 * 60)
-        yield start, end
-
-
-def quiet_until(when: datetime, tz: tzinfo, windows: Sequence[QuietWindow]) -> datetime | None:
-    """When the quiet hours around ``when`` end (UTC), following back-to-back windows;
-    None when ``when`` is not in quiet hours."""
-    # Wall-clock arithmetic in the user's zone: windows are local times.
-    local = when.astimezone(tz).replace(tzinfo=None)
-    end: datetime | None = None
-    for _ in range(len(windows) + 1):  # chained windows (Mon 22-24, Tue 0-7) extend the end
-        probe = end or local
-        found = [e for w in windows for s, e in _occurrences(probe, w) if s <= probe < e]
-        if not found:
-            break
-        end = max(found)
-    if end is None:
-        return None
-    return end.replace(tzinfo=tz).astimezone(UTC)
-
-
-def local_day(when: datetime, tz: tzinfo) -> date:
-    return when.astimezone(tz).date()
 
 
 # --- channel choice ---------------------------------------------------------------------------

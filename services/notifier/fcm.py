@@ -8,8 +8,9 @@ FCM registration token, not the raw APNs token), and web installs through
 FCM's Web Push bridge, so one protocol serves all three platforms.
 
 The access token comes from a Google service-account key: a JWT signed with
-its RSA key (RS256) is exchanged at its ``token_uri`` (RFC 7523 JWT bearer
-grant) for a token cached until shortly before it expires.
+its RSA key (RS256, by joserfc, the mesh's one JOSE library) is exchanged at
+its ``token_uri`` (RFC 7523 JWT bearer grant) for a token cached until
+shortly before it expires.
 
 Outcomes per device (FCM's documented error codes): 200 sent; 404 or
 ``UNREGISTERED`` the token is dead (the caller deletes the device); 429, 5xx
@@ -21,20 +22,22 @@ appear in logs or errors.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
 
 from services.notifier.settings import NotifierSettings
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ALG = "RS256"
+ASSERTION_SECONDS = 3600  # Google accepts at most an hour
 _EXPIRY_MARGIN = 60.0
 
 
@@ -51,10 +54,6 @@ class FcmConfigError(Exception):
     """The service-account key is missing or unusable (says which part, not its value)."""
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 class ServiceAccountTokens:
     """OAuth 2.0 access tokens for FCM from a service-account key, cached."""
 
@@ -64,14 +63,14 @@ class ServiceAccountTokens:
             key = json.loads(raw)
             self._email = str(key["client_email"])
             self._key_id = str(key.get("private_key_id", ""))
-            private = serialization.load_pem_private_key(key["private_key"].encode(), None)
+            private = RSAKey.import_key(str(key["private_key"]))
             token_uri = settings.notifier_fcm_token_url or str(key["token_uri"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, JoseError) as exc:
             raise FcmConfigError(
                 f"TIPS_NOTIFIER_FCM_CREDENTIALS is not a service-account key ({type(exc).__name__})"
             ) from None
-        if not isinstance(private, rsa.RSAPrivateKey):
-            raise FcmConfigError("TIPS_NOTIFIER_FCM_CREDENTIALS: private_key is not an RSA key")
+        if not private.is_private:
+            raise FcmConfigError("TIPS_NOTIFIER_FCM_CREDENTIALS: private_key is not a private key")
         self._private = private
         self._token_uri = token_uri
         self._http = http
@@ -80,19 +79,17 @@ class ServiceAccountTokens:
         self._lock = asyncio.Lock()
 
     def _assertion(self, now: float) -> str:
-        header = {"alg": "RS256", "typ": "JWT", **({"kid": self._key_id} if self._key_id else {})}
+        """The RS256-signed JWT Google's token endpoint exchanges for an access token
+        (RFC 7523; claims as Google documents for service accounts)."""
+        header = {"alg": ALG, "typ": "JWT", **({"kid": self._key_id} if self._key_id else {})}
         claims = {
             "iss": self._email,
             "scope": SCOPE,
             "aud": self._token_uri,
             "iat": int(now),
-            "exp": int(now) + 3600,
+            "exp": int(now) + ASSERTION_SECONDS,
         }
-        signing_input = (
-            _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(claims).encode())
-        )
-        signature = self._private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return signing_input + "." + _b64url(signature)
+        return jwt.encode(header, claims, self._private, algorithms=[ALG])
 
     async def token(self) -> str:
         async with self._lock:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import paging
 from kernel.db import Database
-from kernel.errors import NotFound
+from kernel.errors import InvalidArgument, NotFound
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from services.notifier import domain, store
@@ -41,6 +41,8 @@ def to_proto(row: Any) -> notification_pb2.Notification:
         duplicate_of=row.duplicate_of,
         devices=[domain.device_name(row.user_id, x) for x in row.devices],
         data=dict(row.data or {}),
+        kind=row.kind,
+        digest=domain.notification_name(row.user_id, row.digest_id) if row.digest_id else "",
     )
     if row.error:
         out.error.CopyFrom(status_pb2.Status.FromString(row.error))
@@ -120,6 +122,13 @@ async def live_on_day(session: AsyncSession, user_id: str, day: Any) -> int:
     return len(found.all())
 
 
+def _digest_id(user_id: str, name: str) -> str:
+    owner, digest_id = domain.NOTIFICATION.parse(name, "digest")
+    if owner != user_id:
+        raise InvalidArgument([("digest", f"must be a notification of users/{user_id}")])
+    return digest_id
+
+
 class Log:
     """Reads of the delivery log for the public API."""
 
@@ -149,6 +158,8 @@ class Log:
             query = query.where(n.c.channel == int(request.channel))
         if request.tip:
             query = query.where(n.c.tip == request.tip)
+        if request.digest:
+            query = query.where(n.c.digest_id == _digest_id(user_id, request.digest))
         window = request.create_time_range
         if window.HasField("start_time"):
             query = query.where(n.c.create_time >= window.start_time.ToDatetime(UTC))
@@ -161,6 +172,8 @@ class Log:
                 str(int(request.channel)),
                 request.tip,
                 window.SerializeToString(deterministic=True).hex(),
+                # Only when set: page tokens issued before the filter existed stay valid.
+                *([request.digest] if request.digest else []),
             )
         )
         cursor = paging.decode(request.page_token, fingerprint)

@@ -3,8 +3,10 @@
 The checks run in the order the contract names: consent (NO_CONSENT), a
 channel that reaches the user (NO_CHANNEL), deduplication (DUPLICATE), quiet
 hours (QUIET_HOURS), the daily cap (FREQUENCY_CAP). A notification passing
-all of them is QUEUED for the delivery worker; the answer never waits for a
-push service or mail server.
+all of them is QUEUED for the delivery worker, or HELD for the user's daily
+digest when it is on and the request is not urgent (quiet hours are then the
+digest's business: ``digests.py``); the answer never waits for a push
+service or mail server.
 
 Everything for one user happens under a per-user advisory lock in one
 transaction, so two concurrent calls cannot both pass the cap, both escape
@@ -15,15 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from kernel import localtime
 from kernel.db import Database
 from kernel.profile_context import user_context
-from services.notifier import devices, domain, notifications
+from services.notifier import devices, digest_rules, domain, notifications
+from services.notifier.clock import Clock, system_clock
 from services.notifier.settings import NotifierSettings
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.profile.v1 import user_context_pb2
@@ -41,16 +45,24 @@ class Verdict:
     duplicate_of: str = ""
     due: datetime | None = None
     local_day: Any = None
+    hold_from: datetime | None = None  # HELD: from when it may go
 
 
 class Sender:
-    def __init__(self, db: Database, settings: NotifierSettings, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: NotifierSettings,
+        wake: Callable[[], None],
+        clock: Clock = system_clock,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.wake = wake
+        self.clock = clock
 
     async def send(self, request: pb.SendNotificationRequest) -> pb.SendNotificationResponse:
-        now = datetime.now(UTC)
+        now = self.clock()
         inp = domain.check_send(request, now)
         if inp.request_id:  # a retry: answer without asking the profile service again
             async with self.db.session() as session:
@@ -89,12 +101,15 @@ class Sender:
                 if (inp.not_before or (verdict.due and verdict.due > now))
                 else None,
                 "expire_time": inp.expire,
-                "next_attempt_at": verdict.due if verdict.state == domain.QUEUED else None,
+                "next_attempt_at": verdict.due if verdict.state in _QUEUES else None,
+                "create_time": now,
+                "update_time": now,
+                **_hold_values(verdict),
             }
             row = (await session.execute(insert(n).values(**values).returning(*n.c))).one()
             if verdict.state == domain.SUPPRESSED:
                 await notifications.publish_outcome(session, row)
-        if verdict.state == domain.QUEUED and verdict.due is not None and verdict.due <= now:
+        if verdict.state in _QUEUES and verdict.due is not None and verdict.due <= now:
             self.wake()
         return _response(row)
 
@@ -123,19 +138,43 @@ class Sender:
                 channel,
                 duplicate_of=domain.notification_name(inp.user_id, first),
             )
-        tz = domain.zone(context.profile.time_zone)
+        tz = localtime.zone(context.profile.time_zone)
         due = max(now, inp.not_before or now)
-        quiet_end = domain.quiet_until(due, tz, domain.windows_of(context))
+        digest_due = None if inp.urgent else digest_rules.due(due, context.profile)
+        if digest_due is not None:  # held for the digest, which minds quiet hours itself
+            day = localtime.local_day(digest_due, tz)
+            if await self._capped(session, inp, context, day):
+                return Verdict(domain.SUPPRESSED, domain.FREQUENCY_CAP, channel)
+            return Verdict(
+                domain.HELD, channel=channel, due=digest_due, local_day=day, hold_from=due
+            )
+        quiet_end = localtime.quiet_until(due, tz, localtime.windows_of(context.profile))
         if quiet_end is not None:
             expired = inp.expire is not None and inp.expire <= quiet_end
             if self.settings.notifier_quiet_hours_mode == "suppress" or expired:
                 return Verdict(domain.SUPPRESSED, domain.QUIET_HOURS, channel)
             due = quiet_end
-        day = domain.local_day(due, tz)
-        cap = context.profile.daily_tip_cap or self.settings.notifier_daily_cap
-        if await notifications.live_on_day(session, inp.user_id, day) >= cap:
+        day = localtime.local_day(due, tz)
+        if await self._capped(session, inp, context, day):
             return Verdict(domain.SUPPRESSED, domain.FREQUENCY_CAP, channel)
         return Verdict(domain.QUEUED, channel=channel, due=due, local_day=day)
+
+    async def _capped(
+        self, session: Any, inp: domain.SendInput, context: user_context_pb2.UserContext, day: Any
+    ) -> bool:
+        # Held tips count on their digest's day: the cap limits tips, not messages.
+        cap = context.profile.daily_tip_cap or self.settings.notifier_daily_cap
+        return await notifications.live_on_day(session, inp.user_id, day) >= cap
+
+
+# States the worker takes from the queue at ``next_attempt_at``.
+_QUEUES = (domain.QUEUED, domain.HELD)
+
+
+def _hold_values(verdict: Verdict) -> dict[str, Any]:
+    if verdict.state != domain.HELD:
+        return {}
+    return {"digest_due_at": verdict.due, "hold_from": verdict.hold_from}
 
 
 def _response(row: Any) -> pb.SendNotificationResponse:

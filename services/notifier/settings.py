@@ -66,6 +66,10 @@ class NotifierSettings(Settings):
     notifier_erasure_durable: str = Field(
         default="notifier-erasure", pattern=r"^[A-Za-z0-9_-]{1,64}$"
     )
+    # ProfileChanged (digest or time zone changed): held tips move to the new digest time.
+    notifier_profile_durable: str = Field(
+        default="notifier-profiles", pattern=r"^[A-Za-z0-9_-]{1,64}$"
+    )
 
     def key_ring(self) -> KeyRing:
         """The push-token key ring; SettingsError naming the bad variable."""

@@ -7,9 +7,13 @@
   is due at ``next_attempt_at``; the worker claims due rows with
   ``FOR UPDATE SKIP LOCKED`` and moves ``next_attempt_at`` one lease ahead,
   so a worker that dies mid-delivery leaves the row to be claimed again.
+  The daily digest lives here too (``kind`` DIGEST rows; tips HELD for one
+  are queued at their ``digest_due_at`` and point at it by ``digest_id``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
@@ -30,6 +34,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from kernel.outbox import outbox_table, processed_table
+from tips.notifier.v1 import notification_pb2
+
+HELD = notification_pb2.NOTIFICATION_STATE_HELD
 
 metadata = MetaData(schema="notifier")
 # Events waiting to be published (transactional outbox).
@@ -93,6 +100,7 @@ def notifications_table(md: MetaData) -> Table:
         # Queue: when a QUEUED row is due (or its lease ends), and tries so far.
         Column("next_attempt_at", DateTime(timezone=True), nullable=True),
         Column("attempts", Integer, nullable=False, server_default="0"),
+        *digest_columns(),
         PrimaryKeyConstraint("user_id", "notification_id"),
     )
     Index(
@@ -110,6 +118,7 @@ def notifications_table(md: MetaData) -> Table:
         unique=True,
         postgresql_where=table.c.request_id != "",
     )
+    digest_indexes(table)
     # The worker only scans queued rows: keep that index tiny.
     Index(
         "ix_notifications_due",
@@ -117,6 +126,36 @@ def notifications_table(md: MetaData) -> Table:
         postgresql_where=table.c.next_attempt_at.is_not(None),
     )
     return table
+
+
+def digest_columns() -> list[Column[Any]]:
+    """The daily digest's columns (migration notifier_0003)."""
+    return [
+        # NotificationKind: a tip, or a digest carrying tips.
+        Column("kind", Integer, nullable=False, server_default="1"),
+        # For a tip: the digest notification carrying it, once it is built.
+        Column("digest_id", Text, nullable=False, server_default=""),
+        # For a HELD tip: when its digest is due, and from when it may go
+        # (max of the request and its not_before_time), to reschedule it.
+        Column("digest_due_at", DateTime(timezone=True), nullable=True),
+        Column("hold_from", DateTime(timezone=True), nullable=True),
+    ]
+
+
+def digest_indexes(table: Table) -> None:
+    Index(
+        "ix_notifications_digest",
+        table.c.user_id,
+        table.c.digest_id,
+        postgresql_where=table.c.digest_id != "",
+    )
+    # Held tips are few and short-lived: a partial index finds a user's.
+    Index(
+        "ix_notifications_held",
+        table.c.user_id,
+        table.c.digest_due_at,
+        postgresql_where=table.c.state == HELD,
+    )
 
 
 devices = devices_table(metadata)

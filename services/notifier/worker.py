@@ -12,6 +12,10 @@ it, is worse).
 At delivery the profile is asked again: a consent withdrawn while the
 notification waited suppresses it (NO_CONSENT), and quiet hours that began
 meanwhile defer it again (or suppress it, per ``notifier_quiet_hours_mode``).
+
+Tips HELD for the daily digest are rows of the same queue: claimed at their
+digest time, they are handed to ``Digests.build`` (digests.py), which turns
+them into one queued digest notification this loop then delivers.
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from sqlalchemy import func, select, update
 
+from kernel import localtime
 from kernel.db import Database
 from kernel.errors import Unavailable
 from kernel.profile_context import user_context
 from services.notifier import devices, domain, notifications
+from services.notifier.clock import Clock, system_clock
+from services.notifier.digests import Digests
 from services.notifier.fcm import FcmSender, Outcome, message_body
 from services.notifier.mail import SmtpSender
 from services.notifier.settings import NotifierSettings
@@ -50,12 +57,15 @@ class Worker:
         registry: devices.Devices,
         push: FcmSender | None,
         mail: SmtpSender | None,
+        clock: Clock = system_clock,
     ) -> None:
         self.db = db
         self.settings = settings
         self.registry = registry
         self.push = push
         self.mail = mail
+        self.clock = clock
+        self.digests = Digests(db, settings, clock, self.wake)
         self._wake = asyncio.Event()
         self.delivered = 0  # notifications finished (any final state), for tests and metrics
 
@@ -71,7 +81,11 @@ class Worker:
                 log.warning("notification queue not reachable", extra={"error": repr(exc)})
                 claimed = []
             if claimed:
-                await asyncio.gather(*(self._deliver_safely(row) for row in claimed))
+                held = {row.user_id for row in claimed if row.state == domain.HELD}
+                await asyncio.gather(
+                    *(self._deliver_safely(row) for row in claimed if row.state != domain.HELD),
+                    *(self._digest_safely(user_id) for user_id in held),
+                )
                 if len(claimed) >= self.settings.notifier_worker_batch:
                     continue
             with contextlib.suppress(TimeoutError):
@@ -81,10 +95,11 @@ class Worker:
 
     async def claim(self) -> list[Any]:
         lease = timedelta(seconds=self.settings.notifier_worker_lease_seconds)
+        now = self.clock()
         async with self.db.transaction() as session:
             due = (
                 select(n.c.user_id, n.c.notification_id)
-                .where(n.c.next_attempt_at <= func.now(), n.c.state == domain.QUEUED)
+                .where(n.c.next_attempt_at <= now, n.c.state.in_((domain.QUEUED, domain.HELD)))
                 .order_by(n.c.next_attempt_at)
                 .limit(self.settings.notifier_worker_batch)
                 .with_for_update(skip_locked=True)
@@ -98,7 +113,7 @@ class Worker:
                     n.c.user_id.in_({k.user_id for k in keys}),
                     n.c.notification_id.in_([k.notification_id for k in keys]),
                 )
-                .values(next_attempt_at=func.now() + lease, attempts=n.c.attempts + 1)
+                .values(next_attempt_at=now + lease, attempts=n.c.attempts + 1)
                 .returning(*n.c)
             )
             return list(rows.all())
@@ -113,8 +128,15 @@ class Worker:
                 extra={"notification": row.notification_id, "error": type(exc).__name__},
             )
 
+    async def _digest_safely(self, user_id: str) -> None:
+        try:
+            await self.digests.build(user_id)
+        except Exception as exc:
+            # The held tips' lease brings them back.
+            log.warning("digest not built", extra={"error": type(exc).__name__})
+
     async def deliver(self, row: Any) -> None:
-        now = datetime.now(UTC)
+        now = self.clock()
         if row.expire_time is not None and row.expire_time <= now:
             await self._finish(
                 row,
@@ -134,11 +156,13 @@ class Worker:
         if row.channel not in domain.allowed_channels(context, [row.channel]) or context is None:
             await self._finish(row, domain.SUPPRESSED, reason=domain.NO_CONSENT)
             return
-        tz = domain.zone(context.profile.time_zone)
-        quiet_end = domain.quiet_until(now, tz, domain.windows_of(context))
+        tz = localtime.zone(context.profile.time_zone)
+        quiet_end = localtime.quiet_until(now, tz, localtime.windows_of(context.profile))
         if quiet_end is not None:
             expired = row.expire_time is not None and row.expire_time <= quiet_end
-            if self.settings.notifier_quiet_hours_mode == "suppress" or expired:
+            # A digest always waits: the user asked for it (docs/notifier.md).
+            suppress = self.settings.notifier_quiet_hours_mode == "suppress"
+            if (suppress and row.kind != domain.DIGEST) or expired:
                 await self._finish(row, domain.SUPPRESSED, reason=domain.QUIET_HOURS)
             else:
                 await self._reschedule(row, quiet_end, attempts=row.attempts - 1)
@@ -163,11 +187,11 @@ class Worker:
         failures: list[str] = []
         ttl = None
         if row.expire_time is not None:
-            ttl = max(int((row.expire_time - datetime.now(UTC)).total_seconds()), 1)
+            ttl = max(int((row.expire_time - self.clock()).total_seconds()), 1)
         data = {
             **dict(row.data or {}),
             "notification": domain.notification_name(row.user_id, row.notification_id),
-            "tip": row.tip,
+            **({"tip": row.tip} if row.tip else {}),  # a digest carries no single tip
         }
         for target_row in targets:
             target = self.registry.open(target_row)
@@ -193,7 +217,7 @@ class Worker:
             return
         if done:
             async with self.db.transaction() as session:
-                await devices.mark_pushed(session, row.user_id, sent, datetime.now(UTC))
+                await devices.mark_pushed(session, row.user_id, sent, self.clock())
             await self._finish(row, domain.SENT, devices_done=done)
             return
         if retry is not None:
@@ -245,7 +269,7 @@ class Worker:
             },
         )
         await self._reschedule(
-            row, datetime.now(UTC) + timedelta(seconds=delay), devices_done=devices_done
+            row, self.clock() + timedelta(seconds=delay), devices_done=devices_done
         )
 
     async def _reschedule(
@@ -296,7 +320,7 @@ class Worker:
             "update_time": func.now(),
         }
         if state == domain.SENT:
-            values["send_time"] = func.now()
+            values["send_time"] = self.clock()
         if devices_done is not None:
             values["devices"] = devices_done
         async with self.db.transaction() as session:
@@ -314,4 +338,6 @@ class Worker:
             ).first()
             if final is not None:  # None: erased, or finished by another worker
                 await notifications.publish_outcome(session, final)
+                if final.kind == domain.DIGEST:  # its tips end as it did
+                    await Digests.finish_items(session, final)
         self.delivered += 1

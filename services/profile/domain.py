@@ -40,8 +40,14 @@ UPDATABLE: tuple[str, ...] = (
     "muted_categories",
     "channels",
     "daily_tip_cap",
+    "digest",
 )
-_SUBPATHS = ("channels.push_enabled", "channels.email_enabled")
+_SUBPATHS = (
+    "channels.push_enabled",
+    "channels.email_enabled",
+    "digest.enabled",
+    "digest.delivery_time",
+)
 IGNORED: frozenset[str] = frozenset({"name", "email", "create_time", "update_time", "etag"})
 
 Violations = list[tuple[str, str]]
@@ -100,6 +106,16 @@ def check_language_code(value: str, path: str) -> Violations:
 def check_daily_cap(value: int, path: str) -> Violations:
     if not 0 <= value <= DAILY_CAP_MAX:
         return [(path, f"must be between 1 and {DAILY_CAP_MAX} (0: the default), got {value}")]
+    return []
+
+
+def check_digest(profile: profile_pb2.Profile, path: str) -> Violations:
+    """A delivery time of day when set, and one is needed to turn the digest on."""
+    digest = profile.digest
+    if digest.HasField("delivery_time"):
+        return _check_time(digest.delivery_time, f"{path}.delivery_time", end=False)
+    if digest.enabled:
+        return [(f"{path}.delivery_time", "is required when the digest is enabled")]
     return []
 
 
@@ -208,6 +224,8 @@ def validate(profile: profile_pb2.Profile, paths: Iterable[str], root: str = "pr
         v += check_categories(profile.muted_categories, f"{root}.muted_categories")
     if "daily_tip_cap" in fields:
         v += check_daily_cap(profile.daily_tip_cap, f"{root}.daily_tip_cap")
+    if "digest" in fields:
+        v += check_digest(profile, f"{root}.digest")
     if fields & {"preferred_categories", "muted_categories"}:
         muted = set(profile.muted_categories)
         # Name the list the caller changed (preferred when both changed).
@@ -272,6 +290,8 @@ def apply_update(
             target.extend(getattr(patch, path))
         elif path == "channels":
             result.channels.CopyFrom(patch.channels)
+        elif path.startswith("digest"):
+            _apply_digest(result, patch, path)
         else:
             setattr(result, path, getattr(patch, path))
     if not result.time_zone:
@@ -279,6 +299,20 @@ def apply_update(
     if not result.language_code:
         result.language_code = DEFAULT_LANGUAGE
     return result
+
+
+def _apply_digest(result: profile_pb2.Profile, patch: profile_pb2.Profile, path: str) -> None:
+    # Unset stays unset ("no digest"), so an empty patch clears rather than sets an empty one.
+    if path == "digest.enabled":
+        result.digest.enabled = patch.digest.enabled
+    elif path == "digest.delivery_time" and patch.digest.HasField("delivery_time"):
+        result.digest.delivery_time.CopyFrom(patch.digest.delivery_time)
+    elif path == "digest.delivery_time":
+        result.digest.ClearField("delivery_time")
+    elif patch.HasField("digest"):
+        result.digest.CopyFrom(patch.digest)
+    else:
+        result.ClearField("digest")
 
 
 def changed_fields(before: profile_pb2.Profile, after: profile_pb2.Profile) -> list[str]:
@@ -294,6 +328,8 @@ def _value(profile: profile_pb2.Profile, field: str) -> object:
         ]
     if field == "channels":
         return (value.push_enabled, value.email_enabled)
+    if field == "digest":
+        return value.SerializeToString(deterministic=True)
     return value
 
 

@@ -101,6 +101,7 @@ def notifier_settings(
         "notifier_backoff_base_seconds": 0.2,
         "notifier_backoff_max_seconds": 1.0,
         "notifier_erasure_durable": f"notifier-erasure-t{secrets.token_hex(3)}",
+        "notifier_profile_durable": f"notifier-profiles-t{secrets.token_hex(3)}",
     }
     values.update(extra)
     return NotifierSettings(**values)

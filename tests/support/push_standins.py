@@ -1,7 +1,8 @@
 """Local stand-ins for the notifier's delivery channels, over real protocols.
 
 - ``FcmStandIn``: Google's OAuth token endpoint for service accounts (checks
-  the RS256 JWT assertion against the key's public half, RFC 7523) and FCM
+  the RS256 JWT assertion against the key's public half with ``cryptography``,
+  independently of the notifier's joserfc, RFC 7523) and FCM
   HTTP v1 ``POST /v1/projects/{project}/messages:send`` (checks the bearer
   token, records the JSON body, answers as FCM documents: 200 with the
   message name, 404 ``UNREGISTERED`` for dead tokens, scripted faults).
@@ -36,6 +37,7 @@ from tipsmesh.localinfra import free_port
 
 PROJECT = "tips-test"
 CLIENT_EMAIL = "notifier@tips-test.iam.gserviceaccount.com"
+KEY_ID = "k1"
 
 
 def _b64url_decode(text: str) -> bytes:
@@ -65,7 +67,7 @@ class FcmStandIn:
             {
                 "type": "service_account",
                 "project_id": PROJECT,
-                "private_key_id": "k1",
+                "private_key_id": KEY_ID,
                 "private_key": pem,
                 "client_email": CLIENT_EMAIL,
                 "token_uri": f"{self.base_url}/token",
@@ -90,6 +92,7 @@ class FcmStandIn:
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
         ok = (
             header.get("alg") == "RS256"
+            and header.get("kid", KEY_ID) == KEY_ID  # Google picks the public key by kid
             and body.get("iss") == CLIENT_EMAIL
             and body.get("aud") == f"{self.base_url}/token"
             and body.get("scope") == "https://www.googleapis.com/auth/firebase.messaging"

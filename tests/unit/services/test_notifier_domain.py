@@ -1,9 +1,11 @@
-"""services.notifier.domain and kernel.crypto: quiet hours, channels, checks, sealing."""
+"""services.notifier.domain and kernel.crypto: channels, checks, sealing.
+
+Quiet hours and local days: tests/unit/kernel/test_kernel_localtime.py.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,38 +17,6 @@ from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.profile.v1 import consent_pb2, profile_pb2, user_context_pb2
 
 pytestmark = pytest.mark.unit
-
-MADRID = ZoneInfo("Europe/Madrid")
-# Monday 22:00 to Tuesday 07:00, and Tuesday 07:00-08:00 right after it.
-NIGHT = domain.QuietWindow(day=1, start_minute=22 * 60, end_minute=7 * 60)
-MORNING = domain.QuietWindow(day=2, start_minute=7 * 60, end_minute=8 * 60)
-
-
-def _local(day: int, hour: int, minute: int = 0) -> datetime:
-    # 2026-11-30 is a Monday.
-    monday = datetime(2026, 11, 30, hour, minute, tzinfo=MADRID)
-    return monday + timedelta(days=day - 1)
-
-
-def test_quiet_until_overnight_and_chained_windows() -> None:
-    assert domain.quiet_until(_local(1, 21, 59), MADRID, [NIGHT]) is None
-    end = domain.quiet_until(_local(1, 23), MADRID, [NIGHT])
-    assert end == _local(2, 7).astimezone(UTC)
-    assert domain.quiet_until(_local(2, 3), MADRID, [NIGHT]) == _local(2, 7).astimezone(UTC)
-    assert domain.quiet_until(_local(2, 7), MADRID, [NIGHT]) is None
-    # Back to back windows: the quiet period ends when the last one does.
-    assert domain.quiet_until(_local(2, 3), MADRID, [NIGHT, MORNING]) == _local(2, 8).astimezone(
-        UTC
-    )
-    # Sunday night into Monday wraps the week.
-    sunday = domain.QuietWindow(day=7, start_minute=23 * 60, end_minute=6 * 60)
-    assert domain.quiet_until(_local(1, 5), MADRID, [sunday]) == _local(1, 6).astimezone(UTC)
-
-
-def test_local_day_uses_the_users_zone() -> None:
-    late = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
-    assert str(domain.local_day(late, MADRID)) == "2026-12-01"
-    assert str(domain.local_day(late, UTC)) == "2026-11-30"
 
 
 def _context(push: bool, email: bool, *purposes: int) -> user_context_pb2.UserContext:

@@ -161,3 +161,49 @@ def test_consent_names_round_trip() -> None:
     for bad in ("users/u_1/consents/nope", "users//consents/x", "users/u_1/profile/x"):
         with pytest.raises(InvalidArgument):
             names.parse_consent_name(bad)
+
+
+def _digest(enabled: bool, time: timeofday_pb2.TimeOfDay | None) -> profile_pb2.Profile:
+    digest = profile_pb2.NotificationDigest(enabled=enabled)
+    if time is not None:
+        digest.delivery_time.CopyFrom(time)
+    return profile_pb2.Profile(digest=digest)
+
+
+def test_digest_rules_name_the_field() -> None:
+    domain.validate(_digest(True, timeofday_pb2.TimeOfDay(hours=20, minutes=30)), ["digest"])
+    domain.validate(_digest(False, None), ["digest"])  # off needs no time
+    domain.validate(_digest(True, timeofday_pb2.TimeOfDay()), ["digest"])  # 00:00 is a time
+    path = "profile.digest.delivery_time"
+    assert path in _fields(_digest(True, None), "digest")
+    for bad in (
+        timeofday_pb2.TimeOfDay(hours=24),
+        timeofday_pb2.TimeOfDay(hours=25),
+        timeofday_pb2.TimeOfDay(hours=20, minutes=60),
+        timeofday_pb2.TimeOfDay(hours=-1),
+        timeofday_pb2.TimeOfDay(hours=8, nanos=5),
+    ):
+        assert path in _fields(_digest(True, bad), "digest.delivery_time"), bad
+
+
+def test_digest_masks_and_updates() -> None:
+    patch = _digest(True, timeofday_pb2.TimeOfDay(hours=8))
+    mask = field_mask_pb2.FieldMask(paths=["digest.enabled", "digest.delivery_time"])
+    assert domain.mask_paths(mask, patch) == ["digest.enabled", "digest.delivery_time"]
+    assert domain.mask_paths(None, patch) == ["digest"]
+    with pytest.raises(InvalidArgument) as unknown:
+        domain.mask_paths(field_mask_pb2.FieldMask(paths=["digest.time"]), patch)
+    assert dict(unknown.value.violations).keys() == {"update_mask.paths[0]"}
+    current = domain.default_profile("users/u1/profile")
+    on = domain.apply_update(current, patch, ["digest"])
+    assert on.digest.enabled and on.digest.delivery_time.hours == 8
+    assert domain.changed_fields(current, on) == ["digest"]
+    # Only the switch: the time stays; clearing the whole field means no digest.
+    off = domain.apply_update(on, _digest(False, None), ["digest.enabled"])
+    assert not off.digest.enabled and off.digest.delivery_time.hours == 8
+    cleared = domain.apply_update(on, profile_pb2.Profile(), ["digest"])
+    assert not cleared.HasField("digest")
+    retimed = domain.apply_update(on, _digest(False, None), ["digest.delivery_time"])
+    assert retimed.digest.enabled and not retimed.digest.HasField("delivery_time")
+    with pytest.raises(InvalidArgument):  # on without a time
+        domain.validate(retimed, ["digest.delivery_time"])

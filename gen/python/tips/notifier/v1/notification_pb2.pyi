@@ -23,6 +23,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _NotificationKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_KIND_UNSPECIFIED: _NotificationKind.ValueType  # 0
+    """Not set; read as NOTIFICATION_KIND_TIP."""
+    NOTIFICATION_KIND_TIP: _NotificationKind.ValueType  # 1
+    """One tip, `tip`."""
+    NOTIFICATION_KIND_DIGEST: _NotificationKind.ValueType  # 2
+    """The user's daily digest: the tips whose `digest` names it, listed in
+    its `body`; `tip` is empty.
+    """
+
+class NotificationKind(_NotificationKind, metaclass=_NotificationKindEnumTypeWrapper):
+    """What a notification delivers."""
+
+NOTIFICATION_KIND_UNSPECIFIED: NotificationKind.ValueType  # 0
+"""Not set; read as NOTIFICATION_KIND_TIP."""
+NOTIFICATION_KIND_TIP: NotificationKind.ValueType  # 1
+"""One tip, `tip`."""
+NOTIFICATION_KIND_DIGEST: NotificationKind.ValueType  # 2
+"""The user's daily digest: the tips whose `digest` names it, listed in
+its `body`; `tip` is empty.
+"""
+Global___NotificationKind: _TypeAlias = NotificationKind  # noqa: Y015
+
 class _NotificationChannel:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -65,6 +93,13 @@ class _NotificationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Not
     """Deliberately not delivered; `suppression_reason` says why."""
     NOTIFICATION_STATE_FAILED: _NotificationState.ValueType  # 5
     """Delivery was tried and failed, or expired; `error` says why."""
+    NOTIFICATION_STATE_HELD: _NotificationState.ValueType  # 6
+    """Waiting for the user's daily digest (it is on and the tip was not
+    urgent); `not_before_time` is when the digest is due. When the digest is
+    built the tip becomes QUEUED with `digest` set, then SENT, FAILED or
+    SUPPRESSED with the digest; one that expired by then fails with
+    DEADLINE_EXCEEDED and is left out.
+    """
 
 class NotificationState(_NotificationState, metaclass=_NotificationStateEnumTypeWrapper):
     """Where a notification is in its delivery."""
@@ -81,6 +116,13 @@ NOTIFICATION_STATE_SUPPRESSED: NotificationState.ValueType  # 4
 """Deliberately not delivered; `suppression_reason` says why."""
 NOTIFICATION_STATE_FAILED: NotificationState.ValueType  # 5
 """Delivery was tried and failed, or expired; `error` says why."""
+NOTIFICATION_STATE_HELD: NotificationState.ValueType  # 6
+"""Waiting for the user's daily digest (it is on and the tip was not
+urgent); `not_before_time` is when the digest is due. When the digest is
+built the tip becomes QUEUED with `digest` set, then SENT, FAILED or
+SUPPRESSED with the digest; one that expired by then fails with
+DEADLINE_EXCEEDED and is left out.
+"""
 Global___NotificationState: _TypeAlias = NotificationState  # noqa: Y015
 
 class _SuppressionReason:
@@ -164,6 +206,8 @@ class Notification(_message.Message):
     DELIVER_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `users/{user}/notifications/{notification}`."""
     tip: _builtins.str
@@ -186,6 +230,14 @@ class Notification(_message.Message):
     """The key deliveries are deduplicated on."""
     duplicate_of: _builtins.str
     """For a DUPLICATE, the notification first delivered under the same key."""
+    kind: Global___NotificationKind.ValueType
+    """What it delivers: one tip, or a daily digest of tips."""
+    digest: _builtins.str
+    """For a tip held for the user's daily digest: the digest notification
+    that carries it, `users/{user}/notifications/{notification}`; empty while
+    it is NOTIFICATION_STATE_HELD and for tips delivered on their own. Its
+    state then follows the digest's.
+    """
     @_builtins.property
     def requested_channels(self) -> _containers.RepeatedScalarFieldContainer[Global___NotificationChannel.ValueType]:
         """The channels asked for, in order of preference."""
@@ -250,10 +302,12 @@ class Notification(_message.Message):
         deliver_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         data: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        kind: Global___NotificationKind.ValueType = ...,
+        digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deliver_time", b"deliver_time", "error", b"error", "expire_time", b"expire_time", "not_before_time", b"not_before_time", "send_time", b"send_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel", b"channel", "create_time", b"create_time", "data", b"data", "dedupe_key", b"dedupe_key", "deliver_time", b"deliver_time", "devices", b"devices", "duplicate_of", b"duplicate_of", "error", b"error", "expire_time", b"expire_time", "name", b"name", "not_before_time", b"not_before_time", "requested_channels", b"requested_channels", "send_time", b"send_time", "state", b"state", "suppression_reason", b"suppression_reason", "tip", b"tip", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel", b"channel", "create_time", b"create_time", "data", b"data", "dedupe_key", b"dedupe_key", "deliver_time", b"deliver_time", "devices", b"devices", "digest", b"digest", "duplicate_of", b"duplicate_of", "error", b"error", "expire_time", b"expire_time", "kind", b"kind", "name", b"name", "not_before_time", b"not_before_time", "requested_channels", b"requested_channels", "send_time", b"send_time", "state", b"state", "suppression_reason", b"suppression_reason", "tip", b"tip", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

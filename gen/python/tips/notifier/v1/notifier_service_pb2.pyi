@@ -192,6 +192,7 @@ class ListNotificationsRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     TIP_FIELD_NUMBER: _builtins.int
     CREATE_TIME_RANGE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The user whose notifications to list, `users/{user}`."""
     page_size: _builtins.int
@@ -204,6 +205,10 @@ class ListNotificationsRequest(_message.Message):
     """Only notifications on this channel; unset means all."""
     tip: _builtins.str
     """Only notifications carrying this tip, `users/{user}/tips/{tip}`."""
+    digest: _builtins.str
+    """Only the tips a daily digest carries,
+    `users/{user}/notifications/{notification}` of the same user.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_notification_pb2.NotificationState.ValueType]:
         """Only notifications in these states; empty means all."""
@@ -222,10 +227,11 @@ class ListNotificationsRequest(_message.Message):
         channel: _notification_pb2.NotificationChannel.ValueType = ...,
         tip: _builtins.str = ...,
         create_time_range: _interval_pb2.Interval | None = ...,
+        digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_range", b"create_time_range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "create_time_range", b"create_time_range", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "states", b"states", "tip", b"tip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "create_time_range", b"create_time_range", "digest", b"digest", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "states", b"states", "tip", b"tip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,6 +347,7 @@ class SendNotificationRequest(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    URGENT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The user to notify, `users/{user}`."""
     tip: _builtins.str
@@ -356,6 +363,12 @@ class SendNotificationRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key of this call (a UUID); a retry with the same id returns
     the first call's result.
+    """
+    urgent: _builtins.bool
+    """Deliver it on its own even when the user has the daily digest on (a
+    tip that is useless later, like "your meeting starts in 10 minutes").
+    False: held for the digest when the user has it on (HELD), delivered on
+    its own otherwise.
     """
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_notification_pb2.NotificationChannel.ValueType]:
@@ -388,10 +401,11 @@ class SendNotificationRequest(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         data: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        urgent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "not_before_time", b"not_before_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channels", b"channels", "data", b"data", "dedupe_key", b"dedupe_key", "expire_time", b"expire_time", "not_before_time", b"not_before_time", "parent", b"parent", "request_id", b"request_id", "tip", b"tip", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channels", b"channels", "data", b"data", "dedupe_key", b"dedupe_key", "expire_time", b"expire_time", "not_before_time", b"not_before_time", "parent", b"parent", "request_id", b"request_id", "tip", b"tip", "title", b"title", "urgent", b"urgent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

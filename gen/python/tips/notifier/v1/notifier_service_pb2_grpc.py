@@ -307,9 +307,11 @@ class NotifierInternalServiceServicer:
         notification, then applies consent, deduplication, quiet hours and
         frequency caps: a notification that passes is QUEUED (sent at or after
         `not_before_time` on the first channel asked for that reaches the user),
-        one that does not is SUPPRESSED with a reason. Either way it is in the
-        delivery log. A retry with the same `request_id` returns the first
-        call's notification and records nothing new.
+        or HELD for the user's daily digest when the profile has it on and the
+        request is not `urgent`; one that does not pass is SUPPRESSED with a
+        reason. Either way it is in the delivery log. A retry with the same
+        `request_id` returns the first call's notification and records nothing
+        new.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

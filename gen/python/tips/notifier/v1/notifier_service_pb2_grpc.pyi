@@ -130,9 +130,11 @@ class NotifierInternalServiceStub:
     notification, then applies consent, deduplication, quiet hours and
     frequency caps: a notification that passes is QUEUED (sent at or after
     `not_before_time` on the first channel asked for that reaches the user),
-    one that does not is SUPPRESSED with a reason. Either way it is in the
-    delivery log. A retry with the same `request_id` returns the first
-    call's notification and records nothing new.
+    or HELD for the user's daily digest when the profile has it on and the
+    request is not `urgent`; one that does not pass is SUPPRESSED with a
+    reason. Either way it is in the delivery log. A retry with the same
+    `request_id` returns the first call's notification and records nothing
+    new.
     """
 
 @_typing.type_check_only
@@ -147,9 +149,11 @@ class NotifierInternalServiceAsyncStub(NotifierInternalServiceStub):
     notification, then applies consent, deduplication, quiet hours and
     frequency caps: a notification that passes is QUEUED (sent at or after
     `not_before_time` on the first channel asked for that reaches the user),
-    one that does not is SUPPRESSED with a reason. Either way it is in the
-    delivery log. A retry with the same `request_id` returns the first
-    call's notification and records nothing new.
+    or HELD for the user's daily digest when the profile has it on and the
+    request is not `urgent`; one that does not pass is SUPPRESSED with a
+    reason. Either way it is in the delivery log. A retry with the same
+    `request_id` returns the first call's notification and records nothing
+    new.
     """
 
 class NotifierInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -167,9 +171,11 @@ class NotifierInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         notification, then applies consent, deduplication, quiet hours and
         frequency caps: a notification that passes is QUEUED (sent at or after
         `not_before_time` on the first channel asked for that reaches the user),
-        one that does not is SUPPRESSED with a reason. Either way it is in the
-        delivery log. A retry with the same `request_id` returns the first
-        call's notification and records nothing new.
+        or HELD for the user's daily digest when the profile has it on and the
+        request is not `urgent`; one that does not pass is SUPPRESSED with a
+        reason. Either way it is in the delivery log. A retry with the same
+        `request_id` returns the first call's notification and records nothing
+        new.
         """
 
 def add_NotifierInternalServiceServicer_to_server(servicer: NotifierInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,7 +29,7 @@ from google.type import dayofweek_pb2 as google_dot_type_dot_dayofweek__pb2
 from google.type import timeofday_pb2 as google_dot_type_dot_timeofday__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtips/profile/v1/profile.proto\x12\x0ftips.profile.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bgoogle/type/dayofweek.proto\x1a\x1bgoogle/type/timeofday.proto\"\xbd\x05\n\x07Profile\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08R\x04name\x12\'\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0b\x64isplayName\x12!\n\ttime_zone\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x08timeZone\x12)\n\rlanguage_code\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x0clanguageCode\x12H\n\x0bquiet_hours\x18\x05 \x03(\x0b\x32!.tips.profile.v1.QuietHoursWindowB\x04\xe2\x41\x01\x01R\nquietHours\x12\x37\n\x14preferred_categories\x18\x06 \x03(\tB\x04\xe2\x41\x01\x01R\x13preferredCategories\x12/\n\x10muted_categories\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01R\x0fmutedCategories\x12G\n\x08\x63hannels\x18\x08 \x01(\x0b\x32%.tips.profile.v1.NotificationChannelsB\x04\xe2\x41\x01\x01R\x08\x63hannels\x12(\n\rdaily_tip_cap\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01R\x0b\x64\x61ilyTipCap\x12\x1a\n\x05\x65mail\x18\n \x01(\tB\x04\xe2\x41\x01\x03R\x05\x65mail\x12\x41\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12\x18\n\x04\x65tag\x18\r \x01(\tB\x04\xe2\x41\x01\x01R\x04\x65tag:>\xea\x41;\n\x10tips.app/Profile\x12\x14users/{user}/profile*\x08profiles2\x07profile\"\xde\x01\n\x10QuietHoursWindow\x12<\n\x0b\x64\x61y_of_week\x18\x01 \x01(\x0e\x32\x16.google.type.DayOfWeekB\x04\xe2\x41\x01\x02R\tdayOfWeek\x12G\n\x11start_time_of_day\x18\x02 \x01(\x0b\x32\x16.google.type.TimeOfDayB\x04\xe2\x41\x01\x02R\x0estartTimeOfDay\x12\x43\n\x0f\x65nd_time_of_day\x18\x03 \x01(\x0b\x32\x16.google.type.TimeOfDayB\x04\xe2\x41\x01\x02R\x0c\x65ndTimeOfDay\"j\n\x14NotificationChannels\x12\'\n\x0cpush_enabled\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x0bpushEnabled\x12)\n\remail_enabled\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x0c\x65mailEnabledB-\xea\x41*\n\rtips.app/User\x12\x0cusers/{user}*\x05users2\x04userb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtips/profile/v1/profile.proto\x12\x0ftips.profile.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bgoogle/type/dayofweek.proto\x1a\x1bgoogle/type/timeofday.proto\"\x80\x06\n\x07Profile\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08R\x04name\x12\'\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0b\x64isplayName\x12!\n\ttime_zone\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x08timeZone\x12)\n\rlanguage_code\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x0clanguageCode\x12H\n\x0bquiet_hours\x18\x05 \x03(\x0b\x32!.tips.profile.v1.QuietHoursWindowB\x04\xe2\x41\x01\x01R\nquietHours\x12\x37\n\x14preferred_categories\x18\x06 \x03(\tB\x04\xe2\x41\x01\x01R\x13preferredCategories\x12/\n\x10muted_categories\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01R\x0fmutedCategories\x12G\n\x08\x63hannels\x18\x08 \x01(\x0b\x32%.tips.profile.v1.NotificationChannelsB\x04\xe2\x41\x01\x01R\x08\x63hannels\x12(\n\rdaily_tip_cap\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01R\x0b\x64\x61ilyTipCap\x12\x1a\n\x05\x65mail\x18\n \x01(\tB\x04\xe2\x41\x01\x03R\x05\x65mail\x12\x41\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12\x18\n\x04\x65tag\x18\r \x01(\tB\x04\xe2\x41\x01\x01R\x04\x65tag\x12\x41\n\x06\x64igest\x18\x0e \x01(\x0b\x32#.tips.profile.v1.NotificationDigestB\x04\xe2\x41\x01\x01R\x06\x64igest:>\xea\x41;\n\x10tips.app/Profile\x12\x14users/{user}/profile*\x08profiles2\x07profile\"\xde\x01\n\x10QuietHoursWindow\x12<\n\x0b\x64\x61y_of_week\x18\x01 \x01(\x0e\x32\x16.google.type.DayOfWeekB\x04\xe2\x41\x01\x02R\tdayOfWeek\x12G\n\x11start_time_of_day\x18\x02 \x01(\x0b\x32\x16.google.type.TimeOfDayB\x04\xe2\x41\x01\x02R\x0estartTimeOfDay\x12\x43\n\x0f\x65nd_time_of_day\x18\x03 \x01(\x0b\x32\x16.google.type.TimeOfDayB\x04\xe2\x41\x01\x02R\x0c\x65ndTimeOfDay\"j\n\x14NotificationChannels\x12\'\n\x0cpush_enabled\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x0bpushEnabled\x12)\n\remail_enabled\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x0c\x65mailEnabled\"w\n\x12NotificationDigest\x12\x1e\n\x07\x65nabled\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x07\x65nabled\x12\x41\n\rdelivery_time\x18\x02 \x01(\x0b\x32\x16.google.type.TimeOfDayB\x04\xe2\x41\x01\x01R\x0c\x64\x65liveryTimeB-\xea\x41*\n\rtips.app/User\x12\x0cusers/{user}*\x05users2\x04userb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,6 +63,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROFILE'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_PROFILE'].fields_by_name['etag']._loaded_options = None
   _globals['_PROFILE'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_PROFILE'].fields_by_name['digest']._loaded_options = None
+  _globals['_PROFILE'].fields_by_name['digest']._serialized_options = b'\342A\001\001'
   _globals['_PROFILE']._loaded_options = None
   _globals['_PROFILE']._serialized_options = b'\352A;\n\020tips.app/Profile\022\024users/{user}/profile*\010profiles2\007profile'
   _globals['_QUIETHOURSWINDOW'].fields_by_name['day_of_week']._loaded_options = None
@@ -75,10 +77,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONCHANNELS'].fields_by_name['push_enabled']._serialized_options = b'\342A\001\001'
   _globals['_NOTIFICATIONCHANNELS'].fields_by_name['email_enabled']._loaded_options = None
   _globals['_NOTIFICATIONCHANNELS'].fields_by_name['email_enabled']._serialized_options = b'\342A\001\001'
+  _globals['_NOTIFICATIONDIGEST'].fields_by_name['enabled']._loaded_options = None
+  _globals['_NOTIFICATIONDIGEST'].fields_by_name['enabled']._serialized_options = b'\342A\001\001'
+  _globals['_NOTIFICATIONDIGEST'].fields_by_name['delivery_time']._loaded_options = None
+  _globals['_NOTIFICATIONDIGEST'].fields_by_name['delivery_time']._serialized_options = b'\342A\001\001'
   _globals['_PROFILE']._serialized_start=202
-  _globals['_PROFILE']._serialized_end=903
-  _globals['_QUIETHOURSWINDOW']._serialized_start=906
-  _globals['_QUIETHOURSWINDOW']._serialized_end=1128
-  _globals['_NOTIFICATIONCHANNELS']._serialized_start=1130
-  _globals['_NOTIFICATIONCHANNELS']._serialized_end=1236
+  _globals['_PROFILE']._serialized_end=970
+  _globals['_QUIETHOURSWINDOW']._serialized_start=973
+  _globals['_QUIETHOURSWINDOW']._serialized_end=1195
+  _globals['_NOTIFICATIONCHANNELS']._serialized_start=1197
+  _globals['_NOTIFICATIONCHANNELS']._serialized_end=1303
+  _globals['_NOTIFICATIONDIGEST']._serialized_start=1305
+  _globals['_NOTIFICATIONDIGEST']._serialized_end=1424
 # @@protoc_insertion_point(module_scope)

@@ -43,6 +43,7 @@ class Profile(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `users/{user}/profile`."""
     display_name: _builtins.str
@@ -100,6 +101,13 @@ class Profile(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the profile was last changed."""
 
+    @_builtins.property
+    def digest(self) -> Global___NotificationDigest:
+        """The daily digest: when enabled, tips that are not urgent wait and reach
+        the user together in one message a day, at `digest.delivery_time` in
+        `time_zone`. Unset means no digest (every tip is delivered on its own).
+        """
+
     def __init__(
         self,
         *,
@@ -116,10 +124,11 @@ class Profile(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        digest: Global___NotificationDigest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "create_time", b"create_time", "digest", b"digest", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "create_time", b"create_time", "daily_tip_cap", b"daily_tip_cap", "display_name", b"display_name", "email", b"email", "etag", b"etag", "language_code", b"language_code", "muted_categories", b"muted_categories", "name", b"name", "preferred_categories", b"preferred_categories", "quiet_hours", b"quiet_hours", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "create_time", b"create_time", "daily_tip_cap", b"daily_tip_cap", "digest", b"digest", "display_name", b"display_name", "email", b"email", "etag", b"etag", "language_code", b"language_code", "muted_categories", b"muted_categories", "name", b"name", "preferred_categories", b"preferred_categories", "quiet_hours", b"quiet_hours", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -186,3 +195,40 @@ class NotificationChannels(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NotificationChannels: _TypeAlias = NotificationChannels  # noqa: Y015
+
+@_typing.final
+class NotificationDigest(_message.Message):
+    """The user's daily digest of tips. Tips held for it still count against
+    `daily_tip_cap`, and a digest due in quiet hours waits for their end.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    DELIVERY_TIME_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Whether tips are held for the digest. Turning it off delivers what is
+    held at once, in one last digest.
+    """
+    @_builtins.property
+    def delivery_time(self) -> _timeofday_pb2.TimeOfDay:
+        """Local time of day the digest is delivered, 00:00 to 23:59:59 in whole
+        seconds, in the profile's `time_zone`; required when `enabled`. A time
+        the spring transition skips is delivered as much later as the clock
+        jumps (02:30 becomes 03:30); a time the autumn transition repeats is
+        delivered once, at its first occurrence.
+        """
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        delivery_time: _timeofday_pb2.TimeOfDay | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_time", b"delivery_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_time", b"delivery_time", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationDigest: _TypeAlias = NotificationDigest  # noqa: Y015
