@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from sqlalchemy import Table, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -32,6 +32,7 @@ __all__ = [
     "admin_url",
     "async_url",
     "insert_from_arrays",
+    "lock",
     "redact",
     "service_role",
     "service_url",
@@ -78,6 +79,17 @@ def insert_from_arrays(
         f"INSERT INTO {table.schema}.{table.name} ({names}) "
         f"SELECT {values} FROM unnest({arrays}) AS u({names})"
     )
+
+
+async def lock(session: AsyncSession, key: str) -> None:
+    """Hold the transaction-scoped advisory lock named ``key`` until ``session`` commits.
+
+    One way to serialise work on one thing across replicas (a user's
+    notifications, the signing keys, the catalog): the lock goes with the
+    transaction, so a crash cannot leave it held. Keys are namespaced by the
+    caller (``"notifier:<user>"``); PostgreSQL locks a 64-bit hash of it.
+    """
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
 
 def service_role(settings: Settings, service: str) -> str:

@@ -28,12 +28,12 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.bus import Bus, Delivery
 from kernel.consumers import consume_forever, event_user
-from kernel.db import Database
+from kernel.db import Database, lock
 from kernel.outbox import claim
 from tips.profile.v1 import events_pb2 as profile_events
 
@@ -54,9 +54,7 @@ def _user_key(user_id: str) -> str:
 
 
 async def _lock_user(session: AsyncSession, user_id: str) -> None:
-    await session.execute(
-        select(func.pg_advisory_xact_lock(func.hashtext(f"tips-erasure:{user_id}")))
-    )
+    await lock(session, f"tips-erasure:{user_id}")
 
 
 async def guard_user(session: AsyncSession, processed: Table, user_id: str) -> bool:

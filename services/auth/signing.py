@@ -23,10 +23,10 @@ from typing import Any
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.db import Database
+from kernel.db import Database, lock
 from services.auth import store
 from services.auth.crypto import Envelope, Sealed
 
@@ -79,7 +79,7 @@ def public_jwk(key: ECKey) -> dict[str, str]:
 
 
 async def _lock_keys(session: AsyncSession) -> None:
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('tips.auth.signing_keys'))"))
+    await lock(session, "tips.auth.signing_keys")
 
 
 async def insert_key(session: AsyncSession, envelope: Envelope, key: ECKey, now: datetime) -> str:

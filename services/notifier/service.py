@@ -23,12 +23,12 @@ from kernel.service import Binding, Runtime, ServiceDefinition, bind
 from kernel.settings import SettingsError
 from services.notifier import store
 from services.notifier.clock import Clock, system_clock
-from services.notifier.devices import Devices
+from services.notifier.core.devices import Devices
+from services.notifier.core.notifications import Log
+from services.notifier.core.sending import Sender
 from services.notifier.erasure import eraser
 from services.notifier.fcm import FcmConfigError, FcmSender, ServiceAccountTokens
 from services.notifier.mail import SmtpSender
-from services.notifier.notifications import Log
-from services.notifier.sending import Sender
 from services.notifier.servicer import NotifierInternalServicer, NotifierServicer
 from services.notifier.settings import notifier_settings
 from services.notifier.worker import Worker

@@ -7,9 +7,9 @@ from typing import Any
 from kernel import paging
 from kernel.identity import require_owner
 from services.notifier import domain
-from services.notifier.devices import Devices
-from services.notifier.notifications import Log
-from services.notifier.sending import Sender
+from services.notifier.core.devices import Devices
+from services.notifier.core.notifications import Log
+from services.notifier.core.sending import Sender
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.notifier.v1 import notifier_service_pb2_grpc as pb_grpc
 

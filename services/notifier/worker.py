@@ -34,9 +34,10 @@ from kernel import localtime
 from kernel.db import Database
 from kernel.errors import Unavailable
 from kernel.profile_context import user_context
-from services.notifier import devices, domain, notifications
+from services.notifier import domain
 from services.notifier.clock import Clock, system_clock
-from services.notifier.digests import Digests
+from services.notifier.core import devices, notifications
+from services.notifier.core.digests import Digests
 from services.notifier.fcm import FcmSender, Outcome, message_body
 from services.notifier.mail import SmtpSender
 from services.notifier.settings import NotifierSettings

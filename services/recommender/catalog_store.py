@@ -26,11 +26,11 @@ from sqlalchemy import (
     Text,
     func,
     select,
-    text,
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel import db as kernel_db
 from kernel.db import Database
 from kernel.errors import AlreadyExists
 from kernel.timestamps import timestamp
@@ -67,8 +67,6 @@ catalog_imports = Table(
     Column("import_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext('recommender.catalog'))"
-
 
 def tip_from_row(row: Row[Any]) -> catalog_tip_pb2.CatalogTip:
     tip = catalog_tip_pb2.CatalogTip.FromString(row.data)
@@ -83,7 +81,7 @@ def tip_from_row(row: Row[Any]) -> catalog_tip_pb2.CatalogTip:
 
 async def lock(session: AsyncSession) -> None:
     """Serialize catalog writers (version bumps must not interleave)."""
-    await session.execute(text(_LOCK))
+    await kernel_db.lock(session, "recommender.catalog")
 
 
 async def current_version(session: AsyncSession) -> str:

@@ -3,27 +3,37 @@ request checks of the tip RPCs (counts, names, history tokens, reaction ids).
 
 ``fold`` applies one stored signal to a ``UserContext`` and returns the new
 context; ``features`` computes the time-dependent view a decision made at
-``now`` uses, in the user's timezone (from their profile). Step totals are
-kept per UTC day (the consumer does not wait for the profile); "usual" is
-the mean of the previous days kept.
+``now`` uses, in the user's timezone (from their profile). Steps are kept in
+quarter-hour buckets of UTC time (the consumer does not wait for the
+profile, and every zone's midnight falls on a quarter hour): "today" and
+each past day are the user's LOCAL days, summed at decision time, so a
+connector's day-long signal starting at local midnight, a phone's hourly
+counts and a late sync for yesterday all land on the right day. "Usual" is
+the mean of the past local days that have steps.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
-from kernel import paging
+from kernel import localtime, paging
 from kernel.errors import InvalidArgument
 from kernel.names import Pattern
 from tips.events.v1 import signal_pb2
 
 # Calendar events kept per user: the next ones matter, not the whole calendar.
 MAX_EVENTS = 50
-# Past days of step totals kept for the user's usual.
+# Past local days whose step totals make the user's usual.
 STEPS_DAYS = 14
+# Steps are bucketed by quarter hour of UTC time (index = epoch seconds // 900).
+STEP_BUCKET_S = 900
+# Buckets kept: the usual's days, today, and a day of slack for any zone.
+STEPS_KEPT = (STEPS_DAYS + 2) * 24 * 3600 // STEP_BUCKET_S
 # A signal kind seen within this long counts as available to a tip needing it.
 RECENT_SIGNALS = timedelta(days=7)
 K = signal_pb2.SignalKind
@@ -42,8 +52,8 @@ class UserContext:
     """What the recommender knows about one user right now."""
 
     user_id: str
-    steps_day: date | None = None
-    steps_today: int = 0
+    # Quarter-hour bucket (epoch seconds // 900, UTC) -> steps counted in it.
+    steps: dict[int, int] = field(default_factory=dict)
     sleep_minutes: int | None = None
     sleep_end: datetime | None = None
     mood_score: int | None = None
@@ -54,8 +64,6 @@ class UserContext:
     suppressed_until: dict[str, datetime] = field(default_factory=dict)
     last_signal_time: datetime | None = None
     signal_count: int = 0
-    # Past UTC days' step totals (ISO date -> steps), newest STEPS_DAYS kept.
-    steps_history: dict[str, int] = field(default_factory=dict)
     # Signal kind -> start time of its newest signal.
     kinds_seen: dict[int, datetime] = field(default_factory=dict)
 
@@ -63,8 +71,7 @@ class UserContext:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "steps_day": self.steps_day.isoformat() if self.steps_day else None,
-            "steps_today": self.steps_today,
+            "steps": {str(k): v for k, v in self.steps.items()},
             "sleep_minutes": self.sleep_minutes,
             "sleep_end": _iso(self.sleep_end),
             "mood_score": self.mood_score,
@@ -75,7 +82,6 @@ class UserContext:
             "suppressed_until": {k: v.isoformat() for k, v in self.suppressed_until.items()},
             "last_signal_time": _iso(self.last_signal_time),
             "signal_count": self.signal_count,
-            "steps_history": dict(self.steps_history),
             "kinds_seen": {str(k): v.isoformat() for k, v in self.kinds_seen.items()},
         }
 
@@ -83,8 +89,7 @@ class UserContext:
     def from_json(cls, user_id: str, data: dict[str, Any]) -> UserContext:
         return cls(
             user_id=user_id,
-            steps_day=date.fromisoformat(data["steps_day"]) if data.get("steps_day") else None,
-            steps_today=int(data.get("steps_today", 0)),
+            steps=_steps_of(data),
             sleep_minutes=data.get("sleep_minutes"),
             sleep_end=_dt(data.get("sleep_end")),
             mood_score=data.get("mood_score"),
@@ -98,11 +103,30 @@ class UserContext:
             },
             last_signal_time=_dt(data.get("last_signal_time")),
             signal_count=int(data.get("signal_count", 0)),
-            steps_history={k: int(v) for k, v in data.get("steps_history", {}).items()},
             kinds_seen={
                 int(k): datetime.fromisoformat(v) for k, v in data.get("kinds_seen", {}).items()
             },
         )
+
+
+def _steps_of(data: dict[str, Any]) -> dict[int, int]:
+    """The step buckets of a persisted context; per-UTC-day totals (the format
+    before buckets) become one bucket at that day's UTC midnight."""
+    if "steps" in data:
+        return {int(k): int(v) for k, v in data["steps"].items()}
+    buckets: dict[int, int] = {}
+    days = {k: int(v) for k, v in data.get("steps_history", {}).items()}
+    if data.get("steps_day"):
+        days[data["steps_day"]] = days.get(data["steps_day"], 0) + int(data.get("steps_today", 0))
+    for day, count in days.items():
+        midnight = datetime.combine(date.fromisoformat(day), time(), tzinfo=UTC)
+        buckets[bucket_of(midnight)] = count
+    return buckets
+
+
+def bucket_of(when: datetime) -> int:
+    """The quarter-hour bucket of instant ``when``."""
+    return int(when.timestamp()) // STEP_BUCKET_S
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -129,18 +153,7 @@ def fold(ctx: UserContext, signal: signal_pb2.Signal) -> UserContext:
     ctx = replace(ctx, last_signal_time=last, signal_count=ctx.signal_count + 1, kinds_seen=kinds)
     payload = signal.WhichOneof("payload")
     if payload == "steps":
-        day = start.date()
-        if ctx.steps_day is None or day > ctx.steps_day:
-            history = dict(ctx.steps_history)
-            if ctx.steps_day is not None:
-                history[ctx.steps_day.isoformat()] = ctx.steps_today
-            kept = dict(sorted(history.items())[-STEPS_DAYS:])
-            return replace(
-                ctx, steps_day=day, steps_today=int(signal.steps.count), steps_history=kept
-            )
-        if day == ctx.steps_day:
-            return replace(ctx, steps_today=ctx.steps_today + int(signal.steps.count))
-        return ctx  # an older day's steps do not change today
+        return _fold_steps(ctx, start, int(signal.steps.count))
     if payload == "sleep":
         if ctx.sleep_end is None or end >= ctx.sleep_end:
             return replace(ctx, sleep_minutes=signal.sleep.asleep_minutes, sleep_end=end)
@@ -152,6 +165,17 @@ def fold(ctx: UserContext, signal: signal_pb2.Signal) -> UserContext:
     if payload == "calendar_event":
         return _fold_calendar(ctx, signal.calendar_event, start, end)
     return ctx
+
+
+def _fold_steps(ctx: UserContext, start: datetime, count: int) -> UserContext:
+    """Add ``count`` to the bucket of ``start``; forget buckets older than the usual needs."""
+    steps = dict(ctx.steps)
+    key = bucket_of(start)
+    steps[key] = steps.get(key, 0) + count
+    horizon = max(steps) - STEPS_KEPT
+    if min(steps) < horizon:
+        steps = {k: v for k, v in steps.items() if k >= horizon}
+    return replace(ctx, steps=steps)
 
 
 def _fold_calendar(
@@ -187,8 +211,9 @@ class Features:
 
     now: datetime
     local: datetime  # ``now`` in the user's timezone
-    steps_today: int | None  # None: no steps signal today
-    steps_usual: float | None  # mean of past days' totals; None without history
+    midnight: datetime  # the first instant of the user's local day (``kernel.localtime``)
+    steps_today: int | None  # this local day's steps; None: no steps signal today
+    steps_usual: float | None  # mean of past local days' totals; None without history
     sleep_minutes: int | None  # last night's sleep; None when none ended in the last 18 h
     mood_score: int | None  # None: no check-in in the last 12 h
     mood_age_minutes: int | None
@@ -257,22 +282,35 @@ def day_part(hour: int) -> str:
     return "night"
 
 
-def local_midnight(local: datetime) -> datetime:
-    """Start of the local day of ``local`` (tz-aware)."""
-    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+@functools.lru_cache(maxsize=1024)
+def _day_bounds(today: date, tz: tzinfo) -> tuple[int, ...]:
+    """First buckets of the STEPS_DAYS local days before ``today``, of today and of
+    tomorrow, ascending (each local midnight read DST-correctly)."""
+    days = [today - timedelta(days=d) for d in range(STEPS_DAYS, -2, -1)]
+    return tuple(bucket_of(localtime.local_midnight(day, tz)) for day in days)
+
+
+def step_totals(ctx: UserContext, today: date, tz: tzinfo) -> tuple[int | None, float | None]:
+    """(steps of local day ``today`` or None, mean of the past local days with steps or None)."""
+    bounds = _day_bounds(today, tz)
+    today_from, tomorrow_from = bounds[-2], bounds[-1]
+    today_total: int | None = None
+    past: dict[int, int] = {}
+    for key, count in ctx.steps.items():
+        if today_from <= key < tomorrow_from:
+            today_total = (today_total or 0) + count
+        elif bounds[0] <= key < today_from:
+            day = bisect.bisect_right(bounds, key) - 1
+            past[day] = past.get(day, 0) + count
+    usual = sum(past.values()) / len(past) if past else None
+    return today_total, usual
 
 
 def features(ctx: UserContext, now: datetime, tz: tzinfo = UTC) -> Features:
     local = now.astimezone(tz)
-    steps = ctx.steps_today if ctx.steps_day == now.date() else None
-    past = [
-        v
-        for k, v in ctx.steps_history.items()
-        if now.date() - timedelta(days=STEPS_DAYS) <= date.fromisoformat(k) < now.date()
-    ]
-    if ctx.steps_day is not None and ctx.steps_day < now.date():
-        past.append(ctx.steps_today)  # yesterday's total still in the "today" slot
-    usual = sum(past) / len(past) if past else None
+    today = local.date()
+    midnight = localtime.local_midnight(today, tz)
+    steps, usual = step_totals(ctx, today, tz)
     sleep = (
         ctx.sleep_minutes
         if ctx.sleep_end is not None and now - ctx.sleep_end <= timedelta(hours=18)
@@ -280,7 +318,7 @@ def features(ctx: UserContext, now: datetime, tz: tzinfo = UTC) -> Features:
     )
     mood_fresh = ctx.mood_time is not None and now - ctx.mood_time <= timedelta(hours=12)
     in_meeting = any(e.start <= now < e.end for e in ctx.busy_events.values())
-    tomorrow = local_midnight(local) + timedelta(days=1)
+    tomorrow = localtime.local_midnight(today + timedelta(days=1), tz)
     upcoming = sorted(e.start for e in ctx.busy_events.values() if e.start > now)
     next_start = upcoming[0] if upcoming and upcoming[0] < tomorrow else None
     has_calendar = K.SIGNAL_KIND_CALENDAR_EVENT in ctx.kinds_seen or bool(ctx.busy_events)
@@ -294,6 +332,7 @@ def features(ctx: UserContext, now: datetime, tz: tzinfo = UTC) -> Features:
     return Features(
         now=now,
         local=local,
+        midnight=midnight,
         steps_today=steps,
         steps_usual=usual,
         sleep_minutes=sleep,

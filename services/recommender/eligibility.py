@@ -8,21 +8,14 @@ Checks are ordered cheapest and most common first.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
+from kernel import localtime
+from kernel.localtime import QuietWindow
 from policy.catalog import Entry
-from services.recommender.domain import Features, local_midnight
-
-
-@dataclass(frozen=True)
-class QuietWindow:
-    """A weekly quiet window in local time; ``end <= start`` runs past midnight."""
-
-    day: int  # ISO weekday of the start, 1 = Monday .. 7 = Sunday
-    start_minute: int
-    end_minute: int
+from services.recommender.domain import Features
 
 
 @dataclass(frozen=True)
@@ -48,22 +41,6 @@ class History:
     done: dict[str, datetime] = field(default_factory=dict)
 
 
-def in_quiet_hours(local: datetime, windows: Iterable[QuietWindow]) -> bool:
-    minute = local.hour * 60 + local.minute
-    today = local.isoweekday()
-    yesterday = 7 if today == 1 else today - 1
-    for w in windows:
-        if w.end_minute > w.start_minute:
-            if w.day == today and w.start_minute <= minute < w.end_minute:
-                return True
-        else:  # runs past midnight: the evening of its day, the morning after
-            if w.day == today and minute >= w.start_minute:
-                return True
-            if w.day == yesterday and minute < w.end_minute:
-                return True
-    return False
-
-
 def decided_today(history: History, since: datetime) -> int:
     """Distinct catalog tips decided since ``since`` (the local midnight)."""
     return sum(1 for times in history.decided.values() if times and times[-1] >= since)
@@ -71,10 +48,10 @@ def decided_today(history: History, since: datetime) -> int:
 
 def user_block(f: Features, prefs: Prefs, history: History, default_cap: int) -> str | None:
     """Why no tip at all may be decided now, or None."""
-    if prefs.quiet_hours and in_quiet_hours(f.local, prefs.quiet_hours):
+    if prefs.quiet_hours and localtime.in_quiet_hours(f.now, prefs.tz, prefs.quiet_hours):
         return "quiet_hours"
     cap = prefs.daily_cap or default_cap
-    if decided_today(history, local_midnight(f.local)) >= cap:
+    if decided_today(history, f.midnight) >= cap:
         return "daily_cap"
     return None
 
@@ -87,7 +64,7 @@ def tip_block(
     suppressed: Mapping[str, datetime],
 ) -> str | None:
     """Why catalog tip ``e`` may not be decided now, or None."""
-    return _tip_block(e, f, prefs, history, suppressed, local_midnight(f.local), f.day_part)
+    return _tip_block(e, f, prefs, history, suppressed, f.midnight, f.day_part)
 
 
 def _static_block(e: Entry, prefs: Prefs, part: str, kinds: frozenset[int]) -> str | None:
@@ -215,7 +192,7 @@ def eligible_index(
         return [], Counter({blocked: len(entries)})
     if static is None or static.entries is not entries:
         static = StaticChecks(entries)
-    midnight, part = local_midnight(f.local), f.day_part
+    midnight, part = f.midnight, f.day_part
     passing, static_reasons = static.passing(prefs, part, f.recent_kinds)
     reasons = Counter(static_reasons)
     out: list[int] = []

@@ -15,13 +15,13 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import UTC, datetime
 
+from kernel import localtime
 from kernel.bus import Bus, Delivery
 from kernel.consumers import consume_forever, event_user
 from kernel.profile_context import ProfileUnavailable, consent_id, granted_ids, user_context
-from services.recommender.eligibility import Prefs, QuietWindow
+from services.recommender.eligibility import Prefs
 from services.recommender.settings import RecommenderSettings
 from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
 
@@ -30,27 +30,11 @@ log = logging.getLogger(__name__)
 GRANTED = consent_pb2.CONSENT_STATE_GRANTED
 
 
-def zone(name: str) -> tzinfo:
-    try:
-        return ZoneInfo(name) if name else UTC
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC
-
-
 def prefs_of(profile: profile_pb2.Profile, granted: frozenset[str]) -> Prefs:
-    windows = tuple(
-        QuietWindow(
-            day=int(w.day_of_week),
-            start_minute=w.start_time_of_day.hours * 60 + w.start_time_of_day.minutes,
-            end_minute=w.end_time_of_day.hours * 60 + w.end_time_of_day.minutes,
-        )
-        for w in profile.quiet_hours
-        if w.day_of_week
-    )
     return Prefs(
-        tz=zone(profile.time_zone),
+        tz=localtime.zone(profile.time_zone),
         time_zone=profile.time_zone or "UTC",
-        quiet_hours=windows,
+        quiet_hours=localtime.windows_of(profile),
         granted=granted,
         muted=frozenset(profile.muted_categories),
         daily_cap=profile.daily_tip_cap,

@@ -37,7 +37,7 @@ from kernel.errors import field_violations
 from kernel.migrations import migrate
 from kernel.server import ServiceServer
 from kernel.settings import Settings
-from services.notifier.digests import Digests
+from services.notifier.core.digests import Digests
 from services.notifier.service import SERVICE as NOTIFIER
 from services.notifier.service import build as build_notifier
 from services.notifier.settings import NotifierSettings

@@ -24,6 +24,7 @@ from kernel.bus import Bus
 from kernel.db import Database
 from kernel.errors import field_violations, unpack_details
 from kernel.settings import Settings
+from services.recommender import domain
 from services.recommender.consumers import ContextKeeper
 from tests.support.recommender_rig import events_and_recommender
 from tests.support.waiting import eventually, stream_msg_ids
@@ -404,6 +405,6 @@ async def test_contexts_are_rebuilt_from_the_database(mesh: Mesh, settings: Sett
     try:
         fresh = ContextKeeper(db)
         assert await fresh.load() >= 1
-        assert fresh.get(user).steps_today == 700
+        assert domain.features(fresh.get(user), datetime.now(UTC)).steps_today == 700
     finally:
         await db.close()

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from google.protobuf import field_mask_pb2
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.db import Database
+from kernel.db import Database, lock
 from kernel.errors import Aborted, NotFound
 from kernel.outbox import enqueue
 from services.profile import domain, names, store
@@ -42,7 +41,7 @@ def new_id() -> str:
 
 async def lock_user(session: AsyncSession, user_id: str) -> None:
     """Serialize this user's writes (and erasure) until the transaction ends."""
-    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(user_id, 0))))
+    await lock(session, f"profile:{user_id}")
 
 
 async def refuse_erased(session: AsyncSession, user_id: str, resource: str) -> None:

@@ -10,11 +10,13 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kernel import localtime
 from kernel.errors import InvalidArgument
+from kernel.localtime import QuietWindow
 from policy import catalog
 from services.recommender import domain, eligibility, explain
 from services.recommender.domain import UserContext
-from services.recommender.eligibility import History, Prefs, QuietWindow
+from services.recommender.eligibility import History, Prefs
 from services.recommender.settings import RecommenderSettings
 from tips.events.v1 import signal_pb2
 
@@ -162,10 +164,10 @@ def test_free_block_and_fit() -> None:
 
 def test_quiet_hours_and_daily_cap() -> None:
     f = domain.features(UserContext("u"), NOW)
-    overnight = QuietWindow(day=7, start_minute=22 * 60, end_minute=14 * 60)  # Sun 22:00 - 14:00
+    overnight = QuietWindow(day=7, start_second=22 * 3600, end_second=14 * 3600)  # Sun 22-14
     quiet = Prefs(quiet_hours=(overnight,))
     assert eligibility.user_block(f, quiet, History(), 30) == "quiet_hours"
-    assert not eligibility.in_quiet_hours(NOW + timedelta(hours=2), (overnight,))
+    assert not localtime.in_quiet_hours(NOW + timedelta(hours=2), UTC, (overnight,))
     history = History(decided={"a": [NOW - timedelta(hours=1)], "b": [NOW - timedelta(hours=2)]})
     assert eligibility.user_block(f, Prefs(daily_cap=2), history, 30) == "daily_cap"
     assert eligibility.user_block(f, Prefs(), history, 30) is None
@@ -230,3 +232,50 @@ def test_cached_static_checks_decide_as_the_plain_checks() -> None:
                     ]  # fmt: skip
                     assert got == want
                     assert sum(reasons.values()) == len(entries) - len(want)
+
+
+def test_steps_count_on_the_users_local_day() -> None:
+    berlin = ZoneInfo("Europe/Berlin")  # NOW is 13:00Z, 15:00 in Berlin
+    local_midnight = datetime(NOW.year, NOW.month, NOW.day, tzinfo=berlin)
+    # A connector's day-long increase starts at local midnight: 23:00Z the day before.
+    ctx = domain.fold(UserContext("u"), _steps(3000, local_midnight.astimezone(UTC)))
+    ctx = domain.fold(ctx, _steps(2000, local_midnight.astimezone(UTC)))
+    ctx = domain.fold(ctx, _steps(500, NOW - timedelta(minutes=20)))  # the phone, this morning
+    f = domain.features(ctx, NOW, berlin)
+    assert f.steps_today == 5500 and f.steps_usual is None
+    assert f.midnight == local_midnight
+    # Read in UTC the midnight increases belong to yesterday.
+    assert domain.features(ctx, NOW).steps_today == 500
+    # A tracker syncing late adds to yesterday, not to today.
+    yesterday = local_midnight - timedelta(days=1)
+    ctx = domain.fold(ctx, _steps(8000, yesterday.astimezone(UTC)))
+    ctx = domain.fold(ctx, _steps(1000, yesterday.astimezone(UTC)))
+    f = domain.features(ctx, NOW, berlin)
+    assert f.steps_today == 5500 and f.steps_usual == 9000
+    assert UserContext.from_json("u", ctx.to_json()) == ctx
+
+
+def test_steps_across_the_spring_gap_and_in_the_evening_west_of_utc() -> None:
+    new_york = ZoneInfo("America/New_York")
+    # 8 March 2026: the clock goes 02:00 -> 03:00; that local day has 23 hours.
+    day = datetime(2026, 3, 8, tzinfo=new_york)
+    late = datetime(2026, 3, 8, 22, 30, tzinfo=new_york)  # 02:30Z on the 9th
+    ctx = domain.fold(UserContext("u"), _steps(4000, day.astimezone(UTC)))
+    ctx = domain.fold(ctx, _steps(700, late - timedelta(minutes=10)))
+    f = domain.features(ctx, late.astimezone(UTC), new_york)
+    assert f.steps_today == 4700
+    nextday = domain.features(ctx, late.astimezone(UTC) + timedelta(hours=2), new_york)
+    assert nextday.steps_today is None and nextday.steps_usual == 4700
+
+
+def test_old_step_buckets_are_forgotten_and_the_old_format_still_loads() -> None:
+    ctx = UserContext("u")
+    for days_ago in range(40):
+        ctx = domain.fold(ctx, _steps(100, NOW - timedelta(days=days_ago)))
+    assert len(ctx.steps) <= domain.STEPS_DAYS + 3
+    assert domain.features(ctx, NOW).steps_usual == 100
+    legacy = {"steps_day": NOW.date().isoformat(), "steps_today": 900,
+              "steps_history": {(NOW.date() - timedelta(days=1)).isoformat(): 7000}}  # fmt: skip
+    loaded = UserContext.from_json("u", legacy)
+    f = domain.features(loaded, NOW)
+    assert f.steps_today == 900 and f.steps_usual == 7000

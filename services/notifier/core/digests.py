@@ -42,12 +42,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import localtime
 from kernel.bus import Delivery
-from kernel.db import Database
+from kernel.db import Database, lock
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
 from kernel.profile_context import user_context
-from services.notifier import digest_rules, domain, notifications
+from services.notifier import digest_rules, domain
 from services.notifier.clock import Clock
+from services.notifier.core import notifications
 from services.notifier.settings import NotifierSettings
 from tips.profile.v1 import events_pb2 as profile_events
 from tips.profile.v1 import user_context_pb2
@@ -60,7 +61,7 @@ _MOVES_DIGEST = frozenset({"digest", "time_zone"})
 
 async def lock_user(session: AsyncSession, user_id: str) -> None:
     """The per-user lock SendNotification takes: holding and building never interleave."""
-    await session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"notifier:{user_id}"))))
+    await lock(session, f"notifier:{user_id}")
 
 
 def _expired_status() -> bytes:

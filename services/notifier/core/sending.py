@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from kernel import localtime
 from kernel.db import Database
 from kernel.profile_context import user_context
-from services.notifier import devices, digest_rules, domain, notifications
+from services.notifier import digest_rules, domain
 from services.notifier.clock import Clock, system_clock
+from services.notifier.core import devices, notifications
+from services.notifier.core.digests import lock_user
 from services.notifier.settings import NotifierSettings
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.profile.v1 import user_context_pb2
@@ -74,9 +75,7 @@ class Sender:
             self.settings, inp.user_id, rpc_timeout=self.settings.notifier_profile_timeout_seconds
         )
         async with self.db.transaction() as session:
-            await session.execute(
-                select(func.pg_advisory_xact_lock(func.hashtext(f"notifier:{inp.user_id}")))
-            )
+            await lock_user(session, inp.user_id)
             row = await notifications.by_request(session, inp.user_id, inp.request_id)
             if row is not None:
                 return _response(row)
