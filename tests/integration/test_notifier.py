@@ -15,30 +15,21 @@ import os
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import asyncpg
 import grpc
-import nats
-import nats.errors
-import nats.js.errors
 import pytest
 from google.protobuf import field_mask_pb2
 from google.type import timeofday_pb2
 
-from kernel.bus import Bus, streams_for
-from kernel.clients import close_channels
 from kernel.errors import field_violations
 from kernel.migrations import migrate
 from kernel.server import ServiceServer
 from kernel.settings import Settings
 from services.notifier.service import SERVICE as NOTIFIER
-from services.notifier.settings import NotifierSettings
-from services.profile.service import SERVICE as PROFILE
-from services.profile.settings import ProfileSettings
-from tests.support.push_standins import PROJECT, FcmStandIn, SmtpStandIn, serve_fcm
+from tests.support.notifier_stack import NotifierStack, notifier_settings, notifier_stack
+from tests.support.push_standins import PROJECT
 from tests.support.waiting import stream_events
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.notifier.v1 import device_pb2, events_pb2, notification_pb2
@@ -46,126 +37,23 @@ from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.notifier.v1 import notifier_service_pb2_grpc as pb_grpc
 from tips.profile.v1 import consent_pb2, profile_pb2
 from tips.profile.v1 import profile_service_pb2 as ppb
-from tips.profile.v1 import profile_service_pb2_grpc as ppb_grpc
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-STREAMS = ("TIPS_PROFILE", "TIPS_AUTH", "TIPS_NOTIFIER")
 N = notification_pb2
 PUSH, EMAIL = N.NOTIFICATION_CHANNEL_PUSH, N.NOTIFICATION_CHANNEL_EMAIL
 ANDROID = device_pb2.DEVICE_PLATFORM_ANDROID
-KEK = {"t1": "A" * 43}  # base64url of 32 zero-ish bytes, test only
 
 
-@dataclass
-class Mesh:
-    api: pb_grpc.NotifierServiceStub
-    internal: pb_grpc.NotifierInternalServiceStub
-    profile: ppb_grpc.ProfileServiceStub
-    fcm: FcmStandIn
-    smtp: SmtpStandIn
-    db: asyncpg.Connection
-    bus: Bus
-    settings: NotifierSettings
-    database_url: str
-    nats_url: str
-
-
-async def _existing_streams(nats_url: str) -> set[str]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js, found = nc.jetstream(), set()
-        for name in STREAMS:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.stream_info(name)
-                found.add(name)
-        return found
-    finally:
-        await nc.close()
-
-
-def notifier_settings(
-    settings: Settings, fcm_url: str, fcm: FcmStandIn, **extra: Any
-) -> NotifierSettings:
-    values: dict[str, Any] = {
-        **settings.model_copy(update={"log_format": "text"}).model_dump(),
-        "notifier_kek_ring": KEK,
-        "notifier_kek_current": "t1",
-        "notifier_fcm_base_url": fcm_url,
-        "notifier_fcm_project_id": PROJECT,
-        "notifier_fcm_credentials": fcm.credentials(),
-        "notifier_smtp_security": "none",
-        "notifier_smtp_from": "Tips <tips@example.com>",
-        "notifier_worker_poll_seconds": 0.2,
-        "notifier_backoff_base_seconds": 0.2,
-        "notifier_backoff_max_seconds": 1.0,
-        "notifier_erasure_durable": f"notifier-erasure-t{secrets.token_hex(3)}",
-        "notifier_profile_durable": f"notifier-profiles-t{secrets.token_hex(3)}",
-    }
-    values.update(extra)
-    return NotifierSettings(**values)
+Mesh = NotifierStack
+FAST_RETRY = {"notifier_backoff_base_seconds": 0.2, "notifier_backoff_max_seconds": 1.0}
 
 
 @pytest.fixture(scope="module")
-async def mesh(settings: Settings, nats_url: str, database_url: str) -> AsyncIterator[Mesh]:
-    before = await _existing_streams(nats_url)
-    await migrate(settings, [PROFILE, NOTIFIER])
-    signups = f"profile-signups-t{secrets.token_hex(4)}"
-    profile = ServiceServer(
-        PROFILE,
-        ProfileSettings(
-            **settings.model_copy(update={"log_format": "text"}).model_dump(),
-            profile_signup_durable=signups,
-        ),
-        port=0,
-    )
-    bus = await Bus.connect(settings, "notifier-test")
-    await bus.ensure_streams(streams_for(auth_events.UserSignedUp))
-    fcm, smtp = FcmStandIn(), SmtpStandIn()
-    smtp.start()
-    db = await asyncpg.connect(database_url)
-    try:
-        async with serve_fcm(fcm) as fcm_url:
-            await profile.start()
-            svc_settings = notifier_settings(
-                settings.model_copy(update={"profile_addr": profile.address}),
-                fcm_url,
-                fcm,
-                notifier_smtp_host="127.0.0.1",
-                notifier_smtp_port=smtp.port,
-            )
-            notifier = ServiceServer(NOTIFIER, svc_settings, port=0)
-            try:
-                await notifier.start()
-                async with (
-                    grpc.aio.insecure_channel(notifier.address) as channel,
-                    grpc.aio.insecure_channel(profile.address) as profile_channel,
-                ):
-                    yield Mesh(
-                        pb_grpc.NotifierServiceStub(channel),
-                        pb_grpc.NotifierInternalServiceStub(channel),
-                        ppb_grpc.ProfileServiceStub(profile_channel),
-                        fcm,
-                        smtp,
-                        db,
-                        bus,
-                        svc_settings,
-                        database_url,
-                        nats_url,
-                    )
-            finally:
-                await notifier.stop(grace=0)
-                await profile.stop(grace=0)
-    finally:
-        await close_channels()
-        await db.close()
-        smtp.stop()
-        with contextlib.suppress(Exception):
-            await bus._js.delete_consumer("TIPS_AUTH", signups)
-        for name in set(STREAMS) - before:
-            await bus.delete_stream(name)
-        await bus.close()
+async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
+    async with notifier_stack(settings, **FAST_RETRY) as stack:
+        yield stack
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -652,7 +540,9 @@ async def test_queued_deliveries_survive_a_restart(
     token = f"fcm-{secrets.token_urlsafe(40)}"
     fcm_url = mesh.settings.notifier_fcm_base_url
     idle = ServiceServer(
-        NOTIFIER, notifier_settings(own, fcm_url, mesh.fcm, notifier_worker_enabled=False), port=0
+        NOTIFIER,
+        notifier_settings(own, fcm_url, mesh.fcm, notifier_worker_enabled=False, **FAST_RETRY),
+        port=0,
     )
     await idle.start()
     try:
@@ -684,7 +574,9 @@ async def test_queued_deliveries_survive_a_restart(
         await idle.stop(grace=0)
     assert not [s for s in mesh.fcm.sends if s[2]["message"].get("token") == token]
 
-    worker = ServiceServer(NOTIFIER, notifier_settings(own, fcm_url, mesh.fcm), port=0)
+    worker = ServiceServer(
+        NOTIFIER, notifier_settings(own, fcm_url, mesh.fcm, **FAST_RETRY), port=0
+    )
     await worker.start()
     try:
         async with grpc.aio.insecure_channel(worker.address) as channel:

@@ -16,11 +16,9 @@ import dataclasses
 import functools
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
-import asyncpg
 import grpc
 import nats
 import nats.errors
@@ -30,8 +28,6 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import timeofday_pb2
 
 from kernel import localtime
-from kernel.bus import Bus, streams_for
-from kernel.clients import close_channels
 from kernel.db import Database
 from kernel.errors import field_violations
 from kernel.migrations import migrate
@@ -40,17 +36,13 @@ from kernel.settings import Settings
 from services.notifier.core.digests import Digests
 from services.notifier.service import SERVICE as NOTIFIER
 from services.notifier.service import build as build_notifier
-from services.notifier.settings import NotifierSettings
-from services.profile.service import SERVICE as PROFILE
-from services.profile.settings import ProfileSettings
-from tests.support.push_standins import PROJECT, FcmStandIn, SmtpStandIn, serve_fcm
+from tests.support.notifier_stack import NotifierStack, notifier_settings, notifier_stack
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.notifier.v1 import device_pb2, events_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.notifier.v1 import notifier_service_pb2_grpc as pb_grpc
 from tips.profile.v1 import consent_pb2, profile_pb2
 from tips.profile.v1 import profile_service_pb2 as ppb
-from tips.profile.v1 import profile_service_pb2_grpc as ppb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +55,6 @@ HELD, QUEUED, SENT = (
 )
 FAILED, DIGEST = N.NOTIFICATION_STATE_FAILED, N.NOTIFICATION_KIND_DIGEST
 PUSH, EMAIL = N.NOTIFICATION_CHANNEL_PUSH, N.NOTIFICATION_CHANNEL_EMAIL
-STREAMS = ("TIPS_PROFILE", "TIPS_AUTH", "TIPS_NOTIFIER")
-KEK = {"t1": "A" * 43}
 
 
 class MovableClock:
@@ -80,50 +70,7 @@ class MovableClock:
         self.offset = when - datetime.now(UTC)
 
 
-@dataclass
-class Rig:
-    api: pb_grpc.NotifierServiceStub
-    internal: pb_grpc.NotifierInternalServiceStub
-    profile: ppb_grpc.ProfileServiceStub
-    profile_internal: ppb_grpc.ProfileInternalServiceStub
-    fcm: FcmStandIn
-    smtp: SmtpStandIn
-    db: asyncpg.Connection
-    bus: Bus
-    clock: MovableClock
-    settings: NotifierSettings
-    nats_url: str
-
-
-async def _existing_streams(nats_url: str) -> set[str]:
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js, found = nc.jetstream(), set()
-        for name in STREAMS:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.stream_info(name)
-                found.add(name)
-        return found
-    finally:
-        await nc.close()
-
-
-def _notifier_settings(settings: Settings, fcm_url: str, fcm: FcmStandIn, **extra: Any) -> Any:
-    values: dict[str, Any] = {
-        **settings.model_copy(update={"log_format": "text"}).model_dump(),
-        "notifier_kek_ring": KEK,
-        "notifier_kek_current": "t1",
-        "notifier_fcm_base_url": fcm_url,
-        "notifier_fcm_project_id": PROJECT,
-        "notifier_fcm_credentials": fcm.credentials(),
-        "notifier_smtp_security": "none",
-        "notifier_smtp_from": "Tips <tips@example.com>",
-        "notifier_worker_poll_seconds": 0.2,
-        "notifier_erasure_durable": f"notifier-erasure-t{secrets.token_hex(3)}",
-        "notifier_profile_durable": f"notifier-profiles-t{secrets.token_hex(3)}",
-        **extra,
-    }
-    return NotifierSettings(**values)
+Rig = NotifierStack
 
 
 def _with_clock(clock: MovableClock) -> Any:
@@ -132,68 +79,13 @@ def _with_clock(clock: MovableClock) -> Any:
 
 @pytest.fixture(scope="module")
 async def rig(
-    settings: Settings, nats_url: str, create_database: Callable[[], Awaitable[str]]
+    settings: Settings, create_database: Callable[[], Awaitable[str]]
 ) -> AsyncIterator[Rig]:
     # Its own database: no other notifier's worker (on another clock) takes these rows.
     own = settings.model_copy(update={"database_url": await create_database()})
-    before = await _existing_streams(nats_url)
-    await migrate(own, [PROFILE, NOTIFIER])
-    signups = f"profile-signups-t{secrets.token_hex(4)}"
-    profile = ServiceServer(
-        PROFILE,
-        ProfileSettings(
-            **own.model_copy(update={"log_format": "text"}).model_dump(),
-            profile_signup_durable=signups,
-        ),
-        port=0,
-    )
-    bus = await Bus.connect(own, "notifier-digest-test")
-    await bus.ensure_streams(streams_for(auth_events.UserSignedUp))
-    fcm, smtp, clock = FcmStandIn(), SmtpStandIn(), MovableClock()
-    smtp.start()
-    db = await asyncpg.connect(own.database_url)
-    try:
-        async with serve_fcm(fcm) as fcm_url:
-            await profile.start()
-            svc_settings = _notifier_settings(
-                own.model_copy(update={"profile_addr": profile.address}),
-                fcm_url,
-                fcm,
-                notifier_smtp_host="127.0.0.1",
-                notifier_smtp_port=smtp.port,
-            )
-            notifier = ServiceServer(_with_clock(clock), svc_settings, port=0)
-            try:
-                await notifier.start()
-                async with (
-                    grpc.aio.insecure_channel(notifier.address) as channel,
-                    grpc.aio.insecure_channel(profile.address) as profile_channel,
-                ):
-                    yield Rig(
-                        pb_grpc.NotifierServiceStub(channel),
-                        pb_grpc.NotifierInternalServiceStub(channel),
-                        ppb_grpc.ProfileServiceStub(profile_channel),
-                        ppb_grpc.ProfileInternalServiceStub(profile_channel),
-                        fcm,
-                        smtp,
-                        db,
-                        bus,
-                        clock,
-                        svc_settings,
-                        nats_url,
-                    )
-            finally:
-                await notifier.stop(grace=0)
-                await profile.stop(grace=0)
-    finally:
-        await close_channels()
-        await db.close()
-        smtp.stop()
-        with contextlib.suppress(Exception):
-            await bus._js.delete_consumer("TIPS_AUTH", signups)
-        for name in set(STREAMS) - before:
-            await bus.delete_stream(name)
-        await bus.close()
+    clock = MovableClock()
+    async with notifier_stack(own, definition=_with_clock(clock), clock=clock) as stack:
+        yield stack
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -637,7 +529,7 @@ async def test_a_crash_between_building_and_sending_neither_loses_nor_duplicates
     clock = MovableClock()
     clock.set(_utc("2026-12-04 07:00"))
     fcm_url = r.settings.notifier_fcm_base_url
-    idle_settings = _notifier_settings(own, fcm_url, r.fcm, notifier_worker_enabled=False)
+    idle_settings = notifier_settings(own, fcm_url, r.fcm, notifier_worker_enabled=False)
     user, _ = await _setup(r, "UTC", _digest(8))
     token = f"fcm-{secrets.token_urlsafe(32)}"
     idle = ServiceServer(_with_clock(clock), idle_settings, port=0)
@@ -681,7 +573,7 @@ async def test_a_crash_between_building_and_sending_neither_loses_nor_duplicates
         await idle.stop(grace=0)
     assert not _pushes(r, token)
 
-    worker = ServiceServer(_with_clock(clock), _notifier_settings(own, fcm_url, r.fcm), port=0)
+    worker = ServiceServer(_with_clock(clock), notifier_settings(own, fcm_url, r.fcm), port=0)
     await worker.start()
     try:
         async with grpc.aio.insecure_channel(worker.address) as channel:
