@@ -28,10 +28,15 @@ from kernel.migrations import migrate
 from kernel.server import ServiceServer
 from kernel.settings import Settings
 from services.notifier.service import SERVICE as NOTIFIER
-from tests.support.notifier_stack import NotifierStack, notifier_settings, notifier_stack
+from tests.support.notifier_stack import (
+    NotifierStack,
+    md,
+    new_user,
+    notifier_settings,
+    notifier_stack,
+)
 from tests.support.push_standins import PROJECT
-from tests.support.waiting import stream_events
-from tips.auth.v1 import events_pb2 as auth_events
+from tests.support.waiting import eventually, stream_events
 from tips.notifier.v1 import device_pb2, events_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.notifier.v1 import notifier_service_pb2_grpc as pb_grpc
@@ -63,26 +68,7 @@ def _user() -> str:
     return f"u_{secrets.token_hex(5)}"
 
 
-def _md(user: str) -> tuple[tuple[str, str], ...]:
-    return (("x-tips-user", user),)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 15.0
-) -> T:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while True:
-        try:
-            value: Any = await probe()
-        except TimeoutError as exc:  # a busy NATS or server: probe again
-            value = exc
-        else:
-            if done(value):
-                return value  # type: ignore[no-any-return]
-        if loop.time() > give_up:
-            raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.1)
+_md = md
 
 
 async def _bad(
@@ -103,47 +89,7 @@ async def _setup_user(
     quiet: list[profile_pb2.QuietHoursWindow] | None = None,
     cap: int = 0,
 ) -> str:
-    user = _user()
-    if email:  # the profile's email comes from the sign-up's verified address
-        await m.bus.publish(
-            auth_events.UserSignedUp(
-                event_id=secrets.token_hex(8),
-                user=f"users/{user}",
-                identity=f"users/{user}/identities/g1",
-                email=f"{user}@example.com",
-                email_verified=True,
-            ),
-            msg_id=secrets.token_hex(8),
-        )
-        await eventually(
-            lambda: m.profile.GetProfile(
-                ppb.GetProfileRequest(name=f"users/{user}/profile"), metadata=_md(user)
-            ),
-            lambda r: r.profile.email != "",
-        )
-    profile = profile_pb2.Profile(
-        name=f"users/{user}/profile",
-        time_zone="UTC",
-        channels=profile_pb2.NotificationChannels(push_enabled=push, email_enabled=email),
-        quiet_hours=quiet or [],
-        daily_tip_cap=cap,
-    )
-    mask = field_mask_pb2.FieldMask(paths=["time_zone", "channels", "quiet_hours", "daily_tip_cap"])
-    await m.profile.UpdateProfile(
-        ppb.UpdateProfileRequest(profile=profile, update_mask=mask), metadata=_md(user)
-    )
-    if consent:
-        for purpose, wanted in (("push-notifications", push), ("email-notifications", email)):
-            if wanted:
-                await m.profile.GrantConsent(
-                    ppb.GrantConsentRequest(
-                        name=f"users/{user}/consents/{purpose}",
-                        text_version="v1",
-                        source=consent_pb2.CONSENT_SOURCE_APP,
-                    ),
-                    metadata=_md(user),
-                )
-    return user
+    return await new_user(m, push=push, email=email, consent=consent, quiet=quiet, cap=cap)
 
 
 async def _device(m: Mesh, user: str, token: str | None = None, **fields: Any) -> device_pb2.Device:

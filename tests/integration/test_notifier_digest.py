@@ -36,12 +36,18 @@ from kernel.settings import Settings
 from services.notifier.core.digests import Digests
 from services.notifier.service import SERVICE as NOTIFIER
 from services.notifier.service import build as build_notifier
-from tests.support.notifier_stack import NotifierStack, notifier_settings, notifier_stack
-from tips.auth.v1 import events_pb2 as auth_events
+from tests.support.notifier_stack import (
+    NotifierStack,
+    md,
+    new_user,
+    notifier_settings,
+    notifier_stack,
+)
+from tests.support.waiting import eventually
 from tips.notifier.v1 import device_pb2, events_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.notifier.v1 import notifier_service_pb2_grpc as pb_grpc
-from tips.profile.v1 import consent_pb2, profile_pb2
+from tips.profile.v1 import profile_pb2
 from tips.profile.v1 import profile_service_pb2 as ppb
 
 pytestmark = pytest.mark.integration
@@ -91,8 +97,7 @@ async def rig(
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _md(user: str) -> tuple[tuple[str, str], ...]:
-    return (("x-tips-user", user),)
+_md = md
 
 
 def _ts(when: datetime) -> timestamp_pb2.Timestamp:
@@ -103,24 +108,6 @@ def _ts(when: datetime) -> timestamp_pb2.Timestamp:
 
 def _utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 20.0
-) -> T:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while True:
-        try:
-            value: Any = await probe()
-        except TimeoutError as exc:  # a busy machine: probe again
-            value = exc
-        else:
-            if done(value):
-                return value  # type: ignore[no-any-return]
-        if loop.time() > give_up:
-            raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 async def _bad(
@@ -160,43 +147,8 @@ async def _setup(
     cap: int = 0,
 ) -> tuple[str, str]:
     """A consenting user in ``zone`` with the digest given; (user, push token or '')."""
-    user = f"u_{secrets.token_hex(5)}"
-    if email:
-        await r.bus.publish(
-            auth_events.UserSignedUp(
-                event_id=secrets.token_hex(8),
-                user=f"users/{user}",
-                identity=f"users/{user}/identities/g1",
-                email=f"{user}@example.com",
-                email_verified=True,
-            ),
-            msg_id=secrets.token_hex(8),
-        )
-        await eventually(
-            lambda: r.profile.GetProfile(
-                ppb.GetProfileRequest(name=f"users/{user}/profile"), metadata=_md(user)
-            ),
-            lambda got: got.profile.email != "",
-        )
-    profile = profile_pb2.Profile(
-        time_zone=zone,
-        channels=profile_pb2.NotificationChannels(push_enabled=not email, email_enabled=email),
-        quiet_hours=quiet or [],
-        daily_tip_cap=cap,
-    )
-    if digest is not None:
-        profile.digest.CopyFrom(digest)
-    await _update(
-        r, user, profile, "time_zone", "channels", "quiet_hours", "daily_tip_cap", "digest"
-    )
-    purpose = "email-notifications" if email else "push-notifications"
-    await r.profile.GrantConsent(
-        ppb.GrantConsentRequest(
-            name=f"users/{user}/consents/{purpose}",
-            text_version="v1",
-            source=consent_pb2.CONSENT_SOURCE_APP,
-        ),
-        metadata=_md(user),
+    user = await new_user(
+        r, zone=zone, push=not email, email=email, quiet=quiet, cap=cap, digest=digest
     )
     token = ""
     if not email:

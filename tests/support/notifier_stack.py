@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from kernel.bus import Bus, streams_for
 from kernel.clients import close_channels
@@ -23,8 +24,11 @@ from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
 from tests.support.push_standins import PROJECT, FcmStandIn, SmtpStandIn, serve_fcm
 from tests.support.streams import left_as_found
+from tests.support.waiting import eventually
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.notifier.v1 import notifier_service_pb2_grpc as pb_grpc
+from tips.profile.v1 import consent_pb2, profile_pb2
+from tips.profile.v1 import profile_service_pb2 as ppb
 from tips.profile.v1 import profile_service_pb2_grpc as ppb_grpc
 
 STREAMS = ("TIPS_PROFILE", "TIPS_AUTH", "TIPS_NOTIFIER")
@@ -126,3 +130,68 @@ async def notifier_stack(
             await db.close()
             smtp.stop()
             await bus.close()
+
+
+def md(user: str) -> tuple[tuple[str, str], ...]:
+    """Metadata of a call as ``user`` (what the gateway sends after checking the token)."""
+    return (("x-tips-user", user),)
+
+
+async def new_user(
+    stack: NotifierStack,
+    *,
+    zone: str = "UTC",
+    push: bool = True,
+    email: bool = False,
+    consent: bool = True,
+    quiet: list[profile_pb2.QuietHoursWindow] | None = None,
+    cap: int = 0,
+    digest: profile_pb2.NotificationDigest | None = None,
+) -> str:
+    """A user with a profile (zone, channels, quiet hours, cap, digest) and, with
+    ``consent``, the consents of the channels enabled."""
+    user = f"u_{secrets.token_hex(5)}"
+    if email:  # the profile's email comes from the sign-up's verified address
+        await stack.bus.publish(
+            auth_events.UserSignedUp(
+                event_id=secrets.token_hex(8),
+                user=f"users/{user}",
+                identity=f"users/{user}/identities/g1",
+                email=f"{user}@example.com",
+                email_verified=True,
+            ),
+            msg_id=secrets.token_hex(8),
+        )
+        await eventually(
+            lambda: stack.profile.GetProfile(
+                ppb.GetProfileRequest(name=f"users/{user}/profile"), metadata=md(user)
+            ),
+            lambda got: got.profile.email != "",
+        )
+    profile = profile_pb2.Profile(
+        name=f"users/{user}/profile",
+        time_zone=zone,
+        channels=profile_pb2.NotificationChannels(push_enabled=push, email_enabled=email),
+        quiet_hours=quiet or [],
+        daily_tip_cap=cap,
+    )
+    paths = ["time_zone", "channels", "quiet_hours", "daily_tip_cap"]
+    if digest is not None:
+        profile.digest.CopyFrom(digest)
+        paths.append("digest")
+    await stack.profile.UpdateProfile(
+        ppb.UpdateProfileRequest(profile=profile, update_mask=FieldMask(paths=paths)),
+        metadata=md(user),
+    )
+    if consent:
+        for purpose, wanted in (("push-notifications", push), ("email-notifications", email)):
+            if wanted:
+                await stack.profile.GrantConsent(
+                    ppb.GrantConsentRequest(
+                        name=f"users/{user}/consents/{purpose}",
+                        text_version="v1",
+                        source=consent_pb2.CONSENT_SOURCE_APP,
+                    ),
+                    metadata=md(user),
+                )
+    return user

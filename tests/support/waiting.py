@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import grpc
 import nats
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
@@ -14,6 +15,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
+# Codes a probe may answer on a loaded machine without anything being wrong.
+_RETRIED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 
 
 async def eventually(
@@ -25,14 +28,21 @@ async def eventually(
     """Poll ``probe`` until ``done`` holds, for at most ``within`` seconds.
 
     Consumers, relays and read models are asynchronous: a test waits for the
-    effect, bounded, and fails with the last value it saw.
+    effect, bounded, and fails with the last value it saw. A probe that times
+    out (a busy machine: a gRPC deadline, a NATS request) is asked again.
     """
     loop = asyncio.get_running_loop()
     give_up = loop.time() + within
     while True:
-        value = await probe()
-        if done(value):
-            return value
+        try:
+            value: Any = await probe()
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in _RETRIED:
+                raise
+            value = exc
+        else:
+            if done(value):
+                return value  # type: ignore[no-any-return]
         if loop.time() > give_up:
             raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
         await asyncio.sleep(every)
