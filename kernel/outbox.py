@@ -255,6 +255,8 @@ class OutboxRelay:
         # row or two. Delays publishing by as much; 0 (the default) drains at once.
         self.linger = linger
         self._wake = asyncio.Event()
+        # Set while a LISTEN connection is attached (tests and health can wait for it).
+        self.listening = asyncio.Event()
         self._lock_key = zlib.crc32(f"{table.schema}.{table.name}".encode()) & 0x7FFFFFFF
         self._last_prune = 0.0
 
@@ -326,9 +328,11 @@ class OutboxRelay:
                     closed = asyncio.Event()
                     raw.add_termination_listener(lambda _conn, done=closed: done.set())
                     await raw.add_listener(channel, on_notify)
+                    self.listening.set()
                     try:
                         await closed.wait()
                     finally:
+                        self.listening.clear()
                         with contextlib.suppress(Exception):
                             await raw.remove_listener(channel, on_notify)
             except asyncio.CancelledError:

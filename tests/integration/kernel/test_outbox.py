@@ -28,7 +28,7 @@ from kernel.outbox import (
 )
 from kernel.service import ServiceDefinition
 from kernel.settings import Settings
-from tests.support.waiting import stream_messages
+from tests.support.waiting import eventually, stream_messages
 from tipsmesh.localinfra import LocalNats
 
 pytestmark = pytest.mark.integration
@@ -159,16 +159,13 @@ async def test_relay_wakes_on_notify(
     relay = OutboxRelay(env.db, bus, env.outbox, poll_interval=30)
     task = asyncio.create_task(relay.run())
     try:
-        await asyncio.sleep(0.3)  # let the listener start
+        await asyncio.wait_for(relay.listening.wait(), 30)
         async with env.db.transaction() as session:
             for i in range(3):
                 await enqueue(session, env.outbox, test_events["ThingHappened"](count=i),
                               msg_id=f"n{i}", subject=subject)  # fmt: skip
-        for _ in range(100):
-            if await _pending(env) == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert await _pending(env) == 0
+        # Well within the 30 s poll interval: the NOTIFY woke the relay.
+        await eventually(lambda: _pending(env), lambda n: n == 0, within=20)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -211,11 +208,7 @@ async def test_events_survive_a_nats_outage_exactly_once(
         env = Env(db, outbox, outbox, stream, "")
         assert await _pending(env) == 5
         await asyncio.to_thread(own_nats.start)
-        for _ in range(200):
-            if await _pending(env) == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert await _pending(env) == 0
+        await eventually(lambda: _pending(env), lambda n: n == 0, within=30)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -39,6 +39,7 @@ from services.events.settings import EventsSettings
 from services.ml_pipelines import offline
 from services.ml_pipelines.service import SERVICE
 from services.ml_pipelines.settings import MlPipelinesSettings
+from tests.support.waiting import eventually as wait_for
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
@@ -177,14 +178,8 @@ async def env(
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)
+    """The first truthy value of ``check`` (``tests.support.waiting.eventually``)."""
+    return await wait_for(check, bool, within=within)
 
 
 # --- synthetic logged data ---------------------------------------------------------------
