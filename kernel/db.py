@@ -34,6 +34,7 @@ __all__ = [
     "insert_from_arrays",
     "lock",
     "redact",
+    "role_password",
     "service_role",
     "service_url",
 ]
@@ -116,18 +117,24 @@ def admin_url(settings: Settings) -> str:
     return async_url(settings.database_url).render_as_string(hide_password=False)
 
 
+def role_password(settings: Settings, service: str) -> str:
+    """The password of ``service``'s role ("" for none)."""
+    own = settings.db_role_passwords.get(service)
+    return own.get_secret_value() if own is not None else settings.db_role_password
+
+
 def service_url(settings: Settings, service: str) -> str:
     """The URL ``service`` connects with, in ``postgresql+asyncpg://`` form.
 
     ``settings.service_database_url`` when set; otherwise the admin URL with
-    the user replaced by the service role and the password by
-    ``settings.db_role_password`` (none when empty: trust-auth local servers).
+    the user replaced by the service role and the password by the role's
+    (``role_password``).
     """
     if settings.service_database_url:
         return async_url(settings.service_database_url).render_as_string(hide_password=False)
     url = async_url(settings.database_url).set(
         username=service_role(settings, service),
-        password=settings.db_role_password or None,
+        password=role_password(settings, service) or None,
     )
     return url.render_as_string(hide_password=False)
 

@@ -32,7 +32,14 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from kernel.db import admin_url, check_identifier, redact, service_role, service_url
+from kernel.db import (
+    admin_url,
+    check_identifier,
+    redact,
+    role_password,
+    service_role,
+    service_url,
+)
 from kernel.service import ServiceDefinition
 from kernel.settings import Settings
 
@@ -88,9 +95,9 @@ async def _prepare(conn: AsyncConnection, settings: Settings, services: Sequence
     # Least privilege: roles get exactly what is granted below, nothing via PUBLIC.
     await conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
     await conn.execute(text(f"REVOKE ALL ON DATABASE {db_ident} FROM PUBLIC"))
-    password = settings.db_role_password
     for service in services:
         role = service_role(settings, service)
+        password = role_password(settings, service)
         exists = (
             await conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
         ).scalar()

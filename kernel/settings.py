@@ -7,9 +7,11 @@ error into one clear message naming each bad variable.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Default gRPC port of each service; the gateway listens on HTTP.
@@ -48,8 +50,11 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/tips"
     service_database_url: str | None = None
     # Password given to each service role by `tips migrate`, and used when a
-    # service derives its URL. Empty for trust-auth local servers.
+    # service derives its URL: one per role in db_role_passwords (service ->
+    # password; `tips migrate` needs all of them, a service only its own),
+    # db_role_password for any role not listed. Empty: a login without password.
     db_role_password: str = ""
+    db_role_passwords: dict[str, SecretStr] = Field(default_factory=dict)
     db_pool_size: int = Field(default=5, ge=1, le=100)
     # Service roles are named <prefix><service>. Tests against a shared server
     # use a unique prefix so they can drop exactly the roles they created.
@@ -108,6 +113,20 @@ class Settings(BaseSettings):
         if self.port:
             return self.port
         return DEFAULT_PORTS[self.service]
+
+    def to_json_with_secrets(self) -> str:
+        """The settings as JSON with secrets in clear, for a child process's stdin only.
+
+        ``model_dump_json`` masks ``SecretStr`` values (right for logs, wrong
+        for handing the settings to a process that must log in with them).
+        """
+
+        def reveal(value: object) -> object:
+            if isinstance(value, SecretStr):
+                return value.get_secret_value()
+            return to_jsonable_python(value)
+
+        return json.dumps(self.model_dump(mode="python"), default=reveal)
 
     def addr_of(self, service: str) -> str:
         """host:port of another service."""

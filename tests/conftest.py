@@ -126,9 +126,22 @@ def nats_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, nats_url: str, db_role_prefix: str) -> Settings:
+def db_role_password() -> str:
+    """The session's service roles log in with it (no login without a password)."""
+    return secrets.token_urlsafe(18)
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database_url: str, nats_url: str, db_role_prefix: str, db_role_password: str
+) -> Settings:
     """Settings pointing at the session's database and NATS."""
-    return Settings(database_url=database_url, nats_url=nats_url, db_role_prefix=db_role_prefix)
+    return Settings(
+        database_url=database_url,
+        nats_url=nats_url,
+        db_role_prefix=db_role_prefix,
+        db_role_password=db_role_password,
+    )
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@
 Services refuse to start without their key-encryption keys (no built-in
 development key to leak into production). `tips up` fills the ones the
 caller's environment does not set from ``<run dir>/secrets.env``, created on
-first use, so data encrypted by one run is readable by the next.
+first use, so data encrypted by one run is readable by the next: the KEKs,
+one PostgreSQL password per service role (``TIPS_DB_ROLE_PASSWORDS``) and the
+local server's superuser password (``LOCAL_POSTGRES_PASSWORD``, which only
+`tips up` itself reads). ``for_process`` gives each process only its own.
 """
 
 from __future__ import annotations
@@ -12,16 +15,32 @@ import base64
 import json
 import os
 import secrets
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from kernel.settings import SERVICE_NAMES
 
 
 def _key32() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
 
 
+def _password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _role_passwords() -> str:
+    return json.dumps({service: _password() for service in SERVICE_NAMES})
+
+
+# The local PostgreSQL's superuser: in the file, never in a process's environment.
+SUPERUSER = "LOCAL_POSTGRES_PASSWORD"
+ROLE_PASSWORDS = "TIPS_DB_ROLE_PASSWORDS"
 # Variable -> how to make a fresh value.
 GENERATED: dict[str, Callable[[], str]] = {
+    SUPERUSER: _password,
+    ROLE_PASSWORDS: _role_passwords,
     "TIPS_AUTH_KEY_ENCRYPTION_KEY": _key32,
     "TIPS_INTEGRATIONS_KEK_RING": lambda: json.dumps({"local-1": _key32()}),
     "TIPS_INTEGRATIONS_KEK_CURRENT": lambda: "local-1",
@@ -57,4 +76,51 @@ def fill(env: dict[str, str], path: Path) -> None:
         if f"{ring}_RING" in env:
             defaults = {k: v for k, v in defaults.items() if not k.startswith(ring)}
     for name, value in defaults.items():
-        env.setdefault(name, value)
+        if name != SUPERUSER:
+            env.setdefault(name, value)
+
+
+def superuser_password(path: Path) -> str:
+    return load_or_create(path)[SUPERUSER]
+
+
+def for_process(env: dict[str, str], name: str | None) -> dict[str, str]:
+    """``env`` (filled) narrowed to what process ``name`` needs.
+
+    ``None`` is ``tips migrate``: everything, the admin URL's password and every
+    role's. A service keeps its own role password and its own ``TIPS_<NAME>_*``
+    secrets, the admin URL without its password (it logs in as its role); the
+    gateway keeps no database secret at all.
+    """
+    if name is None:
+        return env
+    out = {k: v for k, v in env.items() if not _foreign_secret(k, name)}
+    if "TIPS_DATABASE_URL" in out:
+        out["TIPS_DATABASE_URL"] = _without_password(out["TIPS_DATABASE_URL"])
+    roles = json.loads(env.get(ROLE_PASSWORDS) or "{}")
+    if name in roles:
+        out[ROLE_PASSWORDS] = json.dumps({name: roles[name]})
+    else:
+        out.pop(ROLE_PASSWORDS, None)
+    return out
+
+
+def _foreign_secret(variable: str, name: str) -> bool:
+    """A generated KEK variable of another service."""
+    if variable not in GENERATED or variable in (SUPERUSER, ROLE_PASSWORDS):
+        return False
+    return not variable.startswith(f"TIPS_{name.upper()}_")
+
+
+def _without_password(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    host = parsed.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    user = urllib.parse.quote(urllib.parse.unquote(parsed.username or ""), safe="")
+    netloc = f"{user}@{host}" if user else host
+    if parsed.port is not None:
+        netloc += f":{parsed.port}"
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))

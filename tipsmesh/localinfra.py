@@ -14,8 +14,10 @@ These calls block (subprocesses, port polling): from async code run them in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.parse
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -147,10 +150,14 @@ def _prepare_root_access(data_dir: Path, bin_dir: Path) -> None:
 
 
 class LocalPostgres:
-    """A PostgreSQL server in ``data_dir`` on 127.0.0.1, trust auth, database ``tips``.
+    """A PostgreSQL server in ``data_dir`` on 127.0.0.1, database ``tips``.
 
     ``data_dir`` holds ``pgdata/`` and ``postgres.log``; an existing ``pgdata``
-    is reused (restart keeps data).
+    is reused (restart keeps data). No trust auth anywhere: TCP on loopback
+    only, no Unix socket, every login by password (scram-sha-256). The
+    superuser ``postgres`` gets ``password`` (a random one when not given),
+    set at each start when it changed, so a data dir made by an older,
+    trust-auth version is converted in place.
     """
 
     def __init__(
@@ -160,8 +167,10 @@ class LocalPostgres:
         *,
         database: str = "tips",
         start_timeout: float = 30.0,
+        password: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.password = password or secrets.token_urlsafe(24)
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
         self.database = database
@@ -177,14 +186,18 @@ class LocalPostgres:
         """The admin URL (valid once started)."""
         if self.port is None:
             raise LocalInfraError("LocalPostgres is not started")
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+        secret = urllib.parse.quote(self.password, safe="")
+        return f"postgresql://postgres:{secret}@127.0.0.1:{self.port}/{self.database}"
 
-    def _run(self, exe: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, exe: str, args: list[str], timeout: float, *, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         command, user = _as_user([str(self._bin / exe), *args], self._user)
         return subprocess.run(
             command,
             user=user,
             cwd=self.data_dir,  # the server user must be able to read its cwd
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -200,6 +213,7 @@ class LocalPostgres:
     def _initdb(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
+        # trust only until the first start: _require_passwords replaces pg_hba.conf.
         args = ["-D", str(self.pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         # --no-sync: a throwaway cluster need not survive a power cut.
         result = self._run("initdb", [*args, "--no-sync", "--no-instructions"], self.start_timeout)
@@ -214,7 +228,33 @@ class LocalPostgres:
                 "synchronous_commit = off\n"
                 "full_page_writes = off\n"
                 "max_connections = 200\n"
+                "password_encryption = 'scram-sha-256'\n"
             )
+
+    def _require_passwords(self) -> None:
+        """Passwords for every login (rewritten at each start), the superuser's set."""
+        (self.pgdata / "pg_hba.conf").write_text(
+            "# tipsmesh.localinfra: loopback TCP only, every login by password\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n"
+        )
+        marker = self.data_dir / "superuser.sha256"
+        fingerprint = hashlib.sha256(self.password.encode()).hexdigest()
+        if marker.exists() and marker.read_text().strip() == fingerprint:
+            return
+        # Single-user mode: the server is down, and no login exists yet to do it with.
+        literal = "'" + self.password.replace("'", "''") + "'"
+        result = self._run(
+            "postgres",
+            ["--single", "-D", str(self.pgdata), "postgres"],
+            self.start_timeout,
+            stdin=f"ALTER ROLE postgres PASSWORD {literal};\n",
+        )
+        if result.returncode != 0:
+            raise self._fail("could not set the superuser password", result.stderr)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(fingerprint)
 
     def start(self) -> str:
         """Init (first time), start, create the database; return the admin URL."""
@@ -224,6 +264,7 @@ class LocalPostgres:
         if self._user is not None:
             _prepare_root_access(self.data_dir, self._bin)
         self._initdb()
+        self._require_passwords()
         # A port picked here can be taken before the server binds it: retry.
         attempts = 1 if self._requested_port else 3
         last_error = ""
@@ -267,6 +308,7 @@ class LocalPostgres:
             text=True,
             timeout=self.start_timeout,
             check=False,
+            env={**os.environ, "PGPASSWORD": self.password},
         )  # fmt: skip
         if result.returncode != 0:
             raise self._fail(f"query failed ({sql})", result.stderr)

@@ -241,7 +241,10 @@ class Mesh:
         env = self.options.env
         self.database_url = env.get("TIPS_DATABASE_URL", "")
         if not self.database_url:
-            pg = LocalPostgres(self.run_dir / "postgres")
+            pg = LocalPostgres(
+                self.run_dir / "postgres",
+                password=devsecrets.superuser_password(self.run_dir / "secrets.env"),
+            )
             # A server left by a `tips up` that was SIGKILLed: stop it first
             # (a stale pid file makes this fail; start copes with that).
             with contextlib.suppress(LocalInfraError):
@@ -281,7 +284,8 @@ class Mesh:
         if name is not None and name != GATEWAY:
             env["TIPS_SERVICE"] = name
             env["TIPS_PORT"] = str(self.ports[name])
-        return env
+        # Each process gets its own secrets only (no superuser password for a service).
+        return devsecrets.for_process(env, name)
 
     def _command(self, *args: str) -> list[str]:
         return [*_pdeathsig_prefix(), sys.executable, "-m", "tipsmesh.cli", *args]

@@ -82,7 +82,7 @@ class RelaySupervisor:
         assert proc.stdin is not None
         try:
             with contextlib.suppress(ConnectionError):  # it died at once: wait() says how
-                proc.stdin.write(self.settings.model_dump_json().encode() + b"\n")
+                proc.stdin.write(self.settings.to_json_with_secrets().encode() + b"\n")
                 await proc.stdin.drain()
             self.started.set()
             return await proc.wait()

@@ -9,6 +9,7 @@ with SIGINT, one where a service dies, one through `make up`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import httpx
 import psutil
@@ -107,6 +109,55 @@ def test_logs_go_to_run_dir(mesh: RunningMesh) -> None:
     for name in [*SERVICE_NAMES, "gateway"]:
         lines = (logs / f"{name}.log").read_text().splitlines()
         assert any(json.loads(line).get("message") == "listening" for line in lines), name
+
+
+def test_postgres_wants_passwords_and_no_service_holds_the_superusers(
+    mesh: RunningMesh,
+) -> None:
+    secrets_env = dict(
+        line.split("=", 1) for line in (mesh.run_dir / "secrets.env").read_text().splitlines()
+    )
+    superuser = secrets_env["LOCAL_POSTGRES_PASSWORD"]
+    roles = json.loads(secrets_env["TIPS_DB_ROLE_PASSWORDS"])
+    port = mesh.infra_ports()[0]
+
+    async def logins() -> dict[str, bool]:
+        async def ok(user: str, password: str | None) -> bool:
+            try:
+                conn = await asyncpg.connect(
+                    host="127.0.0.1", port=port, user=user, password=password, database="tips"
+                )
+            except asyncpg.InvalidPasswordError:
+                return False
+            await conn.close()
+            return True
+
+        return {
+            "postgres without password": await ok("postgres", None),
+            "postgres": await ok("postgres", superuser),
+            "tips_events without password": await ok("tips_events", None),
+            "tips_events with profile's": await ok("tips_events", roles["profile"]),
+            "tips_events": await ok("tips_events", roles["events"]),
+        }
+
+    assert asyncio.run(logins()) == {
+        "postgres without password": False,
+        "postgres": True,
+        "tips_events without password": False,
+        "tips_events with profile's": False,
+        "tips_events": True,
+    }
+    checked = 0
+    for proc in mesh.processes():
+        if "tipsmesh.cli" not in " ".join(proc.cmdline()) or "serve" not in proc.cmdline():
+            continue
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().decode(errors="replace")
+        assert superuser not in environ, proc.cmdline()
+        name = proc.cmdline()[-1]
+        others = [pw for service, pw in roles.items() if service != name]
+        assert not [pw for pw in others if pw in environ], f"{name} holds another role's password"
+        checked += 1
+    assert checked == len(SERVICE_NAMES) + 1  # the services and the gateway
 
 
 def test_sigterm_stops_everything(mesh: RunningMesh) -> None:

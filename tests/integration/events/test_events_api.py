@@ -57,7 +57,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 async def env(
-    create_database: Callable[[], Awaitable[str]], db_role_prefix: str
+    create_database: Callable[[], Awaitable[str]], db_role_prefix: str, db_role_password: str
 ) -> AsyncIterator[Env]:
     store = Path(tempfile.mkdtemp(prefix="tips-nats-evapi-"))
     local = LocalNats(store)
@@ -66,6 +66,7 @@ async def env(
     settings = EventsSettings(
         events_consent_gate=False,  # no profile service: gate tested in test_events_consent.py
         database_url=db_url, nats_url=nats_url, db_role_prefix=db_role_prefix,
+        db_role_password=db_role_password,
         log_format="text", events_stream_max_age_seconds=3600,
         events_stream_max_bytes=64 << 20, events_max_signal_bytes=1024,
     )  # fmt: skip

@@ -60,6 +60,7 @@ async def own_nats() -> AsyncIterator[LocalNats]:
 
 def _settings(database_url: str, nats_url: str, prefix: str) -> EventsSettings:
     return EventsSettings(
+        db_role_password="events-outage-test",
         events_consent_gate=False,  # no profile service: gate tested in test_events_consent.py
         database_url=database_url,
         nats_url=nats_url,

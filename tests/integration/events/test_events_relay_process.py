@@ -38,6 +38,7 @@ async def test_supervisor_restarts_a_dead_relay_and_stops_it_on_shutdown(
     events = EventsSettings(
         events_consent_gate=False,  # no profile service: gate tested in test_events_consent.py
         database_url=db_url, nats_url=settings.nats_url, db_role_prefix=db_role_prefix,
+        db_role_password=settings.db_role_password,
         log_format="text", log_level="WARNING",
     )  # fmt: skip
     await migrate(events, [EVENTS])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import pytest
 
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES
-from tipsmesh import cli
+from tipsmesh import cli, devsecrets
 from tipsmesh.up import GATEWAY, Mesh, UpError, UpOptions, check_ports, plan_ports
 
 pytestmark = pytest.mark.unit
@@ -61,6 +63,31 @@ def test_child_env_names_every_peer_and_its_own_port(tmp_path: object) -> None:
     assert env["TIPS_LOG_LEVEL"] == "DEBUG"  # the caller's settings pass through
     gateway_env = mesh.child_env(GATEWAY)
     assert "TIPS_SERVICE" not in gateway_env and "TIPS_PORT" not in gateway_env
+
+
+def test_each_process_gets_only_its_own_secrets(tmp_path: Path) -> None:
+    mesh = Mesh(UpOptions(env={}, run_dir=tmp_path))
+    mesh.ports = plan_ports(43000)
+    mesh.database_url = "postgresql://postgres:super-secret@127.0.0.1:1/tips"
+    mesh.nats_url = "nats://x:2"
+    migrate = mesh.child_env(None)
+    roles = json.loads(migrate["TIPS_DB_ROLE_PASSWORDS"])
+    assert set(roles) == set(SERVICE_NAMES) and len(set(roles.values())) == len(roles)
+    assert migrate["TIPS_DATABASE_URL"].endswith("super-secret@127.0.0.1:1/tips")
+    events = mesh.child_env("events")
+    assert json.loads(events["TIPS_DB_ROLE_PASSWORDS"]) == {"events": roles["events"]}
+    assert events["TIPS_DATABASE_URL"] == "postgresql://postgres@127.0.0.1:1/tips"
+    assert "TIPS_NOTIFIER_KEK_RING" not in events and "TIPS_AUTH_KEY_ENCRYPTION_KEY" not in events
+    notifier = mesh.child_env("notifier")
+    assert "TIPS_NOTIFIER_KEK_RING" in notifier and "TIPS_INTEGRATIONS_KEK_RING" not in notifier
+    gateway = mesh.child_env(GATEWAY)
+    assert "TIPS_DB_ROLE_PASSWORDS" not in gateway
+    assert not any("KEK" in name or "KEY_ENCRYPTION" in name for name in gateway)
+    # The superuser password stays in the 0600 file: no process environment has it.
+    superuser = devsecrets.superuser_password(tmp_path / "secrets.env")
+    for env in (migrate, events, notifier, gateway):
+        assert superuser not in "".join(env.values())
+    assert (tmp_path / "secrets.env").stat().st_mode & 0o777 == 0o600
 
 
 def test_cli_rejects_unknown_service(capsys: pytest.CaptureFixture[str]) -> None:
