@@ -6,10 +6,12 @@ under ``RUN_DIR`` (default ``.run/``; reused across runs, ``--fresh`` wipes
 it); run ``tips migrate``; start every service and the gateway as
 ``python -m tipsmesh.cli serve NAME`` in its own process group, logging to
 ``RUN_DIR/logs/NAME.log``; wait until each is SERVING on gRPC health (the
-gateway: ``GET /readyz`` 200); print a table; wait.
+gateway: ``GET /readyz`` 200); print a table; keep them running: a child that
+exits on its own is reported and restarted with backoff while the others keep
+serving (``Mesh.watch``; ``mesh.json`` counts the restarts).
 
-On SIGINT/SIGTERM, or when a child exits on its own (reported, exit 1),
-everything is stopped in reverse dependency order: gateway, services (SIGTERM,
+Only SIGINT/SIGTERM stop the mesh: everything is stopped in reverse
+dependency order: gateway, services (SIGTERM,
 then SIGKILL to the process group after ``stop_timeout``), NATS, PostgreSQL.
 Children also get SIGTERM from the kernel (``setpriv --pdeathsig``) if
 ``tips up`` itself is SIGKILLed; PostgreSQL and NATS left behind that way are
@@ -51,6 +53,11 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = "gateway"
 READY_LINE = "all SERVING in"
+# Restart backoff of a crashed child: first delay, cap, and how long a run
+# must last before the next crash counts as new (delay back to the first).
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+RESTART_RESET_S = 60.0
 HOST = "127.0.0.1"
 T = TypeVar("T")
 
@@ -183,6 +190,7 @@ class Mesh:
         self.serving_after: float | None = None
         self.phases: dict[str, float] = {}
         self._phase_start = self.started_at
+        self.restarts: dict[str, int] = {}
 
     # ----- start
 
@@ -354,23 +362,63 @@ class Mesh:
     # ----- running
 
     async def watch(self, stop: asyncio.Event) -> int:
-        """Until ``stop`` is set (0) or a child exits on its own (1, reported)."""
-        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.children.values()}
-        stopper = asyncio.ensure_future(stop.wait())
+        """Keep every child running until ``stop`` is set; then 0.
+
+        A child that exits on its own is reported (with its log's tail) and
+        started again after a backoff (0.5 s doubling to 30 s, back to 0.5 s
+        once it ran a minute), while the others keep serving. Only ``stop``
+        (SIGINT/SIGTERM) ends the mesh. ``mesh.json`` counts the restarts.
+        """
+        supervisors = [
+            asyncio.ensure_future(self._supervise(name, stop)) for name in list(self.children)
+        ]
         try:
-            done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+            await stop.wait()
         finally:
-            for fut in [stopper, *waits]:
-                fut.cancel()
-        if stopper in done:
-            return 0
-        for fut in done:
-            child = waits[fut]
+            for task in supervisors:
+                task.cancel()
+            await asyncio.gather(*supervisors, return_exceptions=True)
+        return 0
+
+    async def _supervise(self, name: str, stop: asyncio.Event) -> None:
+        backoff = RESTART_FIRST_S
+        while True:
+            child = self.children[name]
+            started = time.monotonic()
+            code = await child.proc.wait()
+            if stop.is_set():
+                return
+            if time.monotonic() - started >= RESTART_RESET_S:
+                backoff = RESTART_FIRST_S  # it ran fine for a while: a new failure
+            self.restarts[name] = self.restarts.get(name, 0) + 1
             print(
-                str(child.failure(f"exited unexpectedly with code {child.proc.returncode}")),
+                f"tips up: {child.failure(f'exited unexpectedly with code {code}')}\n"
+                f"tips up: restarting {name} in {backoff:g} s "
+                f"(restart {self.restarts[name]}); the others keep serving",
                 file=sys.stderr,
+                flush=True,
             )
-        return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            if stop.is_set():
+                return
+            backoff = min(backoff * 2, RESTART_MAX_S)
+            # Shielded: a stop arriving now must find the new child registered.
+            await asyncio.shield(self._spawn(name))
+            self._write_state()
+            began = time.monotonic()
+            try:
+                await self._wait_one(self.children[name], began + self.options.start_timeout)
+            except UpError as exc:
+                print(f"tips up: {exc}", file=sys.stderr, flush=True)
+                # Stuck short of SERVING: kill it; the loop sees it exit and retries.
+                _signal_group(self.children[name].proc.pid, signal.SIGKILL)
+                continue
+            print(
+                f"tips up: {name} SERVING again after {time.monotonic() - began:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def table(self) -> str:
         rows = [("process", "port", "address", "log")]
@@ -414,6 +462,7 @@ class Mesh:
             else None,
             "serving_after_s": self.serving_after,
             "phases_s": self.phases,
+            "restarts": self.restarts,
         }
         tmp = self.run_dir / "mesh.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
