@@ -15,6 +15,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import sqlalchemy.exc
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
@@ -32,6 +33,7 @@ __all__ = [
     "admin_url",
     "async_url",
     "insert_from_arrays",
+    "is_unavailable",
     "lock",
     "redact",
     "role_password",
@@ -91,6 +93,33 @@ async def lock(session: AsyncSession, key: str) -> None:
     caller (``"notifier:<user>"``); PostgreSQL locks a 64-bit hash of it.
     """
     await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
+
+# SQLSTATE classes that mean "the server is not there right now": connection
+# exceptions (08), operator intervention / shutdown (57), insufficient resources (53).
+_UNAVAILABLE_SQLSTATES = ("08", "57", "53")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` (or a cause) says PostgreSQL is unreachable, not that a query is bad."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (OSError, TimeoutError, ConnectionError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.OperationalError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.TimeoutError):  # pool checkout timed out
+            return True
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(state, str) and state[:2] in _UNAVAILABLE_SQLSTATES:
+            return True
+        name = type(seen).__name__
+        if name in ("ConnectionDoesNotExistError", "InterfaceError", "InternalClientError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def service_role(settings: Settings, service: str) -> str:

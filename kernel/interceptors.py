@@ -4,7 +4,8 @@ For each RPC, in this order: continue the W3C trace from the metadata and
 open a server span; set the caller (``kernel.identity``) and the inbound
 deadline (``kernel.deadline``) for the handler; map exceptions to statuses
 (DomainError -> its code and details, NotImplementedError -> UNIMPLEMENTED,
-anything else -> INTERNAL with nothing leaked, traceback logged); write one
+the database unreachable -> UNAVAILABLE with RetryInfo, anything else ->
+INTERNAL with nothing leaked, traceback logged); write one
 access-log line (method, code, duration).
 
 grpc.aio interceptors only see the RpcMethodHandler, so the interceptor
@@ -19,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -26,7 +28,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from kernel import deadline, telemetry
-from kernel.errors import DomainError
+from kernel.db import is_unavailable
+from kernel.errors import DomainError, Unavailable
 from kernel.identity import caller_from_metadata, set_caller
 
 access_log = logging.getLogger("tips.access")
@@ -44,6 +47,14 @@ _PASSED_ON = frozenset(
 )
 
 
+# What an RPC answers when its database call found the server gone.
+STORE_UNAVAILABLE = Unavailable(
+    "the database is unavailable; retry later",
+    reason="STORE_UNAVAILABLE",
+    retry_after=timedelta(seconds=1),
+)
+
+
 class _Outcome:
     """What the access log reports about one RPC."""
 
@@ -58,6 +69,11 @@ async def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: E
         await context.abort(status.code, status.details, status.trailing_metadata)
     if isinstance(exc, NotImplementedError):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+    if is_unavailable(exc):
+        # PostgreSQL restarting or unreachable: the caller retries, it is no bug of ours.
+        log.warning("database unavailable in %s", method, extra={"error": type(exc).__name__})
+        status = STORE_UNAVAILABLE.to_grpc_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
     code = _code_for(exc)
     if code is not grpc.StatusCode.INTERNAL:  # a downstream call timed out or was unreachable
         log.warning("downstream call failed in %s", method, extra={"code": code.name})
@@ -210,6 +226,8 @@ def _code_for(exc: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _PASSED_ON:
         return exc.code()  # type: ignore[no-any-return]
+    if is_unavailable(exc):
+        return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
 

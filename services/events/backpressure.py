@@ -23,40 +23,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
-import sqlalchemy.exc
-
-from kernel.db import Database
+from kernel.db import Database, is_unavailable
 from kernel.errors import ResourceExhausted, Unavailable
 from services.events import store
 from services.events.settings import EventsSettings
 
 log = logging.getLogger(__name__)
-
-# SQLSTATE classes that mean "the server is not there right now": connection
-# exceptions (08), operator intervention / shutdown (57), insufficient resources (53).
-_UNAVAILABLE_SQLSTATES = ("08", "57", "53")
-
-
-def is_store_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` (or a cause) says PostgreSQL is unreachable, not that a query is bad."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (OSError, TimeoutError, ConnectionError)):
-            return True
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
-            return True
-        if isinstance(seen, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.OperationalError)):
-            return True
-        if isinstance(seen, sqlalchemy.exc.TimeoutError):  # pool checkout timed out
-            return True
-        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
-        if isinstance(state, str) and state[:2] in _UNAVAILABLE_SQLSTATES:
-            return True
-        name = type(seen).__name__
-        if name in ("ConnectionDoesNotExistError", "InterfaceError", "InternalClientError"):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class Ingress:
@@ -135,7 +107,7 @@ class Ingress:
                     retry_after=self.retry_after,
                 ) from None
             except Exception as exc:
-                if not is_store_unavailable(exc):
+                if not is_unavailable(exc):
                     raise
                 self._mark_down()
                 # The commit may or may not have happened: a retry with the same
@@ -156,7 +128,7 @@ class Ingress:
                 async with self.db.session() as session:
                     self.backlog = await store.pending_outbox(session, cap)
         except Exception as exc:
-            if isinstance(exc, TimeoutError) or is_store_unavailable(exc):
+            if isinstance(exc, TimeoutError) or is_unavailable(exc):
                 self._mark_down()
                 return
             raise

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kernel.db import Database, insert_from_arrays
+from kernel.db import Database, insert_from_arrays, is_unavailable
 from kernel.outbox import ROW_COLUMNS, OutboxRow, insert_rows_sql, notify_channel, row_arrays
 from services.recommender.store import tips
 
@@ -62,7 +62,9 @@ class DecisionWriter:
         params = [f"${n}" for n in range(1, len(COLUMNS) + len(ROW_COLUMNS) + 2)]
         tip_params, outbox_params = params[: len(COLUMNS)], params[len(COLUMNS) : -1]
         self._sql = (
-            f"WITH t AS ({insert_from_arrays(tips, COLUMNS, tip_params)}), "
+            # ON CONFLICT: a batch retried after a connection lost mid-commit is a no-op.
+            f"WITH t AS ({insert_from_arrays(tips, COLUMNS, tip_params)} "
+            "ON CONFLICT (user_id, tip_id) DO NOTHING), "
             f"o AS ({insert_rows_sql(outbox, outbox_params)}) "
             f"SELECT pg_notify({params[-1]}, '')"
         )
@@ -123,12 +125,18 @@ class DecisionWriter:
         events = [e for p in batch for e in p.events]
         args: list[Any] = [[r[c] for r in rows] for c, _ in COLUMNS]
         args += row_arrays(events)
-        conn = await self._connection()
-        try:
-            await conn.execute(self._sql, *args, self._channel)
-        except Exception:
-            await self._drop()  # a broken connection is not reused
-            raise
+        for attempt in (1, 2):
+            conn = await self._connection()
+            try:
+                await conn.execute(self._sql, *args, self._channel)
+                break
+            except Exception as exc:
+                await self._drop()  # a broken connection is not reused
+                # A server restart leaves the held connection dead: one fresh try
+                # (the statement is idempotent), then the callers get UNAVAILABLE.
+                if attempt == 2 or not is_unavailable(exc):
+                    raise
+                log.info("decision writer reconnecting", extra={"error": type(exc).__name__})
         self.commits += 1
         self.written += len(rows)
 
