@@ -288,7 +288,10 @@ class Bus:
         # Polling the port first avoids nats-py's noisy retry loop on a server still starting.
         await _wait_reachable(url, attempts, delay)
 
+        seen: list[Exception] = []
+
         async def on_error(exc: Exception) -> None:
+            seen.append(exc)
             log.warning("nats error", extra={"bus": name, "error": str(exc)})
 
         async def on_disconnect() -> None:
@@ -302,6 +305,8 @@ class Bus:
                 nats.connect(
                     servers=[s.strip() for s in settings.nats_url.split(",")],
                     name=name,
+                    user=settings.nats_user or None,
+                    password=settings.nats_password.get_secret_value() or None,
                     connect_timeout=2,
                     allow_reconnect=True,
                     # After the first connect, outages are waited out, never fatal.
@@ -314,7 +319,10 @@ class Bus:
                 connect_timeout,
             )
         except Exception as exc:
-            raise BusError(f"cannot connect {name!r} to NATS at {url}: {exc!r}") from exc
+            # nats-py retries a refused login until the timeout: name the server's reason.
+            refusals = [e for e in seen if "authorization" in str(e).lower()] or seen
+            why = f"{exc!r}; the server said: {refusals[0]}" if refusals else repr(exc)
+            raise BusError(f"cannot connect {name!r} to NATS at {url}: {why}") from exc
         return cls(nc, name)
 
     @property

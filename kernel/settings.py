@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     db_role_prefix: str = Field(default="tips_", pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # This process's NATS user (empty: connect without credentials). Each
+    # service has its own, allowed to publish its own events only
+    # (kernel/bus_permissions.py).
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

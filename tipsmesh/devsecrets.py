@@ -5,8 +5,9 @@ development key to leak into production). `tips up` fills the ones the
 caller's environment does not set from ``<run dir>/secrets.env``, created on
 first use, so data encrypted by one run is readable by the next: the KEKs,
 one PostgreSQL password per service role (``TIPS_DB_ROLE_PASSWORDS``) and the
-local server's superuser password (``LOCAL_POSTGRES_PASSWORD``, which only
-`tips up` itself reads). ``for_process`` gives each process only its own.
+local server's superuser password (``LOCAL_POSTGRES_PASSWORD``) and the local
+NATS users' passwords (``LOCAL_NATS_PASSWORDS``), which only `tips up` itself
+reads. ``for_process`` gives each process only its own.
 """
 
 from __future__ import annotations
@@ -34,12 +35,20 @@ def _role_passwords() -> str:
     return json.dumps({service: _password() for service in SERVICE_NAMES})
 
 
+def _nats_passwords() -> str:
+    return json.dumps({name: _password() for name in (*SERVICE_NAMES, "gateway")})
+
+
 # The local PostgreSQL's superuser: in the file, never in a process's environment.
 SUPERUSER = "LOCAL_POSTGRES_PASSWORD"
+# The local NATS's users (one per process): in the file; each process gets its own.
+NATS_PASSWORDS = "LOCAL_NATS_PASSWORDS"
 ROLE_PASSWORDS = "TIPS_DB_ROLE_PASSWORDS"
+LOCAL_ONLY = (SUPERUSER, NATS_PASSWORDS)
 # Variable -> how to make a fresh value.
 GENERATED: dict[str, Callable[[], str]] = {
     SUPERUSER: _password,
+    NATS_PASSWORDS: _nats_passwords,
     ROLE_PASSWORDS: _role_passwords,
     "TIPS_AUTH_KEY_ENCRYPTION_KEY": _key32,
     "TIPS_INTEGRATIONS_KEK_RING": lambda: json.dumps({"local-1": _key32()}),
@@ -76,12 +85,18 @@ def fill(env: dict[str, str], path: Path) -> None:
         if f"{ring}_RING" in env:
             defaults = {k: v for k, v in defaults.items() if not k.startswith(ring)}
     for name, value in defaults.items():
-        if name != SUPERUSER:
+        if name not in LOCAL_ONLY:
             env.setdefault(name, value)
 
 
 def superuser_password(path: Path) -> str:
     return load_or_create(path)[SUPERUSER]
+
+
+def nats_passwords(path: Path) -> dict[str, str]:
+    """Process name -> its password on the local NATS."""
+    found: dict[str, str] = json.loads(load_or_create(path)[NATS_PASSWORDS])
+    return found
 
 
 def for_process(env: dict[str, str], name: str | None) -> dict[str, str]:
@@ -107,7 +122,7 @@ def for_process(env: dict[str, str], name: str | None) -> dict[str, str]:
 
 def _foreign_secret(variable: str, name: str) -> bool:
     """A generated KEK variable of another service."""
-    if variable not in GENERATED or variable in (SUPERUSER, ROLE_PASSWORDS):
+    if variable not in GENERATED or variable in (*LOCAL_ONLY, ROLE_PASSWORDS):
         return False
     return not variable.startswith(f"TIPS_{name.upper()}_")
 

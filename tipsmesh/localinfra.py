@@ -348,7 +348,12 @@ class LocalPostgres:
 
 
 class LocalNats:
-    """A ``nats-server`` with JetStream storing in ``store_dir``, on 127.0.0.1."""
+    """A ``nats-server`` with JetStream storing in ``store_dir``, on 127.0.0.1.
+
+    ``authorization`` (a config block, ``kernel.bus_permissions.authorization_block``)
+    makes every client log in as one of its users with that user's
+    permissions; without it anyone on the machine may publish anything.
+    """
 
     def __init__(
         self,
@@ -356,8 +361,10 @@ class LocalNats:
         port: int | None = None,
         *,
         start_timeout: float = 10.0,
+        authorization: str | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
+        self.authorization = authorization
         self.log_path = self.store_dir / "nats-server.log"
         self.start_timeout = start_timeout
         self._requested_port = port
@@ -383,18 +390,17 @@ class LocalNats:
         if _port_open("127.0.0.1", port):
             # Else polling would find the other server's port open and report success.
             raise LocalInfraError(f"cannot start nats-server: port {port} is already in use")
+        args = ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.store_dir)]
+        if self.authorization is not None:
+            # Passwords on the command line would be visible to every user: a 0600 file.
+            conf = self.store_dir / "auth.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.authorization)
+            args += ["-c", str(conf)]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [
-                    str(binary),
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-js",
-                    "-sd",
-                    str(self.store_dir),
-                ],
+                [str(binary), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -34,6 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from kernel.bus_permissions import (
+    NatsUser,
+    authorization_block,
+    owned_streams,
+    permissions_for,
+)
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES
 from tipsmesh import devsecrets
 from tipsmesh.health import grpc_serving, http_ok
@@ -261,7 +267,7 @@ class Mesh:
             self.database_url = await _finish_in_thread(pg.start)
         self.nats_url = env.get("TIPS_NATS_URL", "")
         if not self.nats_url:
-            nats = LocalNats(self.run_dir / "nats")
+            nats = LocalNats(self.run_dir / "nats", authorization=self._nats_users())
             await asyncio.to_thread(_stop_stale_nats, nats.store_dir)
             self.nats = nats
             self.nats_url = await _finish_in_thread(nats.start)
@@ -293,7 +299,24 @@ class Mesh:
             env["TIPS_SERVICE"] = name
             env["TIPS_PORT"] = str(self.ports[name])
         # Each process gets its own secrets only (no superuser password for a service).
-        return devsecrets.for_process(env, name)
+        env = devsecrets.for_process(env, name)
+        if self.nats is not None and name is not None:
+            # Our NATS: this process logs in as itself (kernel.bus_permissions).
+            env["TIPS_NATS_USER"] = name
+            env["TIPS_NATS_PASSWORD"] = devsecrets.nats_passwords(self.run_dir / "secrets.env")[
+                name
+            ]
+        return env
+
+    def _nats_users(self) -> str:
+        """The local NATS's users: each service may publish its own events only."""
+        passwords = devsecrets.nats_passwords(self.run_dir / "secrets.env")
+        users = [
+            NatsUser(name, passwords[name], permissions_for(owned_streams(name)))
+            for name in SERVICE_NAMES
+        ]
+        users.append(NatsUser(GATEWAY, passwords[GATEWAY], permissions_for(())))
+        return authorization_block(users)
 
     def _command(self, *args: str) -> list[str]:
         return [*_pdeathsig_prefix(), sys.executable, "-m", "tipsmesh.cli", *args]

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,16 @@ class RunningMesh:
             url = str(self.state[key])
             ports.append(int(url.rsplit(":", 1)[1].split("/")[0]))
         return ports
+
+    def secrets(self) -> dict[str, str]:
+        """The run dir's generated secrets (``secrets.env``)."""
+        lines = (self.run_dir / "secrets.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    def admin_database_url(self) -> str:
+        """The local PostgreSQL's superuser URL (mesh.json hides its password)."""
+        password = urllib.parse.quote(self.secrets()["LOCAL_POSTGRES_PASSWORD"], safe="")
+        return f"postgresql://postgres:{password}@127.0.0.1:{self.infra_ports()[0]}/tips"
 
     def all_ports(self) -> list[int]:
         ports = self.state["ports"]

@@ -258,7 +258,7 @@ async def rows_naming(database_url: str, user: str) -> dict[str, int]:
 
 
 def scan(stage: Stage, user: str) -> dict[str, int]:
-    return asyncio.run(rows_naming(str(stage.mesh.state["database_url"]), user))
+    return asyncio.run(rows_naming(stage.mesh.admin_database_url(), user))
 
 
 # --- 1. the identity flow, erasure included -----------------------------------------------

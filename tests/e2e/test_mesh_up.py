@@ -23,6 +23,9 @@ from pathlib import Path
 import asyncpg
 import grpc
 import httpx
+import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -115,9 +118,7 @@ def test_logs_go_to_run_dir(mesh: RunningMesh) -> None:
 def test_postgres_wants_passwords_and_no_service_holds_the_superusers(
     mesh: RunningMesh,
 ) -> None:
-    secrets_env = dict(
-        line.split("=", 1) for line in (mesh.run_dir / "secrets.env").read_text().splitlines()
-    )
+    secrets_env = mesh.secrets()
     superuser = secrets_env["LOCAL_POSTGRES_PASSWORD"]
     roles = json.loads(secrets_env["TIPS_DB_ROLE_PASSWORDS"])
     port = mesh.infra_ports()[0]
@@ -148,6 +149,31 @@ def test_postgres_wants_passwords_and_no_service_holds_the_superusers(
         "tips_events with profile's": False,
         "tips_events": True,
     }
+    # NATS: no anonymous client; a service's user cannot publish another's events.
+    nats_passwords = json.loads(secrets_env["LOCAL_NATS_PASSWORDS"])
+    nats_url = str(mesh.state["nats_url"])
+
+    async def forge() -> tuple[bool, bool]:
+        try:
+            await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False)
+            anonymous = True
+        except nats.errors.Error:
+            anonymous = False
+        nc = await nats.connect(
+            nats_url, user="events", password=nats_passwords["events"], allow_reconnect=False
+        )
+        try:
+            await nc.jetstream().publish(
+                "tips.profile.v1.user_deleted", b"\x12\x0busers/u_victim", timeout=3
+            )
+            forged = True
+        except (nats.errors.TimeoutError, nats.js.errors.Error):
+            forged = False
+        finally:
+            await nc.close()
+        return anonymous, forged
+
+    assert asyncio.run(forge()) == (False, False)
     checked = 0
     for proc in mesh.processes():
         if "tipsmesh.cli" not in " ".join(proc.cmdline()) or "serve" not in proc.cmdline():
@@ -157,6 +183,9 @@ def test_postgres_wants_passwords_and_no_service_holds_the_superusers(
         name = proc.cmdline()[-1]
         others = [pw for service, pw in roles.items() if service != name]
         assert not [pw for pw in others if pw in environ], f"{name} holds another role's password"
+        foreign = [pw for user, pw in nats_passwords.items() if user != name and pw in environ]
+        assert not foreign, f"{name} holds another process's NATS password"
+        assert nats_passwords[name] in environ  # and logs in with its own
         checked += 1
     assert checked == len(SERVICE_NAMES) + 1  # the services and the gateway
 

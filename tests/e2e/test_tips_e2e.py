@@ -212,7 +212,7 @@ async def _candidates(database_url: str, user: str, tip_id: str) -> dict[str, li
 def candidates(stage: Stage, tip: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """The logged decision of ``tip``: catalog id -> (score, probability) of each candidate."""
     _, user, _, tip_id = str(tip["name"]).split("/")
-    got = asyncio.run(_candidates(str(stage.mesh.state["database_url"]), user, tip_id))
+    got = asyncio.run(_candidates(stage.mesh.admin_database_url(), user, tip_id))
     return {arm: (float(s), float(p)) for arm, (s, p) in got.items()}
 
 
