@@ -97,7 +97,13 @@ class Transcoder:
                 caller = await self.auth.authenticate(headers.get("authorization"))
                 _check_scopes(route, caller)
                 values = _resolve_me(values, caller)
+                # The token just verified, which every service verifies again.
                 metadata.extend(caller.to_metadata())
+            elif self.auth is None and "authorization" in headers:
+                # A standalone gateway (no token check of its own): as grpc-gateway,
+                # the backend gets the header and decides. On a mesh's public route
+                # an unverified token is not passed on.
+                metadata.append(("authorization", headers["authorization"]))
             body = await _read_body(receive) if route.plan.body else b""
             query = scope.get("query_string", b"").decode("latin-1")
             request = build_request(self.codec, route.plan, values, query, body)
@@ -222,7 +228,7 @@ def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
         if name.startswith(_METADATA_PREFIX):
             key = name[len(_METADATA_PREFIX) :]
             # Identity comes only from a verified token, never from a client header.
-            if not key or key in IDENTITY_KEYS or key.startswith("grpc-"):
+            if not key or key in IDENTITY_KEYS or key == "authorization" or key.startswith("grpc-"):
                 continue
             if key.endswith("-bin"):
                 try:
@@ -231,9 +237,6 @@ def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
                     raise Bad(f"Grpc-Metadata-{key}", "a -bin header must be base64") from None
             else:
                 metadata.append((key, value))
-    authorization = headers.get("authorization")
-    if authorization is not None:
-        metadata.append(("authorization", authorization))
     client = scope.get("client")
     if client:
         forwarded = headers.get("x-forwarded-for")

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kernel.settings import SERVICE_NAMES, Settings
+from kernel.tls import secure_channel
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -30,8 +31,12 @@ class Upstreams:
         services: Mapping[str, str] | None = None,
         default: str | None = None,
         mesh: bool = False,
+        settings: Settings | None = None,
     ) -> None:
         self.addresses = dict(addresses)
+        self.settings = settings
+        # address -> the service name its certificate must carry
+        self._names = {address: name for name, address in self.addresses.items()}
         self.services = dict(services or {})
         self.default = default
         self.mesh = mesh
@@ -40,7 +45,9 @@ class Upstreams:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Upstreams:
-        return cls({name: settings.addr_of(name) for name in SERVICE_NAMES}, mesh=True)
+        return cls(
+            {name: settings.addr_of(name) for name in SERVICE_NAMES}, mesh=True, settings=settings
+        )
 
     def channel(self, name: str) -> grpc.aio.Channel:
         """The channel of a named upstream (``addresses``) or of an address."""
@@ -49,7 +56,11 @@ class Upstreams:
     def _channel_to(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address)
+            if self.settings is None:
+                channel = grpc.aio.insecure_channel(address)
+            else:
+                name = self._names.get(address, address.rpartition(":")[0])
+                channel = secure_channel(address, self.settings, server_name=name)
             self._channels[address] = channel
         return channel
 

@@ -1,13 +1,16 @@
-"""Channels to other services, with deadline, trace and identity propagation.
+"""Channels to other services: mutual TLS, deadline, trace and identity propagation.
 
 ``channel(settings, "profile")`` returns one cached ``grpc.aio.Channel`` per
-address and event loop. Its interceptor gives every call:
+address and event loop. It presents this process's certificate and checks
+the server's is the service named (``kernel.tls``). Its interceptor gives
+every call:
 
 - a timeout of min(time left on the inbound call, the explicit timeout), or
   ``settings.default_deadline_seconds`` when neither exists, so a chain of
   calls never outlives the request that started it;
 - the current W3C trace context (``traceparent``);
-- the caller's identity metadata (``x-tips-*``) unless the call sets its own.
+- the access token of the request being served (``authorization``), unless
+  the call sets its own, so the next service verifies the user itself.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import Any
 import grpc
 
 from kernel import deadline, telemetry
-from kernel.identity import IDENTITY_KEYS, current_caller
+from kernel.identity import AUTHORIZATION_KEY, current_caller
 from kernel.settings import Settings
+from kernel.tls import secure_channel
 
-_channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+_channels: dict[tuple[str, str, int], grpc.aio.Channel] = {}
 
 
 def call_timeout(explicit: float | None, default: float) -> float:
@@ -38,7 +42,7 @@ def _metadata(existing: Sequence[tuple[str, Any]] | None) -> grpc.aio.Metadata:
     pairs = [(k, v) for k, v in existing or () if k not in trace]
     pairs.extend(trace.items())
     caller = current_caller()
-    if caller is not None and not any(k in IDENTITY_KEYS for k, _ in pairs):
+    if caller is not None and not any(k == AUTHORIZATION_KEY for k, _ in pairs):
         pairs.extend(caller.to_metadata())
     return grpc.aio.Metadata(*pairs)
 
@@ -82,13 +86,16 @@ class _Propagate(
         return await continuation(self._details(client_call_details), request_iterator)
 
 
-def channel_to(address: str, settings: Settings) -> grpc.aio.Channel:
-    """A cached channel to ``address`` (host:port) with propagation."""
-    key = (address, id(asyncio.get_running_loop()))
+def channel_to(address: str, settings: Settings, server_name: str) -> grpc.aio.Channel:
+    """A cached channel to ``server_name`` at ``address`` (host:port) with propagation."""
+    key = (address, server_name, id(asyncio.get_running_loop()))
     cached = _channels.get(key)
     if cached is None:
-        cached = grpc.aio.insecure_channel(
-            address, interceptors=[_Propagate(settings.default_deadline_seconds)]
+        cached = secure_channel(
+            address,
+            settings,
+            server_name=server_name,
+            interceptors=[_Propagate(settings.default_deadline_seconds)],
         )
         _channels[key] = cached
     return cached
@@ -96,11 +103,11 @@ def channel_to(address: str, settings: Settings) -> grpc.aio.Channel:
 
 def channel(settings: Settings, service: str) -> grpc.aio.Channel:
     """A cached channel to another service of the mesh (``settings.addr_of``)."""
-    return channel_to(settings.addr_of(service), settings)
+    return channel_to(settings.addr_of(service), settings, service)
 
 
 async def close_channels() -> None:
     """Close every cached channel of this event loop (process shutdown)."""
     loop_id = id(asyncio.get_running_loop())
-    for key in [k for k in _channels if k[1] == loop_id]:
+    for key in [k for k in _channels if k[2] == loop_id]:
         await _channels.pop(key).close()

@@ -1,18 +1,13 @@
-"""The caller's identity, read from request metadata in one place.
+"""The caller's identity: who the end user is, proven, and the checks on it.
 
-The gateway verifies the access token and forwards who the caller is as
-metadata; mesh peers forward the identity of the request they are serving
-(``kernel.clients`` does it):
-
-- ``x-tips-user``: the user id, e.g. ``u_123`` (resource ``users/u_123``);
-- ``x-tips-scopes``: space separated scopes, e.g. ``tips.read admin``;
-- ``x-tips-session``: the session id, when there is one.
-
-Services trust this metadata without checking a token again because only the
-gateway and mesh peers can reach them: services listen on the internal
-network only, and in production every hop is mutually authenticated with mTLS
-(the mesh's certificates), so an outsider can neither connect nor forge it.
-The gateway strips any ``x-tips-*`` header a client sends.
+A user is known to a service only by an access token it verifies itself
+(``kernel.tokens``): the gateway forwards the token it checked as
+``authorization: Bearer <jwt>``, and every mesh hop forwards the token of
+the request it is serving (``kernel.clients``), so the next service checks
+it again. No header names a user: ``x-tips-user`` and the other ``x-tips-*``
+identity headers of earlier versions are refused wherever they appear.
+Which *process* is calling is a separate question, answered by its mTLS
+certificate (``kernel.tls``, ``kernel.access``).
 
 The server interceptor sets ``current_caller()`` for each RPC; servicers
 call ``require_caller()``, ``require_owner(name)``, ``require_user_parent(parent)``
@@ -29,10 +24,9 @@ from dataclasses import dataclass, field
 from kernel.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from kernel.names import USER
 
-USER_KEY = "x-tips-user"
-SCOPES_KEY = "x-tips-scopes"
-SESSION_KEY = "x-tips-session"
-IDENTITY_KEYS = (USER_KEY, SCOPES_KEY, SESSION_KEY)
+AUTHORIZATION_KEY = "authorization"
+# Headers that once named the user unchecked: refused now (see docstring).
+IDENTITY_KEYS = ("x-tips-user", "x-tips-scopes", "x-tips-session")
 
 
 @dataclass(frozen=True)
@@ -42,6 +36,8 @@ class Caller:
     user: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     session: str | None = None
+    # The verified access token, passed on to the next hop; never printed.
+    token: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def resource_name(self) -> str:
@@ -51,29 +47,33 @@ class Caller:
         return scope in self.scopes
 
     def to_metadata(self) -> list[tuple[str, str]]:
-        """The metadata that carries this identity to the next hop."""
-        md = [(USER_KEY, self.user)]
-        if self.scopes:
-            md.append((SCOPES_KEY, " ".join(sorted(self.scopes))))
-        if self.session:
-            md.append((SESSION_KEY, self.session))
-        return md
+        """The metadata that proves this identity to the next hop (its token)."""
+        if not self.token:
+            return []
+        return [(AUTHORIZATION_KEY, f"Bearer {self.token}")]
 
 
 _caller: ContextVar[Caller | None] = ContextVar("tips_caller", default=None)
 
 
-def caller_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller | None:
-    """Parse the identity metadata; None when no user is named."""
-    values: dict[str, str] = {}
+def authorization_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The ``authorization`` value of request metadata, if any.
+
+    Raises Unauthenticated when an unchecked identity header (``x-tips-*``)
+    is present: whoever sends one expects to be trusted for it.
+    """
+    found: str | None = None
     for key, value in metadata or ():
-        if key in IDENTITY_KEYS and isinstance(value, str):
-            values[key] = value.strip()
-    user = values.get(USER_KEY)
-    if not user:
-        return None
-    scopes = frozenset(values.get(SCOPES_KEY, "").split())
-    return Caller(user=user, scopes=scopes, session=values.get(SESSION_KEY) or None)
+        if key in IDENTITY_KEYS:
+            raise Unauthenticated(
+                f"the {key!r} header is not accepted: a user is identified by an access "
+                "token only (authorization: Bearer <token>)",
+                reason="IDENTITY_HEADER_REFUSED",
+                metadata={"header": key},
+            )
+        if key == AUTHORIZATION_KEY and isinstance(value, str):
+            found = value
+    return found
 
 
 def current_caller() -> Caller | None:

@@ -1,8 +1,11 @@
 """The server interceptor every service runs behind.
 
 For each RPC, in this order: continue the W3C trace from the metadata and
-open a server span; set the caller (``kernel.identity``) and the inbound
-deadline (``kernel.deadline``) for the handler; map exceptions to statuses
+open a server span; set the inbound deadline (``kernel.deadline``); check
+that the calling process may call the method (its mTLS name,
+``kernel.access``) and verify the user's access token, if one is sent
+(``kernel.tokens``), setting the caller (``kernel.identity``) for the
+handler; map exceptions to statuses
 (DomainError -> its code and details, NotImplementedError -> UNIMPLEMENTED,
 the database unreachable -> UNAVAILABLE with RetryInfo, anything else ->
 INTERNAL with nothing leaked, traceback logged); write one
@@ -28,9 +31,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from kernel import deadline, telemetry
+from kernel.access import CallerPolicy
 from kernel.db import is_unavailable
 from kernel.errors import DomainError, Unavailable
-from kernel.identity import caller_from_metadata, set_caller
+from kernel.identity import Caller, authorization_of, set_caller
+from kernel.tls import peer_name
+from kernel.tokens import TokenVerifier
 
 access_log = logging.getLogger("tips.access")
 log = logging.getLogger("tips.server")
@@ -60,6 +66,7 @@ class _Outcome:
 
     def __init__(self) -> None:
         self.code = grpc.StatusCode.OK
+        self.caller: Caller | None = None
 
 
 async def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
@@ -83,10 +90,22 @@ async def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: E
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Tracing, identity, deadline, error mapping and access log."""
+    """Tracing, deadline, who calls (process and user), error mapping and access log."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, callers: CallerPolicy, verifier: TokenVerifier) -> None:
         self._tracer = telemetry.tracer("tips.grpc.server")
+        self._callers = callers
+        self._verifier = verifier
+
+    async def _admit(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], outcome: _Outcome
+    ) -> None:
+        """Check the calling process, verify the user's token, set the caller."""
+        self._callers.check(method, peer_name(context))
+        authorization = authorization_of(context.invocation_metadata())
+        caller = None if authorization is None else await self._verifier.verify(authorization)
+        outcome.caller = caller
+        set_caller(caller)
 
     async def intercept_service(
         self,
@@ -127,7 +146,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Iterator[_Outcome]:
         """Span, caller, deadline and the access-log line around one RPC."""
         metadata = tuple(context.invocation_metadata() or ())
-        caller = caller_from_metadata(metadata)
         name = method.lstrip("/")
         service, _, rpc = name.rpartition("/")
         outcome = _Outcome()
@@ -142,7 +160,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # and a cancelled stream is closed from another Context, where
         # resetting a token would raise.
         otel_context.attach(trace.set_span_in_context(span))
-        set_caller(caller)
+        set_caller(None)
         deadline.set_remaining(context.time_remaining())
         try:
             yield outcome
@@ -160,7 +178,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     "code": outcome.code.name,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
                     "trace_id": format(span.get_span_context().trace_id, "032x"),
-                    **({"user": caller.user} if caller else {}),
+                    **({"user": outcome.caller.user} if outcome.caller else {}),
                 },
             )
 
@@ -170,6 +188,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def behaviour(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             with self._scope(method, context) as outcome:
                 try:
+                    await self._admit(method, context, outcome)
                     result = await _call(inner, request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     outcome.code = _code_of(context, grpc.StatusCode.CANCELLED)
@@ -190,6 +209,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         ) -> AsyncIterator[Any]:
             with self._scope(method, context) as outcome:
                 try:
+                    await self._admit(method, context, outcome)
                     result = inner(request, context)
                     if inspect.isawaitable(result):
                         # A handler that writes with context.write().

@@ -29,12 +29,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from kernel.clients import close_channels
+from kernel import tls
+from kernel.access import CallerPolicy, callers_table
+from kernel.clients import channel, close_channels
 from kernel.interceptors import ServerInterceptor
 from kernel.logging import configure_logging, redact_text
 from kernel.service import Binding, Runtime, ServiceDefinition
 from kernel.settings import DEFAULT_PORTS, Settings, SettingsError, load_settings
 from kernel.telemetry import configure_telemetry, shutdown_telemetry
+from kernel.tokens import verifier_from_settings
 
 log = logging.getLogger("tips.server")
 T = TypeVar("T")
@@ -112,6 +115,10 @@ class ServiceServer:
         self._health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._stopped = False
+        self._callers = CallerPolicy(verify_peers=not settings.insecure)
+        # Users' tokens are checked against the auth service's keys (its GetJwks,
+        # or TIPS_JWKS_URL), fetched on first use.
+        self._verifier = verifier_from_settings(settings, lambda: channel(settings, "auth"))
 
     @property
     def address(self) -> str:
@@ -143,17 +150,21 @@ class ServiceServer:
         name, settings = self.definition.name, self.settings
         configure_logging(settings, name)
         configure_telemetry(settings, name)
+        tls.warn_if_insecure(settings, name)
+        interceptor = ServerInterceptor(callers=self._callers, verifier=self._verifier)
         # so_reuseport off: a busy port must fail loudly, not be shared.
-        server = grpc.aio.server(
-            interceptors=[ServerInterceptor()], options=[("grpc.so_reuseport", 0)]
-        )
+        server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
         self._server = server
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers((self._handlers,))
         await self._health.set("", NOT_SERVING)
         target = f"{settings.host}:{self._listen_port()}"
+        credentials = tls.server_credentials(settings)  # bad TLS settings: exit 2, not "port"
         try:
-            self.port = server.add_insecure_port(target)
+            if credentials is None:
+                self.port = server.add_insecure_port(target)
+            else:
+                self.port = server.add_secure_port(target, credentials)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {target}: {exc}") from None
         if not self.port:
@@ -192,6 +203,7 @@ class ServiceServer:
         for binding in bindings:
             binding.add_to_server(binding.servicer, self._handlers)  # type: ignore[arg-type]
         self.service_names = [b.full_name for b in bindings]
+        self._callers.add(callers_table(b.descriptor for b in bindings))
         names = [*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             ReflectionServicer(names), self._handlers
@@ -219,6 +231,7 @@ class ServiceServer:
             await self._quietly("closing the bus", self.runtime.bus.close)
         if self.runtime.db is not None:
             await self._quietly("closing the database", self.runtime.db.close)
+        await self._quietly("closing the key cache", self._verifier.close)
         log.info("stopped")
 
     async def _quietly(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -278,6 +291,7 @@ def run(
             settings = load_settings()
         if not settings.service:
             settings = settings.model_copy(update={"service": definition.name})
+        tls.material(settings)  # no certificates and not insecure: exit 2 before anything starts
         asyncio.run(_main(definition, settings, port))
     except SettingsError as exc:
         print(f"tips {definition.name}: {exc}", file=sys.stderr)

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     nats_user: str = ""
     nats_password: SecretStr = SecretStr("")
 
+    # Mutual TLS between mesh processes (kernel/tls.py): the mesh CA, and this
+    # process's certificate (its name is the certificate's DNS SAN) and key.
+    # Required unless insecure, which allows plaintext (development only).
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    insecure: bool = False
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

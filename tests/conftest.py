@@ -8,6 +8,12 @@
 - ``TIPS_NATS_URL`` set: that server is used; otherwise a ``LocalNats``
   (~40 ms). Tests name streams and subjects with ``bus_ns`` and register
   streams in ``cleanup_streams`` so a shared server is left as found.
+- Services started in process by a test run in plaintext (``TIPS_INSECURE=1``,
+  set below) and verify users' tokens against this session's test issuer
+  (``TIPS_JWKS_URL``, tests/support/tokens.py: ``as_user(user)``). Mutual TLS
+  is tested on its own (tests/integration/kernel/test_mesh_tls.py) and the
+  e2e mesh (`tips up`, which drops the caller's TIPS_* variables) runs with
+  certificates.
 """
 
 from __future__ import annotations
@@ -28,8 +34,12 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from sqlalchemy.engine import make_url
 
 from kernel.settings import Settings
+from tests.support import tokens
 from tips.options.v1 import options_pb2
 from tipsmesh.localinfra import LocalNats, LocalPostgres
+
+os.environ["TIPS_INSECURE"] = "1"
+os.environ["TIPS_JWKS_URL"] = tokens.issuer().jwks_url
 
 
 def _plain_url(url: str, database: str | None = None) -> str:

@@ -1,29 +1,23 @@
 """Where connector signals go: the events service, in one small function.
 
 ``EventsInternalService.BatchIngestConnectorSignals`` takes items of many
-users per call; while an events build still answers it UNIMPLEMENTED, the
-per-user ``EventsService.BatchIngestSignals`` (acting as the user) is used
-instead. ``integrations_ingest_via`` picks the first choice.
+users per call. Integrations calls it as itself (its mesh certificate; the
+RPC lists it as a caller): a background sync has no user token to act with.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from kernel.clients import channel
-from kernel.identity import Caller, acting_as
 from kernel.names import user_name
 from services.integrations.settings import IntegrationsSettings
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
 
-log = logging.getLogger(__name__)
-MAX_PER_CALL = 500  # the smaller of the two RPCs' limits
+MAX_PER_CALL = 500  # BatchIngestConnectorSignals takes at most 1000 items
 
 
 @dataclass
@@ -41,7 +35,6 @@ class IngestCounts:
 class EventsSink:
     def __init__(self, settings: IntegrationsSettings) -> None:
         self.settings = settings
-        self.via = settings.integrations_ingest_via
 
     async def send(
         self, user_id: str, signals: Sequence[signal_pb2.Signal], sync_id: str
@@ -54,19 +47,6 @@ class EventsSink:
     async def _send(
         self, user_id: str, signals: Sequence[signal_pb2.Signal], sync_id: str
     ) -> IngestCounts:
-        if self.via == "internal":
-            try:
-                return await self._internal(user_id, signals, sync_id)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
-                log.warning("BatchIngestConnectorSignals unimplemented; ingesting per user")
-                self.via = "per_user"
-        return await self._per_user(user_id, signals)
-
-    async def _internal(
-        self, user_id: str, signals: Sequence[signal_pb2.Signal], sync_id: str
-    ) -> IngestCounts:
         stub = ev_grpc.EventsInternalServiceStub(channel(self.settings, "events"))
         parent = user_name(user_id)
         response = await stub.BatchIngestConnectorSignals(
@@ -75,16 +55,6 @@ class EventsSink:
                 sync_id=sync_id,
             )
         )
-        return IngestCounts(
-            response.accepted_count, response.duplicate_count, response.rejected_count
-        )
-
-    async def _per_user(self, user_id: str, signals: Sequence[signal_pb2.Signal]) -> IngestCounts:
-        stub = ev_grpc.EventsServiceStub(channel(self.settings, "events"))
-        with acting_as(Caller(user=user_id)):  # the channel sends x-tips-user
-            response = await stub.BatchIngestSignals(
-                ev.BatchIngestSignalsRequest(parent=user_name(user_id), signals=list(signals))
-            )
         return IngestCounts(
             response.accepted_count, response.duplicate_count, response.rejected_count
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -84,9 +83,6 @@ class IntegrationsSettings(Settings):
     # Granted purposes are cached this long; ConsentChanged evicts at once.
     integrations_consent_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
     integrations_consent_durable: str = "integrations-consent"
-    # "internal": EventsInternalService.BatchIngestConnectorSignals (many users
-    # per call); "per_user": EventsService.BatchIngestSignals as the user.
-    integrations_ingest_via: Literal["internal", "per_user"] = "internal"
 
     def provider_client(self, provider_id: str) -> ProviderClientSettings:
         return self.integrations_providers.get(provider_id) or ProviderClientSettings()

@@ -28,6 +28,7 @@ from kernel.settings import Settings
 from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
 from tests.support.streams import left_as_found
+from tests.support.tokens import as_user
 from tests.support.waiting import eventually, stream_events
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
@@ -95,8 +96,7 @@ def _user() -> str:
 
 
 def _md(user: str, *scopes: str) -> tuple[tuple[str, str], ...]:
-    md = (("x-tips-user", user),)
-    return md + ((("x-tips-scopes", " ".join(scopes)),) if scopes else ())
+    return as_user(user, *scopes)
 
 
 def _window(day: int, start: int, end: int) -> profile_pb2.QuietHoursWindow:

@@ -24,6 +24,7 @@ from google.type import dayofweek_pb2, timeofday_pb2
 from kernel.bus import Bus
 from kernel.settings import Settings
 from tests.support.recommender_rig import events_and_recommender
+from tests.support.tokens import as_user
 from tests.support.waiting import eventually as _eventually
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
@@ -94,8 +95,7 @@ def _user() -> str:
 
 
 def _md(user: str, *scopes: str) -> tuple[tuple[str, str], ...]:
-    md: tuple[tuple[str, str], ...] = (("x-tips-user", user),)
-    return md + ((("x-tips-scopes", " ".join(scopes)),) if scopes else ())
+    return as_user(user, *scopes)
 
 
 ADMIN = _md("ops", "admin")

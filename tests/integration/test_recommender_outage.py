@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from kernel.errors import status_details, unpack_details
 from kernel.settings import Settings
 from tests.support.recommender_rig import events_and_recommender
+from tests.support.tokens import as_user
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from tipsmesh.localinfra import LocalPostgres, free_port
@@ -40,7 +41,7 @@ async def own_postgres() -> AsyncIterator[LocalPostgres]:
 
 
 def _md(user: str) -> tuple[tuple[str, str], ...]:
-    return (("x-tips-user", user),)
+    return as_user(user)
 
 
 async def _list(stub: rec_grpc.RecommenderServiceStub, user: str) -> rec.ListTipsResponse:

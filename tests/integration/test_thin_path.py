@@ -27,6 +27,7 @@ from kernel.settings import Settings
 from services.recommender import domain
 from services.recommender.consumers import ContextKeeper
 from tests.support.recommender_rig import events_and_recommender
+from tests.support.tokens import as_user
 from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
@@ -80,7 +81,7 @@ def _user() -> str:
 
 
 def _md(user: str) -> tuple[tuple[str, str], ...]:
-    return (("x-tips-user", user),)
+    return as_user(user)
 
 
 def _ts(value: datetime) -> Timestamp:

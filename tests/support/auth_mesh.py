@@ -28,6 +28,7 @@ from services.auth.crypto import generate_kek
 from services.auth.service import SERVICE
 from services.auth.settings import AuthSettings
 from tests.support.oidc_issuer import OidcIssuer
+from tests.support.tokens import as_user
 from tips.auth.v1 import auth_service_pb2 as pb
 from tips.auth.v1 import auth_service_pb2_grpc as pb_grpc
 from tips.auth.v1 import identity_pb2, session_pb2
@@ -56,10 +57,7 @@ class AuthMesh:
         return (("x-forwarded-for", f"203.0.113.9, {ip}"),)
 
     def as_user(self, user: str, session: str | None = None) -> tuple[tuple[str, str], ...]:
-        md = [("x-tips-user", user.removeprefix("users/"))]
-        if session:
-            md.append(("x-tips-session", session))
-        return tuple(md)
+        return as_user(user, session=session)
 
     async def sign_in(
         self,

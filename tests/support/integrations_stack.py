@@ -35,6 +35,7 @@ from services.integrations.settings import IntegrationsSettings
 from tests.support.profile_standin import ProfileStandIn
 from tests.support.providers import ProviderStandIn, provider_settings, serve_standin
 from tests.support.streams import left_as_found
+from tests.support.tokens import as_user
 from tips.integrations.v1 import connection_pb2
 from tips.integrations.v1 import integrations_service_pb2 as pb
 from tips.integrations.v1 import integrations_service_pb2_grpc as pb_grpc
@@ -128,11 +129,8 @@ async def integrations_stack(
 
 
 def md(user: str, *scopes: str) -> tuple[tuple[str, str], ...]:
-    """Metadata of a call as ``user`` (what the gateway sends after checking the token)."""
-    out: tuple[tuple[str, str], ...] = (("x-tips-user", user),)
-    if scopes:
-        out += (("x-tips-scopes", " ".join(scopes)),)
-    return out
+    """Metadata of a call as ``user``: the access token the gateway would forward."""
+    return as_user(user, *scopes)
 
 
 def new_user() -> str:

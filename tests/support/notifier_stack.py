@@ -24,6 +24,7 @@ from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
 from tests.support.push_standins import PROJECT, FcmStandIn, SmtpStandIn, serve_fcm
 from tests.support.streams import left_as_found
+from tests.support.tokens import as_user
 from tests.support.waiting import eventually
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.notifier.v1 import notifier_service_pb2_grpc as pb_grpc
@@ -133,8 +134,8 @@ async def notifier_stack(
 
 
 def md(user: str) -> tuple[tuple[str, str], ...]:
-    """Metadata of a call as ``user`` (what the gateway sends after checking the token)."""
-    return (("x-tips-user", user),)
+    """Metadata of a call as ``user``: the access token the gateway would forward."""
+    return as_user(user)
 
 
 async def new_user(

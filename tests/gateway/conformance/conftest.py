@@ -73,9 +73,9 @@ class FakeEdgeAuth:
         if not authorization:
             raise Unauthenticated("an access token is required", reason="TOKEN_MISSING")
         if authorization == "Bearer good":
-            return Caller("u1", frozenset({"read"}), "s1")
+            return Caller("u1", frozenset({"read"}), "s1", token="good")
         if authorization == "Bearer admin":
-            return Caller("u1", frozenset({"read", "admin"}), "s1")
+            return Caller("u1", frozenset({"read", "admin"}), "s1", token="admin")
         raise Unauthenticated("the access token is not valid", reason="TOKEN_INVALID")
 
     async def close(self) -> None:

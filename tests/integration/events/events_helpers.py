@@ -18,6 +18,7 @@ from kernel.errors import status_details, unpack_details
 from kernel.server import ServiceServer
 from services.events.service import definition
 from services.events.settings import EventsSettings
+from tests.support.tokens import as_user
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
@@ -36,7 +37,7 @@ def user() -> str:
 
 
 def md(user_id: str) -> tuple[tuple[str, str], ...]:
-    return (("x-tips-user", user_id),)
+    return as_user(user_id)
 
 
 def ts(value: datetime) -> Timestamp:

@@ -100,7 +100,7 @@ async def setup() -> AsyncIterator[tuple[HomeScreenComposer, Behaviour]]:
 
 async def home(composer: HomeScreenComposer, deadline_s: float = 2.0) -> Any:
     request = screens_pb.GetHomeScreenRequest(name="users/u1/home", tip_count=2)
-    metadata = [("x-tips-user", "u1")]
+    metadata = [("authorization", "Bearer token-of-u1")]
     return (await composer.get_home_screen(request, metadata, deadline_s)).home_screen
 
 
@@ -112,7 +112,7 @@ async def test_a_complete_screen(setup: tuple[HomeScreenComposer, Behaviour]) ->
     assert screen.profile.display_name == "Ada"
     assert [c.name for c in screen.connections] == ["users/u1/connections/c1"]
     assert not screen.missing_parts
-    assert behaviour.seen_metadata and behaviour.seen_metadata["x-tips-user"] == "u1"
+    assert behaviour.seen_metadata and behaviour.seen_metadata["authorization"] == "Bearer token-of-u1"
 
 
 async def test_a_failing_optional_service_leaves_its_part_out(

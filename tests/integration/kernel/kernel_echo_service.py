@@ -67,7 +67,9 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):  # type: ignore[misc,name
         return _seen()
 
     async def Relay(self, request: Any, context: Any) -> Any:
-        stub = echo_pb2_grpc.EchoServiceStub(channel_to(request.target, self.runtime.settings))
+        stub = echo_pb2_grpc.EchoServiceStub(
+            channel_to(request.target, self.runtime.settings, "echo")
+        )
         if request.slow_seconds:
             response = await stub.Slow(echo_pb2.SlowRequest(seconds=request.slow_seconds))
         else:

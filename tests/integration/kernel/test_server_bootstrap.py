@@ -17,10 +17,11 @@ from kernel.errors import error_info, field_violations, status_details, unpack_d
 from kernel.server import ServiceServer, Started, serve
 from kernel.service import Binding, Runtime, ServiceDefinition
 from kernel.settings import load_settings
+from tests.support.tokens import as_user
 
 pytestmark = pytest.mark.integration
 
-USER = (("x-tips-user", "u_1"), ("x-tips-scopes", "tips.read"))
+USER = as_user("u_1", "tips.read")
 
 
 @pytest.fixture(scope="module")

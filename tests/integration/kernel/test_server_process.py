@@ -22,6 +22,7 @@ SCRIPT = Path(__file__).with_name("kernel_echo_service.py")
 
 async def _spawn(*args: str, **env: str) -> asyncio.subprocess.Process:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIPS_")}
+    full_env["TIPS_INSECURE"] = "1"  # these tests are about the process, not TLS
     full_env.update(env)
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen/python")])
     return await asyncio.create_subprocess_exec(
@@ -84,6 +85,15 @@ async def test_invalid_settings_exit_2_with_one_line() -> None:
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1
     assert "TIPS_DRAIN_SECONDS" in lines[0]
+
+
+async def test_no_certificates_and_not_insecure_exits_2_naming_the_settings() -> None:
+    proc = await _spawn(TIPS_INSECURE="0")
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "TIPS_TLS_CA_FILE" in lines[0] and "TIPS_INSECURE=1" in lines[0]
 
 
 async def test_unreachable_database_exits_1_within_the_limit() -> None:

@@ -11,6 +11,7 @@ from kernel_echo_service import ECHO, echo_pb2, echo_pb2_grpc
 
 from kernel.server import ServiceServer
 from kernel.settings import load_settings
+from tests.support.tokens import as_user
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ async def test_downstream_unavailable_is_passed_on(
 async def test_trace_and_caller_forwarded(
     pair: tuple[ServiceServer, ServiceServer], front_stub: echo_pb2_grpc.EchoServiceStub
 ) -> None:
-    metadata = (("x-tips-user", "u_42"), ("x-tips-scopes", "tips.read"))
+    metadata = as_user("u_42", "tips.read")
     request = echo_pb2.RelayRequest(target=pair[1].address)
     reply = await front_stub.Relay(request, timeout=5, metadata=metadata)
     assert reply.user == "u_42"

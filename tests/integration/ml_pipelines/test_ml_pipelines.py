@@ -39,6 +39,7 @@ from services.events.settings import EventsSettings
 from services.ml_pipelines import offline
 from services.ml_pipelines.service import SERVICE
 from services.ml_pipelines.settings import MlPipelinesSettings
+from tests.support.tokens import as_user
 from tests.support.waiting import eventually as wait_for
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
@@ -54,7 +55,7 @@ from tips.recommender.v1 import events_pb2 as rec_events
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 STREAMS = ("TIPS_EVENTS", "TIPS_RECOMMENDER", "TIPS_PROFILE", "TIPS_ML_PIPELINES")
-ADMIN = (("x-tips-user", "u_admin"), ("x-tips-scopes", "admin"))
+ADMIN = as_user("u_admin", "admin")
 S = model_pb2.ModelVersionState
 CATALOG = json.loads((Path(__file__).resolve().parents[3] / "policy/data/tips.v1.json").read_text())
 
@@ -292,14 +293,14 @@ def inverted_policy_file(env: Env, start: datetime) -> Path:
 
 async def test_admin_scope_required(env: Env) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await env.ml.ListModels(pb.ListModelsRequest(), metadata=(("x-tips-user", "u_1"),))
+        await env.ml.ListModels(pb.ListModelsRequest(), metadata=as_user("u_1"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.ml.ListTrainingRuns(pb.ListTrainingRunsRequest())
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.ml.CreateFeatureBackfill(
-            pb.CreateFeatureBackfillRequest(), metadata=(("x-tips-user", "u_1"),)
+            pb.CreateFeatureBackfillRequest(), metadata=as_user("u_1")
         )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -719,7 +720,7 @@ async def test_feature_backfill_with_the_events_service(env: Env) -> None:
         ]
         response = await env.events.BatchIngestSignals(
             ev.BatchIngestSignalsRequest(parent=f"users/{user}", signals=signals),
-            metadata=(("x-tips-user", user),),
+            metadata=as_user(user),
         )
         assert all(r.outcome == ev.INGEST_OUTCOME_ACCEPTED for r in response.results), response
     created = await env.ml.CreateFeatureBackfill(

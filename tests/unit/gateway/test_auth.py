@@ -15,10 +15,11 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from gateway.auth import ClaimsPolicy, JwtEdgeAuth, bearer_token
-from gateway.jwks import JwksFetchError, KeyCache, parse_jwks
+from gateway.auth import JwtEdgeAuth
 from kernel.errors import Unauthenticated, Unavailable
 from kernel.identity import Caller
+from kernel.jwks import JwksFetchError, KeyCache, parse_jwks
+from kernel.tokens import ClaimsPolicy, bearer_token
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 

@@ -9,11 +9,12 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from gateway.auth import ClaimsPolicy, JwtEdgeAuth
-from gateway.jwks import KeyCache
+from gateway.auth import JwtEdgeAuth
 from gateway.revocations import RevocationFeed, RevokedSessions, refuse_until, session_id
 from kernel.errors import Unauthenticated
+from kernel.jwks import KeyCache
 from kernel.settings import Settings
+from kernel.tokens import ClaimsPolicy
 from tips.auth.v1 import events_pb2
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ from kernel.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from kernel.identity import (
     Caller,
     acting_as,
-    caller_from_metadata,
+    authorization_of,
     current_caller,
     parse_user,
     require_caller,
@@ -21,16 +21,25 @@ pytestmark = pytest.mark.unit
 ALICE = Caller(user="u_1", scopes=frozenset({"tips.read", "admin"}), session="s_9")
 
 
-def test_parse_metadata() -> None:
-    md = [("x-tips-user", "u_1"), ("x-tips-scopes", "tips.read  admin"), ("x-tips-session", "s_9")]
-    assert caller_from_metadata(md) == ALICE
-    assert caller_from_metadata([("x-tips-scopes", "admin")]) is None
-    assert caller_from_metadata([("x-tips-user", "  ")]) is None
-    assert caller_from_metadata(None) is None
+def test_the_authorization_metadata_is_read() -> None:
+    assert authorization_of([("x-other", "1"), ("authorization", "Bearer abc")]) == "Bearer abc"
+    assert authorization_of([("x-other", "1")]) is None
+    assert authorization_of(None) is None
 
 
-def test_metadata_round_trip() -> None:
-    assert caller_from_metadata(ALICE.to_metadata()) == ALICE
+@pytest.mark.parametrize("header", ["x-tips-user", "x-tips-scopes", "x-tips-session"])
+def test_an_unchecked_identity_header_is_refused(header: str) -> None:
+    with pytest.raises(Unauthenticated) as err:
+        authorization_of([(header, "u_mallory"), ("authorization", "Bearer abc")])
+    assert err.value.reason == "IDENTITY_HEADER_REFUSED"
+    assert header in str(err.value)
+
+
+def test_the_next_hop_gets_the_token_and_nothing_else() -> None:
+    assert ALICE.to_metadata() == []  # no token: nothing another service could verify
+    with_token = Caller(user="u_1", token="t.o.k")
+    assert with_token.to_metadata() == [("authorization", "Bearer t.o.k")]
+    assert with_token == Caller(user="u_1") and "t.o.k" not in repr(with_token)
 
 
 def test_require_caller() -> None:

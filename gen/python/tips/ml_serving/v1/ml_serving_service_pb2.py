@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from tips.ml_serving.v1 import model_pb2 as tips_dot_ml__serving_dot_v1_dot_model__pb2
+from tips.options.v1 import options_pb2 as tips_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tips/ml_serving/v1/ml_serving_service.proto\x12\x12tips.ml_serving.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1etips/ml_serving/v1/model.proto\"*\n\nFeatureRow\x12\x1c\n\x06values\x18\x01 \x03(\x02\x42\x04\xe2\x41\x01\x02R\x06values\"(\n\x08ScoreRow\x12\x1c\n\x06scores\x18\x01 \x03(\x02\x42\x04\xe2\x41\x01\x03R\x06scores\"\x98\x01\n\x0cScoreRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\x12)\n\rmodel_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0cmodelVersion\x12\x38\n\x04rows\x18\x03 \x03(\x0b\x32\x1e.tips.ml_serving.v1.FeatureRowB\x04\xe2\x41\x01\x02R\x04rows\"\xa2\x01\n\rScoreResponse\x12\x30\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.tips.ml_serving.v1.ScoreRowR\x04rows\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\x12:\n\x07runtime\x18\x03 \x01(\x0e\x32 .tips.ml_serving.v1.ModelRuntimeR\x07runtime\"8\n\x11ListModelsRequest\x12#\n\nready_only\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01R\treadyOnly\"M\n\x12ListModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x06models\"6\n\x0fGetModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\"I\n\x10GetModelResponse\x12\x35\n\x05model\x18\x01 \x01(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x05model\"b\n\x10LoadModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\x12)\n\rmodel_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0cmodelVersion\"J\n\x11LoadModelResponse\x12\x35\n\x05model\x18\x01 \x01(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x05model\"d\n\x12UnloadModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\x12)\n\rmodel_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0cmodelVersion\"L\n\x13UnloadModelResponse\x12\x35\n\x05model\x18\x01 \x01(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x05model\"<\n\x13ReloadModelsRequest\x12%\n\x0bmodel_names\x18\x01 \x03(\tB\x04\xe2\x41\x01\x01R\nmodelNames\"O\n\x14ReloadModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x06models2\xb9\x04\n\x18MlServingInternalService\x12L\n\x05Score\x12 .tips.ml_serving.v1.ScoreRequest\x1a!.tips.ml_serving.v1.ScoreResponse\x12[\n\nListModels\x12%.tips.ml_serving.v1.ListModelsRequest\x1a&.tips.ml_serving.v1.ListModelsResponse\x12U\n\x08GetModel\x12#.tips.ml_serving.v1.GetModelRequest\x1a$.tips.ml_serving.v1.GetModelResponse\x12X\n\tLoadModel\x12$.tips.ml_serving.v1.LoadModelRequest\x1a%.tips.ml_serving.v1.LoadModelResponse\x12^\n\x0bUnloadModel\x12&.tips.ml_serving.v1.UnloadModelRequest\x1a\'.tips.ml_serving.v1.UnloadModelResponse\x12\x61\n\x0cReloadModels\x12\'.tips.ml_serving.v1.ReloadModelsRequest\x1a(.tips.ml_serving.v1.ReloadModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tips/ml_serving/v1/ml_serving_service.proto\x12\x12tips.ml_serving.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1etips/ml_serving/v1/model.proto\x1a\x1dtips/options/v1/options.proto\"*\n\nFeatureRow\x12\x1c\n\x06values\x18\x01 \x03(\x02\x42\x04\xe2\x41\x01\x02R\x06values\"(\n\x08ScoreRow\x12\x1c\n\x06scores\x18\x01 \x03(\x02\x42\x04\xe2\x41\x01\x03R\x06scores\"\x98\x01\n\x0cScoreRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\x12)\n\rmodel_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0cmodelVersion\x12\x38\n\x04rows\x18\x03 \x03(\x0b\x32\x1e.tips.ml_serving.v1.FeatureRowB\x04\xe2\x41\x01\x02R\x04rows\"\xa2\x01\n\rScoreResponse\x12\x30\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.tips.ml_serving.v1.ScoreRowR\x04rows\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\x12:\n\x07runtime\x18\x03 \x01(\x0e\x32 .tips.ml_serving.v1.ModelRuntimeR\x07runtime\"8\n\x11ListModelsRequest\x12#\n\nready_only\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x01R\treadyOnly\"M\n\x12ListModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x06models\"6\n\x0fGetModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\"I\n\x10GetModelResponse\x12\x35\n\x05model\x18\x01 \x01(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x05model\"b\n\x10LoadModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\x12)\n\rmodel_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0cmodelVersion\"J\n\x11LoadModelResponse\x12\x35\n\x05model\x18\x01 \x01(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x05model\"d\n\x12UnloadModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\tmodelName\x12)\n\rmodel_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\x0cmodelVersion\"L\n\x13UnloadModelResponse\x12\x35\n\x05model\x18\x01 \x01(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x05model\"<\n\x13ReloadModelsRequest\x12%\n\x0bmodel_names\x18\x01 \x03(\tB\x04\xe2\x41\x01\x01R\nmodelNames\"O\n\x14ReloadModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.tips.ml_serving.v1.ServedModelR\x06models2\x8c\x06\n\x18MlServingInternalService\x12m\n\x05Score\x12 .tips.ml_serving.v1.ScoreRequest\x1a!.tips.ml_serving.v1.ScoreResponse\"\x1f\xd2\xf3\x18\x1b\x1a\x0brecommender\x1a\x0cml_pipelines\x12\x86\x01\n\nListModels\x12%.tips.ml_serving.v1.ListModelsRequest\x1a&.tips.ml_serving.v1.ListModelsResponse\")\xd2\xf3\x18%\x1a\x0brecommender\x1a\x0cml_pipelines\x1a\x08operator\x12\x80\x01\n\x08GetModel\x12#.tips.ml_serving.v1.GetModelRequest\x1a$.tips.ml_serving.v1.GetModelResponse\")\xd2\xf3\x18%\x1a\x0brecommender\x1a\x0cml_pipelines\x1a\x08operator\x12v\n\tLoadModel\x12$.tips.ml_serving.v1.LoadModelRequest\x1a%.tips.ml_serving.v1.LoadModelResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operator\x12|\n\x0bUnloadModel\x12&.tips.ml_serving.v1.UnloadModelRequest\x1a\'.tips.ml_serving.v1.UnloadModelResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operator\x12\x7f\n\x0cReloadModels\x12\'.tips.ml_serving.v1.ReloadModelsRequest\x1a(.tips.ml_serving.v1.ReloadModelsResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operatorb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,34 +58,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNLOADMODELREQUEST'].fields_by_name['model_version']._serialized_options = b'\342A\001\001'
   _globals['_RELOADMODELSREQUEST'].fields_by_name['model_names']._loaded_options = None
   _globals['_RELOADMODELSREQUEST'].fields_by_name['model_names']._serialized_options = b'\342A\001\001'
-  _globals['_FEATUREROW']._serialized_start=132
-  _globals['_FEATUREROW']._serialized_end=174
-  _globals['_SCOREROW']._serialized_start=176
-  _globals['_SCOREROW']._serialized_end=216
-  _globals['_SCOREREQUEST']._serialized_start=219
-  _globals['_SCOREREQUEST']._serialized_end=371
-  _globals['_SCORERESPONSE']._serialized_start=374
-  _globals['_SCORERESPONSE']._serialized_end=536
-  _globals['_LISTMODELSREQUEST']._serialized_start=538
-  _globals['_LISTMODELSREQUEST']._serialized_end=594
-  _globals['_LISTMODELSRESPONSE']._serialized_start=596
-  _globals['_LISTMODELSRESPONSE']._serialized_end=673
-  _globals['_GETMODELREQUEST']._serialized_start=675
-  _globals['_GETMODELREQUEST']._serialized_end=729
-  _globals['_GETMODELRESPONSE']._serialized_start=731
-  _globals['_GETMODELRESPONSE']._serialized_end=804
-  _globals['_LOADMODELREQUEST']._serialized_start=806
-  _globals['_LOADMODELREQUEST']._serialized_end=904
-  _globals['_LOADMODELRESPONSE']._serialized_start=906
-  _globals['_LOADMODELRESPONSE']._serialized_end=980
-  _globals['_UNLOADMODELREQUEST']._serialized_start=982
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1082
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1084
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1160
-  _globals['_RELOADMODELSREQUEST']._serialized_start=1162
-  _globals['_RELOADMODELSREQUEST']._serialized_end=1222
-  _globals['_RELOADMODELSRESPONSE']._serialized_start=1224
-  _globals['_RELOADMODELSRESPONSE']._serialized_end=1303
-  _globals['_MLSERVINGINTERNALSERVICE']._serialized_start=1306
-  _globals['_MLSERVINGINTERNALSERVICE']._serialized_end=1875
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['Score']._loaded_options = None
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['Score']._serialized_options = b'\322\363\030\033\032\013recommender\032\014ml_pipelines'
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['ListModels']._loaded_options = None
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['ListModels']._serialized_options = b'\322\363\030%\032\013recommender\032\014ml_pipelines\032\010operator'
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['GetModel']._loaded_options = None
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['GetModel']._serialized_options = b'\322\363\030%\032\013recommender\032\014ml_pipelines\032\010operator'
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['LoadModel']._loaded_options = None
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['LoadModel']._serialized_options = b'\322\363\030\030\032\014ml_pipelines\032\010operator'
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['UnloadModel']._loaded_options = None
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['UnloadModel']._serialized_options = b'\322\363\030\030\032\014ml_pipelines\032\010operator'
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['ReloadModels']._loaded_options = None
+  _globals['_MLSERVINGINTERNALSERVICE'].methods_by_name['ReloadModels']._serialized_options = b'\322\363\030\030\032\014ml_pipelines\032\010operator'
+  _globals['_FEATUREROW']._serialized_start=163
+  _globals['_FEATUREROW']._serialized_end=205
+  _globals['_SCOREROW']._serialized_start=207
+  _globals['_SCOREROW']._serialized_end=247
+  _globals['_SCOREREQUEST']._serialized_start=250
+  _globals['_SCOREREQUEST']._serialized_end=402
+  _globals['_SCORERESPONSE']._serialized_start=405
+  _globals['_SCORERESPONSE']._serialized_end=567
+  _globals['_LISTMODELSREQUEST']._serialized_start=569
+  _globals['_LISTMODELSREQUEST']._serialized_end=625
+  _globals['_LISTMODELSRESPONSE']._serialized_start=627
+  _globals['_LISTMODELSRESPONSE']._serialized_end=704
+  _globals['_GETMODELREQUEST']._serialized_start=706
+  _globals['_GETMODELREQUEST']._serialized_end=760
+  _globals['_GETMODELRESPONSE']._serialized_start=762
+  _globals['_GETMODELRESPONSE']._serialized_end=835
+  _globals['_LOADMODELREQUEST']._serialized_start=837
+  _globals['_LOADMODELREQUEST']._serialized_end=935
+  _globals['_LOADMODELRESPONSE']._serialized_start=937
+  _globals['_LOADMODELRESPONSE']._serialized_end=1011
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1013
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1113
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1115
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1191
+  _globals['_RELOADMODELSREQUEST']._serialized_start=1193
+  _globals['_RELOADMODELSREQUEST']._serialized_end=1253
+  _globals['_RELOADMODELSRESPONSE']._serialized_start=1255
+  _globals['_RELOADMODELSRESPONSE']._serialized_end=1334
+  _globals['_MLSERVINGINTERNALSERVICE']._serialized_start=1337
+  _globals['_MLSERVINGINTERNALSERVICE']._serialized_end=2117
 # @@protoc_insertion_point(module_scope)

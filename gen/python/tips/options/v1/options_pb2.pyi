@@ -55,27 +55,40 @@ Global___EventOptions: _TypeAlias = EventOptions  # noqa: Y015
 
 @_typing.final
 class AccessOptions(_message.Message):
-    """Who may call an RPC through the REST edge."""
+    """Who may call an RPC: end users through the REST edge, and mesh processes
+    directly.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PUBLIC_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
+    CALLERS_FIELD_NUMBER: _builtins.int
     public: _builtins.bool
     """True for routes that need no access token (sign-in, JWKS, health)."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """OAuth-style scopes the caller's access token must carry, all of them."""
 
+    @_builtins.property
+    def callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The mesh processes, named by their mTLS certificate (for example
+        "recommender", or "operator" for the `tips` admin tools), that may call
+        the RPC directly. An RPC with an HTTP rule may always be called by the
+        gateway; an RPC without one (internal services) by these processes only.
+        The server refuses everyone else with PERMISSION_DENIED.
+        """
+
     def __init__(
         self,
         *,
         public: _builtins.bool = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
+        callers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public", b"public", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callers", b"callers", "public", b"public", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -86,6 +99,6 @@ ACCESS_FIELD_NUMBER: _builtins.int
 event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventOptions]
 """Declares the subject and stream of a message published on the bus."""
 access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___AccessOptions]
-"""Declares the access policy of an RPC at the REST edge. Absent means an
-access token is required and no particular scope.
+"""Declares the access policy of an RPC. Absent means an access token is
+required, no particular scope, and only the gateway may call it.
 """

@@ -1,4 +1,6 @@
-"""The JWK Set the edge verifies access tokens with: fetched, parsed, cached.
+"""The JWK Set access tokens are verified with, at the edge and in every service.
+
+Fetched, parsed, cached.
 
 Keys come from a ``KeySource`` (an HTTP JWKS URL, or the auth service's
 ``GetJwks`` over gRPC). ``KeyCache`` keeps the parsed keys by ``kid`` and

@@ -1,0 +1,137 @@
+"""Mutual TLS between mesh processes: server and channel credentials, peer names.
+
+Every gRPC server requires a client certificate signed by the mesh CA and
+every channel presents this process's own; a process is named by its
+certificate's first DNS subject alternative name (``recommender``,
+``gateway``, ``operator``). Channels check that the server they reached is the
+service they meant (the target name is the service name, whatever address it
+listens on). Settings name the files: ``TIPS_TLS_CA_FILE``,
+``TIPS_TLS_CERT_FILE``, ``TIPS_TLS_KEY_FILE``; ``tips up`` issues them
+(``tipsmesh.devcerts``), compose and Kubernetes mount them.
+
+Plaintext only with ``TIPS_INSECURE=1``: no certificates, no peer names, a
+warning at start. Internal RPCs then accept any caller (there is no one to
+check), user identity is still a verified token (``kernel.identity``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from kernel.settings import Settings, SettingsError
+
+log = logging.getLogger("tips.tls")
+
+_SAN = "x509_subject_alternative_name"
+
+
+@dataclass(frozen=True)
+class _Material:
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+@cache
+def _read(ca_file: str, cert_file: str, key_file: str) -> _Material:
+    def read(path: str, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise SettingsError(
+                f"invalid configuration: {what}: cannot read {path}: {exc.strerror}"
+            ) from None
+
+    return _Material(
+        ca=read(ca_file, "TIPS_TLS_CA_FILE"),
+        cert=read(cert_file, "TIPS_TLS_CERT_FILE"),
+        key=read(key_file, "TIPS_TLS_KEY_FILE"),
+    )
+
+
+def material(settings: Settings) -> _Material | None:
+    """The CA, certificate and key; None when ``TIPS_INSECURE`` is set.
+
+    SettingsError when neither is configured: plaintext is never a default.
+    """
+    if settings.insecure:
+        return None
+    paths = {
+        "TIPS_TLS_CA_FILE": settings.tls_ca_file,
+        "TIPS_TLS_CERT_FILE": settings.tls_cert_file,
+        "TIPS_TLS_KEY_FILE": settings.tls_key_file,
+    }
+    missing = [name for name, value in paths.items() if not value]
+    if missing:
+        raise SettingsError(
+            f"invalid configuration: {', '.join(missing)} not set: mesh traffic is mutual TLS "
+            "(`tips up` issues development certificates); set TIPS_INSECURE=1 only to run "
+            "in plaintext on a development machine"
+        )
+    return _read(str(settings.tls_ca_file), str(settings.tls_cert_file), str(settings.tls_key_file))
+
+
+def warn_if_insecure(settings: Settings, what: str) -> None:
+    """One warning line at start when this process runs without TLS."""
+    if settings.insecure:
+        log.warning(
+            "TIPS_INSECURE is set: %s runs in plaintext; peers are not authenticated and "
+            "internal RPCs accept any caller (development only)",
+            what,
+        )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """Credentials for a server port that requires mesh client certificates."""
+    found = material(settings)
+    if found is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(found.key, found.cert)], root_certificates=found.ca, require_client_auth=True
+    )
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """Credentials a channel presents (this process's certificate) and trusts (the CA)."""
+    found = material(settings)
+    if found is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=found.ca, private_key=found.key, certificate_chain=found.cert
+    )
+
+
+def secure_channel(
+    address: str,
+    settings: Settings,
+    *,
+    server_name: str,
+    interceptors: Any = None,
+    options: list[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
+    """A channel to ``server_name`` at ``address``: mTLS, or plaintext when insecure."""
+    credentials = channel_credentials(settings)
+    opts = list(options or [])
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=opts, interceptors=interceptors)
+    # The server must prove it is `server_name`, whatever address it listens on.
+    opts.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, credentials, options=opts, interceptors=interceptors)
+
+
+def peer_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The calling process's name from its verified certificate; None in plaintext."""
+    try:
+        names = context.auth_context().get(_SAN)
+    except Exception:  # no auth context on this transport
+        return None
+    if not names:
+        return None
+    first = names[0]
+    return first.decode("ascii", "replace") if isinstance(first, bytes) else str(first)
