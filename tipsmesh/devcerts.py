@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kernel.settings import Settings
+
 CA_NAME = "Tips mesh development CA"
 _CA_DAYS = 3650
 _LEAF_DAYS = 825
@@ -41,12 +43,22 @@ class MeshIdentity:
     ca_file: Path
 
     def settings_env(self) -> dict[str, str]:
-        """The ``TIPS_TLS_*`` variables naming these files."""
+        """The ``TIPS_TLS_*`` variables naming these files (and no plaintext)."""
         return {
             "TIPS_TLS_CA_FILE": str(self.ca_file),
             "TIPS_TLS_CERT_FILE": str(self.cert_file),
             "TIPS_TLS_KEY_FILE": str(self.key_file),
+            "TIPS_INSECURE": "false",
         }
+
+    def settings(self) -> Settings:
+        """Settings that make channels present this identity (tools, probes, tests)."""
+        return Settings(
+            insecure=False,
+            tls_ca_file=str(self.ca_file),
+            tls_cert_file=str(self.cert_file),
+            tls_key_file=str(self.key_file),
+        )
 
 
 def _write_private(path: Path, data: bytes) -> None:

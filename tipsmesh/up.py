@@ -34,14 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from kernel.access import OPERATOR
 from kernel.bus_permissions import (
     NatsUser,
     authorization_block,
     owned_streams,
     permissions_for,
 )
-from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES
-from tipsmesh import devsecrets
+from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES, Settings
+from tipsmesh import devcerts, devsecrets
 from tipsmesh.health import grpc_serving, http_ok
 from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
 
@@ -197,6 +198,10 @@ class Mesh:
         self.phases: dict[str, float] = {}
         self._phase_start = self.started_at
         self.restarts: dict[str, int] = {}
+        # One mTLS identity per process, and `operator` for `tips up`'s own probes.
+        self.tls_dir = self.run_dir / "tls"
+        self.certs: dict[str, devcerts.MeshIdentity] = {}
+        self._probe_tls: Settings | None = None
 
     # ----- start
 
@@ -206,6 +211,8 @@ class Mesh:
         self.ports = plan_ports(opts.port_base, free=opts.free_ports, gateway=opts.gateway)
         check_ports(self.ports)
         self._prepare_run_dir()
+        await asyncio.to_thread(self._ensure_certs)
+        self._probe_tls = self.certs[OPERATOR].settings()
         await self._start_infra()
         self._phase("infra")
         await self._migrate()
@@ -217,6 +224,11 @@ class Mesh:
         self._phase("services")
         self.serving_after = time.monotonic() - self.started_at
         self._write_state()
+
+    def _ensure_certs(self) -> None:
+        if not self.certs:
+            names = [*SERVICE_NAMES, GATEWAY, OPERATOR]
+            self.certs = devcerts.ensure_mesh_certs(self.tls_dir, names)
 
     def _phase(self, name: str) -> None:
         # Seconds each start phase took (in mesh.json; the bench reports them).
@@ -300,6 +312,10 @@ class Mesh:
             env["TIPS_PORT"] = str(self.ports[name])
         # Each process gets its own secrets only (no superuser password for a service).
         env = devsecrets.for_process(env, name)
+        if name is not None:
+            # Its own certificate and key: every hop is mutual TLS (kernel.tls).
+            self._ensure_certs()
+            env.update(self.certs[name].settings_env())
         if self.nats is not None and name is not None:
             # Our NATS: this process logs in as itself (kernel.bus_permissions).
             env["TIPS_NATS_USER"] = name
@@ -373,7 +389,12 @@ class Mesh:
                 # Ready, not merely up: every upstream SERVING, revocations caught up.
                 ok = await http_ok(f"{child.url}/readyz", deadline_s=1.0)
             else:
-                ok = await grpc_serving(f"{HOST}:{child.port}", deadline_s=0.5)
+                ok = await grpc_serving(
+                    f"{HOST}:{child.port}",
+                    deadline_s=0.5,
+                    tls=self._probe_tls,
+                    server_name=child.name,
+                )
             if ok:
                 return
             if time.monotonic() > deadline:
@@ -486,6 +507,7 @@ class Mesh:
             "serving_after_s": self.serving_after,
             "phases_s": self.phases,
             "restarts": self.restarts,
+            "tls_dir": str(self.tls_dir),
         }
         tmp = self.run_dir / "mesh.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))

@@ -177,6 +177,31 @@ def test_internal_services_have_no_http_rules(
     assert not violations, report(violations)
 
 
+def test_internal_rpcs_name_their_callers_and_only_known_processes(
+    tips_files: Files,
+) -> None:
+    """Every internal RPC says who may call it (kernel.access enforces it); nobody
+    else can, so an empty list would be an RPC no one may call."""
+    from kernel.access import GATEWAY, OPERATOR
+    from kernel.settings import SERVICE_NAMES
+
+    known = {*SERVICE_NAMES, GATEWAY, OPERATOR}
+    violations = []
+    for file in tips_files:
+        for service in file.service:
+            for method in service.method:
+                rpc = f"{file.package}.{service.name}.{method.name}"
+                callers = list(method.options.Extensions[options_pb2.access].callers)
+                if service.name.endswith("InternalService") and not callers:
+                    violations.append(f"{file.name}: internal rpc {rpc} declares no callers")
+                violations.extend(
+                    f"{file.name}: rpc {rpc} names unknown caller {name!r}"
+                    for name in callers
+                    if name not in known
+                )
+    assert not violations, report(violations)
+
+
 def test_event_messages_declare_subject_and_stream(
     tips_files: Files,
 ) -> None:

@@ -21,6 +21,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
@@ -61,6 +62,21 @@ class RunningMesh:
         ports = self.state["ports"]
         assert isinstance(ports, dict)
         return int(ports[name])
+
+    def channel(self, name: str, as_: str = "operator") -> grpc.Channel:
+        """A blocking mTLS channel to service ``name``, presenting ``as_``'s certificate
+        (from the run dir's ``tls/``, as `tips up` issued it)."""
+        tls = self.run_dir / "tls"
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(tls / "ca.pem").read_bytes(),
+            private_key=(tls / f"{as_}.key").read_bytes(),
+            certificate_chain=(tls / f"{as_}.pem").read_bytes(),
+        )
+        return grpc.secure_channel(
+            f"127.0.0.1:{self.port(name)}",
+            credentials,
+            options=[("grpc.ssl_target_name_override", name)],
+        )
 
     def infra_ports(self) -> list[int]:
         ports = []

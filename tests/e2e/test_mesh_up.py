@@ -48,8 +48,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
             running.proc.kill()
 
 
-def _reflection_services(address: str) -> list[str]:
-    with grpc.insecure_channel(address) as channel:
+def _reflection_services(mesh: RunningMesh, name: str) -> list[str]:
+    with mesh.channel(name) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
@@ -66,16 +66,15 @@ def test_table_lists_every_process(mesh: RunningMesh) -> None:
 
 @pytest.mark.parametrize("name", SERVICE_NAMES)
 def test_service_is_serving_with_reflection(mesh: RunningMesh, name: str) -> None:
-    address = f"127.0.0.1:{mesh.port(name)}"
-    with grpc.insecure_channel(address) as channel:
+    with mesh.channel(name) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    listed = _reflection_services(address)
+    listed = _reflection_services(mesh, name)
     assert "grpc.health.v1.Health" in listed
     own = [s for s in listed if s.startswith(f"tips.{name}.v1.")]
     assert own, f"{name} lists no tips.{name}.v1 service: {listed}"
-    with grpc.insecure_channel(address) as channel:
+    with mesh.channel(name) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in own:
             per = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -100,12 +99,64 @@ def test_a_user_rpc_without_identity_is_refused_clearly(mesh: RunningMesh) -> No
     # UNIMPLEMENTED with its name is covered by the kernel's server tests.
     from tips.notifier.v1 import notifier_service_pb2, notifier_service_pb2_grpc
 
-    with grpc.insecure_channel(f"127.0.0.1:{mesh.port('notifier')}") as channel:
+    with mesh.channel("notifier", as_="gateway") as channel:
         stub = notifier_service_pb2_grpc.NotifierServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
             stub.ListDevices(notifier_service_pb2.ListDevicesRequest(parent="users/u1"), timeout=5)
     assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert raised.value.details()
+
+
+def test_behind_the_edge_no_call_is_taken_from_an_unverified_caller(mesh: RunningMesh) -> None:
+    """The direct calls that worked before mutual TLS and declared callers."""
+    from tips.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+    from tips.events.v1 import events_service_pb2, events_service_pb2_grpc
+    from tips.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
+
+    profile_request = profile_service_pb2.GetProfileRequest(name="users/u_victim/profile")
+    # No client certificate at all: the TLS handshake fails, no handler runs.
+    plain = grpc.insecure_channel(f"127.0.0.1:{mesh.port('profile')}")
+    with plain, pytest.raises(grpc.RpcError) as raised:
+        profile_service_pb2_grpc.ProfileServiceStub(plain).GetProfile(profile_request, timeout=5)
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    # A mesh certificate, but not one the RPC lists (its proto's access.callers).
+    refused = [
+        (
+            "events",
+            "gateway",
+            lambda ch: next(
+                events_service_pb2_grpc.EventsInternalServiceStub(ch).ReplayAllSignals(
+                    events_service_pb2.ReplayAllSignalsRequest(), timeout=5
+                )
+            ),
+        ),
+        (
+            "auth",
+            "events",
+            lambda ch: auth_service_pb2_grpc.AuthInternalServiceStub(ch).RevokeUserSessions(
+                auth_service_pb2.RevokeUserSessionsRequest(user="users/u_victim"), timeout=5
+            ),
+        ),
+        (
+            "profile",
+            "notifier",
+            lambda ch: profile_service_pb2_grpc.ProfileServiceStub(ch).GetProfile(
+                profile_request, timeout=5
+            ),
+        ),
+    ]
+    for service, as_, call in refused:
+        with mesh.channel(service, as_=as_) as channel, pytest.raises(grpc.RpcError) as raised:
+            call(channel)
+        assert raised.value.code() is grpc.StatusCode.PERMISSION_DENIED, (service, as_)
+        assert f"'{as_}' may not call" in (raised.value.details() or "")
+    # The gateway's own certificate with a forged identity header: refused too.
+    with mesh.channel("profile", as_="gateway") as channel, pytest.raises(grpc.RpcError) as raised:
+        profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
+            profile_request, metadata=(("x-tips-user", "u_victim"),), timeout=5
+        )
+    assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "x-tips-user" in (raised.value.details() or "")
 
 
 def test_logs_go_to_run_dir(mesh: RunningMesh) -> None:
@@ -206,7 +257,7 @@ class Prober:
             if name == "gateway":
                 url = f"http://127.0.0.1:{self.mesh.port(name)}/healthz"
                 return httpx.get(url, timeout=2, trust_env=False).status_code == 200
-            with grpc.insecure_channel(f"127.0.0.1:{self.mesh.port(name)}") as channel:
+            with self.mesh.channel(name) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=2
                 )

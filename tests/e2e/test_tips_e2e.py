@@ -26,7 +26,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
-import grpc
 import httpx
 import pytest
 
@@ -64,8 +63,7 @@ class Stage:
         return idp.rest_client(self.mesh, token)
 
     def internal(self) -> rec_grpc.RecommenderInternalServiceStub:
-        target = f"127.0.0.1:{self.mesh.port('recommender')}"
-        return rec_grpc.RecommenderInternalServiceStub(grpc.insecure_channel(target))
+        return rec_grpc.RecommenderInternalServiceStub(self.mesh.channel("recommender"))
 
 
 def afternoon_zone(now: datetime) -> str:

@@ -112,7 +112,8 @@ async def test_a_complete_screen(setup: tuple[HomeScreenComposer, Behaviour]) ->
     assert screen.profile.display_name == "Ada"
     assert [c.name for c in screen.connections] == ["users/u1/connections/c1"]
     assert not screen.missing_parts
-    assert behaviour.seen_metadata and behaviour.seen_metadata["authorization"] == "Bearer token-of-u1"
+    assert behaviour.seen_metadata
+    assert behaviour.seen_metadata["authorization"] == "Bearer token-of-u1"
 
 
 async def test_a_failing_optional_service_leaves_its_part_out(

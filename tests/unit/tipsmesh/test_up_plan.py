@@ -88,6 +88,15 @@ def test_each_process_gets_only_its_own_secrets(tmp_path: Path) -> None:
     for env in (migrate, events, notifier, gateway):
         assert superuser not in "".join(env.values())
     assert (tmp_path / "secrets.env").stat().st_mode & 0o777 == 0o600
+    # Each process holds its own certificate and key, no other's, and no plaintext.
+    assert "TIPS_TLS_KEY_FILE" not in migrate
+    for name, env in (("events", events), ("notifier", notifier), (GATEWAY, gateway)):
+        assert env["TIPS_TLS_KEY_FILE"] == str(tmp_path / "tls" / f"{name}.key")
+        assert env["TIPS_TLS_CERT_FILE"] == str(tmp_path / "tls" / f"{name}.pem")
+        assert env["TIPS_INSECURE"] == "false"
+        assert not [v for k, v in env.items() if k != "TIPS_TLS_KEY_FILE" and v.endswith(".key")]
+    keys = sorted((tmp_path / "tls").glob("*.key"))
+    assert keys and all(k.stat().st_mode & 0o777 == 0o600 for k in keys)
 
 
 def test_cli_rejects_unknown_service(capsys: pytest.CaptureFixture[str]) -> None:
