@@ -4,7 +4,9 @@
 listens at once with health NOT_SERVING, connects the DB and the bus (retried
 with backoff, bounded by ``startup_timeout_seconds``), declares the service's
 streams, calls ``definition.build(runtime)``, adds its servicers, reflection
-and health, then reports SERVING. On SIGTERM/SIGINT it drains: health goes
+and health, then reports SERVING; from then on health follows the DB and the
+bus (``kernel.dependency_health``: NOT_SERVING while either is down). On
+SIGTERM/SIGINT it drains: health goes
 NOT_SERVING, new RPCs are refused, in-flight RPCs get ``drain_seconds`` to
 finish, background tasks are cancelled, cleanups run in reverse, the bus then
 the DB are closed, and the process exits 0. Invalid settings exit 2 and an
@@ -30,6 +32,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from kernel.clients import close_channels
+from kernel.dependency_health import DependencyHealth, Probe, bus_probe, db_probe
 from kernel.interceptors import ServerInterceptor
 from kernel.logging import configure_logging, redact_text
 from kernel.service import Binding, Runtime, ServiceDefinition
@@ -112,6 +115,7 @@ class ServiceServer:
         self._health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._stopped = False
+        self.dependency_health: DependencyHealth | None = None
 
     @property
     def address(self) -> str:
@@ -171,6 +175,25 @@ class ServiceServer:
             ) from None
         await self._bind(bindings)
         log.info("serving", extra={"address": self.address, "port": self.port})
+        self._watch_dependencies()
+
+    def _watch_dependencies(self) -> None:
+        """From now on, health is NOT_SERVING while the DB or the bus is down."""
+        probes: list[Probe] = []
+        if self.runtime.db is not None:
+            probes.append(db_probe(self.runtime.db))
+        if self.runtime.bus is not None:
+            probes.append(bus_probe(self.runtime.bus))
+        if not probes:
+            return
+        self.dependency_health = DependencyHealth(
+            self._health,
+            self.service_names,
+            probes,
+            interval=self.settings.health_probe_seconds,
+            timeout=self.settings.health_probe_timeout_seconds,
+        )
+        self._spawn(self.dependency_health.run())
 
     async def _connect(self) -> None:
         timeout = self.settings.startup_timeout_seconds
