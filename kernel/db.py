@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import Table, func, select, text
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from kernel import deadline
 from kernel.settings import Settings
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Service names become identifiers in DDL: only plain lower-case names, so
 # nothing ever needs quoting (or could inject SQL).
@@ -186,10 +190,12 @@ def _create_engine(url: str, service: str, pool_size: int) -> AsyncEngine:
 class Database:
     """A service's connection pool and session factory."""
 
-    def __init__(self, engine: AsyncEngine, service: str) -> None:
+    def __init__(self, engine: AsyncEngine, service: str, *, retry_seconds: float = 4.0) -> None:
         self._engine = engine
         self.service = service
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Database.retrying's budget (settings.db_retry_seconds).
+        self.retry_seconds = retry_seconds
 
     @classmethod
     async def connect(
@@ -209,7 +215,7 @@ class Database:
         check_identifier(service)
         url = service_url(settings, service)
         engine = _create_engine(url, service, settings.db_pool_size)
-        db = cls(engine, service)
+        db = cls(engine, service, retry_seconds=settings.db_retry_seconds)
         for attempt in range(1, attempts + 1):
             try:
                 await db.ping()
@@ -242,6 +248,55 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on error."""
         async with self._sessions() as session, session.begin():
             yield session
+
+    async def retrying(
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        budget: float | None = None,
+        attempt_timeout: float | None = None,
+        first_delay: float = 0.1,
+        max_delay: float = 1.0,
+    ) -> T:
+        """``work(session)`` in one transaction, tried again while the database is unavailable.
+
+        For IDEMPOTENT work only (natural-key upserts, ``ON CONFLICT DO
+        NOTHING``): a connection lost during the commit may have committed,
+        and the retry runs the work again. A failure ``is_unavailable`` says is
+        the server gone (a restart, a failover) is retried with backoff
+        (``first_delay`` doubling to ``max_delay``) for at most ``budget``
+        seconds (``retry_seconds`` by default) and never past the inbound
+        RPC's deadline (``kernel.deadline``); then the last error is raised,
+        for the interceptor to answer UNAVAILABLE with RetryInfo. Any other
+        error is raised at once. ``attempt_timeout`` bounds each attempt; an
+        attempt that runs out of it is not retried (a hung store is no restart).
+        """
+        give_up = time.monotonic() + deadline.within(
+            self.retry_seconds if budget is None else budget
+        )
+        delay, attempt = first_delay, 1
+        while True:
+            bound = asyncio.timeout(attempt_timeout)
+            try:
+                async with bound, self.transaction() as session:
+                    return await work(session)
+            except Exception as exc:
+                # An attempt out of its own time is a hung store, not a restart.
+                if bound.expired() or not is_unavailable(exc):
+                    raise
+                if time.monotonic() + delay > give_up:
+                    raise
+                if attempt == 1:  # one line per call, not per attempt
+                    log.warning(
+                        "database unavailable, retrying",
+                        extra={
+                            "service": self.service,
+                            "budget": round(give_up - time.monotonic(), 2),
+                            "error": type(exc).__name__,
+                        },
+                    )
+            await asyncio.sleep(delay)
+            delay, attempt = min(delay * 2, max_delay), attempt + 1
 
     async def ping(self) -> None:
         """Round-trip ``SELECT 1``; raises if the database is unreachable."""

@@ -37,3 +37,12 @@ def deadline_in(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+def within(cap: float) -> float:
+    """Seconds a handler may spend waiting or retrying: ``cap``, or less when the inbound
+    deadline is nearer (a little of it is kept to send the answer back)."""
+    left = remaining()
+    if left is None:
+        return max(0.0, cap)
+    return max(0.0, min(cap, left - min(0.5, left / 4)))

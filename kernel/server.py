@@ -4,7 +4,9 @@
 listens at once with health NOT_SERVING, connects the DB and the bus (retried
 with backoff, bounded by ``startup_timeout_seconds``), declares the service's
 streams, calls ``definition.build(runtime)``, adds its servicers, reflection
-and health, then reports SERVING. On SIGTERM/SIGINT it drains: health goes
+and health, then reports SERVING; from then on health follows the DB and the
+bus (``kernel.dependency_health``: NOT_SERVING while either is down). On
+SIGTERM/SIGINT it drains: health goes
 NOT_SERVING, new RPCs are refused, in-flight RPCs get ``drain_seconds`` to
 finish, background tasks are cancelled, cleanups run in reverse, the bus then
 the DB are closed, and the process exits 0. Invalid settings exit 2 and an
@@ -32,6 +34,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from kernel import tls
 from kernel.access import CallerPolicy, callers_table
 from kernel.clients import channel, close_channels
+from kernel.dependency_health import DependencyHealth, Probe, bus_probe, db_probe
 from kernel.interceptors import ServerInterceptor
 from kernel.logging import configure_logging, redact_text
 from kernel.service import Binding, Runtime, ServiceDefinition
@@ -119,6 +122,7 @@ class ServiceServer:
         # Users' tokens are checked against the auth service's keys (its GetJwks,
         # or TIPS_JWKS_URL), fetched on first use.
         self._verifier = verifier_from_settings(settings, lambda: channel(settings, "auth"))
+        self.dependency_health: DependencyHealth | None = None
 
     @property
     def address(self) -> str:
@@ -182,6 +186,25 @@ class ServiceServer:
             ) from None
         await self._bind(bindings)
         log.info("serving", extra={"address": self.address, "port": self.port})
+        self._watch_dependencies()
+
+    def _watch_dependencies(self) -> None:
+        """From now on, health is NOT_SERVING while the DB or the bus is down."""
+        probes: list[Probe] = []
+        if self.runtime.db is not None:
+            probes.append(db_probe(self.runtime.db))
+        if self.runtime.bus is not None:
+            probes.append(bus_probe(self.runtime.bus))
+        if not probes:
+            return
+        self.dependency_health = DependencyHealth(
+            self._health,
+            self.service_names,
+            probes,
+            interval=self.settings.health_probe_seconds,
+            timeout=self.settings.health_probe_timeout_seconds,
+        )
+        self._spawn(self.dependency_health.run())
 
     async def _connect(self) -> None:
         timeout = self.settings.startup_timeout_seconds

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     # How long start-up may retry reaching PostgreSQL/NATS (and build) before
     # the process exits non-zero instead of hanging.
     startup_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Health follows the dependencies (kernel/dependency_health.py): PostgreSQL
+    # and NATS probed this often, a probe given this long before it counts as down.
+    health_probe_seconds: float = Field(default=1.0, gt=0, le=60)
+    health_probe_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # How long idempotent database work retries a database that went away
+    # (Database.retrying), within the RPC's deadline, before UNAVAILABLE.
+    db_retry_seconds: float = Field(default=4.0, ge=0, le=60)
 
     # Where the other services listen (host:port).
     auth_addr: str = f"127.0.0.1:{DEFAULT_PORTS['auth']}"

@@ -3,8 +3,11 @@
 Ingest never queues without bound. A call is refused with a retry hint
 (``google.rpc.RetryInfo``) instead of waiting when:
 
-- the store is down or unreachable: UNAVAILABLE (the last health check
-  failed, or the call's own transaction did);
+- the store is down or unreachable for longer than ``db_retry_seconds``
+  (within the call's deadline): UNAVAILABLE. A shorter outage (a restart)
+  is waited out: a call arriving while the monitor finds the store down
+  waits for it (holding no slot), a call whose own transaction found it
+  gone retries it (``Database.retrying``; ingest is idempotent by client id);
 - the outbox backlog (stored, not yet on the stream: NATS down or slower
   than ingest) is above ``events_outbox_max_backlog``: RESOURCE_EXHAUSTED;
 - ``events_ingest_max_in_flight`` calls are already in the store and no slot
@@ -23,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
+from kernel import deadline
 from kernel.db import Database, is_unavailable
 from kernel.errors import ResourceExhausted, Unavailable
 from services.events import store
@@ -40,6 +44,8 @@ class Ingress:
         self._slots = asyncio.Semaphore(settings.events_ingest_max_in_flight)
         self.backlog = 0
         self._store_down_at: float | None = None
+        self._store_up = asyncio.Event()  # set while the store is thought reachable
+        self._store_up.set()
 
     @property
     def retry_after(self) -> timedelta:
@@ -53,16 +59,28 @@ class Ingress:
 
     def _mark_down(self) -> None:
         if self._store_down_at is None:
-            log.warning("event store unreachable: ingest answers UNAVAILABLE")
+            log.warning("event store unreachable: ingest waits for it, then answers UNAVAILABLE")
         self._store_down_at = time.monotonic()
+        self._store_up.clear()
 
-    def _check_admission(self) -> None:
-        if self._store_down_at is not None:
+    async def _wait_for_store(self, give_up: float) -> None:
+        """Return once the store is thought reachable; Unavailable at ``give_up``.
+
+        A restart of a few seconds is waited out here (by no slot and no
+        connection), then the call goes on; a longer outage is answered.
+        """
+        if self._store_up.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._store_up.wait(), max(0.0, give_up - time.monotonic()))
+        except TimeoutError:
             raise Unavailable(
                 "the signal store is unavailable; retry later",
                 reason="STORE_UNAVAILABLE",
                 retry_after=self.retry_after,
-            )
+            ) from None
+
+    def _check_backlog(self) -> None:
         if self.backlog >= self.settings.events_outbox_max_backlog:
             raise ResourceExhausted(
                 "too many signals are waiting to be published; retry later",
@@ -92,13 +110,20 @@ class Ingress:
         """Store ``items`` in one transaction, or raise Unavailable / ResourceExhausted."""
         if not items:
             return []
-        self._check_admission()
+        give_up = time.monotonic() + deadline.within(self.db.retry_seconds)
+        await self._wait_for_store(give_up)
+        self._check_backlog()
         async with self._slot():
-            self._check_admission()  # the state may have changed while waiting
+            self._check_backlog()  # the backlog may have grown while waiting
             try:
-                async with asyncio.timeout(self.settings.events_ingest_timeout_seconds):
-                    async with self.db.transaction() as session:
-                        result = await store.insert_signals(session, items)
+                # Idempotent by client id (ON CONFLICT DO NOTHING): a store that went
+                # away (a restart) is retried within the call's deadline, so a short
+                # outage is absorbed here instead of failing the call.
+                result = await self.db.retrying(
+                    lambda session: store.insert_signals(session, items),
+                    budget=max(0.0, give_up - time.monotonic()),
+                    attempt_timeout=self.settings.events_ingest_timeout_seconds,
+                )
             except TimeoutError:
                 self._mark_down()
                 raise Unavailable(
@@ -135,6 +160,7 @@ class Ingress:
         if self._store_down_at is not None:
             log.info("event store reachable again: ingest resumes")
         self._store_down_at = None
+        self._store_up.set()
 
     async def monitor(self) -> None:
         """Measure until cancelled."""

@@ -188,7 +188,11 @@ async def test_postgres_outage_stores_nothing_twice(own_nats: LocalNats) -> None
         conn = await asyncpg.connect(admin_url)
         await conn.execute("ALTER DATABASE tips SET synchronous_commit = on")
         await conn.close()
-        settings = _settings(admin_url, own_nats.url, "tips_")
+        # No waiting out the restart inside the calls (tests/integration/
+        # test_restarts_under_load.py covers that): phones see UNAVAILABLE and resend.
+        settings = _settings(admin_url, own_nats.url, "tips_").model_copy(
+            update={"db_retry_seconds": 0.0}
+        )
         await migrate(settings, [EVENTS])
 
         async def stop_and_restart_postgres() -> None:

@@ -246,3 +246,28 @@ async def test_cancelled_stream_is_clean(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "Traceback" not in capfd.readouterr().err  # grpc prints handler crashes raw
     assert (await stub.Echo(echo_pb2.EchoRequest(message="after"), timeout=5)).message == "after"
+
+
+async def test_health_follows_the_bus_and_the_watcher_stops_with_the_server(
+    nats_url: str,
+) -> None:
+    definition = ServiceDefinition(name="echo", build=ECHO.build, uses_db=False, uses_bus=True)
+    settings = load_settings(nats_url=nats_url, log_format="text", health_probe_seconds=0.05)
+    srv = ServiceServer(definition, settings, port=0)
+    await srv.start()
+    watcher = srv.dependency_health
+    assert watcher is not None
+    async with grpc.aio.insecure_channel(srv.address) as ch:
+        await asyncio.sleep(0.3)  # several probes: a connected bus keeps SERVING
+        assert await _health(ch) == health_pb2.HealthCheckResponse.SERVING
+        assert await _health(ch, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        assert srv.runtime.bus is not None
+        await srv.runtime.bus.close()  # as good as NATS gone, for the probe
+        for _ in range(200):
+            if await _health(ch) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.05)
+        assert await _health(ch, SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert list(watcher.down) == ["NATS"]
+    await srv.stop(grace=0)
+    assert not srv._tasks  # the watcher was cancelled with the other tasks
