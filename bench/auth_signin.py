@@ -83,6 +83,8 @@ async def _run(n: int, pg_url: str, nats_url: str) -> dict[str, object]:
         auth_key_encryption_key=SecretStr(generate_kek()),
         log_level="WARNING",
         log_format="text",
+        insecure=True,  # sign-in's cost, not the transport's (bench/hop_security.py)
+        db_role_password=secrets.token_urlsafe(18),  # no login without a password
     )
     await migrate(settings, [SERVICE])
     server = ServiceServer(SERVICE, settings, port=0)

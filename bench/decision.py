@@ -64,8 +64,11 @@ import asyncio, json, sys, time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tips.recommender.v1 import recommender_service_pb2 as rec, recommender_service_pb2_grpc as rg
+from tipsmesh.devtokens import TokenSigner
 
-async def main(kind, addr, conc, seconds, users):
+async def main(kind, addr, conc, seconds, users, signer):
+    # One access token per user, as an app holds one: services verify it once, then cache.
+    auth = {u: signer.metadata(u) for u in users} if signer else {}
     async with grpc.aio.insecure_channel(addr) as ch:
         if kind == "empty":
             stub = health_pb2_grpc.HealthStub(ch)
@@ -76,7 +79,7 @@ async def main(kind, addr, conc, seconds, users):
             def call(i):
                 u = users[i % len(users)]
                 return stub.ListTips(rec.ListTipsRequest(parent="users/" + u, page_size=1),
-                                     metadata=(("x-tips-user", u),))
+                                     metadata=auth[u])
         lat, counter, errors, empty = [], [0], [0], [0]
         stop = time.perf_counter() + seconds
         warm = time.perf_counter() + min(1.0, seconds / 5)
@@ -100,7 +103,8 @@ async def main(kind, addr, conc, seconds, users):
 
 kind, addr, conc, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 users = sys.argv[5].split(",") if len(sys.argv) > 5 else []
-asyncio.run(main(kind, addr, conc, seconds, users))
+signer = TokenSigner.load(__import__("pathlib").Path(sys.argv[6])) if len(sys.argv) > 6 else None
+asyncio.run(main(kind, addr, conc, seconds, users, signer))
 """
 
 
@@ -114,10 +118,14 @@ def _start_empty() -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", EMPTY_SERVER], stdout=subprocess.PIPE, text=True)
 
 
-def _load(kind: str, addr: str, conc: int, seconds: float, users: list[str]) -> dict[str, Any]:
+def _load(
+    kind: str, addr: str, conc: int, seconds: float, users: list[str], key: Path | None = None
+) -> dict[str, Any]:
     args = [sys.executable, "-c", CLIENT, kind, addr, str(conc), str(seconds)]
     if users:
         args.append(",".join(users))
+    if key is not None:
+        args.append(str(key))
     out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
     data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     lat = np.array(data.pop("lat")) * 1000
@@ -130,7 +138,7 @@ def _load(kind: str, addr: str, conc: int, seconds: float, users: list[str]) -> 
     return data
 
 
-async def _freshness(events_addr: str, rec_addr: str, n: int) -> list[float]:
+async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> list[float]:
     from tips.events.v1 import events_service_pb2 as ev
     from tips.events.v1 import events_service_pb2_grpc as ev_grpc
     from tips.events.v1 import signal_pb2
@@ -154,7 +162,7 @@ async def _freshness(events_addr: str, rec_addr: str, n: int) -> list[float]:
                 source=signal_pb2.SIGNAL_SOURCE_PHONE, start_time=_ts(now - timedelta(seconds=1)),
                 end_time=_ts(now), steps=signal_pb2.StepsPayload(count=1000 + i),
             )  # fmt: skip
-            md = (("x-tips-user", user),)
+            md = signer.metadata(user)
             await events.BatchIngestSignals(
                 ev.BatchIngestSignalsRequest(parent=f"users/{user}", signals=[signal]), metadata=md
             )
@@ -181,15 +189,23 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
     from services.events.settings import EventsSettings
     from services.recommender.service import SERVICE as RECOMMENDER
     from services.recommender.settings import RecommenderSettings
+    from tipsmesh.devtokens import TokenIssuer
     from tipsmesh.localinfra import LocalNats, LocalPostgres
 
     tmp = Path(tempfile.mkdtemp(prefix="tips-bench-decision-"))
     pg, nats_server = LocalPostgres(tmp / "pg"), LocalNats(tmp / "nats")
     empty = await asyncio.to_thread(_start_empty)
     try:
+        # Plaintext in process: this bench measures the decision; what mTLS and the
+        # token check add per hop is bench/hop_security.py's. Users prove who they
+        # are with tokens from a local signer, as the auth service's would.
+        issuer = TokenIssuer()
+        key = tmp / "signer.jwk"
+        issuer.save(key)
         settings = Settings(
             database_url=pg.start(), nats_url=nats_server.start(), log_level="WARNING",
-            log_format="text",
+            log_format="text", insecure=True, jwks_url=issuer.jwks_url,
+            db_role_password=secrets.token_urlsafe(18),  # no login without a password
         )  # fmt: skip
         await migrate(settings, [EVENTS, RECOMMENDER])
         # No profile service in this bench: the consent gate is off (it is tested elsewhere).
@@ -210,7 +226,7 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
             # The client runs in a thread so this loop keeps serving the recommender.
             base = await asyncio.to_thread(_load, "empty", empty_addr, conc, seconds, [])
             tips = await asyncio.to_thread(
-                _load, "list_tips", rec_server.address, conc, seconds, users
+                _load, "list_tips", rec_server.address, conc, seconds, users, key
             )
             results[f"c{conc}"] = {
                 "empty_rpc": {k: v for k, v in base.items() if k != "_lat"},
@@ -220,7 +236,7 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
                 "ratio_throughput": tips["rps"] / base["rps"],
                 "_lat": {"empty": base["_lat"], "list_tips": tips["_lat"]},
             }
-        fresh = await _freshness(events_server.address, rec_server.address, n_signals)
+        fresh = await _freshness(events_server.address, rec_server.address, n_signals, issuer)
         results["freshness_ms"] = {
             "n": len(fresh),
             "p50": float(np.percentile(fresh, 50)),

@@ -31,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from support.echo_protos import compile_protos
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
-PROTO = "benchecho/v1/echo.proto"
 
 
 def free_port() -> int:
@@ -52,23 +53,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
-
-
-def compile_protos(out: Path) -> Path:
-    import grpc_tools
-    from grpc_tools import protoc
-
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
-    descriptor_set = out / "echo.binpb"
-    args = [
-        "protoc", f"-I{ROOT / 'bench' / 'protos'}", f"-I{ROOT / 'third_party'}", f"-I{well_known}",
-        f"--python_out={out}", f"--grpc_python_out={out}",
-        f"--descriptor_set_out={descriptor_set}", "--include_imports", "--include_source_info",
-        PROTO,
-    ]  # fmt: skip
-    if protoc.main(args) != 0:
-        raise RuntimeError("protoc failed on bench/protos")
-    return descriptor_set
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -76,7 +76,9 @@ def _signals(count: int, batch: int, users: int) -> list[tuple[str, list[Any]]]:
 # --- the client process -------------------------------------------------------------------
 
 
-async def _client(address: str, count: int, batch: int, clients: int, users: int) -> None:
+async def _client(
+    address: str, count: int, batch: int, clients: int, users: int, key: Path
+) -> None:
     import grpc
 
     from tips.events.v1 import events_service_pb2 as ev
@@ -86,6 +88,10 @@ async def _client(address: str, count: int, batch: int, clients: int, users: int
         (user, ev.BatchIngestSignalsRequest(parent=f"users/{user}", signals=items))
         for user, items in _signals(count, batch, users)
     ]
+    from tipsmesh.devtokens import TokenSigner
+
+    signer = TokenSigner.load(key)  # one token per user, as an app holds one
+    auth = {user: signer.metadata(user) for user, _ in requests}
     print("READY", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # GO
     retries = 0
@@ -99,7 +105,7 @@ async def _client(address: str, count: int, batch: int, clients: int, users: int
                 while True:
                     try:
                         response = await stub.BatchIngestSignals(
-                            request, metadata=(("x-tips-user", user),), timeout=30
+                            request, metadata=auth[user], timeout=30
                         )
                         assert response.accepted_count + response.duplicate_count == batch
                         break
@@ -242,26 +248,38 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--key", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--profile", metavar="FILE", help="record the service with py-spy (raw folded stacks)"
     )
     args = parser.parse_args()
     if args.client:
-        asyncio.run(_client(args.client, args.signals, args.batch, args.clients, args.users))
+        asyncio.run(
+            _client(args.client, args.signals, args.batch, args.clients, args.users, args.key)
+        )
         return
 
     from kernel.migrations import migrate
     from kernel.settings import Settings
     from services.events.service import SERVICE
+    from tipsmesh.devtokens import TokenIssuer
     from tipsmesh.localinfra import LocalNats, LocalPostgres, free_port
 
     work = Path(tempfile.mkdtemp(prefix="tips-bench-ingest-"))
+    # Users prove who they are with tokens from a local signer, as the auth service's.
+    issuer = TokenIssuer()
+    key = work / "signer.jwk"
+    issuer.save(key)
     pg, nats_server = LocalPostgres(work / "pg"), LocalNats(work / "nats")
     service: subprocess.Popen[bytes] | None = None
     try:
         db_url, nats_url = pg.start(), nats_server.start()
         log(f"postgres {db_url}, nats {nats_url}")
-        asyncio.run(migrate(Settings(database_url=db_url, nats_url=nats_url), [SERVICE]))
+        role_password = secrets.token_urlsafe(18)  # no login without a password
+        migrate_settings = Settings(
+            database_url=db_url, nats_url=nats_url, db_role_password=role_password
+        )
+        asyncio.run(migrate(migrate_settings, [SERVICE]))
         port = free_port()
         env = {
             **os.environ,
@@ -272,6 +290,10 @@ def main() -> None:
             "TIPS_EVENTS_OUTBOX_MAX_BACKLOG": str(max(20_000, args.signals)),
             # Throughput, not consent: no profile service runs in this bench.
             "TIPS_EVENTS_CONSENT_GATE": "false",
+            # Plaintext: what mTLS and the token check add per hop is bench/hop_security.py's.
+            "TIPS_INSECURE": "1",
+            "TIPS_DB_ROLE_PASSWORD": role_password,
+            "TIPS_JWKS_URL": issuer.jwks_url,
         }
         command = [sys.executable, "-m", "tipsmesh.cli", "serve", "events"]
         if args.profile:  # py-spy (pip install py-spy) samples the service for the whole run
@@ -289,7 +311,7 @@ def main() -> None:
         log("events service SERVING; warming up")
         warm = subprocess.run(
             [sys.executable, __file__, "--client", address, "--signals", str(args.batch * 2),
-             "--batch", str(args.batch), "--clients", "1", "--users", "1"],
+             "--batch", str(args.batch), "--clients", "1", "--users", "1", "--key", str(key)],
             input="GO\n", capture_output=True, text=True, cwd=ROOT, check=True,
         )  # fmt: skip
         assert "READY" in warm.stdout
@@ -301,7 +323,7 @@ def main() -> None:
         client = subprocess.Popen(
             [sys.executable, __file__, "--client", address, "--signals", str(total),
              "--batch", str(args.batch), "--clients", str(args.clients),
-             "--users", str(args.users)],
+             "--users", str(args.users), "--key", str(key)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )  # fmt: skip
         assert client.stdin is not None and client.stdout is not None

@@ -26,8 +26,8 @@ from gateway.auth import EdgeAuth, edge_auth_from_settings
 from gateway.upstreams import Upstreams
 from kernel.errors import Unauthenticated, Unavailable
 from kernel.settings import Settings
-from tests.support.jwks_server import JwksServer
 from tips.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, jwk_pb2
+from tipsmesh.devtokens import JwksServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 

@@ -32,10 +32,10 @@ from gateway.server import product_app
 from kernel.bus import Bus
 from kernel.settings import Settings
 from services.auth.service import SERVICE as AUTH
-from tests.support.jwks_server import JwksServer
 from tests.support.waiting import eventually
 from tips.auth.v1 import events_pb2, session_pb2
 from tips.profile.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
+from tipsmesh.devtokens import JwksServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

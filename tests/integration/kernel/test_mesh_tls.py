@@ -29,11 +29,12 @@ from kernel.settings import Settings
 from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
 from tests.support.streams import left_as_found
-from tests.support.tokens import TestIssuer, as_user
+from tests.support.tokens import as_user
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import profile_service_pb2 as pb
 from tips.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from tipsmesh.devcerts import MeshIdentity, ensure_mesh_certs
+from tipsmesh.devtokens import TokenIssuer
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +179,7 @@ async def test_a_user_is_who_a_verified_token_says_never_a_header(
 ) -> None:
     victim, mallory = _user(), _user()
     request = pb.GetProfileRequest(name=f"users/{victim}/profile")
-    forged_key = TestIssuer()  # same claims, a key the auth service never published
+    forged_key = TokenIssuer()  # same claims, a key the auth service never published
     try:
         attempts = {
             "IDENTITY_HEADER_REFUSED": (("x-tips-user", victim),),
