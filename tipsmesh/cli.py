@@ -126,6 +126,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     rewrap.add_argument("--key", default="", metavar="KEY", help="target key id")
 
+    certs = sub.add_parser(
+        "certs",
+        help="issue development mTLS certificates (a CA and one per process) into DIR",
+        description="Create DIR/ca.pem and, for each NAME, DIR/NAME.pem and DIR/NAME.key "
+        "(0600), signed by DIR/ca.key; existing valid ones are kept. `tips up` does this in "
+        "its run dir; compose runs it once into a volume. Production uses its own CA.",
+    )
+    certs.add_argument("dir", type=Path, metavar="DIR")
+    certs.add_argument(
+        "names", nargs="*", metavar="NAME",
+        help="process names (default: every service, gateway and operator)",
+    )  # fmt: skip
+
     bench = sub.add_parser(
         "bench",
         help="run a benchmark scenario from bench/ (prints JSON)",
@@ -227,6 +240,17 @@ def _up(args: argparse.Namespace) -> int:
         return 2
 
 
+def _certs(directory: Path, names: Sequence[str]) -> int:
+    from kernel.access import GATEWAY, OPERATOR
+    from kernel.settings import SERVICE_NAMES
+    from tipsmesh.devcerts import ensure_mesh_certs
+
+    issued = ensure_mesh_certs(directory, names or [*SERVICE_NAMES, GATEWAY, OPERATOR])
+    for name, who in issued.items():
+        print(f"{name}: {who.cert_file} {who.key_file}")
+    return 0
+
+
 def _rotate_keys(grace: float | None) -> int:
     from kernel.settings import SettingsError, load_settings
     from services.auth.service import rotate_signing_keys
@@ -291,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rotate_keys(args.grace)
     if args.command == "integrations":
         return _rewrap(args.key)
+    if args.command == "certs":
+        return _certs(args.dir, args.names)
     return _bench(args.name, args.args)
 
 

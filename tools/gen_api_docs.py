@@ -69,14 +69,16 @@ def http_routes(method: descriptor_pb2.MethodDescriptorProto) -> list[str]:
 def access(
     service: descriptor_pb2.ServiceDescriptorProto, method: descriptor_pb2.MethodDescriptorProto
 ) -> str:
-    if service.name.endswith("InternalService"):
-        return "mesh peers only"
-    if not method.options.HasExtension(options_pb2.access):
-        return "token"
+    """Who may call: the user's token rule, and the mesh processes (kernel.access)."""
     policy = method.options.Extensions[options_pb2.access]
+    callers = sorted(policy.callers)
+    if service.name.endswith("InternalService"):
+        return "callers: " + ", ".join(callers)
     if policy.public:
-        return "public"
-    return "token, scopes: " + ", ".join(policy.scopes) if policy.scopes else "token"
+        user = "public"
+    else:
+        user = "token, scopes: " + ", ".join(policy.scopes) if policy.scopes else "token"
+    return user + "; callers: " + ", ".join(["gateway", *callers])
 
 
 def type_name(field: descriptor_pb2.FieldDescriptorProto) -> str:

@@ -34,3 +34,16 @@ def test_required_secrets_are_never_defaulted() -> None:
         "TIPS_NOTIFIER_KEK_RING",
     ):
         assert ":?" in str(environment[name]), f"{name} must be required, not defaulted"
+
+
+def test_every_process_talks_mutual_tls_with_its_own_certificate() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["certs"]["command"][0] == "certs"
+    for name in [*SERVICE_NAMES, "gateway"]:
+        env = services[name]["environment"]
+        assert env["TIPS_TLS_CA_FILE"] == "/certs/ca.pem", name
+        assert env["TIPS_TLS_CERT_FILE"] == f"/certs/{name}.pem", name
+        assert env["TIPS_TLS_KEY_FILE"] == f"/certs/{name}.key", name
+        assert "TIPS_INSECURE" not in env, name
+        assert "certs:/certs:ro" in services[name]["volumes"], name
+        assert services[name]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
