@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from kernel.bus import Bus, Delivery, stream_of, subject_of
-from kernel.consumers import retry_forever
+from kernel.consumers import check_declared, retry_forever
 from kernel.settings import Settings
 from tips.auth.v1 import events_pb2
 
@@ -144,6 +144,7 @@ class RevocationFeed:
     async def _run(self) -> None:
         self._bus = await retry_forever("revocations: bus", self._connect)
         start = datetime.now(UTC) - timedelta(seconds=self.window_s)
+        check_declared(self._bus.name, events_pb2.SessionRevoked)  # its NATS read grant
         await self._bus.follow(
             stream=stream_of(events_pb2.SessionRevoked),
             subjects=[subject_of(events_pb2.SessionRevoked)],

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from kernel.bus import Bus, Delivery, Handler, stream_of, subject_of
+from kernel.bus import Bus, BusError, Delivery, Handler, stream_of, subject_of
+from kernel.bus_permissions import consumed_events
 from kernel.names import USER
+from kernel.settings import SERVICE_NAMES
 
 __all__ = ["consume_forever", "event_user", "retry_forever"]
 
@@ -74,7 +76,13 @@ async def consume_forever(
     option. ``Bus.consume`` fails at once while the stream is not declared
     yet and returns only when the bus closes; ``options`` go to it
     (``batch``, ``fetch_timeout``, ``ack_wait``, ...).
+
+    A mesh service consumes only the events its protos declare
+    (``(tips.options.v1.consumes)``, which its NATS read permission comes
+    from): anything else raises BusError at once instead of retrying forever
+    against a server that refuses it.
     """
+    check_declared(bus.name, message_type)
     await retry_forever(
         durable,
         lambda: bus.consume(
@@ -86,6 +94,17 @@ async def consume_forever(
             **options,
         ),
     )
+
+
+def check_declared(process: str, message_type: type[Message]) -> None:
+    """BusError when mesh process ``process`` did not declare it consumes ``message_type``."""
+    name = message_type.DESCRIPTOR.full_name
+    if process in (*SERVICE_NAMES, "gateway") and name not in consumed_events(process):
+        raise BusError(
+            f"{process} consumes {name} but does not declare it: add it to "
+            f"option (tips.options.v1.consumes) in proto/tips/{process}/v1/ "
+            "(its NATS user may read only the streams declared there)"
+        )
 
 
 def event_user(delivery: Delivery[Any]) -> str | None:

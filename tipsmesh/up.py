@@ -35,12 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kernel.access import OPERATOR
-from kernel.bus_permissions import (
-    NatsUser,
-    authorization_block,
-    owned_streams,
-    permissions_for,
-)
+from kernel.bus_permissions import authorization_block, mesh_user
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES, Settings
 from tipsmesh import devcerts, devsecrets
 from tipsmesh.health import grpc_serving, http_ok
@@ -325,14 +320,9 @@ class Mesh:
         return env
 
     def _nats_users(self) -> str:
-        """The local NATS's users: each service may publish its own events only."""
+        """The local NATS's users: each publishes its own events, reads what it consumes."""
         passwords = devsecrets.nats_passwords(self.run_dir / "secrets.env")
-        users = [
-            NatsUser(name, passwords[name], permissions_for(owned_streams(name)))
-            for name in SERVICE_NAMES
-        ]
-        users.append(NatsUser(GATEWAY, passwords[GATEWAY], permissions_for(())))
-        return authorization_block(users)
+        return authorization_block([mesh_user(n, passwords[n]) for n in (*SERVICE_NAMES, GATEWAY)])
 
     def _command(self, *args: str) -> list[str]:
         return [*_pdeathsig_prefix(), sys.executable, "-m", "tipsmesh.cli", *args]

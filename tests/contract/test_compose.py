@@ -46,4 +46,6 @@ def test_every_process_talks_mutual_tls_with_its_own_certificate() -> None:
         assert env["TIPS_TLS_KEY_FILE"] == f"/certs/{name}.key", name
         assert "TIPS_INSECURE" not in env, name
         assert "certs:/certs:ro" in services[name]["volumes"], name
-        assert services[name]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+        assert (
+            services[name]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+        )

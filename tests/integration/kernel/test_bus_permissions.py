@@ -1,4 +1,5 @@
-"""NATS with a user per service: a service publishes its own events only.
+"""NATS with a user per service: a service publishes its own events only, and
+reads only the streams of the events it declares it consumes.
 
 A real ``nats-server`` with the permissions ``tips up`` gives the mesh
 (``kernel.bus_permissions``): the attack this stops is a forged
@@ -19,7 +20,7 @@ import nats.errors
 import pytest
 
 from kernel.bus import Bus, BusError, subject_of
-from kernel.bus_permissions import NatsUser, authorization_block, owned_streams, permissions_for
+from kernel.bus_permissions import authorization_block, mesh_user, owned_streams
 from kernel.settings import SERVICE_NAMES, Settings
 from tips.profile.v1 import events_pb2 as profile_events
 from tipsmesh.localinfra import LocalNats
@@ -32,10 +33,7 @@ PASSWORDS = {"profile": "profile-pw", "events": "events-pw", "gateway": "gateway
 
 @pytest.fixture
 def secured_nats() -> Iterator[LocalNats]:
-    users = [
-        NatsUser(name, pw, permissions_for(owned_streams(name) if name != "gateway" else []))
-        for name, pw in PASSWORDS.items()
-    ]
+    users = [mesh_user(name, pw) for name, pw in PASSWORDS.items()]
     store = Path(tempfile.mkdtemp(prefix="tips-nats-auth-"))
     server = LocalNats(store, authorization=authorization_block(users))
     server.start()
@@ -86,7 +84,18 @@ async def test_only_the_owner_publishes_its_events(secured_nats: LocalNats) -> N
         with pytest.raises(Exception):  # noqa: B017
             await asyncio.wait_for(events.ensure_streams(owned_streams("profile")), 5)
 
-        # Everyone may read: a consumer of another service's stream works.
+        # The gateway consumes only TIPS_AUTH (screens_service.proto): it may not
+        # read the profile stream, nor open a consumer on it.
+        with pytest.raises(Exception):  # noqa: B017 - the server answers with a timeout
+            await asyncio.wait_for(gateway._js.stream_info("TIPS_PROFILE"), 5)
+        with pytest.raises(Exception):  # noqa: B017
+            await asyncio.wait_for(
+                gateway._js.pull_subscribe(
+                    subject_of(deleted), durable="gateway-reads", stream="TIPS_PROFILE"
+                ),
+                5,
+            )
+        # Events declares UserDeleted (events_service.proto): a consumer works.
         info = await events._js.stream_info("TIPS_PROFILE")
         assert info.state.messages == 1
         sub = await events._js.pull_subscribe(

@@ -27,17 +27,19 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from tips.integrations.v1 import connection_pb2 as tips_dot_integrations_dot_v1_dot_connection__pb2
+from tips.options.v1 import options_pb2 as tips_dot_options_dot_v1_dot_options__pb2
 from tips.profile.v1 import profile_pb2 as tips_dot_profile_dot_v1_dot_profile__pb2
 from tips.recommender.v1 import tip_pb2 as tips_dot_recommender_dot_v1_dot_tip__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tips/gateway/v1/screens_service.proto\x12\x0ftips.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x17google/rpc/status.proto\x1a%tips/integrations/v1/connection.proto\x1a\x1dtips/profile/v1/profile.proto\x1a\x1dtips/recommender/v1/tip.proto\"k\n\x14GetHomeScreenRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13tips.app/HomeScreenR\x04name\x12!\n\ttip_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08tipCount\"U\n\x15GetHomeScreenResponse\x12<\n\x0bhome_screen\x18\x01 \x01(\x0b\x32\x1b.tips.gateway.v1.HomeScreenR\nhomeScreen\"\xed\x02\n\nHomeScreen\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08R\x04name\x12\x32\n\x04tips\x18\x02 \x03(\x0b\x32\x18.tips.recommender.v1.TipB\x04\xe2\x41\x01\x03R\x04tips\x12\x38\n\x07profile\x18\x03 \x01(\x0b\x32\x18.tips.profile.v1.ProfileB\x04\xe2\x41\x01\x03R\x07profile\x12H\n\x0b\x63onnections\x18\x04 \x03(\x0b\x32 .tips.integrations.v1.ConnectionB\x04\xe2\x41\x01\x03R\x0b\x63onnections\x12G\n\rmissing_parts\x18\x05 \x03(\x0b\x32\x1c.tips.gateway.v1.MissingPartB\x04\xe2\x41\x01\x03R\x0cmissingParts:D\xea\x41\x41\n\x13tips.app/HomeScreen\x12\x11users/{user}/home*\x0bhomeScreens2\nhomeScreen\"Y\n\x0bMissingPart\x12\x18\n\x04part\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x04part\x12\x30\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03R\x06status2\x9f\x01\n\x0eScreensService\x12\x8c\x01\n\rGetHomeScreen\x12%.tips.gateway.v1.GetHomeScreenRequest\x1a&.tips.gateway.v1.GetHomeScreenResponse\",\x82\xd3\xe4\x93\x02&\x12\x17/v1/{name=users/*/home}b\x0bhome_screenb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tips/gateway/v1/screens_service.proto\x12\x0ftips.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x17google/rpc/status.proto\x1a%tips/integrations/v1/connection.proto\x1a\x1dtips/options/v1/options.proto\x1a\x1dtips/profile/v1/profile.proto\x1a\x1dtips/recommender/v1/tip.proto\"k\n\x14GetHomeScreenRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13tips.app/HomeScreenR\x04name\x12!\n\ttip_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08tipCount\"U\n\x15GetHomeScreenResponse\x12<\n\x0bhome_screen\x18\x01 \x01(\x0b\x32\x1b.tips.gateway.v1.HomeScreenR\nhomeScreen\"\xed\x02\n\nHomeScreen\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08R\x04name\x12\x32\n\x04tips\x18\x02 \x03(\x0b\x32\x18.tips.recommender.v1.TipB\x04\xe2\x41\x01\x03R\x04tips\x12\x38\n\x07profile\x18\x03 \x01(\x0b\x32\x18.tips.profile.v1.ProfileB\x04\xe2\x41\x01\x03R\x07profile\x12H\n\x0b\x63onnections\x18\x04 \x03(\x0b\x32 .tips.integrations.v1.ConnectionB\x04\xe2\x41\x01\x03R\x0b\x63onnections\x12G\n\rmissing_parts\x18\x05 \x03(\x0b\x32\x1c.tips.gateway.v1.MissingPartB\x04\xe2\x41\x01\x03R\x0cmissingParts:D\xea\x41\x41\n\x13tips.app/HomeScreen\x12\x11users/{user}/home*\x0bhomeScreens2\nhomeScreen\"Y\n\x0bMissingPart\x12\x18\n\x04part\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x04part\x12\x30\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03R\x06status2\x9f\x01\n\x0eScreensService\x12\x8c\x01\n\rGetHomeScreen\x12%.tips.gateway.v1.GetHomeScreenRequest\x1a&.tips.gateway.v1.GetHomeScreenResponse\",\x82\xd3\xe4\x93\x02&\x12\x17/v1/{name=users/*/home}b\x0bhome_screenB!\xda\xf3\x18\x1d\n\x1btips.auth.v1.SessionRevokedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tips.gateway.v1.screens_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\332\363\030\035\n\033tips.auth.v1.SessionRevoked'
   _globals['_GETHOMESCREENREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETHOMESCREENREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023tips.app/HomeScreen'
   _globals['_GETHOMESCREENREQUEST'].fields_by_name['tip_count']._loaded_options = None
@@ -60,14 +62,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MISSINGPART'].fields_by_name['status']._serialized_options = b'\342A\001\003'
   _globals['_SCREENSSERVICE'].methods_by_name['GetHomeScreen']._loaded_options = None
   _globals['_SCREENSSERVICE'].methods_by_name['GetHomeScreen']._serialized_options = b'\202\323\344\223\002&\022\027/v1/{name=users/*/home}b\013home_screen'
-  _globals['_GETHOMESCREENREQUEST']._serialized_start=274
-  _globals['_GETHOMESCREENREQUEST']._serialized_end=381
-  _globals['_GETHOMESCREENRESPONSE']._serialized_start=383
-  _globals['_GETHOMESCREENRESPONSE']._serialized_end=468
-  _globals['_HOMESCREEN']._serialized_start=471
-  _globals['_HOMESCREEN']._serialized_end=836
-  _globals['_MISSINGPART']._serialized_start=838
-  _globals['_MISSINGPART']._serialized_end=927
-  _globals['_SCREENSSERVICE']._serialized_start=930
-  _globals['_SCREENSSERVICE']._serialized_end=1089
+  _globals['_GETHOMESCREENREQUEST']._serialized_start=305
+  _globals['_GETHOMESCREENREQUEST']._serialized_end=412
+  _globals['_GETHOMESCREENRESPONSE']._serialized_start=414
+  _globals['_GETHOMESCREENRESPONSE']._serialized_end=499
+  _globals['_HOMESCREEN']._serialized_start=502
+  _globals['_HOMESCREEN']._serialized_end=867
+  _globals['_MISSINGPART']._serialized_start=869
+  _globals['_MISSINGPART']._serialized_end=958
+  _globals['_SCREENSSERVICE']._serialized_start=961
+  _globals['_SCREENSSERVICE']._serialized_end=1120
 # @@protoc_insertion_point(module_scope)

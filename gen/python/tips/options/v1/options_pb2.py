@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtips/options/v1/options.proto\x12\x0ftips.options.v1\x1a google/protobuf/descriptor.proto\"@\n\x0c\x45ventOptions\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x16\n\x06stream\x18\x02 \x01(\tR\x06stream\"Y\n\rAccessOptions\x12\x16\n\x06public\x18\x01 \x01(\x08R\x06public\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x18\n\x07\x63\x61llers\x18\x03 \x03(\tR\x07\x63\x61llers:V\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1d.tips.options.v1.EventOptionsR\x05\x65vent:X\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1e.tips.options.v1.AccessOptionsR\x06\x61\x63\x63\x65ssb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtips/options/v1/options.proto\x12\x0ftips.options.v1\x1a google/protobuf/descriptor.proto\"@\n\x0c\x45ventOptions\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x16\n\x06stream\x18\x02 \x01(\tR\x06stream\"Y\n\rAccessOptions\x12\x16\n\x06public\x18\x01 \x01(\x08R\x06public\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x18\n\x07\x63\x61llers\x18\x03 \x03(\tR\x07\x63\x61llers\")\n\x0f\x43onsumesOptions\x12\x16\n\x06\x65vents\x18\x01 \x03(\tR\x06\x65vents:\\\n\x08\x63onsumes\x12\x1c.google.protobuf.FileOptions\x18\xbb\x8e\x03 \x01(\x0b\x32 .tips.options.v1.ConsumesOptionsR\x08\x63onsumes:V\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1d.tips.options.v1.EventOptionsR\x05\x65vent:X\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1e.tips.options.v1.AccessOptionsR\x06\x61\x63\x63\x65ssb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,4 +36,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTOPTIONS']._serialized_end=148
   _globals['_ACCESSOPTIONS']._serialized_start=150
   _globals['_ACCESSOPTIONS']._serialized_end=239
+  _globals['_CONSUMESOPTIONS']._serialized_start=241
+  _globals['_CONSUMESOPTIONS']._serialized_end=282
 # @@protoc_insertion_point(module_scope)

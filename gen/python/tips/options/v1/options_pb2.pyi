@@ -94,8 +94,39 @@ class AccessOptions(_message.Message):
 
 Global___AccessOptions: _TypeAlias = AccessOptions  # noqa: Y015
 
+@_typing.final
+class ConsumesOptions(_message.Message):
+    """What a process reads from the bus: the events (message full names, for
+    example "tips.profile.v1.UserDeleted") its consumers take. The bus grants
+    read access to exactly their streams, and a consumer of an event not listed
+    here fails at start.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Full names of the event messages consumed."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumesOptions: _TypeAlias = ConsumesOptions  # noqa: Y015
+
+CONSUMES_FIELD_NUMBER: _builtins.int
 EVENT_FIELD_NUMBER: _builtins.int
 ACCESS_FIELD_NUMBER: _builtins.int
+consumes: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FileOptions, Global___ConsumesOptions]
+"""Declares, in a service's `<service>_service.proto`, the events it consumes."""
 event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventOptions]
 """Declares the subject and stream of a message published on the bus."""
 access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___AccessOptions]
