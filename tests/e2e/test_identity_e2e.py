@@ -405,6 +405,14 @@ def test_a_user_cannot_touch_another_users_resources(stage: Stage) -> None:
     b = sign_in(stage, stage.google, f"gb-{uuid.uuid4().hex[:10]}", "B's phone")
     b_user = user_id(b)
     with stage.http(b["accessToken"]) as as_b:
+        # The profile takes its email from the sign-up event, which may land late
+        # on a loaded machine (and changes the etag): wait for it, so from here on
+        # only the intruder could change B's data.
+        eventually(
+            "B's profile seeded from the sign-up",
+            lambda: as_b.get("/v1/users/me/profile").json().get("email") or None,
+            timeout=60,
+        )
         made = give_data_everywhere(stage, as_b, b_user)
         session = as_b.get("/v1/users/me/sessions").json()["sessions"][0]["name"]
         identity = as_b.get("/v1/users/me/identities").json()["identities"][0]["name"]
