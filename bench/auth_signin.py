@@ -39,9 +39,9 @@ from services.auth.crypto import generate_kek  # noqa: E402
 from services.auth.service import SERVICE  # noqa: E402
 from services.auth.settings import AuthSettings  # noqa: E402
 from services.auth.signing import new_key, sign_with  # noqa: E402
-from tests.support.oidc_issuer import OidcIssuer  # noqa: E402
 from tips.auth.v1 import auth_service_pb2 as pb  # noqa: E402
 from tips.auth.v1 import auth_service_pb2_grpc as pb_grpc  # noqa: E402
+from tipsmesh.devidp import OidcIssuer  # noqa: E402
 from tipsmesh.localinfra import LocalNats, LocalPostgres  # noqa: E402
 
 
@@ -84,6 +84,7 @@ async def _run(n: int, pg_url: str, nats_url: str) -> dict[str, object]:
         log_level="WARNING",
         log_format="text",
         insecure=True,  # sign-in's cost, not the transport's (bench/hop_security.py)
+        dev_mode=True,  # the providers are local stand-ins (tipsmesh.devidp)
         db_role_password=secrets.token_urlsafe(18),  # no login without a password
     )
     await migrate(settings, [SERVICE])

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     insecure: bool = False
+    # A development mesh (`tips up`): local stand-ins (the identity providers
+    # of tipsmesh.devidp) are accepted. Never set in production.
+    dev_mode: bool = False
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

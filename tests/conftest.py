@@ -13,7 +13,8 @@
   (``TIPS_JWKS_URL``, tests/support/tokens.py: ``as_user(user)``). Mutual TLS
   is tested on its own (tests/integration/kernel/test_mesh_tls.py) and the
   e2e mesh (`tips up`, which drops the caller's TIPS_* variables) runs with
-  certificates.
+  certificates. ``TIPS_DEV_MODE=1`` lets the auth service use the local
+  identity providers (tipsmesh.devidp).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tips.options.v1 import options_pb2
 from tipsmesh.localinfra import LocalNats, LocalPostgres
 
 os.environ["TIPS_INSECURE"] = "1"
+os.environ["TIPS_DEV_MODE"] = "1"  # local identity providers (tipsmesh.devidp)
 os.environ["TIPS_JWKS_URL"] = tokens.issuer().jwks_url
 
 

@@ -126,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     rewrap.add_argument("--key", default="", metavar="KEY", help="target key id")
 
+    login = sub.add_parser(
+        "login",
+        help="sign in to the local mesh as a development user; prints an access token",
+        description="Sign in through the development identity provider of a running "
+        "`tips up` and print the access token (--json: the whole sign-in answer). "
+        "The same NAME is the same user every time; `demo` has consents and signals.",
+    )
+    login.add_argument("--as", dest="name", default="demo", metavar="NAME")
+    login.add_argument("--provider", choices=("google", "apple"), default="google")
+    login.add_argument("--run-dir", type=Path, default=None, metavar="DIR")
+    login.add_argument("--json", action="store_true", help="print the whole sign-in answer")
+
     certs = sub.add_parser(
         "certs",
         help="issue development mTLS certificates (a CA and one per process) into DIR",
@@ -240,6 +252,35 @@ def _up(args: argparse.Namespace) -> int:
         return 2
 
 
+def _login(name: str, provider: str, run_dir: Path | None, as_json: bool) -> int:
+    import json
+
+    from tipsmesh.devlogin import LoginError, sign_in
+    from tipsmesh.up import HOST, ROOT
+
+    state_file = (run_dir or Path(os.environ.get("TIPS_RUN_DIR") or ROOT / ".run")) / "mesh.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        print(
+            f"tips login: no running mesh ({state_file} missing): start `make up`", file=sys.stderr
+        )
+        return 2
+    providers = state.get("dev_identity_providers") or {}
+    if provider not in providers or "gateway" not in state.get("ports", {}):
+        print("tips login: this mesh runs no development sign-in (own identity providers)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    gateway = f"http://{HOST}:{state['ports']['gateway']}"
+    try:
+        answer = asyncio.run(sign_in(gateway, providers[provider], provider, name))
+    except (LoginError, OSError) as exc:
+        print(f"tips login: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if as_json else answer["accessToken"])
+    return 0
+
+
 def _certs(directory: Path, names: Sequence[str]) -> int:
     from kernel.access import GATEWAY, OPERATOR
     from kernel.settings import SERVICE_NAMES
@@ -317,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rewrap(args.key)
     if args.command == "certs":
         return _certs(args.dir, args.names)
+    if args.command == "login":
+        return _login(args.name, args.provider, args.run_dir, args.json)
     return _bench(args.name, args.args)
 
 

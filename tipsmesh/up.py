@@ -37,7 +37,8 @@ from typing import TypeVar
 from kernel.access import OPERATOR
 from kernel.bus_permissions import authorization_block, mesh_user
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES, Settings
-from tipsmesh import devcerts, devsecrets
+from tipsmesh import devcerts, devlogin, devsecrets
+from tipsmesh.devidp import OidcIssuer
 from tipsmesh.health import grpc_serving, http_ok
 from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
 
@@ -197,6 +198,9 @@ class Mesh:
         self.tls_dir = self.run_dir / "tls"
         self.certs: dict[str, devcerts.MeshIdentity] = {}
         self._probe_tls: Settings | None = None
+        # Local Google and Apple stand-ins, so a newcomer can sign in (tips login).
+        self.dev_idps: dict[str, OidcIssuer] = {}
+        self.demo: dict[str, object] | None = None
 
     # ----- start
 
@@ -209,6 +213,7 @@ class Mesh:
         await asyncio.to_thread(self._ensure_certs)
         self._probe_tls = self.certs[OPERATOR].settings()
         await self._start_infra()
+        await self._start_dev_idps()
         self._phase("infra")
         await self._migrate()
         self._phase("migrate")
@@ -218,7 +223,37 @@ class Mesh:
         await self._wait_serving()
         self._phase("services")
         self.serving_after = time.monotonic() - self.started_at
+        await self._seed_demo()
         self._write_state()
+
+    async def _start_dev_idps(self) -> None:
+        """Development identity providers, in this process (tipsmesh.devidp)."""
+        for name in devlogin.PROVIDERS:
+            idp = OidcIssuer(name, [devlogin.DEV_CLIENT_ID])
+            await idp.start()
+            self.dev_idps[name] = idp
+
+    async def _seed_demo(self) -> None:
+        """The demo user (consents, a week of signals), once per run dir."""
+        if GATEWAY not in self.ports or not self._dev_idps_in_use():
+            return
+        gateway = f"http://{HOST}:{self.ports[GATEWAY]}"
+        urls = {name: idp.issuer for name, idp in self.dev_idps.items()}
+        marker = self.run_dir / "demo.json"
+        self.demo = await asyncio.to_thread(devlogin.load_demo, marker)
+        if self.demo is not None:
+            return
+        try:
+            self.demo = await devlogin.seed_demo(gateway, urls)
+        except (devlogin.LoginError, OSError, ValueError, KeyError) as exc:
+            # The mesh serves without it; say so instead of failing the start.
+            print(f"tips up: the demo user could not be seeded: {exc}", file=sys.stderr)
+            return
+        await asyncio.to_thread(marker.write_text, json.dumps(self.demo))
+
+    def _dev_idps_in_use(self) -> bool:
+        """Whether the auth service was pointed at the dev providers (not the caller's)."""
+        return "TIPS_AUTH_GOOGLE_ISSUER" not in self.options.env and bool(self.dev_idps)
 
     def _ensure_certs(self) -> None:
         if not self.certs:
@@ -305,6 +340,14 @@ class Mesh:
         if name is not None and name != GATEWAY:
             env["TIPS_SERVICE"] = name
             env["TIPS_PORT"] = str(self.ports[name])
+        # A development mesh: local stand-ins are accepted (the identity providers).
+        env["TIPS_DEV_MODE"] = "1"
+        if name == "auth" and self._dev_idps_in_use():
+            for provider, idp in self.dev_idps.items():
+                env[f"TIPS_AUTH_{provider.upper()}_ISSUER"] = idp.issuer
+                env[f"TIPS_AUTH_{provider.upper()}_CLIENT_IDS"] = json.dumps(
+                    [devlogin.DEV_CLIENT_ID]
+                )
         # Each process gets its own secrets only (no superuser password for a service).
         env = devsecrets.for_process(env, name)
         if name is not None:
@@ -476,12 +519,17 @@ class Mesh:
                 str(nats.log_path) if nats else "-",
             )
         )
+        for name, idp in self.dev_idps.items():
+            rows.append((f"dev {name}", str(idp.port), idp.issuer, "(development sign-in)"))
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         lines = [
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
             for row in rows
         ]
-        return "\n".join(line.rstrip() for line in lines)
+        table = "\n".join(line.rstrip() for line in lines)
+        if self.demo is not None:
+            table += f"\n\ndemo user {self.demo['user']}: `tips login --as demo` prints a token"
+        return table
 
     def _write_state(self) -> None:
         state = {
@@ -498,6 +546,7 @@ class Mesh:
             "phases_s": self.phases,
             "restarts": self.restarts,
             "tls_dir": str(self.tls_dir),
+            "dev_identity_providers": {n: idp.issuer for n, idp in self.dev_idps.items()},
         }
         tmp = self.run_dir / "mesh.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
@@ -510,6 +559,9 @@ class Mesh:
         if GATEWAY in self.children:
             await self._stop_children([self.children[GATEWAY]])
         await self._stop_children([c for n, c in self.children.items() if n != GATEWAY])
+        for idp in self.dev_idps.values():
+            with contextlib.suppress(Exception):
+                await idp.stop()
         if self.nats is not None:
             await _quietly("NATS", self.nats.stop)
         if self.postgres is not None:

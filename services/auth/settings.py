@@ -8,7 +8,7 @@ URLs at a local OIDC issuer.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from kernel.settings import Settings, SettingsError, load_settings
 
@@ -60,6 +60,18 @@ class AuthSettings(Settings):
     # --- failed sign-in rate limit (per client address) ----------------------
     auth_signin_failure_limit: int = Field(default=10, ge=1, le=10000)
     auth_signin_failure_window_seconds: int = Field(default=300, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _providers_are_https_unless_dev(self) -> AuthSettings:
+        # A plain-http issuer is a local stand-in (tipsmesh.devidp): development only.
+        for name in ("auth_google_issuer", "auth_apple_issuer"):
+            url = getattr(self, name)
+            if not url.startswith("https://") and not self.dev_mode:
+                raise ValueError(
+                    f"TIPS_{name.upper()}={url!r} is not https: a local identity provider "
+                    "is for development only (set TIPS_DEV_MODE=1, as `tips up` does)"
+                )
+        return self
 
     def previous_key_grace_seconds(self) -> int:
         """Minimum time a retired signing key stays in the JWK Set."""

@@ -1,6 +1,6 @@
 """Shared pieces of the e2e modules that sign users in through the auth service.
 
-Two local OIDC issuers (``tests.support.oidc_issuer``) stand in for Google and
+Two local OIDC issuers (``tipsmesh.devidp``) stand in for Google and
 Apple in a background thread's event loop; the mesh `tips up` starts trusts
 them (TIPS_AUTH_*), and the gateway verifies the auth service's own access
 tokens. ``sign_in`` goes through ``POST /v1/sessions:signIn`` as an app would.
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from tests.e2e.meshutil import RunningMesh, start_mesh, stop_and_check
-from tests.support.oidc_issuer import OidcIssuer
+from tipsmesh.devidp import OidcIssuer
 
 T = TypeVar("T")
 GOOGLE_CLIENT, APPLE_CLIENT = "google-ios", "com.tips.app"

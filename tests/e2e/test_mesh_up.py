@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kernel.settings import SERVICE_NAMES
-from tests.e2e.meshutil import STOP_TIMEOUT, RunningMesh, start_mesh, stop_and_check
+from tests.e2e.meshutil import ROOT, STOP_TIMEOUT, RunningMesh, start_mesh, stop_and_check
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -157,6 +158,51 @@ def test_behind_the_edge_no_call_is_taken_from_an_unverified_caller(mesh: Runnin
         )
     assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert "x-tips-user" in (raised.value.details() or "")
+
+
+def _tips_login(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tipsmesh.cli", "login", "--run-dir", str(mesh.run_dir), *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_a_newcomer_signs_in_with_tips_login_and_finds_the_demo_user(mesh: RunningMesh) -> None:
+    started = time.monotonic()
+    login = _tips_login(mesh, "--as", "demo")
+    assert login.returncode == 0, login.stderr
+    took = time.monotonic() - started
+    token = login.stdout.strip()
+    gateway = f"http://127.0.0.1:{mesh.port('gateway')}"
+    with httpx.Client(
+        base_url=gateway, headers={"Authorization": f"Bearer {token}"}, trust_env=False, timeout=10
+    ) as http:
+        consents = {
+            c["name"].rsplit("/", 1)[1]: c["state"]
+            for c in http.get("/v1/users/me/consents").json()["consents"]
+        }
+        assert consents["calendar-data-for-tips"] == "CONSENT_STATE_GRANTED"
+        assert consents["fitness-data-for-tips"] == "CONSENT_STATE_GRANTED"
+        signals = http.get("/v1/users/me/signals", params={"pageSize": 100}).json()["signals"]
+        days = {s["startTime"][:10] for s in signals if s["kind"] == "SIGNAL_KIND_STEPS"}
+        assert len(days) == 7, days  # a week of steps (and of sleep)
+        tips = http.get("/v1/users/me/tips", params={"pageSize": 1}).json()["tips"]
+        assert tips and tips[0]["name"].startswith("users/")
+    # The same name is the same user every time, on either provider's stand-in.
+    again = json.loads(_tips_login(mesh, "--as", "demo", "--json").stdout)
+    assert again["user"] == json.loads((mesh.run_dir / "demo.json").read_text())["user"]
+    alice = json.loads(_tips_login(mesh, "--as", "alice", "--provider", "apple", "--json").stdout)
+    assert alice["user"] != again["user"] and alice["accessToken"]
+    print(json.dumps({"tips_login_seconds": round(took, 2)}))
+
+
+def test_tips_login_without_a_mesh_says_how_to_start_one(tmp_path: Path) -> None:
+    login = subprocess.run(
+        [sys.executable, "-m", "tipsmesh.cli", "login", "--run-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert login.returncode == 2
+    assert "make up" in login.stderr
 
 
 def test_logs_go_to_run_dir(mesh: RunningMesh) -> None:

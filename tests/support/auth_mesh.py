@@ -27,11 +27,11 @@ from kernel.settings import Settings
 from services.auth.crypto import generate_kek
 from services.auth.service import SERVICE
 from services.auth.settings import AuthSettings
-from tests.support.oidc_issuer import OidcIssuer
 from tests.support.tokens import as_user
 from tips.auth.v1 import auth_service_pb2 as pb
 from tips.auth.v1 import auth_service_pb2_grpc as pb_grpc
 from tips.auth.v1 import identity_pb2, session_pb2
+from tipsmesh.devidp import OidcIssuer
 
 GOOGLE = identity_pb2.IDENTITY_PROVIDER_GOOGLE
 APPLE = identity_pb2.IDENTITY_PROVIDER_APPLE

@@ -21,9 +21,9 @@ from joserfc.jwk import KeySet
 from kernel.errors import error_info
 from services.auth.service import rotate_signing_keys
 from tests.support.auth_mesh import APPLE, GOOGLE, REDIRECT_URI, AuthMesh, auth
-from tests.support.oidc_issuer import Login
 from tips.auth.v1 import auth_service_pb2 as pb
 from tips.auth.v1 import session_pb2
+from tipsmesh.devidp import Login
 
 pytestmark = pytest.mark.integration
 __all__ = ["auth"]

@@ -120,3 +120,12 @@ def test_claim_checks(extra: dict[str, object], check: str) -> None:
 def test_google_issuer_without_scheme_is_accepted() -> None:
     claims = _provider().check_claims(_claims(email="a@b.c", email_verified=True), "n", time.time())
     assert claims.subject == "123" and claims.email_verified
+
+
+def test_a_local_identity_provider_is_refused_outside_dev_mode() -> None:
+    from services.auth.settings import AuthSettings
+
+    with pytest.raises(ValueError, match=r"TIPS_AUTH_APPLE_ISSUER.*TIPS_DEV_MODE=1"):
+        AuthSettings(auth_apple_issuer="http://127.0.0.1:9999", dev_mode=False)
+    assert AuthSettings(auth_apple_issuer="http://127.0.0.1:9999", dev_mode=True)
+    assert AuthSettings(dev_mode=False).auth_google_issuer.startswith("https://")

@@ -1,7 +1,11 @@
 """A local OpenID Connect issuer over real HTTP, standing in for Google or Apple.
 
-A Starlette app served by uvicorn on a free port of 127.0.0.1, in the test's
-event loop. It serves what the auth service uses of a real provider:
+Development only: `tips up` runs one for each provider so a newcomer can
+sign in without a Google or Apple account (``tips login``), and the tests use
+it as the providers' stand-in. The auth service accepts an issuer that is
+not https only in dev mode (``TIPS_DEV_MODE``). A Starlette app served by
+uvicorn on a free port of 127.0.0.1, in the caller's event loop. It serves
+what the auth service uses of a real provider:
 
 - ``/.well-known/openid-configuration`` (issuer, endpoints, jwks_uri);
 - ``/jwks`` with its public RSA keys (``jwks_fetches`` counts requests);
@@ -11,7 +15,9 @@ event loop. It serves what the auth service uses of a real provider:
   the PKCE S256 verifier, and returns an ID token.
 
 ``mint`` signs ID tokens directly (what a mobile SDK would hand the app),
-with knobs for every attack the tests try.
+with knobs for every attack the tests try. ``POST /dev/id-token`` (JSON
+``{"subject", "nonce", "email"}``) does the same over HTTP for ``tips login``:
+the part a real provider does behind its own sign-in screen.
 """
 
 from __future__ import annotations
@@ -195,6 +201,22 @@ class OidcIssuer:
         target = f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q['state']})}"
         return RedirectResponse(target, status_code=302)
 
+    async def _dev_id_token(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"error": "invalid_request", "fields": ["body"]}, 400)
+        problems = [
+            name
+            for name in ("subject", "nonce")
+            if not isinstance(body.get(name), str) or not body.get(name)
+        ]
+        if problems:
+            return JSONResponse({"error": "invalid_request", "fields": problems}, 400)
+        email = body.get("email") if isinstance(body.get("email"), str) else ""
+        token = self.mint(body["subject"], nonce=body["nonce"], email=email)
+        return JSONResponse({"id_token": token})
+
     async def _token(self, request: Request) -> Response:
         # Parsed by hand: Starlette's form parser needs python-multipart.
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
@@ -240,6 +262,7 @@ class OidcIssuer:
                 Route("/jwks", self._jwks),
                 Route("/authorize", self._authorize),
                 Route("/token", self._token, methods=["POST"]),
+                Route("/dev/id-token", self._dev_id_token, methods=["POST"]),
             ]
         )
         config = uvicorn.Config(
