@@ -170,7 +170,9 @@ class ConsentGate:
             self._confirmed[user_id] = (self._clock(), granted)
         return {
             p: FailedPrecondition(
-                f"the user has not granted consent {consent_id(p)!r} for this kind",
+                f"the user has not granted consent {consent_id(p)!r} for this kind of "
+                f"signal: grant it first (POST /v1/users/me/consents/{consent_id(p)}:grant, "
+                "ProfileService.GrantConsent), then send the signal again",
                 reason="CONSENT_REQUIRED",
                 metadata={"consent": consent_id(p)},
             )

@@ -132,6 +132,8 @@ def _assert_consent_required(result: ev.IngestResult) -> None:
     assert result.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], result
     [info] = [d for d in unpack_details(result.error) if isinstance(d, error_details_pb2.ErrorInfo)]
     assert info.reason == "CONSENT_REQUIRED" and info.metadata["consent"] == FITNESS, info
+    # The message says what to do about it, not only what is missing.
+    assert f"/v1/users/me/consents/{FITNESS}:grant" in result.error.message, result.error.message
 
 
 async def test_no_consent_rejects_steps_and_accepts_focus_in_the_same_batch(mesh: Mesh) -> None:
