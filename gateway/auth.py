@@ -19,9 +19,8 @@ from gateway.revocations import RevokedSessions
 from gateway.upstreams import Upstreams
 from kernel.errors import Unauthenticated
 from kernel.identity import Caller
-from kernel.jwks import KeyCache
 from kernel.settings import Settings
-from kernel.tokens import ClaimsPolicy, TokenVerifier, verifier_from_settings
+from kernel.tokens import TokenVerifier, verifier_from_settings
 
 
 class EdgeAuth(Protocol):
@@ -37,19 +36,9 @@ class EdgeAuth(Protocol):
 class JwtEdgeAuth:
     """EdgeAuth: a verified JWT whose session is not revoked."""
 
-    def __init__(
-        self,
-        keys: KeyCache | TokenVerifier,
-        policy: ClaimsPolicy | None = None,
-        revoked: RevokedSessions | None = None,
-    ) -> None:
-        if isinstance(keys, TokenVerifier):
-            self.verifier = keys
-        else:
-            if policy is None:
-                raise TypeError("JwtEdgeAuth(keys, policy): a KeyCache needs its ClaimsPolicy")
-            self.verifier = TokenVerifier(keys, policy)
-        self.keys = self.verifier.keys
+    def __init__(self, verifier: TokenVerifier, revoked: RevokedSessions | None = None) -> None:
+        self.verifier = verifier
+        self.keys = verifier.keys
         self._revoked = revoked
 
     async def authenticate(self, authorization: str | None) -> Caller:

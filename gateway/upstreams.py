@@ -59,6 +59,7 @@ class Upstreams:
             if self.settings is None:
                 channel = grpc.aio.insecure_channel(address)
             else:
+                # An address no upstream is named for: its host is the name to check.
                 name = self._names.get(address, address.rpartition(":")[0])
                 channel = secure_channel(address, self.settings, server_name=name)
             self._channels[address] = channel

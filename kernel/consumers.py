@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from kernel.access import GATEWAY
 from kernel.bus import Bus, BusError, Delivery, Handler, stream_of, subject_of
 from kernel.bus_permissions import consumed_events
 from kernel.names import USER
@@ -99,7 +100,7 @@ async def consume_forever(
 def check_declared(process: str, message_type: type[Message]) -> None:
     """BusError when mesh process ``process`` did not declare it consumes ``message_type``."""
     name = message_type.DESCRIPTOR.full_name
-    if process in (*SERVICE_NAMES, "gateway") and name not in consumed_events(process):
+    if process in (*SERVICE_NAMES, GATEWAY) and name not in consumed_events(process):
         raise BusError(
             f"{process} consumes {name} but does not declare it: add it to "
             f"option (tips.options.v1.consumes) in proto/tips/{process}/v1/ "

@@ -114,14 +114,25 @@ def start_mesh(tmp: Path, *command: str, extra_env: dict[str, str] | None = None
     # Not under pytest's tmp dir: another pytest run on the machine may reset
     # /tmp/pytest-of-<user> to owner-only, and PostgreSQL (its own system user)
     # could then no longer reach its data dir to stop. `tmp` keeps a pointer.
-    run_dir = Path(tempfile.mkdtemp(prefix="tips-e2e-")) / "run"
-    (tmp / "run-dir.txt").write_text(str(run_dir))
+    run_dir = new_run_dir(tmp)
     argv = list(command) or [
         sys.executable, "-m", "tipsmesh.cli", "up", "--run-dir", str(run_dir),
     ]  # fmt: skip
     env = mesh_env(base, extra_env)
     if command:  # make up: the run dir comes from the repo default otherwise
         env["TIPS_RUN_DIR"] = str(run_dir)
+    return launch(argv, env, run_dir, base)
+
+
+def new_run_dir(tmp: Path) -> Path:
+    """A fresh run dir outside pytest's tmp dir (see start_mesh); ``tmp`` points at it."""
+    run_dir = Path(tempfile.mkdtemp(prefix="tips-e2e-")) / "run"
+    (tmp / "run-dir.txt").write_text(str(run_dir))
+    return run_dir
+
+
+def launch(argv: list[str], env: dict[str, str], run_dir: Path, base: int) -> RunningMesh:
+    """Run ``argv`` (`tips up` or `make up`) until it reports SERVING; its output kept."""
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -141,7 +152,7 @@ def start_mesh(tmp: Path, *command: str, extra_env: dict[str, str] | None = None
     while not ready.wait(0.2):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"tips up did not reach SERVING:\n{''.join(mesh.output)}")
+            pytest.fail(f"{' '.join(argv)} did not reach SERVING:\n{''.join(mesh.output)}")
     mesh.state = json.loads((run_dir / "mesh.json").read_text())
     return mesh
 

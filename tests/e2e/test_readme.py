@@ -14,19 +14,15 @@ this test needs them free and says so when they are not.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import tempfile
-import threading
-import time
 from pathlib import Path
 
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT
-from tests.e2e.meshutil import ROOT, START_TIMEOUT, RunningMesh, stop_and_check
-from tipsmesh.up import READY_LINE, port_taken
+from tests.e2e.meshutil import ROOT, launch, new_run_dir, stop_and_check
+from tipsmesh.up import port_taken
 
 README = ROOT / "README.md"
 _BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -41,34 +37,14 @@ def test_the_readme_blocks_run_as_written(tmp_path: Path) -> None:
     assert blocks and "make up" in blocks[0], "the README starts with `make up`"
     taken = [p for p in (GATEWAY_DEFAULT_PORT, *DEFAULT_PORTS.values()) if port_taken(p)]
     assert not taken, f"the README's default ports are in use: {taken}; stop that mesh first"
-    run_dir = Path(tempfile.mkdtemp(prefix="tips-readme-")) / "run"
-    (tmp_path / "run-dir.txt").write_text(str(run_dir))
+    run_dir = new_run_dir(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIPS_")}
     env["TIPS_RUN_DIR"] = str(run_dir)
     first = [line for line in blocks[0].splitlines() if line.split("#")[0].strip()]
     assert [line.split("#")[0].strip() for line in first] == ["make up", "make test"]
 
-    proc = subprocess.Popen(
-        ["make", "up"], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    mesh = RunningMesh(proc, run_dir, GATEWAY_DEFAULT_PORT)
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            mesh.output.append(line)
-            if line.startswith(READY_LINE):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    started = time.monotonic()
+    mesh = launch(["make", "up"], env, run_dir, GATEWAY_DEFAULT_PORT)
     try:
-        while not ready.wait(0.2):
-            assert proc.poll() is None, "make up exited:\n" + "".join(mesh.output)
-            assert time.monotonic() - started < START_TIMEOUT, "".join(mesh.output)
-        mesh.state = json.loads((run_dir / "mesh.json").read_text())
         script = "\n".join(blocks[1:])
         ran = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", script],
@@ -79,8 +55,5 @@ def test_the_readme_blocks_run_as_written(tmp_path: Path) -> None:
         assert '"tips":[' in ran.stdout and "INGEST_OUTCOME_" in ran.stdout, ran.stdout
         assert ran.stdout.count("SERVING") >= len(DEFAULT_PORTS), ran.stdout
     finally:
-        if mesh.state:
-            # make forwards SIGTERM to `tips up`; nothing of the mesh may be left.
-            stop_and_check(mesh, signal.SIGTERM)
-        else:
-            proc.kill()
+        # make forwards SIGTERM to `tips up`; nothing of the mesh may be left.
+        stop_and_check(mesh, signal.SIGTERM)

@@ -40,11 +40,12 @@ from tests.integration.events.events_helpers import (
     steps,
     user,
 )
+from tests.support.pg_ctl import pg_ctl
 from tests.support.tokens import as_user
 from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
-from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
+from tipsmesh.localinfra import LocalNats, LocalPostgres, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -100,24 +101,11 @@ async def own_nats() -> AsyncIterator[LocalNats]:
         shutil.rmtree(store, ignore_errors=True)
 
 
-async def _pg_ctl(step: Callable[[], object], attempts: int = 3) -> None:
-    """A blocking pg_ctl step, again if it reported a failure (it sometimes does on a
-    loaded machine; the test is about the service, not pg_ctl)."""
-    for attempt in range(attempts):
-        try:
-            await asyncio.to_thread(step)
-            return
-        except LocalInfraError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.5)
-
-
 @pytest.fixture
 async def own_postgres() -> AsyncIterator[LocalPostgres]:
     data_dir = Path(tempfile.mkdtemp(prefix="tips-pg-restarts-"))
     server = LocalPostgres(data_dir, port=free_port())
-    await _pg_ctl(server.start)
+    await pg_ctl(server.start)
     try:
         # LocalPostgres trades durability for speed (synchronous_commit off): commit
         # as production does, so a stop cannot lose an acknowledged commit.
@@ -126,7 +114,7 @@ async def own_postgres() -> AsyncIterator[LocalPostgres]:
         await conn.close()
         yield server
     finally:
-        await _pg_ctl(server.stop)
+        await pg_ctl(server.stop)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -226,10 +214,10 @@ async def test_postgres_and_nats_restarts_under_load(
             warm = time.monotonic() + 3.0
             await _until(lambda: load.sent >= 1000 and time.monotonic() > warm)
             health.phase = "postgres down"
-            await _pg_ctl(own_postgres.stop)
+            await pg_ctl(own_postgres.stop)
             await asyncio.sleep(OUTAGE_SECONDS)
             health.phase = "postgres starting"
-            await _pg_ctl(own_postgres.start)
+            await pg_ctl(own_postgres.start)
             health.phase = "postgres back"
             settled = load.sent
             await _until(lambda: load.sent >= settled + 1000 and health.last == "SERVING")

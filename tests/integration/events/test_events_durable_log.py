@@ -33,9 +33,10 @@ from tests.integration.events.events_helpers import (
     steps,
     user,
 )
+from tests.support.pg_ctl import pg_ctl
 from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
-from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
+from tipsmesh.localinfra import LocalNats, LocalPostgres, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -160,21 +161,8 @@ async def test_nats_outage_loses_nothing_and_publishes_nothing_twice(
     assert stats.refusals.get("RESOURCE_EXHAUSTED", 0) > 0, stats
 
 
-async def _retry(step: Callable[[], object], attempts: int = 3) -> None:
-    """Run a blocking pg_ctl step, again if it reported a failure (it sometimes does
-    on this loaded machine; the test is about the service, not pg_ctl)."""
-    for attempt in range(attempts):
-        try:
-            await asyncio.to_thread(step)
-            return
-        except LocalInfraError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.5)
-
-
 async def _stop(pg: LocalPostgres) -> None:
-    await _retry(pg.stop)
+    await pg_ctl(pg.stop)
 
 
 async def test_postgres_outage_stores_nothing_twice(own_nats: LocalNats) -> None:
@@ -198,7 +186,7 @@ async def test_postgres_outage_stores_nothing_twice(own_nats: LocalNats) -> None
         async def stop_and_restart_postgres() -> None:
             await _stop(pg)
             await asyncio.sleep(OUTAGE_SECONDS)
-            await _retry(pg.start)
+            await pg_ctl(pg.start)
 
         try:
             async with events_server(settings) as server:

@@ -19,7 +19,7 @@ from gateway.auth import JwtEdgeAuth
 from kernel.errors import Unauthenticated, Unavailable
 from kernel.identity import Caller
 from kernel.jwks import JwksFetchError, KeyCache, parse_jwks
-from kernel.tokens import ClaimsPolicy, bearer_token
+from kernel.tokens import ClaimsPolicy, TokenVerifier, bearer_token
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:EdDSA is deprecated")]
 
@@ -266,9 +266,8 @@ async def test_cold_cache_fails_closed_and_does_not_hammer() -> None:
 
 async def test_edge_auth_end_to_end_in_memory() -> None:
     key = ECKey.generate_key("P-256", parameters={"kid": "k1"})
-    auth = JwtEdgeAuth(
-        KeyCache(MemorySource(_doc(key)), cache_seconds=60, min_refresh_seconds=5), POLICY
-    )
+    cache = KeyCache(MemorySource(_doc(key)), cache_seconds=60, min_refresh_seconds=5)
+    auth = JwtEdgeAuth(TokenVerifier(cache, POLICY))
     token = jwt.encode({"alg": "ES256", "kid": "k1"}, _claims(), key, algorithms=["ES256"])
     caller = await auth.authenticate(f"Bearer {token}")
     assert caller.user == "u_123"
@@ -278,9 +277,8 @@ async def test_edge_auth_end_to_end_in_memory() -> None:
 async def test_remembered_token_still_expires() -> None:
     key = OKPKey.generate_key("Ed25519", parameters={"kid": "k1"})
     strict = ClaimsPolicy(issuer=ISS, audience=AUD, leeway_s=0)
-    auth = JwtEdgeAuth(
-        KeyCache(MemorySource(_doc(key)), cache_seconds=60, min_refresh_seconds=5), strict
-    )
+    cache = KeyCache(MemorySource(_doc(key)), cache_seconds=60, min_refresh_seconds=5)
+    auth = JwtEdgeAuth(TokenVerifier(cache, strict))
     exp = int(time.time()) + 1
     token = jwt.encode({"alg": "EdDSA", "kid": "k1"}, _claims(exp=exp), key, algorithms=["EdDSA"])
     assert (await auth.authenticate(f"Bearer {token}")).user == "u_123"

@@ -14,7 +14,7 @@ from gateway.revocations import RevocationFeed, RevokedSessions, refuse_until, s
 from kernel.errors import Unauthenticated
 from kernel.jwks import KeyCache
 from kernel.settings import Settings
-from kernel.tokens import ClaimsPolicy
+from kernel.tokens import ClaimsPolicy, TokenVerifier
 from tips.auth.v1 import events_pb2
 
 pytestmark = pytest.mark.unit
@@ -102,7 +102,8 @@ async def test_a_revoked_session_is_refused_even_when_the_token_is_remembered() 
         _Keys({"keys": [key.as_dict(private=False)]}), cache_seconds=300, min_refresh_seconds=0
     )
     revoked = RevokedSessions()
-    auth = JwtEdgeAuth(cache, ClaimsPolicy(issuer=ISS, audience=AUD, leeway_s=30), revoked)
+    policy = ClaimsPolicy(issuer=ISS, audience=AUD, leeway_s=30)
+    auth = JwtEdgeAuth(TokenVerifier(cache, policy), revoked)
     now = int(time.time())
     claims = {"iss": ISS, "aud": AUD, "sub": "u_1", "iat": now, "exp": now + 300}
     token = jwt.encode(
