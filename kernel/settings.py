@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     notifier_addr: str = f"127.0.0.1:{DEFAULT_PORTS['notifier']}"
 
     gateway_port: int = Field(default=GATEWAY_DEFAULT_PORT, ge=0, le=65535)
+    # The built web app (web/dist, `make web`) the edge serves at /app/; empty
+    # serves none (gateway/webapp.py).
+    gateway_web_dir: str = ""
 
     # Access tokens the edge accepts (gateway.auth): their `iss` and `aud`.
     auth_issuer: str = "https://auth.tips.local"

@@ -10,7 +10,10 @@ what the auth service uses of a real provider:
 - ``/.well-known/openid-configuration`` (issuer, endpoints, jwks_uri);
 - ``/jwks`` with its public RSA keys (``jwks_fetches`` counts requests);
 - ``/authorize``: checks the request and redirects to ``redirect_uri`` with
-  ``code`` and ``state`` (the user is ``next_login``);
+  ``code`` and ``state`` (the user is ``next_login``). With ``sign_in_page``
+  (as `tips up` runs it) it first shows a page asking who signs in, the
+  provider's own sign-in screen in miniature, so the web app's sign-in works
+  in a browser; ``response_mode=form_post`` (Apple) posts the answer back;
 - ``/token``: exchanges a code once, checking client id, redirect URI and
   the PKCE S256 verifier, and returns an ID token.
 
@@ -26,7 +29,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import json
+import re
 import secrets
 import socket
 import time
@@ -41,6 +46,41 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+_SIGN_IN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in with {provider} (development)</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 26rem; margin: 2rem auto;
+  padding: 0 1rem">
+<main>
+<h1>Sign in with {provider}</h1>
+<p><strong>Development provider.</strong> Not a real {provider} account: a local
+stand-in that <code>tips up</code> runs. The user <code>demo</code> has a week of data.</p>
+{error}
+<form method="get" action="/authorize">{kept}
+<label for="login">Who signs in</label>
+<input id="login" name="login" value="{default}" autocomplete="username" required
+  style="display: block; width: 100%; font-size: 1rem; padding: .5rem; margin: .5rem 0 1rem">
+<button type="submit" style="font-size: 1rem; padding: .6rem 1.2rem">Continue</button>
+</form></main></body></html>
+"""
+
+_FORM_POST_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Signing in</title></head>
+<body onload="document.forms[0].submit()"><form method="post" action="{action}">{fields}
+<noscript><button type="submit">Continue</button></noscript></form></body></html>
+"""
+
+
+def _form_post(redirect_uri: str, answer: dict[str, str]) -> Response:
+    """OAuth 2.0 Form Post Response Mode: the browser posts the answer to the client."""
+    fields = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in answer.items()
+    )
+    page = _FORM_POST_PAGE.format(action=html.escape(redirect_uri), fields=fields)
+    return Response(page, media_type="text/html; charset=utf-8")
 
 
 def _b64(data: bytes) -> str:
@@ -61,6 +101,15 @@ class Login:
     email: str = ""
     email_verified: bool = True
 
+    @classmethod
+    def dev_user(cls, name: str) -> Login:
+        """The development user ``name``: the one `tips login --as NAME` signs in."""
+        return cls(f"dev-{name}", f"{name}@dev.tips.local")
+
+
+# Names a development user may have: they become a subject and an email address.
+_DEV_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+
 
 @dataclass
 class _Grant:
@@ -79,6 +128,8 @@ class OidcIssuer:
     keys: list[RSAKey] = field(default_factory=list)
     jwks_fetches: int = 0
     next_login: Login = field(default_factory=lambda: Login("nobody"))
+    # Ask in a page who signs in (a browser's sign-in), instead of next_login.
+    sign_in_page: bool = False
     # Verifiers the token endpoint received (tests look for them in the DB).
     seen_verifiers: list[str] = field(default_factory=list)
     _grants: dict[str, _Grant] = field(default_factory=dict)
@@ -194,12 +245,42 @@ class OidcIssuer:
         ]
         if problems:
             return JSONResponse({"error": "invalid_request", "fields": problems}, 400)
+        login = self.next_login
+        if self.sign_in_page:
+            name = q.get("login", "").strip().lower()
+            if not _DEV_NAME.match(name):
+                return self._sign_in_form(request, q.get("login_hint", ""), bool(name))
+            login = Login.dev_user(name)
         code = secrets.token_urlsafe(24)
         self._grants[code] = _Grant(
-            q["client_id"], q["redirect_uri"], q["code_challenge"], q["nonce"], self.next_login
+            q["client_id"], q["redirect_uri"], q["code_challenge"], q["nonce"], login
         )
-        target = f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q['state']})}"
+        answer = {"code": code, "state": q["state"]}
+        if q.get("response_mode") == "form_post":
+            return _form_post(q["redirect_uri"], answer)
+        target = f"{q['redirect_uri']}?{urlencode(answer)}"
         return RedirectResponse(target, status_code=302)
+
+    def _sign_in_form(self, request: Request, hint: str, rejected: bool) -> Response:
+        """Who signs in: a name (``demo`` has seeded data); the query carried along."""
+        kept = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in request.query_params.items()
+            if k != "login"
+        )
+        default = hint.split("@")[0] if hint else "demo"
+        error = (
+            '<p role="alert">Use 1-40 lowercase letters, digits, dots, dashes or underscores.</p>'
+            if rejected
+            else ""
+        )
+        page = _SIGN_IN_PAGE.format(
+            provider=html.escape(self.name.capitalize()),
+            kept=kept,
+            default=html.escape(default),
+            error=error,
+        )
+        return Response(page, media_type="text/html; charset=utf-8")
 
     async def _dev_id_token(self, request: Request) -> Response:
         try:

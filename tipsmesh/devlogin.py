@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from tipsmesh.devidp import Login
+
 PROVIDERS = {"google": "IDENTITY_PROVIDER_GOOGLE", "apple": "IDENTITY_PROVIDER_APPLE"}
 # The one client id the development providers issue ID tokens for.
 DEV_CLIENT_ID = "tips-dev-app"
@@ -41,7 +43,7 @@ class LoginError(RuntimeError):
 
 def subject_of(name: str) -> str:
     """The provider subject of a development user named ``name``."""
-    return f"dev-{name}"
+    return Login.dev_user(name).subject
 
 
 async def sign_in(
@@ -54,7 +56,7 @@ async def sign_in(
     async with httpx.AsyncClient(timeout=20, trust_env=False) as http:
         minted = await http.post(
             f"{provider_url}/dev/id-token",
-            json={"subject": subject_of(name), "nonce": nonce, "email": f"{name}@dev.tips.local"},
+            json={"subject": subject_of(name), "nonce": nonce, "email": Login.dev_user(name).email},
         )
         if minted.status_code != 200:
             raise LoginError(f"the development {provider} provider answered {minted.status_code}")

@@ -229,7 +229,8 @@ class Mesh:
     async def _start_dev_idps(self) -> None:
         """Development identity providers, in this process (tipsmesh.devidp)."""
         for name in devlogin.PROVIDERS:
-            idp = OidcIssuer(name, [devlogin.DEV_CLIENT_ID])
+            # With its sign-in page: the web app signs in through a browser.
+            idp = OidcIssuer(name, [devlogin.DEV_CLIENT_ID], sign_in_page=True)
             await idp.start()
             self.dev_idps[name] = idp
 
@@ -337,6 +338,8 @@ class Mesh:
             env[f"TIPS_{service.upper()}_ADDR"] = f"{HOST}:{self.ports[service]}"
         if GATEWAY in self.ports:
             env["TIPS_GATEWAY_PORT"] = str(self.ports[GATEWAY])
+            # The web app (`make web` builds it), at /app/ on the gateway.
+            env.setdefault("TIPS_GATEWAY_WEB_DIR", str(ROOT / "web" / "dist"))
         if name is not None and name != GATEWAY:
             env["TIPS_SERVICE"] = name
             env["TIPS_PORT"] = str(self.ports[name])
@@ -348,6 +351,11 @@ class Mesh:
                 env[f"TIPS_AUTH_{provider.upper()}_CLIENT_IDS"] = json.dumps(
                     [devlogin.DEV_CLIENT_ID]
                 )
+                env[f"TIPS_AUTH_{provider.upper()}_WEB_CLIENT_ID"] = devlogin.DEV_CLIENT_ID
+            if GATEWAY in self.ports:
+                # The web app's sign-in lands back on it (either loopback name).
+                origins = [f"http://{h}:{self.ports[GATEWAY]}" for h in (HOST, "localhost")]
+                env["TIPS_AUTH_WEB_REDIRECT_URIS"] = json.dumps([f"{o}/app/" for o in origins])
         # Each process gets its own secrets only (no superuser password for a service).
         env = devsecrets.for_process(env, name)
         if name is not None:

@@ -1,9 +1,10 @@
 """Fail when the committed gen/ is not what buf makes from proto/.
 
-gen/python comes from ``buf generate``; gen/descriptors/tips.binpb is the ``buf build``
-image (with comments) that the gateway and the OpenAPI generator read at start-up.
-Both are made into a temporary directory, so the working tree is never touched, then
-compared file by file: missing, extra and differing files.
+gen/python and web/src/gen (the web app's TypeScript, protoc-gen-es) come from
+``buf generate``; gen/descriptors/tips.binpb is the ``buf build`` image (with comments)
+that the gateway and the OpenAPI generator read at start-up. All are made into a
+temporary directory, so the working tree is never touched, then compared file by file:
+missing, extra and differing files.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GEN = Path("gen")  # gen/python: the `out` of every plugin in buf.gen.yaml
-IMAGE = GEN / "descriptors" / "tips.binpb"
+# The `out` of every plugin in buf.gen.yaml lies under one of these.
+GENERATED = (Path("gen"), Path("web/src/gen"))
+IMAGE = Path("gen/descriptors/tips.binpb")
 # Not produced by buf, but allowed to live next to generated code.
 IGNORED_NAMES = {"__pycache__", "py.typed"}
 MAX_DIFF_LINES = 40  # per file: enough to see what drifted, not a wall of text
@@ -37,7 +39,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def generate(out: Path) -> None:
     # The plugins run `python ...`: put this interpreter's bin dir first so they use the
-    # venv's python, grpc_tools and protoc-gen-mypy, as `make gen` does.
+    # venv's python, grpc_tools and protoc-gen-mypy (and node, for protoc-gen-es), as
+    # `make gen` does.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     result = subprocess.run(
@@ -78,29 +81,37 @@ def unified(name: str, committed: bytes, fresh: bytes) -> list[str]:
     return lines
 
 
+def trees(root: Path) -> dict[str, bytes]:
+    """Every generated file under ``root``, keyed by its path from the repo root."""
+    return {
+        str(base / name): data for base in GENERATED for name, data in tree(root / base).items()
+    }
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tips-gen-") as tmp:
         generate(Path(tmp))
-        fresh = tree(Path(tmp) / GEN)
-    committed = tree(ROOT / GEN)
+        fresh = trees(Path(tmp))
+    committed = trees(ROOT)
+    where = " and ".join(map(str, GENERATED))
 
     missing = sorted(fresh.keys() - committed.keys())
     extra = sorted(committed.keys() - fresh.keys())
     differing = sorted(k for k in fresh.keys() & committed.keys() if fresh[k] != committed[k])
     if not (missing or extra or differing):
-        print(f"gen drift: {GEN} matches buf generate ({len(fresh)} files).")
+        print(f"gen drift: {where} match buf generate ({len(fresh)} files).")
         return 0
 
     for name in missing:
-        print(f"missing in {GEN}: {name}")
+        print(f"missing: {name}")
     for name in extra:
-        print(f"extra in {GEN} (no proto generates it): {name}")
+        print(f"extra (no proto generates it): {name}")
     for name in differing:
-        print(f"differs: {GEN}/{name}")
+        print(f"differs: {name}")
         print("\n".join(unified(name, committed[name], fresh[name])))
     print(
         f"gen drift: FAILED: {len(missing)} missing, {len(extra)} extra, "
-        f"{len(differing)} differing files in {GEN}. Run `make gen` and commit {GEN}.",
+        f"{len(differing)} differing files in {where}. Run `make gen` and commit them.",
         file=sys.stderr,
     )
     return 1

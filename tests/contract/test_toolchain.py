@@ -105,7 +105,7 @@ def edit(repo: Path, path: Path, old: str, new: str) -> None:
 
 
 def regenerate(repo: Path) -> None:
-    """What `make gen` does: the Python stubs and the descriptor image."""
+    """What `make gen` does: the Python and TypeScript stubs and the descriptor image."""
     ok(repo, "buf", "generate")
     (repo / "gen" / "descriptors").mkdir(parents=True, exist_ok=True)
     ok(repo, "buf", "build", "-o", "gen/descriptors/tips.binpb")
@@ -127,7 +127,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy2(ROOT / options, repo / options)
     (repo / SAMPLE).parent.mkdir(parents=True)
     (repo / SAMPLE).write_text(SAMPLE_V1)
-    (repo / ".gitignore").write_text("__pycache__/\n")
+    # buf.gen.yaml's protoc-gen-es runs from the web app's packages.
+    (repo / "web").mkdir()
+    (repo / "web" / "node_modules").symlink_to(ROOT / "web" / "node_modules")
+    (repo / ".gitignore").write_text("__pycache__/\nnode_modules\n")
     ok(repo, "git", "init", "--quiet", "--initial-branch=main")
     regenerate(repo)
     commit(repo, "sample v1")
@@ -157,7 +160,7 @@ def test_clean_repository_passes_every_check(repo: Path) -> None:
     ok(repo, *FORMAT)
     out = ok(repo, *BREAKING)
     assert "HEAD~1" in out and "no breaking changes" in out
-    assert "matches buf generate" in ok(repo, *DRIFT)
+    assert "match buf generate" in ok(repo, *DRIFT)
 
 
 @pytest.mark.parametrize(
@@ -292,6 +295,9 @@ def test_proto_change_not_regenerated_fails_drift(repo: Path) -> None:
     result = run(repo, *DRIFT)
     assert result.returncode != 0
     assert "differs: gen/python/tips/sample/v1/sample_pb2.pyi" in result.stdout
+    # The web app's types drift with them.
+    assert "differs: web/src/gen/tips/sample/v1/sample_pb.ts" in result.stdout
+    assert "+  tag?: string;" in result.stdout
     assert "make gen" in result.stderr
 
 
@@ -301,7 +307,7 @@ def test_missing_and_extra_generated_files_fail_drift(repo: Path) -> None:
     stray.write_text("# no proto makes this\n")
     result = run(repo, *DRIFT)
     assert result.returncode != 0
-    assert "missing in gen: python/tips/sample/v1/sample_pb2.py" in result.stdout
-    assert "extra in gen (no proto generates it): python/tips/sample/v1/stray_pb2.py" in (
+    assert "missing: gen/python/tips/sample/v1/sample_pb2.py" in result.stdout
+    assert "extra (no proto generates it): gen/python/tips/sample/v1/stray_pb2.py" in (
         result.stdout
     )
