@@ -3,6 +3,8 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gen ./gen
+# tipsclient: the TLS part kernel.tls shares with the typed client (clients/python).
+COPY clients/python/tipsclient ./clients/python/tipsclient
 COPY kernel ./kernel
 COPY policy ./policy
 COPY services ./services

@@ -12,50 +12,41 @@ listens on). Settings name the files: ``TIPS_TLS_CA_FILE``,
 Plaintext only with ``TIPS_INSECURE=1``: no certificates, no peer names, a
 warning at start. Internal RPCs then accept any caller (there is no one to
 check), user identity is still a verified token (``kernel.identity``).
+
+Reading the files, a channel's credentials and the server-name check are
+``tipsclient.tls``, shared with the typed client outside callers install
+(``clients/python``, which must not depend on the kernel); this module adds
+what comes from settings, the server side and peer names.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from kernel.settings import Settings, SettingsError
+from tipsclient.errors import CertificateFileError
+from tipsclient.tls import Material, read_material, tls_channel
+from tipsclient.tls import channel_credentials as _credentials_of
 
 log = logging.getLogger("tips.tls")
 
 _SAN = "x509_subject_alternative_name"
-
-
-@dataclass(frozen=True)
-class _Material:
-    ca: bytes
-    cert: bytes
-    key: bytes
+_SETTING_NAMES = ("TIPS_TLS_CA_FILE", "TIPS_TLS_CERT_FILE", "TIPS_TLS_KEY_FILE")
 
 
 @cache
-def _read(ca_file: str, cert_file: str, key_file: str) -> _Material:
-    def read(path: str, what: str) -> bytes:
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise SettingsError(
-                f"invalid configuration: {what}: cannot read {path}: {exc.strerror}"
-            ) from None
-
-    return _Material(
-        ca=read(ca_file, "TIPS_TLS_CA_FILE"),
-        cert=read(cert_file, "TIPS_TLS_CERT_FILE"),
-        key=read(key_file, "TIPS_TLS_KEY_FILE"),
-    )
+def _read(ca_file: str, cert_file: str, key_file: str) -> Material:
+    try:
+        return read_material(ca_file, cert_file, key_file, names=_SETTING_NAMES)
+    except CertificateFileError as exc:
+        raise SettingsError(f"invalid configuration: {exc}") from None
 
 
-def material(settings: Settings) -> _Material | None:
+def material(settings: Settings) -> Material | None:
     """The CA, certificate and key; None when ``TIPS_INSECURE`` is set.
 
     SettingsError when neither is configured: plaintext is never a default.
@@ -100,11 +91,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
     """Credentials a channel presents (this process's certificate) and trusts (the CA)."""
     found = material(settings)
-    if found is None:
-        return None
-    return grpc.ssl_channel_credentials(
-        root_certificates=found.ca, private_key=found.key, certificate_chain=found.cert
-    )
+    return None if found is None else _credentials_of(found)
 
 
 def secure_channel(
@@ -117,12 +104,16 @@ def secure_channel(
 ) -> grpc.aio.Channel:
     """A channel to ``server_name`` at ``address``: mTLS, or plaintext when insecure."""
     credentials = channel_credentials(settings)
-    opts = list(options or [])
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=opts, interceptors=interceptors)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     # The server must prove it is `server_name`, whatever address it listens on.
-    opts.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.aio.secure_channel(address, credentials, options=opts, interceptors=interceptors)
+    return tls_channel(
+        address,
+        credentials,
+        server_name=server_name,
+        interceptors=interceptors,
+        options=options or (),
+    )
 
 
 def peer_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:

@@ -1,9 +1,11 @@
 """The layers import downwards only: a service never imports another service.
 
-kernel (bottom) <- policy (the bandit library) <- services <- tipsmesh (the CLI).
-The gateway sits beside the services on the kernel: it reaches them over gRPC
-only. A service that needs another's data asks it over gRPC or follows its
-events (docs/architecture.md).
+tipsclient (bottom) <- kernel <- policy (the bandit library) <- services <- tipsmesh
+(the CLI). tipsclient ships on its own to outside callers (clients/python), so it
+imports no other first-party package: the kernel builds its TLS on it. The
+gateway sits beside the services on the kernel: it reaches them over gRPC only.
+A service that needs another's data asks it over gRPC or follows its events
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import pytest
 pytestmark = pytest.mark.contract
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = ("kernel", "policy", "services", "gateway", "tipsmesh", "sim")
+FIRST_PARTY = ("tipsclient", "kernel", "policy", "services", "gateway", "tipsmesh", "sim")
+# Where a package lives when not at the top of the checkout.
+SOURCE_ROOTS = {"tipsclient": ROOT / "clients" / "python"}
 # What each top-level package (or service) may import of the first-party ones.
 ALLOWED = {
-    "kernel": {"kernel"},
+    "tipsclient": {"tipsclient"},
+    "kernel": {"kernel", "tipsclient"},
     "policy": {"kernel", "policy"},
     "gateway": {"kernel", "gateway"},
     "sim": {"kernel", "policy", "sim"},
@@ -45,11 +50,12 @@ def _layer(module: str) -> str:
 
 def _violations() -> list[str]:
     out: list[str] = []
-    for package in ("kernel", "policy", "gateway", "sim", "services"):
-        for path in sorted((ROOT / package).rglob("*.py")):
+    for package in ("tipsclient", "kernel", "policy", "gateway", "sim", "services"):
+        source_root = SOURCE_ROOTS.get(package, ROOT)
+        for path in sorted((source_root / package).rglob("*.py")):
             if "migrations" in path.parts:
                 continue
-            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            module = ".".join(path.relative_to(source_root).with_suffix("").parts)
             own = _layer(module)
             allowed = ALLOWED.get(own, {"kernel", "policy", own})
             for imported in _imports(path):
