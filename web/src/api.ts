@@ -3,6 +3,7 @@
 // violations (google.rpc.BadRequest) and the reason (google.rpc.ErrorInfo)
 // pulled out so a screen can point at the field that is wrong.
 import type { StatusJson } from "./gen/google/rpc/status_pb";
+import type { HttpRoute } from "./gen/rest";
 import { session } from "./session";
 
 const BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest";
@@ -41,7 +42,7 @@ export class ApiError extends Error {
   }
 }
 
-type Method = "GET" | "POST" | "PATCH" | "DELETE";
+type Method = HttpRoute<unknown, unknown>["method"];
 
 export interface CallOptions {
   /** Send the access token (default); public RPCs pass false. */
@@ -95,4 +96,57 @@ export async function call<T>(
     throw new ApiError(response.status, status);
   }
   return (await response.json()) as T;
+}
+
+type Json = Record<string, unknown>;
+const PATH_FIELD = /\{([A-Za-z0-9_.]+)(?:=([^}]*))?\}/g;
+
+function fieldAt(request: Json, path: string): unknown {
+  return path.split(".").reduce<unknown>((v, key) => (v as Json | undefined)?.[key], request);
+}
+
+/** Query parameters as grpc-gateway reads them: repeated keys, dotted paths for messages. */
+function appendQuery(query: URLSearchParams, key: string, value: unknown): void {
+  if (value === undefined || value === null || value === "") return;
+  if (Array.isArray(value)) {
+    for (const item of value) appendQuery(query, key, item);
+  } else if (typeof value === "object") {
+    for (const [k, v] of Object.entries(value as Json)) appendQuery(query, `${key}.${k}`, v);
+  } else {
+    query.append(key, String(value));
+  }
+}
+
+/**
+ * Calls one route of a google.api.http rule with its request, as grpc-gateway
+ * maps it: path fields into the template, the body rule's part as JSON, the
+ * rest as query parameters. The result has the response's JSON type (or the
+ * type of the field `response_body` names, which the edge sends as the body).
+ */
+export function rest<I, O>(route: HttpRoute<I, O>, request: I): Promise<O> {
+  const fields = request as Json;
+  const inPath = new Set<string>();
+  const path = route.path.replace(PATH_FIELD, (_, field: string, pattern: string | undefined) => {
+    const value = fieldAt(fields, field);
+    if (typeof value !== "string" || !value) {
+      throw new ApiError(400, { code: 3, message: `${field} is required in the path` });
+    }
+    inPath.add(field);
+    // A resource name (users/*/tips/*) keeps its slashes; each segment is escaped.
+    return pattern?.includes("/") ? value.split("/").map(encodeURIComponent).join("/") : encodeURIComponent(value);
+  });
+  const rest = Object.entries(fields).filter(([k]) => !inPath.has(k));
+  let body: unknown;
+  let queryFields = rest;
+  if (route.body === "*") {
+    body = Object.fromEntries(rest);
+    queryFields = [];
+  } else if (route.body) {
+    body = fields[route.body] ?? {};
+    queryFields = rest.filter(([k]) => k !== route.body);
+  }
+  const query = new URLSearchParams();
+  for (const [key, value] of queryFields) appendQuery(query, key, value);
+  const url = query.size ? `${path}?${query}` : path;
+  return call<O>(route.method, url, body, { auth: !route.public });
 }

@@ -17,7 +17,7 @@ export function Account() {
 
   const leave = () =>
     signOut.run(async () => {
-      await auth.signOut({ refreshToken: tokens?.refreshToken ?? "" });
+      await auth.signOut(tokens?.refreshToken ?? "");
       session.set(null, "You are signed out.");
     });
   const deleteAccount = (event: Event) => {

@@ -33,12 +33,12 @@ export function useSignInCallback(): Callback {
     }
     const error = params.get("error");
     auth
-      .completeWebSignIn({
-        state: returned,
-        code: params.get("code") ?? "",
-        error: error ?? "",
-        errorDescription: params.get("error_description") ?? "",
-      })
+      .completeWebSignIn(
+        returned,
+        params.get("code") ?? "",
+        error ?? "",
+        params.get("error_description") ?? "",
+      )
       .then((answer) => {
         session.signedIn(answer);
         setState({ busy: false, error: undefined });
@@ -70,11 +70,7 @@ export function SignIn({ callback, notice }: { callback: Callback; notice: strin
     setBusy(provider);
     setError(undefined);
     try {
-      const started = await auth.startWebSignIn({
-        provider,
-        redirectUri: `${location.origin}/app/`,
-        deviceName: deviceName(),
-      });
+      const started = await auth.startWebSignIn(provider, `${location.origin}/app/`, deviceName());
       session.rememberState(started.state ?? "");
       location.assign(started.authorizationUri ?? "");
     } catch (err) {
