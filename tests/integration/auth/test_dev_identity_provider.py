@@ -37,3 +37,47 @@ async def test_dev_id_tokens_verify_with_the_published_keys_and_name_bad_fields(
             assert garbage.status_code == 400 and garbage.json()["fields"] == ["body"]
     finally:
         await idp.stop()
+
+
+def _authorize_query(**extra: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": "tips-dev-app",
+        "redirect_uri": "http://127.0.0.1:8080/app/",
+        "code_challenge_method": "S256",
+        "code_challenge": "A" * 43,
+        "state": "st-1",
+        "nonce": "n-1",
+        "scope": "openid email",
+        **extra,
+    }
+
+
+async def test_the_sign_in_page_asks_who_signs_in_and_keeps_the_request() -> None:
+    idp = await OidcIssuer("apple", ["tips-dev-app"], sign_in_page=True).start()
+    try:
+        async with httpx.AsyncClient(base_url=idp.issuer, trust_env=False, timeout=10) as http:
+            page = await http.get("/authorize", params=_authorize_query(login_hint="ada@x.y"))
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+            assert "Development provider" in page.text
+            assert 'name="state" value="st-1"' in page.text  # carried to the next step
+            assert 'value="ada"' in page.text  # the hint's name pre-filled
+            bad = await http.get("/authorize", params=_authorize_query(login="Ada <script>"))
+            assert bad.status_code == 200 and 'role="alert"' in bad.text
+            assert "<script>" not in bad.text  # escaped, never echoed as markup
+
+            redirected = await http.get("/authorize", params=_authorize_query(login="ada"))
+            assert redirected.status_code == 302
+            location = httpx.URL(redirected.headers["location"])
+            assert str(location).startswith("http://127.0.0.1:8080/app/?")
+            assert location.params["state"] == "st-1" and location.params["code"]
+
+            # Apple's form post: the answer is posted to the redirect URI, not in its URL.
+            posted = await http.get(
+                "/authorize", params=_authorize_query(login="ada", response_mode="form_post")
+            )
+            assert posted.status_code == 200
+            assert 'action="http://127.0.0.1:8080/app/"' in posted.text
+            assert 'name="state" value="st-1"' in posted.text and 'name="code"' in posted.text
+    finally:
+        await idp.stop()
