@@ -63,7 +63,7 @@ lint-py: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy kernel policy services gateway tipsmesh sim
+	$(BIN)/mypy kernel policy services gateway tipsmesh sim clients/python/tipsclient examples
 
 test: lint typecheck web browser
 	$(BIN)/python -m pytest -q
