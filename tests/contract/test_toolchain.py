@@ -20,7 +20,12 @@ pytestmark = pytest.mark.contract
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin: buf, python, protoc-gen-mypy
-TOOLS = ("buf_breaking.py", "check_gen_drift.py", "protoc_gen_grpc_python.py")
+TOOLS = (
+    "buf_breaking.py",
+    "check_gen_drift.py",
+    "protoc_gen_grpc_python.py",
+    "protoc_gen_tips_rest.py",
+)
 SAMPLE = Path("proto/tips/sample/v1/sample.proto")
 GEN_SAMPLE = Path("gen/python/tips/sample/v1/sample_pb2.py")
 

@@ -21,6 +21,7 @@ from joserfc.jwk import ECKey
 from openapi_spec_validator import validate
 
 from tests.e2e.meshutil import RunningMesh, start_mesh, stop_and_check
+from tests.support.clock import afternoon_zone
 from tipsmesh.devtokens import JwksServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -112,6 +113,13 @@ def wait_for_tip(http: httpx.Client, needle: str) -> dict[str, Any]:
 def test_thin_path_over_rest(mesh: RunningMesh, signing_key: tuple[ECKey, Any], user: str) -> None:
     key, _ = signing_key
     with client(mesh, key, user) as http:
+        # Step tips fit the daytime: the user's zone makes it mid-afternoon now.
+        zoned = http.patch(
+            "/v1/users/me/profile",
+            params={"updateMask": "timeZone"},
+            json={"timeZone": afternoon_zone()},
+        )
+        assert zoned.status_code == 200, zoned.text
         # Step-based tips need the user's consent to use fitness data.
         granted = http.post(
             "/v1/users/me/consents/fitness-data-for-tips:grant",

@@ -33,6 +33,7 @@ from services.recommender.explain import clock
 from tests.e2e import identity_support as idp
 from tests.e2e.identity_support import Issuers, eventually, user_id
 from tests.e2e.meshutil import ROOT, RunningMesh
+from tests.support.clock import afternoon_zone
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 
@@ -64,15 +65,6 @@ class Stage:
 
     def internal(self) -> rec_grpc.RecommenderInternalServiceStub:
         return rec_grpc.RecommenderInternalServiceStub(self.mesh.channel("recommender"))
-
-
-def afternoon_zone(now: datetime) -> str:
-    """An IANA zone whose local hour is 14 now: the middle of the afternoon day part."""
-    offset = 14 - now.hour  # 14..-9, within Etc/GMT's -12..+14
-    if offset == 0:
-        return "Etc/UTC"
-    # POSIX sign: Etc/GMT-3 is UTC+3.
-    return f"Etc/GMT-{offset}" if offset > 0 else f"Etc/GMT+{-offset}"
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
@@ -26,13 +27,14 @@ from kernel.errors import field_violations, unpack_details
 from kernel.settings import Settings
 from services.recommender import domain
 from services.recommender.consumers import ContextKeeper
+from tests.support.clock import afternoon_zone
 from tests.support.recommender_rig import events_and_recommender
 from tests.support.tokens import as_user
 from tests.support.waiting import eventually, stream_msg_ids
 from tips.events.v1 import events_service_pb2 as ev
 from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
-from tips.profile.v1 import consent_pb2
+from tips.profile.v1 import consent_pb2, profile_pb2
 from tips.profile.v1 import events_pb2 as profile_events
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
@@ -144,6 +146,18 @@ async def grant(mesh: Mesh, user: str, *purposes: int) -> None:
         await mesh.bus.publish(event, msg_id=event.event_id)
 
 
+async def in_the_afternoon(mesh: Mesh, user: str) -> None:
+    """Publish ProfileChanged with a zone where it is mid-afternoon (tests/support/clock.py)."""
+    event = profile_events.ProfileChanged(
+        event_id=secrets.token_hex(8),
+        occur_time=_ts(datetime.now(UTC)),
+        user=f"users/{user}",
+        profile=profile_pb2.Profile(name=f"users/{user}/profile", time_zone=afternoon_zone()),
+        changed_fields=FieldMask(paths=["time_zone"]),
+    )
+    await mesh.bus.publish(event, msg_id=event.event_id)
+
+
 async def _tips_until(mesh: Mesh, user: str, text: str) -> tip_pb2.Tip:
     """ListTips (5 at a time) until the context has caught up and a tip explains ``text``."""
 
@@ -184,6 +198,7 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
         lambda ids: signal_name in ids,
     )
 
+    await in_the_afternoon(mesh, alice)
     await grant(mesh, alice, consent_pb2.CONSENT_PURPOSE_FITNESS_DATA_FOR_TIPS)
     walk = await _tips_until(mesh, alice, "900 steps")
     assert walk.state == tip_pb2.TIP_STATE_ACTIVE
@@ -194,6 +209,7 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
     )
 
     # Another user, another signal: another tip.
+    await in_the_afternoon(mesh, bob)
     await grant(mesh, bob, consent_pb2.CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS)
     await _ingest(mesh, bob, _sleep(300))
     wind_down = await _tips_until(mesh, bob, "5 h 00 min")
@@ -237,6 +253,7 @@ async def test_signal_to_tip_to_reaction(mesh: Mesh) -> None:
 
 async def test_reaction_posted_to_events_lands_in_history(mesh: Mesh) -> None:
     bob = _user()
+    await in_the_afternoon(mesh, bob)
     await grant(mesh, bob, consent_pb2.CONSENT_PURPOSE_SLEEP_DATA_FOR_TIPS)
     await _ingest(mesh, bob, _sleep(280))
     tip = await _tips_until(mesh, bob, "4 h 40 min")

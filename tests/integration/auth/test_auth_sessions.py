@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -237,11 +238,19 @@ async def test_web_sign_in_with_pkce(auth: AuthMesh) -> None:
         assert query["code_challenge_method"] == ["S256"]
         assert query["state"] == [started.state]
         assert query["redirect_uri"] == [REDIRECT_URI]
-        # The browser goes to the provider, which redirects back with a code.
+        # The browser goes to the provider, which sends it back with a code: a
+        # redirect (Google), or a form posted to the redirect URI (Apple's form_post).
         async with httpx.AsyncClient(follow_redirects=False) as browser:
             answer = await browser.get(started.authorization_uri)
-        assert answer.status_code == 302
-        back = parse_qs(urlsplit(answer.headers["location"]).query)
+        if provider == APPLE:
+            assert query["response_mode"] == ["form_post"]
+            assert answer.status_code == 200
+            assert f'action="{REDIRECT_URI}"' in answer.text
+            fields = re.findall(r'name="(\w+)" value="([^"]*)"', answer.text)
+            back = {name: [value] for name, value in fields}
+        else:
+            assert answer.status_code == 302
+            back = parse_qs(urlsplit(answer.headers["location"]).query)
         assert back["state"] == [started.state]
         done = await auth.stub.CompleteWebSignIn(
             pb.CompleteWebSignInRequest(code=back["code"][0], state=back["state"][0]),
