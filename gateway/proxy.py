@@ -5,10 +5,15 @@ request never goes through Starlette routing or Request objects, and
 nothing here walks descriptors (routes carry everything, precomputed).
 Requests no route matches fall through to the app (``/healthz``, ...),
 whose 404 handler asks ``Transcoder.allowed`` to tell 404 from 405.
+
+A client that goes away cancels its upstream call: while the call runs, a
+task waits on ``receive`` for ``http.disconnect`` and cancels it (the
+backend sees CANCELLED at once instead of working to its deadline).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import gzip
@@ -111,15 +116,17 @@ class Transcoder:
                 span, trace_md = _continue_trace(route, headers)
                 metadata.extend(trace_md)
             if route.streaming:
-                await self._stream(scope, send, route, request, metadata, timeout, headers)
+                await self._stream(receive, send, route, request, metadata, timeout, headers)
                 return
-            response, header_md = await self._unary(route, request, metadata, timeout)
+            response, header_md = await self._unary(receive, route, request, metadata, timeout)
             payload = json.dumps(route.render(response), separators=(",", ":")).encode()
             response_headers = [_JSON, *_metadata_headers(header_md)]
             if len(payload) >= GZIP_MIN_BYTES and "gzip" in headers.get("accept-encoding", ""):
                 payload = gzip.compress(payload, compresslevel=5)
                 response_headers += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
             await _respond(send, 200, payload, response_headers)
+        except ClientGone:
+            return  # nobody to answer; the upstream call was cancelled
         except DomainError as exc:
             await _respond_status(send, exc.to_status())
         except grpc.RpcError as exc:
@@ -129,11 +136,17 @@ class Transcoder:
                 span.end()
 
     async def _unary(
-        self, route: Route, request: Message, metadata: Metadata, deadline_s: float
+        self,
+        receive: Receive,
+        route: Route,
+        request: Message,
+        metadata: Metadata,
+        deadline_s: float,
     ) -> tuple[Any, Sequence[tuple[str, str | bytes]]]:
         local = self.local.get(route.grpc_path)
         if local is not None:
-            result = await local(request, metadata, deadline_s)
+            task = asyncio.ensure_future(local(request, metadata, deadline_s))
+            result = await _unless_gone(receive, task, task)
             if not isinstance(result, route.response_class):
                 # Local handlers answer with generated classes; rendering plans
                 # are keyed to the descriptor set's own classes.
@@ -143,12 +156,12 @@ class Transcoder:
         if call is None:
             raise _no_upstream(route)
         pending = call(request, timeout=deadline_s, metadata=metadata)
-        response = await pending
+        response = await _unless_gone(receive, pending, pending)
         return response, (await pending.initial_metadata()) or ()
 
     async def _stream(
         self,
-        scope: Scope,
+        receive: Receive,
         send: Send,
         route: Route,
         request: Message,
@@ -162,9 +175,32 @@ class Transcoder:
         if call is None:
             raise _no_upstream(route)
         sse = "text/event-stream" in headers.get("accept", "")
-        await stream_response(
-            send, call(request, timeout=deadline_s, metadata=metadata), route.render, sse=sse
-        )
+        pending = call(request, timeout=deadline_s, metadata=metadata)
+        relay = stream_response(send, pending, route.render, sse=sse)
+        await _unless_gone(receive, relay, pending)
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the answer: its upstream call was cancelled."""
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(receive: Receive, work: Awaitable[Any], call: Any) -> Any:
+    """``await work``, cancelling ``call`` (a grpc.aio call or a task) if the client leaves."""
+    watcher = asyncio.get_running_loop().create_task(_until_disconnect(receive))
+    watcher.add_done_callback(lambda w: None if w.cancelled() else call.cancel())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 class TranscodeMiddleware:
@@ -293,7 +329,7 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b""
+            raise ClientGone
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,9 @@ class Backend:
     def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
         self.pool = pool
         self.seen_deadline: float | None = None
+        # Block / BlockStream: when each tagged call started and was cancelled.
+        self.started: dict[str, float] = {}
+        self.cancelled: dict[str, float] = {}
 
     def cls(self, name: str) -> Any:
         return message_factory.GetMessageClass(
@@ -118,6 +122,12 @@ class Backend:
                 "Fail": unary(self.fail, "FailRequest", empty_pb2.Empty),
                 "WhoAmI": unary(self.whoami, "WhoAmIRequest", "WhoAmIResponse"),
                 "AdminOnly": unary(self.whoami, "WhoAmIRequest", "WhoAmIResponse"),
+                "Block": unary(self.block, "BlockRequest", "Book"),
+                "BlockStream": grpc.unary_stream_rpc_method_handler(
+                    self.block_stream,
+                    request_deserializer=c("BlockRequest").FromString,
+                    response_serializer=c("Book").SerializeToString,
+                ),
                 "Stream": grpc.unary_stream_rpc_method_handler(
                     self.stream,
                     request_deserializer=c("StreamRequest").FromString,
@@ -180,6 +190,27 @@ class Backend:
             name=request.name, metadata=metadata, deadline_seconds=remaining
         )
 
+    async def block(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.started[request.tag] = time.monotonic()
+        try:
+            await asyncio.sleep(request.seconds)
+        except asyncio.CancelledError:
+            self.cancelled[request.tag] = time.monotonic()
+            raise
+        return self.cls("Book")(name=request.tag)
+
+    async def block_stream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        self.started[request.tag] = time.monotonic()
+        try:
+            for index in range(1000):
+                yield self.cls("Book")(name=request.tag, pages=index)
+                await asyncio.sleep(request.seconds)
+        except asyncio.CancelledError:
+            self.cancelled[request.tag] = time.monotonic()
+            raise
+
     async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if request.fail_first:
             await context.abort(grpc.StatusCode.NOT_FOUND, "nothing to stream")
@@ -195,6 +226,7 @@ class Rig:
     base_url: str
     descriptor_set: Path
     backend_addr: str
+    backend: Backend
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -223,7 +255,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
         await asyncio.sleep(0.01)
     base_url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-        yield Rig(client, base_url, path, backend_addr)
+        yield Rig(client, base_url, path, backend_addr, backend)
     http.should_exit = True
     await task
     await server.stop(0)
