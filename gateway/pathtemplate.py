@@ -128,10 +128,15 @@ def _split_verb(path: str, expects_verb: bool) -> tuple[str, str]:
 
 
 def _decode(parts: list[str], multi_segment: bool) -> str:
+    # Bytes that are not UTF-8 stay as surrogates: setting the field refuses them
+    # with a 400 that names the variable (gateway.transcode).
     if not multi_segment:
-        return unquote("/".join(parts))
+        return unquote("/".join(parts), errors="surrogateescape")
     # Keep %2F (and %2f) encoded in multi-segment values: it is data, not a separator.
-    return "/".join(unquote(p.replace("%2F", "%252F").replace("%2f", "%252f")) for p in parts)
+    return "/".join(
+        unquote(p.replace("%2F", "%252F").replace("%2f", "%252f"), errors="surrogateescape")
+        for p in parts
+    )
 
 
 def parse(source: str) -> Template:

@@ -49,10 +49,22 @@ Metadata = list[tuple[str, str | bytes]]
 # services): (request, metadata, timeout seconds) -> response.
 LocalHandler = Callable[[Message, Sequence[tuple[str, str | bytes]], float], Awaitable[Message]]
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
+# gRPC servers take messages of 4 MiB by default; a JSON body is never smaller
+# than its message, so a larger one would only fail upstream as RESOURCE_EXHAUSTED.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 # Smaller JSON answers cost more to compress than they save on the wire.
 GZIP_MIN_BYTES = 1024
 _METADATA_PREFIX = "grpc-metadata-"
+# What gRPC carries: keys of [0-9a-z_.-], non-binary values of printable ASCII.
+# A header gRPC would refuse is skipped, as grpc-gateway does.
+_METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
+_METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
+# gRPC refuses metadata over 16 KiB in all (its hard limit): refuse before that,
+# naming the header, instead of an upstream RESOURCE_EXHAUSTED.
+MAX_METADATA_VALUE_BYTES = 8 * 1024
+MAX_METADATA_BYTES = 12 * 1024
+# A deadline is at most a day: a larger one overflows gRPC's clock into "already expired".
+MAX_TIMEOUT_S = 86400.0
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON = (b"content-type", b"application/json")
@@ -255,23 +267,29 @@ def _timeout(value: str | None, default: float) -> float:
     m = _TIMEOUT.match(value.strip())
     if m is None:
         raise Bad("Grpc-Timeout", f"expected digits and a unit of H M S m u n, got {value!r}")
-    return int(m.group(1)) * _TIMEOUT_UNITS[m.group(2)]
+    return min(int(m.group(1)) * _TIMEOUT_UNITS[m.group(2)], MAX_TIMEOUT_S)
 
 
 def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
     metadata: Metadata = []
+    size = 0
     for name, value in headers.items():
         if name.startswith(_METADATA_PREFIX):
             key = name[len(_METADATA_PREFIX) :]
             # Identity comes only from a verified token, never from a client header.
             if not key or key in IDENTITY_KEYS or key == "authorization" or key.startswith("grpc-"):
                 continue
+            if not _METADATA_KEY.match(key):
+                continue
+            header = f"Grpc-Metadata-{key}"
+            if len(value) > MAX_METADATA_VALUE_BYTES:
+                raise Bad(header, f"longer than {MAX_METADATA_VALUE_BYTES} bytes")
+            size += len(key) + len(value)
+            if size > MAX_METADATA_BYTES:
+                raise Bad(header, f"Grpc-Metadata-* headers over {MAX_METADATA_BYTES} bytes in all")
             if key.endswith("-bin"):
-                try:
-                    metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
-                except (binascii.Error, ValueError):
-                    raise Bad(f"Grpc-Metadata-{key}", "a -bin header must be base64") from None
-            else:
+                metadata.append((key, _binary_header(header, value)))
+            elif _METADATA_VALUE.match(value):
                 metadata.append((key, value))
     client = scope.get("client")
     if client:
@@ -280,13 +298,23 @@ def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
             ("x-forwarded-for", f"{forwarded}, {client[0]}" if forwarded else str(client[0]))
         )
     host = headers.get("x-forwarded-host") or headers.get("host")
-    if host:
+    if host and len(host) <= 256 and _METADATA_VALUE.match(host):
         metadata.append(("x-forwarded-host", host))
     user_agent = headers.get("user-agent")
-    if user_agent:
+    if user_agent and _METADATA_VALUE.match(user_agent[:256]):
         # The app's User-Agent names the device in the user's session list.
         metadata.append(("x-forwarded-user-agent", user_agent[:256]))
     return metadata
+
+
+def _binary_header(header: str, value: str) -> bytes:
+    """A ``-bin`` header's bytes: base64, standard or URL-safe, padding optional."""
+    padded = value.strip() + "=" * (-len(value.strip()) % 4)
+    try:
+        altchars = b"-_" if "-" in padded or "_" in padded else None
+        return base64.b64decode(padded.encode("ascii"), altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        raise Bad(header, "a -bin header must be base64") from None
 
 
 def _check_scopes(route: Route, caller: Caller) -> None:

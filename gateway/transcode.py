@@ -50,6 +50,10 @@ _QUERY_KEY = re.compile(r"^([^\[\]]+)(?:\[([^\]]*)\])?$")
 FIELD_MASK = "google.protobuf.FieldMask"
 
 
+# protobuf's own parsers refuse deeper messages (upb's default recursion limit).
+MAX_MESSAGE_DEPTH = 100
+
+
 class Bad(InvalidArgument):
     """One bad field: the 400 every client mistake becomes."""
 
@@ -90,8 +94,10 @@ class Codec:
 
     # --- JSON (body) ------------------------------------------------------
 
-    def merge_json(self, message: Message, value: Any, where: str) -> None:
-        """Merge a parsed JSON value into ``message``."""
+    def merge_json(self, message: Message, value: Any, where: str, depth: int = 0) -> None:
+        """Merge a parsed JSON value into ``message`` (``depth``: messages above it)."""
+        if depth > MAX_MESSAGE_DEPTH:
+            raise Bad(where or "body", f"messages nested deeper than {MAX_MESSAGE_DEPTH} levels")
         descriptor = message.DESCRIPTOR
         if descriptor.full_name in WKT_SPECIAL:
             self._merge_wkt(message, value, where)
@@ -103,9 +109,11 @@ class Codec:
             field = names.get(key)
             if field is None:
                 continue  # unknown fields are ignored, as grpc-gateway does
-            self.set_json(message, field, item, f"{where}.{key}" if where else key)
+            self.set_json(message, field, item, f"{where}.{key}" if where else key, depth)
 
-    def set_json(self, message: Message, field: FieldDescriptor, value: Any, where: str) -> None:
+    def set_json(
+        self, message: Message, field: FieldDescriptor, value: Any, where: str, depth: int = 0
+    ) -> None:
         """Set one field of ``message`` from its JSON value."""
         if value is None:
             if (
@@ -126,7 +134,7 @@ class Codec:
                 at = f"{where}[{k}]"
                 key = self._scalar_from_text(key_field, k, at)
                 if value_field.message_type is not None:
-                    self.merge_json(target[key], v, at)
+                    self.merge_json(target[key], v, at, depth + 1)
                 elif v is not None:
                     target[key] = self._scalar_from_json(value_field, v, at)
             return
@@ -137,7 +145,7 @@ class Codec:
             for index, item in enumerate(value):
                 at = f"{where}[{index}]"
                 if field.message_type is not None:
-                    self.merge_json(target.add(), item, at)
+                    self.merge_json(target.add(), item, at, depth + 1)
                 elif item is None:
                     raise Bad(at, "null is not allowed in a repeated field")
                 else:
@@ -146,7 +154,7 @@ class Codec:
         if field.message_type is not None:
             sub = getattr(message, field.name)
             sub.SetInParent()
-            self.merge_json(sub, value, where)
+            self.merge_json(sub, value, where, depth + 1)
             return
         setattr(message, field.name, self._scalar_from_json(field, value, where))
 
@@ -187,7 +195,7 @@ class Codec:
             raise Bad(where, "expected a string")
         if field.type == _FD.TYPE_BYTES:
             return _b64(value, where)
-        return value
+        return _unicode(value, where)
 
     # --- text (path and query) -------------------------------------------
 
@@ -197,7 +205,7 @@ class Codec:
             try:
                 number = int(text, 10)
             except ValueError:
-                raise Bad(where, f"expected an integer, got {text!r}") from None
+                raise Bad(where, f"expected an integer, got {_shown(text)}") from None
             return _in_range(cpp, number, where)
         if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT):
             if text in _FLOAT_WORDS:
@@ -205,16 +213,16 @@ class Codec:
             try:
                 return float(text)
             except ValueError:
-                raise Bad(where, f"expected a number, got {text!r}") from None
+                raise Bad(where, f"expected a number, got {_shown(text)}") from None
         if cpp == _FD.CPPTYPE_BOOL:
             if text not in _BOOL_WORDS:
-                raise Bad(where, f"expected true or false, got {text!r}")
+                raise Bad(where, f"expected true or false, got {_shown(text)}")
             return _BOOL_WORDS[text]
         if cpp == _FD.CPPTYPE_ENUM:
             return self._enum(field, int(text) if _is_int(text) else text, where)
         if field.type == _FD.TYPE_BYTES:
             return _b64(text, where)
-        return text
+        return _unicode(text, where)
 
     def _enum(self, field: FieldDescriptor, value: str | int, where: str) -> int:
         enum: Any = field.enum_type
@@ -225,7 +233,7 @@ class Codec:
         found = enum.values_by_name.get(value)
         if found is None:
             names = ", ".join(v.name for v in enum.values)
-            raise Bad(where, f"{value!r} is not a value of {enum.name} (one of {names})")
+            raise Bad(where, f"{_shown(value)} is not a value of {enum.name} (one of {names})")
         number: int = found.number
         return number
 
@@ -386,9 +394,33 @@ def _parse_body(body: bytes, where: str) -> Any:
     if not body.strip():
         return None
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise Bad(where, "JSON nested too deeply") from None
+    except ValueError as exc:  # malformed, not UTF-8, an integer of over 4300 digits
         raise Bad(where, f"malformed JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON (and protojson) do not have;
+    # proto3 JSON spells them as the strings "NaN" and "Infinity".
+    raise ValueError(f"{name} is not JSON (send it as the string {name!r})")
+
+
+def _shown(value: object, limit: int = 64) -> str:
+    """A client's value quoted in an error, cut short: errors must not echo megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
+
+
+def _unicode(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode: a proto string cannot hold a lone surrogate."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Bad(where, "not valid UTF-8 (a lone surrogate or undecodable bytes)") from None
+    return text
 
 
 def _descend(message: Message, fields: tuple[FieldDescriptor, ...]) -> Message:
@@ -399,7 +431,8 @@ def _descend(message: Message, fields: tuple[FieldDescriptor, ...]) -> Message:
 
 def _apply_query(codec: Codec, message: Message, plan: RequestPlan, query: str) -> None:
     singular_seen: set[str] = set()
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    # Undecodable bytes stay as surrogates, so the field that gets them says so.
+    for key, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
         m = _QUERY_KEY.match(key)
         if m is None:
             raise Bad(key, "malformed query parameter name")

@@ -71,7 +71,7 @@ async def test_query_parameters_of_every_kind(rig: Rig) -> None:
     r = await rig.client.get("/v1/echo/q", params=query)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["inner"] == {"label": "deep", "depth": 3}
+    assert body["inner"] == {"label": "deep", "depth": 3, "next": None}
     assert body["tags"] == ["a", "b"]
     assert body["labels"] == {"k1": "v1", "k2": "v2"}
     assert body["counts"] == {"x": "-5"}
@@ -109,7 +109,7 @@ async def test_body_star_accepts_both_names_and_ignores_unknown_fields(rig: Rig)
     body = r.json()
     assert body["maybeCount"] == 3 and body["maybeText"] == "t"
     assert body["big"] == "12" and body["ubig"] == "13"
-    assert body["inner"] == {"label": "x", "depth": 0}
+    assert body["inner"] == {"label": "x", "depth": 0, "next": None}
     assert body["when"] == "2024-01-02T03:04:05.500Z" and body["span"] == "2s"
     assert body["mask"] == "a,bC"
     assert body["colors"] == ["COLOR_RED", "COLOR_BLUE"]
@@ -122,7 +122,7 @@ async def test_body_field_and_path_and_query_together(rig: Rig) -> None:
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["name"] == "n1" and body["inner"] == {"label": "from-body", "depth": 2}
+    assert body["name"] == "n1" and body["inner"] == {"label": "from-body", "depth": 2, "next": None}
     assert body["tags"] == ["t"]
 
 
