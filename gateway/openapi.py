@@ -135,7 +135,10 @@ _INFO = (
     "- Server-streaming methods answer with newline-delimited JSON "
     '(`{"result": ...}` per message, a final `{"error": ...}` on failure), or '
     "with Server-Sent Events when the request sends `Accept: text/event-stream` "
-    "(a `data:` event per message, `event: error` on failure)."
+    "(a `data:` event per message, `event: error` on failure).\n"
+    "- Client-streaming and bidi methods take a body of many JSON values, one per "
+    "message, separated by whitespace or nothing (`{...}\\n{...}`); each is "
+    "checked and sent as it arrives."
 )
 
 

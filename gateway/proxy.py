@@ -20,7 +20,7 @@ import gzip
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -31,8 +31,8 @@ from opentelemetry import trace
 
 from gateway.errors import error_parts, status_of_rpc_error
 from gateway.routing import Route, RouteTable
-from gateway.streaming import stream_response
-from gateway.transcode import Bad, Codec, build_request
+from gateway.streaming import json_values, stream_response
+from gateway.transcode import Bad, Codec, build_request, request_from_json
 from gateway.upstreams import Upstreams
 from kernel.errors import DomainError, PermissionDenied
 from kernel.identity import IDENTITY_KEYS, Caller
@@ -121,22 +121,22 @@ class Transcoder:
                 # the backend gets the header and decides. On a mesh's public route
                 # an unverified token is not passed on.
                 metadata.append(("authorization", headers["authorization"]))
-            body = await _read_body(receive) if route.plan.body else b""
             query = scope.get("query_string", b"").decode("latin-1")
-            request = build_request(self.codec, route.plan, values, query, body)
             if "traceparent" in headers:
                 span, trace_md = _continue_trace(route, headers)
                 metadata.extend(trace_md)
+            if route.client_streaming:
+                await self._stream_in(
+                    receive, send, route, values, query, metadata, timeout, headers
+                )
+                return
+            body = await _read_body(receive) if route.plan.body else b""
+            request = build_request(self.codec, route.plan, values, query, body)
             if route.streaming:
                 await self._stream(receive, send, route, request, metadata, timeout, headers)
                 return
             response, header_md = await self._unary(receive, route, request, metadata, timeout)
-            payload = json.dumps(route.render(response), separators=(",", ":")).encode()
-            response_headers = [_JSON, *_metadata_headers(header_md)]
-            if len(payload) >= GZIP_MIN_BYTES and "gzip" in headers.get("accept-encoding", ""):
-                payload = gzip.compress(payload, compresslevel=5)
-                response_headers += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
-            await _respond(send, 200, payload, response_headers)
+            await _respond_json(send, route, response, header_md, headers)
         except ClientGone:
             return  # nobody to answer; the upstream call was cancelled
         except DomainError as exc:
@@ -190,6 +190,47 @@ class Transcoder:
         pending = call(request, timeout=deadline_s, metadata=metadata)
         relay = stream_response(send, pending, route.render, sse=sse)
         await _unless_gone(receive, relay, pending)
+
+    async def _stream_in(
+        self,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        values: dict[str, str],
+        query: str,
+        metadata: Metadata,
+        deadline_s: float,
+        headers: Mapping[str, str],
+    ) -> None:
+        """Client streaming and bidi: each JSON value of the body is a message upstream.
+
+        Half duplex, as HTTP/1.1 clients send: the body's messages are written as
+        they arrive, then the answer (one JSON, or NDJSON for bidi) is relayed.
+        """
+        make = self.upstreams.client_stream(
+            route.service, route.grpc_path, route.response_class.FromString, bidi=route.streaming
+        )
+        if make is None:
+            raise _no_upstream(route)
+        call = make(timeout=deadline_s, metadata=metadata)
+        try:
+            async for value in json_values(_body_chunks(receive)):
+                message = request_from_json(self.codec, route.plan, values, query, value)
+                try:
+                    await call.write(message)
+                except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                    break  # the upstream ended the call: its status is the answer
+            else:
+                await call.done_writing()
+        except (DomainError, ClientGone):
+            call.cancel()
+            raise
+        if route.streaming:
+            sse = "text/event-stream" in headers.get("accept", "")
+            await _unless_gone(receive, stream_response(send, call, route.render, sse=sse), call)
+            return
+        response = await _unless_gone(receive, call, call)
+        await _respond_json(send, route, response, (await call.initial_metadata()) or (), headers)
 
 
 class ClientGone(Exception):
@@ -351,8 +392,8 @@ def _continue_trace(route: Route, headers: Mapping[str, str]) -> tuple[Any, list
         otel_context.detach(token)
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
+async def _body_chunks(receive: Receive) -> AsyncIterator[tuple[bytes, bool]]:
+    """The body as ``(chunk, more_to_come)``, at most MAX_BODY_BYTES in all."""
     size = 0
     while True:
         message = await receive()
@@ -362,9 +403,29 @@ async def _read_body(receive: Receive) -> bytes:
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise Bad("body", f"larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        more = bool(message.get("more_body", False))
+        yield chunk, more
+        if not more:
+            return
+
+
+async def _respond_json(
+    send: Send,
+    route: Route,
+    response: Any,
+    header_md: Sequence[tuple[str, str | bytes]],
+    headers: Mapping[str, str],
+) -> None:
+    payload = json.dumps(route.render(response), separators=(",", ":")).encode()
+    response_headers = [_JSON, *_metadata_headers(header_md)]
+    if len(payload) >= GZIP_MIN_BYTES and "gzip" in headers.get("accept-encoding", ""):
+        payload = gzip.compress(payload, compresslevel=5)
+        response_headers += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
+    await _respond(send, 200, payload, response_headers)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    return b"".join([chunk async for chunk, _ in _body_chunks(receive)])
 
 
 def _metadata_headers(metadata: Sequence[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:

@@ -40,7 +40,10 @@ class Route:
     render: Callable[[Any], Any]
     response_body: str
     response_class: type[Any]
+    # Server streaming: the answer is NDJSON (or SSE).
     streaming: bool
+    # Client streaming (or bidi, with ``streaming``): the body is many JSON values.
+    client_streaming: bool
     public: bool
     scopes: tuple[str, ...]
     # Template order in the table: most specific first.
@@ -149,8 +152,6 @@ def build_routes(
     routes: list[Route] = []
     for service in services(pool, image):
         for method in service.methods:
-            if method.client_streaming:
-                continue  # HTTP/1 request bodies are not a stream of messages
             policy = access(method)
             for binding in http_bindings(method):
                 try:
@@ -194,6 +195,7 @@ def _route(
         response_body=binding.response_body,
         response_class=message_factory.GetMessageClass(output),
         streaming=bool(method.server_streaming),
+        client_streaming=bool(method.client_streaming),
         public=bool(policy.public),
         scopes=tuple(policy.scopes),
         rank=_rank(template, order),

@@ -1,22 +1,30 @@
-"""Server streaming over HTTP/1.1: NDJSON by default, SSE on ``Accept: text/event-stream``.
+"""Streaming over HTTP/1.1: answers as NDJSON (SSE on ``Accept: text/event-stream``),
+and request bodies of many JSON values for client-streaming and bidi methods.
 
 NDJSON follows grpc-gateway: one ``{"result": ...}`` line per message and a
 final ``{"error": <Status>}`` line when the stream fails. The first message
 is awaited before the response starts, so a call that fails at once gets
 its real HTTP status (grpc-gateway answers 200 and an error line). SSE sends
 each message as a ``data:`` event and a failure as ``event: error``.
+
+A streamed request body is a sequence of JSON values, separated by
+whitespace or nothing (``{..}\n{..}`` or ``{..}{..}``), as grpc-gateway's
+JSON decoder reads it; each value is decoded as soon as it is complete, so
+messages go upstream while the body is still arriving.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from gateway.errors import status_dict, status_of_rpc_error
+from gateway.transcode import Bad, reject_constant
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _NDJSON = b"application/x-ndjson"
@@ -55,3 +63,33 @@ async def stream_response(
         )
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
+
+
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)
+
+
+async def json_values(chunks: AsyncIterator[tuple[bytes, bool]]) -> AsyncIterator[Any]:
+    """Each JSON value of a body arriving as ``(chunk, more_to_come)``; ``Bad`` if malformed."""
+    text = codecs.getincrementaldecoder("utf-8")()
+    buffer = ""
+    async for chunk, more in chunks:
+        try:
+            buffer += text.decode(chunk, final=not more)
+        except UnicodeDecodeError as exc:
+            raise Bad("body", f"not UTF-8: {exc.reason}") from None
+        while True:
+            buffer = buffer.lstrip()
+            if not buffer:
+                break
+            try:
+                value, end = _DECODER.raw_decode(buffer)
+            except RecursionError:
+                raise Bad("body", "JSON nested too deeply") from None
+            except ValueError as exc:
+                if more:
+                    break  # perhaps only incomplete: wait for the rest
+                raise Bad("body", f"malformed JSON: {exc}") from None
+            if more and end == len(buffer) and not isinstance(value, (dict, list, str)):
+                break  # a number or word at the end may go on in the next chunk
+            buffer = buffer[end:]
+            yield value

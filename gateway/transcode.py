@@ -370,10 +370,24 @@ def build_request(
     body: bytes,
 ) -> Message:
     """The request message for one HTTP request; ``Bad`` on any client mistake."""
-    message = plan.message_class()
     body_json: Any = None
     if plan.body:
-        body_json = _parse_body(body, plan.body if plan.body != "*" else "body")
+        # An empty body is an empty message, as in grpc-gateway (its decoder's io.EOF).
+        empty: Any = {} if plan.body_field is None else None
+        body_json = _parse_body(body, plan.body if plan.body != "*" else "body", empty)
+    return request_from_json(codec, plan, path_values, query, body_json)
+
+
+def request_from_json(
+    codec: Codec,
+    plan: RequestPlan,
+    path_values: Mapping[str, str],
+    query: str,
+    body_json: Any,
+) -> Message:
+    """The request message from a body already parsed (one value of a streamed body)."""
+    message = plan.message_class()
+    if plan.body:
         if plan.body_field is None:
             codec.merge_json(message, body_json, "")
         elif body_json is not None:
@@ -390,18 +404,18 @@ def build_request(
     return message
 
 
-def _parse_body(body: bytes, where: str) -> Any:
+def _parse_body(body: bytes, where: str, empty: Any = None) -> Any:
     if not body.strip():
-        return None
+        return empty
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        return json.loads(body, parse_constant=reject_constant)
     except RecursionError:
         raise Bad(where, "JSON nested too deeply") from None
     except ValueError as exc:  # malformed, not UTF-8, an integer of over 4300 digits
         raise Bad(where, f"malformed JSON: {exc}") from None
 
 
-def _no_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     # Python's json reads NaN and Infinity, which JSON (and protojson) do not have;
     # proto3 JSON spells them as the strings "NaN" and "Infinity".
     raise ValueError(f"{name} is not JSON (send it as the string {name!r})")

@@ -80,26 +80,29 @@ class Upstreams:
         self, service: str, path: str, response: Callable[[bytes], Any]
     ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any] | None:
         """A generic unary call on ``path`` (``/pkg.Service/Method``); None: no upstream."""
-        return self._call(service, path, response, streaming=False)
+        return self._call(service, path, response, "unary_unary")
 
     def server_stream(
         self, service: str, path: str, response: Callable[[bytes], Any]
     ) -> grpc.aio.UnaryStreamMultiCallable[Any, Any] | None:
         """A generic server-streaming call on ``path``; None: no upstream."""
-        return self._call(service, path, response, streaming=True)
+        return self._call(service, path, response, "unary_stream")
 
-    def _call(
-        self, service: str, path: str, response: Callable[[bytes], Any], *, streaming: bool
+    def client_stream(
+        self, service: str, path: str, response: Callable[[bytes], Any], *, bidi: bool
     ) -> Any:
+        """A generic client-streaming (or, with ``bidi``, bidi) call; None: no upstream."""
+        return self._call(service, path, response, "stream_stream" if bidi else "stream_unary")
+
+    def _call(self, service: str, path: str, response: Callable[[bytes], Any], kind: str) -> Any:
         # Multicallables are cached: building one per request costs more than the call.
-        key = (path, "s" if streaming else "u")
+        key = (path, kind)
         call = self._calls.get(key)
         if call is None:
             address = self.address_of_service(service)
             if address is None:
                 return None
-            channel = self._channel_to(address)
-            factory = channel.unary_stream if streaming else channel.unary_unary
+            factory = getattr(self._channel_to(address), kind)
             call = factory(path, request_serializer=_serialize, response_deserializer=response)
             self._calls[key] = call
         return call

@@ -128,6 +128,16 @@ class Backend:
                     request_deserializer=c("BlockRequest").FromString,
                     response_serializer=c("Book").SerializeToString,
                 ),
+                "Collect": grpc.stream_unary_rpc_method_handler(
+                    self.collect,
+                    request_deserializer=c("Book").FromString,
+                    response_serializer=c("CollectResponse").SerializeToString,
+                ),
+                "Chat": grpc.stream_stream_rpc_method_handler(
+                    self.chat,
+                    request_deserializer=c("Book").FromString,
+                    response_serializer=c("Book").SerializeToString,
+                ),
                 "Stream": grpc.unary_stream_rpc_method_handler(
                     self.stream,
                     request_deserializer=c("StreamRequest").FromString,
@@ -210,6 +220,21 @@ class Backend:
         except asyncio.CancelledError:
             self.cancelled[request.tag] = time.monotonic()
             raise
+
+    async def collect(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        names, pages = [], 0
+        async for book in requests:
+            if book.name == "refuse":
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "refused mid-stream")
+            names.append(book.name)
+            pages += book.pages
+        return self.cls("CollectResponse")(names=names, total_pages=pages)
+
+    async def chat(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for book in requests:
+            yield self.cls("Book")(name=f"re: {book.name}", pages=book.pages * 2)
 
     async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if request.fail_first:

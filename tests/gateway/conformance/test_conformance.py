@@ -122,7 +122,11 @@ async def test_body_field_and_path_and_query_together(rig: Rig) -> None:
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["name"] == "n1" and body["inner"] == {"label": "from-body", "depth": 2, "next": None}
+    assert body["name"] == "n1" and body["inner"] == {
+        "label": "from-body",
+        "depth": 2,
+        "next": None,
+    }
     assert body["tags"] == ["t"]
 
 
