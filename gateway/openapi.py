@@ -338,6 +338,15 @@ def _query(name: str, schema: Schema, required: bool, *, style: str) -> dict[str
     return out
 
 
+def _field_at(message: Descriptor, path: str) -> Any:
+    """The field a dotted proto path names (``payload.input_value``)."""
+    *outer, last = path.split(".")
+    current: Any = message
+    for name in outer:
+        current = current.fields_by_name[name].message_type
+    return current.fields_by_name[last]
+
+
 def _request_body(
     body: str, request: Descriptor, bound: set[str], schemas: SchemaBuilder
 ) -> dict[str, Any]:
@@ -345,8 +354,8 @@ def _request_body(
         schema = schemas.without(request, bound)
         description = "The request message; fields bound by the path are taken from the path."
     else:
-        field = request.fields_by_name[body]
-        inner = {p.partition(".")[2] for p in bound if p.startswith(body + ".")}
+        field = _field_at(request, body)
+        inner = {p[len(body) + 1 :] for p in bound if p.startswith(body + ".")}
         if inner and field.message_type is not None and not field.is_repeated:
             schema = schemas.without(field.message_type, inner)
         else:

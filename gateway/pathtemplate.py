@@ -9,6 +9,11 @@ The grammar (google/api/http.proto)::
     FieldPath = IDENT { "." IDENT } ;
     Verb     = ":" LITERAL ;
 
+As grpc-gateway reads it, a verb right after a variable is everything after
+the first colon (``{uuid}:custom:custom`` has the verb ``custom:custom``),
+and after a literal everything after the last one; a request matches a verb
+when its path ends with ``:`` and the verb.
+
 ``{name}`` is ``{name=*}``. ``*`` matches one segment, ``**`` the rest of the
 path (zero or more segments, last only). Matching follows grpc-gateway v2:
 single-segment variables are percent-decoded completely (``%2F`` becomes
@@ -25,6 +30,8 @@ from urllib.parse import unquote
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # Characters a literal may hold: RFC 3986 unreserved plus sub-delims except ':'.
 _LITERAL = re.compile(r"^[A-Za-z0-9\-._~!$&'()+,;=@%]+$")
+# A verb may also hold ':' (grpc-gateway's "custom:custom").
+_VERB = re.compile(r"^[A-Za-z0-9\-._~!$&'()+,;=@%:]+$")
 
 WILDCARD = "*"
 DEEP_WILDCARD = "**"
@@ -74,11 +81,19 @@ class Template:
         """The variables' values for ``path`` (still percent-encoded), or None."""
         if not path.startswith("/"):
             return None
-        path_part, verb = _split_verb(path[1:], bool(self.verb))
-        if verb != self.verb:
-            return None
+        if self.verb:
+            # As grpc-gateway's mux: the last segment ends with ":" + the verb.
+            if not path.endswith(self._verb_suffix):
+                return None
+            path_part = path[1 : -len(self._verb_suffix)]
+        else:
+            path_part = path[1:]
         parts = path_part.split("/") if path_part else []
         return self._match_parts(parts)
+
+    @property
+    def _verb_suffix(self) -> str:
+        return ":" + self.verb
 
     def _match_parts(self, parts: list[str]) -> dict[str, str] | None:
         pattern = self._pattern
@@ -118,15 +133,6 @@ class Template:
         return "/" + "/".join(out) + (f":{self.verb}" if self.verb else "")
 
 
-def _split_verb(path: str, expects_verb: bool) -> tuple[str, str]:
-    """Split ``a/b:verb`` into ``("a/b", "verb")``; only the last segment has a verb."""
-    last_slash = path.rfind("/")
-    colon = path.rfind(":")
-    if colon > last_slash and expects_verb:
-        return path[:colon], path[colon + 1 :]
-    return path, ""
-
-
 def _decode(parts: list[str], multi_segment: bool) -> str:
     # Bytes that are not UTF-8 stay as surrogates: setting the field refuses them
     # with a 400 that names the variable (gateway.transcode).
@@ -144,7 +150,7 @@ def parse(source: str) -> Template:
     if not source.startswith("/"):
         raise TemplateError(f"{source!r}: a path template starts with '/'")
     body, verb = _cut_verb(source)
-    if verb is not None and not _LITERAL.match(verb):
+    if verb is not None and not _VERB.match(verb):
         raise TemplateError(f"{source!r}: bad verb {verb!r}")
     segments = _parse_segments(body[1:], source, top_level=True)
     pattern: list[str] = []
@@ -173,12 +179,15 @@ def parse(source: str) -> Template:
 
 
 def _cut_verb(source: str) -> tuple[str, str | None]:
-    # A verb follows the last '}' and the last '/'.
+    # A verb follows the last '}' and the last '/': right after a variable it is
+    # all after the first colon, after a literal all after the last (grpc-gateway).
     tail_start = max(source.rfind("/"), source.rfind("}"))
-    colon = source.find(":", tail_start + 1)
+    tail = source[tail_start + 1 :]
+    colon = tail.find(":") if source[tail_start] == "}" else tail.rfind(":")
     if colon == -1:
         return source, None
-    return source[:colon], source[colon + 1 :]
+    cut = tail_start + 1 + colon
+    return source[:cut], source[cut + 1 :]
 
 
 def _parse_segments(text: str, source: str, *, top_level: bool) -> list[str | Variable]:

@@ -301,7 +301,9 @@ class RequestPlan:
     # (field path as in the template, the fields along it)
     path_fields: tuple[tuple[str, tuple[FieldDescriptor, ...]], ...]
     body: str
+    # The field the body fills (the last of body_path: `body: "payload.input"` nests).
     body_field: FieldDescriptor | None
+    body_path: tuple[FieldDescriptor, ...]
     # Proto field paths bound by path or body: query parameters under them are ignored.
     bound: tuple[str, ...]
     # PATCH with a body field: the FieldMask to fill from the body's keys when unsent.
@@ -318,10 +320,13 @@ def plan_request(
     """The plan for a binding; ValueError names a path or body field the type lacks."""
     path_fields = tuple((v, resolve(codec, descriptor, v)) for v in variables)
     body_field = None
+    body_path: tuple[FieldDescriptor, ...] = ()
     if body and body != "*":
-        body_field = descriptor.fields_by_name.get(body)
-        if body_field is None:
-            raise ValueError(f"{descriptor.full_name} has no body field {body!r}")
+        try:
+            body_path = resolve(codec, descriptor, body)
+        except ValueError:
+            raise ValueError(f"{descriptor.full_name} has no body field {body!r}") from None
+        body_field = body_path[-1]
     mask_field = None
     if http_verb == "PATCH" and body_field is not None:
         masks = [
@@ -334,14 +339,15 @@ def plan_request(
         masks.sort(key=lambda f: f.name != "update_mask")
         mask_field = masks[0] if masks else None
     bound = tuple(".".join(f.name for f in fields) for _, fields in path_fields)
-    if body_field is not None:
-        bound += (body_field.name,)
+    if body_path:
+        bound += (".".join(f.name for f in body_path),)
     codec.names(descriptor)
     return RequestPlan(
         message_factory.GetMessageClass(descriptor),
         path_fields,
         body,
         body_field,
+        body_path,
         bound,
         mask_field,
     )
@@ -391,7 +397,9 @@ def request_from_json(
         if plan.body_field is None:
             codec.merge_json(message, body_json, "")
         elif body_json is not None:
-            codec.set_json(message, plan.body_field, body_json, plan.body_field.json_name)
+            target = _descend(message, plan.body_path)
+            where = ".".join(f.json_name for f in plan.body_path)
+            codec.set_json(target, plan.body_field, body_json, where)
     for variable, fields in plan.path_fields:
         target = _descend(message, fields)
         codec.set_text(target, fields[-1], path_values[variable], variable)

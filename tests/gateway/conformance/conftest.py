@@ -113,6 +113,8 @@ class Backend:
             SERVICE,
             {
                 "Echo": unary(self.echo, "Everything", "Everything"),
+                "NestedBody": unary(self.echo, "Everything", "Everything"),
+                "DoubleColon": unary(self.double_colon, "Book", "Book"),
                 "GetBook": unary(self.get_book, "GetBookRequest", "GetBookResponse"),
                 "GetSpecialBook": unary(self.get_special, "GetBookRequest", "Book"),
                 "UpdateBook": unary(self.update_book, "UpdateBookRequest", "UpdateBookResponse"),
@@ -148,6 +150,9 @@ class Backend:
 
     async def echo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return request
+
+    async def double_colon(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.cls("Book")(name=f"double:{request.name}", title=request.title)
 
     async def get_book(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         book = self.cls("Book")(name=request.name, title="Dune", pages=412)
