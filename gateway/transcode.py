@@ -105,11 +105,20 @@ class Codec:
         if not isinstance(value, dict):
             raise Bad(where or "body", f"expected a JSON object for {descriptor.name}")
         names = self.names(descriptor)
+        oneofs: dict[str, str] | None = None
         for key, item in value.items():
             field = names.get(key)
             if field is None:
                 continue  # unknown fields are ignored, as grpc-gateway does
-            self.set_json(message, field, item, f"{where}.{key}" if where else key, depth)
+            at = f"{where}.{key}" if where else key
+            oneof = field.containing_oneof
+            # A oneof of one field is proto3 `optional`: nothing to conflict with.
+            if oneof is not None and item is not None and len(oneof.fields) > 1:
+                oneofs = {} if oneofs is None else oneofs
+                other = oneofs.setdefault(oneof.name, field.json_name)
+                if other != field.json_name:
+                    raise Bad(at, f"{other} is set too: only one field of {oneof.name} may be")
+            self.set_json(message, field, item, at, depth)
 
     def set_json(
         self, message: Message, field: FieldDescriptor, value: Any, where: str, depth: int = 0
@@ -509,7 +518,9 @@ def _fill_mask(codec: Codec, mask: Message, body: dict[str, Any], field: FieldDe
         for key, value in obj.items():
             sub = names.get(key)
             if sub is None:
-                continue
+                # The mask would name a field that is not there (as grpc-gateway refuses).
+                where = f"{field.json_name}.{prefix}{key}"
+                raise Bad(where, f"{descriptor.name} has no field {key!r} to update")
             path = prefix + sub.name
             if _is_plain_message(sub) and isinstance(value, dict) and value:
                 walk(value, sub.message_type, path + ".")

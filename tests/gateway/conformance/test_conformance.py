@@ -155,16 +155,32 @@ async def test_response_body_and_most_specific_template(rig: Rig) -> None:
 
 async def test_patch_fills_the_field_mask_from_the_body(rig: Rig) -> None:
     r = await rig.client.patch(
-        "/v1/shelves/s1/books/b1", json={"title": "New", "meta": {"label": "l"}, "extra": 1}
+        "/v1/shelves/s1/books/b1", json={"title": "New", "meta": {"label": "l"}}
     )
     assert r.status_code == 200, r.text
     body = r.json()
     assert sorted(body["maskPaths"]) == ["meta.label", "title"]
+    # The mask would name a field the book does not have: refused, as grpc-gateway does.
+    unknown = await rig.client.patch(
+        "/v1/shelves/s1/books/b1", json={"title": "New", "meta": {"labl": "l"}}
+    )
+    assert unknown.status_code == 400
+    assert violations(unknown.json()) == {"book.meta.labl": "Inner has no field 'labl' to update"}
     assert body["book"]["name"] == "shelves/s1/books/b1"
     sent_mask = await rig.client.patch(
         "/v1/shelves/s1/books/b1", json={"title": "New"}, params={"updateMask": "author"}
     )
     assert sent_mask.json()["maskPaths"] == ["author"]
+
+
+async def test_two_members_of_a_oneof_are_refused(rig: Rig) -> None:
+    both = await rig.client.post("/v1/echo", json={"choiceA": "a", "choiceB": 2})
+    assert both.status_code == 400
+    assert violations(both.json()) == {
+        "choiceB": "choiceA is set too: only one field of choice may be"
+    }
+    one = await rig.client.post("/v1/echo", json={"choiceA": "a", "choiceB": None})
+    assert one.status_code == 200 and one.json()["choiceA"] == "a"
 
 
 async def test_delete_custom_suffix_and_custom_verb(rig: Rig) -> None:
