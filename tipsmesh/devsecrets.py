@@ -5,9 +5,11 @@ development key to leak into production). `tips up` fills the ones the
 caller's environment does not set from ``<run dir>/secrets.env``, created on
 first use, so data encrypted by one run is readable by the next: the KEKs,
 one PostgreSQL password per service role (``TIPS_DB_ROLE_PASSWORDS``) and the
-local server's superuser password (``LOCAL_POSTGRES_PASSWORD``) and the local
-NATS users' passwords (``LOCAL_NATS_PASSWORDS``), which only `tips up` itself
-reads. ``for_process`` gives each process only its own.
+local server's superuser password (``LOCAL_POSTGRES_PASSWORD``), the local
+NATS users' passwords (``LOCAL_NATS_PASSWORDS``) and the OAuth client secret
+of the development data providers (``LOCAL_DEV_PROVIDERS_SECRET``,
+``tipsmesh.devproviders``), which only `tips up` itself reads.
+``for_process`` gives each process only its own.
 """
 
 from __future__ import annotations
@@ -43,12 +45,16 @@ def _nats_passwords() -> str:
 SUPERUSER = "LOCAL_POSTGRES_PASSWORD"
 # The local NATS's users (one per process): in the file; each process gets its own.
 NATS_PASSWORDS = "LOCAL_NATS_PASSWORDS"
+# The development data providers' OAuth client secret: `tips up` gives it to
+# the stand-in and, inside TIPS_INTEGRATIONS_PROVIDERS, to integrations only.
+DEV_PROVIDERS_SECRET = "LOCAL_DEV_PROVIDERS_SECRET"
 ROLE_PASSWORDS = "TIPS_DB_ROLE_PASSWORDS"
-LOCAL_ONLY = (SUPERUSER, NATS_PASSWORDS)
+LOCAL_ONLY = (SUPERUSER, NATS_PASSWORDS, DEV_PROVIDERS_SECRET)
 # Variable -> how to make a fresh value.
 GENERATED: dict[str, Callable[[], str]] = {
     SUPERUSER: _password,
     NATS_PASSWORDS: _nats_passwords,
+    DEV_PROVIDERS_SECRET: _password,
     ROLE_PASSWORDS: _role_passwords,
     "TIPS_AUTH_KEY_ENCRYPTION_KEY": _key32,
     "TIPS_INTEGRATIONS_KEK_RING": lambda: json.dumps({"local-1": _key32()}),
@@ -97,6 +103,10 @@ def nats_passwords(path: Path) -> dict[str, str]:
     """Process name -> its password on the local NATS."""
     found: dict[str, str] = json.loads(load_or_create(path)[NATS_PASSWORDS])
     return found
+
+
+def dev_providers_secret(path: Path) -> str:
+    return load_or_create(path)[DEV_PROVIDERS_SECRET]
 
 
 def for_process(env: dict[str, str], name: str | None) -> dict[str, str]:

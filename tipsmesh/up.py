@@ -39,6 +39,7 @@ from kernel.bus_permissions import authorization_block, mesh_user
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES, Settings
 from tipsmesh import devcerts, devlogin, devsecrets
 from tipsmesh.devidp import OidcIssuer
+from tipsmesh.devproviders import ProviderStandIn, dev_provider_settings, dev_standin
 from tipsmesh.health import grpc_serving, http_ok
 from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
 
@@ -200,6 +201,8 @@ class Mesh:
         self._probe_tls: Settings | None = None
         # Local Google and Apple stand-ins, so a newcomer can sign in (tips login).
         self.dev_idps: dict[str, OidcIssuer] = {}
+        # Local Google Calendar and Fitbit stand-ins, so accounts can be connected.
+        self.dev_providers: ProviderStandIn | None = None
         self.demo: dict[str, object] | None = None
 
     # ----- start
@@ -214,6 +217,7 @@ class Mesh:
         self._probe_tls = self.certs[OPERATOR].settings()
         await self._start_infra()
         await self._start_dev_idps()
+        await self._start_dev_providers()
         self._phase("infra")
         await self._migrate()
         self._phase("migrate")
@@ -233,6 +237,30 @@ class Mesh:
             idp = OidcIssuer(name, [devlogin.DEV_CLIENT_ID], sign_in_page=True)
             await idp.start()
             self.dev_idps[name] = idp
+
+    async def _start_dev_providers(self) -> None:
+        """Development data providers, in this process (tipsmesh.devproviders).
+
+        Only when the caller configures no providers of their own, and with the
+        gateway (the web app is where a browser comes back to).
+        """
+        if "TIPS_INTEGRATIONS_PROVIDERS" in self.options.env or GATEWAY not in self.ports:
+            return
+        secret = devsecrets.dev_providers_secret(self.run_dir / "secrets.env")
+        standin = dev_standin(
+            secret, (self.connections_redirect_uri(),), self.run_dir / "devproviders.json"
+        )
+        await standin.start()
+        self.dev_providers = standin
+
+    def web_origins(self) -> list[str]:
+        """The web app's origins: either loopback name, on the gateway's port."""
+        return [f"http://{h}:{self.ports[GATEWAY]}" for h in (HOST, "localhost")]
+
+    def connections_redirect_uri(self) -> str:
+        """Where the dev providers send the browser back: the web app, which completes
+        the connection (``/v1/connections:callback``) and goes on to the return URI."""
+        return f"{self.web_origins()[0]}/app/?callback=connection"
 
     async def _seed_demo(self) -> None:
         """The demo user (consents, a week of signals), once per run dir."""
@@ -354,8 +382,21 @@ class Mesh:
                 env[f"TIPS_AUTH_{provider.upper()}_WEB_CLIENT_ID"] = devlogin.DEV_CLIENT_ID
             if GATEWAY in self.ports:
                 # The web app's sign-in lands back on it (either loopback name).
-                origins = [f"http://{h}:{self.ports[GATEWAY]}" for h in (HOST, "localhost")]
+                origins = self.web_origins()
                 env["TIPS_AUTH_WEB_REDIRECT_URIS"] = json.dumps([f"{o}/app/" for o in origins])
+        if name == "integrations" and self.dev_providers is not None:
+            # OAuth clients at the dev providers; the browser returns to the web app.
+            env["TIPS_INTEGRATIONS_PROVIDERS"] = json.dumps(
+                dev_provider_settings(
+                    self.dev_providers.base_url,
+                    devsecrets.dev_providers_secret(self.run_dir / "secrets.env"),
+                )
+            )
+            env["TIPS_INTEGRATIONS_REDIRECT_URI"] = self.connections_redirect_uri()
+            returns = [f"{o}/app/#/connections" for o in self.web_origins()]
+            env["TIPS_INTEGRATIONS_RETURN_URIS"] = json.dumps(
+                [*returns, "tips://connections/callback"]
+            )
         # Each process gets its own secrets only (no superuser password for a service).
         env = devsecrets.for_process(env, name)
         if name is not None:
@@ -529,6 +570,16 @@ class Mesh:
         )
         for name, idp in self.dev_idps.items():
             rows.append((f"dev {name}", str(idp.port), idp.issuer, "(development sign-in)"))
+        if self.dev_providers is not None:
+            dev = self.dev_providers
+            rows.append(
+                (
+                    "dev providers",
+                    str(dev.port),
+                    dev.base_url,
+                    "(development Google Calendar and Fitbit, made-up data)",
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         lines = [
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
@@ -555,6 +606,7 @@ class Mesh:
             "restarts": self.restarts,
             "tls_dir": str(self.tls_dir),
             "dev_identity_providers": {n: idp.issuer for n, idp in self.dev_idps.items()},
+            "dev_data_providers": self.dev_providers.base_url if self.dev_providers else None,
         }
         tmp = self.run_dir / "mesh.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
@@ -570,6 +622,9 @@ class Mesh:
         for idp in self.dev_idps.values():
             with contextlib.suppress(Exception):
                 await idp.stop()
+        if self.dev_providers is not None:
+            with contextlib.suppress(Exception):
+                await self.dev_providers.stop()
         if self.nats is not None:
             await _quietly("NATS", self.nats.stop)
         if self.postgres is not None:

@@ -4,7 +4,8 @@ Provider OAuth clients come from ``integrations_providers``, a JSON map of
 provider id to ``ProviderClientSettings``; a provider without an entry (or
 without a client id) is listed as unavailable. Endpoint URLs default to the
 provider's documented ones (in its connector module) and are overridden here
-only to point tests at local stand-ins or a proxy.
+only to point tests at local stand-ins or a proxy; one that is not https is
+a local stand-in (``tipsmesh.devproviders``) and refused unless ``dev_mode``.
 
 The token vault's key-encryption keys (KEKs) are a key ring: key id to a
 base64 32-byte key, plus the id of the key new records are wrapped under.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from kernel.settings import Settings, SettingsError
 
@@ -83,6 +84,20 @@ class IntegrationsSettings(Settings):
     # Granted purposes are cached this long; ConsentChanged evicts at once.
     integrations_consent_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
     integrations_consent_durable: str = "integrations-consent"
+
+    @model_validator(mode="after")
+    def _provider_urls_are_https_unless_dev(self) -> IntegrationsSettings:
+        # A plain-http endpoint is a local stand-in (tipsmesh.devproviders): development only.
+        for provider, client in self.integrations_providers.items():
+            for name in ("authorize_url", "token_url", "api_base_url", "revoke_url"):
+                url = getattr(client, name)
+                if url and not url.startswith("https://") and not self.dev_mode:
+                    raise ValueError(
+                        f"TIPS_INTEGRATIONS_PROVIDERS[{provider!r}].{name}={url!r} is not https: "
+                        "a local provider is for development only "
+                        "(set TIPS_DEV_MODE=1, as `tips up` does)"
+                    )
+        return self
 
     def provider_client(self, provider_id: str) -> ProviderClientSettings:
         return self.integrations_providers.get(provider_id) or ProviderClientSettings()

@@ -33,8 +33,8 @@ import pytest
 from tests.e2e import identity_support as idp
 from tests.e2e.identity_support import Issuers, eventually, user_id
 from tests.e2e.meshutil import RunningMesh
-from tests.support.providers import CLIENT_SECRET, ProviderStandIn, provider_settings, serve_standin
 from tipsmesh.devidp import OidcIssuer
+from tipsmesh.devproviders import CLIENT_SECRET, ProviderStandIn, provider_settings, serve_standin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -218,6 +218,7 @@ def test_postgres_wants_passwords_and_no_service_holds_the_superusers(
     secrets_env = mesh.secrets()
     superuser = secrets_env["LOCAL_POSTGRES_PASSWORD"]
     roles = json.loads(secrets_env["TIPS_DB_ROLE_PASSWORDS"])
+    dev_client_secret = secrets_env["LOCAL_DEV_PROVIDERS_SECRET"]
     port = mesh.infra_ports()[0]
 
     async def logins() -> dict[str, bool]:
@@ -283,8 +284,12 @@ def test_postgres_wants_passwords_and_no_service_holds_the_superusers(
         foreign = [pw for user, pw in nats_passwords.items() if user != name and pw in environ]
         assert not foreign, f"{name} holds another process's NATS password"
         assert nats_passwords[name] in environ  # and logs in with its own
+        # The dev providers' client secret: integrations' alone.
+        assert (dev_client_secret in environ) == (name == "integrations"), name
         checked += 1
     assert checked == len(SERVICE_NAMES) + 1  # the services and the gateway
+    logs = sorted((mesh.run_dir / "logs").glob("*.log"))
+    assert logs and not [log for log in logs if dev_client_secret in log.read_text()]
 
 
 class Prober:

@@ -6,8 +6,12 @@ On a phone-sized screen a new user signs in with Google, reacts to the tip, sees
 it in the history, changes preferences and quiet hours (and is told which field
 is wrong when a category is unknown), allows and withdraws a consent and reads
 its history, then deletes the account. A second user signs in with Apple (the
-provider answers with a form post), using only the keyboard. What the screens
-show is checked against what the REST edge says with the same session.
+provider answers with a form post), using only the keyboard. Another allows
+the fitness consent and connects Fitbit activity through the development
+provider's consent page (Allow), comes back connected and gets signals from
+the first sync; one more, on `localhost`, denies Google Calendar there and is
+told so. What the screens show is checked against what the REST edge says
+with the same session.
 
 Screenshots of every screen go to ``test-results/web/`` (an artifact of the run).
 ``make test`` builds the app (``make web``) and installs Chromium (``make browser``).
@@ -20,13 +24,14 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, expect, sync_playwright
 
 from tests.e2e.meshutil import ROOT, STOP_TIMEOUT, RunningMesh, start_mesh
 
@@ -111,7 +116,7 @@ def assert_fits_phone_and_labelled(page: Page) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"page is {width}px wide on a {PHONE['width']}px screen"
     unnamed = page.evaluate(
-        """() => [...document.querySelectorAll('input, select, button, a[href]')]
+        """() => [...document.querySelectorAll('input:not([type=hidden]), select, button, a[href]')]
             .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
                           && !el.textContent.trim())
             .map(el => el.outerHTML.slice(0, 80))"""
@@ -119,8 +124,19 @@ def assert_fits_phone_and_labelled(page: Page) -> None:
     assert not unnamed, f"controls without an accessible name: {unnamed}"
 
 
-def sign_in(page: Page, mesh: RunningMesh, provider: str, name: str) -> None:
-    page.goto(gateway(mesh) + "/")
+def tab_to(page: Page, target: Locator) -> None:
+    """Tab until ``target`` has the focus."""
+    for _ in range(10):
+        if target.evaluate("el => el === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+    expect(target).to_be_focused()
+
+
+def sign_in(
+    page: Page, mesh: RunningMesh, provider: str, name: str, host: str = "127.0.0.1"
+) -> None:
+    page.goto(gateway(mesh).replace("127.0.0.1", host) + "/")
     expect(page).to_have_url(re.compile(r"/app/$"))
     expect(page.get_by_role("heading", name="Sign in to Tips")).to_be_visible()
     page.get_by_role("button", name=f"Sign in with {provider}").click()
@@ -245,12 +261,7 @@ def test_a_new_user_on_a_phone_uses_every_screen(mesh: RunningMesh, page: Page) 
 def test_apple_sign_in_and_a_reaction_with_the_keyboard_only(mesh: RunningMesh, page: Page) -> None:
     page.goto(gateway(mesh) + "/app/")
     expect(page.get_by_role("heading", name="Sign in to Tips")).to_be_focused()
-    apple = page.get_by_role("button", name="Sign in with Apple")
-    for _ in range(10):  # Tab until the Apple button has focus
-        if apple.evaluate("el => el === document.activeElement"):
-            break
-        page.keyboard.press("Tab")
-    expect(apple).to_be_focused()
+    tab_to(page, page.get_by_role("button", name="Sign in with Apple"))
     page.keyboard.press("Enter")
     login = page.get_by_label("Who signs in")
     login.fill(f"kb-{uuid.uuid4().hex[:8]}")
@@ -260,7 +271,9 @@ def test_apple_sign_in_and_a_reaction_with_the_keyboard_only(mesh: RunningMesh, 
     assert [s["provider"] for s in me] == ["IDENTITY_PROVIDER_APPLE"]
     assert me[0]["deviceName"] == "Web (Chrome)"
 
-    # From the heading, Tab reaches the tip's first reaction; Enter reacts.
+    # From the heading, Tab reaches the tip's first reaction; Enter reacts. (Once
+    # the tip has loaded: a Tab while it loads has nothing to reach.)
+    expect(page.get_by_role("button", name="Done")).to_be_visible()
     page.keyboard.press("Tab")
     expect(page.get_by_role("button", name="Done")).to_be_focused()
     page.keyboard.press("Enter")
@@ -281,6 +294,104 @@ def test_apple_sign_in_and_a_reaction_with_the_keyboard_only(mesh: RunningMesh, 
     expect(page.locator("main")).to_be_focused()
     # ... and stays on this screen (the hash is the router's).
     expect(page.get_by_role("heading", name="Account", exact=True)).to_be_visible()
+
+
+def connector_signals(mesh: RunningMesh, page: Page, connection: str) -> list[dict[str, Any]]:
+    listed = api(mesh, page, "GET", "/v1/users/me/signals", params={"pageSize": 1000})
+    assert listed.status_code == 200, listed.text
+    return [s for s in listed.json().get("signals", []) if s.get("connection") == connection]
+
+
+def test_connecting_fitbit_through_the_providers_consent_page(
+    mesh: RunningMesh, page: Page
+) -> None:
+    sign_in(page, mesh, "Google", f"fit-{uuid.uuid4().hex[:8]}")
+    # Fitbit activity's data needs the fitness consent first.
+    page.get_by_role("link", name="Consents").click()
+    page.get_by_role("button", name="Allow Fitness").click()
+    expect(page.get_by_role("status")).to_have_text("Fitness: allowed.")
+
+    page.get_by_role("link", name="Connections").click()
+    row = (
+        page.get_by_role("list", name="Providers")
+        .get_by_role("listitem")
+        .filter(has=page.get_by_text("Fitbit activity", exact=True))
+    )
+    row.get_by_role("button", name="Connect Fitbit activity").click()
+    # The development provider's consent page (another origin).
+    expect(page.get_by_role("heading", name="Allow Tips to read your Fitbit data?")).to_be_visible()
+    expect(page.get_by_text("Development stand-in, not the real Fitbit.")).to_be_visible()
+    expect(page.get_by_role("listitem").filter(has_text="steps")).to_be_visible()
+    shot(page, "11-provider-consent")
+    assert_fits_phone_and_labelled(page)
+    allowed = time.monotonic()
+    page.get_by_role("button", name="Allow").click()
+
+    # Back on the Connections screen, told so, the code gone from the address bar.
+    done = page.get_by_role("status").filter(has_text="Fitbit activity connected.")
+    expect(done).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/app/#/connections$"))
+    assert "code=" not in page.url and "state=" not in page.url
+    expect(row).to_contain_text("Connected")
+    expect(row.get_by_role("button", name="Sync Fitbit activity")).to_be_visible()
+    landed = time.monotonic()
+    [connection] = [
+        c
+        for c in api(mesh, page, "GET", "/v1/users/me/connections").json()["connections"]
+        if c["provider"] == "providers/fitbit_activity"
+    ]
+    assert connection["state"] == "CONNECTION_STATE_ACTIVE"
+    assert connection["grantedScopes"]
+
+    # The first sync brings the week's steps (and workouts) in as the user's signals.
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not (signals := connector_signals(mesh, page, connection["name"])):
+        assert time.monotonic() < deadline, "no signals from the first sync"
+        time.sleep(0.2)
+    first_signals = time.monotonic()
+    kinds = {s["kind"] for s in signals}
+    assert "SIGNAL_KIND_STEPS" in kinds and kinds <= {"SIGNAL_KIND_STEPS", "SIGNAL_KIND_WORKOUT"}
+    assert all(s["source"] == "SIGNAL_SOURCE_CONNECTOR" for s in signals)
+    print(
+        f"Allow -> back on #/connections {landed - allowed:.2f} s, "
+        f"-> first signals {first_signals - allowed:.2f} s ({len(signals)} signals)"
+    )
+    shot(page, "12-connected")
+    assert_fits_phone_and_labelled(page)
+    page.reload()
+    expect(row).to_contain_text("last synced")
+
+
+def test_denying_the_provider_connects_nothing_and_says_so(mesh: RunningMesh, page: Page) -> None:
+    """On the app's other loopback name: the provider returns to the registered
+    127.0.0.1 callback, which sends the browser on to this origin's screen."""
+    sign_in(page, mesh, "Google", f"deny-{uuid.uuid4().hex[:8]}", host="localhost")
+    granted = api(
+        mesh,
+        page,
+        "POST",
+        "/v1/users/me/consents/calendar-data-for-tips:grant",
+        json={"textVersion": "v1", "source": "CONSENT_SOURCE_WEB"},
+    )
+    assert granted.status_code == 200, granted.text
+    page.get_by_role("link", name="Connections").click()
+    page.get_by_role("button", name="Connect Google Calendar").click()
+    expect(
+        page.get_by_role("heading", name="Allow Tips to read your Google Calendar data?")
+    ).to_be_visible()
+    # With the keyboard: Tab to Deny, Enter.
+    tab_to(page, page.get_by_role("button", name="Deny"))
+    page.keyboard.press("Enter")
+
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("You did not allow Tips to read your Google Calendar data")
+    expect(page).to_have_url(re.compile(r"^http://localhost:\d+/app/#/connections$"))
+    shot(page, "13-provider-denied")
+    [connection] = api(mesh, page, "GET", "/v1/users/me/connections").json()["connections"]
+    assert connection["state"] == "CONNECTION_STATE_PENDING_AUTHORIZATION"
+    assert not connector_signals(mesh, page, connection["name"])
+    # The same connection can be authorized again from here.
+    expect(page.get_by_role("button", name="Connect Google Calendar", exact=True)).to_be_enabled()
 
 
 def test_a_stale_sign_in_callback_is_refused(mesh: RunningMesh, page: Page) -> None:

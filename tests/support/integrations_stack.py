@@ -1,6 +1,6 @@
 """The integrations service with its real neighbours, for the connector tests.
 
-Stand-in providers over real HTTP (tests/support/providers.py), the real
+Stand-in providers over real HTTP (tipsmesh/devproviders.py), the real
 events service (PostgreSQL + JetStream), a stand-in ProfileInternalService
 for the consent gate (tests/support/profile_standin.py); ``ConsentChanged``
 is published to the real TIPS_PROFILE stream by the tests. Each test module
@@ -33,13 +33,13 @@ from services.events.service import SERVICE as EVENTS
 from services.integrations.service import SERVICE as INTEGRATIONS
 from services.integrations.settings import IntegrationsSettings
 from tests.support.profile_standin import ProfileStandIn
-from tests.support.providers import ProviderStandIn, provider_settings, serve_standin
 from tests.support.streams import left_as_found
 from tests.support.tokens import as_user
 from tips.integrations.v1 import connection_pb2
 from tips.integrations.v1 import integrations_service_pb2 as pb
 from tips.integrations.v1 import integrations_service_pb2_grpc as pb_grpc
 from tips.profile.v1 import events_pb2 as profile_events
+from tipsmesh.devproviders import ProviderStandIn, provider_settings, serve_standin
 
 STREAMS = ("TIPS_EVENTS", "TIPS_INTEGRATIONS", "TIPS_PROFILE")
 S = connection_pb2.ConnectionState

@@ -3,7 +3,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { session, type Tokens } from "./session";
 import { Account } from "./screens/Account";
-import { Connections } from "./screens/Connections";
+import { ConnectionCallback, Connections, isConnectionCallback } from "./screens/Connections";
 import { Consents } from "./screens/Consents";
 import { History } from "./screens/History";
 import { Preferences } from "./screens/Preferences";
@@ -50,6 +50,10 @@ export function App() {
   const [tokens, reason] = useSession();
   const callback = useSignInCallback();
   const path = useRoute();
+  // A provider sending the browser back after connecting an account: no session
+  // needed (the one-time state names the user), and it may be another origin's.
+  const [connecting] = useState(isConnectionCallback);
+  if (connecting) return <ConnectionCallback />;
   if (!tokens) return <SignIn callback={callback} notice={reason} />;
   const View = ROUTES[path].view;
   return (

@@ -71,8 +71,23 @@ export const consents = {
 export const connections = {
   providers: () => rest(IntegrationsService.ListProviders, {}),
   list: () => rest(IntegrationsService.ListConnections, { parent: ME }),
-  start: (provider: string, returnUri: string) =>
-    rest(IntegrationsService.StartConnection, { parent: ME, connection: { provider }, returnUri }),
+  /** A new connection, or (with `connectionId`) authorizing a pending one again. */
+  start: (provider: string, returnUri: string, connectionId?: string) =>
+    rest(IntegrationsService.StartConnection, {
+      parent: ME,
+      connection: { provider },
+      returnUri,
+      connectionId,
+    }),
+  /** The provider's answer (a code, or an error) for the state it came back with. */
+  complete: (params: URLSearchParams) =>
+    rest(IntegrationsService.CompleteConnection, {
+      state: params.get("state") ?? "",
+      code: params.get("code") ?? "",
+      scope: params.get("scope") ?? "",
+      error: params.get("error") ?? "",
+      errorDescription: params.get("error_description") ?? "",
+    }),
   sync: (connection: ConnectionJson) =>
     rest(IntegrationsService.SyncConnection, { name: connection.name }),
   remove: (connection: ConnectionJson) =>

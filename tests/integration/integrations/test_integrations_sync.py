@@ -31,7 +31,6 @@ from tests.support.integrations_stack import (
     run_sync,
     stored_ids,
 )
-from tests.support.providers import CLIENT_SECRET
 from tests.support.waiting import eventually, stream_events
 from tips.events.v1 import events_pb2 as ev_events
 from tips.integrations.v1 import connection_pb2
@@ -39,6 +38,7 @@ from tips.integrations.v1 import events_pb2 as int_events
 from tips.integrations.v1 import integrations_service_pb2 as pb
 from tips.profile.v1 import consent_pb2
 from tips.profile.v1 import events_pb2 as profile_events
+from tipsmesh.devproviders import CLIENT_SECRET
 
 pytestmark = pytest.mark.integration
 

@@ -56,6 +56,18 @@ def test_kek_ring_setting_names_the_bad_key() -> None:
         settings.kek_ring()
 
 
+def test_a_local_provider_is_refused_outside_dev_mode() -> None:
+    local = {"fitbit": {"client_id": "c", "token_url": "http://127.0.0.1:9999/oauth/token"}}
+    with pytest.raises(ValueError, match=r"\['fitbit'\]\.token_url.*TIPS_DEV_MODE=1"):
+        IntegrationsSettings(integrations_providers=local, dev_mode=False)
+    assert IntegrationsSettings(integrations_providers=local, dev_mode=True)
+    real = {"fitbit": {"client_id": "c", "token_url": "https://api.fitbit.com/oauth2/token"}}
+    assert IntegrationsSettings(integrations_providers=real, dev_mode=False)
+    assert IntegrationsSettings(
+        integrations_providers={"fitbit": {"client_id": "c"}}, dev_mode=False
+    )
+
+
 def test_retry_after_seconds_and_http_date() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_retry_after("7", 60) == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT, SERVICE_NAMES
 from tipsmesh import cli, devsecrets
+from tipsmesh.devproviders import DEV_CLIENTS, dev_standin
 from tipsmesh.up import GATEWAY, Mesh, UpError, UpOptions, check_ports, plan_ports
 
 pytestmark = pytest.mark.unit
@@ -97,6 +99,36 @@ def test_each_process_gets_only_its_own_secrets(tmp_path: Path) -> None:
         assert not [v for k, v in env.items() if k != "TIPS_TLS_KEY_FILE" and v.endswith(".key")]
     keys = sorted((tmp_path / "tls").glob("*.key"))
     assert keys and all(k.stat().st_mode & 0o777 == 0o600 for k in keys)
+
+
+def test_integrations_alone_gets_the_dev_providers_clients(tmp_path: Path) -> None:
+    mesh = Mesh(UpOptions(env={}, run_dir=tmp_path))
+    mesh.ports = plan_ports(43000)
+    mesh.database_url, mesh.nats_url = "postgresql://postgres@127.0.0.1:1/tips", "nats://x:2"
+    secret = devsecrets.dev_providers_secret(tmp_path / "secrets.env")
+    mesh.dev_providers = dev_standin(secret, (mesh.connections_redirect_uri(),), tmp_path / "g")
+    mesh.dev_providers.base_url = "http://127.0.0.1:47000"
+    env = mesh.child_env("integrations")
+    providers = json.loads(env["TIPS_INTEGRATIONS_PROVIDERS"])
+    assert set(providers) == set(DEV_CLIENTS)
+    assert {p["client_secret"] for p in providers.values()} == {secret}
+    assert providers["fitbit"]["token_url"] == "http://127.0.0.1:47000/oauth/token"
+    assert (
+        env["TIPS_INTEGRATIONS_REDIRECT_URI"] == "http://127.0.0.1:43000/app/?callback=connection"
+    )
+    assert json.loads(env["TIPS_INTEGRATIONS_RETURN_URIS"])[:2] == [
+        "http://127.0.0.1:43000/app/#/connections",
+        "http://localhost:43000/app/#/connections",
+    ]
+    # The secret stays with integrations (and the 0600 file): no other process has it.
+    for name in (None, "events", "auth", GATEWAY):
+        assert secret not in "".join(mesh.child_env(name).values())
+    # The caller's own providers win: no stand-in is started for them.
+    own = Mesh(UpOptions(env={"TIPS_INTEGRATIONS_PROVIDERS": "{}"}, run_dir=tmp_path))
+    own.ports = mesh.ports
+    asyncio.run(own._start_dev_providers())
+    assert own.dev_providers is None
+    assert own.child_env("integrations")["TIPS_INTEGRATIONS_PROVIDERS"] == "{}"
 
 
 def test_cli_rejects_unknown_service(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ import { auth, PROVIDERS } from "../endpoints";
 import type { IdentityProviderJson } from "../gen/tips/auth/v1/identity_pb";
 import { session } from "../session";
 import { Button, ErrorNotice, Screen } from "../ui";
+import { isConnectionCallback } from "./Connections";
 
 export interface Callback {
   busy: boolean;
@@ -15,14 +16,13 @@ export interface Callback {
 
 /** Finishes a sign-in the provider redirected back with, once, then cleans the URL. */
 export function useSignInCallback(): Callback {
-  const [state, setState] = useState<Callback>(() => ({
-    busy: new URLSearchParams(location.search).has("state"),
-    error: undefined,
-  }));
+  // A connection's callback carries a state too: not a sign-in (Connections.tsx).
+  const signingIn = () => new URLSearchParams(location.search).has("state") && !isConnectionCallback();
+  const [state, setState] = useState<Callback>(() => ({ busy: signingIn(), error: undefined }));
   useEffect(() => {
     const params = new URLSearchParams(location.search);
     const returned = params.get("state");
-    if (!returned) return;
+    if (!returned || !signingIn()) return;
     // The code must not stay in the address bar or the history.
     history.replaceState(null, "", `${location.pathname}#/`);
     const fail = (message: string) =>
