@@ -131,7 +131,8 @@ class Transcoder:
                 )
                 return
             body = await _read_body(receive) if route.plan.body else b""
-            request = build_request(self.codec, route.plan, values, query, body)
+            content_type = headers.get("content-type", "")
+            request = build_request(self.codec, route.plan, values, query, body, content_type)
             if route.streaming:
                 await self._stream(receive, send, route, request, metadata, timeout, headers)
                 return
@@ -188,7 +189,7 @@ class Transcoder:
             raise _no_upstream(route)
         sse = "text/event-stream" in headers.get("accept", "")
         pending = call(request, timeout=deadline_s, metadata=metadata)
-        relay = stream_response(send, pending, route.render, sse=sse)
+        relay = stream_response(send, pending, route.render, sse=sse, http_body=route.http_body)
         await _unless_gone(receive, relay, pending)
 
     async def _stream_in(
@@ -227,7 +228,8 @@ class Transcoder:
             raise
         if route.streaming:
             sse = "text/event-stream" in headers.get("accept", "")
-            await _unless_gone(receive, stream_response(send, call, route.render, sse=sse), call)
+            relay = stream_response(send, call, route.render, sse=sse, http_body=route.http_body)
+            await _unless_gone(receive, relay, call)
             return
         response = await _unless_gone(receive, call, call)
         await _respond_json(send, route, response, (await call.initial_metadata()) or (), headers)
@@ -416,6 +418,13 @@ async def _respond_json(
     header_md: Sequence[tuple[str, str | bytes]],
     headers: Mapping[str, str],
 ) -> None:
+    if route.http_body is not None:
+        # google.api.HttpBody: its bytes as they are, with its content type.
+        raw = route.http_body(response)
+        kind = (raw.content_type or "application/octet-stream").encode("latin-1", "replace")
+        answer = [(b"content-type", kind), *_metadata_headers(header_md)]
+        await _respond(send, 200, raw.data, answer)
+        return
     payload = json.dumps(route.render(response), separators=(",", ":")).encode()
     response_headers = [_JSON, *_metadata_headers(header_md)]
     if len(payload) >= GZIP_MIN_BYTES and "gzip" in headers.get("accept-encoding", ""):

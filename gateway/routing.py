@@ -9,6 +9,7 @@ templates, not all of them.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from gateway import pathtemplate
 from gateway.descriptors import HttpBinding, access, http_bindings, services
 from gateway.pathtemplate import DEEP_WILDCARD, WILDCARD, Template, Variable
 from gateway.render import Renderer
-from gateway.transcode import Codec, RequestPlan, plan_request
+from gateway.transcode import HTTP_BODY, Codec, RequestPlan, plan_request
 
 _KEY_DEPTH = 2
 
@@ -44,6 +45,9 @@ class Route:
     streaming: bool
     # Client streaming (or bidi, with ``streaming``): the body is many JSON values.
     client_streaming: bool
+    # The answer (or its response_body) is a google.api.HttpBody: this gives it, and
+    # its content type and bytes are the HTTP answer instead of JSON.
+    http_body: Callable[[Any], Any] | None
     public: bool
     scopes: tuple[str, ...]
     # Template order in the table: most specific first.
@@ -176,14 +180,20 @@ def _route(
         binding.verb,
     )
     output = method.output_type
+    http_body: Callable[[Any], Any] | None = None
     if binding.response_body:
         field_desc = output.fields_by_name.get(binding.response_body)
         if field_desc is None:
             raise ValueError(f"{output.full_name} has no field {binding.response_body!r}")
         convert = renderer.field(field_desc)
         render = _field_renderer(convert, binding.response_body)
+        answer = field_desc.message_type
+        if answer is not None and answer.full_name == HTTP_BODY and not field_desc.is_repeated:
+            http_body = operator.attrgetter(binding.response_body)
     else:
         render = renderer.message(output)
+        if output.full_name == HTTP_BODY:
+            http_body = _itself
     return Route(
         verb=binding.verb,
         template=template,
@@ -196,10 +206,15 @@ def _route(
         response_class=message_factory.GetMessageClass(output),
         streaming=bool(method.server_streaming),
         client_streaming=bool(method.client_streaming),
+        http_body=http_body,
         public=bool(policy.public),
         scopes=tuple(policy.scopes),
         rank=_rank(template, order),
     )
+
+
+def _itself(message: Any) -> Any:
+    return message
 
 
 def _field_renderer(convert: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:

@@ -50,6 +50,7 @@ _QUERY_KEY = re.compile(r"^([^\[\]]+)(?:\[([^\]]*)\])?$")
 FIELD_MASK = "google.protobuf.FieldMask"
 
 
+HTTP_BODY = "google.api.HttpBody"
 # protobuf's own parsers refuse deeper messages (upb's default recursion limit).
 MAX_MESSAGE_DEPTH = 100
 
@@ -317,6 +318,8 @@ class RequestPlan:
     bound: tuple[str, ...]
     # PATCH with a body field: the FieldMask to fill from the body's keys when unsent.
     mask_field: FieldDescriptor | None
+    # The body is a google.api.HttpBody: raw bytes and their content type, not JSON.
+    raw_body: bool = False
 
 
 def plan_request(
@@ -351,6 +354,8 @@ def plan_request(
     if body_path:
         bound += (".".join(f.name for f in body_path),)
     codec.names(descriptor)
+    target = body_field.message_type if body_field is not None else descriptor
+    raw_body = bool(body) and target is not None and target.full_name == HTTP_BODY
     return RequestPlan(
         message_factory.GetMessageClass(descriptor),
         path_fields,
@@ -359,6 +364,7 @@ def plan_request(
         body_path,
         bound,
         mask_field,
+        raw_body,
     )
 
 
@@ -383,14 +389,35 @@ def build_request(
     path_values: Mapping[str, str],
     query: str,
     body: bytes,
+    content_type: str = "",
 ) -> Message:
     """The request message for one HTTP request; ``Bad`` on any client mistake."""
+    if plan.raw_body:
+        return _raw_request(codec, plan, path_values, query, body, content_type)
     body_json: Any = None
     if plan.body:
         # An empty body is an empty message, as in grpc-gateway (its decoder's io.EOF).
         empty: Any = {} if plan.body_field is None else None
         body_json = _parse_body(body, plan.body if plan.body != "*" else "body", empty)
     return request_from_json(codec, plan, path_values, query, body_json)
+
+
+def _raw_request(
+    codec: Codec,
+    plan: RequestPlan,
+    path_values: Mapping[str, str],
+    query: str,
+    body: bytes,
+    content_type: str,
+) -> Message:
+    """A google.api.HttpBody body: the bytes as sent, with their Content-Type."""
+    message = request_from_json(codec, plan, path_values, query, None)
+    target: Any = message
+    if plan.body_field is not None:
+        target = getattr(_descend(message, plan.body_path), plan.body_field.name)
+    target.content_type = content_type
+    target.data = body
+    return message
 
 
 def request_from_json(
@@ -402,7 +429,7 @@ def request_from_json(
 ) -> Message:
     """The request message from a body already parsed (one value of a streamed body)."""
     message = plan.message_class()
-    if plan.body:
+    if plan.body and not plan.raw_body:
         if plan.body_field is None:
             codec.merge_json(message, body_json, "")
         elif body_json is not None:

@@ -93,6 +93,9 @@ class Backend:
         self.started: dict[str, float] = {}
         self.cancelled: dict[str, float] = {}
 
+    def any_cls(self, full_name: str) -> Any:
+        return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(full_name))
+
     def cls(self, name: str) -> Any:
         return message_factory.GetMessageClass(
             self.pool.FindMessageTypeByName(f"conformance.v1.{name}")
@@ -101,11 +104,12 @@ class Backend:
     def handler(self) -> grpc.GenericRpcHandler:
         c = self.cls
 
-        def unary(fn: Any, req: str, resp: Any) -> grpc.RpcMethodHandler:
+        def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
             out = c(resp) if isinstance(resp, str) else resp
+            into = c(req) if isinstance(req, str) else req
             return grpc.unary_unary_rpc_method_handler(
                 fn,
-                request_deserializer=c(req).FromString,
+                request_deserializer=into.FromString,
                 response_serializer=out.SerializeToString,
             )
 
@@ -114,6 +118,15 @@ class Backend:
             {
                 "Echo": unary(self.echo, "Everything", "Everything"),
                 "NestedBody": unary(self.echo, "Everything", "Everything"),
+                "Download": unary(
+                    self.download, "GetBookRequest", self.any_cls("google.api.HttpBody")
+                ),
+                "Upload": unary(self.upload, self.any_cls("google.api.HttpBody"), "Book"),
+                "DownloadStream": grpc.unary_stream_rpc_method_handler(
+                    self.download_stream,
+                    request_deserializer=c("StreamRequest").FromString,
+                    response_serializer=self.any_cls("google.api.HttpBody").SerializeToString,
+                ),
                 "DoubleColon": unary(self.double_colon, "Book", "Book"),
                 "GetBook": unary(self.get_book, "GetBookRequest", "GetBookResponse"),
                 "GetSpecialBook": unary(self.get_special, "GetBookRequest", "Book"),
@@ -150,6 +163,22 @@ class Backend:
 
     async def echo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return request
+
+    async def download(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        data = f"name,pages\n{request.name},412\n".encode()
+        return self.any_cls("google.api.HttpBody")(content_type="text/csv", data=data)
+
+    async def upload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.cls("Book")(name=request.content_type, pages=len(request.data))
+
+    async def download_stream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        for index in range(min(request.count, 100)):  # fuzzers ask for billions
+            if request.fail_after and index == request.fail_after:
+                await context.abort(grpc.StatusCode.INTERNAL, "stream broke")
+            chunk = f"line {index}\n".encode()
+            yield self.any_cls("google.api.HttpBody")(content_type="text/plain", data=chunk)
 
     async def double_colon(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return self.cls("Book")(name=f"double:{request.name}", title=request.title)
@@ -244,7 +273,7 @@ class Backend:
     async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if request.fail_first:
             await context.abort(grpc.StatusCode.NOT_FOUND, "nothing to stream")
-        for index in range(request.count):
+        for index in range(min(request.count, 100)):  # fuzzers ask for billions
             if request.fail_after and index == request.fail_after:
                 await context.abort(grpc.StatusCode.INTERNAL, "stream broke")
             yield self.cls("Book")(name=f"shelves/1/books/{index}", pages=index)

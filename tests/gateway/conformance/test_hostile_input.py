@@ -193,6 +193,7 @@ async def test_messages_nested_past_protobufs_limit_are_refused(rig: Rig) -> Non
 LEFT_OUT = r"[bB]lock|/v1/fail/|\{inner\.label\}"
 
 
+@pytest.mark.timeout(400)
 async def test_schemathesis_finds_no_server_error(rig: Rig, tmp_path: Path) -> None:
     """Property-based requests for every operation of the conformance API: no 5xx.
 

@@ -50,3 +50,24 @@ def test_verbs_are_read_as_grpc_gateway_reads_them(template: str, path: str, ver
     parsed = pathtemplate.parse(template)
     assert parsed.verb == verb
     assert parsed.match(path) is not None
+
+
+async def test_an_http_body_answer_is_its_bytes_and_content_type(rig: Rig) -> None:
+    r = await rig.client.get("/v1/download/dune")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/csv"
+    assert r.content == b"name,pages\ndune,412\n"
+
+
+async def test_an_http_body_request_is_the_bytes_as_sent(rig: Rig) -> None:
+    data = bytes(range(256)) * 4  # not JSON, not UTF-8
+    r = await rig.client.post("/v1/upload", content=data, headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "image/png" and r.json()["pages"] == str(len(data))
+
+
+async def test_a_stream_of_http_bodies_is_streamed_raw(rig: Rig) -> None:
+    async with rig.client.stream("GET", "/v1/downloadStream/3") as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "text/plain"
+        body = b"".join([chunk async for chunk in r.aiter_raw()])
+    assert body == b"line 0\nline 1\nline 2\n"
