@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from kernel.settings import DEFAULT_PORTS, GATEWAY_DEFAULT_PORT
@@ -35,8 +36,14 @@ def shell_blocks() -> list[str]:
 def test_the_readme_blocks_run_as_written(tmp_path: Path) -> None:
     blocks = shell_blocks()
     assert blocks and "make up" in blocks[0], "the README starts with `make up`"
-    taken = [p for p in (GATEWAY_DEFAULT_PORT, *DEFAULT_PORTS.values()) if port_taken(p)]
-    assert not taken, f"the README's default ports are in use: {taken}; stop that mesh first"
+    # 50051-50058 lie in Linux's ephemeral range: another test's short-lived
+    # connection may hold one for a moment. A mesh left running holds them for good.
+    deadline = time.monotonic() + 60
+    while taken := [p for p in (GATEWAY_DEFAULT_PORT, *DEFAULT_PORTS.values()) if port_taken(p)]:
+        assert time.monotonic() < deadline, (
+            f"the README's default ports are in use: {taken}; stop that mesh first"
+        )
+        time.sleep(0.5)
     run_dir = new_run_dir(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIPS_")}
     env["TIPS_RUN_DIR"] = str(run_dir)
