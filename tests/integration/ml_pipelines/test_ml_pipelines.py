@@ -695,6 +695,9 @@ async def test_feature_backfill_with_the_events_service(env: Env) -> None:
     users = [f"u_{secrets.token_hex(4)}" for _ in range(2)]
     now = datetime.now(UTC).replace(microsecond=0)
     base = now - timedelta(hours=3)
+    if (base + timedelta(hours=1)).date() != base.date():
+        # Features are per UTC day: keep the hour of signals on one side of midnight.
+        base -= timedelta(hours=2)
 
     def signal(kind: int, at: datetime, minutes: int = 1, **payload: Any) -> signal_pb2.Signal:
         return signal_pb2.Signal(
