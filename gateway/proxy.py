@@ -31,7 +31,7 @@ from opentelemetry import trace
 
 from gateway.errors import error_parts, status_of_rpc_error
 from gateway.routing import Route, RouteTable
-from gateway.streaming import json_values, stream_response
+from gateway.streaming import json_values, metadata_headers, stream_response
 from gateway.transcode import Bad, Codec, build_request, request_from_json
 from gateway.upstreams import Upstreams
 from kernel.errors import DomainError, PermissionDenied
@@ -422,11 +422,11 @@ async def _respond_json(
         # google.api.HttpBody: its bytes as they are, with its content type.
         raw = route.http_body(response)
         kind = (raw.content_type or "application/octet-stream").encode("latin-1", "replace")
-        answer = [(b"content-type", kind), *_metadata_headers(header_md)]
+        answer = [(b"content-type", kind), *metadata_headers(header_md)]
         await _respond(send, 200, raw.data, answer)
         return
     payload = json.dumps(route.render(response), separators=(",", ":")).encode()
-    response_headers = [_JSON, *_metadata_headers(header_md)]
+    response_headers = [_JSON, *metadata_headers(header_md)]
     if len(payload) >= GZIP_MIN_BYTES and "gzip" in headers.get("accept-encoding", ""):
         payload = gzip.compress(payload, compresslevel=5)
         response_headers += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
@@ -435,15 +435,6 @@ async def _respond_json(
 
 async def _read_body(receive: Receive) -> bytes:
     return b"".join([chunk async for chunk, _ in _body_chunks(receive)])
-
-
-def _metadata_headers(metadata: Sequence[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
-    out: list[tuple[bytes, bytes]] = []
-    for key, value in metadata:
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode("ascii")
-        out.append((f"grpc-metadata-{key}".encode("latin-1"), value.encode("latin-1", "replace")))
-    return out
 
 
 async def _respond(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import codecs
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -29,6 +29,16 @@ from gateway.transcode import Bad, reject_constant
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _NDJSON = b"application/x-ndjson"
 _SSE = b"text/event-stream"
+
+
+def metadata_headers(metadata: Sequence[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream header metadata as ``Grpc-Metadata-*`` headers (binary values base64)."""
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in metadata:
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode("ascii")
+        out.append((f"grpc-metadata-{key}".encode("latin-1"), value.encode("latin-1", "replace")))
+    return out
 
 
 def _dumps(value: Any) -> bytes:
@@ -55,10 +65,7 @@ async def stream_response(
         await _relay_raw(send, call, first, header_md, http_body)
         return
     headers = [(b"content-type", _SSE if sse else _NDJSON), (b"cache-control", b"no-cache")]
-    for key, value in header_md:
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode("ascii")
-        headers.append((f"grpc-metadata-{key}".encode("latin-1"), value.encode("latin-1")))
+    headers += metadata_headers(header_md)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     message = first
     try:
@@ -82,11 +89,7 @@ async def _relay_raw(
     send: Send, call: Any, first: Any, header_md: Any, http_body: Callable[[Any], Any]
 ) -> None:
     kind = http_body(first).content_type or "application/octet-stream"
-    headers = [(b"content-type", kind.encode("latin-1", "replace"))]
-    for key, value in header_md:
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode("ascii")
-        headers.append((f"grpc-metadata-{key}".encode("latin-1"), value.encode("latin-1")))
+    headers = [(b"content-type", kind.encode("latin-1", "replace")), *metadata_headers(header_md)]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     message = first
     try:
