@@ -143,7 +143,9 @@ class Transcoder:
         except DomainError as exc:
             await _respond_status(send, exc.to_status())
         except grpc.RpcError as exc:
-            await _respond_status(send, status_of_rpc_error(exc))
+            # As grpc-gateway: the upstream's header metadata goes out on errors too.
+            error_md = exc.initial_metadata() if isinstance(exc, grpc.aio.AioRpcError) else None
+            await _respond_status(send, status_of_rpc_error(exc), error_md or ())
         finally:
             if span is not None:
                 span.end()
@@ -445,6 +447,8 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _respond_status(send: Send, status: status_pb2.Status) -> None:
+async def _respond_status(
+    send: Send, status: status_pb2.Status, header_md: Sequence[tuple[str, str | bytes]] = ()
+) -> None:
     code, body, headers = error_parts(status)
-    await _respond(send, code, body, headers)
+    await _respond(send, code, body, headers + metadata_headers(header_md))

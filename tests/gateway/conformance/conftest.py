@@ -206,6 +206,7 @@ class Backend:
 
     async def fail(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         code = next(c for c in grpc.StatusCode if c.value[0] == request.code)
+        await context.send_initial_metadata((("x-why", "asked-to-fail"),))
         if code == grpc.StatusCode.OK:
             return empty_pb2.Empty()
         if code == grpc.StatusCode.INVALID_ARGUMENT:

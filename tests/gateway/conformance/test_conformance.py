@@ -237,6 +237,13 @@ async def test_every_grpc_code_maps_to_its_http_status(rig: Rig) -> None:
     unauthenticated = await rig.client.get("/v1/fail/16")
     assert unauthenticated.headers["www-authenticate"].startswith("Bearer")
     assert "TOKEN_EXPIRED" in unauthenticated.headers["www-authenticate"]
+    # The upstream's header metadata goes out on errors too, as grpc-gateway does.
+    assert metadata_of(await rig.client.get("/v1/fail/5")) == {"x-why": "asked-to-fail"}
+
+
+def metadata_of(r: Any) -> dict[str, str]:
+    prefix = "grpc-metadata-"
+    return {k[len(prefix) :]: v for k, v in r.headers.items() if k.startswith(prefix)}
 
 
 async def test_unknown_path_404_and_wrong_method_405(rig: Rig) -> None:
