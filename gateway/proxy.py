@@ -140,6 +140,9 @@ class Transcoder:
             await _respond_json(send, route, response, header_md, headers)
         except ClientGone:
             return  # nobody to answer; the upstream call was cancelled
+        except CallCancelled:
+            cancelled = grpc.StatusCode.CANCELLED.value[0]
+            await _respond_status(send, status_pb2.Status(code=cancelled, message="call cancelled"))
         except DomainError as exc:
             await _respond_status(send, exc.to_status())
         except grpc.RpcError as exc:
@@ -219,12 +222,10 @@ class Transcoder:
         try:
             async for value in json_values(_body_chunks(receive)):
                 message = request_from_json(self.codec, route.plan, values, query, value)
-                try:
-                    await call.write(message)
-                except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                if not await _still_open(call.write(message)):
                     break  # the upstream ended the call: its status is the answer
             else:
-                await call.done_writing()
+                await _still_open(call.done_writing())
         except (DomainError, ClientGone):
             call.cancel()
             raise
@@ -237,8 +238,31 @@ class Transcoder:
         await _respond_json(send, route, response, (await call.initial_metadata()) or (), headers)
 
 
+async def _still_open(step: Awaitable[None]) -> bool:
+    """Run a write or half-close of a call; False when the upstream had ended the call.
+
+    grpc.aio signals that in several ways: the call's status (RpcError), "RPC
+    already finished" (InvalidStateError), or CancelledError when the call ends
+    under a pending write, which must not be taken for this task's own cancellation.
+    """
+    try:
+        await step
+    except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+        return False
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this request is being cancelled: not the call's end
+        return False
+    return True
+
+
 class ClientGone(Exception):
     """The HTTP client disconnected before the answer: its upstream call was cancelled."""
+
+
+class CallCancelled(Exception):
+    """The upstream call ended as CANCELLED without the client leaving."""
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -255,7 +279,11 @@ async def _unless_gone(receive: Receive, work: Awaitable[Any], call: Any) -> Any
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled():
             raise ClientGone from None
-        raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this request is being cancelled
+        # The call itself was cancelled (grpc.aio cancels a call whose write failed).
+        raise CallCancelled from None
     finally:
         watcher.cancel()
 
