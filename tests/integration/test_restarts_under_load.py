@@ -253,6 +253,9 @@ async def test_postgres_and_nats_restarts_under_load(
                 )
             finally:
                 await conn.close()
+            # The health probe of NATS may still be catching up with the relay's
+            # reconnect: "after" starts at the first SERVING, and must stay SERVING.
+            await _until(lambda: health.last == "SERVING")
             health.phase = "after"
             await _until(lambda: health.seen.get("after", Counter())["SERVING"] >= 3)
             stop_health.set()
