@@ -140,9 +140,6 @@ class Transcoder:
             await _respond_json(send, route, response, header_md, headers)
         except ClientGone:
             return  # nobody to answer; the upstream call was cancelled
-        except CallCancelled:
-            cancelled = grpc.StatusCode.CANCELLED.value[0]
-            await _respond_status(send, status_pb2.Status(code=cancelled, message="call cancelled"))
         except DomainError as exc:
             await _respond_status(send, exc.to_status())
         except grpc.RpcError as exc:
@@ -192,10 +189,8 @@ class Transcoder:
         )
         if call is None:
             raise _no_upstream(route)
-        sse = "text/event-stream" in headers.get("accept", "")
         pending = call(request, timeout=deadline_s, metadata=metadata)
-        relay = stream_response(send, pending, route.render, sse=sse, http_body=route.http_body)
-        await _unless_gone(receive, relay, pending)
+        await _relay_stream(receive, send, route, pending, headers)
 
     async def _stream_in(
         self,
@@ -230,9 +225,7 @@ class Transcoder:
             call.cancel()
             raise
         if route.streaming:
-            sse = "text/event-stream" in headers.get("accept", "")
-            relay = stream_response(send, call, route.render, sse=sse, http_body=route.http_body)
-            await _unless_gone(receive, relay, call)
+            await _relay_stream(receive, send, route, call, headers)
             return
         response = await _unless_gone(receive, call, call)
         await _respond_json(send, route, response, (await call.initial_metadata()) or (), headers)
@@ -250,19 +243,35 @@ async def _still_open(step: Awaitable[None]) -> bool:
     except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
         return False
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if _being_cancelled():
             raise  # this request is being cancelled: not the call's end
         return False
     return True
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not a call it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _relay_stream(
+    receive: Receive, send: Send, route: Route, call: Any, headers: Mapping[str, str]
+) -> None:
+    """A streaming answer (NDJSON, SSE, or raw HttpBody), cancelled if the client leaves."""
+    sse = "text/event-stream" in headers.get("accept", "")
+    relay = stream_response(send, call, route.render, sse=sse, http_body=route.http_body)
+    await _unless_gone(receive, relay, call)
 
 
 class ClientGone(Exception):
     """The HTTP client disconnected before the answer: its upstream call was cancelled."""
 
 
-class CallCancelled(Exception):
+class CallCancelled(DomainError):
     """The upstream call ended as CANCELLED without the client leaving."""
+
+    code = grpc.StatusCode.CANCELLED
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -279,11 +288,10 @@ async def _unless_gone(receive: Receive, work: Awaitable[Any], call: Any) -> Any
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled():
             raise ClientGone from None
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if _being_cancelled():
             raise  # this request is being cancelled
         # The call itself was cancelled (grpc.aio cancels a call whose write failed).
-        raise CallCancelled from None
+        raise CallCancelled("the upstream call was cancelled") from None
     finally:
         watcher.cancel()
 

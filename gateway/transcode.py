@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -311,8 +312,7 @@ class RequestPlan:
     # (field path as in the template, the fields along it)
     path_fields: tuple[tuple[str, tuple[FieldDescriptor, ...]], ...]
     body: str
-    # The field the body fills (the last of body_path: `body: "payload.input"` nests).
-    body_field: FieldDescriptor | None
+    # The fields along a `body: "field"` rule (`body: "payload.input"` nests); ().
     body_path: tuple[FieldDescriptor, ...]
     # Proto field paths bound by path or body: query parameters under them are ignored.
     bound: tuple[str, ...]
@@ -320,6 +320,11 @@ class RequestPlan:
     mask_field: FieldDescriptor | None
     # The body is a google.api.HttpBody: raw bytes and their content type, not JSON.
     raw_body: bool = False
+    # The field the body fills: the last of body_path (kept as a field: read per request).
+    body_field: FieldDescriptor | None = dataclass_field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body_field", self.body_path[-1] if self.body_path else None)
 
 
 def plan_request(
@@ -331,14 +336,13 @@ def plan_request(
 ) -> RequestPlan:
     """The plan for a binding; ValueError names a path or body field the type lacks."""
     path_fields = tuple((v, resolve(codec, descriptor, v)) for v in variables)
-    body_field = None
     body_path: tuple[FieldDescriptor, ...] = ()
     if body and body != "*":
         try:
             body_path = resolve(codec, descriptor, body)
         except ValueError:
             raise ValueError(f"{descriptor.full_name} has no body field {body!r}") from None
-        body_field = body_path[-1]
+    body_field = body_path[-1] if body_path else None
     mask_field = None
     if http_verb == "PATCH" and body_field is not None:
         masks = [
@@ -360,7 +364,6 @@ def plan_request(
         message_factory.GetMessageClass(descriptor),
         path_fields,
         body,
-        body_field,
         body_path,
         bound,
         mask_field,
