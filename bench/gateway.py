@@ -55,7 +55,7 @@ from typing import Any
 
 from support.cpu import CpuMeter
 from support.echo_protos import compile_protos
-from support.grpc_gateway_go import GoProxy, Unavailable, ensure_binary
+from support.grpc_gateway_go import GoProxy, Unavailable, apt_install, ensure_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ROOT / "bench" / "support"
@@ -388,7 +388,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("hey") is None:
-        raise SystemExit("bench gateway needs hey: apt-get install hey")
+        # The load generator is Debian's `hey`: installed as the Go toolchain is.
+        if os.geteuid() == 0 and shutil.which("apt-get") is not None:
+            apt_install(["hey"], lambda text: print(f"[gateway bench] {text}", file=sys.stderr))
+        if shutil.which("hey") is None:
+            raise SystemExit("bench gateway needs hey: apt-get install hey")
     load_start = [round(x, 2) for x in os.getloadavg()]
     go = go_proxy()
     with tempfile.TemporaryDirectory(prefix="tips-bench-") as name, contextlib.ExitStack() as stack:

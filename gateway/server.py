@@ -28,6 +28,7 @@ from starlette.applications import Starlette
 from gateway.app import create_app
 from gateway.auth import edge_auth_from_settings
 from gateway.descriptors import load_image
+from gateway.http_protocol import TurnWriteHttpToolsProtocol
 from gateway.proxy import EdgeAuth
 from gateway.revocations import RevocationFeed, RevokedSessions
 from gateway.upstreams import Upstreams
@@ -70,9 +71,10 @@ def build_server(
         host=host or settings.host,
         port=settings.gateway_port if port is None else port,
         lifespan="on",
-        # Chosen by bench/http_stack.py: see docs/http-stack.md.
+        # Chosen by bench/http_stack.py: see docs/http-stack.md; one write per
+        # answer instead of uvicorn's two (gateway/http_protocol.py).
         loop="uvloop",
-        http="httptools",
+        http=TurnWriteHttpToolsProtocol,
         log_config=None,  # keep the kernel's structured, redacting handler
         access_log=False,
         # The edge appends the peer to X-Forwarded-For itself: keep the client's header.

@@ -22,6 +22,7 @@ what comes from settings, the server side and peer names.
 from __future__ import annotations
 
 import logging
+import ssl
 from functools import cache
 from typing import Any
 
@@ -114,6 +115,19 @@ def secure_channel(
         interceptors=interceptors,
         options=options or (),
     )
+
+
+def client_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for a client that speaks HTTP/2 itself (the edge's upstream calls):
+    this process's certificate shown, the server's checked against the mesh CA
+    (the caller names the server it expects); None when insecure."""
+    found = material(settings)
+    if found is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=found.ca.decode("ascii"))
+    context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 def peer_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:

@@ -1,0 +1,965 @@
+"""The edge's unary and server-streaming calls: gRPC over HTTP/2, written for the edge.
+
+Why not grpc.aio here: measured on the 2-core machine, a grpc.aio unary call
+inside an HTTP server costs ~190 us of CPU (its event-engine threads hand
+every read and write across threads to the asyncio loop), seven times what
+uvicorn spends on the whole HTTP request. This client speaks gRPC's HTTP/2
+mapping on the loop's own transport: one ``write`` per call, the answer
+parsed where it lands (docs/decisions.md, decision 27). Client-streaming,
+bidi and health calls stay on grpc.aio (``gateway.upstreams``).
+
+What it implements of HTTP/2 (RFC 9113) is what a gRPC client needs:
+multiplexed streams on one connection per upstream, flow control both ways,
+SETTINGS, PING, GOAWAY (calls the server never saw are retried once on a
+new connection), RST_STREAM, CONTINUATION, padding, HPACK (decoding with
+``hpack``; requests are encoded as literals, so no encoder state). gRPC on
+top: ``grpc-timeout`` plus a local deadline, cancellation as RST_STREAM,
+length-prefixed messages (gzip/deflate when the server says so), status,
+message and details from the trailers, and the HTTP status mapping of the
+gRPC spec when an answer is not gRPC at all. TLS is the loop's own, with
+ALPN ``h2`` and the server name checked against the certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import Any, cast
+from urllib.parse import unquote
+
+import grpc
+import hpack
+
+Metadata = Sequence[tuple[str, str | bytes]]
+Deserializer = Callable[[bytes], Any]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+# SETTINGS identifiers (RFC 9113 6.5.2).
+S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
+S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
+# Error codes (RFC 9113 7).
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL, REFUSED_STREAM = 0, 1, 3, 8, 7
+ENHANCE_YOUR_CALM = 0xB
+
+# What we take: gRPC's default largest message (4 MiB) fits in one window.
+RECEIVE_WINDOW = 8 * 1024 * 1024
+MAX_RECEIVE_MESSAGE = 4 * 1024 * 1024
+MAX_HEADER_LIST = 64 * 1024
+DEFAULT_WINDOW = 65535
+MAX_FRAME = 16384  # the largest frame we allow (SETTINGS_MAX_FRAME_SIZE left at its default)
+MAX_STREAM_ID = 2**31 - 1
+CONNECT_TIMEOUT_S = 5.0
+# After a failed connect, calls fail at once for a while (as gRPC's
+# TRANSIENT_FAILURE), backing off from the first to the longest wait.
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 2.0
+USER_AGENT = b"tips-gateway-h2/1"
+
+_FRAME = struct.Struct(">I B I")  # length (24 bits) + type in the first word, flags, stream
+_U32 = struct.Struct(">I")
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+# HTTP status of a non-gRPC answer -> gRPC code (gRPC's http-grpc-status-mapping).
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INTERNAL,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.UNIMPLEMENTED,
+    429: grpc.StatusCode.UNAVAILABLE,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.UNAVAILABLE,
+}
+# Headers that are the transport's, not metadata the application sent.
+_RESERVED = frozenset(
+    {
+        "content-type",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "grpc-status",
+        "grpc-message",
+        "te",
+        "content-length",
+        "user-agent",
+        "date",
+        "server",
+    }
+)
+
+
+class UpstreamError(grpc.RpcError):  # type: ignore[misc]
+    """A call's failure, shaped as grpc.aio's errors are read at the edge."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: Metadata = (),
+        initial: Metadata = (),
+        *,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(f"{code.name}: {details}")
+        # The server never saw the call (REFUSED_STREAM, or past a GOAWAY's last stream).
+        self.retryable = retryable
+        self._code = code
+        self._details = details
+        self._trailing = tuple(trailing)
+        self._initial = tuple(initial)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Metadata:
+        return self._trailing
+
+    def initial_metadata(self) -> Metadata:
+        return self._initial
+
+
+# --- HPACK encoding of requests: literals, never indexed ---------------------
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """A header field as 'literal without indexing, new name' (RFC 7541 6.2.2)."""
+    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
+
+
+def metadata_block(metadata: Metadata) -> bytes:
+    parts = []
+    for key, value in metadata:
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).rstrip(b"=").decode("ascii")
+        parts.append(literal(key.encode("ascii"), value.encode("latin-1")))
+    return b"".join(parts)
+
+
+def timeout_header(seconds: float) -> bytes:
+    """``grpc-timeout`` (at most 8 digits) in milliseconds, or seconds when larger."""
+    millis = max(1, int(seconds * 1000))
+    if millis < 100_000_000:
+        return literal(b"grpc-timeout", b"%dm" % millis)
+    return literal(b"grpc-timeout", b"%dS" % min(int(seconds), 99_999_999))
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return _FRAME.pack((len(payload) << 8) | kind, flags, stream_id) + payload
+
+
+# --- streams ----------------------------------------------------------------
+
+
+class Stream:
+    """One call on a connection: what arrived, and who waits for it."""
+
+    __slots__ = (
+        "buffer",
+        "closed",
+        "conn",
+        "deserialize",
+        "encoding",
+        "headers_seen",
+        "id",
+        "initial",
+        "messages",
+        "pending",
+        "recv_unacked",
+        "send_window",
+        "status",
+        "timer",
+        "trailing",
+        "waiter",
+    )
+
+    def __init__(self, conn: Connection, stream_id: int, deserialize: Deserializer) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.deserialize = deserialize
+        self.messages: deque[Any] = deque()
+        self.initial: Metadata | None = None
+        self.trailing: Metadata = ()
+        self.status: UpstreamError | None = None  # set once the call has ended
+        self.waiter: asyncio.Future[None] | None = None
+        self.headers_seen = False
+        self.buffer = bytearray()
+        self.send_window = conn.peer_initial_window
+        self.pending: bytes | None = None  # request bytes the windows have not let out yet
+        self.recv_unacked = 0
+        self.encoding = ""
+        self.closed = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def finish(self, error: UpstreamError) -> None:
+        """The call ended (``error.code()`` is OK for a clean end)."""
+        if self.status is None:
+            self.status = error
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.conn.forget(self)
+        self.wake()
+
+    # -- what arrives
+
+    def on_headers(self, fields: list[tuple[str, str]], end_stream: bool) -> None:
+        if not self.headers_seen:
+            self.headers_seen = True
+            http_status = 200
+            content_type = ""
+            metadata: list[tuple[str, str | bytes]] = []
+            for name, value in fields:
+                if name == ":status":
+                    http_status = int(value) if value.isdigit() else 0
+                elif name == "content-type":
+                    content_type = value
+                elif name == "grpc-encoding":
+                    self.encoding = value
+                elif not name.startswith(":") and name not in _RESERVED:
+                    metadata.append(_metadata_item(name, value))
+            # A trailers-only answer has no header metadata: it is all trailers.
+            self.initial = () if end_stream else metadata
+            if http_status != 200:
+                code = _HTTP_TO_GRPC.get(http_status, grpc.StatusCode.UNKNOWN)
+                self.finish(UpstreamError(code, f"upstream answered HTTP {http_status}"))
+                self.conn.reset(self, CANCEL)
+                return
+            if not content_type.startswith("application/grpc"):
+                self.finish(UpstreamError(grpc.StatusCode.UNKNOWN, "upstream answer is not gRPC"))
+                self.conn.reset(self, CANCEL)
+                return
+            if not end_stream:
+                self.wake()
+                return
+        if not end_stream:
+            self.conn.protocol_error(self, "headers after headers without END_STREAM")
+            return
+        self.on_trailers(fields)
+
+    def on_trailers(self, fields: list[tuple[str, str]]) -> None:
+        code = grpc.StatusCode.UNKNOWN
+        message = ""
+        trailing: list[tuple[str, str | bytes]] = []
+        seen_status = False
+        for name, value in fields:
+            if name == "grpc-status":
+                seen_status = True
+                code = _CODES.get(int(value) if value.isdigit() else -1, grpc.StatusCode.UNKNOWN)
+            elif name == "grpc-message":
+                message = unquote(value)
+            elif not name.startswith(":") and name not in _RESERVED:
+                trailing.append(_metadata_item(name, value))
+        if not seen_status:
+            message = "upstream ended the call without a grpc-status"
+        elif code is grpc.StatusCode.OK and self.buffer:
+            code, message = grpc.StatusCode.INTERNAL, "upstream ended inside a message"
+        self.trailing = trailing
+        self.finish(UpstreamError(code, message, trailing, self.initial or ()))
+
+    def on_data(self, data: bytes) -> None:
+        self.buffer += data
+        buffer = self.buffer
+        while len(buffer) >= 5:
+            length = _U32.unpack_from(buffer, 1)[0]
+            if length > MAX_RECEIVE_MESSAGE:
+                self.finish(
+                    UpstreamError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"upstream message larger than {MAX_RECEIVE_MESSAGE} bytes",
+                    )
+                )
+                self.conn.reset(self, CANCEL)
+                return
+            if len(buffer) < 5 + length:
+                break
+            compressed = buffer[0]
+            payload = bytes(buffer[5 : 5 + length])
+            del buffer[: 5 + length]
+            try:
+                if compressed:
+                    payload = _decompress(payload, self.encoding)
+                self.messages.append(self.deserialize(payload))
+            except Exception as exc:  # a malformed message is the upstream's fault
+                self.finish(
+                    UpstreamError(grpc.StatusCode.INTERNAL, f"bad message from upstream: {exc}")
+                )
+                self.conn.reset(self, CANCEL)
+                return
+            self.wake()
+
+
+def _decompress(payload: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return zlib.decompress(payload, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompress(payload)
+    raise ValueError(f"compressed with {encoding or 'no grpc-encoding'}")
+
+
+def _metadata_item(name: str, value: str) -> tuple[str, str | bytes]:
+    if name.endswith("-bin"):
+        try:
+            return name, base64.b64decode(value + "=" * (-len(value) % 4))
+        except ValueError:
+            return name, b""
+    return name, value
+
+
+# --- a connection -----------------------------------------------------------
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/2 connection to an upstream: streams multiplexed, frames parsed on arrival."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Stream] = {}
+        self.next_id = 1
+        self.inbox = bytearray()
+        self.decoder = hpack.Decoder()
+        self.decoder.max_header_list_size = MAX_HEADER_LIST
+        self.decoder.max_allowed_table_size = 4096
+        # Header blocks that left the dynamic table as it was decode the same way
+        # again while it stays so: a server repeats them on every call
+        # (``:status 200``, ``content-type``, ``grpc-status: 0``).
+        self.unchanging: dict[bytes, list[tuple[str, str]]] = {}
+        # Frames written in one turn of the loop go out in one write (one syscall).
+        self.outbox: list[bytes] = []
+        self.peer_initial_window = DEFAULT_WINDOW
+        self.peer_max_frame = 16384
+        self.peer_max_streams = 2**31
+        self.send_window = DEFAULT_WINDOW
+        self.recv_unacked = 0
+        self.closed = False
+        self.goaway_last: int | None = None
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.settings_seen: asyncio.Future[None] = loop.create_future()
+        self.stream_room: asyncio.Event = asyncio.Event()
+        self.stream_room.set()
+        # A header block split over CONTINUATION frames (the stream may be gone).
+        self.continuing: Stream | None = None
+        self.continuing_id = 0
+        self.continued_block = bytearray()
+        self.continued_end_stream = False
+        self.settled = False  # the server's preface (a SETTINGS frame) has arrived
+        self.lost_reason = "the upstream closed the connection"
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # cast: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        settings = struct.pack(
+            ">HIHIHI",
+            S_ENABLE_PUSH, 0,
+            S_INITIAL_WINDOW_SIZE, RECEIVE_WINDOW,
+            S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST,
+        )  # fmt: skip
+        raise_window = _U32.pack(RECEIVE_WINDOW - DEFAULT_WINDOW)
+        self.transport.write(
+            PREFACE + frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, raise_window)
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if exc is not None:
+            self.lost_reason = f"connection to the upstream lost: {exc}"
+        for stream in list(self.streams.values()):
+            stream.finish(UpstreamError(grpc.StatusCode.UNAVAILABLE, self.lost_reason))
+        self.stream_room.set()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        inbox = self.inbox
+        inbox += data
+        offset = 0
+        size = len(inbox)
+        while size - offset >= 9:
+            head, flags, stream_id = _FRAME.unpack_from(inbox, offset)
+            length = head >> 8
+            if length > MAX_FRAME or not (self.settled or head & 0xFF == SETTINGS):
+                # Not HTTP/2 at all (an HTTP/1.1 answer, say), or a frame we never allowed.
+                self.fail_connection(PROTOCOL_ERROR, "the upstream does not speak HTTP/2 gRPC")
+                return
+            self.settled = True
+            if size - offset - 9 < length:
+                break
+            payload = bytes(inbox[offset + 9 : offset + 9 + length])
+            offset += 9 + length
+            self.on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
+            if self.closed:
+                return
+        del inbox[:offset]
+
+    # -- frames
+
+    def on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.continuing_id and (kind != CONTINUATION or stream_id != self.continuing_id):
+            self.fail_connection(PROTOCOL_ERROR, "a header block was interrupted")
+            return
+        if kind == DATA:
+            self.on_data(flags, stream_id, payload)
+        elif kind == HEADERS:
+            self.on_headers(flags, stream_id, payload)
+        elif kind == CONTINUATION:
+            self.on_continuation(flags, stream_id, payload)
+        elif kind == SETTINGS:
+            if not flags & ACK:
+                self.on_settings(payload)
+        elif kind == PING:
+            if not flags & ACK and self.transport is not None:
+                self.write(frame(PING, ACK, 0, payload))
+        elif kind == WINDOW_UPDATE:
+            self.on_window_update(stream_id, payload)
+        elif kind == RST_STREAM:
+            self.on_reset(stream_id, payload)
+        elif kind == GOAWAY:
+            self.on_goaway(payload)
+        elif kind == PUSH_PROMISE:
+            self.fail_connection(PROTOCOL_ERROR, "push is disabled")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 5.5).
+
+    def on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        size = len(payload)
+        if flags & PADDED:
+            payload = _unpad(payload)
+        self.recv_unacked += size
+        if self.recv_unacked >= RECEIVE_WINDOW // 2 and self.transport is not None:
+            self.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
+            self.recv_unacked = 0
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return  # a stream we reset; its data still counted for the connection
+        stream.recv_unacked += size
+        if payload:
+            stream.on_data(payload)
+        if flags & END_STREAM:
+            if not stream.closed:
+                stream.finish(
+                    UpstreamError(grpc.StatusCode.INTERNAL, "upstream ended without trailers")
+                )
+            return
+        if stream.recv_unacked >= RECEIVE_WINDOW // 2 and not stream.closed:
+            self.write(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.recv_unacked)))
+            stream.recv_unacked = 0
+
+    def on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if flags & PADDED:
+            payload = _unpad(payload)
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        stream = self.streams.get(stream_id)
+        if not flags & END_HEADERS:
+            self.continuing, self.continuing_id = stream, stream_id
+            self.continued_block = bytearray(payload)
+            self.continued_end_stream = bool(flags & END_STREAM)
+            return
+        self.header_block_done(stream, payload, bool(flags & END_STREAM))
+
+    def on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        block = self.continued_block
+        block += payload
+        if len(block) > MAX_HEADER_LIST:
+            self.fail_connection(ENHANCE_YOUR_CALM, "header block too large")
+            return
+        if flags & END_HEADERS:
+            stream = self.continuing
+            self.continuing, self.continuing_id = None, 0
+            self.header_block_done(stream, bytes(block), self.continued_end_stream)
+
+    def header_block_done(self, stream: Stream | None, block: bytes, end_stream: bool) -> None:
+        # Every block is decoded, a reset stream's too: the table is the connection's.
+        fields = self.unchanging.get(block)
+        if fields is None:
+            table = self.decoder.header_table
+            before = _table_state(table)
+            try:
+                fields = [(str(name), str(value)) for name, value in self.decoder.decode(block)]
+            except Exception as exc:  # hpack's errors: the connection cannot go on
+                self.fail_connection(PROTOCOL_ERROR, f"bad header block: {exc}")
+                return
+            if _table_state(table) == before:
+                self.unchanging[block] = fields
+            else:
+                self.unchanging.clear()  # what they decode to may have changed
+        if stream is not None and not stream.closed:
+            stream.on_headers(fields, end_stream)
+
+    def on_settings(self, payload: bytes) -> None:
+        for offset in range(0, len(payload) - len(payload) % 6, 6):
+            ident, value = struct.unpack_from(">HI", payload, offset)
+            if ident == S_INITIAL_WINDOW_SIZE:
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif ident == S_MAX_FRAME_SIZE:
+                self.peer_max_frame = value
+            elif ident == S_MAX_CONCURRENT_STREAMS:
+                self.peer_max_streams = value
+        self.write(frame(SETTINGS, ACK, 0))
+        if not self.settings_seen.done():
+            self.settings_seen.set_result(None)
+        self.flush_pending()
+
+    def on_window_update(self, stream_id: int, payload: bytes) -> None:
+        increment = _U32.unpack_from(payload)[0] & MAX_STREAM_ID if len(payload) >= 4 else 0
+        if stream_id == 0:
+            self.send_window += increment
+        else:
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                return
+            stream.send_window += increment
+        self.flush_pending()
+
+    def on_reset(self, stream_id: int, payload: bytes) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        error = _U32.unpack_from(payload)[0] if len(payload) >= 4 else 0
+        if error == REFUSED_STREAM:
+            stream.finish(_refused())
+            return
+        code = grpc.StatusCode.CANCELLED if error == CANCEL else grpc.StatusCode.INTERNAL
+        if error == ENHANCE_YOUR_CALM:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        stream.finish(UpstreamError(code, f"upstream reset the stream (HTTP/2 error {error})"))
+
+    def on_goaway(self, payload: bytes) -> None:
+        last = _U32.unpack_from(payload)[0] & MAX_STREAM_ID if len(payload) >= 4 else 0
+        self.goaway_last = last
+        for stream in list(self.streams.values()):
+            if stream.id > last:
+                stream.finish(_refused())  # never processed: another connection may take it
+        self.stream_room.set()
+        if not self.streams and self.transport is not None:
+            self.hang_up()
+
+    # -- sending
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            return
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append(data)
+
+    def hang_up(self) -> None:
+        """Close after what is written (a GOAWAY, say) has gone out."""
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def flush(self) -> None:
+        out, self.outbox = self.outbox, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+
+    def usable(self) -> bool:
+        return not self.closed and self.goaway_last is None and self.next_id < MAX_STREAM_ID
+
+    def open_stream(self, deserialize: Deserializer) -> Stream:
+        stream = Stream(self, self.next_id, deserialize)
+        self.next_id += 2
+        self.streams[stream.id] = stream
+        if len(self.streams) >= self.peer_max_streams:
+            self.stream_room.clear()
+        return stream
+
+    def send_request(self, stream: Stream, headers: bytes, body: bytes) -> None:
+        """HEADERS, then the message as DATA with END_STREAM, as far as the windows allow."""
+        out = frame(HEADERS, END_HEADERS, stream.id, headers)
+        if len(headers) > self.peer_max_frame:
+            out = self._split_headers(stream.id, headers)
+        room = min(self.send_window, stream.send_window)
+        if len(body) <= room and len(body) <= self.peer_max_frame:
+            self.send_window -= len(body)
+            stream.send_window -= len(body)
+            self.write(out + frame(DATA, END_STREAM, stream.id, body))
+            return
+        self.write(out)
+        stream.pending = body
+        self.flush_stream(stream)
+
+    def _split_headers(self, stream_id: int, headers: bytes) -> bytes:
+        size = self.peer_max_frame
+        chunks = [headers[i : i + size] for i in range(0, len(headers), size)]
+        out = [frame(HEADERS, 0, stream_id, chunks[0])]
+        for i, chunk in enumerate(chunks[1:], start=1):
+            out.append(frame(CONTINUATION, END_HEADERS if i == len(chunks) - 1 else 0,
+                             stream_id, chunk))  # fmt: skip
+        return b"".join(out)
+
+    def flush_stream(self, stream: Stream) -> None:
+        """Send what the windows allow of a request body; the last frame ends the stream."""
+        while stream.pending is not None and not stream.closed:
+            room = min(self.send_window, stream.send_window, self.peer_max_frame)
+            data = stream.pending
+            if room <= 0 and data:
+                return  # a WINDOW_UPDATE or SETTINGS will call again
+            chunk, rest = data[:room], data[room:]
+            self.send_window -= len(chunk)
+            stream.send_window -= len(chunk)
+            self.write(frame(DATA, 0 if rest else END_STREAM, stream.id, chunk))
+            stream.pending = rest or None
+
+    def flush_pending(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.pending is not None:
+                self.flush_stream(stream)
+
+    def reset(self, stream: Stream, error: int) -> None:
+        self.forget(stream)
+        self.write(frame(RST_STREAM, 0, stream.id, _U32.pack(error)))
+
+    def forget(self, stream: Stream) -> None:
+        if self.streams.pop(stream.id, None) is not None:
+            self.stream_room.set()
+            if self.goaway_last is not None and not self.streams and self.transport is not None:
+                self.hang_up()
+
+    def protocol_error(self, stream: Stream, why: str) -> None:
+        stream.finish(UpstreamError(grpc.StatusCode.INTERNAL, f"upstream broke HTTP/2: {why}"))
+        self.reset(stream, PROTOCOL_ERROR)
+
+    def fail_connection(self, error: int, why: str) -> None:
+        self.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, error)))
+        self.lost_reason = f"upstream broke HTTP/2: {why}"
+        for stream in list(self.streams.values()):
+            stream.finish(UpstreamError(grpc.StatusCode.UNAVAILABLE, self.lost_reason))
+        self.closed = True
+        if self.transport is not None:
+            self.hang_up()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, NO_ERROR)))
+            self.closed = True
+            if self.transport is not None:
+                self.hang_up()
+
+
+def _refused() -> UpstreamError:
+    return UpstreamError(
+        grpc.StatusCode.UNAVAILABLE, "the upstream did not take the call", retryable=True
+    )
+
+
+def _table_state(table: Any) -> tuple[int, int, object]:
+    """What changes when a block adds to (or resizes) HPACK's dynamic table: its
+    size, its limit, and its newest entry (new entries are new objects)."""
+    entries = table.dynamic_entries
+    return len(entries), table.maxsize, entries[0] if entries else None
+
+
+def _unpad(payload: bytes) -> bytes:
+    if not payload:
+        return payload
+    pad = payload[0]
+    return payload[1 : len(payload) - pad] if pad < len(payload) else b""
+
+
+# --- calls --------------------------------------------------------------------
+
+
+class Call:
+    """A unary or server-streaming call, used as grpc.aio's are at the edge.
+
+    ``await call`` gives the one response; ``await call.read()`` gives each
+    streamed message, then ``grpc.aio.EOF``; ``initial_metadata()``;
+    ``cancel()`` sends RST_STREAM. A call the server refused unseen is sent
+    once more, on a new connection if the old one is going away.
+    """
+
+    def __init__(self, start: Callable[[], Awaitable[Stream]], stream: Stream | None) -> None:
+        self._start = start
+        # None until the first await when the call had to wait for a connection.
+        self._stream = stream
+        self._cancelled = False
+        self._retried = False
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._unary().__await__()
+
+    async def _unary(self) -> Any:
+        stream = await self._until(_never)
+        self._raise_unless_ok(stream)
+        if len(stream.messages) != 1:
+            raise UpstreamError(
+                grpc.StatusCode.INTERNAL,
+                f"upstream sent {len(stream.messages)} messages for a unary call",
+                stream.trailing,
+                stream.initial or (),
+            )
+        return stream.messages[0]
+
+    async def read(self) -> Any:
+        stream = await self._until(_has_message)
+        if stream.messages:
+            return stream.messages.popleft()
+        self._raise_unless_ok(stream)
+        return grpc.aio.EOF
+
+    async def initial_metadata(self) -> Metadata:
+        stream = await self._until(_has_headers)
+        return stream.initial or ()
+
+    def trailing_metadata(self) -> Metadata:
+        return self._stream.trailing if self._stream is not None else ()
+
+    def cancel(self) -> bool:
+        if self._cancelled:
+            return False
+        self._cancelled = True
+        stream = self._stream
+        if stream is not None and stream.status is None:
+            stream.finish(UpstreamError(grpc.StatusCode.CANCELLED, "cancelled"))
+            stream.conn.reset(stream, CANCEL)
+        return True
+
+    async def _until(self, ready: Callable[[Stream], bool]) -> Stream:
+        """The stream once ``ready`` holds for it or it has ended."""
+        while True:
+            if self._stream is None:
+                if self._cancelled:
+                    raise asyncio.CancelledError
+                self._stream = await self._start()
+            stream = self._stream
+            status = stream.status
+            if status is not None and status.retryable and not (self._retried or self._cancelled):
+                self._retried = True
+                self._stream = None
+                continue
+            if status is not None or ready(stream):
+                return stream
+            waiter = asyncio.get_running_loop().create_future()
+            stream.waiter = waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+            finally:
+                stream.waiter = None
+
+    def _raise_unless_ok(self, stream: Stream) -> None:
+        status = stream.status
+        assert status is not None
+        if self._cancelled and status.code() is grpc.StatusCode.CANCELLED:
+            raise asyncio.CancelledError
+        if status.code() is not grpc.StatusCode.OK:
+            raise status
+
+
+def _never(stream: Stream) -> bool:
+    return False
+
+
+def _has_message(stream: Stream) -> bool:
+    return bool(stream.messages)
+
+
+def _has_headers(stream: Stream) -> bool:
+    return stream.initial is not None
+
+
+class Channel:
+    """Calls to one upstream address over one HTTP/2 connection at a time."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl_context
+        self.server_name = server_name or host
+        https = ssl_context is not None
+        authority = (self.server_name if ssl_context is not None else f"{host}:{port}").encode()
+        self._connection: Connection | None = None
+        self._connecting: asyncio.Future[Connection] | None = None
+        self._failed_until = 0.0
+        self._backoff = BACKOFF_FIRST_S
+        self._last_error = ""
+        self._prefix = (
+            b"\x83"  # :method POST (static table 3)
+            + (b"\x87" if https else b"\x86")  # :scheme https / http
+            + literal(b":authority", authority)
+            + literal(b"content-type", b"application/grpc")
+            + literal(b"te", b"trailers")
+            + literal(b"user-agent", USER_AGENT)
+        )
+        self._paths: dict[str, bytes] = {}
+        self._closed = False
+
+    def unary(self, path: str, deserialize: Deserializer) -> Callable[..., Call]:
+        """A callable as grpc.aio's multicallables: ``call(request, timeout=, metadata=)``."""
+        return self._multicallable(path, deserialize)
+
+    server_stream = unary  # the same call: the caller reads one message or many
+
+    def _multicallable(self, path: str, deserialize: Deserializer) -> Callable[..., Call]:
+        path_field = self._paths.get(path)
+        if path_field is None:
+            path_field = self._paths[path] = literal(b":path", path.encode("ascii"))
+
+        def call(request: Any, *, timeout: float | None = None, metadata: Metadata = ()) -> Call:
+            body = request.SerializeToString()
+            headers = self._prefix + path_field
+            if timeout is not None:
+                headers += timeout_header(timeout)
+            if metadata:
+                headers += metadata_block(metadata)
+            framed = b"\x00" + _U32.pack(len(body)) + body
+            deadline = None if timeout is None else time.monotonic() + timeout
+            conn = self._connection
+            stream = None
+            if conn is not None and conn.usable() and len(conn.streams) < conn.peer_max_streams:
+                stream = self._send(conn, headers, framed, deserialize, deadline)
+            return Call(lambda: self._open_stream(headers, framed, deserialize, deadline), stream)
+
+        return call
+
+    async def _open_stream(
+        self, headers: bytes, body: bytes, deserialize: Deserializer, deadline: float | None
+    ) -> Stream:
+        """A new stream with the request sent (or on its way, as the windows allow)."""
+        while True:
+            conn = self._connection
+            if conn is None or not conn.usable():
+                conn = await self._connect(deadline)
+                if not conn.usable():
+                    raise UpstreamError(grpc.StatusCode.UNAVAILABLE, conn.lost_reason)
+            if len(conn.streams) < conn.peer_max_streams:
+                break
+            # As many streams open as the server allows: wait for one to end.
+            conn.stream_room.clear()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(conn.stream_room.wait(), left)
+            except TimeoutError:
+                raise UpstreamError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for a stream"
+                ) from None
+        return self._send(conn, headers, body, deserialize, deadline)
+
+    def _send(
+        self,
+        conn: Connection,
+        headers: bytes,
+        body: bytes,
+        deserialize: Deserializer,
+        deadline: float | None,
+    ) -> Stream:
+        stream = conn.open_stream(deserialize)
+        if deadline is not None:
+            stream.timer = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - time.monotonic()), _expire, stream
+            )
+        conn.send_request(stream, headers, body)
+        return stream
+
+    async def _connect(self, deadline: float | None) -> Connection:
+        if self._closed:
+            raise UpstreamError(grpc.StatusCode.UNAVAILABLE, "channel closed")
+        if time.monotonic() < self._failed_until:
+            raise UpstreamError(grpc.StatusCode.UNAVAILABLE, self._last_error)
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        wait = CONNECT_TIMEOUT_S if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(asyncio.shield(connecting), min(wait, CONNECT_TIMEOUT_S))
+        except TimeoutError:
+            raise UpstreamError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while connecting"
+            ) from None
+
+    async def _open(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    Connection,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_name if self.ssl is not None else None,
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+            if self.ssl is not None:
+                assert conn.transport is not None
+                protocol = conn.transport.get_extra_info("ssl_object").selected_alpn_protocol()
+                if protocol not in ("h2", None):
+                    conn.close()
+                    raise OSError(f"the upstream negotiated {protocol}, not h2")
+            # No stream before the server's SETTINGS: it may allow only a few at once.
+            await asyncio.wait(
+                (conn.settings_seen, conn.lost),
+                timeout=CONNECT_TIMEOUT_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not conn.settings_seen.done():
+                conn.close()
+                raise OSError(conn.lost_reason if conn.lost.done() else "no HTTP/2 SETTINGS")
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._failed_until = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            self._last_error = f"cannot reach the upstream: {exc or type(exc).__name__}"
+            raise UpstreamError(grpc.StatusCode.UNAVAILABLE, self._last_error) from None
+        finally:
+            self._connecting = None
+        self._backoff = BACKOFF_FIRST_S
+        if self._closed:
+            conn.close()
+            raise UpstreamError(grpc.StatusCode.UNAVAILABLE, "channel closed")
+        self._connection = conn
+        return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        conn, self._connection = self._connection, None
+        if conn is not None:
+            conn.close()
+            await asyncio.wait([conn.lost], timeout=1.0)
+
+
+def _expire(stream: Stream) -> None:
+    if stream.status is None:
+        stream.finish(UpstreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+        stream.conn.reset(stream, CANCEL)

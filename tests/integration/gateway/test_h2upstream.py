@@ -1,0 +1,364 @@
+"""The edge's own HTTP/2 gRPC client against real grpc.aio servers.
+
+What the conformance suite does not reach: flow control both ways with
+messages of megabytes, the 4 MiB answer limit, deadlines, a server that
+allows few concurrent streams, compression, metadata and status details
+both ways, a server that restarts (GOAWAY) or is down and comes back,
+cancellation seen by the server, a peer that is not gRPC, and mutual TLS
+with the server's name checked. Every wait is for a condition, with a
+generous deadline: the machine may be loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.h2upstream import Channel, UpstreamError
+from kernel.errors import status_details
+from kernel.tls import client_ssl_context, server_credentials
+from tipsmesh.devcerts import MeshIdentity, ensure_mesh_certs
+
+pytestmark = pytest.mark.integration
+
+WAIT = 30.0
+SERVICE = "/test.h2.Probe/"
+
+
+class Raw:
+    """A request that is already bytes (the client only calls SerializeToString)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+
+def same(data: bytes) -> bytes:
+    return data
+
+
+class Probe:
+    """Handlers over raw bytes; what each call saw is kept for the test to read."""
+
+    def __init__(self) -> None:
+        self.cancelled: set[bytes] = set()
+        self.metadata: list[tuple[str, Any]] = []
+
+    async def echo(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        self.metadata = list(context.invocation_metadata() or ())
+        await context.send_initial_metadata((("x-first", "one"), ("x-raw-bin", b"\x00\xff")))
+        context.set_trailing_metadata((("x-last", "two"),))
+        return request
+
+    async def sized(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return b"z" * int(request.decode())
+
+    async def sleep(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            await asyncio.sleep(float(request.decode()))
+        except asyncio.CancelledError:
+            self.cancelled.add(request)
+            raise
+        return request
+
+    async def fail(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        info = error_details_pb2.ErrorInfo(reason="PROBE_FAILED", domain="tips.test")
+        status = status_pb2.Status(code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
+        status.message = "it failed: 100% é"
+        status.details.add().Pack(info)
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            status.message,
+            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+        )
+        raise AssertionError("abort raises")
+
+    async def many(
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        for i in range(int(request.decode())):
+            yield b"%d" % i
+
+
+def handlers(probe: Probe) -> grpc.GenericRpcHandler:
+    unary = {
+        name: grpc.unary_unary_rpc_method_handler(getattr(probe, name))
+        for name in ("echo", "sized", "sleep", "fail")
+    }
+    methods = {**unary, "many": grpc.unary_stream_rpc_method_handler(probe.many)}
+    return grpc.method_handlers_generic_handler("test.h2.Probe", methods)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    probe: Probe,
+    port: int = 0,
+    *,
+    options: tuple[tuple[str, Any], ...] = (),
+    compression: grpc.Compression | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> AsyncIterator[int]:
+    server = grpc.aio.server(options=options, compression=compression)
+    server.add_generic_rpc_handlers((handlers(probe),))
+    address = f"127.0.0.1:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
+    await server.start()
+    try:
+        yield bound
+    finally:
+        await server.stop(grace=None)
+
+
+async def until(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def open_calls(channel: Channel) -> int:
+    connection = channel._connection
+    return 0 if connection is None else len(connection.streams)
+
+
+async def call(channel: Channel, method: str, data: bytes, **kwargs: Any) -> Any:
+    return await channel.unary(SERVICE + method, same)(Raw(data), **kwargs)
+
+
+@pytest.fixture
+async def probe_channel() -> AsyncIterator[tuple[Probe, Channel]]:
+    probe = Probe()
+    async with serving(probe) as port:
+        channel = Channel("127.0.0.1", port)
+        try:
+            yield probe, channel
+        finally:
+            await channel.close()
+
+
+async def test_megabyte_messages_both_ways_and_many_at_once(
+    probe_channel: tuple[Probe, Channel],
+) -> None:
+    """Bodies far past the 64 KiB initial windows: the client must wait for WINDOW_UPDATEs."""
+    _, channel = probe_channel
+    big = bytes(range(256)) * (3 * 1024 * 4)  # 3 MiB
+    assert await call(channel, "echo", big, timeout=WAIT) == big
+    answers = await asyncio.gather(
+        *(call(channel, "sized", str(1_000_000 + i).encode(), timeout=WAIT) for i in range(8))
+    )
+    assert [len(a) for a in answers] == [1_000_000 + i for i in range(8)]
+    small = await asyncio.gather(
+        *(call(channel, "echo", b"%d" % i, timeout=WAIT) for i in range(300))
+    )
+    assert small == [b"%d" % i for i in range(300)]
+
+
+async def test_an_answer_over_4_mib_is_resource_exhausted(
+    probe_channel: tuple[Probe, Channel],
+) -> None:
+    _, channel = probe_channel
+    with pytest.raises(UpstreamError) as failed:
+        await call(channel, "sized", str(4 * 1024 * 1024 + 1).encode(), timeout=WAIT)
+    assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await call(channel, "echo", b"still fine", timeout=WAIT) == b"still fine"
+
+
+async def test_metadata_and_status_details_both_ways(probe_channel: tuple[Probe, Channel]) -> None:
+    probe, channel = probe_channel
+    pending = channel.unary(SERVICE + "echo", same)(
+        Raw(b"hi"), timeout=WAIT, metadata=[("x-plain", "v a l"), ("x-key-bin", b"\x01\x02\xfe")]
+    )
+    assert await pending == b"hi"
+    assert dict(await pending.initial_metadata()) == {"x-first": "one", "x-raw-bin": b"\x00\xff"}
+    assert ("x-last", "two") in pending.trailing_metadata()
+    sent = dict(probe.metadata)
+    assert sent["x-plain"] == "v a l" and sent["x-key-bin"] == b"\x01\x02\xfe"
+    with pytest.raises(UpstreamError) as failed:
+        await call(channel, "fail", b"", timeout=WAIT)
+    error = failed.value
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == "it failed: 100% é"  # percent-encoded on the wire
+    status = status_details(error)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == "PROBE_FAILED"
+
+
+async def test_a_server_stream_is_read_message_by_message(
+    probe_channel: tuple[Probe, Channel],
+) -> None:
+    _, channel = probe_channel
+    stream = channel.server_stream(SERVICE + "many", same)(Raw(b"50"), timeout=WAIT)
+    got = []
+    while (message := await stream.read()) is not grpc.aio.EOF:
+        got.append(message)
+    assert got == [b"%d" % i for i in range(50)]
+
+
+async def test_the_deadline_ends_the_call_and_the_server_sees_it(
+    probe_channel: tuple[Probe, Channel],
+) -> None:
+    probe, channel = probe_channel
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as failed:
+        await call(channel, "sleep", b"60", timeout=0.3)
+    assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < WAIT
+    await until("the server to see the call end", lambda: b"60" in probe.cancelled)
+
+
+async def test_cancel_resets_the_stream_and_the_server_sees_it(
+    probe_channel: tuple[Probe, Channel],
+) -> None:
+    probe, channel = probe_channel
+    pending = channel.unary(SERVICE + "sleep", same)(Raw(b"61"), timeout=WAIT * 2)
+    task = asyncio.ensure_future(pending)  # type: ignore[arg-type]
+    await until(
+        "the call to be open", lambda: bool(channel._connection and channel._connection.streams)
+    )
+    assert pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until("the server to see the cancellation", lambda: b"61" in probe.cancelled)
+    assert await call(channel, "echo", b"after", timeout=WAIT) == b"after"
+
+
+async def test_few_concurrent_streams_allowed_means_calls_wait_their_turn() -> None:
+    probe = Probe()
+    async with serving(probe, options=(("grpc.max_concurrent_streams", 2),)) as port:
+        channel = Channel("127.0.0.1", port)
+        try:
+            answers = await asyncio.gather(
+                *(call(channel, "sleep", b"0.05", timeout=WAIT) for _ in range(12))
+            )
+            assert answers == [b"0.05"] * 12
+        finally:
+            await channel.close()
+
+
+async def test_compressed_answers_are_read() -> None:
+    probe = Probe()
+    async with serving(probe, compression=grpc.Compression.Gzip) as port:
+        channel = Channel("127.0.0.1", port)
+        try:
+            text = b"a compressible answer " * 2000
+            assert await call(channel, "echo", text, timeout=WAIT) == text
+        finally:
+            await channel.close()
+
+
+async def test_a_restarted_server_is_reached_again_and_a_down_one_is_unavailable() -> None:
+    probe = Probe()
+    port = free_port()
+    channel = Channel("127.0.0.1", port)
+    try:
+        async with serving(probe, port):
+            assert await call(channel, "echo", b"one", timeout=WAIT) == b"one"
+            slow = asyncio.ensure_future(call(channel, "sleep", b"0.5", timeout=WAIT))
+            await until(
+                "the slow call to be open",
+                lambda: bool(channel._connection and channel._connection.streams),
+            )
+        # The server stopped (GOAWAY, then closed): the slow call saw it end.
+        with pytest.raises(UpstreamError) as ended:
+            await slow
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as down:
+            await call(channel, "echo", b"two", timeout=WAIT)
+        assert down.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 5.0  # refused at once, not at the deadline
+        async with serving(probe, port):
+            answer = await _retry_until_ok(lambda: call(channel, "echo", b"three", timeout=WAIT))
+            assert answer == b"three"
+    finally:
+        await channel.close()
+
+
+async def _retry_until_ok(attempt: Callable[[], Awaitable[Any]]) -> Any:
+    """A client retries UNAVAILABLE (the channel backs off for a moment after a failure)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return await attempt()
+        except UpstreamError as exc:
+            assert exc.code() is grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() < deadline, "the channel never reconnected"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_peer_that_is_not_grpc_is_an_error_not_a_hang() -> None:
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http1, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = Channel("127.0.0.1", port)
+    try:
+        with pytest.raises(UpstreamError) as failed:
+            await call(channel, "echo", b"x", timeout=WAIT)
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "does not speak HTTP/2" in failed.value.details()
+    finally:
+        await channel.close()
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MeshIdentity]:
+    return ensure_mesh_certs(tmp_path_factory.mktemp("h2tls"), ["profile", "gateway"])
+
+
+@pytest.fixture(scope="module")
+def rogue(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
+    return ensure_mesh_certs(tmp_path_factory.mktemp("h2rogue"), ["gateway"])["gateway"]
+
+
+async def test_mutual_tls_with_the_server_name_checked(
+    certs: dict[str, MeshIdentity], rogue: MeshIdentity
+) -> None:
+    probe = Probe()
+    credentials = server_credentials(certs["profile"].settings())
+    async with serving(probe, credentials=credentials) as port:
+        context = client_ssl_context(certs["gateway"].settings())
+        assert context is not None
+        good = Channel("127.0.0.1", port, ssl_context=context, server_name="profile")
+        wrong_name = Channel("127.0.0.1", port, ssl_context=context, server_name="recommender")
+        rogue_context = client_ssl_context(rogue.settings())
+        other_ca = Channel("127.0.0.1", port, ssl_context=rogue_context, server_name="profile")
+        try:
+            assert await call(good, "echo", b"over tls", timeout=WAIT) == b"over tls"
+            for channel in (wrong_name, other_ca):
+                with pytest.raises(UpstreamError) as refused:
+                    await call(channel, "echo", b"x", timeout=WAIT)
+                assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        finally:
+            for channel in (good, wrong_name, other_ca):
+                await channel.close()
+
+
+def test_tls_material_is_not_needed_in_plaintext() -> None:
+    from kernel.settings import Settings
+
+    assert client_ssl_context(Settings(insecure=True)) is None
