@@ -1,8 +1,8 @@
 """The edge's ASGI app: explicit routes, middleware and lifespan.
 
 Transcoded routes (built from the descriptor set at start-up) are served by
-``TranscodeMiddleware``, a plain ASGI layer in front of Starlette's router:
-Starlette routing would cost more per request than the transcoding itself.
+``EdgeApp`` before Starlette's stack: its routing and error middleware
+would cost more per request than the transcoding itself.
 What no route matches reaches the router (``/healthz``, ``/readyz``, ...),
 and its 404 tells "no route" from "wrong method" with the route table.
 Every error leaves as google.rpc.Status JSON.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -23,12 +24,20 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.descriptors import build_pool, load_image
 from gateway.docs_page import docs_html_from_spec
 from gateway.errors import error_info, status_response
 from gateway.openapi import build_openapi
-from gateway.proxy import EdgeAuth, LocalHandler, TranscodeMiddleware, Transcoder
+from gateway.proxy import (
+    EdgeAuth,
+    LocalHandler,
+    Transcoder,
+    form_fallback,
+    raw_path,
+    serve_guarded,
+)
 from gateway.render import Renderer
 from gateway.revocations import RevocationFeed
 from gateway.routing import build_routes
@@ -71,36 +80,52 @@ async def readyz(request: Request) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 as grpc-gateway's DefaultRoutingErrorHandler words them (runtime/errors.go):
+    NOT_FOUND / UNIMPLEMENTED, the message the HTTP status text."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         transcoder: Transcoder | None = getattr(request.app.state, "transcoder", None)
         raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
         allowed = transcoder.allowed(raw.decode("latin-1")) if transcoder else []
         if not allowed:
-            return status_response(
-                grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}"
-            )
-        return _not_allowed(request, allowed)
+            return status_response(grpc.StatusCode.NOT_FOUND, HTTPStatus.NOT_FOUND.phrase)
+        return _not_allowed(", ".join(allowed))
     if exc.status_code == 405:
-        return _not_allowed(request, [])
+        # One of the app's own routes (/healthz, ...): Starlette names its methods (a set).
+        methods = (exc.headers or {}).get("Allow", "").split(",")
+        return _not_allowed(", ".join(sorted(m.strip() for m in methods if m.strip())))
     return status_response(grpc.StatusCode.UNKNOWN, str(exc.detail))
 
 
-def _not_allowed(request: Request, allowed: list[str]) -> Response:
-    # grpc-gateway: HTTP 405 with code UNIMPLEMENTED.
-    response = status_response(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"method {request.method} not allowed on {request.url.path}",
-    )
-    response.status_code = 405
-    if allowed:
-        response.headers["allow"] = ", ".join(allowed)
+def _not_allowed(allow: str) -> Response:
+    # grpc-gateway answers HTTP 501 here (UNIMPLEMENTED's status); 405 with Allow is
+    # what HTTP asks for a method the path does not serve (docs/gateway.md).
+    response = status_response(grpc.StatusCode.UNIMPLEMENTED, HTTPStatus.METHOD_NOT_ALLOWED.phrase)
+    response.status_code = HTTPStatus.METHOD_NOT_ALLOWED
+    if allow:
+        response.headers["allow"] = allow
     return response
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # Never leak the exception text to clients; it is in the server log.
     return status_response(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class EdgeApp(Starlette):
+    """Starlette, with the transcoded routes matched and served first."""
+
+    transcoder: Transcoder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            found = self.transcoder.table.match(scope["method"], raw_path(scope))
+            if found is None:
+                found = form_fallback(self.transcoder.table, scope)
+            if found is not None:
+                await serve_guarded(self.transcoder, scope, receive, send, *found)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def build_transcoder(
@@ -183,17 +208,14 @@ def create_app(
         # The web app at /app/ when settings name its build (gateway_web_dir).
         *web_app_routes(settings.gateway_web_dir),
     ]
-    middleware = [
-        # Outermost: transcoded routes skip the rest of the stack (they gzip
-        # large bodies themselves); GZip then serves /openapi.json and /docs.
-        Middleware(TranscodeMiddleware, transcoder=transcoder),
-        Middleware(GZipMiddleware, minimum_size=1024),
-    ]
-    app = Starlette(
+    # Transcoded routes gzip large bodies themselves; this serves /openapi.json and /docs.
+    middleware = [Middleware(GZipMiddleware, minimum_size=1024)]
+    app = EdgeApp(
         routes=routes,
         middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
+    app.transcoder = transcoder
     app.state.transcoder = transcoder
     return app

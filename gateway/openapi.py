@@ -244,9 +244,14 @@ def _path_parameter(
 ) -> dict[str, Any]:
     field = _resolve(request, param.field_path) if param.field_path else None
     schema: Schema = {"type": "string", "minLength": 1}
-    if param.whole and field is not None and field.type != FieldDescriptor.TYPE_STRING:
-        schema = schemas.value(field)
     out: dict[str, Any] = {"name": param.name, "in": "path", "required": True}
+    if param.whole and field is not None and field.is_repeated and field.message_type is None:
+        # Split on "," (grpc-gateway's generator says collectionFormat csv): OpenAPI 3's
+        # "simple" style, unexploded.
+        schema = {"type": "array", "items": schemas.value(field), "minItems": 1}
+        out["style"], out["explode"] = "simple", False
+    elif param.whole and field is not None and field.type != FieldDescriptor.TYPE_STRING:
+        schema = schemas.value(field)
     if not param.field_path:
         out["description"] = "Any single segment (a wildcard not bound to a field)."
     else:

@@ -1,10 +1,10 @@
 """The per-request path: match -> auth -> request message -> upstream call -> JSON.
 
-A plain ASGI middleware in front of Starlette's router: a transcoded
-request never goes through Starlette routing or Request objects, and
-nothing here walks descriptors (routes carry everything, precomputed).
-Requests no route matches fall through to the app (``/healthz``, ...),
-whose 404 handler asks ``Transcoder.allowed`` to tell 404 from 405.
+Served in front of Starlette (``gateway.app.EdgeApp``): a transcoded
+request never goes through Starlette's middleware, routing or Request
+objects, and nothing here walks descriptors (routes carry everything,
+precomputed). Requests no route matches go on to Starlette (``/healthz``,
+...), whose 404 handler asks ``Transcoder.allowed`` to tell 404 from 405.
 
 A client that goes away cancels its upstream call: while the call runs, a
 task waits on ``receive`` for ``http.disconnect`` and cancels it (the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import gzip
 import json
 import logging
@@ -28,11 +29,13 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import error_parts, status_of_rpc_error
+from gateway.h2upstream import UpstreamError
 from gateway.routing import Route, RouteTable
 from gateway.streaming import json_values, metadata_headers, stream_response
-from gateway.transcode import Bad, Codec, build_request, request_from_json
+from gateway.transcode import FORM, Bad, Codec, build_request, reads_body, request_from_json
 from gateway.upstreams import Upstreams
 from kernel.errors import DomainError, PermissionDenied
 from kernel.identity import IDENTITY_KEYS, Caller
@@ -40,10 +43,6 @@ from kernel.telemetry import extract_headers, inject_metadata
 
 log = logging.getLogger("tips.gateway")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Metadata = list[tuple[str, str | bytes]]
 # A method served in the gateway itself (e.g. a screen composed from several
 # services): (request, metadata, timeout seconds) -> response.
@@ -63,12 +62,50 @@ _METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
 # naming the header, instead of an upstream RESOURCE_EXHAUSTED.
 MAX_METADATA_VALUE_BYTES = 8 * 1024
 MAX_METADATA_BYTES = 12 * 1024
+# grpc-gateway's DefaultHeaderMatcher passes IANA's permanent request headers on as
+# "grpcgateway-<name>" (runtime/context.go, isPermanentHTTPHeader). Left out here:
+# Authorization, a credential with its own rules (Transcoder.handle); Cookie, a
+# credential no service of ours reads (docs/gateway.md); Host, which Go's server takes
+# out of the header map, so grpc-gateway never sends it (it goes as x-forwarded-host).
+PERMANENT_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-charset",
+        "accept-language",
+        "accept-ranges",
+        "cache-control",
+        "content-type",
+        "date",
+        "expect",
+        "from",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-schedule-tag-match",
+        "if-unmodified-since",
+        "max-forwards",
+        "origin",
+        "pragma",
+        "referer",
+        "user-agent",
+        "via",
+        "warning",
+    }
+)
+# Every request looks each header up once: the metadata key is precomputed.
+_PERMANENT_KEYS = {name: f"grpcgateway-{name}" for name in PERMANENT_HEADERS}
+_FORM_TYPE = FORM.encode()
+# A client that hangs up is noticed at most this long after its call began
+# (the issue's bound is 100 ms); calls that end sooner never start a watcher.
+WATCH_AFTER_S = 0.02
 # A deadline is at most a day: a larger one overflows gRPC's clock into "already expired".
 MAX_TIMEOUT_S = 86400.0
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON = (b"content-type", b"application/json")
 _tracer = trace.get_tracer("tips.gateway")
+# Errors that carry the upstream's header metadata (h2upstream's and grpc.aio's).
+_WITH_HEADERS = (UpstreamError, grpc.aio.AioRpcError)
 
 
 class EdgeAuth(Protocol):
@@ -130,8 +167,9 @@ class Transcoder:
                     receive, send, route, values, query, metadata, timeout, headers
                 )
                 return
-            body = await _read_body(receive) if route.plan.body else b""
             content_type = headers.get("content-type", "")
+            reading = reads_body(route.plan, scope["method"], content_type)
+            body = await _read_body(receive) if reading else b""
             request = build_request(self.codec, route.plan, values, query, body, content_type)
             if route.streaming:
                 await self._stream(receive, send, route, request, metadata, timeout, headers)
@@ -144,7 +182,7 @@ class Transcoder:
             await _respond_status(send, exc.to_status())
         except grpc.RpcError as exc:
             # As grpc-gateway: the upstream's header metadata goes out on errors too.
-            error_md = exc.initial_metadata() if isinstance(exc, grpc.aio.AioRpcError) else None
+            error_md = exc.initial_metadata() if isinstance(exc, _WITH_HEADERS) else None
             await _respond_status(send, status_of_rpc_error(exc), error_md or ())
         finally:
             if span is not None:
@@ -280,37 +318,55 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 async def _unless_gone(receive: Receive, work: Awaitable[Any], call: Any) -> Any:
-    """``await work``, cancelling ``call`` (a grpc.aio call or a task) if the client leaves."""
-    watcher = asyncio.get_running_loop().create_task(_until_disconnect(receive))
-    watcher.add_done_callback(lambda w: None if w.cancelled() else call.cancel())
+    """``await work``, cancelling ``call`` (an upstream call or a task) if the client leaves.
+
+    The watcher starts only once the work has taken ``WATCH_AFTER_S``: most
+    calls end sooner, and a task per request costs more than the transcoding.
+    """
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task[None] | None = None
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(_until_disconnect(receive))
+        watcher.add_done_callback(lambda w: None if w.cancelled() else call.cancel())
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
+        if watcher is not None and watcher.done() and not watcher.cancelled():
             raise ClientGone from None
         if _being_cancelled():
             raise  # this request is being cancelled
         # The call itself was cancelled (grpc.aio cancels a call whose write failed).
         raise CallCancelled("the upstream call was cancelled") from None
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
-class TranscodeMiddleware:
-    """ASGI middleware: matched routes are transcoded, the rest go on to ``app``."""
+async def serve_guarded(
+    transcoder: Transcoder,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    route: Route,
+    values: dict[str, str],
+) -> None:
+    """``transcoder.handle``, with anything unforeseen answered as a 500 Status.
 
-    def __init__(self, app: ASGIApp, transcoder: Transcoder) -> None:
-        self.app = app
-        self.transcoder = transcoder
-        self._match = transcoder.table.match
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            found = self._match(scope["method"], _raw_path(scope))
-            if found is not None:
-                await self.transcoder.handle(scope, receive, send, *found)
-                return
-        await self.app(scope, receive, send)
+    (Starlette's error middleware would do it, at the cost of wrapping every send.)
+    """
+    try:
+        await transcoder.handle(scope, receive, send, route, values)
+    except Exception:
+        log.exception("transcoding failed", extra={"route": route.grpc_path})
+        status = status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+        # If the answer had begun this fails too: the server then closes the connection.
+        with contextlib.suppress(Exception):
+            await _respond_status(send, status)
 
 
 def _no_upstream(route: Route) -> DomainError:
@@ -323,13 +379,27 @@ def _no_upstream(route: Route) -> DomainError:
     )
 
 
-def _raw_path(scope: Scope) -> str:
+def raw_path(scope: Scope) -> str:
     raw = scope.get("raw_path")
     if raw:
         text: str = raw.decode("latin-1").split("?", 1)[0]
         return text
     path: str = scope["path"]
     return path
+
+
+def form_fallback(table: RouteTable, scope: Scope) -> tuple[Route, dict[str, str]] | None:
+    """grpc-gateway's "path length fallback" (runtime/mux.go, ServeHTTP), for a request
+    no route of its method matched: a POST of an HTML form is served by its path's GET
+    route, the form's fields as query parameters. Only for exactly that Content-Type
+    (the first one), as grpc-gateway compares it; X-HTTP-Method-Override is not read.
+    """
+    if scope["method"] != "POST":
+        return None
+    content_type = next((v for k, v in scope["headers"] if k.lower() == b"content-type"), None)
+    if content_type != _FORM_TYPE:
+        return None
+    return table.match("GET", raw_path(scope))
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -353,9 +423,16 @@ def _timeout(value: str | None, default: float) -> float:
 
 def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
     metadata: Metadata = []
-    size = 0
+    permanent: Metadata = []
+    size = permanent_size = 0
     for name, value in headers.items():
-        if name.startswith(_METADATA_PREFIX):
+        permanent_key = _PERMANENT_KEYS.get(name)
+        if permanent_key is not None:
+            # Printable ASCII (as _METADATA_VALUE, faster); else skipped, as grpc-gateway does.
+            if value.isascii() and value.isprintable():
+                permanent.append((permanent_key, value))
+                permanent_size += len(permanent_key) + len(value)
+        elif name.startswith(_METADATA_PREFIX):
             key = name[len(_METADATA_PREFIX) :]
             # Identity comes only from a verified token, never from a client header.
             if not key or key in IDENTITY_KEYS or key == "authorization" or key.startswith("grpc-"):
@@ -372,6 +449,10 @@ def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
                 metadata.append((key, _binary_header(header, value)))
             elif _METADATA_VALUE.match(value):
                 metadata.append((key, value))
+    if size + permanent_size <= MAX_METADATA_BYTES:
+        metadata.extend(permanent)
+    else:
+        _add_within_cap(metadata, permanent, size)
     client = scope.get("client")
     if client:
         forwarded = headers.get("x-forwarded-for")
@@ -386,6 +467,18 @@ def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
         # The app's User-Agent names the device in the user's session list.
         metadata.append(("x-forwarded-user-agent", user_agent[:256]))
     return metadata
+
+
+def _add_within_cap(metadata: Metadata, permanent: Metadata, size: int) -> None:
+    """Permanent headers, after Grpc-Metadata-* (``size`` bytes), in the same cap.
+
+    A browser sends them unasked, so one that does not fit is left out, not refused.
+    """
+    for key, value in permanent:
+        cost = len(key) + len(value)
+        if size + cost <= MAX_METADATA_BYTES:
+            metadata.append((key, value))
+            size += cost
 
 
 def _binary_header(header: str, value: str) -> bytes:

@@ -7,6 +7,11 @@ key, maps as ``m[k]=v``). Input names may be lowerCamelCase or the proto
 names; unknown body fields and unknown query parameters are ignored, as
 grpc-gateway does, so older servers accept newer clients. Every client
 mistake raises ``InvalidArgument`` naming the field as the client spelt it.
+
+As grpc-gateway's generated handlers: a path variable bound to a repeated
+field is split on ``,`` (``runtime.StringSlice`` and its kin), and on a route
+without a body rule a form's fields (``application/x-www-form-urlencoded``,
+read by Go's ``req.ParseForm``) are query parameters, before the query's own.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import field as dataclass_field
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
-from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf import descriptor_pool, field_mask_pb2, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -52,6 +57,11 @@ FIELD_MASK = "google.protobuf.FieldMask"
 
 
 HTTP_BODY = "google.api.HttpBody"
+FORM = "application/x-www-form-urlencoded"
+# The methods whose form Go's req.ParseForm reads (it ignores others' bodies).
+FORM_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# What grpc-gateway's generated code splits a repeated path value on (its default, "csv").
+PATH_LIST_SEPARATOR = ","
 # protobuf's own parsers refuse deeper messages (upb's default recursion limit).
 MAX_MESSAGE_DEPTH = 100
 
@@ -262,6 +272,14 @@ class Codec:
         else:
             setattr(message, field.name, value)
 
+    def set_path(self, message: Message, field: FieldDescriptor, text: str, where: str) -> None:
+        """Set a field from a path value: a repeated one takes each of its ``,``-parts."""
+        if field.is_repeated and field.message_type is None:
+            for item in text.split(PATH_LIST_SEPARATOR):
+                self.set_text(message, field, item, where)
+        else:
+            self.set_text(message, field, text, where)
+
     def _wkt_from_text(self, message: Message, text: str, where: str) -> None:
         name = message.DESCRIPTOR.full_name
         if name in _WRAPPERS:
@@ -270,8 +288,9 @@ class Codec:
             return
         if name == FIELD_MASK:
             # Query masks are comma separated; names may be camelCase or proto names.
-            paths = [p for p in text.split(",") if p]
-            message.paths.extend(_snake(p) for p in paths)  # type: ignore[attr-defined]
+            paths = [_snake(p) for p in text.split(",") if p]
+            _check_mask_paths(paths, where)
+            message.paths.extend(paths)  # type: ignore[attr-defined]
             return
         if name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
             self._merge_wkt(message, text, where)
@@ -302,6 +321,15 @@ def _b64(text: str, where: str) -> bytes:
 
 def _snake(name: str) -> str:
     return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def _check_mask_paths(paths: list[str], where: str) -> None:
+    """Refuse paths proto3 JSON cannot write (``Ü``, ``a_1``): no field is named so, and
+    the answer echoing the mask would fail to render (a 500)."""
+    try:
+        field_mask_pb2.FieldMask(paths=paths).ToJsonString()
+    except ValueError:
+        raise Bad(where, f"not a field path: {_shown(','.join(paths))}") from None
 
 
 @dataclass(frozen=True)
@@ -394,15 +422,39 @@ def build_request(
     body: bytes,
     content_type: str = "",
 ) -> Message:
-    """The request message for one HTTP request; ``Bad`` on any client mistake."""
+    """The request message for one HTTP request; ``Bad`` on any client mistake.
+
+    ``body`` is a body rule's body, or on a route without one the form a POST,
+    PUT or PATCH sent (the caller reads it only then: ``reads_body``).
+    """
     if plan.raw_body:
         return _raw_request(codec, plan, path_values, query, body, content_type)
-    body_json: Any = None
-    if plan.body:
-        # An empty body is an empty message, as in grpc-gateway (its decoder's io.EOF).
-        empty: Any = {} if plan.body_field is None else None
-        body_json = _parse_body(body, plan.body if plan.body != "*" else "body", empty)
-    return request_from_json(codec, plan, path_values, query, body_json)
+    if not plan.body:
+        form = _form_text(body) if body and is_form(content_type) else ""
+        return request_from_json(codec, plan, path_values, query, None, form)
+    where = plan.body if plan.body != "*" else "body"
+    if body.strip() and is_form(content_type):
+        # grpc-gateway decodes a body rule's body as JSON whatever its Content-Type.
+        raise Bad(where, "a form is read only on a route without a body rule: send JSON")
+    # An empty body is an empty message, as in grpc-gateway (its decoder's io.EOF).
+    empty: Any = {} if plan.body_field is None else None
+    return request_from_json(codec, plan, path_values, query, _parse_body(body, where, empty))
+
+
+def reads_body(plan: RequestPlan, method: str, content_type: str) -> bool:
+    """Whether a request's body is read: a body rule's, or a form as Go's ParseForm reads one."""
+    return bool(plan.body) or (method in FORM_METHODS and is_form(content_type))
+
+
+def is_form(content_type: str) -> bool:
+    """``application/x-www-form-urlencoded``, parameters (a charset) aside."""
+    return content_type.partition(";")[0].strip().lower() == FORM
+
+
+def _form_text(body: bytes) -> str:
+    # Raw bytes are UTF-8, as Go reads them; bytes that are not stay as surrogates,
+    # which the field they reach refuses with a 400 naming it.
+    return body.decode("utf-8", "surrogateescape")
 
 
 def _raw_request(
@@ -429,8 +481,12 @@ def request_from_json(
     path_values: Mapping[str, str],
     query: str,
     body_json: Any,
+    form: str = "",
 ) -> Message:
-    """The request message from a body already parsed (one value of a streamed body)."""
+    """The request message from a body already parsed (one value of a streamed body).
+
+    ``form``: a form's fields, read before the query's as Go's ``req.Form`` lists them.
+    """
     message = plan.message_class()
     if plan.body and not plan.raw_body:
         if plan.body_field is None:
@@ -441,9 +497,9 @@ def request_from_json(
             codec.set_json(target, plan.body_field, body_json, where)
     for variable, fields in plan.path_fields:
         target = _descend(message, fields)
-        codec.set_text(target, fields[-1], path_values[variable], variable)
-    if query and plan.body != "*":
-        _apply_query(codec, message, plan, query)
+        codec.set_path(target, fields[-1], path_values[variable], variable)
+    if (query or form) and plan.body != "*":
+        _apply_query(codec, message, plan, query, form)
     if plan.mask_field is not None and plan.body_field is not None:
         mask = getattr(message, plan.mask_field.name)
         if not mask.paths and isinstance(body_json, dict):
@@ -490,10 +546,13 @@ def _descend(message: Message, fields: tuple[FieldDescriptor, ...]) -> Message:
     return message
 
 
-def _apply_query(codec: Codec, message: Message, plan: RequestPlan, query: str) -> None:
+def _apply_query(
+    codec: Codec, message: Message, plan: RequestPlan, query: str, form: str = ""
+) -> None:
     singular_seen: set[str] = set()
     # Undecodable bytes stay as surrogates, so the field that gets them says so.
-    for key, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
+    pairs = _pairs(query) if not form else [*_pairs(form), *_pairs(query)]
+    for key, value in pairs:
         m = _QUERY_KEY.match(key)
         if m is None:
             raise Bad(key, "malformed query parameter name")
@@ -537,6 +596,10 @@ def _apply_query(codec: Codec, message: Message, plan: RequestPlan, query: str) 
                 raise Bad(key, "given more than once but is not repeated")
             singular_seen.add(proto_path)
         codec.set_text(target, leaf, value, key)
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    return parse_qsl(text, keep_blank_values=True, errors="surrogateescape")
 
 
 def _fill_mask(codec: Codec, mask: Message, body: dict[str, Any], field: FieldDescriptor) -> None:

@@ -158,8 +158,13 @@ async def test_bad_input_is_a_4xx_that_names_the_problem(
 
 @pytest.mark.parametrize(
     ("header", "value"),
-    [("Grpc-Metadata-X", "caf\xe9"), ("User-Agent", "app\xff/1.0"), ("Grpc-Metadata-Bad@Key", "v")],
-    ids=["non-ascii-value", "non-ascii-user-agent", "invalid-key"],
+    [
+        ("Grpc-Metadata-X", "caf\xe9"),
+        ("User-Agent", "app\xff/1.0"),
+        ("Referer", "https://x/caf\xe9"),
+        ("Grpc-Metadata-Bad@Key", "v"),
+    ],
+    ids=["non-ascii-value", "non-ascii-user-agent", "non-ascii-permanent-header", "invalid-key"],
 )
 async def test_headers_grpc_cannot_carry_are_skipped(rig: Rig, header: str, value: str) -> None:
     """As grpc-gateway: the call goes through without them (not a 500, not a refusal)."""
@@ -170,6 +175,7 @@ async def test_headers_grpc_cannot_carry_are_skipped(rig: Rig, header: str, valu
     assert code == 200, payload[:300]
     seen = json.loads(payload)["metadata"]
     assert "x" not in seen and "x-forwarded-user-agent" not in seen
+    assert "grpcgateway-user-agent" not in seen and "grpcgateway-referer" not in seen
 
 
 async def test_an_enormous_deadline_is_capped_not_expired(rig: Rig) -> None:

@@ -65,12 +65,9 @@ async def test_healthz_readyz_and_unknown_path(
 
         missing = await client.get("/v1/nothing/here")
         assert missing.status_code == 404
-        assert missing.json() == {
-            "code": 5,
-            "message": "no route for GET /v1/nothing/here",
-            "details": [],
-        }
-        # grpc-gateway: a wrong method is HTTP 405 with code UNIMPLEMENTED.
+        # As grpc-gateway's DefaultRoutingErrorHandler: the message is the status text.
+        assert missing.json() == {"code": 5, "message": "Not Found", "details": []}
+        # Code UNIMPLEMENTED as grpc-gateway; HTTP 405 with Allow (it sends 501: docs/gateway.md).
         wrong_method = await client.post("/healthz")
         assert wrong_method.status_code == 405
         assert wrong_method.json()["code"] == 12
