@@ -58,6 +58,7 @@ FIELD_MASK = "google.protobuf.FieldMask"
 
 HTTP_BODY = "google.api.HttpBody"
 FORM = "application/x-www-form-urlencoded"
+_FORM_ON_A_BODY_RULE = "a form is read only on a route without a body rule: send JSON"
 # The methods whose form Go's req.ParseForm reads (it ignores others' bodies).
 FORM_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # What grpc-gateway's generated code splits a repeated path value on (its default, "csv").
@@ -433,12 +434,17 @@ def build_request(
         form = _form_text(body) if body and is_form(content_type) else ""
         return request_from_json(codec, plan, path_values, query, None, form)
     where = plan.body if plan.body != "*" else "body"
-    if body.strip() and is_form(content_type):
-        # grpc-gateway decodes a body rule's body as JSON whatever its Content-Type.
-        raise Bad(where, "a form is read only on a route without a body rule: send JSON")
     # An empty body is an empty message, as in grpc-gateway (its decoder's io.EOF).
     empty: Any = {} if plan.body_field is None else None
-    return request_from_json(codec, plan, path_values, query, _parse_body(body, where, empty))
+    try:
+        # JSON whatever the Content-Type, as grpc-gateway decodes a body rule's body
+        # (so `curl -d '{...}'`, which says it sends a form, works).
+        value = _parse_body(body, where, empty)
+    except Bad:
+        if is_form(content_type):
+            raise Bad(where, _FORM_ON_A_BODY_RULE) from None
+        raise
+    return request_from_json(codec, plan, path_values, query, value)
 
 
 def reads_body(plan: RequestPlan, method: str, content_type: str) -> bool:

@@ -172,7 +172,8 @@ async def test_a_form_posted_to_a_path_only_get_serves_is_that_get(rig: Rig) -> 
 
 async def test_a_form_body_on_a_route_with_a_body_is_refused(rig: Rig) -> None:
     """grpc-gateway decodes a body rule's body with its JSON marshaler whatever the
-    Content-Type (runtime/marshaler_registry.go), so a form there is a 400."""
+    Content-Type (runtime/marshaler_registry.go), so a form there is a 400 and JSON
+    sent as a form (``curl -d``'s default Content-Type) is JSON."""
     says = "a form is read only on a route without a body rule: send JSON"
     star = await rig.client.post("/v1/echo", content=b"name=a&tags=b", headers=FORM)
     assert star.status_code == 400 and star.json()["code"] == 3
@@ -182,6 +183,9 @@ async def test_a_form_body_on_a_route_with_a_body_is_refused(rig: Rig) -> None:
     # An empty body is an empty message, as with JSON.
     empty = await rig.client.post("/v1/echo", content=b"", headers=FORM)
     assert empty.status_code == 200 and empty.json()["name"] == ""
+    as_curl_sends_it = await rig.client.post("/v1/echo", content=b'{"name":"c"}', headers=FORM)
+    assert as_curl_sends_it.status_code == 200, as_curl_sends_it.text
+    assert as_curl_sends_it.json()["name"] == "c"
 
 
 # --- repeated path variables --------------------------------------------------
