@@ -7,11 +7,14 @@ this process (as `tips serve` runs them, ONNX Runtime in process), and a bare
 grpc.aio server with an empty RPC (health Check) in another process. The load
 comes from a separate client process (one channel, N concurrent calls):
 
-- ListTips (page_size 1, users rotated so eligibility never runs dry) and the
-  empty RPC at concurrency 16 and 64: p50, p99, throughput, and their ratios;
+- DecideTips (page_size 1, users rotated so eligibility never runs dry: every
+  call a new decision) and the empty RPC at concurrency 16 and 64: p50, p99,
+  throughput, and their ratios;
+- ListTips at the same concurrency on the same users, who then all have an
+  active tip: what a screen refresh costs (a read, no decision);
 - freshness: a steps signal is ingested (BatchIngestSignals returns), then the
   user's decision context is polled every millisecond until it holds the
-  signal. ListTips reads exactly that in-memory context, so the first decision
+  signal. A decision reads exactly that in-memory context, so the first one
   after that point uses the signal.
 
 Prints JSON and writes bench/out/decision.{json,png}.
@@ -76,10 +79,11 @@ async def main(kind, addr, conc, seconds, users, signer):
                 return stub.Check(health_pb2.HealthCheckRequest())
         else:
             stub = rg.RecommenderServiceStub(ch)
+            method, request = ((stub.DecideTips, rec.DecideTipsRequest) if kind == "decide_tips"
+                               else (stub.ListTips, rec.ListTipsRequest))
             def call(i):
                 u = users[i % len(users)]
-                return stub.ListTips(rec.ListTipsRequest(parent="users/" + u, page_size=1),
-                                     metadata=auth[u])
+                return method(request(parent="users/" + u, page_size=1), metadata=auth[u])
         lat, counter, errors, empty = [], [0], [0], [0]
         stop = time.perf_counter() + seconds
         warm = time.perf_counter() + min(1.0, seconds / 5)
@@ -226,16 +230,22 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
             # The client runs in a thread so this loop keeps serving the recommender.
             base = await asyncio.to_thread(_load, "empty", empty_addr, conc, seconds, [])
             tips = await asyncio.to_thread(
+                _load, "decide_tips", rec_server.address, conc, seconds, users, key
+            )
+            reads = await asyncio.to_thread(
                 _load, "list_tips", rec_server.address, conc, seconds, users, key
             )
             results[f"c{conc}"] = {
                 "empty_rpc": {k: v for k, v in base.items() if k != "_lat"},
-                "list_tips": {k: v for k, v in tips.items() if k != "_lat"},
+                "decide_tips": {k: v for k, v in tips.items() if k != "_lat"},
+                "list_tips_read": {k: v for k, v in reads.items() if k != "_lat"},
                 "ratio_p50": tips["p50_ms"] / base["p50_ms"],
                 "ratio_p99": tips["p99_ms"] / base["p99_ms"],
                 "ratio_throughput": tips["rps"] / base["rps"],
-                "_lat": {"empty": base["_lat"], "list_tips": tips["_lat"]},
-            }
+                "read_ratio_p99": reads["p99_ms"] / base["p99_ms"],
+                "_lat": {"empty": base["_lat"], "decide_tips": tips["_lat"],
+                         "list_tips (read)": reads["_lat"]},
+            }  # fmt: skip
         fresh = await _freshness(events_server.address, rec_server.address, n_signals, issuer)
         results["freshness_ms"] = {
             "n": len(fresh),

@@ -1,27 +1,33 @@
-"""Each user's recent decisions, done tips and category affinities, in memory.
+"""Each user's recent decisions, active tips, done tips and category affinities, in memory.
 
 Eligibility (cooldowns, per-day limits, the daily cap, done today) and the
-policy's ``affinity_<category>`` features read it on every decision, so it
-lives in memory: updated after each commit that changes it, and rebuilt from
-the ``tips`` table on start (the last two days of decisions, thirty of
-rewards).
+policy's ``affinity_<category>`` features read it on every decision, and
+``ListTips`` answers from the active tips (decided, neither reacted to nor
+expired), so it lives in memory: updated after each commit that changes it,
+and rebuilt from the ``tips`` table on start (the last two days of
+decisions, the active tips, thirty days of rewards).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
 from kernel.db import Database
 from services.recommender.eligibility import History
-from services.recommender.store import tips
+from services.recommender.store import tip_from_row, tips
 from tips.events.v1 import signal_pb2
+from tips.recommender.v1 import tip_pb2
 
 KEEP = timedelta(days=2)
 AFFINITY_DAYS = 30
 # Smoothing of the done-rate per category: two pseudo-observations at 0.5.
 PRIOR_N, PRIOR_MEAN = 2.0, 0.5
+# Active tips kept per user: more come only from explicit DecideTips calls;
+# older ones stay active in the table and are rewarded when they expire.
+MAX_ACTIVE = 20
 
 
 class HistoryKeeper:
@@ -30,11 +36,39 @@ class HistoryKeeper:
     def __init__(self) -> None:
         self._users: dict[str, History] = {}
         self._affinity: dict[str, dict[str, tuple[float, float]]] = {}
+        # User id -> active tips, newest decision first, best first within one.
+        self._active: dict[str, list[tip_pb2.Tip]] = {}
 
     def forget(self, user_id: str) -> None:
-        """Drop an erased user's history and affinities."""
+        """Drop an erased user's history, active tips and affinities."""
         self._users.pop(user_id, None)
         self._affinity.pop(user_id, None)
+        self._active.pop(user_id, None)
+
+    def active(self, user_id: str, now: datetime) -> list[tip_pb2.Tip]:
+        """The user's tips neither reacted to nor expired at ``now``, newest decision first."""
+        tips_now = self._active.get(user_id)
+        if not tips_now:
+            return []
+        seconds = now.timestamp()
+        live = [t for t in tips_now if _seconds(t.expire_time) > seconds]
+        if len(live) != len(tips_now):
+            if live:
+                self._active[user_id] = live
+            else:
+                del self._active[user_id]
+        return live
+
+    def record_active(self, user_id: str, decided: list[tip_pb2.Tip]) -> None:
+        """A decision's tips (best first), committed: active until reacted to or expired."""
+        if decided:
+            self._active[user_id] = [*decided, *self._active.get(user_id, ())][:MAX_ACTIVE]
+
+    def close(self, user_id: str, tip_name: str) -> None:
+        """The tip was reacted to: no longer active."""
+        tips_now = self._active.get(user_id)
+        if tips_now:
+            self._active[user_id] = [t for t in tips_now if t.name != tip_name]
 
     def get(self, user_id: str) -> History:
         history = self._users.get(user_id)
@@ -93,7 +127,22 @@ class HistoryKeeper:
                     )
                 )
             ).all()
-        self._users, self._affinity = {}, {}
+            active = (
+                await session.execute(
+                    select(tips)
+                    .where(
+                        tips.c.state == int(tip_pb2.TIP_STATE_ACTIVE),
+                        tips.c.expire_time > now,
+                        tips.c.decide_time > now - KEEP,  # a tip expires within hours
+                    )
+                    .order_by(tips.c.decide_time.desc(), tips.c.rank)
+                )
+            ).all()
+        self._users, self._affinity, self._active = {}, {}, {}
+        for row in active:
+            listed = self._active.setdefault(row.user_id, [])
+            if len(listed) < MAX_ACTIVE:
+                listed.append(tip_from_row(row))
         for row in recent:
             self.record_decision(row.user_id, _id(row.catalog_tip), row.decide_time)
         for row in done:
@@ -101,6 +150,10 @@ class HistoryKeeper:
         for row in rewarded:
             self.record_reward(row.user_id, row.category, float(row.reward))
         return len(recent)
+
+
+def _seconds(stamp: Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
 
 
 def _id(catalog_tip: str) -> str:

@@ -39,8 +39,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def ListTips(self, request: pb.ListTipsRequest, context: Any) -> pb.ListTipsResponse:
         user_id = require_user_parent(request.parent)
         count = domain.tip_count(request.page_size)
-        tips = await self.engine.decide(user_id, count, datetime.now(UTC))
+        tips = await self.engine.current(user_id, count, datetime.now(UTC))
         return pb.ListTipsResponse(tips=tips)
+
+    async def DecideTips(
+        self, request: pb.DecideTipsRequest, context: Any
+    ) -> pb.DecideTipsResponse:
+        user_id = require_user_parent(request.parent)
+        count = domain.tip_count(request.page_size)
+        tips = await self.engine.decide(user_id, count, datetime.now(UTC))
+        return pb.DecideTipsResponse(tips=tips)
 
     async def GetTip(self, request: pb.GetTipRequest, context: Any) -> pb.GetTipResponse:
         return pb.GetTipResponse(tip=await self._owned_tip(request.name))

@@ -92,15 +92,16 @@ def steps(client_id: str, count: int) -> dict[str, Any]:
 
 
 def wait_for_tip(http: httpx.Client, needle: str) -> dict[str, Any]:
-    """ListTips until a decided tip's explanation quotes the signal.
+    """DecideTips until a decided tip's explanation quotes the signal.
 
-    Each call is a new decision by an exploring policy, so the test asks for a
-    few tips per call and polls (bounded) until one explains itself with the
-    number the signal carried: proof the choice used that signal.
+    Each call is a new decision by an exploring policy (ListTips would show
+    the first decision's tips again), so the test asks for a few tips per call
+    and polls (bounded) until one explains itself with the number the signal
+    carried: proof the choice used that signal.
     """
     deadline = time.monotonic() + 30
     while True:
-        response = http.get("/v1/users/me/tips", params={"pageSize": 5})
+        response = http.post("/v1/users/me/tips:decide", json={"pageSize": 5})
         assert response.status_code == 200, response.text
         tips = response.json()["tips"]
         for tip in tips:

@@ -176,9 +176,17 @@ def wait_for_context(stage: Stage, user: str) -> dict[str, float]:
 
 
 def list_tips(http: httpx.Client, page_size: int) -> list[dict[str, Any]]:
+    """The active tips (a decision only when none is)."""
     listed = http.get("/v1/users/me/tips", params={"pageSize": page_size})
     assert listed.status_code == 200, listed.text
     return list(listed.json().get("tips", []))
+
+
+def decide_tips(http: httpx.Client, page_size: int) -> list[dict[str, Any]]:
+    """A new decision, whatever is active."""
+    decided = http.post("/v1/users/me/tips:decide", json={"pageSize": page_size})
+    assert decided.status_code == 200, decided.text
+    return list(decided.json().get("tips", []))
 
 
 def catalog_id(tip: dict[str, Any]) -> str:
@@ -265,14 +273,14 @@ def test_sign_in_consent_signals_explained_tip_react_and_learn(stage: Stage) -> 
 
         # The grant reaches the recommender (ConsentChanged): gated tips become candidates.
         def gated_considered() -> bool | None:
-            [tip] = list_tips(http, 1)
+            [tip] = decide_tips(http, 1)
             return True if any(gated(a) for a in candidates(stage, tip)) else None
 
         eventually("consent-gated tips among the candidates", gated_considered)
 
         # Explained tips: every explanation quotes the signals its tip needs.
         def explained() -> list[dict[str, Any]] | None:
-            tips = list_tips(http, 5)
+            tips = decide_tips(http, 5)
             assert len(tips) == 5, tips
             quotes = [check_explanation(stage, t) for t in tips]
             return tips if any(quotes) else None
@@ -346,7 +354,7 @@ def test_sign_in_consent_signals_explained_tip_react_and_learn(stage: Stage) -> 
         assert {t["name"]: s for t, _, s in reactions} == {
             t["name"]: states.get(t["name"]) for t, _, _ in reactions
         }
-        again = list_tips(http, 5)
+        again = decide_tips(http, 5)
         assert again, "no tip offered after the reactions"
         assert not {catalog_id(t) for t in again} & set(arms), again
 

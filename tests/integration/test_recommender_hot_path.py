@@ -135,6 +135,32 @@ async def _list(mesh: Mesh, user: str, n: int = 5) -> list[tip_pb2.Tip]:
     return list(response.tips)
 
 
+async def _decide(mesh: Mesh, user: str, n: int = 5) -> list[tip_pb2.Tip]:
+    response = await mesh.tips.DecideTips(
+        rec.DecideTipsRequest(parent=f"users/{user}", page_size=n), metadata=_md(user), timeout=10
+    )
+    return list(response.tips)
+
+
+async def _react(mesh: Mesh, user: str, tip: tip_pb2.Tip, reaction: int) -> None:
+    await mesh.tips.ReactToTip(
+        rec.ReactToTipRequest(name=tip.name, reaction=reaction),  # type: ignore[arg-type]
+        metadata=_md(user),
+        timeout=10,
+    )
+
+
+async def _decided(mesh: Mesh, user: str) -> tuple[int, int]:
+    """(decision rows, TipDecided events in the outbox) of the user."""
+    rows = await mesh.db.fetchval("SELECT count(*) FROM recommender.tips WHERE user_id = $1", user)
+    events = await mesh.db.fetchval(
+        "SELECT count(*) FROM recommender.outbox WHERE msg_id LIKE $1 AND msg_id NOT LIKE $2",
+        f"users/{user}/tips/%",
+        "%:reward",
+    )
+    return int(rows), int(events)
+
+
 def _steps(count: int) -> signal_pb2.Signal:
     now = datetime.now(UTC)
     return signal_pb2.Signal(
@@ -238,11 +264,11 @@ async def test_eligibility_rules_hold_through_the_service(mesh: Mesh) -> None:
     await asyncio.sleep(0.3)
     seen: list[tip_pb2.Tip] = []
     for _ in range(3):
-        seen += await _list(mesh, user, 2)
+        seen += await _decide(mesh, user, 2)
     assert 0 < len(seen) <= 4
     assert not {t.category for t in seen} & {"hydration", "nutrition"}
     assert len({t.catalog_tip for t in seen}) == len(seen)  # cooldowns: never twice
-    assert await _list(mesh, user) == []  # the daily cap is reached
+    assert await _decide(mesh, user) == []  # the daily cap is reached
 
     # Quiet hours around now: nothing at all.
     quiet = _user()
@@ -259,12 +285,10 @@ async def test_eligibility_rules_hold_through_the_service(mesh: Mesh) -> None:
 async def test_snooze_and_done_keep_a_tip_away(mesh: Mesh) -> None:
     user = _user()
     first = (await _list(mesh, user, 1))[0]
-    await mesh.tips.ReactToTip(
-        rec.ReactToTipRequest(name=first.name, reaction=signal_pb2.TIP_REACTION_SNOOZE),
-        metadata=_md(user),
-    )
+    await _react(mesh, user, first, signal_pb2.TIP_REACTION_SNOOZE)
+    assert first.name not in {t.name for t in await _list(mesh, user)}
     for _ in range(4):
-        assert first.catalog_tip not in {t.catalog_tip for t in await _list(mesh, user)}
+        assert first.catalog_tip not in {t.catalog_tip for t in await _decide(mesh, user)}
 
 
 async def test_done_reaction_reaches_the_policy_before_react_to_tip_answers(mesh: Mesh) -> None:
@@ -359,3 +383,83 @@ async def test_decision_context_reflects_signals(mesh: Mesh) -> None:
 
     values = await _eventually(probe, lambda v: v.get("steps_today") == 1234)
     assert values["signal_count"] == 1
+
+
+# --- seeing a tip again is not a decision -----------------------------------------------------
+
+
+async def test_list_tips_shows_the_active_tips_again_and_decides_nothing(mesh: Mesh) -> None:
+    user = _user()
+    first = await _list(mesh, user, 3)
+    assert len(first) == 3
+    for _ in range(5):  # a screen refreshed five times
+        again = await _list(mesh, user, 3)
+        assert [t.name for t in again] == [t.name for t in first]
+        assert [t.explanation for t in again] == [t.explanation for t in first]
+    assert await _decided(mesh, user) == (3, 3)
+    assert [t.name for t in await _list(mesh, user, 1)] == [first[0].name]  # best first
+
+    # A reacted tip leaves the list; the rest stay, still no decision.
+    await _react(mesh, user, first[0], signal_pb2.TIP_REACTION_DONE)
+    assert [t.name for t in await _list(mesh, user, 3)] == [t.name for t in first[1:]]
+    await _react(mesh, user, first[1], signal_pb2.TIP_REACTION_DISMISS)
+    await _react(mesh, user, first[2], signal_pb2.TIP_REACTION_SNOOZE)
+    assert await _decided(mesh, user) == (3, 3)
+    # None active: the next look decides anew, once.
+    fresh = await _list(mesh, user, 2)
+    assert fresh and not {t.name for t in fresh} & {t.name for t in first}
+    assert [t.name for t in await _list(mesh, user, 2)] == [t.name for t in fresh]
+    assert await _decided(mesh, user) == (3 + len(fresh), 3 + len(fresh))
+    # Only the reactions were rewarded: seeing a tip again is no reaction.
+    rewards = await mesh.db.fetch(
+        "SELECT tip_id, reward FROM recommender.tips WHERE user_id = $1 AND reward IS NOT NULL",
+        user,
+    )
+    assert sorted(r["reward"] for r in rewards) == [0.0, 0.25, 1.0]
+
+
+async def test_decide_tips_decides_anew_and_the_older_tips_stay_active(mesh: Mesh) -> None:
+    user = _user()
+    older = await _list(mesh, user, 1)
+    newer = await _decide(mesh, user, 1)
+    assert older and newer and newer[0].name != older[0].name
+    # Newest decision first.
+    assert [t.name for t in await _list(mesh, user, 5)] == [newer[0].name, older[0].name]
+    assert await _decided(mesh, user) == (2, 2)
+
+
+async def test_looks_at_the_same_moment_share_one_decision(mesh: Mesh) -> None:
+    user = _user()
+    answers = await asyncio.gather(*(_list(mesh, user, 1) for _ in range(12)))
+    assert len({a[0].name for a in answers}) == 1
+    assert await _decided(mesh, user) == (1, 1)
+
+
+async def test_active_tips_outlive_a_restart(
+    mesh: Mesh, settings: Settings, database_url: str, tmp_path: Any
+) -> None:
+    """A second recommender on the same database (as after a restart) shows the same tips."""
+    from kernel.server import ServiceServer
+    from services.recommender.service import definition
+    from services.recommender.settings import RecommenderSettings
+
+    user = _user()
+    shown = await _list(mesh, user, 2)
+    rec_settings = RecommenderSettings(
+        **{**settings.model_dump(), "log_format": "text"},
+        recommender_model_repository=str(tmp_path),
+    )
+    server = ServiceServer(definition(f"rec-restart{secrets.token_hex(3)}"), rec_settings, port=0)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = rec_grpc.RecommenderServiceStub(channel)
+            answer = await stub.ListTips(
+                rec.ListTipsRequest(parent=f"users/{user}", page_size=2),
+                metadata=_md(user),
+                timeout=10,
+            )
+    finally:
+        await server.stop(grace=0)
+    assert [t.name for t in answer.tips] == [t.name for t in shown]
+    assert await _decided(mesh, user) == (2, 2)

@@ -159,11 +159,16 @@ async def in_the_afternoon(mesh: Mesh, user: str) -> None:
 
 
 async def _tips_until(mesh: Mesh, user: str, text: str) -> tip_pb2.Tip:
-    """ListTips (5 at a time) until the context has caught up and a tip explains ``text``."""
+    """DecideTips (5 at a time) until the context has caught up and a tip explains ``text``.
+
+    (ListTips would show the first decision's tips again: each probe must decide anew.)
+    """
 
     async def probe() -> list[tip_pb2.Tip]:
-        response = await mesh.recommender.ListTips(
-            rec.ListTipsRequest(parent=f"users/{user}", page_size=5), metadata=_md(user), timeout=10
+        response = await mesh.recommender.DecideTips(
+            rec.DecideTipsRequest(parent=f"users/{user}", page_size=5),
+            metadata=_md(user),
+            timeout=10,
         )
         return list(response.tips)
 

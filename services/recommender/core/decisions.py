@@ -8,6 +8,7 @@ is logged and counted (``no_tip_reasons``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -86,6 +87,9 @@ class DecisionEngine:
         self.writer = writer
         self.no_tip_reasons: Counter[str] = Counter()
         self.decisions = 0
+        # User id -> the decision being made for ``current``: callers at the same
+        # moment share it instead of deciding twice.
+        self._deciding: dict[str, asyncio.Future[list[tip_pb2.Tip]]] = {}
         # The catalog's context-free features, rebuilt when the catalog tuple changes.
         self._block_of: tuple[Entry, ...] | None = None
         self._block = features.tip_block(())
@@ -108,7 +112,42 @@ class DecisionEngine:
         prefs = await self.profiles.get(user_id)
         return ctx, prefs, domain.features(ctx, now, prefs.tz)
 
+    async def current(self, user_id: str, count: int, now: datetime) -> list[tip_pb2.Tip]:
+        """The user's active tips (at most ``count``); a decision only when none is active.
+
+        Seeing a tip again is neither a decision nor a reaction: a screen that
+        refreshes shows the same tips and teaches the policy nothing.
+        """
+        active = self.history.active(user_id, now)
+        if active:
+            return active[:count]
+        pending = self._deciding.get(user_id)
+        if pending is not None:
+            try:
+                return (await asyncio.shield(pending))[:count]
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this call itself was cancelled
+                # The call deciding was cancelled: this one decides.
+        pending = asyncio.get_running_loop().create_future()
+        self._deciding[user_id] = pending
+        try:
+            decided = await self.decide(user_id, count, now)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # seen by the callers waiting on it, if any; no warning
+            raise
+        finally:
+            if self._deciding.get(user_id) is pending:
+                del self._deciding[user_id]
+        pending.set_result(decided)
+        return decided
+
     async def decide(self, user_id: str, count: int, now: datetime) -> list[tip_pb2.Tip]:
+        """A new decision of ``count`` tips, committed, then active."""
         ctx, prefs, f = await self.situation(user_id, now)
         history = self.history.get(user_id)
         catalog = self.catalog.entries  # one tuple for the whole decision
@@ -157,6 +196,7 @@ class DecisionEngine:
         await self.writer.write(db_rows, events)
         for tip in out:
             self.history.record_decision(user_id, tip.catalog_tip.removeprefix("catalogTips/"), now)
+        self.history.record_active(user_id, out)
         self.decisions += len(out)
         return out
 

@@ -14,7 +14,8 @@ the transaction that claims the signal's message id (``ContextKeeper.apply``):
 ``ReactToTip`` lands its own reaction through that same path with the
 signal's message id, so its answer shows it; the consumer then finds the id
 claimed and skips it. Seeing a tip again is not a reaction: nothing here runs
-for a ``ListTips``.
+for a ``ListTips``, which shows the active tips again (a reacted tip leaves
+them here).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class Reactions:
             log.info("reaction to an unknown tip ignored", extra={"tip": payload.tip})
             return ctx
         catalog_id = catalog_tip.removeprefix("catalogTips/")
+        if self.history is not None:
+            self.history.close(user_id, payload.tip)  # ListTips no longer shows it
         if self.learner is not None:
             reward = self.learner.reaction_reward(payload.reaction)
             got = await reward_store.assign(

@@ -34,7 +34,7 @@ from tips.recommender.v1 import context_pb2 as tips_dot_recommender_dot_v1_dot_c
 from tips.recommender.v1 import tip_pb2 as tips_dot_recommender_dot_v1_dot_tip__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tips/recommender/v1/recommender_service.proto\x12\x13tips.recommender.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btips/events/v1/signal.proto\x1a\x1etips/ml_serving/v1/model.proto\x1a\x1dtips/options/v1/options.proto\x1a!tips/recommender/v1/context.proto\x1a\x1dtips/recommender/v1/tip.proto\"c\n\x0fListTipsRequest\x12-\n\x06parent\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\x12\x0ctips.app/TipR\x06parent\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\"@\n\x10ListTipsResponse\x12,\n\x04tips\x18\x01 \x03(\x0b\x32\x18.tips.recommender.v1.TipR\x04tips\":\n\rGetTipRequest\x12)\n\x04name\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\n\x0ctips.app/TipR\x04name\"<\n\x0eGetTipResponse\x12*\n\x03tip\x18\x01 \x01(\x0b\x32\x18.tips.recommender.v1.TipR\x03tip\"\xcb\x01\n\x15ListTipHistoryRequest\x12-\n\x06parent\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\x12\x0ctips.app/TipR\x06parent\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12;\n\x06states\x18\x04 \x03(\x0e\x32\x1d.tips.recommender.v1.TipStateB\x04\xe2\x41\x01\x01R\x06states\"n\n\x16ListTipHistoryResponse\x12,\n\x04tips\x18\x01 \x03(\x0b\x32\x18.tips.recommender.v1.TipR\x04tips\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbf\x02\n\x11ReactToTipRequest\x12)\n\x04name\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\n\x0ctips.app/TipR\x04name\x12=\n\x08reaction\x18\x02 \x01(\x0e\x32\x1b.tips.events.v1.TipReactionB\x04\xe2\x41\x01\x02R\x08reaction\x12\x45\n\x0csnooze_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01H\x00R\x0bsnoozeUntil\x12J\n\x0fsnooze_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01H\x00R\x0esnoozeDuration\x12#\n\nrequest_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\trequestIdB\x08\n\x06snooze\"@\n\x12ReactToTipResponse\x12*\n\x03tip\x18\x01 \x01(\x0b\x32\x18.tips.recommender.v1.TipR\x03tip\"R\n\x19GetDecisionContextRequest\x12\x35\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18tips.app/DecisionContextR\x04name\"m\n\x1aGetDecisionContextResponse\x12O\n\x10\x64\x65\x63ision_context\x18\x01 \x01(\x0b\x32$.tips.recommender.v1.DecisionContextR\x0f\x64\x65\x63isionContext\"d\n\x18\x45xportPolicyModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01R\tmodelName\x12#\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\trequestId\"\xb6\x02\n\x19\x45xportPolicyModelResponse\x12?\n\rmodel_version\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15tips.app/ModelVersionR\x0cmodelVersion\x12!\n\x0c\x61rtifact_uri\x18\x02 \x01(\tR\x0b\x61rtifactUri\x12H\n\x12\x62\x61se_model_version\x18\x03 \x01(\tB\x1a\xfa\x41\x17\n\x15tips.app/ModelVersionR\x10\x62\x61seModelVersion\x12.\n\x13online_update_count\x18\x04 \x01(\x03R\x11onlineUpdateCount\x12;\n\x0b\x65xport_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexportTime\"\x18\n\x16GetPolicyStatusRequest\"\xe7\x03\n\x17GetPolicyStatusResponse\x12\x1f\n\x0bpolicy_name\x18\x01 \x01(\tR\npolicyName\x12?\n\rmodel_version\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15tips.app/ModelVersionR\x0cmodelVersion\x12:\n\x07runtime\x18\x03 \x01(\x0e\x32 .tips.ml_serving.v1.ModelRuntimeR\x07runtime\x12+\n\x11triton_configured\x18\x04 \x01(\x08R\x10tritonConfigured\x12)\n\x10triton_reachable\x18\x05 \x01(\x08R\x0ftritonReachable\x12\x42\n\x0fmodel_load_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rmodelLoadTime\x12.\n\x13online_update_count\x18\x07 \x01(\x03R\x11onlineUpdateCount\x12\'\n\x0f\x63\x61talog_version\x18\x08 \x01(\tR\x0e\x63\x61talogVersion\x12\x39\n\x19\x65nabled_catalog_tip_count\x18\t \x01(\x05R\x16\x65nabledCatalogTipCount2\xb3\x04\n\x12RecommenderService\x12z\n\x08ListTips\x12$.tips.recommender.v1.ListTipsRequest\x1a%.tips.recommender.v1.ListTipsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=users/*}/tips\x12y\n\x06GetTip\x12\".tips.recommender.v1.GetTipRequest\x1a#.tips.recommender.v1.GetTipResponse\"&\x82\xd3\xe4\x93\x02 \x12\x19/v1/{name=users/*/tips/*}b\x03tip\x12\x94\x01\n\x0eListTipHistory\x12*.tips.recommender.v1.ListTipHistoryRequest\x1a+.tips.recommender.v1.ListTipHistoryResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/{parent=users/*}/tips:history\x12\x8e\x01\n\nReactToTip\x12&.tips.recommender.v1.ReactToTipRequest\x1a\'.tips.recommender.v1.ReactToTipResponse\"/\x82\xd3\xe4\x93\x02)\"\x1f/v1/{name=users/*/tips/*}:react:\x01*b\x03tip2\xd2\x03\n\x1aRecommenderInternalService\x12\x93\x01\n\x12GetDecisionContext\x12..tips.recommender.v1.GetDecisionContextRequest\x1a/.tips.recommender.v1.GetDecisionContextResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operator\x12\x90\x01\n\x11\x45xportPolicyModel\x12-.tips.recommender.v1.ExportPolicyModelRequest\x1a..tips.recommender.v1.ExportPolicyModelResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operator\x12\x8a\x01\n\x0fGetPolicyStatus\x12+.tips.recommender.v1.GetPolicyStatusRequest\x1a,.tips.recommender.v1.GetPolicyStatusResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operatorB\x80\x01\xda\xf3\x18|\n\x1dtips.events.v1.SignalRecorded\n\x1etips.profile.v1.ProfileChanged\n\x1etips.profile.v1.ConsentChanged\n\x1btips.profile.v1.UserDeletedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tips/recommender/v1/recommender_service.proto\x12\x13tips.recommender.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btips/events/v1/signal.proto\x1a\x1etips/ml_serving/v1/model.proto\x1a\x1dtips/options/v1/options.proto\x1a!tips/recommender/v1/context.proto\x1a\x1dtips/recommender/v1/tip.proto\"c\n\x0fListTipsRequest\x12-\n\x06parent\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\x12\x0ctips.app/TipR\x06parent\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\"@\n\x10ListTipsResponse\x12,\n\x04tips\x18\x01 \x03(\x0b\x32\x18.tips.recommender.v1.TipR\x04tips\"e\n\x11\x44\x65\x63ideTipsRequest\x12-\n\x06parent\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\x12\x0ctips.app/TipR\x06parent\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\"B\n\x12\x44\x65\x63ideTipsResponse\x12,\n\x04tips\x18\x01 \x03(\x0b\x32\x18.tips.recommender.v1.TipR\x04tips\":\n\rGetTipRequest\x12)\n\x04name\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\n\x0ctips.app/TipR\x04name\"<\n\x0eGetTipResponse\x12*\n\x03tip\x18\x01 \x01(\x0b\x32\x18.tips.recommender.v1.TipR\x03tip\"\xcb\x01\n\x15ListTipHistoryRequest\x12-\n\x06parent\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\x12\x0ctips.app/TipR\x06parent\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\x12;\n\x06states\x18\x04 \x03(\x0e\x32\x1d.tips.recommender.v1.TipStateB\x04\xe2\x41\x01\x01R\x06states\"n\n\x16ListTipHistoryResponse\x12,\n\x04tips\x18\x01 \x03(\x0b\x32\x18.tips.recommender.v1.TipR\x04tips\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbf\x02\n\x11ReactToTipRequest\x12)\n\x04name\x18\x01 \x01(\tB\x15\xe2\x41\x01\x02\xfa\x41\x0e\n\x0ctips.app/TipR\x04name\x12=\n\x08reaction\x18\x02 \x01(\x0e\x32\x1b.tips.events.v1.TipReactionB\x04\xe2\x41\x01\x02R\x08reaction\x12\x45\n\x0csnooze_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01H\x00R\x0bsnoozeUntil\x12J\n\x0fsnooze_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01H\x00R\x0esnoozeDuration\x12#\n\nrequest_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\trequestIdB\x08\n\x06snooze\"@\n\x12ReactToTipResponse\x12*\n\x03tip\x18\x01 \x01(\x0b\x32\x18.tips.recommender.v1.TipR\x03tip\"R\n\x19GetDecisionContextRequest\x12\x35\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18tips.app/DecisionContextR\x04name\"m\n\x1aGetDecisionContextResponse\x12O\n\x10\x64\x65\x63ision_context\x18\x01 \x01(\x0b\x32$.tips.recommender.v1.DecisionContextR\x0f\x64\x65\x63isionContext\"d\n\x18\x45xportPolicyModelRequest\x12#\n\nmodel_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01R\tmodelName\x12#\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\trequestId\"\xb6\x02\n\x19\x45xportPolicyModelResponse\x12?\n\rmodel_version\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15tips.app/ModelVersionR\x0cmodelVersion\x12!\n\x0c\x61rtifact_uri\x18\x02 \x01(\tR\x0b\x61rtifactUri\x12H\n\x12\x62\x61se_model_version\x18\x03 \x01(\tB\x1a\xfa\x41\x17\n\x15tips.app/ModelVersionR\x10\x62\x61seModelVersion\x12.\n\x13online_update_count\x18\x04 \x01(\x03R\x11onlineUpdateCount\x12;\n\x0b\x65xport_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexportTime\"\x18\n\x16GetPolicyStatusRequest\"\xe7\x03\n\x17GetPolicyStatusResponse\x12\x1f\n\x0bpolicy_name\x18\x01 \x01(\tR\npolicyName\x12?\n\rmodel_version\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15tips.app/ModelVersionR\x0cmodelVersion\x12:\n\x07runtime\x18\x03 \x01(\x0e\x32 .tips.ml_serving.v1.ModelRuntimeR\x07runtime\x12+\n\x11triton_configured\x18\x04 \x01(\x08R\x10tritonConfigured\x12)\n\x10triton_reachable\x18\x05 \x01(\x08R\x0ftritonReachable\x12\x42\n\x0fmodel_load_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rmodelLoadTime\x12.\n\x13online_update_count\x18\x07 \x01(\x03R\x11onlineUpdateCount\x12\'\n\x0f\x63\x61talog_version\x18\x08 \x01(\tR\x0e\x63\x61talogVersion\x12\x39\n\x19\x65nabled_catalog_tip_count\x18\t \x01(\x05R\x16\x65nabledCatalogTipCount2\xc0\x05\n\x12RecommenderService\x12z\n\x08ListTips\x12$.tips.recommender.v1.ListTipsRequest\x1a%.tips.recommender.v1.ListTipsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=users/*}/tips\x12\x8a\x01\n\nDecideTips\x12&.tips.recommender.v1.DecideTipsRequest\x1a\'.tips.recommender.v1.DecideTipsResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/{parent=users/*}/tips:decide:\x01*\x12y\n\x06GetTip\x12\".tips.recommender.v1.GetTipRequest\x1a#.tips.recommender.v1.GetTipResponse\"&\x82\xd3\xe4\x93\x02 \x12\x19/v1/{name=users/*/tips/*}b\x03tip\x12\x94\x01\n\x0eListTipHistory\x12*.tips.recommender.v1.ListTipHistoryRequest\x1a+.tips.recommender.v1.ListTipHistoryResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/{parent=users/*}/tips:history\x12\x8e\x01\n\nReactToTip\x12&.tips.recommender.v1.ReactToTipRequest\x1a\'.tips.recommender.v1.ReactToTipResponse\"/\x82\xd3\xe4\x93\x02)\"\x1f/v1/{name=users/*/tips/*}:react:\x01*b\x03tip2\xd2\x03\n\x1aRecommenderInternalService\x12\x93\x01\n\x12GetDecisionContext\x12..tips.recommender.v1.GetDecisionContextRequest\x1a/.tips.recommender.v1.GetDecisionContextResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operator\x12\x90\x01\n\x11\x45xportPolicyModel\x12-.tips.recommender.v1.ExportPolicyModelRequest\x1a..tips.recommender.v1.ExportPolicyModelResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operator\x12\x8a\x01\n\x0fGetPolicyStatus\x12+.tips.recommender.v1.GetPolicyStatusRequest\x1a,.tips.recommender.v1.GetPolicyStatusResponse\"\x1c\xd2\xf3\x18\x18\x1a\x0cml_pipelines\x1a\x08operatorB\x80\x01\xda\xf3\x18|\n\x1dtips.events.v1.SignalRecorded\n\x1etips.profile.v1.ProfileChanged\n\x1etips.profile.v1.ConsentChanged\n\x1btips.profile.v1.UserDeletedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTIPSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\016\022\014tips.app/Tip'
   _globals['_LISTTIPSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTTIPSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_DECIDETIPSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_DECIDETIPSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\016\022\014tips.app/Tip'
+  _globals['_DECIDETIPSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_DECIDETIPSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_GETTIPREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETTIPREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\016\n\014tips.app/Tip'
   _globals['_LISTTIPHISTORYREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -80,6 +84,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPOLICYSTATUSRESPONSE'].fields_by_name['model_version']._serialized_options = b'\372A\027\n\025tips.app/ModelVersion'
   _globals['_RECOMMENDERSERVICE'].methods_by_name['ListTips']._loaded_options = None
   _globals['_RECOMMENDERSERVICE'].methods_by_name['ListTips']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/{parent=users/*}/tips'
+  _globals['_RECOMMENDERSERVICE'].methods_by_name['DecideTips']._loaded_options = None
+  _globals['_RECOMMENDERSERVICE'].methods_by_name['DecideTips']._serialized_options = b'\202\323\344\223\002%\" /v1/{parent=users/*}/tips:decide:\001*'
   _globals['_RECOMMENDERSERVICE'].methods_by_name['GetTip']._loaded_options = None
   _globals['_RECOMMENDERSERVICE'].methods_by_name['GetTip']._serialized_options = b'\202\323\344\223\002 \022\031/v1/{name=users/*/tips/*}b\003tip'
   _globals['_RECOMMENDERSERVICE'].methods_by_name['ListTipHistory']._loaded_options = None
@@ -96,32 +102,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTIPSREQUEST']._serialized_end=482
   _globals['_LISTTIPSRESPONSE']._serialized_start=484
   _globals['_LISTTIPSRESPONSE']._serialized_end=548
-  _globals['_GETTIPREQUEST']._serialized_start=550
-  _globals['_GETTIPREQUEST']._serialized_end=608
-  _globals['_GETTIPRESPONSE']._serialized_start=610
-  _globals['_GETTIPRESPONSE']._serialized_end=670
-  _globals['_LISTTIPHISTORYREQUEST']._serialized_start=673
-  _globals['_LISTTIPHISTORYREQUEST']._serialized_end=876
-  _globals['_LISTTIPHISTORYRESPONSE']._serialized_start=878
-  _globals['_LISTTIPHISTORYRESPONSE']._serialized_end=988
-  _globals['_REACTTOTIPREQUEST']._serialized_start=991
-  _globals['_REACTTOTIPREQUEST']._serialized_end=1310
-  _globals['_REACTTOTIPRESPONSE']._serialized_start=1312
-  _globals['_REACTTOTIPRESPONSE']._serialized_end=1376
-  _globals['_GETDECISIONCONTEXTREQUEST']._serialized_start=1378
-  _globals['_GETDECISIONCONTEXTREQUEST']._serialized_end=1460
-  _globals['_GETDECISIONCONTEXTRESPONSE']._serialized_start=1462
-  _globals['_GETDECISIONCONTEXTRESPONSE']._serialized_end=1571
-  _globals['_EXPORTPOLICYMODELREQUEST']._serialized_start=1573
-  _globals['_EXPORTPOLICYMODELREQUEST']._serialized_end=1673
-  _globals['_EXPORTPOLICYMODELRESPONSE']._serialized_start=1676
-  _globals['_EXPORTPOLICYMODELRESPONSE']._serialized_end=1986
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=1988
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=2012
-  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_start=2015
-  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_end=2502
-  _globals['_RECOMMENDERSERVICE']._serialized_start=2505
-  _globals['_RECOMMENDERSERVICE']._serialized_end=3068
-  _globals['_RECOMMENDERINTERNALSERVICE']._serialized_start=3071
-  _globals['_RECOMMENDERINTERNALSERVICE']._serialized_end=3537
+  _globals['_DECIDETIPSREQUEST']._serialized_start=550
+  _globals['_DECIDETIPSREQUEST']._serialized_end=651
+  _globals['_DECIDETIPSRESPONSE']._serialized_start=653
+  _globals['_DECIDETIPSRESPONSE']._serialized_end=719
+  _globals['_GETTIPREQUEST']._serialized_start=721
+  _globals['_GETTIPREQUEST']._serialized_end=779
+  _globals['_GETTIPRESPONSE']._serialized_start=781
+  _globals['_GETTIPRESPONSE']._serialized_end=841
+  _globals['_LISTTIPHISTORYREQUEST']._serialized_start=844
+  _globals['_LISTTIPHISTORYREQUEST']._serialized_end=1047
+  _globals['_LISTTIPHISTORYRESPONSE']._serialized_start=1049
+  _globals['_LISTTIPHISTORYRESPONSE']._serialized_end=1159
+  _globals['_REACTTOTIPREQUEST']._serialized_start=1162
+  _globals['_REACTTOTIPREQUEST']._serialized_end=1481
+  _globals['_REACTTOTIPRESPONSE']._serialized_start=1483
+  _globals['_REACTTOTIPRESPONSE']._serialized_end=1547
+  _globals['_GETDECISIONCONTEXTREQUEST']._serialized_start=1549
+  _globals['_GETDECISIONCONTEXTREQUEST']._serialized_end=1631
+  _globals['_GETDECISIONCONTEXTRESPONSE']._serialized_start=1633
+  _globals['_GETDECISIONCONTEXTRESPONSE']._serialized_end=1742
+  _globals['_EXPORTPOLICYMODELREQUEST']._serialized_start=1744
+  _globals['_EXPORTPOLICYMODELREQUEST']._serialized_end=1844
+  _globals['_EXPORTPOLICYMODELRESPONSE']._serialized_start=1847
+  _globals['_EXPORTPOLICYMODELRESPONSE']._serialized_end=2157
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=2159
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=2183
+  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_start=2186
+  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_end=2673
+  _globals['_RECOMMENDERSERVICE']._serialized_start=2676
+  _globals['_RECOMMENDERSERVICE']._serialized_end=3380
+  _globals['_RECOMMENDERINTERNALSERVICE']._serialized_start=3383
+  _globals['_RECOMMENDERINTERNALSERVICE']._serialized_end=3849
 # @@protoc_insertion_point(module_scope)

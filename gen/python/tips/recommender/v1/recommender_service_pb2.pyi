@@ -37,8 +37,9 @@ class ListTipsRequest(_message.Message):
     parent: _builtins.str
     """The user: `users/{user}`, or `users/me` for the caller."""
     page_size: _builtins.int
-    """How many tips to decide: default 1 (the one best tip), at most 5; larger
-    values are lowered to 5. There is no paging: each call decides anew.
+    """At most this many tips, and how many a new decision decides: default 1
+    (the one best tip), at most 5; larger values are lowered to 5. There is
+    no paging.
     """
     def __init__(
         self,
@@ -63,7 +64,9 @@ class ListTipsResponse(_message.Message):
     TIPS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tips(self) -> _containers.RepeatedCompositeFieldContainer[_tip_pb2.Tip]:
-        """The tips decided on this call, best first; empty when none is eligible."""
+        """The active tips, newest decision first and best first within one; empty
+        when none is active and none is eligible.
+        """
 
     def __init__(
         self,
@@ -77,6 +80,58 @@ class ListTipsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTipsResponse: _TypeAlias = ListTipsResponse  # noqa: Y015
+
+@_typing.final
+class DecideTipsRequest(_message.Message):
+    """Request of `DecideTips`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The user: `users/{user}`, or `users/me` for the caller."""
+    page_size: _builtins.int
+    """How many tips to decide: default 1 (the one best tip), at most 5; larger
+    values are lowered to 5.
+    """
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideTipsRequest: _TypeAlias = DecideTipsRequest  # noqa: Y015
+
+@_typing.final
+class DecideTipsResponse(_message.Message):
+    """Response of `DecideTips`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tips(self) -> _containers.RepeatedCompositeFieldContainer[_tip_pb2.Tip]:
+        """The tips decided on this call, best first; empty when none is eligible."""
+
+    def __init__(
+        self,
+        *,
+        tips: _abc.Iterable[_tip_pb2.Tip] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tips", b"tips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideTipsResponse: _TypeAlias = DecideTipsResponse  # noqa: Y015
 
 @_typing.final
 class GetTipRequest(_message.Message):

@@ -41,6 +41,11 @@ class RecommenderServiceStub:
                 request_serializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.ListTipsRequest.SerializeToString,
                 response_deserializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.ListTipsResponse.FromString,
                 _registered_method=True)
+        self.DecideTips = channel.unary_unary(
+                '/tips.recommender.v1.RecommenderService/DecideTips',
+                request_serializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.DecideTipsRequest.SerializeToString,
+                response_deserializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.DecideTipsResponse.FromString,
+                _registered_method=True)
         self.GetTip = channel.unary_unary(
                 '/tips.recommender.v1.RecommenderService/GetTip',
                 request_serializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.GetTipRequest.SerializeToString,
@@ -64,13 +69,25 @@ class RecommenderServiceServicer:
     """
 
     def ListTips(self, request, context):
-        """Decides, on this call, the tips to show the user right now, best first.
-        Each returned tip is a new decision (logged with its context features
-        and propensity, and published as `TipDecided`), so clients should call it
-        when they are about to show tips, not to refresh a cache, and keep
-        showing a returned tip until its `expire_time`. Returns fewer tips than
-        asked, possibly none, when fewer catalog tips are eligible (quiet hours,
-        cooldowns, snoozes, consents).
+        """Returns the user's active tips: decided, neither reacted to nor past
+        their `expire_time`; newest decision first, best first within one. Only
+        when none is active is a new decision made (logged with its context
+        features and propensity, published as `TipDecided`) and its tips
+        returned, so calling it again, to refresh a screen, shows the same tips
+        and decides nothing. Returns fewer tips than asked, possibly none, when
+        fewer catalog tips are eligible (quiet hours, cooldowns, snoozes,
+        consents).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideTips(self, request, context):
+        """Decides new tips for the user now, whether or not some are active (an
+        app's "another tip" button). Each call is a new decision; tips active
+        before it stay active until they are reacted to or expire, and are
+        rewarded as such (no reaction within the reward wait is the default
+        reward).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +128,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.ListTips,
                     request_deserializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.ListTipsRequest.FromString,
                     response_serializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.ListTipsResponse.SerializeToString,
+            ),
+            'DecideTips': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideTips,
+                    request_deserializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.DecideTipsRequest.FromString,
+                    response_serializer=tips_dot_recommender_dot_v1_dot_recommender__service__pb2.DecideTipsResponse.SerializeToString,
             ),
             'GetTip': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTip,
@@ -157,6 +179,33 @@ class RecommenderService:
             '/tips.recommender.v1.RecommenderService/ListTips',
             tips_dot_recommender_dot_v1_dot_recommender__service__pb2.ListTipsRequest.SerializeToString,
             tips_dot_recommender_dot_v1_dot_recommender__service__pb2.ListTipsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideTips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tips.recommender.v1.RecommenderService/DecideTips',
+            tips_dot_recommender_dot_v1_dot_recommender__service__pb2.DecideTipsRequest.SerializeToString,
+            tips_dot_recommender_dot_v1_dot_recommender__service__pb2.DecideTipsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,13 +38,21 @@ class RecommenderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RecommenderServiceAsyncStub: ...
     ListTips: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.ListTipsRequest, _recommender_service_pb2.ListTipsResponse]
-    """Decides, on this call, the tips to show the user right now, best first.
-    Each returned tip is a new decision (logged with its context features
-    and propensity, and published as `TipDecided`), so clients should call it
-    when they are about to show tips, not to refresh a cache, and keep
-    showing a returned tip until its `expire_time`. Returns fewer tips than
-    asked, possibly none, when fewer catalog tips are eligible (quiet hours,
-    cooldowns, snoozes, consents).
+    """Returns the user's active tips: decided, neither reacted to nor past
+    their `expire_time`; newest decision first, best first within one. Only
+    when none is active is a new decision made (logged with its context
+    features and propensity, published as `TipDecided`) and its tips
+    returned, so calling it again, to refresh a screen, shows the same tips
+    and decides nothing. Returns fewer tips than asked, possibly none, when
+    fewer catalog tips are eligible (quiet hours, cooldowns, snoozes,
+    consents).
+    """
+    DecideTips: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.DecideTipsRequest, _recommender_service_pb2.DecideTipsResponse]
+    """Decides new tips for the user now, whether or not some are active (an
+    app's "another tip" button). Each call is a new decision; tips active
+    before it stay active until they are reacted to or expire, and are
+    rewarded as such (no reaction within the reward wait is the default
+    reward).
     """
     GetTip: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.GetTipRequest, _recommender_service_pb2.GetTipResponse]
     """Returns one tip shown to the user earlier."""
@@ -70,13 +78,21 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListTips: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.ListTipsRequest, _recommender_service_pb2.ListTipsResponse]  # type: ignore[assignment]
-    """Decides, on this call, the tips to show the user right now, best first.
-    Each returned tip is a new decision (logged with its context features
-    and propensity, and published as `TipDecided`), so clients should call it
-    when they are about to show tips, not to refresh a cache, and keep
-    showing a returned tip until its `expire_time`. Returns fewer tips than
-    asked, possibly none, when fewer catalog tips are eligible (quiet hours,
-    cooldowns, snoozes, consents).
+    """Returns the user's active tips: decided, neither reacted to nor past
+    their `expire_time`; newest decision first, best first within one. Only
+    when none is active is a new decision made (logged with its context
+    features and propensity, published as `TipDecided`) and its tips
+    returned, so calling it again, to refresh a screen, shows the same tips
+    and decides nothing. Returns fewer tips than asked, possibly none, when
+    fewer catalog tips are eligible (quiet hours, cooldowns, snoozes,
+    consents).
+    """
+    DecideTips: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.DecideTipsRequest, _recommender_service_pb2.DecideTipsResponse]  # type: ignore[assignment]
+    """Decides new tips for the user now, whether or not some are active (an
+    app's "another tip" button). Each call is a new decision; tips active
+    before it stay active until they are reacted to or expire, and are
+    rewarded as such (no reaction within the reward wait is the default
+    reward).
     """
     GetTip: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.GetTipRequest, _recommender_service_pb2.GetTipResponse]  # type: ignore[assignment]
     """Returns one tip shown to the user earlier."""
@@ -105,13 +121,27 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _recommender_service_pb2.ListTipsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_service_pb2.ListTipsResponse, _abc.Awaitable[_recommender_service_pb2.ListTipsResponse]]:
-        """Decides, on this call, the tips to show the user right now, best first.
-        Each returned tip is a new decision (logged with its context features
-        and propensity, and published as `TipDecided`), so clients should call it
-        when they are about to show tips, not to refresh a cache, and keep
-        showing a returned tip until its `expire_time`. Returns fewer tips than
-        asked, possibly none, when fewer catalog tips are eligible (quiet hours,
-        cooldowns, snoozes, consents).
+        """Returns the user's active tips: decided, neither reacted to nor past
+        their `expire_time`; newest decision first, best first within one. Only
+        when none is active is a new decision made (logged with its context
+        features and propensity, published as `TipDecided`) and its tips
+        returned, so calling it again, to refresh a screen, shows the same tips
+        and decides nothing. Returns fewer tips than asked, possibly none, when
+        fewer catalog tips are eligible (quiet hours, cooldowns, snoozes,
+        consents).
+        """
+
+    @_abc_1.abstractmethod
+    def DecideTips(
+        self,
+        request: _recommender_service_pb2.DecideTipsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_service_pb2.DecideTipsResponse, _abc.Awaitable[_recommender_service_pb2.DecideTipsResponse]]:
+        """Decides new tips for the user now, whether or not some are active (an
+        app's "another tip" button). Each call is a new decision; tips active
+        before it stay active until they are reacted to or expire, and are
+        rewarded as such (no reaction within the reward wait is the default
+        reward).
         """
 
     @_abc_1.abstractmethod

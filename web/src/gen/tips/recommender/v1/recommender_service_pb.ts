@@ -27,7 +27,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tips/recommender/v1/recommender_service.proto.
  */
 export const file_tips_recommender_v1_recommender_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci10aXBzL3JlY29tbWVuZGVyL3YxL3JlY29tbWVuZGVyX3NlcnZpY2UucHJvdG8SE3RpcHMucmVjb21tZW5kZXIudjEiUQoPTGlzdFRpcHNSZXF1ZXN0EiUKBnBhcmVudBgBIAEoCUIV4kEBAvpBDhIMdGlwcy5hcHAvVGlwEhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBASI6ChBMaXN0VGlwc1Jlc3BvbnNlEiYKBHRpcHMYASADKAsyGC50aXBzLnJlY29tbWVuZGVyLnYxLlRpcCI0Cg1HZXRUaXBSZXF1ZXN0EiMKBG5hbWUYASABKAlCFeJBAQL6QQ4KDHRpcHMuYXBwL1RpcCI3Cg5HZXRUaXBSZXNwb25zZRIlCgN0aXAYASABKAsyGC50aXBzLnJlY29tbWVuZGVyLnYxLlRpcCKmAQoVTGlzdFRpcEhpc3RvcnlSZXF1ZXN0EiUKBnBhcmVudBgBIAEoCUIV4kEBAvpBDhIMdGlwcy5hcHAvVGlwEhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAMgASgJQgTiQQEBEjMKBnN0YXRlcxgEIAMoDjIdLnRpcHMucmVjb21tZW5kZXIudjEuVGlwU3RhdGVCBOJBAQEiWQoWTGlzdFRpcEhpc3RvcnlSZXNwb25zZRImCgR0aXBzGAEgAygLMhgudGlwcy5yZWNvbW1lbmRlci52MS5UaXASFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIocCChFSZWFjdFRvVGlwUmVxdWVzdBIjCgRuYW1lGAEgASgJQhXiQQEC+kEOCgx0aXBzLmFwcC9UaXASMwoIcmVhY3Rpb24YAiABKA4yGy50aXBzLmV2ZW50cy52MS5UaXBSZWFjdGlvbkIE4kEBAhI4Cgxzbm9vemVfdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEBSAASOgoPc25vb3plX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgTiQQEBSAASGAoKcmVxdWVzdF9pZBgFIAEoCUIE4kEBAUIICgZzbm9vemUiOwoSUmVhY3RUb1RpcFJlc3BvbnNlEiUKA3RpcBgBIAEoCzIYLnRpcHMucmVjb21tZW5kZXIudjEuVGlwIkwKGUdldERlY2lzaW9uQ29udGV4dFJlcXVlc3QSLwoEbmFtZRgBIAEoCUIh4kEBAvpBGgoYdGlwcy5hcHAvRGVjaXNpb25Db250ZXh0IlwKGkdldERlY2lzaW9uQ29udGV4dFJlc3BvbnNlEj4KEGRlY2lzaW9uX2NvbnRleHQYASABKAsyJC50aXBzLnJlY29tbWVuZGVyLnYxLkRlY2lzaW9uQ29udGV4dCJOChhFeHBvcnRQb2xpY3lNb2RlbFJlcXVlc3QSGAoKbW9kZWxfbmFtZRgBIAEoCUIE4kEBARIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIuoBChlFeHBvcnRQb2xpY3lNb2RlbFJlc3BvbnNlEjEKDW1vZGVsX3ZlcnNpb24YASABKAlCGvpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEhQKDGFydGlmYWN0X3VyaRgCIAEoCRI2ChJiYXNlX21vZGVsX3ZlcnNpb24YAyABKAlCGvpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEhsKE29ubGluZV91cGRhdGVfY291bnQYBCABKAMSLwoLZXhwb3J0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhgKFkdldFBvbGljeVN0YXR1c1JlcXVlc3Qi1wIKF0dldFBvbGljeVN0YXR1c1Jlc3BvbnNlEhMKC3BvbGljeV9uYW1lGAEgASgJEjEKDW1vZGVsX3ZlcnNpb24YAiABKAlCGvpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEjEKB3J1bnRpbWUYAyABKA4yIC50aXBzLm1sX3NlcnZpbmcudjEuTW9kZWxSdW50aW1lEhkKEXRyaXRvbl9jb25maWd1cmVkGAQgASgIEhgKEHRyaXRvbl9yZWFjaGFibGUYBSABKAgSMwoPbW9kZWxfbG9hZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNvbmxpbmVfdXBkYXRlX2NvdW50GAcgASgDEhcKD2NhdGFsb2dfdmVyc2lvbhgIIAEoCRIhChllbmFibGVkX2NhdGFsb2dfdGlwX2NvdW50GAkgASgFMrMEChJSZWNvbW1lbmRlclNlcnZpY2USegoITGlzdFRpcHMSJC50aXBzLnJlY29tbWVuZGVyLnYxLkxpc3RUaXBzUmVxdWVzdBolLnRpcHMucmVjb21tZW5kZXIudjEuTGlzdFRpcHNSZXNwb25zZSIhgtPkkwIbEhkvdjEve3BhcmVudD11c2Vycy8qfS90aXBzEnkKBkdldFRpcBIiLnRpcHMucmVjb21tZW5kZXIudjEuR2V0VGlwUmVxdWVzdBojLnRpcHMucmVjb21tZW5kZXIudjEuR2V0VGlwUmVzcG9uc2UiJoLT5JMCIGIDdGlwEhkvdjEve25hbWU9dXNlcnMvKi90aXBzLyp9EpQBCg5MaXN0VGlwSGlzdG9yeRIqLnRpcHMucmVjb21tZW5kZXIudjEuTGlzdFRpcEhpc3RvcnlSZXF1ZXN0GisudGlwcy5yZWNvbW1lbmRlci52MS5MaXN0VGlwSGlzdG9yeVJlc3BvbnNlIimC0+STAiMSIS92MS97cGFyZW50PXVzZXJzLyp9L3RpcHM6aGlzdG9yeRKOAQoKUmVhY3RUb1RpcBImLnRpcHMucmVjb21tZW5kZXIudjEuUmVhY3RUb1RpcFJlcXVlc3QaJy50aXBzLnJlY29tbWVuZGVyLnYxLlJlYWN0VG9UaXBSZXNwb25zZSIvgtPkkwIpOgEqYgN0aXAiHy92MS97bmFtZT11c2Vycy8qL3RpcHMvKn06cmVhY3Qy0gMKGlJlY29tbWVuZGVySW50ZXJuYWxTZXJ2aWNlEpMBChJHZXREZWNpc2lvbkNvbnRleHQSLi50aXBzLnJlY29tbWVuZGVyLnYxLkdldERlY2lzaW9uQ29udGV4dFJlcXVlc3QaLy50aXBzLnJlY29tbWVuZGVyLnYxLkdldERlY2lzaW9uQ29udGV4dFJlc3BvbnNlIhzS8xgYGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yEpABChFFeHBvcnRQb2xpY3lNb2RlbBItLnRpcHMucmVjb21tZW5kZXIudjEuRXhwb3J0UG9saWN5TW9kZWxSZXF1ZXN0Gi4udGlwcy5yZWNvbW1lbmRlci52MS5FeHBvcnRQb2xpY3lNb2RlbFJlc3BvbnNlIhzS8xgYGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yEooBCg9HZXRQb2xpY3lTdGF0dXMSKy50aXBzLnJlY29tbWVuZGVyLnYxLkdldFBvbGljeVN0YXR1c1JlcXVlc3QaLC50aXBzLnJlY29tbWVuZGVyLnYxLkdldFBvbGljeVN0YXR1c1Jlc3BvbnNlIhzS8xgYGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yQoAB2vMYfAoddGlwcy5ldmVudHMudjEuU2lnbmFsUmVjb3JkZWQKHnRpcHMucHJvZmlsZS52MS5Qcm9maWxlQ2hhbmdlZAoedGlwcy5wcm9maWxlLnYxLkNvbnNlbnRDaGFuZ2VkCht0aXBzLnByb2ZpbGUudjEuVXNlckRlbGV0ZWRiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_timestamp, file_tips_events_v1_signal, file_tips_ml_serving_v1_model, file_tips_options_v1_options, file_tips_recommender_v1_context, file_tips_recommender_v1_tip]);
+  fileDesc("Ci10aXBzL3JlY29tbWVuZGVyL3YxL3JlY29tbWVuZGVyX3NlcnZpY2UucHJvdG8SE3RpcHMucmVjb21tZW5kZXIudjEiUQoPTGlzdFRpcHNSZXF1ZXN0EiUKBnBhcmVudBgBIAEoCUIV4kEBAvpBDhIMdGlwcy5hcHAvVGlwEhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBASI6ChBMaXN0VGlwc1Jlc3BvbnNlEiYKBHRpcHMYASADKAsyGC50aXBzLnJlY29tbWVuZGVyLnYxLlRpcCJTChFEZWNpZGVUaXBzUmVxdWVzdBIlCgZwYXJlbnQYASABKAlCFeJBAQL6QQ4SDHRpcHMuYXBwL1RpcBIXCglwYWdlX3NpemUYAiABKAVCBOJBAQEiPAoSRGVjaWRlVGlwc1Jlc3BvbnNlEiYKBHRpcHMYASADKAsyGC50aXBzLnJlY29tbWVuZGVyLnYxLlRpcCI0Cg1HZXRUaXBSZXF1ZXN0EiMKBG5hbWUYASABKAlCFeJBAQL6QQ4KDHRpcHMuYXBwL1RpcCI3Cg5HZXRUaXBSZXNwb25zZRIlCgN0aXAYASABKAsyGC50aXBzLnJlY29tbWVuZGVyLnYxLlRpcCKmAQoVTGlzdFRpcEhpc3RvcnlSZXF1ZXN0EiUKBnBhcmVudBgBIAEoCUIV4kEBAvpBDhIMdGlwcy5hcHAvVGlwEhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAMgASgJQgTiQQEBEjMKBnN0YXRlcxgEIAMoDjIdLnRpcHMucmVjb21tZW5kZXIudjEuVGlwU3RhdGVCBOJBAQEiWQoWTGlzdFRpcEhpc3RvcnlSZXNwb25zZRImCgR0aXBzGAEgAygLMhgudGlwcy5yZWNvbW1lbmRlci52MS5UaXASFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIocCChFSZWFjdFRvVGlwUmVxdWVzdBIjCgRuYW1lGAEgASgJQhXiQQEC+kEOCgx0aXBzLmFwcC9UaXASMwoIcmVhY3Rpb24YAiABKA4yGy50aXBzLmV2ZW50cy52MS5UaXBSZWFjdGlvbkIE4kEBAhI4Cgxzbm9vemVfdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEBSAASOgoPc25vb3plX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgTiQQEBSAASGAoKcmVxdWVzdF9pZBgFIAEoCUIE4kEBAUIICgZzbm9vemUiOwoSUmVhY3RUb1RpcFJlc3BvbnNlEiUKA3RpcBgBIAEoCzIYLnRpcHMucmVjb21tZW5kZXIudjEuVGlwIkwKGUdldERlY2lzaW9uQ29udGV4dFJlcXVlc3QSLwoEbmFtZRgBIAEoCUIh4kEBAvpBGgoYdGlwcy5hcHAvRGVjaXNpb25Db250ZXh0IlwKGkdldERlY2lzaW9uQ29udGV4dFJlc3BvbnNlEj4KEGRlY2lzaW9uX2NvbnRleHQYASABKAsyJC50aXBzLnJlY29tbWVuZGVyLnYxLkRlY2lzaW9uQ29udGV4dCJOChhFeHBvcnRQb2xpY3lNb2RlbFJlcXVlc3QSGAoKbW9kZWxfbmFtZRgBIAEoCUIE4kEBARIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIuoBChlFeHBvcnRQb2xpY3lNb2RlbFJlc3BvbnNlEjEKDW1vZGVsX3ZlcnNpb24YASABKAlCGvpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEhQKDGFydGlmYWN0X3VyaRgCIAEoCRI2ChJiYXNlX21vZGVsX3ZlcnNpb24YAyABKAlCGvpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEhsKE29ubGluZV91cGRhdGVfY291bnQYBCABKAMSLwoLZXhwb3J0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhgKFkdldFBvbGljeVN0YXR1c1JlcXVlc3Qi1wIKF0dldFBvbGljeVN0YXR1c1Jlc3BvbnNlEhMKC3BvbGljeV9uYW1lGAEgASgJEjEKDW1vZGVsX3ZlcnNpb24YAiABKAlCGvpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEjEKB3J1bnRpbWUYAyABKA4yIC50aXBzLm1sX3NlcnZpbmcudjEuTW9kZWxSdW50aW1lEhkKEXRyaXRvbl9jb25maWd1cmVkGAQgASgIEhgKEHRyaXRvbl9yZWFjaGFibGUYBSABKAgSMwoPbW9kZWxfbG9hZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNvbmxpbmVfdXBkYXRlX2NvdW50GAcgASgDEhcKD2NhdGFsb2dfdmVyc2lvbhgIIAEoCRIhChllbmFibGVkX2NhdGFsb2dfdGlwX2NvdW50GAkgASgFMsAFChJSZWNvbW1lbmRlclNlcnZpY2USegoITGlzdFRpcHMSJC50aXBzLnJlY29tbWVuZGVyLnYxLkxpc3RUaXBzUmVxdWVzdBolLnRpcHMucmVjb21tZW5kZXIudjEuTGlzdFRpcHNSZXNwb25zZSIhgtPkkwIbEhkvdjEve3BhcmVudD11c2Vycy8qfS90aXBzEooBCgpEZWNpZGVUaXBzEiYudGlwcy5yZWNvbW1lbmRlci52MS5EZWNpZGVUaXBzUmVxdWVzdBonLnRpcHMucmVjb21tZW5kZXIudjEuRGVjaWRlVGlwc1Jlc3BvbnNlIiuC0+STAiU6ASoiIC92MS97cGFyZW50PXVzZXJzLyp9L3RpcHM6ZGVjaWRlEnkKBkdldFRpcBIiLnRpcHMucmVjb21tZW5kZXIudjEuR2V0VGlwUmVxdWVzdBojLnRpcHMucmVjb21tZW5kZXIudjEuR2V0VGlwUmVzcG9uc2UiJoLT5JMCIGIDdGlwEhkvdjEve25hbWU9dXNlcnMvKi90aXBzLyp9EpQBCg5MaXN0VGlwSGlzdG9yeRIqLnRpcHMucmVjb21tZW5kZXIudjEuTGlzdFRpcEhpc3RvcnlSZXF1ZXN0GisudGlwcy5yZWNvbW1lbmRlci52MS5MaXN0VGlwSGlzdG9yeVJlc3BvbnNlIimC0+STAiMSIS92MS97cGFyZW50PXVzZXJzLyp9L3RpcHM6aGlzdG9yeRKOAQoKUmVhY3RUb1RpcBImLnRpcHMucmVjb21tZW5kZXIudjEuUmVhY3RUb1RpcFJlcXVlc3QaJy50aXBzLnJlY29tbWVuZGVyLnYxLlJlYWN0VG9UaXBSZXNwb25zZSIvgtPkkwIpOgEqYgN0aXAiHy92MS97bmFtZT11c2Vycy8qL3RpcHMvKn06cmVhY3Qy0gMKGlJlY29tbWVuZGVySW50ZXJuYWxTZXJ2aWNlEpMBChJHZXREZWNpc2lvbkNvbnRleHQSLi50aXBzLnJlY29tbWVuZGVyLnYxLkdldERlY2lzaW9uQ29udGV4dFJlcXVlc3QaLy50aXBzLnJlY29tbWVuZGVyLnYxLkdldERlY2lzaW9uQ29udGV4dFJlc3BvbnNlIhzS8xgYGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yEpABChFFeHBvcnRQb2xpY3lNb2RlbBItLnRpcHMucmVjb21tZW5kZXIudjEuRXhwb3J0UG9saWN5TW9kZWxSZXF1ZXN0Gi4udGlwcy5yZWNvbW1lbmRlci52MS5FeHBvcnRQb2xpY3lNb2RlbFJlc3BvbnNlIhzS8xgYGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yEooBCg9HZXRQb2xpY3lTdGF0dXMSKy50aXBzLnJlY29tbWVuZGVyLnYxLkdldFBvbGljeVN0YXR1c1JlcXVlc3QaLC50aXBzLnJlY29tbWVuZGVyLnYxLkdldFBvbGljeVN0YXR1c1Jlc3BvbnNlIhzS8xgYGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yQoAB2vMYfAoddGlwcy5ldmVudHMudjEuU2lnbmFsUmVjb3JkZWQKHnRpcHMucHJvZmlsZS52MS5Qcm9maWxlQ2hhbmdlZAoedGlwcy5wcm9maWxlLnYxLkNvbnNlbnRDaGFuZ2VkCht0aXBzLnByb2ZpbGUudjEuVXNlckRlbGV0ZWRiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_timestamp, file_tips_events_v1_signal, file_tips_ml_serving_v1_model, file_tips_options_v1_options, file_tips_recommender_v1_context, file_tips_recommender_v1_tip]);
 
 /**
  * Request of `ListTips`.
@@ -43,8 +43,9 @@ export type ListTipsRequest = Message<"tips.recommender.v1.ListTipsRequest"> & {
   parent: string;
 
   /**
-   * How many tips to decide: default 1 (the one best tip), at most 5; larger
-   * values are lowered to 5. There is no paging: each call decides anew.
+   * At most this many tips, and how many a new decision decides: default 1
+   * (the one best tip), at most 5; larger values are lowered to 5. There is
+   * no paging.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -65,8 +66,9 @@ export type ListTipsRequestJson = {
   parent?: string;
 
   /**
-   * How many tips to decide: default 1 (the one best tip), at most 5; larger
-   * values are lowered to 5. There is no paging: each call decides anew.
+   * At most this many tips, and how many a new decision decides: default 1
+   * (the one best tip), at most 5; larger values are lowered to 5. There is
+   * no paging.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -87,7 +89,8 @@ export const ListTipsRequestSchema: GenMessage<ListTipsRequest, {jsonType: ListT
  */
 export type ListTipsResponse = Message<"tips.recommender.v1.ListTipsResponse"> & {
   /**
-   * The tips decided on this call, best first; empty when none is eligible.
+   * The active tips, newest decision first and best first within one; empty
+   * when none is active and none is eligible.
    *
    * @generated from field: repeated tips.recommender.v1.Tip tips = 1;
    */
@@ -101,7 +104,8 @@ export type ListTipsResponse = Message<"tips.recommender.v1.ListTipsResponse"> &
  */
 export type ListTipsResponseJson = {
   /**
-   * The tips decided on this call, best first; empty when none is eligible.
+   * The active tips, newest decision first and best first within one; empty
+   * when none is active and none is eligible.
    *
    * @generated from field: repeated tips.recommender.v1.Tip tips = 1;
    */
@@ -114,6 +118,92 @@ export type ListTipsResponseJson = {
  */
 export const ListTipsResponseSchema: GenMessage<ListTipsResponse, {jsonType: ListTipsResponseJson}> = /*@__PURE__*/
   messageDesc(file_tips_recommender_v1_recommender_service, 1);
+
+/**
+ * Request of `DecideTips`.
+ *
+ * @generated from message tips.recommender.v1.DecideTipsRequest
+ */
+export type DecideTipsRequest = Message<"tips.recommender.v1.DecideTipsRequest"> & {
+  /**
+   * The user: `users/{user}`, or `users/me` for the caller.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * How many tips to decide: default 1 (the one best tip), at most 5; larger
+   * values are lowered to 5.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+};
+
+/**
+ * Request of `DecideTips`.
+ *
+ * @generated from message tips.recommender.v1.DecideTipsRequest
+ */
+export type DecideTipsRequestJson = {
+  /**
+   * The user: `users/{user}`, or `users/me` for the caller.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent?: string;
+
+  /**
+   * How many tips to decide: default 1 (the one best tip), at most 5; larger
+   * values are lowered to 5.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize?: number;
+};
+
+/**
+ * Describes the message tips.recommender.v1.DecideTipsRequest.
+ * Use `create(DecideTipsRequestSchema)` to create a new message.
+ */
+export const DecideTipsRequestSchema: GenMessage<DecideTipsRequest, {jsonType: DecideTipsRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tips_recommender_v1_recommender_service, 2);
+
+/**
+ * Response of `DecideTips`.
+ *
+ * @generated from message tips.recommender.v1.DecideTipsResponse
+ */
+export type DecideTipsResponse = Message<"tips.recommender.v1.DecideTipsResponse"> & {
+  /**
+   * The tips decided on this call, best first; empty when none is eligible.
+   *
+   * @generated from field: repeated tips.recommender.v1.Tip tips = 1;
+   */
+  tips: Tip[];
+};
+
+/**
+ * Response of `DecideTips`.
+ *
+ * @generated from message tips.recommender.v1.DecideTipsResponse
+ */
+export type DecideTipsResponseJson = {
+  /**
+   * The tips decided on this call, best first; empty when none is eligible.
+   *
+   * @generated from field: repeated tips.recommender.v1.Tip tips = 1;
+   */
+  tips?: TipJson[];
+};
+
+/**
+ * Describes the message tips.recommender.v1.DecideTipsResponse.
+ * Use `create(DecideTipsResponseSchema)` to create a new message.
+ */
+export const DecideTipsResponseSchema: GenMessage<DecideTipsResponse, {jsonType: DecideTipsResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tips_recommender_v1_recommender_service, 3);
 
 /**
  * Request of `GetTip`.
@@ -148,7 +238,7 @@ export type GetTipRequestJson = {
  * Use `create(GetTipRequestSchema)` to create a new message.
  */
 export const GetTipRequestSchema: GenMessage<GetTipRequest, {jsonType: GetTipRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 2);
+  messageDesc(file_tips_recommender_v1_recommender_service, 4);
 
 /**
  * Response of `GetTip`.
@@ -183,7 +273,7 @@ export type GetTipResponseJson = {
  * Use `create(GetTipResponseSchema)` to create a new message.
  */
 export const GetTipResponseSchema: GenMessage<GetTipResponse, {jsonType: GetTipResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 3);
+  messageDesc(file_tips_recommender_v1_recommender_service, 5);
 
 /**
  * Request of `ListTipHistory`.
@@ -262,7 +352,7 @@ export type ListTipHistoryRequestJson = {
  * Use `create(ListTipHistoryRequestSchema)` to create a new message.
  */
 export const ListTipHistoryRequestSchema: GenMessage<ListTipHistoryRequest, {jsonType: ListTipHistoryRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 4);
+  messageDesc(file_tips_recommender_v1_recommender_service, 6);
 
 /**
  * Response of `ListTipHistory`.
@@ -311,7 +401,7 @@ export type ListTipHistoryResponseJson = {
  * Use `create(ListTipHistoryResponseSchema)` to create a new message.
  */
 export const ListTipHistoryResponseSchema: GenMessage<ListTipHistoryResponse, {jsonType: ListTipHistoryResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 5);
+  messageDesc(file_tips_recommender_v1_recommender_service, 7);
 
 /**
  * Request of `ReactToTip`.
@@ -421,7 +511,7 @@ export type ReactToTipRequestJson = {
  * Use `create(ReactToTipRequestSchema)` to create a new message.
  */
 export const ReactToTipRequestSchema: GenMessage<ReactToTipRequest, {jsonType: ReactToTipRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 6);
+  messageDesc(file_tips_recommender_v1_recommender_service, 8);
 
 /**
  * Response of `ReactToTip`.
@@ -456,7 +546,7 @@ export type ReactToTipResponseJson = {
  * Use `create(ReactToTipResponseSchema)` to create a new message.
  */
 export const ReactToTipResponseSchema: GenMessage<ReactToTipResponse, {jsonType: ReactToTipResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 7);
+  messageDesc(file_tips_recommender_v1_recommender_service, 9);
 
 /**
  * Request of `GetDecisionContext`.
@@ -491,7 +581,7 @@ export type GetDecisionContextRequestJson = {
  * Use `create(GetDecisionContextRequestSchema)` to create a new message.
  */
 export const GetDecisionContextRequestSchema: GenMessage<GetDecisionContextRequest, {jsonType: GetDecisionContextRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 8);
+  messageDesc(file_tips_recommender_v1_recommender_service, 10);
 
 /**
  * Response of `GetDecisionContext`.
@@ -526,7 +616,7 @@ export type GetDecisionContextResponseJson = {
  * Use `create(GetDecisionContextResponseSchema)` to create a new message.
  */
 export const GetDecisionContextResponseSchema: GenMessage<GetDecisionContextResponse, {jsonType: GetDecisionContextResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 9);
+  messageDesc(file_tips_recommender_v1_recommender_service, 11);
 
 /**
  * Request of `ExportPolicyModel`.
@@ -579,7 +669,7 @@ export type ExportPolicyModelRequestJson = {
  * Use `create(ExportPolicyModelRequestSchema)` to create a new message.
  */
 export const ExportPolicyModelRequestSchema: GenMessage<ExportPolicyModelRequest, {jsonType: ExportPolicyModelRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 10);
+  messageDesc(file_tips_recommender_v1_recommender_service, 12);
 
 /**
  * Response of `ExportPolicyModel`.
@@ -672,7 +762,7 @@ export type ExportPolicyModelResponseJson = {
  * Use `create(ExportPolicyModelResponseSchema)` to create a new message.
  */
 export const ExportPolicyModelResponseSchema: GenMessage<ExportPolicyModelResponse, {jsonType: ExportPolicyModelResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 11);
+  messageDesc(file_tips_recommender_v1_recommender_service, 13);
 
 /**
  * Request of `GetPolicyStatus`.
@@ -695,7 +785,7 @@ export type GetPolicyStatusRequestJson = {
  * Use `create(GetPolicyStatusRequestSchema)` to create a new message.
  */
 export const GetPolicyStatusRequestSchema: GenMessage<GetPolicyStatusRequest, {jsonType: GetPolicyStatusRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 12);
+  messageDesc(file_tips_recommender_v1_recommender_service, 14);
 
 /**
  * Response of `GetPolicyStatus`.
@@ -850,7 +940,7 @@ export type GetPolicyStatusResponseJson = {
  * Use `create(GetPolicyStatusResponseSchema)` to create a new message.
  */
 export const GetPolicyStatusResponseSchema: GenMessage<GetPolicyStatusResponse, {jsonType: GetPolicyStatusResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tips_recommender_v1_recommender_service, 13);
+  messageDesc(file_tips_recommender_v1_recommender_service, 15);
 
 /**
  * What the apps call: the best tips for the user right now, past tips, and
@@ -860,13 +950,14 @@ export const GetPolicyStatusResponseSchema: GenMessage<GetPolicyStatusResponse, 
  */
 export const RecommenderService: GenService<{
   /**
-   * Decides, on this call, the tips to show the user right now, best first.
-   * Each returned tip is a new decision (logged with its context features
-   * and propensity, and published as `TipDecided`), so clients should call it
-   * when they are about to show tips, not to refresh a cache, and keep
-   * showing a returned tip until its `expire_time`. Returns fewer tips than
-   * asked, possibly none, when fewer catalog tips are eligible (quiet hours,
-   * cooldowns, snoozes, consents).
+   * Returns the user's active tips: decided, neither reacted to nor past
+   * their `expire_time`; newest decision first, best first within one. Only
+   * when none is active is a new decision made (logged with its context
+   * features and propensity, published as `TipDecided`) and its tips
+   * returned, so calling it again, to refresh a screen, shows the same tips
+   * and decides nothing. Returns fewer tips than asked, possibly none, when
+   * fewer catalog tips are eligible (quiet hours, cooldowns, snoozes,
+   * consents).
    *
    * @generated from rpc tips.recommender.v1.RecommenderService.ListTips
    */
@@ -874,6 +965,20 @@ export const RecommenderService: GenService<{
     methodKind: "unary";
     input: typeof ListTipsRequestSchema;
     output: typeof ListTipsResponseSchema;
+  },
+  /**
+   * Decides new tips for the user now, whether or not some are active (an
+   * app's "another tip" button). Each call is a new decision; tips active
+   * before it stay active until they are reacted to or expire, and are
+   * rewarded as such (no reaction within the reward wait is the default
+   * reward).
+   *
+   * @generated from rpc tips.recommender.v1.RecommenderService.DecideTips
+   */
+  decideTips: {
+    methodKind: "unary";
+    input: typeof DecideTipsRequestSchema;
+    output: typeof DecideTipsResponseSchema;
   },
   /**
    * Returns one tip shown to the user earlier.
