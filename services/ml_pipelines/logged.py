@@ -63,6 +63,8 @@ class LogConsumer:
             "feature_schema_version": e.feature_schema_version,
             "model_version": e.model_version,
             "policy_name": e.policy_name,
+            # A later pick of a multi-tip answer has a conditional propensity.
+            "rank": e.rank,
         }
         msg_id = delivery.msg_id or e.event_id
         async with self.db.transaction() as session:
@@ -169,6 +171,7 @@ async def load_rows(
                 context=context,
                 reward=float(row.reward),
                 model_version=row.model_version,
+                rank=row.rank,
             )
         )
     return out

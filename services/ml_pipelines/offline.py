@@ -7,6 +7,12 @@ feature code (``policy.features``) from the context
 values and the catalog tips' features. Values the log does not carry (the
 user's per-category affinities) take the feature code's defaults, so rebuilt
 rows match the served ones on everything but affinity.
+
+An answer of several tips (a slate) is logged as one row per tip: the tip at
+``rank`` k > 0 was drawn from the candidates the earlier picks left, so its
+propensity and candidates are conditional on them. Only rank-0 rows are
+draws of the policy's first choice over all candidates; evaluation uses
+those alone (``first_picks``), training uses every row (``train_step``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class LoggedRow:
     context: Mapping[str, float | None]
     reward: float
     model_version: str
+    rank: int | None  # position in the answer, 0 = first pick; None when not logged
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,9 @@ class Round:
     arms: tuple[str, ...]
     rows: np.ndarray  # [K, DIM]
     action: int  # index of the logged action in ``arms``
-    propensity: float
+    propensity: float  # conditional on the earlier picks when ``rank`` > 0
     reward: float
+    rank: int | None
 
 
 def _num(values: Mapping[str, float | None], key: str) -> float | None:
@@ -121,12 +129,36 @@ class TipBook:
                 for a in arms
             ]
         )
-        return Round(arms, rows, arms.index(row.action), row.propensity, row.reward)
+        return Round(arms, rows, arms.index(row.action), row.propensity, row.reward, row.rank)
 
 
 def rounds_of(rows: Sequence[LoggedRow], book: TipBook) -> list[Round]:
     """The rounds of ``rows`` whose action the catalog knows."""
     return [r for r in (book.round(row) for row in rows) if r is not None]
+
+
+@dataclass(frozen=True)
+class FirstPicks:
+    """The rounds an evaluation of the first pick may use, and what it left out."""
+
+    rounds: list[Round]  # rank 0
+    later_picks: int  # rank > 0: propensity conditional on the earlier picks
+    unknown_rank: int  # logged before the rank was kept: first or later, nobody knows
+
+
+def first_picks(rounds: Sequence[Round]) -> FirstPicks:
+    """The rank-0 rounds: the only ones whose propensity is the policy's unconditional
+    probability of its first choice over all candidates.
+
+    A rank-k row's candidates lack the k earlier picks and its propensity is
+    conditional on them, so weighting it as a first pick (or scoring a target
+    on its reduced candidates) estimates another quantity: the target's pick
+    among what the logging policy left, which is worse when the logging
+    policy's first picks were good.
+    """
+    first = [r for r in rounds if r.rank == 0]
+    later = sum(1 for r in rounds if r.rank is not None and r.rank > 0)
+    return FirstPicks(first, later_picks=later, unknown_rank=len(rounds) - len(first) - later)
 
 
 # --- a model version as a policy -------------------------------------------------------
@@ -176,7 +208,12 @@ class VersionPolicy:
 
 
 def reward_model(rounds: Sequence[Round]) -> bandit.Policy:
-    """A ridge + per-tip residual fit of reward on the logged rows (DR's direct method)."""
+    """A ridge + per-tip residual fit of reward on the logged rows (DR's direct method).
+
+    Unweighted, so rows of any rank may feed it: a later pick is an observed
+    (context, tip, reward) like any other, and it shows tips the logging
+    policy rarely picks first, which a target may prefer.
+    """
     model = bandit.Policy()
     for r in rounds:
         model.update(r.arms[r.action], r.rows[r.action], r.reward)
@@ -214,7 +251,10 @@ def train_step(policy: bandit.Policy, rounds: Sequence[Round]) -> tuple[float, i
     """Fold ``rounds`` into ``policy``; (sum of squared errors predicted before each update, n).
 
     Progressive validation: each row is scored before the policy learns from
-    it, so the loss is an honest out-of-sample figure.
+    it, so the loss is an honest out-of-sample figure. Every rank is used: the
+    fit is an unweighted regression of the observed reward on (context, tip),
+    which no propensity enters, so a later pick's conditional propensity
+    cannot mis-weight it (as the recommender learns online from every tip).
     """
     squared = 0.0
     for r in rounds:

@@ -84,6 +84,10 @@ logged_decisions = Table(
     Column("feature_schema_version", Text, nullable=True),
     Column("model_version", Text, nullable=False, server_default=""),
     Column("policy_name", Text, nullable=False, server_default=""),
+    # Position in the recommender's answer, 0 = its first pick. A later pick's
+    # propensity is conditional on the earlier picks. NULL: logged before the
+    # rank was kept (or no TipDecided yet).
+    Column("rank", Integer, nullable=True),
     Column("reward", Float, nullable=True),
     Column("reward_source", SmallInteger, nullable=True),
     Column("reward_time", DateTime(timezone=True), nullable=True),

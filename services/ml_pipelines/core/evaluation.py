@@ -1,13 +1,22 @@
 """`:evaluate`: a version against the promoted one on the logged decisions.
 
+What is estimated is the value of the policy's FIRST pick, from the rank-0
+rows alone (``offline.first_picks``): an answer of several tips logs its
+later picks with propensities conditional on the earlier ones, which do not
+weight them as first picks, and no single-choice estimator values the whole
+slate from them. ``decision_count`` is the number of first picks used; the
+rows left out are counted in ``FirstPicks`` (logged by the registry).
+
 ``run`` is blocking (ONNX Runtime, numpy): call it in a thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kernel.errors import InvalidArgument
 from services.ml_pipelines import logged, offline, ope
@@ -28,6 +37,8 @@ VERDICTS = {
 }
 
 load = logged.load_rows
+# A policy under evaluation: per round, its probability of each of ``arms``.
+Probabilities = Callable[[Sequence[offline.Round]], list[np.ndarray]]
 
 
 def parse_estimators(estimators: Sequence[int], primary: int) -> list[ope.Kind]:
@@ -57,50 +68,75 @@ def run(
     kinds: Sequence[ope.Kind],
     confidence: float,
     min_decisions: int,
-) -> model_pb2.OfflineEvaluation:
-    """The evaluation (without its baseline name, window and time, which the caller sets)."""
+) -> tuple[model_pb2.OfflineEvaluation, offline.FirstPicks]:
+    """The evaluation (without its baseline name, window and time, which the caller
+    sets) and the rounds it used."""
     book = offline.TipBook.from_catalog_file(catalog_path)
-    rounds = offline.rounds_of(rows, book)
+    return evaluate_rounds(
+        offline.rounds_of(rows, book),
+        offline.VersionPolicy(target_model).probabilities,
+        None if baseline_model is None else offline.VersionPolicy(baseline_model).probabilities,
+        kinds,
+        confidence,
+        min_decisions,
+    )
+
+
+def evaluate_rounds(
+    rounds: Sequence[offline.Round],
+    target: Probabilities,
+    baseline: Probabilities | None,
+    kinds: Sequence[ope.Kind],
+    confidence: float,
+    min_decisions: int,
+) -> tuple[model_pb2.OfflineEvaluation, offline.FirstPicks]:
+    """``kinds`` on the first picks of ``rounds``, the target against the baseline."""
+    picks = offline.first_picks(rounds)
+    first = picks.rounds
     out = model_pb2.OfflineEvaluation(
         primary_estimator=ENUMS[kinds[0]],
-        decision_count=len(rounds),
+        decision_count=len(first),
         confidence_level=confidence,
+        later_pick_count=picks.later_picks,
+        unknown_rank_count=picks.unknown_rank,
     )
-    if not rounds:
+    if not first:
         out.verdict = model_pb2.EVALUATION_VERDICT_INCONCLUSIVE
-        return out
-    q = offline.predicted_rewards(offline.reward_model(rounds), rounds)
-    target = offline.ope_rounds(
-        offline.VersionPolicy(target_model).probabilities(rounds), rounds, q
-    )
-    base = (
-        None
-        if baseline_model is None
-        else offline.ope_rounds(
-            offline.VersionPolicy(baseline_model).probabilities(rounds), rounds, q
-        )
-    )
+        return out, picks
+    # The reward model learns from every rank (unweighted: see reward_model);
+    # DR is unbiased whatever q predicts, so q sets the interval's width only.
+    q = offline.predicted_rewards(offline.reward_model(rounds), first)
+    t_rounds = offline.ope_rounds(target(first), first, q)
+    b_rounds = None if baseline is None else offline.ope_rounds(baseline(first), first, q)
     primary_lift: ope.Estimate | None = None
     for kind in kinds:
-        if base is None:
-            t = ope.estimate(kind, target, confidence)
-            result = model_pb2.EstimatorResult(
-                estimator=ENUMS[kind], estimated_reward=t.value, ci_lower=t.lower, ci_upper=t.upper
-            )
-        else:
-            c = ope.compare(kind, target, base, confidence)
-            result = model_pb2.EstimatorResult(
-                estimator=ENUMS[kind],
-                estimated_reward=c.target.value,
-                ci_lower=c.target.lower,
-                ci_upper=c.target.upper,
-                baseline_estimated_reward=c.baseline.value,
-                lift=c.lift.value,
-                lift_ci_lower=c.lift.lower,
-                lift_ci_upper=c.lift.upper,
-            )
-            if kind is kinds[0]:
-                primary_lift = c.lift
+        result, lift = _result(kind, t_rounds, b_rounds, confidence)
+        if kind is kinds[0]:
+            primary_lift = lift
         out.results.append(result)
-    out.verdict = VERDICTS[ope.verdict(primary_lift, len(rounds), min_decisions)]
-    return out
+    out.verdict = VERDICTS[ope.verdict(primary_lift, len(first), min_decisions)]
+    return out, picks
+
+
+def _result(
+    kind: ope.Kind, target: ope.Rounds, baseline: ope.Rounds | None, confidence: float
+) -> tuple[model_pb2.EstimatorResult, ope.Estimate | None]:
+    """One estimator's result, and the lift when there is a baseline."""
+    if baseline is None:
+        t = ope.estimate(kind, target, confidence)
+        result = model_pb2.EstimatorResult(
+            estimator=ENUMS[kind], estimated_reward=t.value, ci_lower=t.lower, ci_upper=t.upper
+        )
+        return result, None
+    c = ope.compare(kind, target, baseline, confidence)
+    result = model_pb2.EstimatorResult(
+        estimator=ENUMS[kind],
+        estimated_reward=c.target.value,
+        ci_lower=c.target.lower,
+        ci_upper=c.target.upper,
+        baseline_estimated_reward=c.baseline.value,
+        lift=c.lift.value,
+        lift_ci_lower=c.lift.lower,
+        lift_ci_upper=c.lift.upper,
+    )
+    return result, c.lift

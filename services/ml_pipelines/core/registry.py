@@ -286,7 +286,7 @@ class Registry:
             rows = await evaluation.load(
                 session, start, end, self.settings.ml_pipelines_max_logged_rows
             )
-        result = await asyncio.to_thread(
+        result, picks = await asyncio.to_thread(
             evaluation.run,
             rows,
             self.settings.ml_pipelines_catalog_path,
@@ -301,6 +301,17 @@ class Registry:
         )
         result.data_window.CopyFrom(domain.interval(start, end))
         result.evaluate_time.FromDatetime(datetime.now(UTC))
+        # The result counts only the first picks it used; say what it left out.
+        log.info(
+            "model version evaluated on first picks",
+            extra={
+                "model_version": name,
+                "first_picks": len(picks.rounds),
+                "later_picks_left_out": picks.later_picks,
+                "unknown_rank_left_out": picks.unknown_rank,
+                "verdict": model_pb2.EvaluationVerdict.Name(result.verdict),
+            },
+        )
         async with self.db.transaction() as session:
             await session.execute(
                 update(V)

@@ -293,6 +293,8 @@ class Trainer:
         book = await asyncio.to_thread(
             offline.TipBook.from_catalog_file, self.settings.ml_pipelines_catalog_path
         )
+        # Every rank of a multi-tip answer: training weighs no row by its propensity
+        # (offline.train_step), so a later pick's conditional one does not matter.
         rounds = await asyncio.to_thread(offline.rounds_of, rows, book)
         if not rounds:
             raise FailedPrecondition(

@@ -186,47 +186,67 @@ async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0) 
 # --- synthetic logged data ---------------------------------------------------------------
 
 
-def decision(
-    user: str, at: datetime, hour: float, rng: np.random.Generator
-) -> tuple[rec_events.TipDecided, rec_events.RewardAssigned]:
+Logged = tuple[rec_events.TipDecided, rec_events.RewardAssigned]
+
+
+def decision(user: str, at: datetime, hour: float, rng: np.random.Generator) -> Logged:
     """A uniformly logged decision among ARMS and its reward."""
-    tip = f"users/{user}/tips/{secrets.token_hex(6)}"
-    arm = ARMS[int(rng.integers(0, len(ARMS)))]
-    reward = 1.0 if rng.random() < _p_reward(arm, hour) else 0.0
-    decided = rec_events.TipDecided(
-        event_id=tip,
-        occur_time=ts(at),
-        user=f"users/{user}",
-        tip=tip,
-        catalog_tip=f"catalogTips/{arm}",
-        candidates=[
-            context_pb2.CandidateScore(catalog_tip=f"catalogTips/{a}", score=0.0, probability=0.25)
-            for a in ARMS
-        ],
-        propensity=0.25,
-        context_features=[
-            context_pb2.ContextFeature(name="hour_local", value=hour),
-            context_pb2.ContextFeature(name="weekday", value=2.0),
-            context_pb2.ContextFeature(name="free_minutes", value=float("nan")),
-        ],
-        feature_schema_version=f"features-v1-d{features.DIM}",
-        model_version="",
-        policy_name=bandit.ALGORITHM,
-        catalog_version="v1",
-        expire_time=ts(at + timedelta(hours=2)),
-    )
-    rewarded = rec_events.RewardAssigned(
-        event_id=f"reward:{tip}",
-        occur_time=ts(at + timedelta(minutes=5)),
-        user=f"users/{user}",
-        tip=tip,
-        catalog_tip=f"catalogTips/{arm}",
-        reward=reward,
-        source=rec_events.REWARD_SOURCE_REACTION,
-        decide_time=ts(at),
-        propensity=0.25,
-    )
-    return decided, rewarded
+    return answer(user, at, hour, rng, size=1)[0]
+
+
+def answer(
+    user: str, at: datetime, hour: float, rng: np.random.Generator, size: int
+) -> list[Logged]:
+    """A uniformly logged answer of ``size`` tips, logged as the recommender does: the
+    picks drawn one after another without replacement, each its own TipDecided with
+    its rank, the candidates left (the earlier picks out) and its propensity among them.
+    """
+    out = []
+    remaining = list(ARMS)
+    for rank in range(size):
+        tip = f"users/{user}/tips/{secrets.token_hex(6)}"
+        arm = remaining[int(rng.integers(0, len(remaining)))]
+        reward = 1.0 if rng.random() < _p_reward(arm, hour) else 0.0
+        propensity = 1.0 / len(remaining)
+        decided = rec_events.TipDecided(
+            event_id=tip,
+            occur_time=ts(at),
+            user=f"users/{user}",
+            tip=tip,
+            catalog_tip=f"catalogTips/{arm}",
+            candidates=[
+                context_pb2.CandidateScore(
+                    catalog_tip=f"catalogTips/{a}", score=0.0, probability=propensity
+                )
+                for a in remaining
+            ],
+            propensity=propensity,
+            context_features=[
+                context_pb2.ContextFeature(name="hour_local", value=hour),
+                context_pb2.ContextFeature(name="weekday", value=2.0),
+                context_pb2.ContextFeature(name="free_minutes", value=float("nan")),
+            ],
+            feature_schema_version=f"features-v1-d{features.DIM}",
+            model_version="",
+            policy_name=bandit.ALGORITHM,
+            rank=rank,
+            catalog_version="v1",
+            expire_time=ts(at + timedelta(hours=2)),
+        )
+        rewarded = rec_events.RewardAssigned(
+            event_id=f"reward:{tip}",
+            occur_time=ts(at + timedelta(minutes=5)),
+            user=f"users/{user}",
+            tip=tip,
+            catalog_tip=f"catalogTips/{arm}",
+            reward=reward,
+            source=rec_events.REWARD_SOURCE_REACTION,
+            decide_time=ts(at),
+            propensity=propensity,
+        )
+        out.append((decided, rewarded))
+        remaining.remove(arm)
+    return out
 
 
 async def publish(bus: Bus, messages: list[Any]) -> None:
@@ -247,18 +267,30 @@ async def joined(db: asyncpg.Connection, where: str, *args: Any) -> int:
     )
 
 
-async def log_decisions(env: Env, start: datetime, count: int, seed: int) -> str:
-    """Publishes ``count`` decisions + rewards from ``start`` on; waits until joined."""
+async def log_decisions(
+    env: Env, start: datetime, count: int, seed: int, slate_every: int = 0
+) -> str:
+    """Publishes ``count`` decisions + rewards from ``start`` on; waits until joined.
+
+    Every ``slate_every``-th decision (none when 0) is an answer of 3 tips.
+    """
     rng = np.random.default_rng(seed)
     user = f"u_{secrets.token_hex(4)}"
     pairs = [
-        decision(user, start + timedelta(seconds=30 * i), float(rng.uniform(6, 23.5)), rng)
+        pair
         for i in range(count)
+        for pair in answer(
+            user,
+            start + timedelta(seconds=30 * i),
+            float(rng.uniform(6, 23.5)),
+            rng,
+            size=3 if slate_every and i % slate_every == 0 else 1,
+        )
     ]
     await publish(env.bus, [d for d, _ in pairs] + [r for _, r in pairs])
 
     async def done() -> bool:
-        return await joined(env.db, "user_id = $1", user) == count
+        return await joined(env.db, "user_id = $1", user) == len(pairs)
 
     await eventually(done, 60)
     return user
@@ -277,7 +309,7 @@ def inverted_policy_file(env: Env, start: datetime) -> Path:
         row = offline.LoggedRow(
             tip=d.tip, user_id="u_x", decide_time=start, action=d.catalog_tip.split("/")[1],
             propensity=0.25, candidates=ARMS, context={"hour_local": hour, "weekday": 2.0},
-            reward=1.0 - r.reward, model_version="",
+            reward=1.0 - r.reward, model_version="", rank=0,
         )  # fmt: skip
         rnd = book.round(row)
         assert rnd is not None
@@ -402,7 +434,7 @@ async def test_logged_data_join_is_idempotent_and_erased(env: Env) -> None:
     row = await env.db.fetchrow(
         "SELECT * FROM ml_pipelines.logged_decisions WHERE tip = $1", first[0].tip
     )
-    assert row["propensity"] == 0.25
+    assert row["propensity"] == 0.25 and row["rank"] == 0
     assert row["catalog_tip"] == first[0].catalog_tip.removeprefix("catalogTips/")
     assert row["reward"] == first[1].reward
     assert json.loads(row["context"])["hour_local"] == 9.0
@@ -485,7 +517,15 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
     # This test's decisions live in their own time window, away from other tests'.
     start = datetime.now(UTC) - timedelta(days=10)
     end = start + timedelta(days=1)
-    await log_decisions(env, start, 1200, seed=5)
+    # One decision in four is a 3-tip answer: 300 answers add 600 later picks.
+    user = await log_decisions(env, start, 1200, seed=5, slate_every=4)
+    ranks = await env.db.fetch(
+        "SELECT rank, count(*) AS n, min(propensity) AS p FROM ml_pipelines.logged_decisions"
+        " WHERE user_id = $1 GROUP BY rank ORDER BY rank",
+        user,
+    )
+    assert [(r["rank"], r["n"]) for r in ranks] == [(0, 1200), (1, 300), (2, 300)]
+    assert [r["p"] for r in ranks] == [0.25, 1 / 3, 0.5]  # conditional on the earlier picks
     mid = f"tp_{secrets.token_hex(3)}"
     await env.ml.CreateModel(
         pb.CreateModelRequest(model=model_pb2.Model(algorithm=bandit.ALGORITHM), model_id=mid),
@@ -513,6 +553,7 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
     await _refused(env, v1.name, "NOT_EVALUATED")
     first = await _evaluate(env, v1.name, start, end)
     assert first.verdict == model_pb2.EVALUATION_VERDICT_INCONCLUSIVE
+    # First picks only: the 600 later picks are left out of the evaluation.
     assert first.decision_count == 1200 and not first.baseline_version
     assert (await _promote(env, v1.name)).state == S.MODEL_VERSION_STATE_PROMOTED
     assert "specific: { versions: [1] }" in (env.repo / mid / "config.pbtxt").read_text()
@@ -555,7 +596,7 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
 
     trained = await eventually(finished, 120)
     assert trained.progress_fraction == 1.0
-    assert trained.metrics["decisions"] == 1200
+    assert trained.metrics["decisions"] == 1800  # training learns from every rank
     assert trained.model_version == f"models/{mid}/versions/2"
     model_file = env.repo / mid / "2" / "model.onnx"
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])

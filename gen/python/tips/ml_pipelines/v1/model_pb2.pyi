@@ -333,6 +333,8 @@ class OfflineEvaluation(_message.Message):
     DECISION_COUNT_FIELD_NUMBER: _builtins.int
     CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
     EVALUATE_TIME_FIELD_NUMBER: _builtins.int
+    LATER_PICK_COUNT_FIELD_NUMBER: _builtins.int
+    UNKNOWN_RANK_COUNT_FIELD_NUMBER: _builtins.int
     primary_estimator: Global___Estimator.ValueType
     """The estimator the verdict is based on (DR unless asked otherwise)."""
     verdict: Global___EvaluationVerdict.ValueType
@@ -342,9 +344,19 @@ class OfflineEvaluation(_message.Message):
     `models/{model}/versions/{version}`; empty if there was none.
     """
     decision_count: _builtins.int
-    """Number of logged decisions (with rewards) used."""
+    """Number of logged decisions (with rewards) used: first picks only. The
+    estimates are of the policy's first pick; a later pick of a multi-tip
+    answer was drawn from what earlier picks left, its propensity conditional
+    on them, so it cannot be weighted as one (docs/ml-pipelines.md).
+    """
     confidence_level: _builtins.float
     """Confidence level of the intervals, e.g. 0.95."""
+    later_pick_count: _builtins.int
+    """Logged later picks (rank > 0) of multi-tip answers in the window, left out
+    of the estimates (the reward model behind DR still learns from them).
+    """
+    unknown_rank_count: _builtins.int
+    """Logged decisions of unknown rank (logged before ranks were kept), left out."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EstimatorResult]:
         """One result per estimator run."""
@@ -368,10 +380,12 @@ class OfflineEvaluation(_message.Message):
         decision_count: _builtins.int = ...,
         confidence_level: _builtins.float = ...,
         evaluate_time: _timestamp_pb2.Timestamp | None = ...,
+        later_pick_count: _builtins.int = ...,
+        unknown_rank_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_window", b"data_window", "evaluate_time", b"evaluate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "confidence_level", b"confidence_level", "data_window", b"data_window", "decision_count", b"decision_count", "evaluate_time", b"evaluate_time", "primary_estimator", b"primary_estimator", "results", b"results", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "confidence_level", b"confidence_level", "data_window", b"data_window", "decision_count", b"decision_count", "evaluate_time", b"evaluate_time", "later_pick_count", b"later_pick_count", "primary_estimator", b"primary_estimator", "results", b"results", "unknown_rank_count", b"unknown_rank_count", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,7 +80,8 @@ class TipDecided(_message.Message):
     """The catalog tip chosen: `catalogTips/{catalog_tip}`."""
     propensity: _builtins.float
     """The probability with which the policy chose `catalog_tip`, for
-    off-policy evaluation (IPS, SNIPS, DR).
+    off-policy evaluation (IPS, SNIPS, DR). For `rank` 0 it is over every
+    candidate; for a later pick it is conditional on the earlier picks.
     """
     feature_schema_version: _builtins.str
     """Version of the feature schema `context_features` follows."""
@@ -93,7 +94,7 @@ class TipDecided(_message.Message):
     exploration: _builtins.bool
     """True when the choice was exploration (not the top-scored candidate)."""
     rank: _builtins.int
-    """Position of the tip in the `ListTips` answer, 0 for the best."""
+    """Position of the tip in its decision's answer (`ListTips`, `DecideTips`), 0 for the best."""
     catalog_version: _builtins.str
     """The tip catalog version the candidates came from."""
     @_builtins.property
@@ -102,7 +103,9 @@ class TipDecided(_message.Message):
 
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_context_pb2.CandidateScore]:
-        """Every eligible candidate considered, the chosen one included."""
+        """Every eligible candidate considered, the chosen one included (for a
+        later pick, `rank` > 0, the earlier picks are no longer candidates).
+        """
 
     @_builtins.property
     def context_features(self) -> _containers.RepeatedCompositeFieldContainer[_context_pb2.ContextFeature]:

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tips/ml_pipelines/v1/model.proto.
  */
 export const file_tips_ml_pipelines_v1_model: GenFile = /*@__PURE__*/
-  fileDesc("CiB0aXBzL21sX3BpcGVsaW5lcy92MS9tb2RlbC5wcm90bxIUdGlwcy5tbF9waXBlbGluZXMudjEiqwIKBU1vZGVsEhIKBG5hbWUYASABKAlCBOJBAQgSGQoLZGVzY3JpcHRpb24YAiABKAlCBOJBAQESFwoJYWxnb3JpdGhtGAMgASgJQgTiQQECEjgKEHByb21vdGVkX3ZlcnNpb24YBCABKAlCHuJBAQP6QRcKFXRpcHMuYXBwL01vZGVsVmVyc2lvbhI1CgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDOjLqQS8KDnRpcHMuYXBwL01vZGVsEg5tb2RlbHMve21vZGVsfSoGbW9kZWxzMgVtb2RlbCLwBAoMTW9kZWxWZXJzaW9uEhIKBG5hbWUYASABKAlCBOJBAQgSGwoMYXJ0aWZhY3RfdXJpGAIgASgJQgXiQQICBRI8CgVzdGF0ZRgDIAEoDjInLnRpcHMubWxfcGlwZWxpbmVzLnYxLk1vZGVsVmVyc2lvblN0YXRlQgTiQQEDEkYKB21ldHJpY3MYBCADKAsyLy50aXBzLm1sX3BpcGVsaW5lcy52MS5Nb2RlbFZlcnNpb24uTWV0cmljc0VudHJ5QgTiQQEBEkEKCmV2YWx1YXRpb24YBSABKAsyJy50aXBzLm1sX3BpcGVsaW5lcy52MS5PZmZsaW5lRXZhbHVhdGlvbkIE4kEBAxIzCgx0cmFpbmluZ19ydW4YBiABKAlCHeJBAQP6QRYKFHRpcHMuYXBwL1RyYWluaW5nUnVuEiUKFmZlYXR1cmVfc2NoZW1hX3ZlcnNpb24YByABKAlCBeJBAgIFEhkKC2Rlc2NyaXB0aW9uGAggASgJQgTiQQEBEjUKC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI2Cgxwcm9tb3RlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDGi4KDE1ldHJpY3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBOlDqQU0KFXRpcHMuYXBwL01vZGVsVmVyc2lvbhIhbW9kZWxzL3ttb2RlbH0vdmVyc2lvbnMve3ZlcnNpb259Kgh2ZXJzaW9uczIHdmVyc2lvbiKSAgoPRXN0aW1hdG9yUmVzdWx0EjgKCWVzdGltYXRvchgBIAEoDjIfLnRpcHMubWxfcGlwZWxpbmVzLnYxLkVzdGltYXRvckIE4kEBAxIeChBlc3RpbWF0ZWRfcmV3YXJkGAIgASgBQgTiQQEDEhYKCGNpX2xvd2VyGAMgASgBQgTiQQEDEhYKCGNpX3VwcGVyGAQgASgBQgTiQQEDEicKGWJhc2VsaW5lX2VzdGltYXRlZF9yZXdhcmQYBSABKAFCBOJBAQMSEgoEbGlmdBgGIAEoAUIE4kEBAxIbCg1saWZ0X2NpX2xvd2VyGAcgASgBQgTiQQEDEhsKDWxpZnRfY2lfdXBwZXIYCCABKAFCBOJBAQMitgMKEU9mZmxpbmVFdmFsdWF0aW9uEjwKB3Jlc3VsdHMYASADKAsyJS50aXBzLm1sX3BpcGVsaW5lcy52MS5Fc3RpbWF0b3JSZXN1bHRCBOJBAQMSQAoRcHJpbWFyeV9lc3RpbWF0b3IYAiABKA4yHy50aXBzLm1sX3BpcGVsaW5lcy52MS5Fc3RpbWF0b3JCBOJBAQMSPgoHdmVyZGljdBgDIAEoDjInLnRpcHMubWxfcGlwZWxpbmVzLnYxLkV2YWx1YXRpb25WZXJkaWN0QgTiQQEDEjgKEGJhc2VsaW5lX3ZlcnNpb24YBCABKAlCHuJBAQP6QRcKFXRpcHMuYXBwL01vZGVsVmVyc2lvbhIwCgtkYXRhX3dpbmRvdxgFIAEoCzIVLmdvb2dsZS50eXBlLkludGVydmFsQgTiQQEDEhwKDmRlY2lzaW9uX2NvdW50GAYgASgDQgTiQQEDEh4KEGNvbmZpZGVuY2VfbGV2ZWwYByABKAFCBOJBAQMSNwoNZXZhbHVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMqnwEKEU1vZGVsVmVyc2lvblN0YXRlEiMKH01PREVMX1ZFUlNJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIhCh1NT0RFTF9WRVJTSU9OX1NUQVRFX0NBTkRJREFURRABEiAKHE1PREVMX1ZFUlNJT05fU1RBVEVfUFJPTU9URUQQAhIgChxNT0RFTF9WRVJTSU9OX1NUQVRFX0FSQ0hJVkVEEAMqYAoJRXN0aW1hdG9yEhkKFUVTVElNQVRPUl9VTlNQRUNJRklFRBAAEhEKDUVTVElNQVRPUl9JUFMQARITCg9FU1RJTUFUT1JfU05JUFMQAhIQCgxFU1RJTUFUT1JfRFIQAyq7AQoRRXZhbHVhdGlvblZlcmRpY3QSIgoeRVZBTFVBVElPTl9WRVJESUNUX1VOU1BFQ0lGSUVEEAASHQoZRVZBTFVBVElPTl9WRVJESUNUX0JFVFRFUhABEiAKHEVWQUxVQVRJT05fVkVSRElDVF9OT1RfV09SU0UQAhIcChhFVkFMVUFUSU9OX1ZFUkRJQ1RfV09SU0UQAxIjCh9FVkFMVUFUSU9OX1ZFUkRJQ1RfSU5DT05DTFVTSVZFEARiBnByb3RvMw", [file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_timestamp, file_google_type_interval]);
+  fileDesc("CiB0aXBzL21sX3BpcGVsaW5lcy92MS9tb2RlbC5wcm90bxIUdGlwcy5tbF9waXBlbGluZXMudjEiqwIKBU1vZGVsEhIKBG5hbWUYASABKAlCBOJBAQgSGQoLZGVzY3JpcHRpb24YAiABKAlCBOJBAQESFwoJYWxnb3JpdGhtGAMgASgJQgTiQQECEjgKEHByb21vdGVkX3ZlcnNpb24YBCABKAlCHuJBAQP6QRcKFXRpcHMuYXBwL01vZGVsVmVyc2lvbhI1CgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDOjLqQS8KDnRpcHMuYXBwL01vZGVsEg5tb2RlbHMve21vZGVsfSoGbW9kZWxzMgVtb2RlbCLwBAoMTW9kZWxWZXJzaW9uEhIKBG5hbWUYASABKAlCBOJBAQgSGwoMYXJ0aWZhY3RfdXJpGAIgASgJQgXiQQICBRI8CgVzdGF0ZRgDIAEoDjInLnRpcHMubWxfcGlwZWxpbmVzLnYxLk1vZGVsVmVyc2lvblN0YXRlQgTiQQEDEkYKB21ldHJpY3MYBCADKAsyLy50aXBzLm1sX3BpcGVsaW5lcy52MS5Nb2RlbFZlcnNpb24uTWV0cmljc0VudHJ5QgTiQQEBEkEKCmV2YWx1YXRpb24YBSABKAsyJy50aXBzLm1sX3BpcGVsaW5lcy52MS5PZmZsaW5lRXZhbHVhdGlvbkIE4kEBAxIzCgx0cmFpbmluZ19ydW4YBiABKAlCHeJBAQP6QRYKFHRpcHMuYXBwL1RyYWluaW5nUnVuEiUKFmZlYXR1cmVfc2NoZW1hX3ZlcnNpb24YByABKAlCBeJBAgIFEhkKC2Rlc2NyaXB0aW9uGAggASgJQgTiQQEBEjUKC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI2Cgxwcm9tb3RlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDGi4KDE1ldHJpY3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBOlDqQU0KFXRpcHMuYXBwL01vZGVsVmVyc2lvbhIhbW9kZWxzL3ttb2RlbH0vdmVyc2lvbnMve3ZlcnNpb259Kgh2ZXJzaW9uczIHdmVyc2lvbiKSAgoPRXN0aW1hdG9yUmVzdWx0EjgKCWVzdGltYXRvchgBIAEoDjIfLnRpcHMubWxfcGlwZWxpbmVzLnYxLkVzdGltYXRvckIE4kEBAxIeChBlc3RpbWF0ZWRfcmV3YXJkGAIgASgBQgTiQQEDEhYKCGNpX2xvd2VyGAMgASgBQgTiQQEDEhYKCGNpX3VwcGVyGAQgASgBQgTiQQEDEicKGWJhc2VsaW5lX2VzdGltYXRlZF9yZXdhcmQYBSABKAFCBOJBAQMSEgoEbGlmdBgGIAEoAUIE4kEBAxIbCg1saWZ0X2NpX2xvd2VyGAcgASgBQgTiQQEDEhsKDWxpZnRfY2lfdXBwZXIYCCABKAFCBOJBAQMi+AMKEU9mZmxpbmVFdmFsdWF0aW9uEjwKB3Jlc3VsdHMYASADKAsyJS50aXBzLm1sX3BpcGVsaW5lcy52MS5Fc3RpbWF0b3JSZXN1bHRCBOJBAQMSQAoRcHJpbWFyeV9lc3RpbWF0b3IYAiABKA4yHy50aXBzLm1sX3BpcGVsaW5lcy52MS5Fc3RpbWF0b3JCBOJBAQMSPgoHdmVyZGljdBgDIAEoDjInLnRpcHMubWxfcGlwZWxpbmVzLnYxLkV2YWx1YXRpb25WZXJkaWN0QgTiQQEDEjgKEGJhc2VsaW5lX3ZlcnNpb24YBCABKAlCHuJBAQP6QRcKFXRpcHMuYXBwL01vZGVsVmVyc2lvbhIwCgtkYXRhX3dpbmRvdxgFIAEoCzIVLmdvb2dsZS50eXBlLkludGVydmFsQgTiQQEDEhwKDmRlY2lzaW9uX2NvdW50GAYgASgDQgTiQQEDEh4KEGNvbmZpZGVuY2VfbGV2ZWwYByABKAFCBOJBAQMSNwoNZXZhbHVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSHgoQbGF0ZXJfcGlja19jb3VudBgJIAEoA0IE4kEBAxIgChJ1bmtub3duX3JhbmtfY291bnQYCiABKANCBOJBAQMqnwEKEU1vZGVsVmVyc2lvblN0YXRlEiMKH01PREVMX1ZFUlNJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIhCh1NT0RFTF9WRVJTSU9OX1NUQVRFX0NBTkRJREFURRABEiAKHE1PREVMX1ZFUlNJT05fU1RBVEVfUFJPTU9URUQQAhIgChxNT0RFTF9WRVJTSU9OX1NUQVRFX0FSQ0hJVkVEEAMqYAoJRXN0aW1hdG9yEhkKFUVTVElNQVRPUl9VTlNQRUNJRklFRBAAEhEKDUVTVElNQVRPUl9JUFMQARITCg9FU1RJTUFUT1JfU05JUFMQAhIQCgxFU1RJTUFUT1JfRFIQAyq7AQoRRXZhbHVhdGlvblZlcmRpY3QSIgoeRVZBTFVBVElPTl9WRVJESUNUX1VOU1BFQ0lGSUVEEAASHQoZRVZBTFVBVElPTl9WRVJESUNUX0JFVFRFUhABEiAKHEVWQUxVQVRJT05fVkVSRElDVF9OT1RfV09SU0UQAhIcChhFVkFMVUFUSU9OX1ZFUkRJQ1RfV09SU0UQAxIjCh9FVkFMVUFUSU9OX1ZFUkRJQ1RfSU5DT05DTFVTSVZFEARiBnByb3RvMw", [file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_timestamp, file_google_type_interval]);
 
 /**
  * A model: one directory of the Triton-layout model repository, whose
@@ -477,7 +477,10 @@ export type OfflineEvaluation = Message<"tips.ml_pipelines.v1.OfflineEvaluation"
   dataWindow?: Interval | undefined;
 
   /**
-   * Number of logged decisions (with rewards) used.
+   * Number of logged decisions (with rewards) used: first picks only. The
+   * estimates are of the policy's first pick; a later pick of a multi-tip
+   * answer was drawn from what earlier picks left, its propensity conditional
+   * on them, so it cannot be weighted as one (docs/ml-pipelines.md).
    *
    * @generated from field: int64 decision_count = 6;
    */
@@ -496,6 +499,21 @@ export type OfflineEvaluation = Message<"tips.ml_pipelines.v1.OfflineEvaluation"
    * @generated from field: google.protobuf.Timestamp evaluate_time = 8;
    */
   evaluateTime?: Timestamp | undefined;
+
+  /**
+   * Logged later picks (rank > 0) of multi-tip answers in the window, left out
+   * of the estimates (the reward model behind DR still learns from them).
+   *
+   * @generated from field: int64 later_pick_count = 9;
+   */
+  laterPickCount: bigint;
+
+  /**
+   * Logged decisions of unknown rank (logged before ranks were kept), left out.
+   *
+   * @generated from field: int64 unknown_rank_count = 10;
+   */
+  unknownRankCount: bigint;
 };
 
 /**
@@ -541,7 +559,10 @@ export type OfflineEvaluationJson = {
   dataWindow?: IntervalJson;
 
   /**
-   * Number of logged decisions (with rewards) used.
+   * Number of logged decisions (with rewards) used: first picks only. The
+   * estimates are of the policy's first pick; a later pick of a multi-tip
+   * answer was drawn from what earlier picks left, its propensity conditional
+   * on them, so it cannot be weighted as one (docs/ml-pipelines.md).
    *
    * @generated from field: int64 decision_count = 6;
    */
@@ -560,6 +581,21 @@ export type OfflineEvaluationJson = {
    * @generated from field: google.protobuf.Timestamp evaluate_time = 8;
    */
   evaluateTime?: TimestampJson;
+
+  /**
+   * Logged later picks (rank > 0) of multi-tip answers in the window, left out
+   * of the estimates (the reward model behind DR still learns from them).
+   *
+   * @generated from field: int64 later_pick_count = 9;
+   */
+  laterPickCount?: string;
+
+  /**
+   * Logged decisions of unknown rank (logged before ranks were kept), left out.
+   *
+   * @generated from field: int64 unknown_rank_count = 10;
+   */
+  unknownRankCount?: string;
 };
 
 /**

@@ -67,7 +67,8 @@ export type TipDecided = Message<"tips.recommender.v1.TipDecided"> & {
   catalogTip: string;
 
   /**
-   * Every eligible candidate considered, the chosen one included.
+   * Every eligible candidate considered, the chosen one included (for a
+   * later pick, `rank` > 0, the earlier picks are no longer candidates).
    *
    * @generated from field: repeated tips.recommender.v1.CandidateScore candidates = 6;
    */
@@ -75,7 +76,8 @@ export type TipDecided = Message<"tips.recommender.v1.TipDecided"> & {
 
   /**
    * The probability with which the policy chose `catalog_tip`, for
-   * off-policy evaluation (IPS, SNIPS, DR).
+   * off-policy evaluation (IPS, SNIPS, DR). For `rank` 0 it is over every
+   * candidate; for a later pick it is conditional on the earlier picks.
    *
    * @generated from field: double propensity = 7;
    */
@@ -118,7 +120,7 @@ export type TipDecided = Message<"tips.recommender.v1.TipDecided"> & {
   exploration: boolean;
 
   /**
-   * Position of the tip in the `ListTips` answer, 0 for the best.
+   * Position of the tip in its decision's answer (`ListTips`, `DecideTips`), 0 for the best.
    *
    * @generated from field: int32 rank = 13;
    */
@@ -181,7 +183,8 @@ export type TipDecidedJson = {
   catalogTip?: string;
 
   /**
-   * Every eligible candidate considered, the chosen one included.
+   * Every eligible candidate considered, the chosen one included (for a
+   * later pick, `rank` > 0, the earlier picks are no longer candidates).
    *
    * @generated from field: repeated tips.recommender.v1.CandidateScore candidates = 6;
    */
@@ -189,7 +192,8 @@ export type TipDecidedJson = {
 
   /**
    * The probability with which the policy chose `catalog_tip`, for
-   * off-policy evaluation (IPS, SNIPS, DR).
+   * off-policy evaluation (IPS, SNIPS, DR). For `rank` 0 it is over every
+   * candidate; for a later pick it is conditional on the earlier picks.
    *
    * @generated from field: double propensity = 7;
    */
@@ -232,7 +236,7 @@ export type TipDecidedJson = {
   exploration?: boolean;
 
   /**
-   * Position of the tip in the `ListTips` answer, 0 for the best.
+   * Position of the tip in its decision's answer (`ListTips`, `DecideTips`), 0 for the best.
    *
    * @generated from field: int32 rank = 13;
    */
