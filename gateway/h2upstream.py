@@ -705,6 +705,8 @@ class Call:
         self._start = start
         # None until the first await when the call had to wait for a connection.
         self._stream = stream
+        # While the stream waits for a connection: what cancel() interrupts.
+        self._opening: asyncio.Future[Stream] | None = None
         self._cancelled = False
         self._retried = False
 
@@ -745,6 +747,8 @@ class Call:
         if stream is not None and stream.status is None:
             stream.finish(UpstreamError(grpc.StatusCode.CANCELLED, "cancelled"))
             stream.conn.reset(stream, CANCEL)
+        elif stream is None and self._opening is not None:
+            self._opening.cancel()  # the caller's await ends now, as grpc.aio's does
         return True
 
     async def _until(self, ready: Callable[[Stream], bool]) -> Stream:
@@ -753,7 +757,15 @@ class Call:
             if self._stream is None:
                 if self._cancelled:
                     raise asyncio.CancelledError
-                self._stream = await self._start()
+                self._opening = asyncio.ensure_future(self._start())
+                try:
+                    self._stream = await self._opening
+                finally:
+                    self._opening = None
+                if self._cancelled:  # cancelled as the stream opened
+                    self._cancelled = False
+                    self.cancel()
+                    raise asyncio.CancelledError
             stream = self._stream
             status = stream.status
             if status is not None and status.retryable and not (self._retried or self._cancelled):

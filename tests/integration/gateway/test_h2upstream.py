@@ -305,6 +305,33 @@ async def _retry_until_ok(attempt: Callable[[], Awaitable[Any]]) -> Any:
             await asyncio.sleep(0.05)
 
 
+async def test_cancel_while_connecting_ends_the_wait_at_once() -> None:
+    """A server that takes the connection but never sends its SETTINGS: the call
+    waits for them; cancelling it (a client that left) ends that wait now."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    channel = Channel("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        pending = channel.unary(SERVICE + "echo", same)(Raw(b"x"), timeout=WAIT)
+        task = asyncio.ensure_future(pending)  # type: ignore[arg-type]
+        await until("the connection to be taken", lambda: bool(accepted))
+        started = time.monotonic()
+        assert pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 1.0  # not the 5 s wait for SETTINGS
+    finally:
+        await channel.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+
+
 async def test_a_peer_that_is_not_grpc_is_an_error_not_a_hang() -> None:
     async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
