@@ -44,12 +44,17 @@ class _Loaded:
     policy_version: str
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def session_options() -> ort.SessionOptions:
+    """How every scorer session runs (policy.serving's in-memory one too)."""
     options = ort.SessionOptions()
     # One thread per session: the services run many small batches concurrently.
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 class OnnxScorer:

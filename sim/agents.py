@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from policy.bandit import Policy, PolicyParams
+from policy.features import DIM, FEATURE_NAMES, ROW_NAMES
+from policy.serving import DEFAULT_REFRESH_UPDATES, ServedPolicy
 
 
 class Agent(Protocol):
@@ -26,15 +28,26 @@ class Agent(Protocol):
 
 
 class OurAgent:
-    def __init__(self, dim: int, params: PolicyParams | None = None, name: str = "ours") -> None:
+    """Our policy as it serves (``policy.serving``): the shared part from the last
+    exported ONNX model, run by ONNX Runtime, the per-tip part live, the model
+    exported again every ``refresh_updates`` rewards, as the recommender does."""
+
+    def __init__(
+        self,
+        dim: int,
+        params: PolicyParams | None = None,
+        name: str = "ours",
+        refresh_updates: int = DEFAULT_REFRESH_UPDATES,
+    ) -> None:
         self.name = name
-        self.policy = Policy(params, dim=dim)
+        self.served = ServedPolicy(params, dim=dim, refresh_updates=refresh_updates)
+        self.policy: Policy = self.served.policy
         self._last: tuple[Sequence[str], np.ndarray] | None = None
 
     def act(
         self, arms: Sequence[str], rows: np.ndarray, rng: np.random.Generator
     ) -> tuple[int, float]:
-        decision = self.policy.choose(list(zip(arms, rows, strict=True)), rng)
+        decision = self.served.choose_rows(list(arms), rows, rng)
         self._last = (arms, rows)
         index = list(arms).index(decision.arm)
         return index, decision.propensity
@@ -42,7 +55,7 @@ class OurAgent:
     def learn(self, index: int, reward: float) -> None:
         assert self._last is not None
         arms, rows = self._last
-        self.policy.update(arms[index], rows[index], reward)
+        self.served.update(arms[index], rows[index], reward)
 
 
 class UniformAgent:
@@ -57,30 +70,80 @@ class UniformAgent:
         pass
 
 
+# VW namespaces (the first letter is what ``-q``/``--interactions`` name): the
+# row, the context part of the row on the shared line, the tip id.
+NS_ROW = "a"
+NS_SHARED = "s"
+NS_ID = "i"
+# Columns of the row that are the user's context: the same on every candidate.
+CONTEXT_COLUMNS: tuple[int, ...] = tuple(ROW_NAMES.index(f) for f in FEATURE_NAMES)
+
+
+def _feature_lists(rows: np.ndarray) -> list[str]:
+    """Each row's nonzero features as VW text (``f<column>:<value>``), all rows at once:
+    a round has few distinct values, so each is formatted once (``.6g``)."""
+    r, c = np.nonzero(rows)
+    distinct, which = np.unique(rows[r, c], return_inverse=True)
+    text = [f"{v:.6g}" for v in distinct.tolist()]
+    tokens = [f"f{j}:" + text[k] for j, k in zip(c.tolist(), which.tolist(), strict=True)]
+    lines: list[str] = []
+    start = 0
+    for end in np.cumsum(np.bincount(r, minlength=len(rows))).tolist():
+        lines.append(" ".join(tokens[start:end]))
+        start = end
+    return lines
+
+
 class VwAgent:
     """VW ``--cb_explore_adf``: one action line per candidate with its nonzero
-    features (the same rows ours sees); VW minimises cost, so cost = -reward."""
+    features (the same rows ours sees); VW minimises cost, so cost = -reward.
 
-    def __init__(self, options: str = "", name: str = "vw", with_arm_id: bool = False) -> None:
+    Namespaces: ``|a`` the row, ``|i`` the tip id (``with_arm_id``). With
+    ``shared_context`` the row's context columns (``CONTEXT_COLUMNS``, equal on
+    every candidate) move to a ``shared |s`` line, which VW adds to every action:
+    the same linear model, but ``-q sa`` / ``-q si`` can then cross the context
+    with the rest of the row / with the tip id."""
+
+    def __init__(
+        self,
+        options: str = "",
+        name: str = "vw",
+        with_arm_id: bool = False,
+        shared_context: bool = False,
+    ) -> None:
         from vowpalwabbit import Workspace  # type: ignore[import-untyped]  # dev dependency
 
         self.name = name
         self.options = f"--cb_explore_adf --quiet {options}".strip()
         self._vw = Workspace(self.options)
         self._with_arm_id = with_arm_id
+        self._shared_context = shared_context
         self._lines: list[str] = []
         self._pmf: list[float] = []
 
-    def _action_line(self, arm: str, row: np.ndarray) -> str:
-        nz = np.flatnonzero(row)
-        feats = " ".join(f"f{j}:{row[j]:.6g}" for j in nz)
-        arm_id = f" |i {arm}" if self._with_arm_id else ""
-        return f"|a {feats}{arm_id}"
+    def _example(self, arms: Sequence[str], rows: np.ndarray) -> list[str]:
+        """The multi-line example: [shared line,] one line per candidate."""
+        shared: list[str] = []
+        if self._shared_context:
+            context = list(CONTEXT_COLUMNS)
+            if rows.shape[1] != DIM or not (rows[:, context] == rows[0, context]).all():
+                raise ValueError("shared_context: rows are not policy.features rows")
+            head = np.zeros((1, rows.shape[1]))
+            head[0, context] = rows[0, context]
+            shared = [f"shared |{NS_SHARED} {_feature_lists(head)[0]}"]
+            rows = rows.copy()
+            rows[:, context] = 0.0
+        feats = _feature_lists(rows)
+        if self._with_arm_id:
+            return shared + [
+                f"|{NS_ROW} {f} |{NS_ID} {a}" for f, a in zip(feats, arms, strict=True)
+            ]
+        return shared + [f"|{NS_ROW} {f}" for f in feats]
 
     def act(
         self, arms: Sequence[str], rows: np.ndarray, rng: np.random.Generator
     ) -> tuple[int, float]:
-        self._lines = [self._action_line(a, r) for a, r in zip(arms, rows, strict=True)]
+        self._lines = self._example(arms, rows)
         pmf = np.asarray(self._vw.predict(self._lines), dtype=np.float64)
         pmf = pmf / pmf.sum()
         index = min(int(np.searchsorted(np.cumsum(pmf), rng.random())), len(arms) - 1)
@@ -89,7 +152,8 @@ class VwAgent:
 
     def learn(self, index: int, reward: float) -> None:
         lines = list(self._lines)
-        lines[index] = f"0:{-reward:.6g}:{self._pmf[index]:.6g} {lines[index]}"
+        at = index + (1 if self._shared_context else 0)
+        lines[at] = f"0:{-reward:.6g}:{self._pmf[index]:.6g} {lines[at]}"
         self._vw.learn(lines)
 
     def close(self) -> None:

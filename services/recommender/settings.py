@@ -11,6 +11,7 @@ from pydantic import Field
 
 from kernel.settings import Settings, SettingsError
 from policy import catalog
+from policy.serving import DEFAULT_REFRESH_UPDATES
 
 _HERE = Path(__file__).resolve().parent
 
@@ -34,7 +35,10 @@ class RecommenderSettings(Settings):
     recommender_model_name: str = "tip_scorer"
     # KServe v2 gRPC address of a Triton server (host:port); unset: ONNX in process.
     recommender_triton_url: str | None = None
-    # Re-export the ONNX model from the online statistics this often; 0: on demand only.
+    # Re-export the ONNX model after this many reward updates (policy.serving, the
+    # rule the learning and replay benches run); 0: never by count.
+    recommender_model_refresh_updates: int = Field(default=DEFAULT_REFRESH_UPDATES, ge=0)
+    # Also re-export this often (seconds); 0: only by count or on demand.
     recommender_export_interval_seconds: float = Field(default=0.0, ge=0)
     # Snapshot the online policy statistics this often (rewards since are replayed).
     recommender_policy_snapshot_seconds: float = Field(default=30.0, gt=0)

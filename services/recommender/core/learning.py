@@ -8,8 +8,10 @@
 - Durability: the rewards are the record. A snapshot of the statistics with
   the last sequence folded in is saved every ``policy_snapshot_seconds`` and
   at shutdown; a restart loads it and replays the rewards after it.
-- The model: the ONNX model (the policy's shared part) is exported on demand
-  or on a schedule and swapped into the scorer without failing a request.
+- The model: the ONNX model (the policy's shared part) is exported again
+  after every ``recommender_model_refresh_updates`` rewards (``policy.serving``:
+  the rule the learning and replay benches run), on demand, or on a schedule,
+  and swapped into the scorer without failing a request.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kernel.db import Database
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
-from policy import bandit, onnx_export, scoring
+from policy import bandit, onnx_export, scoring, serving
 from services.recommender import reward_store
 from services.recommender.history import HistoryKeeper
 from services.recommender.reward_store import Rewarded
@@ -73,6 +75,7 @@ class Learner:
         self.online_updates = 0  # since the deciding model was loaded
         self.model_load_time = datetime.now(UTC)
         self.exports = 0
+        self._refreshing: asyncio.Task[None] | None = None
 
     # --- start ----------------------------------------------------------------------
 
@@ -177,7 +180,29 @@ class Learner:
             self.policy.update(r.catalog_tip.removeprefix("catalogTips/"), x, r.reward)
             self.online_updates += 1
             count += 1
+        self._refresh_if_due()
         return count
+
+    def _refresh_if_due(self) -> None:
+        """Export the model in the background once enough rewards came in (the serving rule)."""
+        refresh = self.settings.recommender_model_refresh_updates
+        if self.scorer is None or not serving.refresh_due(self.online_updates, refresh):
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        started = time.monotonic()
+        try:
+            version, _, updates = await self.export()
+        except Exception as exc:
+            log.warning("model refresh failed", extra={"error": repr(exc)})
+            return
+        log.info(
+            "policy model refreshed",
+            extra={"model_version": version, "updates": updates,
+                   "seconds": round(time.monotonic() - started, 3)},
+        )  # fmt: skip
 
     async def sweep_once(self, limit: int = 500) -> int:
         """Default reward for decisions past the wait; returns how many got one."""

@@ -59,6 +59,10 @@ def test_bench_learning_prints_json_and_plots(tmp_path: Path) -> None:
             "3",
             "--days",
             "4",
+            "--tune-budget",
+            "4",
+            "--tune-passes",
+            "2",
             "--plot",
             str(plot),
         ],
@@ -71,8 +75,42 @@ def test_bench_learning_prints_json_and_plots(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["rounds"] == 3 * 4 * 6
-    policies = result["policies"]
-    assert {"ours", "uniform", "vw_cb_explore_adf", "best_single_tip"} <= set(policies)
-    for numbers in policies.values():
-        assert numbers["regret_vs_oracle"] >= 0
+    assert result["tuning"]["budget"] == 4 and result["tuning"]["seeds"] == [100, 101]
+    assert len(result["tuning"]["vw"]["tried"]) == len(result["tuning"]["ours"]["tried"]) == 4
+    assert result["vw_tuned_config"].startswith("--cb_explore_adf")
+    assert set(result["seeds"]) == {"1", "2"}
+    assert set(result["ours_minus_vw_tuned"]["1"]) == {"ours", "ours_tuned"}
+    for seed in result["seeds"].values():
+        policies = seed["policies"]
+        assert {
+            "ours",
+            "ours_tuned",
+            "uniform",
+            "vw_cb_explore_adf",
+            "vw_tuned",
+            "best_single_tip",
+        } <= set(policies)
+        for numbers in policies.values():
+            assert numbers["regret_vs_oracle"] >= 0
+    assert "tune pass 2/2" in out.stderr
     assert plot.stat().st_size > 0
+
+
+def test_bench_learning_without_tuning_or_vw(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "learning.py"),
+            *("--users", "2", "--days", "2", "--seeds", "3", "--tune-budget", "0", "--no-vw"),
+            *("--plot", str(tmp_path / "learning.png")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["seeds"]["3"]["policies"]) == {"ours", "uniform", "best_single_tip"}
+    assert "tune pass" not in out.stderr
