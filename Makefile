@@ -41,8 +41,7 @@ browser:
 gen: venv web-deps
 	rm -rf web/src/gen
 	$(BIN)/buf generate
-	@mkdir -p gen/descriptors
-	$(BIN)/buf build -o gen/descriptors/tips.binpb
+	$(BIN)/buf build -o gen/python/tips/tips.binpb
 	$(BIN)/python tools/gen_api_docs.py
 	$(BIN)/python tools/gen_openapi.py
 

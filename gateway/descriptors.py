@@ -1,7 +1,8 @@
 """The contract as the edge reads it: the `buf build` image and its HTTP bindings.
 
-`make gen` writes ``gen/descriptors/tips.binpb`` (a FileDescriptorSet with
-comments); the drift check keeps it equal to ``proto/``. Everything the
+`make gen` writes ``gen/python/tips/tips.binpb`` (a FileDescriptorSet with
+comments) beside the generated stubs, so it ships wherever they do (the
+wheel, the image); the drift check keeps it equal to ``proto/``. Everything the
 gateway and the OpenAPI generator derive from descriptors starts here, once,
 at start-up: no request walks descriptors.
 """
@@ -18,7 +19,8 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from tips.options.v1 import options_pb2
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "gen" / "descriptors" / "tips.binpb"
+# Found from the stubs, not the source tree: <...>/tips/options/v1/options_pb2.py.
+DEFAULT_IMAGE = Path(options_pb2.__file__).resolve().parents[2] / "tips.binpb"
 _VERBS = ("get", "put", "post", "delete", "patch")
 
 

@@ -1,7 +1,7 @@
 """Fail when the committed gen/ is not what buf makes from proto/.
 
 gen/python and web/src/gen (the web app's TypeScript, protoc-gen-es) come from
-``buf generate``; gen/descriptors/tips.binpb is the ``buf build`` image (with comments)
+``buf generate``; gen/python/tips/tips.binpb is the ``buf build`` image (with comments)
 that the gateway and the OpenAPI generator read at start-up. All are made into a
 temporary directory, so the working tree is never touched, then compared file by file:
 missing, extra and differing files.
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # The `out` of every plugin in buf.gen.yaml lies under one of these.
 GENERATED = (Path("gen"), Path("web/src/gen"))
-IMAGE = Path("gen/descriptors/tips.binpb")
+IMAGE = Path("gen/python/tips/tips.binpb")
 # Not produced by buf, but allowed to live next to generated code.
 IGNORED_NAMES = {"__pycache__", "py.typed"}
 MAX_DIFF_LINES = 40  # per file: enough to see what drifted, not a wall of text

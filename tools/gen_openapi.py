@@ -3,7 +3,7 @@
 The same ``gateway.openapi.build_openapi`` the gateway serves at ``/openapi.json``;
 committing its output makes REST surface changes visible in review.
 
-    python tools/gen_openapi.py [--image gen/descriptors/tips.binpb] [--out docs/api/openapi.json]
+    python tools/gen_openapi.py [--image gen/python/tips/tips.binpb] [--out docs/api/openapi.json]
 """
 
 from __future__ import annotations

@@ -112,8 +112,7 @@ def edit(repo: Path, path: Path, old: str, new: str) -> None:
 def regenerate(repo: Path) -> None:
     """What `make gen` does: the Python and TypeScript stubs and the descriptor image."""
     ok(repo, "buf", "generate")
-    (repo / "gen" / "descriptors").mkdir(parents=True, exist_ok=True)
-    ok(repo, "buf", "build", "-o", "gen/descriptors/tips.binpb")
+    ok(repo, "buf", "build", "-o", "gen/python/tips/tips.binpb")
 
 
 @pytest.fixture(scope="session")

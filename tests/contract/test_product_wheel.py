@@ -1,0 +1,57 @@
+"""The product's wheel carries what the processes read at start (issue 14: the image's
+gateway crashed because `pip install .` left out the descriptor set).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.contract
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `pip install .` builds, unpacked as site-packages would hold it."""
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(dist), str(ROOT)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    (wheel,) = dist.glob("tips_mesh-*.whl")
+    site = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    return site
+
+
+def test_the_wheel_holds_the_descriptor_set_beside_the_stubs(unpacked: Path) -> None:
+    assert (unpacked / "tips" / "tips.binpb").is_file()
+    assert (unpacked / "tips" / "options" / "v1" / "options_pb2.py").is_file()
+
+
+def test_the_installed_gateway_reads_the_installed_descriptor_set(unpacked: Path) -> None:
+    """Imported from the unpacked wheel (first on the path), outside the checkout."""
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from gateway.descriptors import DEFAULT_IMAGE, load_image\n"
+        "assert DEFAULT_IMAGE.is_relative_to(sys.argv[1]), DEFAULT_IMAGE\n"
+        "names = {f.name for f in load_image().file}\n"
+        "assert 'tips/recommender/v1/recommender_service.proto' in names, sorted(names)\n"
+        "from gateway.app import create_app\n"
+        "from kernel.settings import Settings\n"
+        "create_app(Settings(insecure=True))\n"
+        "print('ok')\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe, str(unpacked)],
+        cwd=unpacked.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
