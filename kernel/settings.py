@@ -7,7 +7,10 @@ error into one clear message naming each bad variable.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
@@ -178,3 +181,33 @@ def load_settings(**overrides: object) -> Settings:
             f"expected one of {', '.join(SERVICE_NAMES)}"
         )
     return settings
+
+
+def variables_of(*classes: type[BaseSettings]) -> set[str]:
+    """The ``TIPS_*`` variables the classes read: one per field."""
+    return {f"TIPS_{name.upper()}" for cls in classes for name in cls.model_fields}
+
+
+def check_environment(known: Collection[str], environ: Mapping[str, str] | None = None) -> None:
+    """SettingsError naming every ``TIPS_*`` variable that no setting reads.
+
+    Settings ignore names they do not know, so a typo or a stale name
+    (``TIPS_TRITON_URL`` for ``TIPS_RECOMMENDER_TRITON_URL``) would silently
+    leave the default in force.
+    """
+    env = os.environ if environ is None else environ
+    unknown = sorted(name for name in env if name.startswith("TIPS_") and name not in known)
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        # A service's own setting under its prefix (TIPS_TRITON_URL for
+        # TIPS_RECOMMENDER_TRITON_URL), else the nearest spellings.
+        prefixed = sorted(k for k in known if k.endswith("_" + name.removeprefix("TIPS_")))
+        close = prefixed or difflib.get_close_matches(name, known, n=2, cutoff=0.7)
+        named.append(f"{name} (did you mean {' or '.join(close)}?)" if close else name)
+    raise SettingsError(
+        f"invalid configuration: no setting reads {', '.join(named)}; "
+        "remove or rename them (the settings classes, kernel/settings.py and "
+        "services/*/settings.py, name every one)"
+    )

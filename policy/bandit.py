@@ -45,6 +45,11 @@ REWARD_DISMISS = 0.0
 # No reaction within the reward wait: as in Personalizer, the default reward 0.
 REWARD_NO_REACTION = 0.0
 
+# Rewards between exports of the shared part as an ONNX model (policy.serving).
+# Each export costs ~10 ms (graph, session) and, with Triton, a model load;
+# every 200 rewards keeps the shared part close to the live statistics.
+MODEL_REFRESH_UPDATES = 200
+
 # Rebuild A^-1 from A every so many updates: rank-one updates drift slowly.
 _REFRESH_EVERY = 2000
 

@@ -24,13 +24,12 @@ import numpy as np
 import onnxruntime as ort
 
 from policy import onnx_export, scoring
-from policy.bandit import Decision, Policy, PolicyParams
+from policy.bandit import MODEL_REFRESH_UPDATES, Decision, Policy, PolicyParams
 from policy.features import DIM
 
-# Rewards between model exports. Each export costs ~10 ms (graph, session) and,
-# with Triton, a model load; every 200 rewards keeps the shared part close to
-# the live statistics (docs/policy.md has the learning numbers).
-DEFAULT_REFRESH_UPDATES = 200
+# Rewards between model exports (defined beside the policy: settings read it
+# without importing ONNX Runtime).
+DEFAULT_REFRESH_UPDATES = MODEL_REFRESH_UPDATES
 
 
 def refresh_due(updates_since_export: int, refresh_updates: int) -> bool:

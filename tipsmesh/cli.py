@@ -175,7 +175,22 @@ def _load(command: str, names: Sequence[str]) -> list[ServiceDefinition] | None:
     return definitions
 
 
+def _environment_ok(command: str) -> bool:
+    """False, after saying which, when a ``TIPS_*`` variable is one no process reads."""
+    from kernel.settings import SettingsError
+    from tipsmesh.registry import check_mesh_environment
+
+    try:
+        check_mesh_environment()
+    except SettingsError as exc:
+        print(f"tips {command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _serve(name: str) -> int:
+    if not _environment_ok("serve"):
+        return 2
     if name == GATEWAY:
         # The gateway is not a TIPS_SERVICE (settings would reject the name).
         os.environ.pop("TIPS_SERVICE", None)
@@ -229,6 +244,8 @@ def _migrate(names: Sequence[str]) -> int:
 def _up(args: argparse.Namespace) -> int:
     from tipsmesh.up import ROOT, UpError, UpOptions, up
 
+    if not _environment_ok("up"):
+        return 2
     port_base = args.port_base
     if port_base is None and not args.free_ports and os.environ.get("TIPS_PORT_BASE"):
         try:

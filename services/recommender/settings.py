@@ -11,7 +11,7 @@ from pydantic import Field
 
 from kernel.settings import Settings, SettingsError
 from policy import catalog
-from policy.serving import DEFAULT_REFRESH_UPDATES
+from policy.bandit import MODEL_REFRESH_UPDATES
 
 _HERE = Path(__file__).resolve().parent
 
@@ -37,7 +37,7 @@ class RecommenderSettings(Settings):
     recommender_triton_url: str | None = None
     # Re-export the ONNX model after this many reward updates (policy.serving, the
     # rule the learning and replay benches run); 0: never by count.
-    recommender_model_refresh_updates: int = Field(default=DEFAULT_REFRESH_UPDATES, ge=0)
+    recommender_model_refresh_updates: int = Field(default=MODEL_REFRESH_UPDATES, ge=0)
     # Also re-export this often (seconds); 0: only by count or on demand.
     recommender_export_interval_seconds: float = Field(default=0.0, ge=0)
     # Snapshot the online policy statistics this often (rewards since are replayed).

@@ -49,3 +49,16 @@ def test_every_process_talks_mutual_tls_with_its_own_certificate() -> None:
         assert (
             services[name]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
         )
+
+
+def test_every_tips_variable_in_compose_is_one_a_process_reads() -> None:
+    """Settings ignore names they do not know: compose once set TIPS_TRITON_URL, which
+    nothing read, so Triton never got a call. `tips serve` now refuses such names."""
+    from tipsmesh.registry import environment_variables
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    names = set()
+    for service in compose["services"].values():
+        names |= {n for n in (service.get("environment") or {}) if n.startswith("TIPS_")}
+    assert "TIPS_RECOMMENDER_TRITON_URL" in names
+    assert names - environment_variables() == set()

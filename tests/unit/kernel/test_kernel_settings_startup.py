@@ -68,3 +68,16 @@ def test_call_timeout_is_min_of_inbound_and_explicit() -> None:
         assert 1.9 < call_timeout(None, 10.0) <= 2.0
         assert call_timeout(0.5, 10.0) == 0.5
         assert 1.9 < call_timeout(30.0, 10.0) <= 2.0
+
+
+def test_a_variable_no_setting_reads_is_refused_by_name() -> None:
+    from kernel.settings import check_environment
+
+    known = {"TIPS_HOST", "TIPS_RECOMMENDER_TRITON_URL", "TIPS_ML_SERVING_TRITON_URL"}
+    check_environment(known, {"TIPS_HOST": "0.0.0.0", "PATH": "/bin", "OTHER_TIPS_X": "1"})
+    with pytest.raises(SettingsError) as err:
+        check_environment(known, {"TIPS_HOST": "h", "TIPS_TRITON_URL": "t:8001", "TIPS_NOPE": "1"})
+    message = str(err.value)
+    assert "TIPS_NOPE" in message and "TIPS_TRITON_URL" in message and "\n" not in message
+    assert "did you mean" in message and "TIPS_RECOMMENDER_TRITON_URL" in message
+    assert "t:8001" not in message  # names only: a value may be a secret
