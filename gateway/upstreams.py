@@ -119,33 +119,34 @@ class Upstreams:
     def _h2_call(
         self, service: str, path: str, response: Callable[[bytes], Any], kind: str
     ) -> Callable[..., h2upstream.Call] | None:
-        key = (path, kind)
-        call = self._calls.get(key)
-        if call is None:
-            address = self.address_of_service(service)
-            if address is None:
-                return None
-            call = self._h2_to(address).unary(path, response)
-            self._calls[key] = call
-        return call  # type: ignore[no-any-return]
+        def build(address: str) -> Any:
+            return self._h2_to(address).unary(path, response)
+
+        return self._cached(service, (path, kind), build)  # type: ignore[no-any-return]
 
     def client_stream(
         self, service: str, path: str, response: Callable[[bytes], Any], *, bidi: bool
     ) -> Any:
         """A generic client-streaming (or, with ``bidi``, bidi) call; None: no upstream."""
-        return self._call(service, path, response, "stream_stream" if bidi else "stream_unary")
+        kind = "stream_stream" if bidi else "stream_unary"
 
-    def _call(self, service: str, path: str, response: Callable[[bytes], Any], kind: str) -> Any:
-        # Multicallables are cached: building one per request costs more than the call.
-        key = (path, kind)
+        def build(address: str) -> Any:
+            factory = getattr(self._channel_to(address), kind)
+            return factory(path, request_serializer=_serialize, response_deserializer=response)
+
+        return self._cached(service, (path, kind), build)
+
+    def _cached(self, service: str, key: tuple[str, str], build: Callable[[str], Any]) -> Any:
+        """The call for ``key``, built once for the service's address; None: no upstream.
+
+        Cached: building a multicallable per request costs more than the call.
+        """
         call = self._calls.get(key)
         if call is None:
             address = self.address_of_service(service)
             if address is None:
                 return None
-            factory = getattr(self._channel_to(address), kind)
-            call = factory(path, request_serializer=_serialize, response_deserializer=response)
-            self._calls[key] = call
+            call = self._calls[key] = build(address)
         return call
 
     async def health_of(self, name: str, deadline_s: float) -> str:
