@@ -177,11 +177,9 @@ class Stream:
 
     __slots__ = (
         "buffer",
-        "closed",
         "conn",
         "deserialize",
         "encoding",
-        "headers_seen",
         "id",
         "initial",
         "messages",
@@ -203,13 +201,11 @@ class Stream:
         self.trailing: Metadata = ()
         self.status: UpstreamError | None = None  # set once the call has ended
         self.waiter: asyncio.Future[None] | None = None
-        self.headers_seen = False
         self.buffer = bytearray()
         self.send_window = conn.peer_initial_window
         self.pending: bytes | None = None  # request bytes the windows have not let out yet
         self.recv_unacked = 0
         self.encoding = ""
-        self.closed = False
         self.timer: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
@@ -221,7 +217,6 @@ class Stream:
         """The call ended (``error.code()`` is OK for a clean end)."""
         if self.status is None:
             self.status = error
-        self.closed = True
         if self.timer is not None:
             self.timer.cancel()
         self.conn.forget(self)
@@ -230,8 +225,7 @@ class Stream:
     # -- what arrives
 
     def on_headers(self, fields: list[tuple[str, str]], end_stream: bool) -> None:
-        if not self.headers_seen:
-            self.headers_seen = True
+        if self.initial is None:  # the first header block: the answer's headers
             http_status = 200
             content_type = ""
             metadata: list[tuple[str, str | bytes]] = []
@@ -369,7 +363,6 @@ class Connection(asyncio.Protocol):
         self.continuing_id = 0
         self.continued_block = bytearray()
         self.continued_end_stream = False
-        self.settled = False  # the server's preface (a SETTINGS frame) has arrived
         self.lost_reason = "the upstream closed the connection"
 
     # -- asyncio.Protocol
@@ -406,11 +399,11 @@ class Connection(asyncio.Protocol):
         while size - offset >= 9:
             head, flags, stream_id = _FRAME.unpack_from(inbox, offset)
             length = head >> 8
-            if length > MAX_FRAME or not (self.settled or head & 0xFF == SETTINGS):
-                # Not HTTP/2 at all (an HTTP/1.1 answer, say), or a frame we never allowed.
+            # The server's first frame is its SETTINGS; anything else is not HTTP/2 at
+            # all (an HTTP/1.1 answer, say), as is a frame larger than we allowed.
+            if length > MAX_FRAME or not (self.settings_seen.done() or head & 0xFF == SETTINGS):
                 self.fail_connection(PROTOCOL_ERROR, "the upstream does not speak HTTP/2 gRPC")
                 return
-            self.settled = True
             if size - offset - 9 < length:
                 break
             payload = bytes(inbox[offset + 9 : offset + 9 + length])
@@ -436,7 +429,7 @@ class Connection(asyncio.Protocol):
             if not flags & ACK:
                 self.on_settings(payload)
         elif kind == PING:
-            if not flags & ACK and self.transport is not None:
+            if not flags & ACK:
                 self.write(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
             self.on_window_update(stream_id, payload)
@@ -453,7 +446,7 @@ class Connection(asyncio.Protocol):
         if flags & PADDED:
             payload = _unpad(payload)
         self.recv_unacked += size
-        if self.recv_unacked >= RECEIVE_WINDOW // 2 and self.transport is not None:
+        if self.recv_unacked >= RECEIVE_WINDOW // 2:
             self.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
             self.recv_unacked = 0
         stream = self.streams.get(stream_id)
@@ -463,12 +456,12 @@ class Connection(asyncio.Protocol):
         if payload:
             stream.on_data(payload)
         if flags & END_STREAM:
-            if not stream.closed:
+            if stream.status is None:
                 stream.finish(
                     UpstreamError(grpc.StatusCode.INTERNAL, "upstream ended without trailers")
                 )
             return
-        if stream.recv_unacked >= RECEIVE_WINDOW // 2 and not stream.closed:
+        if stream.recv_unacked >= RECEIVE_WINDOW // 2 and stream.status is None:
             self.write(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.recv_unacked)))
             stream.recv_unacked = 0
 
@@ -511,7 +504,7 @@ class Connection(asyncio.Protocol):
                 self.unchanging[block] = fields
             else:
                 self.unchanging.clear()  # what they decode to may have changed
-        if stream is not None and not stream.closed:
+        if stream is not None and stream.status is None:
             stream.on_headers(fields, end_stream)
 
     def on_settings(self, payload: bytes) -> None:
@@ -622,7 +615,7 @@ class Connection(asyncio.Protocol):
 
     def flush_stream(self, stream: Stream) -> None:
         """Send what the windows allow of a request body; the last frame ends the stream."""
-        while stream.pending is not None and not stream.closed:
+        while stream.pending is not None and stream.status is None:
             room = min(self.send_window, stream.send_window, self.peer_max_frame)
             data = stream.pending
             if room <= 0 and data:
@@ -821,7 +814,7 @@ class Channel:
         self.ssl = ssl_context
         self.server_name = server_name or host
         https = ssl_context is not None
-        authority = (self.server_name if ssl_context is not None else f"{host}:{port}").encode()
+        authority = (self.server_name if https else f"{host}:{port}").encode()
         self._connection: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
         self._failed_until = 0.0
@@ -840,11 +833,6 @@ class Channel:
 
     def unary(self, path: str, deserialize: Deserializer) -> Callable[..., Call]:
         """A callable as grpc.aio's multicallables: ``call(request, timeout=, metadata=)``."""
-        return self._multicallable(path, deserialize)
-
-    server_stream = unary  # the same call: the caller reads one message or many
-
-    def _multicallable(self, path: str, deserialize: Deserializer) -> Callable[..., Call]:
         path_field = self._paths.get(path)
         if path_field is None:
             path_field = self._paths[path] = literal(b":path", path.encode("ascii"))
@@ -865,6 +853,8 @@ class Channel:
             return Call(lambda: self._open_stream(headers, framed, deserialize, deadline), stream)
 
         return call
+
+    server_stream = unary  # the same call: the caller reads one message or many
 
     async def _open_stream(
         self, headers: bytes, body: bytes, deserialize: Deserializer, deadline: float | None

@@ -462,10 +462,6 @@ def _forwarded_metadata(scope: Scope, headers: Mapping[str, str]) -> Metadata:
     host = headers.get("x-forwarded-host") or headers.get("host")
     if host and len(host) <= 256 and _METADATA_VALUE.match(host):
         metadata.append(("x-forwarded-host", host))
-    user_agent = headers.get("user-agent")
-    if user_agent and _METADATA_VALUE.match(user_agent[:256]):
-        # The app's User-Agent names the device in the user's session list.
-        metadata.append(("x-forwarded-user-agent", user_agent[:256]))
     return metadata
 
 

@@ -27,10 +27,6 @@ from policy import onnx_export, scoring
 from policy.bandit import MODEL_REFRESH_UPDATES, Decision, Policy, PolicyParams
 from policy.features import DIM
 
-# Rewards between model exports (defined beside the policy: settings read it
-# without importing ONNX Runtime).
-DEFAULT_REFRESH_UPDATES = MODEL_REFRESH_UPDATES
-
 
 def refresh_due(updates_since_export: int, refresh_updates: int) -> bool:
     """Whether the model should be exported again (``refresh_updates`` 0: never)."""
@@ -60,7 +56,7 @@ class ServedPolicy:
         self,
         params: PolicyParams | None = None,
         dim: int = DIM,
-        refresh_updates: int = DEFAULT_REFRESH_UPDATES,
+        refresh_updates: int = MODEL_REFRESH_UPDATES,
     ) -> None:
         self.policy = Policy(params, dim=dim)
         self.refresh_updates = refresh_updates

@@ -12,9 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
-from policy.bandit import Policy, PolicyParams
+from policy.bandit import MODEL_REFRESH_UPDATES, Policy, PolicyParams
 from policy.features import DIM, FEATURE_NAMES, ROW_NAMES
-from policy.serving import DEFAULT_REFRESH_UPDATES, ServedPolicy
+from policy.serving import ServedPolicy
 
 
 class Agent(Protocol):
@@ -37,7 +37,7 @@ class OurAgent:
         dim: int,
         params: PolicyParams | None = None,
         name: str = "ours",
-        refresh_updates: int = DEFAULT_REFRESH_UPDATES,
+        refresh_updates: int = MODEL_REFRESH_UPDATES,
     ) -> None:
         self.name = name
         self.served = ServedPolicy(params, dim=dim, refresh_updates=refresh_updates)

@@ -27,8 +27,10 @@ def _metadata(context: Any) -> tuple[tuple[str, Any], ...]:
 
 
 def _user_agent(context: Any) -> str:
+    """The app's User-Agent, which names the device in the user's session list: as
+    the edge passes it on (grpc-gateway's name), else a direct gRPC caller's own."""
     values = dict(_metadata(context))
-    agent = values.get("x-forwarded-user-agent") or values.get("user-agent") or ""
+    agent = values.get("grpcgateway-user-agent") or values.get("user-agent") or ""
     return str(agent)[: domain.MAX_USER_AGENT]
 
 

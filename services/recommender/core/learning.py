@@ -189,18 +189,21 @@ class Learner:
         if self.scorer is None or not serving.refresh_due(self.online_updates, refresh):
             return
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+            loop = asyncio.get_running_loop()
+            self._refreshing = loop.create_task(self._export_logged("count"))
 
-    async def _refresh(self) -> None:
+    async def _export_logged(self, trigger: str) -> None:
+        """``export``, logged (a background export has no caller to tell)."""
         started = time.monotonic()
         try:
             version, _, updates = await self.export()
         except Exception as exc:
-            log.warning("model refresh failed", extra={"error": repr(exc)})
+            failure = {"trigger": trigger, "error": repr(exc)}
+            log.warning("policy model export failed", extra=failure)
             return
         log.info(
-            "policy model refreshed",
-            extra={"model_version": version, "updates": updates,
+            "policy model exported",
+            extra={"trigger": trigger, "model_version": version, "updates": updates,
                    "seconds": round(time.monotonic() - started, 3)},
         )  # fmt: skip
 
@@ -284,16 +287,7 @@ class Learner:
         interval = self.settings.recommender_export_interval_seconds
         while interval > 0:
             await asyncio.sleep(interval)
-            started = time.monotonic()
-            try:
-                version, _, updates = await self.export()
-                log.info(
-                    "policy model exported",
-                    extra={"model_version": version, "updates": updates,
-                           "seconds": round(time.monotonic() - started, 3)},
-                )  # fmt: skip
-            except Exception as exc:
-                log.warning("scheduled export failed", extra={"error": repr(exc)})
+            await self._export_logged("schedule")
 
     def artifact_uri(self, model_version: str) -> str:
         version = model_version.rsplit("/", 1)[-1]
