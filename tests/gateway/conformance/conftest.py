@@ -60,6 +60,16 @@ def compile_descriptor_set(out_dir: Path) -> Path:
     return out
 
 
+def violations(body: dict[str, Any]) -> dict[str, str]:
+    """A google.rpc.Status body's BadRequest field violations: field -> description."""
+    found: dict[str, str] = {}
+    for detail in body["details"]:
+        if detail["@type"].endswith("google.rpc.BadRequest"):
+            for v in detail["fieldViolations"]:
+                found[v["field"]] = v["description"]
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

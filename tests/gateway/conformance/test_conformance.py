@@ -12,16 +12,9 @@ import pytest
 if TYPE_CHECKING:
     from tests.gateway.conformance.conftest import Rig
 
+from tests.gateway.conformance.conftest import violations
+
 pytestmark = pytest.mark.integration
-
-
-def violations(body: dict[str, Any]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for detail in body["details"]:
-        if detail["@type"].endswith("google.rpc.BadRequest"):
-            for v in detail["fieldViolations"]:
-                found[v["field"]] = v["description"]
-    return found
 
 
 async def test_unpopulated_fields_are_emitted_as_grpc_gateway_does(rig: Rig) -> None:

@@ -10,7 +10,7 @@ functions): ``runtime/context.go`` (annotateContext, isPermanentHTTPHeader),
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import pytest
@@ -19,19 +19,12 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 if TYPE_CHECKING:
     from tests.gateway.conformance.conftest import Rig
 
+from tests.gateway.conformance.conftest import violations
+
 pytestmark = pytest.mark.integration
 
 AUTH = {"Authorization": "Bearer good"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-def violations(body: dict[str, Any]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for detail in body["details"]:
-        if detail["@type"].endswith("google.rpc.BadRequest"):
-            for v in detail["fieldViolations"]:
-                found[v["field"]] = v["description"]
-    return found
 
 
 # --- permanent headers ------------------------------------------------------
