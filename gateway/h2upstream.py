@@ -872,7 +872,8 @@ class Channel:
             conn.stream_room.clear()
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                await asyncio.wait_for(conn.stream_room.wait(), left)
+                async with asyncio.timeout(left):
+                    await conn.stream_room.wait()
             except TimeoutError:
                 raise UpstreamError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for a stream"
@@ -905,7 +906,8 @@ class Channel:
         connecting = self._connecting
         wait = CONNECT_TIMEOUT_S if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return await asyncio.wait_for(asyncio.shield(connecting), min(wait, CONNECT_TIMEOUT_S))
+            async with asyncio.timeout(min(wait, CONNECT_TIMEOUT_S)):
+                return await asyncio.shield(connecting)
         except TimeoutError:
             raise UpstreamError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while connecting"
@@ -914,16 +916,14 @@ class Channel:
     async def _open(self) -> Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                _, conn = await loop.create_connection(
                     Connection,
                     self.host,
                     self.port,
                     ssl=self.ssl,
                     server_hostname=self.server_name if self.ssl is not None else None,
-                ),
-                CONNECT_TIMEOUT_S,
-            )
+                )
             if self.ssl is not None:
                 assert conn.transport is not None
                 protocol = conn.transport.get_extra_info("ssl_object").selected_alpn_protocol()

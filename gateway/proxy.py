@@ -58,8 +58,9 @@ _METADATA_PREFIX = "grpc-metadata-"
 # A header gRPC would refuse is skipped, as grpc-gateway does.
 _METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
 _METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
-# gRPC refuses metadata over 16 KiB in all (its hard limit): refuse before that,
-# naming the header, instead of an upstream RESOURCE_EXHAUSTED.
+# Our services take 16 KiB of metadata in all (kernel.server.MAX_METADATA_BYTES):
+# refuse before that, naming the header, instead of an upstream RESOURCE_EXHAUSTED;
+# the 4 KiB left over carry the gateway's own (pseudo-headers, token, forwarding).
 MAX_METADATA_VALUE_BYTES = 8 * 1024
 MAX_METADATA_BYTES = 12 * 1024
 # grpc-gateway's DefaultHeaderMatcher passes IANA's permanent request headers on as

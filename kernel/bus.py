@@ -246,7 +246,8 @@ async def _wait_reachable(url: str, attempts: int, delay: float) -> None:
     host, port = parts.hostname or "127.0.0.1", parts.port or 4222
     for attempt in range(1, attempts + 1):
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            async with asyncio.timeout(2):
+                _, writer = await asyncio.open_connection(host, port)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -301,8 +302,8 @@ class Bus:
             log.info("nats reconnected", extra={"bus": name})
 
         try:
-            nc = await asyncio.wait_for(
-                nats.connect(
+            async with asyncio.timeout(connect_timeout):
+                nc = await nats.connect(
                     servers=[s.strip() for s in settings.nats_url.split(",")],
                     name=name,
                     user=settings.nats_user or None,
@@ -315,9 +316,7 @@ class Bus:
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
-                ),
-                connect_timeout,
-            )
+                )
         except Exception as exc:
             # nats-py retries a refused login until the timeout: name the server's reason.
             refusals = [e for e in seen if "authorization" in str(e).lower()] or seen

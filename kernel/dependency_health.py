@@ -87,7 +87,8 @@ class DependencyHealth:
     async def _probe(self, probe: Probe) -> str | None:
         """None when ``probe`` passed, else why it failed."""
         try:
-            await asyncio.wait_for(probe.check(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await probe.check()
         except TimeoutError:
             return f"no answer within {self.timeout:g}s"
         except Exception as exc:

@@ -363,7 +363,8 @@ class OutboxRelay:
                     continue  # more are pending: no need to wait
                 await self._maybe_prune()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
                 if self.linger > 0:
                     await asyncio.sleep(self.linger)
         finally:

@@ -48,6 +48,18 @@ T = TypeVar("T")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_SERVICE = "grpc.health.v1.Health"
+# A background task gets this long to finish once cancelled at shutdown.
+TASK_STOP_TIMEOUT_S = 10.0
+
+# gRPC refuses request metadata past a soft limit (8 KiB by default) at random, more
+# often the closer it is to the hard one (16 KiB): one limit, so a request the
+# gateway lets through (its caps leave room for its own headers) always arrives.
+MAX_METADATA_BYTES = 16 * 1024
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.so_reuseport", 0),  # a busy port must fail loudly, not be shared
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+]
 
 
 class StartupError(RuntimeError):
@@ -90,7 +102,8 @@ async def connect_with_retry(what: str, connect: Callable[[], Awaitable[T]], lim
     delay, last = 0.2, "no attempt"
     while (left := give_up - loop.time()) > 0:
         try:
-            return await asyncio.wait_for(connect(), left)
+            async with asyncio.timeout(left):
+                return await connect()
         except TimeoutError:
             last = "timed out"
         except Exception as exc:
@@ -156,8 +169,7 @@ class ServiceServer:
         configure_telemetry(settings, name)
         tls.warn_if_insecure(settings, name)
         interceptor = ServerInterceptor(callers=self._callers, verifier=self._verifier)
-        # so_reuseport off: a busy port must fail loudly, not be shared.
-        server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
         self._server = server
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers((self._handlers,))
@@ -177,9 +189,8 @@ class ServiceServer:
         log.info("listening", extra={"address": self.address})
         await self._connect()
         try:
-            bindings = await asyncio.wait_for(
-                self.definition.build(self.runtime), settings.startup_timeout_seconds
-            )
+            async with asyncio.timeout(settings.startup_timeout_seconds):
+                bindings = await self.definition.build(self.runtime)
         except TimeoutError:
             raise StartupError(
                 f"build did not finish within {settings.startup_timeout_seconds:g}s"
@@ -220,7 +231,8 @@ class ServiceServer:
 
             bus = await connect_with_retry("NATS", lambda: Bus.connect(settings, name), timeout)
             self.runtime.bus = bus
-            await asyncio.wait_for(bus.ensure_streams(self.definition.streams), timeout)
+            async with asyncio.timeout(timeout):
+                await bus.ensure_streams(self.definition.streams)
 
     async def _bind(self, bindings: Sequence[Binding]) -> None:
         for binding in bindings:
@@ -245,9 +257,7 @@ class ServiceServer:
             drain = self.settings.drain_seconds if grace is None else grace
             log.info("draining", extra={"drain_seconds": drain})
             await self._server.stop(drain)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_tasks()
         for cleanup in reversed(self.runtime.cleanups):
             await self._quietly("cleanup", cleanup)
         if self.runtime.bus is not None:
@@ -256,6 +266,20 @@ class ServiceServer:
             await self._quietly("closing the database", self.runtime.db.close)
         await self._quietly("closing the key cache", self._verifier.close)
         log.info("stopped")
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the background tasks; one that will not stop is named, not waited for."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_TIMEOUT_S)
+        for task in stuck:
+            log.error(
+                "background task ignored cancellation; shutting down without it",
+                extra={"task": task.get_coro().__qualname__},  # type: ignore[union-attr]
+            )
 
     async def _quietly(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         # One failing step must not skip the rest of the shutdown.

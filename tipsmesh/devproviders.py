@@ -543,7 +543,8 @@ class ProviderStandIn:
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
-            await asyncio.wait_for(self._task, 5)
+            async with asyncio.timeout(5):
+                await self._task
 
 
 @contextlib.asynccontextmanager

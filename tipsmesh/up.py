@@ -432,7 +432,8 @@ class Mesh:
                 start_new_session=True,
             )
         try:
-            code = await asyncio.wait_for(proc.wait(), self.options.start_timeout)
+            async with asyncio.timeout(self.options.start_timeout):
+                code = await proc.wait()
         except (TimeoutError, asyncio.CancelledError):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -525,7 +526,8 @@ class Mesh:
                 flush=True,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await stop.wait()
             if stop.is_set():
                 return
             backoff = min(backoff * 2, RESTART_MAX_S)

@@ -72,7 +72,8 @@ class Ingress:
         if self._store_up.is_set():
             return
         try:
-            await asyncio.wait_for(self._store_up.wait(), max(0.0, give_up - time.monotonic()))
+            async with asyncio.timeout(max(0.0, give_up - time.monotonic())):
+                await self._store_up.wait()
         except TimeoutError:
             raise Unavailable(
                 "the signal store is unavailable; retry later",
@@ -92,9 +93,8 @@ class Ingress:
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         try:
-            await asyncio.wait_for(
-                self._slots.acquire(), self.settings.events_ingest_queue_timeout_seconds
-            )
+            async with asyncio.timeout(self.settings.events_ingest_queue_timeout_seconds):
+                await self._slots.acquire()
         except TimeoutError:
             raise ResourceExhausted(
                 "too many ingest calls in flight; retry later",

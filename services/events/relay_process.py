@@ -99,7 +99,8 @@ class RelaySupervisor:
             with contextlib.suppress(ProcessLookupError):
                 escalate()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), self.stop_timeout / 2)
+                async with asyncio.timeout(self.stop_timeout / 2):
+                    await proc.wait()
                 return
 
 

@@ -77,9 +77,8 @@ class Scheduler:
                 except Exception as exc:
                     log.warning("scheduler tick failed", extra={"error": repr(exc)})
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), self.settings.integrations_scheduler_poll_seconds
-                    )
+                    async with asyncio.timeout(self.settings.integrations_scheduler_poll_seconds):
+                        await self._wake.wait()
         finally:
             for task in list(self._tasks):
                 task.cancel()

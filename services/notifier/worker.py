@@ -90,9 +90,8 @@ class Worker:
                 if len(claimed) >= self.settings.notifier_worker_batch:
                     continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), self.settings.notifier_worker_poll_seconds
-                )
+                async with asyncio.timeout(self.settings.notifier_worker_poll_seconds):
+                    await self._wake.wait()
 
     async def claim(self) -> list[Any]:
         lease = timedelta(seconds=self.settings.notifier_worker_lease_seconds)

@@ -135,7 +135,8 @@ class Connection:
                     f"{self.service} at {self.address}: no connection within {wait:g} s"
                 )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(channel.wait_for_state_change(state), left)
+                async with asyncio.timeout(left):
+                    await channel.wait_for_state_change(state)
             state = channel.get_state(try_to_connect=True)
 
     async def _why(self, channel: grpc.aio.Channel) -> str:

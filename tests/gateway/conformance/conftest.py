@@ -30,6 +30,7 @@ from gateway.descriptors import build_pool
 from gateway.upstreams import Upstreams
 from kernel.errors import InvalidArgument, NotFound, Unauthenticated
 from kernel.identity import Caller
+from kernel.server import SERVER_OPTIONS
 from kernel.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -304,7 +305,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     path = compile_descriptor_set(tmp_path_factory.mktemp("conformance"))
     image = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
     backend = Backend(build_pool(image))
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)  # as every service of ours
     server.add_generic_rpc_handlers((backend.handler(),))
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -40,9 +40,11 @@ async def _open_and_leave(rig: Rig, path: str, tag: str, read_first_line: bool) 
     await writer.drain()
     await _until("the backend to start the call", rig.backend.started, tag)
     if read_first_line:  # a stream: its first message reached the client
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        async with asyncio.timeout(WAIT):
+            head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
-        assert tag.encode() in await asyncio.wait_for(reader.readuntil(b"}}"), WAIT)
+        async with asyncio.timeout(WAIT):
+            assert tag.encode() in await reader.readuntil(b"}}")
     left = time.monotonic()
     writer.close()
     await writer.wait_closed()

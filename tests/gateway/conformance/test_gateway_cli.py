@@ -52,7 +52,8 @@ async def test_cli_serves_a_foreign_descriptor_set(rig: Rig) -> None:
             assert who.status_code == 200 and "x-tips-user" not in who.json()["metadata"]
     finally:
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0
 
 
 async def test_cli_rejects_a_bad_upstream_flag() -> None:
@@ -67,6 +68,7 @@ async def test_cli_rejects_a_bad_upstream_flag() -> None:
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(process.communicate(), 20)
+    async with asyncio.timeout(20):
+        _, err = await process.communicate()
     assert process.returncode != 0
     assert b"--upstream wants NAME=HOST:PORT" in err

@@ -36,7 +36,8 @@ async def send_raw(
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     writer.write(head.encode("latin-1") + b"\r\n" + body)
     await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 30)
+    async with asyncio.timeout(30):
+        answer = await reader.read()
     writer.close()
     status_line, _, rest = answer.partition(b"\r\n")
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
@@ -219,7 +220,8 @@ async def test_schemathesis_finds_no_server_error(rig: Rig, tmp_path: Path) -> N
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     # The gateway runs in this event loop: wait for the run without blocking it.
-    output, _ = await asyncio.wait_for(process.communicate(), 240)
+    async with asyncio.timeout(240):
+        output, _ = await process.communicate()
     tested, server_errors = junit_failures(tmp_path)
     print(f"schemathesis: {tested} operations tested")
     assert tested >= 10, output.decode()[-3000:]

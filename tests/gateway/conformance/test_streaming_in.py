@@ -36,7 +36,8 @@ async def chunked(
         await writer.drain()
         await asyncio.sleep(0)  # let each chunk arrive on its own
     writer.write(b"0\r\n\r\n")
-    answer = await asyncio.wait_for(reader.read(), 30)
+    async with asyncio.timeout(30):
+        answer = await reader.read()
     writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     if b"transfer-encoding: chunked" in head.lower():

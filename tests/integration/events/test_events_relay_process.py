@@ -45,7 +45,8 @@ async def test_supervisor_restarts_a_dead_relay_and_stops_it_on_shutdown(
     supervisor = RelaySupervisor(events, stop_timeout=6)
     task = asyncio.create_task(supervisor.run())
     try:
-        await asyncio.wait_for(supervisor.started.wait(), 30)
+        async with asyncio.timeout(30):
+            await supervisor.started.wait()
         assert supervisor.process is not None
         first = supervisor.process.pid
         os.kill(first, signal.SIGKILL)  # a crash: the supervisor starts another

@@ -145,7 +145,8 @@ async def serve_edge(settings: Settings, *, wait_ready: bool = True) -> AsyncIte
         server.should_exit = True
         with contextlib.suppress(Exception):
             await edge.client.aclose()
-        await asyncio.wait_for(task, 20)
+        async with asyncio.timeout(20):
+            await task
 
 
 async def _ready(edge: Edge) -> bool:

@@ -111,7 +111,8 @@ def _collector(
 async def _consume_until(bus: Bus, done: asyncio.Event, **kwargs: Any) -> None:
     task = asyncio.create_task(bus.consume(**kwargs))
     try:
-        await asyncio.wait_for(done.wait(), 10)
+        async with asyncio.timeout(10):
+            await done.wait()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

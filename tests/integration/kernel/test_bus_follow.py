@@ -50,7 +50,8 @@ async def test_follow_replays_from_start_time_then_live_and_cleans_up(
             )
             for _ in range(2)
         ]
-        await asyncio.wait_for(caught_up.wait(), 10)
+        async with asyncio.timeout(10):
+            await caught_up.wait()
         await bus.publish(thing(event_id="live"), msg_id="live", subject=subject)
         for _ in range(100):
             if seen.count("live") == 2:

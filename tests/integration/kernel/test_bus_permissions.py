@@ -80,21 +80,22 @@ async def test_only_the_owner_publishes_its_events(secured_nats: LocalNats) -> N
             assert isinstance(outcomes[0], Exception)
         # Nor may they remove or reshape the owner's stream.
         with pytest.raises(Exception):  # noqa: B017 - the server answers with a timeout
-            await asyncio.wait_for(events._js.delete_stream("TIPS_PROFILE"), 5)
+            async with asyncio.timeout(5):
+                await events._js.delete_stream("TIPS_PROFILE")
         with pytest.raises(Exception):  # noqa: B017
-            await asyncio.wait_for(events.ensure_streams(owned_streams("profile")), 5)
+            async with asyncio.timeout(5):
+                await events.ensure_streams(owned_streams("profile"))
 
         # The gateway consumes only TIPS_AUTH (screens_service.proto): it may not
         # read the profile stream, nor open a consumer on it.
         with pytest.raises(Exception):  # noqa: B017 - the server answers with a timeout
-            await asyncio.wait_for(gateway._js.stream_info("TIPS_PROFILE"), 5)
+            async with asyncio.timeout(5):
+                await gateway._js.stream_info("TIPS_PROFILE")
         with pytest.raises(Exception):  # noqa: B017
-            await asyncio.wait_for(
-                gateway._js.pull_subscribe(
+            async with asyncio.timeout(5):
+                await gateway._js.pull_subscribe(
                     subject_of(deleted), durable="gateway-reads", stream="TIPS_PROFILE"
-                ),
-                5,
-            )
+                )
         # Events declares UserDeleted (events_service.proto): a consumer works.
         info = await events._js.stream_info("TIPS_PROFILE")
         assert info.state.messages == 1

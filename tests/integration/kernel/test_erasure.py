@@ -146,5 +146,6 @@ async def test_a_late_event_cannot_bring_an_erased_users_rows_back(
         )
         await asyncio.sleep(0.2)  # the erasure is blocked on the lock meanwhile
         assert not erasing.done()
-    await asyncio.wait_for(erasing, 30)
+    async with asyncio.timeout(30):
+        await erasing
     assert await _count(db, items, "u_race") == 0

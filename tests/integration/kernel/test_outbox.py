@@ -159,7 +159,8 @@ async def test_relay_wakes_on_notify(
     relay = OutboxRelay(env.db, bus, env.outbox, poll_interval=30)
     task = asyncio.create_task(relay.run())
     try:
-        await asyncio.wait_for(relay.listening.wait(), 30)
+        async with asyncio.timeout(30):
+            await relay.listening.wait()
         async with env.db.transaction() as session:
             for i in range(3):
                 await enqueue(session, env.outbox, test_events["ThingHappened"](count=i),
@@ -173,6 +174,29 @@ async def test_relay_wakes_on_notify(
         await bus.close()
     msgs = await stream_messages(nats_url, env.stream, subject)
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["n0", "n1", "n2"]
+
+
+async def test_relay_stops_when_cancelled_as_it_is_woken(env: Env, settings: Settings) -> None:
+    """A stop that lands as a NOTIFY wakes the relay still stops it (asyncio.wait_for
+    swallowed that cancellation on 3.11, and a recommender's shutdown hung forever)."""
+    bus = await Bus.connect(settings, "relay")
+    relay = OutboxRelay(env.db, bus, env.outbox, poll_interval=30)
+    task = asyncio.create_task(relay.run())
+    try:
+        # Idle: drained, waiting for a wake-up (the event has a waiter).
+        await eventually(lambda: _waiting(relay), lambda waiting: waiting, within=30)
+        relay._wake.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(10):
+                await task
+    finally:
+        task.cancel()
+        await bus.close()
+
+
+async def _waiting(relay: OutboxRelay) -> bool:
+    return bool(relay._wake._waiters)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

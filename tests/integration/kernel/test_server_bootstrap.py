@@ -65,7 +65,8 @@ async def test_health_not_serving_until_build_returns() -> None:
     definition = ServiceDefinition(name="echo", build=slow_build, uses_db=False, uses_bus=False)
     srv = ServiceServer(definition, load_settings(), port=0)
     starting = asyncio.create_task(srv.start())
-    await asyncio.wait_for(building.wait(), 10)
+    async with asyncio.timeout(10):
+        await building.wait()
     async with grpc.aio.insecure_channel(srv.address) as ch:
         assert await _health(ch) == health_pb2.HealthCheckResponse.NOT_SERVING
         release.set()
@@ -74,12 +75,46 @@ async def test_health_not_serving_until_build_returns() -> None:
     await srv.stop(grace=0)
 
 
+async def test_stop_names_a_task_that_ignores_cancellation_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stuck background task costs the shutdown a bounded wait, never a hang."""
+    import kernel.server
+
+    monkeypatch.setattr(kernel.server, "TASK_STOP_TIMEOUT_S", 0.5)
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # the bug this guards against: a loop that eats its stop
+
+    async def build(runtime: Runtime) -> Sequence[Binding]:
+        runtime.spawn(stubborn())
+        return await ECHO.build(runtime)
+
+    definition = ServiceDefinition(name="echo", build=build, uses_db=False, uses_bus=False)
+    srv = ServiceServer(definition, load_settings(log_format="text"), port=0)
+    await srv.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="tips.server"):
+            async with asyncio.timeout(30):
+                await srv.stop(grace=0)
+        stuck = [r for r in caplog.records if "ignored cancellation" in r.getMessage()]
+        assert [getattr(r, "task", None) for r in stuck] == [stubborn.__qualname__]
+    finally:
+        release.set()
+
+
 async def test_serve_reports_port_and_stops_on_cancel() -> None:
     ready = Started()
     task = asyncio.create_task(
         serve(ECHO, load_settings(), ready=ready, port=0, handle_signals=False)
     )
-    await asyncio.wait_for(ready.wait(), 10)
+    async with asyncio.timeout(10):
+        await ready.wait()
     assert ready.server is not None and ready.server.port > 0
     async with grpc.aio.insecure_channel(ready.server.address) as ch:
         reply = await echo_pb2_grpc.EchoServiceStub(ch).Echo(echo_pb2.EchoRequest(message="hi"))

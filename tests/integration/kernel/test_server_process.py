@@ -42,7 +42,8 @@ async def test_sigterm_drains_in_flight_rpc_and_exits_zero() -> None:
     logs: list[dict[str, object]] = []
     port = 0
     while not port:
-        line = await asyncio.wait_for(proc.stderr.readline(), 20)
+        async with asyncio.timeout(20):
+            line = await proc.stderr.readline()
         assert line, "server exited before serving"
         entry = json.loads(line)
         logs.append(entry)
@@ -68,7 +69,8 @@ async def test_sigterm_drains_in_flight_rpc_and_exits_zero() -> None:
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         reply = await slow
         assert reply.message == "slow done"
-        rc = await asyncio.wait_for(proc.wait(), 10)
+        async with asyncio.timeout(10):
+            rc = await proc.wait()
     await reader
     assert rc == 0
     assert time.monotonic() - stopped_at < 5.0
@@ -80,7 +82,8 @@ async def test_sigterm_drains_in_flight_rpc_and_exits_zero() -> None:
 
 async def test_invalid_settings_exit_2_with_one_line() -> None:
     proc = await _spawn(TIPS_DRAIN_SECONDS="-1")
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1
@@ -89,7 +92,8 @@ async def test_invalid_settings_exit_2_with_one_line() -> None:
 
 async def test_no_certificates_and_not_insecure_exits_2_naming_the_settings() -> None:
     proc = await _spawn(TIPS_INSECURE="0")
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, lines
@@ -104,7 +108,8 @@ async def test_unreachable_database_exits_1_within_the_limit() -> None:
         TIPS_LOG_FORMAT="json",
     )
     start = time.monotonic()
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
     assert proc.returncode == 1
     text = err.decode()
     last = text.strip().splitlines()[-1]
