@@ -58,6 +58,10 @@ DEFAULT_WINDOW = 65535
 MAX_FRAME = 16384  # the largest frame we allow (SETTINGS_MAX_FRAME_SIZE left at its default)
 MAX_STREAM_ID = 2**31 - 1
 CONNECT_TIMEOUT_S = 5.0
+# A call the server refused unseen is sent again, this many times at most: grpc-core
+# frees a stream's slot a moment after its trailers, so a full server may refuse the
+# next one (REFUSED_STREAM) though our count says there is room.
+MAX_REFUSALS = 5
 # After a failed connect, calls fail at once for a while (as gRPC's
 # TRANSIENT_FAILURE), backing off from the first to the longest wait.
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 2.0
@@ -691,7 +695,7 @@ class Call:
     ``await call`` gives the one response; ``await call.read()`` gives each
     streamed message, then ``grpc.aio.EOF``; ``initial_metadata()``;
     ``cancel()`` sends RST_STREAM. A call the server refused unseen is sent
-    once more, on a new connection if the old one is going away.
+    again (``MAX_REFUSALS``), on a new connection if the old one is going away.
     """
 
     def __init__(self, start: Callable[[], Awaitable[Stream]], stream: Stream | None) -> None:
@@ -701,7 +705,7 @@ class Call:
         # While the stream waits for a connection: what cancel() interrupts.
         self._opening: asyncio.Future[Stream] | None = None
         self._cancelled = False
-        self._retried = False
+        self._refusals = 0
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._unary().__await__()
@@ -761,10 +765,13 @@ class Call:
                     raise asyncio.CancelledError
             stream = self._stream
             status = stream.status
-            if status is not None and status.retryable and not (self._retried or self._cancelled):
-                self._retried = True
-                self._stream = None
-                continue
+            if status is not None and status.retryable and not self._cancelled:
+                if self._refusals < MAX_REFUSALS:
+                    self._refusals += 1
+                    self._stream = None
+                    if self._refusals > 1:  # refused again: give the server a moment
+                        await asyncio.sleep(0.001 * 2**self._refusals)
+                    continue
             if status is not None or ready(stream):
                 return stream
             waiter = asyncio.get_running_loop().create_future()
