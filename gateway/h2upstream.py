@@ -765,13 +765,13 @@ class Call:
                     raise asyncio.CancelledError
             stream = self._stream
             status = stream.status
-            if status is not None and status.retryable and not self._cancelled:
-                if self._refusals < MAX_REFUSALS:
-                    self._refusals += 1
-                    self._stream = None
-                    if self._refusals > 1:  # refused again: give the server a moment
-                        await asyncio.sleep(0.001 * 2**self._refusals)
-                    continue
+            retry = status is not None and status.retryable and not self._cancelled
+            if retry and self._refusals < MAX_REFUSALS:
+                self._refusals += 1
+                self._stream = None
+                if self._refusals > 1:  # refused again: give the server a moment
+                    await asyncio.sleep(0.001 * 2**self._refusals)
+                continue
             if status is not None or ready(stream):
                 return stream
             waiter = asyncio.get_running_loop().create_future()
