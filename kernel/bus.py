@@ -50,6 +50,7 @@ from nats.js.api import (
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
+from kernel import metrics
 from kernel.settings import Settings
 from tips.options.v1 import options_pb2
 
@@ -187,6 +188,15 @@ def _extract(headers: Mapping[str, str]) -> otel_context.Context:
         ctx: otel_context.Context = hook(dict(headers))
         return ctx
     return propagate.extract(dict(headers))
+
+
+def raise_if_cancelled() -> None:
+    """Stop a loop whose cancellation was swallowed: nats-py's requests and fetches
+    wait with asyncio.wait_for, which on Python 3.11 loses a cancel that lands as
+    the reply arrives (gh-86296); the loop would otherwise run until the bus closes."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def message_headers(message: type[Message] | Message, msg_id: str) -> dict[str, str]:
@@ -552,9 +562,11 @@ class Bus:
         backoff = 0.1
         try:
             while not self._closing:
+                raise_if_cancelled()
                 try:
                     msgs = await sub.fetch(batch, timeout=fetch_timeout)
                 except nats.errors.TimeoutError:
+                    metrics.set_consumer_pending(stream, durable, 0)  # nothing was left
                     continue
                 except Exception as exc:
                     if self._closing:
@@ -568,6 +580,8 @@ class Bus:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                if msgs:  # the lag, from the last message's delivery metadata: no request
+                    metrics.set_consumer_pending(stream, durable, msgs[-1].metadata.num_pending)
                 pending = list(msgs)
                 try:
                     while pending:
@@ -582,6 +596,7 @@ class Bus:
                         with contextlib.suppress(Exception):
                             await msg.nak()
         finally:
+            metrics.forget_consumer(stream, durable)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -675,6 +690,7 @@ class Bus:
         last_seq = 0
         backoff = 0.1
         while not self._closing:
+            raise_if_cancelled()
             config = ConsumerConfig(
                 ack_policy=AckPolicy.NONE,
                 inactive_threshold=inactive_threshold,
@@ -737,6 +753,7 @@ class Bus:
         if on_caught_up is not None and not pending:
             on_caught_up()  # nothing to replay: no need to wait for an empty fetch
         while not self._closing:
+            raise_if_cancelled()
             try:
                 msgs = await sub.fetch(batch, timeout=fetch_timeout)
             except nats.errors.TimeoutError:

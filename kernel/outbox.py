@@ -61,7 +61,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement, TextClause
 
-from kernel.bus import MSG_ID_HEADER, Bus, message_headers, subject_of
+from kernel.bus import MSG_ID_HEADER, Bus, message_headers, raise_if_cancelled, subject_of
 from kernel.db import Database, insert_from_arrays
 
 __all__ = [
@@ -347,6 +347,7 @@ class OutboxRelay:
         backoff = 0.1
         try:
             while True:
+                raise_if_cancelled()  # a publish's swallowed cancel must still stop it
                 self._wake.clear()
                 try:
                     count = await self.drain_once()

@@ -3,7 +3,9 @@
 A decision gets exactly one reward: the first reaction, or the default
 after the wait, whichever commits first (``reward IS NULL`` guards the
 update). Each reward takes the next ``reward_seq``; a policy snapshot records
-the last sequence folded in, so a restart replays only what came after.
+the sequence up to which every reward is folded in, and the ones folded in
+above it (replicas fold each other's rewards as they arrive), so a restart
+replays exactly the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.recommender.store import metadata, tips
@@ -39,6 +41,8 @@ policy_state = Table(
     Column("state", LargeBinary, nullable=False),
     Column("reward_seq", BigInteger, nullable=False),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Rewards folded in above reward_seq (migration 0003).
+    Column("applied_above", ARRAY(BigInteger), nullable=False, server_default="{}"),
 )
 policy_exports = Table(
     "policy_exports",
@@ -142,25 +146,64 @@ async def rewards_after(session: AsyncSession, seq: int) -> Sequence[Rewarded]:
     return [_rewarded(r) for r in rows]
 
 
-async def load_snapshot(session: AsyncSession, name: str) -> tuple[bytes, int] | None:
+@dataclass(frozen=True)
+class Snapshot:
+    """Policy statistics with every reward up to ``seq`` folded in, and ``above``."""
+
+    state: bytes
+    seq: int
+    above: frozenset[int]
+
+
+async def load_snapshot(session: AsyncSession, name: str) -> Snapshot | None:
     row = (
         await session.execute(
-            select(policy_state.c.state, policy_state.c.reward_seq).where(
-                policy_state.c.name == name
-            )
+            select(
+                policy_state.c.state, policy_state.c.reward_seq, policy_state.c.applied_above
+            ).where(policy_state.c.name == name)
         )
     ).first()
-    return None if row is None else (bytes(row.state), int(row.reward_seq))
+    if row is None:
+        return None
+    return Snapshot(bytes(row.state), int(row.reward_seq), frozenset(row.applied_above))
 
 
-async def save_snapshot(session: AsyncSession, name: str, state: bytes, seq: int) -> None:
-    stmt = insert(policy_state).values(name=name, state=state, reward_seq=seq)
+async def save_snapshot(session: AsyncSession, name: str, snapshot: Snapshot) -> None:
+    values = {
+        "state": snapshot.state,
+        "reward_seq": snapshot.seq,
+        "applied_above": sorted(snapshot.above),
+    }
+    stmt = insert(policy_state).values(name=name, **values)
     await session.execute(
         stmt.on_conflict_do_update(
-            index_elements=["name"],
-            set_={"state": state, "reward_seq": seq, "update_time": func.now()},
+            index_elements=["name"], set_={**values, "update_time": func.now()}
         )
     )
+
+
+async def reward_seqs_after(session: AsyncSession, seq: int) -> Sequence[tuple[int, datetime]]:
+    """(sequence, reward time) of the rewards committed after ``seq``, in order."""
+    rows = (
+        await session.execute(
+            select(tips.c.reward_seq, tips.c.reward_time)
+            .where(tips.c.reward_seq > seq)
+            .order_by(tips.c.reward_seq)
+        )
+    ).all()
+    return [(int(r.reward_seq), r.reward_time) for r in rows]
+
+
+async def rewards_with_seqs(session: AsyncSession, seqs: Sequence[int]) -> Sequence[Rewarded]:
+    """The committed rewards among ``seqs``, in sequence order."""
+    if not seqs:
+        return []
+    rows = (
+        await session.execute(
+            select(*_REWARDED).where(tips.c.reward_seq.in_(list(seqs))).order_by(tips.c.reward_seq)
+        )
+    ).all()
+    return [_rewarded(r) for r in rows]
 
 
 async def find_export(session: AsyncSession, request_id: str) -> Row[Any] | None:

@@ -64,6 +64,8 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         relay = OutboxRelay(db, bus, store.outbox, linger=settings.recommender_relay_linger_seconds)
         runtime.spawn(relay.run())
         runtime.spawn(learner.sweep())
+        runtime.spawn(learner.follow(bus))  # other replicas' rewards
+        runtime.spawn(learner.reconcile())
         runtime.spawn(learner.snapshots())
         runtime.spawn(learner.export_schedule())
         runtime.spawn(catalog.watch(settings.recommender_catalog_refresh_seconds))

@@ -28,6 +28,12 @@ class RecommenderSettings(Settings):
     recommender_default_reward: float = Field(default=0.0, ge=0, le=1)
     # How often the sweeper looks for decisions past the wait.
     recommender_reward_sweep_seconds: float = Field(default=30.0, gt=0)
+    # Replicas fold each other's rewards as RewardAssigned arrives; this often each
+    # checks the table for any the feed missed (core/learning.py, "replicas").
+    recommender_reward_reconcile_seconds: float = Field(default=10.0, gt=0)
+    # A reward transaction older than this has committed or never will: a gap in
+    # the reward sequence below such a reward is skipped for good.
+    recommender_reward_settle_seconds: float = Field(default=60.0, ge=0)
 
     # --- the policy model -------------------------------------------------------------
     # Triton model repository root (models/<name>/<version>/model.onnx).

@@ -6,8 +6,13 @@
   the next decision reflects it within milliseconds. ``lock`` orders those
   transactions, so the reward sequence is the order of updates.
 - Durability: the rewards are the record. A snapshot of the statistics with
-  the last sequence folded in is saved every ``policy_snapshot_seconds`` and
-  at shutdown; a restart loads it and replays the rewards after it.
+  what it folded in (every reward up to a sequence, and those above it) is
+  saved every ``policy_snapshot_seconds`` and at shutdown; a restart loads it
+  and folds in exactly the rewards it lacks.
+- Replicas: each folds its own rewards at once and every other replica's as
+  their ``RewardAssigned`` arrives (``follow``, an ephemeral consumer of its
+  own); each reward once, by its ``reward_seq``, whatever the order.
+  ``reconcile`` checks the table now and then for rewards the feed missed.
 - The model: the ONNX model (the policy's shared part) is exported again
   after every ``recommender_model_refresh_updates`` rewards (``policy.serving``:
   the rule the learning and replay benches run), on demand, or on a schedule,
@@ -27,6 +32,7 @@ import numpy as np
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.bus import Bus, Delivery, stream_of, subject_of
 from kernel.db import Database
 from kernel.names import user_name
 from kernel.outbox import enqueue
@@ -70,12 +76,18 @@ class Learner:
         self.rng = np.random.default_rng(settings.recommender_seed)
         self.lock = asyncio.Lock()
         self._export_lock = asyncio.Lock()
+        # Every committed reward up to applied_seq is folded in, and those in _above.
         self.applied_seq = 0
-        self._saved_seq = 0
+        self._above: set[int] = set()
+        self.folded = 0  # rewards folded in by this process
+        self._saved_folded = 0
+        self.caught_up = 0  # rewards the feed missed, found by reconcile
+        self.followed = 0  # other replicas' rewards folded from RewardAssigned
         self.online_updates = 0  # since the deciding model was loaded
         self.model_load_time = datetime.now(UTC)
         self.exports = 0
         self._refreshing: asyncio.Task[None] | None = None
+        self._started = datetime.now(UTC)
 
     # --- start ----------------------------------------------------------------------
 
@@ -83,11 +95,12 @@ class Learner:
         """Statistics from the snapshot plus the rewards after it; the model loaded."""
         async with self.db.session() as session:
             snapshot = await reward_store.load_snapshot(session, POLICY_NAME)
-            if snapshot is not None:
-                self.policy = bandit.Policy.from_state(snapshot[0])
-                self.applied_seq = self._saved_seq = snapshot[1]
-            replay = await reward_store.rewards_after(session, self.applied_seq)
-        self.apply(replay)
+        if snapshot is not None:
+            self.policy = bandit.Policy.from_state(snapshot.state)
+            self.applied_seq, self._above = snapshot.seq, set(snapshot.above)
+        async with self.lock:
+            replayed = await self.reconcile_once()
+        self._saved_folded = self.folded
         self.online_updates = 0
         if not onnx_export.versions(self.repository, self.model_name):
             await asyncio.to_thread(self._export_copy)
@@ -100,7 +113,7 @@ class Learner:
             self.scorer = scoring.FallbackScorer(self.triton, self.onnx)
         log.info(
             "policy ready",
-            extra={"replayed": len(replay), "model_version": self.model_version},
+            extra={"replayed": replayed, "model_version": self.model_version},
         )
 
     # --- scoring ----------------------------------------------------------------------
@@ -159,18 +172,23 @@ class Learner:
             decide_time=timestamp(rewarded.decide_time),
             model_version=rewarded.model_version,
             propensity=rewarded.propensity,
+            reward_seq=rewarded.seq,
         )
         if react_time is not None:
             event.react_time.CopyFrom(timestamp(react_time))
         await enqueue(session, self.outbox, event, msg_id=event.event_id)
 
+    def folded_in(self, seq: int) -> bool:
+        return seq <= self.applied_seq or seq in self._above
+
     def apply(self, rewards: Iterable[Rewarded]) -> int:
-        """Fold committed rewards into the policy (call with ``lock`` held, in seq order)."""
+        """Fold committed rewards into the policy, each once (call with ``lock`` held)."""
         count = 0
         for r in rewards:
-            if r.seq <= self.applied_seq:
+            if self.folded_in(r.seq):
                 continue
-            self.applied_seq = r.seq
+            self._above.add(r.seq)
+            self.folded += 1
             self.history.record_reward(r.user_id, r.category, r.reward)
             if r.row is None:
                 continue  # a decision of the rule policy: no feature row to learn from
@@ -180,8 +198,68 @@ class Learner:
             self.policy.update(r.catalog_tip.removeprefix("catalogTips/"), x, r.reward)
             self.online_updates += 1
             count += 1
+        while self.applied_seq + 1 in self._above:  # in order, as one replica folds
+            self.applied_seq += 1
+            self._above.discard(self.applied_seq)
         self._refresh_if_due()
         return count
+
+    # --- replicas ---------------------------------------------------------------------
+
+    async def reconcile_once(self) -> int:
+        """Fold in committed rewards not folded yet (call with ``lock`` held); how many.
+
+        Then skip the sequence's gaps (numbers taken by transactions that rolled
+        back) below rewards older than ``recommender_reward_settle_seconds``.
+        """
+        async with self.db.session() as session:
+            committed = await reward_store.reward_seqs_after(session, self.applied_seq)
+            missing = [seq for seq, _ in committed if seq not in self._above]
+            rewards = await reward_store.rewards_with_seqs(session, missing)
+        folded_before = self.folded
+        self.apply(rewards)
+        settled = datetime.now(UTC) - timedelta(
+            seconds=self.settings.recommender_reward_settle_seconds
+        )
+        floor = max((seq for seq, at in committed if at < settled), default=0)
+        if floor > self.applied_seq:
+            self.applied_seq = floor
+            self._above = {seq for seq in self._above if seq > floor}
+        return self.folded - folded_before
+
+    async def reconcile(self) -> None:
+        """Now and then, fold in any reward the ``RewardAssigned`` feed missed."""
+        while True:
+            await asyncio.sleep(self.settings.recommender_reward_reconcile_seconds)
+            try:
+                async with self.lock:
+                    found = await self.reconcile_once()
+            except Exception as exc:
+                log.warning("reward reconcile failed", extra={"error": repr(exc)})
+                continue
+            if found:
+                self.caught_up += found
+                log.info("rewards caught up from the table", extra={"rewards": found})
+
+    async def follow(self, bus: Bus) -> None:
+        """Fold in other replicas' rewards as their ``RewardAssigned`` arrive."""
+        margin = timedelta(seconds=self.settings.recommender_reward_settle_seconds)
+        await bus.follow(
+            stream=stream_of(events_pb2.RewardAssigned),
+            subjects=[subject_of(events_pb2.RewardAssigned)],
+            message_type=events_pb2.RewardAssigned,
+            handler=self._on_reward,
+            start_time=self._started - margin,
+        )
+
+    async def _on_reward(self, delivery: Delivery[events_pb2.RewardAssigned]) -> None:
+        seq = delivery.message.reward_seq
+        if seq <= 0 or self.folded_in(seq):
+            return  # ours (folded at commit), seen before, or from before reward_seq
+        async with self.db.session() as session:
+            rewards = await reward_store.rewards_with_seqs(session, [seq])
+        async with self.lock:
+            self.followed += self.apply(rewards)
 
     def _refresh_if_due(self) -> None:
         """Export the model in the background once enough rewards came in (the serving rule)."""
@@ -239,12 +317,15 @@ class Learner:
     async def snapshot(self) -> bool:
         """Save the statistics if they changed since the last snapshot."""
         async with self.lock:
-            if self.applied_seq == self._saved_seq:
+            if self.folded == self._saved_folded:
                 return False
-            state, seq = self.policy.state(), self.applied_seq
+            folded = self.folded
+            snapshot = reward_store.Snapshot(
+                self.policy.state(), self.applied_seq, frozenset(self._above)
+            )
         async with self.db.transaction() as session:
-            await reward_store.save_snapshot(session, POLICY_NAME, state, seq)
-        self._saved_seq = seq
+            await reward_store.save_snapshot(session, POLICY_NAME, snapshot)
+        self._saved_folded = folded
         return True
 
     async def snapshots(self) -> None:

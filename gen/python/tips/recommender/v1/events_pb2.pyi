@@ -160,6 +160,7 @@ class RewardAssigned(_message.Message):
     DECIDE_TIME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     PROPENSITY_FIELD_NUMBER: _builtins.int
+    REWARD_SEQ_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event, used as `Nats-Msg-Id`; derived from the tip and
     the reaction, so a redelivered reaction yields the same id.
@@ -182,6 +183,10 @@ class RewardAssigned(_message.Message):
     """The model version that made the decision; empty for the uniform fallback."""
     propensity: _builtins.float
     """The decision's propensity, repeated here so consumers need no join."""
+    reward_seq: _builtins.int
+    """The reward's place among all rewards (one sequence in the database): every
+    recommender replica folds each reward into its policy once, by this number.
+    """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """When the reward was assigned."""
@@ -209,10 +214,11 @@ class RewardAssigned(_message.Message):
         decide_time: _timestamp_pb2.Timestamp | None = ...,
         model_version: _builtins.str = ...,
         propensity: _builtins.float = ...,
+        reward_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time", "occur_time", b"occur_time", "react_time", b"react_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_tip", b"catalog_tip", "decide_time", b"decide_time", "event_id", b"event_id", "model_version", b"model_version", "occur_time", b"occur_time", "propensity", b"propensity", "react_time", b"react_time", "reaction", b"reaction", "reward", b"reward", "source", b"source", "tip", b"tip", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_tip", b"catalog_tip", "decide_time", b"decide_time", "event_id", b"event_id", "model_version", b"model_version", "occur_time", b"occur_time", "propensity", b"propensity", "react_time", b"react_time", "reaction", b"reaction", "reward", b"reward", "reward_seq", b"reward_seq", "source", b"source", "tip", b"tip", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
