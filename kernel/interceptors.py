@@ -9,7 +9,8 @@ handler; map exceptions to statuses
 (DomainError -> its code and details, NotImplementedError -> UNIMPLEMENTED,
 the database unreachable -> UNAVAILABLE with RetryInfo, anything else ->
 INTERNAL with nothing leaked, traceback logged); write one
-access-log line (method, code, duration).
+access-log line (method, code, duration) and, when metrics are read, record
+the RPC's duration by method and code (``kernel.metrics.record_rpc``).
 
 grpc.aio interceptors only see the RpcMethodHandler, so the interceptor
 wraps the handler's behaviour for each of the four call shapes.
@@ -30,7 +31,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from kernel import deadline, telemetry
+from kernel import deadline, metrics, telemetry
 from kernel.access import CallerPolicy
 from kernel.db import is_unavailable
 from kernel.errors import DomainError, Unavailable
@@ -169,6 +170,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if outcome.code is not grpc.StatusCode.OK:
                 span.set_status(trace.StatusCode.ERROR, outcome.code.name)
             span.end()
+            seconds = time.perf_counter() - start
+            if metrics.enabled():
+                metrics.record_rpc(method, outcome.code.name, seconds)
             level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
             access_log.log(
                 level,
@@ -176,7 +180,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 extra={
                     "rpc_method": name,
                     "code": outcome.code.name,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "duration_ms": round(seconds * 1000, 3),
                     "trace_id": format(span.get_span_context().trace_id, "032x"),
                     **({"user": outcome.caller.user} if outcome.caller else {}),
                 },

@@ -37,6 +37,7 @@ from kernel.clients import channel, close_channels
 from kernel.dependency_health import DependencyHealth, Probe, bus_probe, db_probe
 from kernel.interceptors import ServerInterceptor
 from kernel.logging import configure_logging, redact_text
+from kernel.metrics import MetricsEndpointError
 from kernel.service import Binding, Runtime, ServiceDefinition
 from kernel.settings import DEFAULT_PORTS, Settings, SettingsError, load_settings
 from kernel.telemetry import configure_telemetry, shutdown_telemetry
@@ -166,7 +167,10 @@ class ServiceServer:
         """Listen (NOT_SERVING), connect, build, then report SERVING."""
         name, settings = self.definition.name, self.settings
         configure_logging(settings, name)
-        configure_telemetry(settings, name)
+        try:
+            configure_telemetry(settings, name)
+        except MetricsEndpointError as exc:
+            raise StartupError(str(exc)) from None
         tls.warn_if_insecure(settings, name)
         interceptor = ServerInterceptor(callers=self._callers, verifier=self._verifier)
         server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)

@@ -84,9 +84,16 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    # OpenTelemetry: off by default; "console" prints spans, "otlp" exports.
+    # OpenTelemetry: off by default; "console" prints spans, "otlp" exports
+    # spans and metrics to otel_endpoint (a collector's OTLP/gRPC port).
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str = "http://127.0.0.1:4317"
+    # Metrics (kernel/metrics.py): pushed over OTLP this often when otel_exporter
+    # is "otlp"; served in Prometheus' text format at http://host:metrics_port/metrics
+    # when metrics_port is set (0: no endpoint, the default, so processes on one
+    # machine never collide). Neither: no metric is recorded.
+    metrics_export_seconds: float = Field(default=15.0, gt=0, le=3600)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Seconds in-flight RPCs get to finish after SIGTERM.
     drain_seconds: float = Field(default=5.0, ge=0, le=300)
