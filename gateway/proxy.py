@@ -9,6 +9,11 @@ precomputed). Requests no route matches go on to Starlette (``/healthz``,
 A client that goes away cancels its upstream call: while the call runs, a
 task waits on ``receive`` for ``http.disconnect`` and cancels it (the
 backend sees CANCELLED at once instead of working to its deadline).
+
+Every upstream call carries the request's trace (``gateway.telemetry``: a
+SERVER span per request and a CLIENT span per upstream call when spans are
+recorded, else one minted ``traceparent``); requests are timed by route and
+status when metrics are read.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import gzip
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -29,8 +35,10 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
+from gateway import telemetry as edge
 from gateway.errors import error_parts, status_of_rpc_error
 from gateway.h2upstream import UpstreamError
 from gateway.routing import Route, RouteTable
@@ -39,7 +47,7 @@ from gateway.transcode import FORM, Bad, Codec, build_request, reads_body, reque
 from gateway.upstreams import Upstreams
 from kernel.errors import DomainError, PermissionDenied
 from kernel.identity import IDENTITY_KEYS, Caller
-from kernel.telemetry import extract_headers, inject_metadata
+from kernel.telemetry import recording
 
 log = logging.getLogger("tips.gateway")
 
@@ -104,7 +112,6 @@ MAX_TIMEOUT_S = 86400.0
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON = (b"content-type", b"application/json")
-_tracer = trace.get_tracer("tips.gateway")
 # Errors that carry the upstream's header metadata (h2upstream's and grpc.aio's).
 _WITH_HEADERS = (UpstreamError, grpc.aio.AioRpcError)
 
@@ -144,7 +151,6 @@ class Transcoder:
         self, scope: Scope, receive: Receive, send: Send, route: Route, values: dict[str, str]
     ) -> None:
         headers = _headers(scope)
-        span = None
         try:
             timeout = _timeout(headers.get("grpc-timeout"), self.default_deadline_s)
             metadata = _forwarded_metadata(scope, headers)
@@ -160,9 +166,10 @@ class Transcoder:
                 # an unverified token is not passed on.
                 metadata.append(("authorization", headers["authorization"]))
             query = scope.get("query_string", b"").decode("latin-1")
-            if "traceparent" in headers:
-                span, trace_md = _continue_trace(route, headers)
-                metadata.extend(trace_md)
+            if not recording():  # else each upstream call carries its CLIENT span's
+                metadata.append(
+                    ("traceparent", edge.minted_traceparent(headers.get("traceparent")))
+                )
             if route.client_streaming:
                 await self._stream_in(
                     receive, send, route, values, query, metadata, timeout, headers
@@ -185,9 +192,6 @@ class Transcoder:
             # As grpc-gateway: the upstream's header metadata goes out on errors too.
             error_md = exc.initial_metadata() if isinstance(exc, _WITH_HEADERS) else None
             await _respond_status(send, status_of_rpc_error(exc), error_md or ())
-        finally:
-            if span is not None:
-                span.end()
 
     async def _unary(
         self,
@@ -209,9 +213,16 @@ class Transcoder:
         call = self.upstreams.unary(route.service, route.grpc_path, route.response_class.FromString)
         if call is None:
             raise _no_upstream(route)
-        pending = call(request, timeout=deadline_s, metadata=metadata)
-        response = await _unless_gone(receive, pending, pending)
-        return response, (await pending.initial_metadata()) or ()
+        span, metadata = edge.client_span(route.grpc_path, metadata)
+        try:
+            pending = call(request, timeout=deadline_s, metadata=metadata)
+            response = await _unless_gone(receive, pending, pending)
+            header_md = (await pending.initial_metadata()) or ()
+        except BaseException as exc:
+            edge.end_client_span(span, exc)
+            raise
+        edge.end_client_span(span, None)
+        return response, header_md
 
     async def _stream(
         self,
@@ -228,8 +239,14 @@ class Transcoder:
         )
         if call is None:
             raise _no_upstream(route)
-        pending = call(request, timeout=deadline_s, metadata=metadata)
-        await _relay_stream(receive, send, route, pending, headers)
+        span, metadata = edge.client_span(route.grpc_path, metadata)
+        try:
+            pending = call(request, timeout=deadline_s, metadata=metadata)
+            await _relay_stream(receive, send, route, pending, headers)
+        except BaseException as exc:
+            edge.end_client_span(span, exc)
+            raise
+        edge.end_client_span(span, None)
 
     async def _stream_in(
         self,
@@ -252,6 +269,27 @@ class Transcoder:
         )
         if make is None:
             raise _no_upstream(route)
+        span, metadata = edge.client_span(route.grpc_path, metadata)
+        try:
+            await self._stream_call(receive, send, route, make, values, query, metadata,
+                                    deadline_s, headers)  # fmt: skip
+        except BaseException as exc:
+            edge.end_client_span(span, exc)
+            raise
+        edge.end_client_span(span, None)
+
+    async def _stream_call(
+        self,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        make: Any,
+        values: dict[str, str],
+        query: str,
+        metadata: Metadata,
+        deadline_s: float,
+        headers: Mapping[str, str],
+    ) -> None:
         call = make(timeout=deadline_s, metadata=metadata)
         try:
             async for value in json_values(_body_chunks(receive)):
@@ -306,6 +344,8 @@ async def _relay_stream(
 class ClientGone(Exception):
     """The HTTP client disconnected before the answer: its upstream call was cancelled."""
 
+    code = grpc.StatusCode.CANCELLED  # what its upstream call came to (gateway.telemetry)
+
 
 class CallCancelled(DomainError):
     """The upstream call ended as CANCELLED without the client leaving."""
@@ -356,10 +396,57 @@ async def serve_guarded(
     route: Route,
     values: dict[str, str],
 ) -> None:
-    """``transcoder.handle``, with anything unforeseen answered as a 500 Status.
+    """``transcoder.handle``, with anything unforeseen answered as a 500 Status;
+    observed (a span, a timing) when telemetry reads requests.
 
     (Starlette's error middleware would do it, at the cost of wrapping every send.)
     """
+    if edge.observed():
+        await _serve_observed(transcoder, scope, receive, send, route, values)
+        return
+    await _serve(transcoder, scope, receive, send, route, values)
+
+
+async def _serve_observed(
+    transcoder: Transcoder,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    route: Route,
+    values: dict[str, str],
+) -> None:
+    """``_serve`` inside the request's SERVER span (when recorded), timed by status."""
+    start = time.perf_counter()
+    status = edge.CLIENT_CLOSED  # until an answer starts
+
+    async def observed_send(message: AsgiMessage) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    method, template = scope["method"], route.template.source
+    span = token = None
+    if recording():
+        span = edge.server_span(method, template, scope["headers"])
+        token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        await _serve(transcoder, scope, receive, observed_send, route, values)
+    finally:
+        if span is not None and token is not None:
+            otel_context.detach(token)
+            edge.end_server_span(span, status)
+        edge.record_request(method, template, status, time.perf_counter() - start)
+
+
+async def _serve(
+    transcoder: Transcoder,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    route: Route,
+    values: dict[str, str],
+) -> None:
     try:
         await transcoder.handle(scope, receive, send, route, values)
     except Exception:
@@ -507,19 +594,6 @@ def _resolve_me(values: dict[str, str], caller: Caller) -> dict[str, str]:
                 out = dict(values)
             out[key] = caller.resource_name + value[len("users/me") :]
     return out
-
-
-def _continue_trace(route: Route, headers: Mapping[str, str]) -> tuple[Any, list[tuple[str, str]]]:
-    carried = {k: headers[k] for k in ("traceparent", "tracestate") if k in headers}
-    parent = extract_headers(carried)
-    span = _tracer.start_span(
-        f"{route.verb} {route.template.source}", context=parent, kind=trace.SpanKind.SERVER
-    )
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    try:
-        return span, inject_metadata()
-    finally:
-        otel_context.detach(token)
 
 
 async def _body_chunks(receive: Receive) -> AsyncIterator[tuple[bytes, bool]]:

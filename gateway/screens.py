@@ -4,7 +4,8 @@ One REST call per screen: the gateway calls the services a screen needs
 concurrently, under the request's one deadline, and assembles the answer.
 Essential parts fail the call; the others are left out and named in
 ``missing_parts`` with the error their service gave, so the app can still draw
-the screen.
+the screen. Each call is a CLIENT span of the request's trace
+(``gateway.telemetry.traced``): one screen, one trace.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.telemetry import traced
 from kernel.errors import InvalidArgument
 from tips.gateway.v1 import screens_service_pb2 as screens_pb
 from tips.integrations.v1 import integrations_service_pb2 as integrations_pb
@@ -33,6 +35,10 @@ MAX_TIPS = 5
 # A non-essential part may use at most this share of the request's deadline,
 # so one slow service cannot hold the whole screen up.
 OPTIONAL_PART_SHARE = 0.8
+# The gRPC paths of the calls (their CLIENT spans' names).
+LIST_TIPS = "/tips.recommender.v1.RecommenderService/ListTips"
+GET_PROFILE = "/tips.profile.v1.ProfileService/GetProfile"
+LIST_CONNECTIONS = "/tips.integrations.v1.IntegrationsService/ListConnections"
 
 
 class HomeScreenComposer:
@@ -74,25 +80,37 @@ class HomeScreenComposer:
             raise InvalidArgument([("tip_count", f"must be between 0 and {MAX_TIPS}")])
         optional_timeout = deadline_s * OPTIONAL_PART_SHARE
         recommender, profile_client, integrations = self._clients()
-        tips_call = recommender.ListTips(
-            recommender_pb.ListTipsRequest(parent=user, page_size=request.tip_count or 1),
-            metadata=metadata,
-            timeout=deadline_s,
+        tips_call = traced(
+            LIST_TIPS,
+            metadata,
+            lambda md: recommender.ListTips(
+                recommender_pb.ListTipsRequest(parent=user, page_size=request.tip_count or 1),
+                metadata=md,
+                timeout=deadline_s,
+            ),
         )
         profile_call = _optional(
             "profile",
-            lambda: profile_client.GetProfile(
-                profile_pb.GetProfileRequest(name=f"{user}/profile"),
-                metadata=metadata,
-                timeout=optional_timeout,
+            lambda: traced(
+                GET_PROFILE,
+                metadata,
+                lambda md: profile_client.GetProfile(
+                    profile_pb.GetProfileRequest(name=f"{user}/profile"),
+                    metadata=md,
+                    timeout=optional_timeout,
+                ),
             ),
         )
         connections_call = _optional(
             "connections",
-            lambda: integrations.ListConnections(
-                integrations_pb.ListConnectionsRequest(parent=user),
-                metadata=metadata,
-                timeout=optional_timeout,
+            lambda: traced(
+                LIST_CONNECTIONS,
+                metadata,
+                lambda md: integrations.ListConnections(
+                    integrations_pb.ListConnectionsRequest(parent=user),
+                    metadata=md,
+                    timeout=optional_timeout,
+                ),
             ),
         )
         # The essential call raises (and cancels nothing it should not: the

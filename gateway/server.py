@@ -33,7 +33,9 @@ from gateway.proxy import EdgeAuth
 from gateway.revocations import RevocationFeed, RevokedSessions
 from gateway.upstreams import Upstreams
 from kernel.logging import configure_logging
+from kernel.metrics import MetricsEndpointError
 from kernel.settings import Settings, SettingsError, load_settings
+from kernel.telemetry import configure_telemetry, shutdown_telemetry
 
 log = logging.getLogger("tips.gateway")
 
@@ -99,6 +101,18 @@ def run(
         print(f"tips gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings, "gateway")
+    try:
+        configure_telemetry(settings, "gateway")  # read per request (gateway.telemetry)
+    except MetricsEndpointError as exc:
+        print(f"tips gateway: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        _serve(settings, app, host, port)
+    finally:
+        shutdown_telemetry()  # the last spans and metrics go out
+
+
+def _serve(settings: Settings, app: Starlette | None, host: str | None, port: int | None) -> None:
     server = build_server(settings, app, host=host, port=port)
     address = f"{server.config.host}:{server.config.port}"
     log.info("listening", extra={"address": address})

@@ -197,6 +197,9 @@ class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
         runtime = (
             model_pb2.MODEL_RUNTIME_TRITON if reachable else model_pb2.MODEL_RUNTIME_ONNX_RUNTIME
         )
+        # Health details: decisions not scored by the preferred scorer (docs/operations.md).
+        onnx_fallbacks = fallback.fallbacks if fallback is not None else 0
+        runtime_fell_back = fallback is not None and fallback.using_fallback
         return pb.GetPolicyStatusResponse(
             policy_name=bandit.ALGORITHM,
             model_version=learner.model_version,
@@ -207,6 +210,8 @@ class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
             online_update_count=learner.online_updates,
             catalog_version=self.engine.catalog.version,
             enabled_catalog_tip_count=self.engine.catalog.enabled_count,
+            scorer_fallback_count=self.engine.scoring_failures + onnx_fallbacks,
+            scorer_fell_back=self.engine.last_scoring_failed or runtime_fell_back,
         )
 
 

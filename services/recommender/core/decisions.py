@@ -4,6 +4,10 @@ Everything a decision reads is in memory (catalog, context, profile,
 history, policy); the only wait is the group commit of the decision log
 (``writer.py``). When nothing is eligible the answer is empty and the reason
 is logged and counted (``no_tip_reasons``).
+
+Metrics (``kernel.metrics``, recorded when read): each decision's duration
+and candidate count, the tips decided by whether the policy explored, and
+the scoring fallbacks (docs/operations.md, "Telemetry").
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
+import weakref
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from opentelemetry.metrics import CallbackOptions, Observation
 
+from kernel import metrics
 from kernel.names import user_name
 from kernel.outbox import EventRows, OutboxRow
 from kernel.timestamps import timestamp
@@ -38,6 +47,53 @@ log = logging.getLogger(__name__)
 FEATURE_SCHEMA_VERSION = f"features-v1-d{features.DIM}"
 # A decision stays relevant this long unless its free block ends sooner.
 DEFAULT_TTL = timedelta(hours=2)
+
+_meter = metrics.meter("tips.recommender")
+_DECISION_SECONDS = _meter.create_histogram(
+    "tips.recommender.decision.duration",
+    unit="s",
+    description="A decision from the request to its committed log, by outcome "
+    "(tip, no_tip: nothing eligible, error)",
+    explicit_bucket_boundaries_advisory=metrics.SECONDS_BUCKETS,
+)
+_CANDIDATES = _meter.create_histogram(
+    "tips.recommender.decision.candidates",
+    unit="{tip}",
+    description="Eligible catalog tips a decision chose among (0: no tip)",
+    explicit_bucket_boundaries_advisory=(0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500),
+)
+_TIPS = _meter.create_counter(
+    "tips.recommender.decision.tips",
+    unit="{tip}",
+    description="Tips decided, by whether the policy explored (picked other than its best "
+    "guess): the exploration rate is explored=true over all",
+)
+_OUTCOMES = {k: {"tips.outcome": k} for k in ("tip", "no_tip", "error")}
+_EXPLORED = {k: {"tips.explored": k} for k in (True, False)}
+# Every engine of the process, for the fallback counter's callback.
+_ENGINES: weakref.WeakSet[DecisionEngine] = weakref.WeakSet()
+
+
+def _observe_fallbacks(options: CallbackOptions) -> Iterable[Observation]:
+    onnx = live = 0
+    for engine in list(_ENGINES):
+        fallback = engine.learner.fallback
+        onnx += fallback.fallbacks if fallback is not None else 0
+        live += engine.scoring_failures
+    return [
+        Observation(onnx, {"tips.scorer.fallback": "onnxruntime"}),
+        Observation(live, {"tips.scorer.fallback": "live_statistics"}),
+    ]
+
+
+_meter.create_observable_counter(
+    "tips.recommender.scorer.fallbacks",
+    callbacks=[_observe_fallbacks],
+    unit="{decision}",
+    description="Decisions not scored by the preferred scorer: by ONNX Runtime in process "
+    "because Triton failed (onnxruntime), or from the live statistics alone because no "
+    "scorer answered (live_statistics)",
+)
 
 
 def policy_context(f: domain.Features, affinity: dict[str, float]) -> dict[str, float]:
@@ -87,6 +143,11 @@ class DecisionEngine:
         self.writer = writer
         self.no_tip_reasons: Counter[str] = Counter()
         self.decisions = 0
+        # Decisions scored from the live statistics because the scorer failed,
+        # and whether the last scoring did (GetPolicyStatus, metrics).
+        self.scoring_failures = 0
+        self.last_scoring_failed = False
+        _ENGINES.add(self)
         # User id -> the decision being made for ``current``: callers at the same
         # moment share it instead of deciding twice.
         self._deciding: dict[str, asyncio.Future[list[tip_pb2.Tip]]] = {}
@@ -148,6 +209,18 @@ class DecisionEngine:
 
     async def decide(self, user_id: str, count: int, now: datetime) -> list[tip_pb2.Tip]:
         """A new decision of ``count`` tips, committed, then active."""
+        if not metrics.enabled():
+            return await self._decide(user_id, count, now)
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            tips = await self._decide(user_id, count, now)
+            outcome = "tip" if tips else "no_tip"
+            return tips
+        finally:
+            _DECISION_SECONDS.record(time.perf_counter() - start, _OUTCOMES[outcome])
+
+    async def _decide(self, user_id: str, count: int, now: datetime) -> list[tip_pb2.Tip]:
         ctx, prefs, f = await self.situation(user_id, now)
         history = self.history.get(user_id)
         catalog = self.catalog.entries  # one tuple for the whole decision
@@ -156,6 +229,7 @@ class DecisionEngine:
             catalog, f, prefs, history, ctx.suppressed_until,
             self.settings.recommender_default_daily_cap, self._checks,
         )  # fmt: skip
+        _CANDIDATES.record(len(index))
         if not index:
             top = reasons.most_common(1)[0][0] if reasons else "empty_catalog"
             self.no_tip_reasons[top] += 1
@@ -164,6 +238,9 @@ class DecisionEngine:
         context = policy_context(f, self.history.affinity(user_id))
         rows = features.rows(context, block, index)
         base = await self.learner.base_scores(rows)
+        # None from a scorer: it failed, and the policy decides from live statistics.
+        self.last_scoring_failed = base is None and self.learner.scorer is not None
+        self.scoring_failures += self.last_scoring_failed
         model_version = self.learner.model_version if base is not None else ""
         policy = self.learner.policy
         arms = [catalog[i].id for i in index]
@@ -179,6 +256,7 @@ class DecisionEngine:
             at = remaining[[arms[j] for j in remaining].index(decision.arm)]
             picks.append((catalog[index[at]], at, decision))
             remaining.remove(at)
+            _TIPS.add(1, _EXPLORED[bool(decision.explored)])
         values = f.values()
         feature_bytes = wire.context_features(values.items())
         json_context = json.dumps({k: (None if v != v else v) for k, v in values.items()})

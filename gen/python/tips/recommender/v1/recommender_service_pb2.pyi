@@ -470,6 +470,8 @@ class GetPolicyStatusResponse(_message.Message):
     ONLINE_UPDATE_COUNT_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
     ENABLED_CATALOG_TIP_COUNT_FIELD_NUMBER: _builtins.int
+    SCORER_FALLBACK_COUNT_FIELD_NUMBER: _builtins.int
+    SCORER_FELL_BACK_FIELD_NUMBER: _builtins.int
     policy_name: _builtins.str
     """The policy algorithm, e.g. "linucb" or "epsilon_greedy"."""
     model_version: _builtins.str
@@ -492,6 +494,14 @@ class GetPolicyStatusResponse(_message.Message):
     """The tip catalog version candidates come from."""
     enabled_catalog_tip_count: _builtins.int
     """Number of enabled catalog tips, the policy's arms."""
+    scorer_fallback_count: _builtins.int
+    """Decisions this process did not score with the preferred scorer since it
+    started: scored by ONNX Runtime in process because Triton failed, or
+    decided from the live statistics alone because no scorer answered (the
+    metric `tips.recommender.scorer.fallbacks`, both kinds summed).
+    """
+    scorer_fell_back: _builtins.bool
+    """Whether the last decision's scoring fell back, either way."""
     @_builtins.property
     def model_load_time(self) -> _timestamp_pb2.Timestamp:
         """When the deciding model version was loaded."""
@@ -508,10 +518,12 @@ class GetPolicyStatusResponse(_message.Message):
         online_update_count: _builtins.int = ...,
         catalog_version: _builtins.str = ...,
         enabled_catalog_tip_count: _builtins.int = ...,
+        scorer_fallback_count: _builtins.int = ...,
+        scorer_fell_back: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model_load_time", b"model_load_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "enabled_catalog_tip_count", b"enabled_catalog_tip_count", "model_load_time", b"model_load_time", "model_version", b"model_version", "online_update_count", b"online_update_count", "policy_name", b"policy_name", "runtime", b"runtime", "triton_configured", b"triton_configured", "triton_reachable", b"triton_reachable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "enabled_catalog_tip_count", b"enabled_catalog_tip_count", "model_load_time", b"model_load_time", "model_version", b"model_version", "online_update_count", b"online_update_count", "policy_name", b"policy_name", "runtime", b"runtime", "scorer_fallback_count", b"scorer_fallback_count", "scorer_fell_back", b"scorer_fell_back", "triton_configured", b"triton_configured", "triton_reachable", b"triton_reachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
