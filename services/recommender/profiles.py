@@ -2,7 +2,9 @@
 
 The first decision for a user asks the profile service's read model
 (``ProfileInternalService.GetUserContext``); its answer is cached and kept
-current by ``ProfileChanged`` / ``ConsentChanged`` from stream TIPS_PROFILE.
+current by ``ProfileChanged`` / ``ConsentChanged`` from stream TIPS_PROFILE,
+which every replica reads whole (an ephemeral consumer of its own: a cache
+fed by a shared durable would see only its share of the updates).
 When the profile service cannot answer (down, UNIMPLEMENTED, no profile) the
 user gets the defaults - UTC, no quiet hours, muted nothing, NO consents, so
 tips needing consent are not offered - and the lookup is retried after
@@ -15,11 +17,11 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from kernel import localtime
-from kernel.bus import Bus, Delivery
-from kernel.consumers import consume_forever, event_user
+from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.consumers import check_declared, event_user
 from kernel.profile_context import ProfileUnavailable, consent_id, granted_ids, user_context
 from services.recommender.eligibility import Prefs
 from services.recommender.settings import RecommenderSettings
@@ -28,6 +30,8 @@ from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
 log = logging.getLogger(__name__)
 
 GRANTED = consent_pb2.CONSENT_STATE_GRANTED
+# Updates replayed from before the process started (see ``run``).
+FOLLOW_WINDOW_S = 60.0
 
 
 def prefs_of(profile: profile_pb2.Profile, granted: frozenset[str]) -> Prefs:
@@ -129,15 +133,25 @@ class ProfileCache:
         granted = prefs.granted | {purpose} if event.state == GRANTED else prefs.granted - {purpose}
         self._prefs[user_id] = replace(prefs, granted=granted)
 
-    async def run(self, bus: Bus, durable: str) -> None:
-        """Follow TIPS_PROFILE until cancelled (waits for the stream to exist)."""
+    async def run(self, bus: Bus) -> None:
+        """Follow TIPS_PROFILE until cancelled, from a little before this process
+        started (an update racing the first lookup is applied or found older)."""
+        start = datetime.now(UTC) - timedelta(seconds=FOLLOW_WINDOW_S)
+        for event in (events_pb2.ProfileChanged, events_pb2.ConsentChanged):
+            check_declared(bus.name, event)
         await asyncio.gather(
-            consume_forever(
-                bus, events_pb2.ProfileChanged, durable=f"{durable}-profile",
-                handler=self.on_profile, fetch_timeout=1.0,
+            bus.follow(
+                stream=stream_of(events_pb2.ProfileChanged),
+                subjects=[subject_of(events_pb2.ProfileChanged)],
+                message_type=events_pb2.ProfileChanged,
+                handler=self.on_profile,
+                start_time=start,
             ),
-            consume_forever(
-                bus, events_pb2.ConsentChanged, durable=f"{durable}-consent",
-                handler=self.on_consent, fetch_timeout=1.0,
+            bus.follow(
+                stream=stream_of(events_pb2.ConsentChanged),
+                subjects=[subject_of(events_pb2.ConsentChanged)],
+                message_type=events_pb2.ConsentChanged,
+                handler=self.on_consent,
+                start_time=start,
             ),
-        )  # fmt: skip
+        )

@@ -60,7 +60,7 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         engine = DecisionEngine(settings, catalog, contexts, profiles, history, learner, writer)
         runtime.spawn(writer.run())
         runtime.spawn(contexts.run(bus))
-        runtime.spawn(profiles.run(bus, durable))
+        runtime.spawn(profiles.run(bus))
         relay = OutboxRelay(db, bus, store.outbox, linger=settings.recommender_relay_linger_seconds)
         runtime.spawn(relay.run())
         runtime.spawn(learner.sweep())

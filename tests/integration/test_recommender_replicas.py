@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.type import dayofweek_pb2, timeofday_pb2
 
 from kernel.server import ServiceServer
 from kernel.settings import Settings
+from kernel.timestamps import timestamp
 from services.recommender.service import definition
 from services.recommender.settings import RecommenderSettings
 from tests.support.recommender_rig import Rig, events_and_recommender
 from tests.support.tokens import as_user
 from tests.support.waiting import eventually
 from tips.events.v1 import signal_pb2
+from tips.profile.v1 import events_pb2 as profile_events
+from tips.profile.v1 import profile_pb2
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 
@@ -36,8 +41,14 @@ QUIET = {"recommender_reward_wait_seconds": 3600.0, "recommender_reward_reconcil
 
 @pytest.fixture
 async def replicas(
-    settings: Settings, nats_url: str, database_url: str, tmp_path: Path
+    settings: Settings,
+    nats_url: str,
+    create_database: Callable[[], Awaitable[str]],
+    tmp_path: Path,
 ) -> AsyncIterator[tuple[Rig, ServiceServer]]:
+    # A database of their own: these replicas' rewards must not reach other tests' policy.
+    database_url = await create_database()
+    settings = settings.model_copy(update={"database_url": database_url})
     async with events_and_recommender(
         settings, nats_url, database_url, tmp_path / "a", **QUIET
     ) as rig:
@@ -50,7 +61,8 @@ async def replicas(
                 "recommender_model_repository": str(tmp_path / "b"),
             }
         )
-        b = ServiceServer(definition(f"rec-replica-b{secrets.token_hex(3)}"), b_settings, port=0)
+        # One durable for both, as replicas of one deployment: a signal is landed once.
+        b = ServiceServer(definition(rig.durable), b_settings, port=0)
         await b.start()
         try:
             yield rig, b
@@ -91,11 +103,54 @@ async def test_a_reward_on_one_replica_is_learned_once_by_the_other(
                 metadata=md,
                 timeout=10,
             )
-        # A folded both at commit; B folds both from the feed.
-        assert await _updates(a_channel) == a_before + 2
-        await eventually(lambda: _updates(b_channel), lambda n: n >= b_before + 2, within=30)
+        # The replica that landed a reaction folded it at commit (A, unless B's share
+        # of the signals got there first); the other folds it from the feed.
+        for channel, before in ((a_channel, a_before), (b_channel, b_before)):
+            await eventually(
+                lambda channel=channel: _updates(channel), lambda n, b=before: n >= b + 2, within=30
+            )
         # Once each: the feed, the reconcile passes (every 0.2 s) and A's own copy of
         # the events fold nothing twice.
         await asyncio.sleep(1.0)
         assert await _updates(b_channel) == b_before + 2
         assert await _updates(a_channel) == a_before + 2
+
+
+async def test_a_profile_update_reaches_every_replica(replicas: tuple[Rig, ServiceServer]) -> None:
+    """Each replica's profile cache reads TIPS_PROFILE whole: quiet hours around now
+    leave both without a tip (a shared durable would give each only its share)."""
+    rig, b = replicas
+    users = [f"u_{secrets.token_hex(5)}" for _ in range(6)]
+    now = datetime.now(UTC)
+    window = profile_pb2.QuietHoursWindow(
+        day_of_week=dayofweek_pb2.DayOfWeek.Value(now.strftime("%A").upper()),
+        start_time_of_day=timeofday_pb2.TimeOfDay(hours=0),
+        end_time_of_day=timeofday_pb2.TimeOfDay(hours=23, minutes=59),
+    )
+    for user in users:
+        event = profile_events.ProfileChanged(
+            event_id=secrets.token_hex(8),
+            occur_time=timestamp(now),
+            user=f"users/{user}",
+            profile=profile_pb2.Profile(
+                name=f"users/{user}/profile", time_zone="UTC", quiet_hours=[window]
+            ),
+        )
+        await rig.bus.publish(event, msg_id=event.event_id)
+    async with (
+        grpc.aio.insecure_channel(rig.recommender.address) as a_channel,
+        grpc.aio.insecure_channel(b.address) as b_channel,
+    ):
+        for channel in (a_channel, b_channel):
+            stub = rec_grpc.RecommenderServiceStub(channel)
+            for user in users:
+
+                async def decide(stub: Any = stub, user: str = user) -> int:
+                    answer = await stub.DecideTips(
+                        rec.DecideTipsRequest(parent=f"users/{user}", page_size=1),
+                        metadata=as_user(user),
+                        timeout=10,
+                    )
+                    return len(answer.tips)
+
+                await eventually(decide, lambda n: n == 0, within=30)

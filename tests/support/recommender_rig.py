@@ -39,6 +39,7 @@ class Rig:
     recommender: ServiceServer
     db: asyncpg.Connection
     bus: Bus  # the test's own connection, publishing as the profile service
+    durable: str = ""  # the recommender's consumers' name (a replica shares it)
 
 
 @contextlib.asynccontextmanager
@@ -53,13 +54,12 @@ async def events_and_recommender(
     # Our own durable: on a shared NATS a running recommender keeps its own.
     durable = f"{DURABLE}-t{secrets.token_hex(4)}"
     recommender = recommender_definition(durable)
-    consumers = [("TIPS_EVENTS", durable)] + [
-        ("TIPS_PROFILE", f"{durable}-{suffix}") for suffix in ("profile", "consent")
-    ]
+    consumers = [("TIPS_EVENTS", durable)]
     async with (
         left_as_found(nats_url, STREAMS, consumers),
         _rig(settings, database_url, models, recommender, recommender_settings) as rig,
     ):
+        rig.durable = durable
         yield rig
 
 
