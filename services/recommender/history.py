@@ -28,6 +28,9 @@ PRIOR_N, PRIOR_MEAN = 2.0, 0.5
 # Active tips kept per user: more come only from explicit DecideTips calls;
 # older ones stay active in the table and are rewarded when they expire.
 MAX_ACTIVE = 20
+# Tip names this process decided, remembered so a replica's feed of TipDecided
+# skips its own (core/peers.py): more than a few minutes of decisions.
+MAX_MINE = 100_000
 
 
 class HistoryKeeper:
@@ -38,6 +41,7 @@ class HistoryKeeper:
         self._affinity: dict[str, dict[str, tuple[float, float]]] = {}
         # User id -> active tips, newest decision first, best first within one.
         self._active: dict[str, list[tip_pb2.Tip]] = {}
+        self._mine: dict[str, None] = {}  # insertion-ordered: the oldest go first
 
     def forget(self, user_id: str) -> None:
         """Drop an erased user's history, active tips and affinities."""
@@ -63,12 +67,52 @@ class HistoryKeeper:
         """A decision's tips (best first), committed: active until reacted to or expired."""
         if decided:
             self._active[user_id] = [*decided, *self._active.get(user_id, ())][:MAX_ACTIVE]
+            for tip in decided:
+                self._mine[tip.name] = None
+            while len(self._mine) > MAX_MINE:
+                del self._mine[next(iter(self._mine))]
+
+    def decided_here(self, tip_name: str) -> bool:
+        """Whether this process decided ``tip_name`` (recently)."""
+        return tip_name in self._mine
+
+    def record_peer_decision(self, user_id: str, tip: tip_pb2.Tip) -> None:
+        """Another replica's decision: counts for eligibility, and is active if ``tip`` is."""
+        at = tip.decide_time.ToDatetime(UTC)
+        if at not in self.get(user_id).decided.get(_id(tip.catalog_tip), ()):
+            self.record_decision(user_id, _id(tip.catalog_tip), at)  # not loaded at start
+        if tip.state != tip_pb2.TIP_STATE_ACTIVE:
+            return
+        listed = [t for t in self._active.get(user_id, ()) if t.name != tip.name]
+        listed.append(tip)
+        listed.sort(key=lambda t: _seconds(t.decide_time), reverse=True)  # stable: ranks kept
+        self._active[user_id] = listed[:MAX_ACTIVE]
 
     def close(self, user_id: str, tip_name: str) -> None:
         """The tip was reacted to: no longer active."""
         tips_now = self._active.get(user_id)
         if tips_now:
             self._active[user_id] = [t for t in tips_now if t.name != tip_name]
+
+    async def load_active(self, db: Database, user_id: str, now: datetime) -> list[tip_pb2.Tip]:
+        """The user's active tips as the table has them (another replica's decision
+        that its feed has not brought yet), recorded here; newest decision first."""
+        async with db.session() as session:
+            rows = (
+                await session.execute(
+                    select(tips)
+                    .where(
+                        tips.c.user_id == user_id,
+                        tips.c.state == int(tip_pb2.TIP_STATE_ACTIVE),
+                        tips.c.expire_time > now,
+                    )
+                    .order_by(tips.c.decide_time.desc(), tips.c.rank)
+                    .limit(MAX_ACTIVE)
+                )
+            ).all()
+        for row in rows:  # appended in order, sorted by decision: best first within one
+            self.record_peer_decision(user_id, tip_from_row(row))
+        return self.active(user_id, now)
 
     def get(self, user_id: str) -> History:
         history = self._users.get(user_id)

@@ -23,6 +23,7 @@ from services.recommender.catalog_store import CatalogKeeper
 from services.recommender.consumers import DURABLE, ContextKeeper
 from services.recommender.core.decisions import DecisionEngine
 from services.recommender.core.learning import Learner
+from services.recommender.core.peers import PeerDecisions
 from services.recommender.erasure import eraser
 from services.recommender.history import HistoryKeeper
 from services.recommender.profiles import ProfileCache
@@ -64,7 +65,8 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         relay = OutboxRelay(db, bus, store.outbox, linger=settings.recommender_relay_linger_seconds)
         runtime.spawn(relay.run())
         runtime.spawn(learner.sweep())
-        runtime.spawn(learner.follow(bus))  # other replicas' rewards
+        runtime.spawn(learner.follow(bus))  # other replicas' rewards and reactions
+        runtime.spawn(PeerDecisions(db, history).run(bus))  # and their decisions
         runtime.spawn(learner.reconcile())
         runtime.spawn(learner.snapshots())
         runtime.spawn(learner.export_schedule())

@@ -154,3 +154,43 @@ async def test_a_profile_update_reaches_every_replica(replicas: tuple[Rig, Servi
                     return len(answer.tips)
 
                 await eventually(decide, lambda n: n == 0, within=30)
+
+
+async def test_active_tips_are_the_same_on_every_replica(
+    replicas: tuple[Rig, ServiceServer],
+) -> None:
+    """A screen served by either replica shows one decision's tips (no second decision),
+    and a reaction on one replica takes the tip away on the other."""
+    rig, b = replicas
+    user = f"u_{secrets.token_hex(5)}"
+    md: Any = as_user(user)
+    async with (
+        grpc.aio.insecure_channel(rig.recommender.address) as a_channel,
+        grpc.aio.insecure_channel(b.address) as b_channel,
+    ):
+        a, b_stub = (rec_grpc.RecommenderServiceStub(c) for c in (a_channel, b_channel))
+
+        async def names(stub: Any) -> list[str]:
+            answer = await stub.ListTips(
+                rec.ListTipsRequest(parent=f"users/{user}", page_size=5), metadata=md, timeout=10
+            )
+            return [t.name for t in answer.tips]
+
+        decided = await a.DecideTips(
+            rec.DecideTipsRequest(parent=f"users/{user}", page_size=2), metadata=md, timeout=10
+        )
+        shown = [t.name for t in decided.tips]
+        assert len(shown) == 2
+        await eventually(lambda: names(b_stub), lambda got: got == shown, within=30)
+        rows = await rig.db.fetchval(
+            "SELECT count(*) FROM recommender.tips WHERE user_id = $1", user
+        )
+        assert rows == 2  # B showed A's decision; it decided nothing itself
+
+        await b_stub.ReactToTip(
+            rec.ReactToTipRequest(name=shown[0], reaction=signal_pb2.TIP_REACTION_DONE),
+            metadata=md,
+            timeout=10,
+        )
+        assert await names(b_stub) == shown[1:]
+        await eventually(lambda: names(a), lambda got: got == shown[1:], within=30)

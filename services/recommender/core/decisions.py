@@ -193,7 +193,10 @@ class DecisionEngine:
         pending = asyncio.get_running_loop().create_future()
         self._deciding[user_id] = pending
         try:
-            decided = await self.decide(user_id, count, now)
+            # Another replica's decision may not have reached this one's memory yet.
+            decided = await self.history.load_active(self.writer.db, user_id, now)
+            if not decided:
+                decided = await self.decide(user_id, count, now)
         except asyncio.CancelledError:
             pending.cancel()
             raise
@@ -205,7 +208,7 @@ class DecisionEngine:
             if self._deciding.get(user_id) is pending:
                 del self._deciding[user_id]
         pending.set_result(decided)
-        return decided
+        return decided[:count]
 
     async def decide(self, user_id: str, count: int, now: datetime) -> list[tip_pb2.Tip]:
         """A new decision of ``count`` tips, committed, then active."""

@@ -33,6 +33,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.bus import Bus, Delivery, stream_of, subject_of
+from kernel.consumers import event_user
 from kernel.db import Database
 from kernel.names import user_name
 from kernel.outbox import enqueue
@@ -253,7 +254,15 @@ class Learner:
         )
 
     async def _on_reward(self, delivery: Delivery[events_pb2.RewardAssigned]) -> None:
-        seq = delivery.message.reward_seq
+        event = delivery.message
+        user_id = event_user(delivery)
+        if user_id is not None and event.source == SOURCE_REACTION:
+            # A reaction another replica landed: that tip leaves the active ones here too.
+            self.history.close(user_id, event.tip)
+            if event.reaction == R.TIP_REACTION_DONE:
+                catalog_id = event.catalog_tip.removeprefix("catalogTips/")
+                self.history.record_done(user_id, catalog_id, event.react_time.ToDatetime(UTC))
+        seq = event.reward_seq
         if seq <= 0 or self.folded_in(seq):
             return  # ours (folded at commit), seen before, or from before reward_seq
         async with self.db.session() as session:
