@@ -94,7 +94,8 @@ class StreamSpec:
     max_age: float = 7 * 24 * 3600.0
     max_bytes: int = 1 << 30
     duplicate_window: float = 120.0
-    replicas: int = 1
+    # None: ensure_streams gives it the bus's (settings.nats_stream_replicas).
+    replicas: int | None = None
     memory: bool = False
 
     def config(self) -> StreamConfig:
@@ -106,7 +107,7 @@ class StreamSpec:
             max_age=self.max_age,
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window,
-            num_replicas=self.replicas,
+            num_replicas=self.replicas or 1,
             storage=StorageType.MEMORY if self.memory else StorageType.FILE,
         )
 
@@ -251,33 +252,37 @@ def _retry_delay(num_delivered: int, base: float, cap: float) -> float:
 # --- the bus ----------------------------------------------------------------------------
 
 
-async def _wait_reachable(url: str, attempts: int, delay: float) -> None:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+async def _wait_reachable(urls: Sequence[str], attempts: int, delay: float) -> None:
+    """Return once any of ``urls`` accepts a TCP connection (a cluster with a node down)."""
+    addresses = [(p.hostname or "127.0.0.1", p.port or 4222) for p in map(urlsplit, urls)]
     for attempt in range(1, attempts + 1):
-        try:
-            async with asyncio.timeout(2):
-                _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
-        except (OSError, TimeoutError) as exc:
-            if attempt == attempts:
-                raise BusError(
-                    f"NATS at {host}:{port} unreachable after {attempts} attempts: {exc}"
-                ) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        for host, port in addresses:
+            try:
+                async with asyncio.timeout(2):
+                    _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return
+            except (OSError, TimeoutError) as exc:
+                error = exc
+        if attempt == attempts:
+            where = ", ".join(f"{host}:{port}" for host, port in addresses)
+            raise BusError(
+                f"NATS at {where} unreachable after {attempts} attempts: {error}"
+            ) from error
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 class Bus:
     """A NATS connection with JetStream: publish, declare streams, consume."""
 
-    def __init__(self, nc: NatsClient, name: str) -> None:
+    def __init__(self, nc: NatsClient, name: str, *, stream_replicas: int = 1) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
         self.name = name
+        self.stream_replicas = stream_replicas  # of a declared StreamSpec without its own
         self._closing = False
         # publish_many's pending acks, by the token ending their reply subject.
         self._acks: dict[str, asyncio.Future[PubAck]] = {}
@@ -295,9 +300,10 @@ class Bus:
         connect_timeout: float = 10.0,
     ) -> Bus:
         """Connect to ``settings.nats_url``: bounded retries first, then reconnects forever."""
-        url = settings.nats_url.split(",")[0].strip()
+        url = settings.nats_url
+        servers = [s.strip() for s in url.split(",")]
         # Polling the port first avoids nats-py's noisy retry loop on a server still starting.
-        await _wait_reachable(url, attempts, delay)
+        await _wait_reachable(servers, attempts, delay)
 
         seen: list[Exception] = []
 
@@ -314,7 +320,7 @@ class Bus:
         try:
             async with asyncio.timeout(connect_timeout):
                 nc = await nats.connect(
-                    servers=[s.strip() for s in settings.nats_url.split(",")],
+                    servers=servers,
                     name=name,
                     user=settings.nats_user or None,
                     password=settings.nats_password.get_secret_value() or None,
@@ -332,16 +338,18 @@ class Bus:
             refusals = [e for e in seen if "authorization" in str(e).lower()] or seen
             why = f"{exc!r}; the server said: {refusals[0]}" if refusals else repr(exc)
             raise BusError(f"cannot connect {name!r} to NATS at {url}: {why}") from exc
-        return cls(nc, name)
+        return cls(nc, name, stream_replicas=settings.nats_stream_replicas)
 
     @property
     def is_connected(self) -> bool:
         return bool(self._nc.is_connected)
 
     async def ensure_streams(self, specs: Sequence[StreamSpec]) -> None:
-        """Create each stream, or update it to the spec (idempotent)."""
+        """Create each stream, or update it to the spec (idempotent); a spec
+        without replicas gets the bus's ``stream_replicas``."""
         for spec in specs:
             config = spec.config()
+            config.num_replicas = spec.replicas or self.stream_replicas
             try:
                 await self._js.stream_info(spec.name)
             except nats.js.errors.NotFoundError:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # (kernel/bus_permissions.py).
     nats_user: str = ""
     nats_password: SecretStr = SecretStr("")
+    # Replicas of the JetStream streams a service declares (kernel.bus.ensure_streams):
+    # 3 on a 3-node cluster, so losing a node loses no message and stops no stream.
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
 
     # Mutual TLS between mesh processes (kernel/tls.py): the mesh CA, and this
     # process's certificate (its name is the certificate's DNS SAN) and key.

@@ -59,7 +59,8 @@ async def stream_messages(
     list short whenever one fetch is slow (a loaded machine), and nats-py
     raises asyncio's TimeoutError from some fetch paths, not its own.
     """
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=3)
+    servers = nats_url.split(",")  # a cluster's URLs, as TIPS_NATS_URL lists them
+    nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=3)
     try:
         js = nc.jetstream()
         config = ConsumerConfig(

@@ -257,6 +257,17 @@ async def test_connect_to_nothing_fails_clearly(settings: Settings) -> None:
         await Bus.connect(bad, "x", attempts=2, delay=0.01)
 
 
+async def test_connect_to_a_list_finds_the_server_that_answers(settings: Settings) -> None:
+    # A cluster's URL list with its first node down: any server that answers will do.
+    listed = settings.model_copy(update={"nats_url": f"nats://127.0.0.1:1, {settings.nats_url}"})
+    bus = await Bus.connect(listed, "listed", attempts=2, delay=0.01)
+    try:
+        assert bus.is_connected
+        assert bus.stream_replicas == 1  # settings.nats_stream_replicas: one server, R1
+    finally:
+        await bus.close()
+
+
 async def test_trace_context_travels_in_headers(
     bus: Bus, stream: tuple[str, str], test_events: dict[str, Any]
 ) -> None:
