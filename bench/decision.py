@@ -1,6 +1,6 @@
 """The decision hot path under load, against an empty gRPC call, and signal freshness.
 
-    tips bench decision [--seconds S] [--users N] [--signals N]
+    tips bench decision [--seconds S] [--users N] [--signals N] [--telemetry none|prometheus|otlp]
 
 Starts a local PostgreSQL and NATS, the events service and the recommender in
 this process (as `tips serve` runs them, ONNX Runtime in process), and a bare
@@ -19,7 +19,14 @@ comes from a separate client process (one channel, N concurrent calls):
   signal. A decision reads exactly that in-memory context, so the first one
   after that point uses the signal.
 
-Prints JSON and writes bench/out/decision.{json,png}.
+--telemetry: what reads the services' telemetry (docs/operations.md,
+"Telemetry"): nothing (the default, TIPS_OTEL_EXPORTER=none: no span recorded,
+no metric); prometheus (the metrics endpoint on, scraped once at the end);
+otlp (spans and metrics exported to an OTLP receiver in another process,
+which counts what it gets; its CPU per call is reported as otlp_sink).
+
+Prints JSON and writes bench/out/decision.{json,png} (decision-<telemetry>.*
+with --telemetry).
 """
 
 from __future__ import annotations
@@ -61,6 +68,39 @@ async def main() -> None:
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     print(port, flush=True)
     await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+OTLP_SINK = """
+import asyncio, json, sys
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as m
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as mg
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as t
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tg
+
+got = {"spans": 0, "metric_exports": 0}
+
+class Traces(tg.TraceServiceServicer):
+    async def Export(self, request, context):
+        got["spans"] += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        return t.ExportTraceServiceResponse()
+
+class Metrics(mg.MetricsServiceServicer):
+    async def Export(self, request, context):
+        got["metric_exports"] += 1
+        return m.ExportMetricsServiceResponse()
+
+async def main() -> None:
+    server = grpc.aio.server()
+    tg.add_TraceServiceServicer_to_server(Traces(), server)
+    mg.add_MetricsServiceServicer_to_server(Metrics(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await asyncio.to_thread(sys.stdin.read)  # until the bench closes our stdin
+    print(json.dumps(got), flush=True)
 
 asyncio.run(main())
 """
@@ -147,6 +187,25 @@ def _start_empty() -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", EMPTY_SERVER], stdout=subprocess.PIPE, text=True)
 
 
+def _start_sink() -> tuple[subprocess.Popen[str], int]:
+    """The OTLP receiver (--telemetry otlp) and its port."""
+    sink = subprocess.Popen(
+        [sys.executable, "-c", OTLP_SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert sink.stdout is not None
+    return sink, int(sink.stdout.readline())
+
+
+def _telemetry_settings(telemetry: str, sink_port: int | None) -> dict[str, Any]:
+    from tipsmesh.localinfra import free_port
+
+    if telemetry == "prometheus":
+        return {"metrics_port": free_port()}
+    if telemetry == "otlp":
+        return {"otel_exporter": "otlp", "otel_endpoint": f"http://127.0.0.1:{sink_port}"}
+    return {}
+
+
 def _load(
     kind: str,
     addr: str,
@@ -228,7 +287,7 @@ async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> li
     return out
 
 
-async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
+async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> dict[str, Any]:
     from kernel.clients import close_channels
     from kernel.migrations import migrate
     from kernel.server import ServiceServer
@@ -243,6 +302,7 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="tips-bench-decision-"))
     pg, nats_server = LocalPostgres(tmp / "pg"), LocalNats(tmp / "nats")
     empty = await asyncio.to_thread(_start_empty)
+    sink, sink_port = await asyncio.to_thread(_start_sink) if telemetry == "otlp" else (None, None)
     try:
         # Plaintext in process: this bench measures the decision; what mTLS and the
         # token check add per hop is bench/hop_security.py's. Users prove who they
@@ -254,6 +314,7 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
             database_url=pg.start(), nats_url=nats_server.start(), log_level="WARNING",
             log_format="text", insecure=True, jwks_url=issuer.jwks_url,
             db_role_password=secrets.token_urlsafe(18),  # no login without a password
+            **_telemetry_settings(telemetry, sink_port),
         )  # fmt: skip
         await migrate(settings, [EVENTS, RECOMMENDER])
         # No profile service in this bench: the consent gate is off (it is tested elsewhere).
@@ -272,6 +333,8 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
         results: dict[str, Any] = {}
         # The recommender (and the idle events service) run in this process.
         servers = {"recommender": os.getpid(), **_infra_pids(pg, tmp)}
+        if sink is not None:
+            servers["otlp_sink"] = sink.pid
         for conc in (16, 64):
             # The client runs in a thread so this loop keeps serving the recommender.
             base = await asyncio.to_thread(
@@ -301,6 +364,7 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
             "p99": float(np.percentile(fresh, 99)),
             "max": float(max(fresh)),
         }
+        results["telemetry"] = {"mode": telemetry, **_telemetry_seen(settings, sink)}
         results["goals"] = {  # issue 13
             "p99_ratio_c16_under_3": results["c16"]["ratio_p99"] < 3,
             "throughput_ratio_c16_at_least_0.3": results["c16"]["ratio_throughput"] >= 0.3,
@@ -312,9 +376,28 @@ async def run(seconds: float, n_users: int, n_signals: int) -> dict[str, Any]:
         return results
     finally:
         empty.terminate()
+        if sink is not None:
+            sink.kill()
         nats_server.stop()
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _telemetry_seen(settings: Any, sink: subprocess.Popen[str] | None) -> dict[str, Any]:
+    """What the reader got: the scrape's size, or the receiver's counts (spans exported)."""
+    if settings.metrics_port:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics") as r:
+            text = r.read().decode()
+        return {"scrape_bytes": len(text), "scrape_lines": text.count("\n")}
+    if sink is not None:
+        from kernel.telemetry import shutdown_telemetry
+
+        shutdown_telemetry()  # what is still queued goes out first
+        out, _ = sink.communicate("", timeout=30)
+        return dict(json.loads(out.strip().splitlines()[-1]))
+    return {}
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
@@ -339,18 +422,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--users", type=int, default=3000)
     parser.add_argument("--signals", type=int, default=200)
+    parser.add_argument(
+        "--telemetry", choices=("none", "prometheus", "otlp"), default="none",
+        help="what reads the telemetry (default: nothing, TIPS_OTEL_EXPORTER=none)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.pop("TIPS_DATABASE_URL", None)
     os.environ.pop("TIPS_NATS_URL", None)
-    results = asyncio.run(run(args.seconds, args.users, args.signals))
+    results = asyncio.run(run(args.seconds, args.users, args.signals, args.telemetry))
     OUT.mkdir(parents=True, exist_ok=True)
+    name = "decision" if args.telemetry == "none" else f"decision-{args.telemetry}"
     try:
-        _plot(results, OUT / "decision.png")
+        _plot(results, OUT / f"{name}.png")
     except ImportError:
         results["plot"] = "matplotlib not installed"
     for conc in ("c16", "c64"):
         results[conc].pop("_lat")
-    (OUT / "decision.json").write_text(json.dumps(results, indent=2))
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
 
