@@ -573,7 +573,7 @@ class Bus:
                 raise_if_cancelled()
                 try:
                     msgs = await sub.fetch(batch, timeout=fetch_timeout)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py's, or asyncio's from its waits: an empty fetch
                     metrics.set_consumer_pending(stream, durable, 0)  # nothing was left
                     continue
                 except Exception as exc:
@@ -764,7 +764,7 @@ class Bus:
             raise_if_cancelled()
             try:
                 msgs = await sub.fetch(batch, timeout=fetch_timeout)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py's, or asyncio's from its waits: an empty fetch
                 if on_caught_up is not None and self._nc.is_connected:
                     on_caught_up()
                 now = asyncio.get_running_loop().time()

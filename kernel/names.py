@@ -45,13 +45,17 @@ class Pattern:
             default = USER_ID if name == "user" else _ANY
             parts.append(f"({(ids or {}).get(name, default)})")
         self._regex = re.compile("^" + "/".join(parts) + "$")
+        # str.format template: the literal segments escaped, {} per variable.
+        self._template = "/".join(
+            "{}" if _VARIABLE.match(s) else s.replace("{", "{{").replace("}", "}}")
+            for s in self.segments
+        )
 
     def format(self, *values: str) -> str:
         """The name with ``values`` in the variables' order."""
         if len(values) != len(self.variables):
             raise TypeError(f"{self.template} takes {len(self.variables)} values")
-        it = iter(values)
-        return "/".join(next(it) if _VARIABLE.match(s) else s for s in self.segments)
+        return self._template.format(*values)
 
     def match(self, name: str) -> tuple[str, ...] | None:
         """The variables' values, or None when ``name`` does not have this shape."""
