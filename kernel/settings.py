@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
@@ -173,6 +174,17 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             raise SettingsError(f"unknown service {service!r}")
         return value
+
+
+def default_model_repository() -> str:
+    """Where a service keeps models when no setting names a repository: the
+    checkout's ``models/`` (committed, seeded) when it runs from one, else a
+    per-user state directory (an installed package's directory is not writable)."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "models").is_dir():
+        return str(root / "models")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "tips-mesh" / "models")
 
 
 def load_settings(**overrides: object) -> Settings:

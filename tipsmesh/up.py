@@ -311,7 +311,7 @@ class Mesh:
         # The mesh exports and promotes models: into its own copy of the model
         # repository, never into the repo's models/ (which seeds it).
         if not self.models_dir.exists():
-            shutil.copytree(ROOT / "models", self.models_dir)
+            seed_model_repository(self.models_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for old in self.log_dir.glob("*.log"):
             old.unlink()
@@ -656,6 +656,17 @@ class Mesh:
 
 
 # Every setting naming the Triton-layout model repository a service reads.
+def seed_model_repository(target: Path) -> None:
+    """A model repository to start from: the checkout's models/, or (an installed
+    package carries none) version 1 exported from the policy's prior."""
+    if (ROOT / "models").is_dir():
+        shutil.copytree(ROOT / "models", target)
+        return
+    from policy import bandit, onnx_export  # numpy and onnx: only when seeding
+
+    onnx_export.export(bandit.Policy(), target)
+
+
 MODEL_REPOSITORY_SETTINGS = (
     "TIPS_RECOMMENDER_MODEL_REPOSITORY",
     "TIPS_ML_SERVING_MODEL_REPOSITORY",

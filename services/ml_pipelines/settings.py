@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
-from kernel.settings import Settings
+from kernel.settings import Settings, default_model_repository
 from policy import catalog
 
-_ROOT = Path(__file__).resolve().parents[2]
 _DURABLE = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -19,7 +16,7 @@ class MlPipelinesSettings(Settings):
     # Triton model repository root (models/<model>/<version>/model.onnx): trained
     # versions are written here, registered artifacts must lie inside it, and
     # promotion rewrites <model>/config.pbtxt. Tests use a temporary directory.
-    ml_pipelines_model_repository: str = str(_ROOT / "models")
+    ml_pipelines_model_repository: str = Field(default_factory=default_model_repository)
     # The tip catalog file whose tip features rebuild candidate rows from logs.
     ml_pipelines_catalog_path: str = str(catalog.DEFAULT_FILE)
     # Durable consumers (tests vary them so parallel runs do not share state).

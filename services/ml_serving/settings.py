@@ -6,17 +6,16 @@ from pathlib import Path
 
 from pydantic import Field
 
-from kernel.settings import Settings, SettingsError
-
-# The repository's own models/ (Triton layout), when no other is configured.
-DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
+from kernel.settings import Settings, SettingsError, default_model_repository
 
 
 class MlServingSettings(Settings):
     """What ml_serving reads beyond the shared settings."""
 
     # Triton-layout model repository: <repository>/<model>/<version>/model.onnx.
-    ml_serving_model_repository: Path = DEFAULT_REPOSITORY
+    ml_serving_model_repository: Path = Field(
+        default_factory=lambda: Path(default_model_repository())
+    )
     # A Triton server's KServe v2 gRPC address (host:port); empty scores in
     # process with ONNX Runtime. With one set, a failing Triton falls back to
     # ONNX Runtime in process (reported by Score's `runtime`).

@@ -5,15 +5,11 @@ Rewards, the policy model and its runtimes, the catalog file, the daily cap.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
-from kernel.settings import Settings, SettingsError
+from kernel.settings import Settings, SettingsError, default_model_repository
 from policy import catalog
 from policy.bandit import MODEL_REFRESH_UPDATES
-
-_HERE = Path(__file__).resolve().parent
 
 
 class RecommenderSettings(Settings):
@@ -37,7 +33,7 @@ class RecommenderSettings(Settings):
 
     # --- the policy model -------------------------------------------------------------
     # Triton model repository root (models/<name>/<version>/model.onnx).
-    recommender_model_repository: str = str(_HERE.parents[1] / "models")
+    recommender_model_repository: str = Field(default_factory=default_model_repository)
     recommender_model_name: str = "tip_scorer"
     # KServe v2 gRPC address of a Triton server (host:port); unset: ONNX in process.
     recommender_triton_url: str | None = None

@@ -4,6 +4,7 @@ gateway crashed because `pip install .` left out the descriptor set).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -53,5 +54,34 @@ def test_the_installed_gateway_reads_the_installed_descriptor_set(unpacked: Path
     ran = subprocess.run(
         [sys.executable, "-c", probe, str(unpacked)],
         cwd=unpacked.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
+
+
+def test_an_installed_package_keeps_models_outside_itself(unpacked: Path, tmp_path: Path) -> None:
+    """An installed package's directory is not writable and holds no models/: the
+    services default to a per-user state directory, and `tips up` seeds its
+    repository by exporting the policy's prior."""
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from pathlib import Path\n"
+        "from services.recommender.settings import RecommenderSettings\n"
+        "from services.ml_serving.settings import MlServingSettings\n"
+        "from services.ml_pipelines.settings import MlPipelinesSettings\n"
+        "from tipsmesh.up import seed_model_repository\n"
+        "site, state = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "repos = [RecommenderSettings().recommender_model_repository,\n"
+        "         MlServingSettings().ml_serving_model_repository,\n"
+        "         MlPipelinesSettings().ml_pipelines_model_repository]\n"
+        "assert {Path(r) for r in repos} == {state / 'tips-mesh' / 'models'}, repos\n"
+        "seed_model_repository(state / 'seeded')\n"
+        "assert (state / 'seeded' / 'tip_scorer' / '1' / 'model.onnx').is_file()\n"
+        "assert not (site / 'models').exists()\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    ran = subprocess.run(
+        [sys.executable, "-c", probe, str(unpacked), str(tmp_path)],
+        cwd=unpacked.parent, capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
