@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kernel import localtime
 from kernel.bus import Bus, Delivery, stream_of, subject_of
@@ -137,21 +138,21 @@ class ProfileCache:
         """Follow TIPS_PROFILE until cancelled, from a little before this process
         started (an update racing the first lookup is applied or found older)."""
         start = datetime.now(UTC) - timedelta(seconds=FOLLOW_WINDOW_S)
-        for event in (events_pb2.ProfileChanged, events_pb2.ConsentChanged):
+        feeds: list[tuple[Any, Any]] = [
+            (events_pb2.ProfileChanged, self.on_profile),
+            (events_pb2.ConsentChanged, self.on_consent),
+        ]
+        for event, _ in feeds:
             check_declared(bus.name, event)
         await asyncio.gather(
-            bus.follow(
-                stream=stream_of(events_pb2.ProfileChanged),
-                subjects=[subject_of(events_pb2.ProfileChanged)],
-                message_type=events_pb2.ProfileChanged,
-                handler=self.on_profile,
-                start_time=start,
-            ),
-            bus.follow(
-                stream=stream_of(events_pb2.ConsentChanged),
-                subjects=[subject_of(events_pb2.ConsentChanged)],
-                message_type=events_pb2.ConsentChanged,
-                handler=self.on_consent,
-                start_time=start,
-            ),
+            *(
+                bus.follow(
+                    stream=stream_of(event),
+                    subjects=[subject_of(event)],
+                    message_type=event,
+                    handler=handler,
+                    start_time=start,
+                )
+                for event, handler in feeds
+            )
         )
