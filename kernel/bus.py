@@ -486,7 +486,11 @@ class Bus:
         if future is None or future.done():
             return
         if msg.headers and msg.headers.get("Status") == "503":  # no responders
-            future.set_exception(BusError(f"no stream captures the subject of {msg.subject}"))
+            # Also what a stream answers while it has no leader (a node lost, an election).
+            future.set_exception(
+                BusError("no JetStream answer (503): no stream captures the subject, or its "
+                         "stream has no leader right now")
+            )  # fmt: skip
             return
         try:
             resp = json.loads(msg.data)
