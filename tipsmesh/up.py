@@ -371,6 +371,7 @@ class Mesh:
         if name is not None and name != GATEWAY:
             env["TIPS_SERVICE"] = name
             env["TIPS_PORT"] = str(self.ports[name])
+        _own_metrics_port(env, name)
         # A development mesh: local stand-ins are accepted (the identity providers).
         env["TIPS_DEV_MODE"] = "1"
         if name == "auth" and self._dev_idps_in_use():
@@ -656,6 +657,19 @@ class Mesh:
 
 
 # Every setting naming the Triton-layout model repository a service reads.
+def _own_metrics_port(env: dict[str, str], name: str | None) -> None:
+    """``TIPS_METRICS_PORT=N`` for the mesh: the gateway scrapes at N, each service
+    at N + 1 + its place in SERVICE_NAMES (one port for all would stop all but one)."""
+    base = env.get("TIPS_METRICS_PORT", "0").strip()
+    if not base.isdigit() or int(base) == 0:
+        return  # unset or off; an invalid value is the settings' error to name
+    if name is None:
+        env.pop("TIPS_METRICS_PORT")  # one-off jobs (migrate) serve no metrics
+        return
+    offset = 0 if name == GATEWAY else 1 + SERVICE_NAMES.index(name)
+    env["TIPS_METRICS_PORT"] = str(int(base) + offset)
+
+
 def seed_model_repository(target: Path) -> None:
     """A model repository to start from: the checkout's models/, or (an installed
     package carries none) version 1 exported from the policy's prior."""

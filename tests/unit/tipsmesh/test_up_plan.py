@@ -67,6 +67,20 @@ def test_child_env_names_every_peer_and_its_own_port(tmp_path: object) -> None:
     assert "TIPS_SERVICE" not in gateway_env and "TIPS_PORT" not in gateway_env
 
 
+def test_each_process_gets_its_own_metrics_port() -> None:
+    """One TIPS_METRICS_PORT for `tips up` would stop every process but one."""
+    mesh = Mesh(UpOptions(env={"TIPS_METRICS_PORT": "9464"}))
+    mesh.ports = plan_ports(43000)
+    mesh.database_url, mesh.nats_url = "postgresql://postgres@127.0.0.1:1/tips", "nats://x:2"
+    ports = [mesh.child_env(name)["TIPS_METRICS_PORT"] for name in (GATEWAY, *SERVICE_NAMES)]
+    assert ports[0] == "9464" and len(set(ports)) == len(ports)
+    assert "TIPS_METRICS_PORT" not in mesh.child_env(None)  # migrate
+    off = Mesh(UpOptions(env={}))
+    off.ports = mesh.ports
+    off.database_url, off.nats_url = mesh.database_url, mesh.nats_url
+    assert "TIPS_METRICS_PORT" not in off.child_env("events")
+
+
 def test_each_process_gets_only_its_own_secrets(tmp_path: Path) -> None:
     mesh = Mesh(UpOptions(env={}, run_dir=tmp_path))
     mesh.ports = plan_ports(43000)
