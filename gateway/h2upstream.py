@@ -838,6 +838,10 @@ class Channel:
         self._paths: dict[str, bytes] = {}
         self._closed = False
 
+    def available(self) -> bool:
+        """False while a failed connect's backoff lasts (calls would fail at once)."""
+        return time.monotonic() >= self._failed_until
+
     def unary(self, path: str, deserialize: Deserializer) -> Callable[..., Call]:
         """A callable as grpc.aio's multicallables: ``call(request, timeout=, metadata=)``."""
         path_field = self._paths.get(path)

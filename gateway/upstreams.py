@@ -4,7 +4,9 @@ Unary and server-streaming calls, the transcoded hot path, go over the edge's
 own HTTP/2 client (``gateway.h2upstream``: a quarter of grpc.aio's CPU per
 call); client-streaming, bidi, health and the screens' stubs use grpc.aio
 channels. Both kinds connect lazily, one connection per upstream address,
-with the same TLS identity and server-name check.
+with the same TLS identity and server-name check. An upstream given as
+replicas (``ip:port,ip:port``) gets its calls in turn, per call; a replica
+whose connection just failed is skipped while its backoff lasts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import h2upstream
 from kernel.settings import SERVICE_NAMES, Settings
-from kernel.tls import client_ssl_context, secure_channel
+from kernel.tls import client_ssl_context, grpc_target, secure_channel
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -44,8 +46,10 @@ class Upstreams:
     ) -> None:
         self.addresses = dict(addresses)
         self.settings = settings
-        # address -> the service name its certificate must carry
+        # address (each replica's too) -> the service name its certificate must carry
         self._names = {address: name for name, address in self.addresses.items()}
+        for name, address in self.addresses.items():
+            self._names.update((replica, name) for replica in _replicas(address))
         self.services = dict(services or {})
         self.default = default
         self.mesh = mesh
@@ -68,7 +72,8 @@ class Upstreams:
         channel = self._channels.get(address)
         if channel is None:
             if self.settings is None:
-                channel = grpc.aio.insecure_channel(address)
+                target, options = grpc_target(address)
+                channel = grpc.aio.insecure_channel(target, options=options)
             else:
                 # An address no upstream is named for: its host is the name to check.
                 name = self._names.get(address, address.rpartition(":")[0])
@@ -119,8 +124,9 @@ class Upstreams:
     def _h2_call(
         self, service: str, path: str, response: Callable[[bytes], Any], kind: str
     ) -> Callable[..., h2upstream.Call] | None:
-        def build(address: str) -> Any:
-            return self._h2_to(address).unary(path, response)
+        def build(address: str) -> tuple[Callable[[], bool], Any]:
+            channel = self._h2_to(address)
+            return channel.available, channel.unary(path, response)
 
         return self._cached(service, (path, kind), build)  # type: ignore[no-any-return]
 
@@ -130,14 +136,21 @@ class Upstreams:
         """A generic client-streaming (or, with ``bidi``, bidi) call; None: no upstream."""
         kind = "stream_stream" if bidi else "stream_unary"
 
-        def build(address: str) -> Any:
+        def build(address: str) -> tuple[Callable[[], bool], Any]:
             factory = getattr(self._channel_to(address), kind)
-            return factory(path, request_serializer=_serialize, response_deserializer=response)
+            call = factory(path, request_serializer=_serialize, response_deserializer=response)
+            return _always, call
 
         return self._cached(service, (path, kind), build)
 
-    def _cached(self, service: str, key: tuple[str, str], build: Callable[[str], Any]) -> Any:
-        """The call for ``key``, built once for the service's address; None: no upstream.
+    def _cached(
+        self,
+        service: str,
+        key: tuple[str, str],
+        build: Callable[[str], tuple[Callable[[], bool], Any]],
+    ) -> Any:
+        """The call for ``key``, built once for the service's address (or a turn-taker
+        over its replicas); None: no upstream.
 
         Cached: building a multicallable per request costs more than the call.
         """
@@ -146,7 +159,12 @@ class Upstreams:
             address = self.address_of_service(service)
             if address is None:
                 return None
-            call = self._calls[key] = build(address)
+            replicas = _replicas(address)
+            if len(replicas) == 1:
+                call = build(replicas[0])[1]
+            else:
+                call = RoundRobin([build(replica) for replica in replicas])
+            self._calls[key] = call
         return call
 
     async def health_of(self, name: str, deadline_s: float) -> str:
@@ -170,6 +188,34 @@ class Upstreams:
         h2, self._h2 = list(self._h2.values()), {}
         self._calls = {}
         await asyncio.gather(*(ch.close() for ch in channels), *(ch.close() for ch in h2))
+
+
+class RoundRobin:
+    """Calls one replica after the other; one whose connection just failed is skipped
+    while its backoff lasts, unless all are (the next then says why it fails)."""
+
+    def __init__(self, calls: list[tuple[Callable[[], bool], Any]]) -> None:
+        self._calls = calls
+        self._next = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        count = len(self._calls)
+        for _ in range(count):
+            available, call = self._calls[self._next % count]
+            self._next += 1
+            if available():
+                return call(*args, **kwargs)
+        _, call = self._calls[self._next % count]
+        self._next += 1
+        return call(*args, **kwargs)
+
+
+def _replicas(address: str) -> list[str]:
+    return [a.strip() for a in address.split(",") if a.strip()]
+
+
+def _always() -> bool:
+    return True
 
 
 def _serialize(message: Any) -> bytes:

@@ -95,6 +95,15 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
     return None if found is None else _credentials_of(found)
 
 
+def grpc_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """A gRPC target and its channel options for ``address``: ``host:port``, or
+    replicas as ``ip:port,ip:port`` (IPv4 literals), taken in turn per call."""
+    replicas = [a.strip() for a in address.split(",") if a.strip()]
+    if len(replicas) <= 1:
+        return address.strip(), []
+    return "ipv4:" + ",".join(replicas), [("grpc.lb_policy_name", "round_robin")]
+
+
 def secure_channel(
     address: str,
     settings: Settings,
@@ -103,17 +112,20 @@ def secure_channel(
     interceptors: Any = None,
     options: list[tuple[str, Any]] | None = None,
 ) -> grpc.aio.Channel:
-    """A channel to ``server_name`` at ``address``: mTLS, or plaintext when insecure."""
+    """A channel to ``server_name`` at ``address`` (one, or replicas: ``grpc_target``):
+    mTLS, or plaintext when insecure."""
+    target, balancing = grpc_target(address)
+    options = [*(options or ()), *balancing]
     credentials = channel_credentials(settings)
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     # The server must prove it is `server_name`, whatever address it listens on.
     return tls_channel(
-        address,
+        target,
         credentials,
         server_name=server_name,
         interceptors=interceptors,
-        options=options or (),
+        options=options,
     )
 
 
