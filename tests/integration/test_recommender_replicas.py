@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.type import dayofweek_pb2, timeofday_pb2
 
+from gateway.app import create_app
+from gateway.auth import edge_auth_from_settings
+from gateway.upstreams import Upstreams
 from kernel.server import ServiceServer
 from kernel.settings import Settings
 from kernel.timestamps import timestamp
@@ -194,3 +198,51 @@ async def test_active_tips_are_the_same_on_every_replica(
         )
         assert await names(b_stub) == shown[1:]
         await eventually(lambda: names(a), lambda got: got == shown[1:], within=30)
+
+
+async def test_two_replicas_behind_the_gateway_show_one_decision(
+    replicas: tuple[Rig, ServiceServer], settings: Settings
+) -> None:
+    """The REST edge with TIPS_RECOMMENDER_ADDR naming both replicas: its calls take
+    turns, and every refresh shows the tips of one decision; a reaction through the
+    edge takes its tip away on both."""
+    rig, b = replicas
+    edge_settings = settings.model_copy(
+        update={"recommender_addr": f"{rig.recommender.address},{b.address}"}
+    )
+    upstreams = Upstreams.from_settings(edge_settings)
+    app = create_app(
+        edge_settings, upstreams, auth=edge_auth_from_settings(edge_settings, upstreams)
+    )
+    user = f"u_{secrets.token_hex(5)}"
+    auth = dict(as_user(user))
+    headers = {"Authorization": auth["authorization"]}
+    tips_url = f"/v1/users/{user}/tips?pageSize=2"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as client:
+        try:
+            first = await client.get(tips_url, headers=headers)
+            assert first.status_code == 200, first.text
+            shown = [t["name"] for t in first.json()["tips"]]
+            assert len(shown) == 2
+            for _ in range(6):  # three on each replica
+                again = await client.get(tips_url, headers=headers)
+                assert [t["name"] for t in again.json()["tips"]] == shown
+            decided = await rig.db.fetchval(
+                "SELECT count(*) FROM recommender.tips WHERE user_id = $1", user
+            )
+            assert decided == 2
+
+            reacted = await client.post(
+                f"/v1/{shown[0]}:react", headers=headers, json={"reaction": "TIP_REACTION_DONE"}
+            )
+            assert reacted.status_code == 200, reacted.text
+
+            async def both() -> list[list[str]]:
+                pages = [await client.get(tips_url, headers=headers) for _ in range(2)]
+                return [[t["name"] for t in p.json()["tips"]] for p in pages]
+
+            await eventually(both, lambda pages: pages == [shown[1:], shown[1:]], within=30)
+        finally:
+            await upstreams.close()
