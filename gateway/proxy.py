@@ -239,14 +239,12 @@ class Transcoder:
         )
         if call is None:
             raise _no_upstream(route)
-        span, metadata = edge.client_span(route.grpc_path, metadata)
-        try:
-            pending = call(request, timeout=deadline_s, metadata=metadata)
+
+        async def relay(carried: Metadata) -> None:
+            pending = call(request, timeout=deadline_s, metadata=carried)
             await _relay_stream(receive, send, route, pending, headers)
-        except BaseException as exc:
-            edge.end_client_span(span, exc)
-            raise
-        edge.end_client_span(span, None)
+
+        await edge.traced(route.grpc_path, metadata, relay)
 
     async def _stream_in(
         self,
@@ -269,14 +267,12 @@ class Transcoder:
         )
         if make is None:
             raise _no_upstream(route)
-        span, metadata = edge.client_span(route.grpc_path, metadata)
-        try:
-            await self._stream_call(receive, send, route, make, values, query, metadata,
+
+        async def stream(carried: Metadata) -> None:
+            await self._stream_call(receive, send, route, make, values, query, carried,
                                     deadline_s, headers)  # fmt: skip
-        except BaseException as exc:
-            edge.end_client_span(span, exc)
-            raise
-        edge.end_client_span(span, None)
+
+        await edge.traced(route.grpc_path, metadata, stream)
 
     async def _stream_call(
         self,

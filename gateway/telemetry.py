@@ -126,7 +126,9 @@ def end_client_span(span: Span | None, error: BaseException | None) -> None:
     span.end()
 
 
-async def traced(path: str, metadata: Metadata, invoke: Callable[[Metadata], Awaitable[R]]) -> R:
+async def traced(
+    path: str, metadata: Metadata, invoke: Callable[[MetadataList], Awaitable[R]]
+) -> R:
     """``await invoke(metadata)``, a call on ``path``, as a ``client_span``."""
     span, carried = client_span(path, list(metadata))
     try:

@@ -42,6 +42,28 @@ PG_SYSTEM_USER = "embedded_postgres"
 _LOG_TAIL_LINES = 40
 
 
+class _Server:
+    """``with server:`` starts it and stops it (subclasses define both)."""
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class LocalInfraError(RuntimeError):
     """A local server could not be started or stopped."""
 
@@ -160,7 +182,7 @@ def _prepare_root_access(data_dir: Path, bin_dir: Path) -> None:
     os.chown(data_dir, entry.pw_uid, entry.pw_gid)
 
 
-class LocalPostgres:
+class LocalPostgres(_Server):
     """A PostgreSQL server in ``data_dir`` on 127.0.0.1, database ``tips``.
 
     ``data_dir`` holds ``pgdata/`` and ``postgres.log``; an existing ``pgdata``
@@ -345,20 +367,8 @@ class LocalPostgres:
             raise self._fail("did not stop", "pg_ctl stop failed")
         self._running = False
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class LocalNats:
+class LocalNats(_Server):
     """A ``nats-server`` with JetStream storing in ``store_dir``, on 127.0.0.1.
 
     ``authorization`` (a config block, ``kernel.bus_permissions.authorization_block``)
@@ -469,18 +479,6 @@ class LocalNats:
         """SIGKILL, as a crash: no shutdown, nothing flushed. ``start`` brings it back."""
         self._terminate(crash=True)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class _ClusterNode(LocalNats):
     """One node of a ``LocalNatsCluster``: a ``LocalNats`` with a server name,
@@ -524,7 +522,7 @@ class _ClusterNode(LocalNats):
         return data
 
 
-class LocalNatsCluster:
+class LocalNatsCluster(_Server):
     """``size`` ``nats-server`` nodes with JetStream in one cluster, on 127.0.0.1.
 
     Node ``i`` is named ``n{i}`` and stores in ``base_dir/n{i}``; client,
@@ -659,15 +657,3 @@ class LocalNatsCluster:
         """SIGTERM every node and wait (SIGKILL after 10 s each)."""
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -82,8 +82,6 @@ class Learner:
         self._above: set[int] = set()
         self.folded = 0  # rewards folded in by this process
         self._saved_folded = 0
-        self.caught_up = 0  # rewards the feed missed, found by reconcile
-        self.followed = 0  # other replicas' rewards folded from RewardAssigned
         self.online_updates = 0  # since the deciding model was loaded
         self.model_load_time = datetime.now(UTC)
         self.exports = 0
@@ -239,7 +237,6 @@ class Learner:
                 log.warning("reward reconcile failed", extra={"error": repr(exc)})
                 continue
             if found:
-                self.caught_up += found
                 log.info("rewards caught up from the table", extra={"rewards": found})
 
     async def follow(self, bus: Bus) -> None:
@@ -268,7 +265,7 @@ class Learner:
         async with self.db.session() as session:
             rewards = await reward_store.rewards_with_seqs(session, [seq])
         async with self.lock:
-            self.followed += self.apply(rewards)
+            self.apply(rewards)
 
     def _refresh_if_due(self) -> None:
         """Export the model in the background once enough rewards came in (the serving rule)."""

@@ -33,7 +33,6 @@ class PeerDecisions:
     def __init__(self, db: Database, history: HistoryKeeper) -> None:
         self.db = db
         self.history = history
-        self.folded = 0
 
     async def run(self, bus: Bus) -> None:
         start = datetime.now(UTC) - timedelta(seconds=FOLLOW_WINDOW_S)
@@ -58,4 +57,3 @@ class PeerDecisions:
         if tip is None:
             return  # erased meanwhile
         self.history.record_peer_decision(user_id, tip)
-        self.folded += 1
