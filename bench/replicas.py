@@ -1,6 +1,6 @@
 """Learning with recommender replicas: does a mesh of two learn as well as one?
 
-    tips bench replicas [--seeds 1 2] [--lag 0 50]
+    tips bench replicas [--users 40] [--days 28] [--seeds 1 2] [--lag 0 50]
 
 On the learning bench's simulator (same worlds, draws and feature rows as
 ``tips bench learning``), decisions alternate between the replicas, as the
@@ -79,6 +79,8 @@ class Replicas:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--lag", type=int, nargs="+", default=[0, 50], help="feed lag, rounds")
     parser.add_argument("--plot", type=Path, default=OUT / "replicas.png")
@@ -86,7 +88,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
-        world = World(seed=seed)
+        world = World(users=args.users, days=args.days, seed=seed)
         dim = next(world.rounds()).rows.shape[1]
         agents = [OurAgent(dim, name="one")]
         agents += [Replicas(dim, f"two_shared_lag{lag}", lag=lag) for lag in args.lag]
@@ -106,7 +108,7 @@ def main() -> None:
         }
     summary = {
         "bench": "replicas",
-        "rounds_per_seed": World().n_rounds,
+        "rounds_per_seed": World(users=args.users, days=args.days).n_rounds,
         "average_expected_reward": results,
         "ratio_to_one": {
             seed: {name: round(v / by_name["one"], 4) for name, v in by_name.items()}

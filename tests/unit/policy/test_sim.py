@@ -51,26 +51,10 @@ def test_a_day_becomes_signals() -> None:
 
 def test_bench_learning_prints_json_and_plots(tmp_path: Path) -> None:
     plot = tmp_path / "learning.png"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "learning.py"),
-            "--users",
-            "3",
-            "--days",
-            "4",
-            "--tune-budget",
-            "4",
-            "--tune-passes",
-            "2",
-            "--plot",
-            str(plot),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=ROOT,
+    out = _bench(
+        "learning",
+        *("--users", "3", "--days", "4", "--tune-budget", "4", "--tune-passes", "2"),
+        *("--plot", str(plot)),
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -97,20 +81,34 @@ def test_bench_learning_prints_json_and_plots(tmp_path: Path) -> None:
 
 
 def test_bench_learning_without_tuning_or_vw(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "learning.py"),
-            *("--users", "2", "--days", "2", "--seeds", "3", "--tune-budget", "0", "--no-vw"),
-            *("--plot", str(tmp_path / "learning.png")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=ROOT,
+    out = _bench(
+        "learning",
+        *("--users", "2", "--days", "2", "--seeds", "3", "--tune-budget", "0", "--no-vw"),
+        *("--plot", str(tmp_path / "learning.png")),
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result["seeds"]["3"]["policies"]) == {"ours", "uniform", "best_single_tip"}
     assert "tune pass" not in out.stderr
+
+
+def test_bench_replicas_sharing_at_once_learns_exactly_as_one(tmp_path: Path) -> None:
+    """Two replicas folding every reward at once fold the same rewards in the same
+    order as one recommender: the same decisions, the same reward."""
+    out = _bench(
+        "replicas",
+        *("--users", "3", "--days", "3", "--seeds", "1", "--lag", "0", "5"),
+        *("--plot", str(tmp_path / "replicas.png")),
+    )
+    assert out.returncode == 0, out.stderr
+    rewards = json.loads(out.stdout)["average_expected_reward"]["1"]
+    assert set(rewards) == {"one", "two_shared_lag0", "two_shared_lag5", "two_isolated"}
+    assert rewards["two_shared_lag0"] == rewards["one"]
+    assert (tmp_path / "replicas.png").stat().st_size > 0
+
+
+def _bench(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
