@@ -74,6 +74,19 @@ async def replicas(
             await b.stop(grace=0)
 
 
+@pytest.fixture
+async def channels(
+    replicas: tuple[Rig, ServiceServer],
+) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
+    """Channels to replica A and replica B."""
+    rig, b = replicas
+    async with (
+        grpc.aio.insecure_channel(rig.recommender.address) as a_channel,
+        grpc.aio.insecure_channel(b.address) as b_channel,
+    ):
+        yield a_channel, b_channel
+
+
 async def _updates(channel: grpc.aio.Channel) -> int:
     status = await rec_grpc.RecommenderInternalServiceStub(channel).GetPolicyStatus(
         rec.GetPolicyStatusRequest(), timeout=10
@@ -82,48 +95,46 @@ async def _updates(channel: grpc.aio.Channel) -> int:
 
 
 async def test_a_reward_on_one_replica_is_learned_once_by_the_other(
-    replicas: tuple[Rig, ServiceServer],
+    channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
 ) -> None:
-    rig, b = replicas
     user = f"u_{secrets.token_hex(5)}"
     md: Any = as_user(user)
-    async with (
-        grpc.aio.insecure_channel(rig.recommender.address) as a_channel,
-        grpc.aio.insecure_channel(b.address) as b_channel,
+    a_channel, b_channel = channels
+    a = rec_grpc.RecommenderServiceStub(a_channel)
+    a_before, b_before = await _updates(a_channel), await _updates(b_channel)
+    decided = await a.DecideTips(
+        rec.DecideTipsRequest(parent=f"users/{user}", page_size=2), metadata=md, timeout=10
+    )
+    assert len(decided.tips) == 2
+    for tip, reaction in zip(
+        decided.tips,
+        (signal_pb2.TIP_REACTION_DONE, signal_pb2.TIP_REACTION_DISMISS),
+        strict=True,
     ):
-        a = rec_grpc.RecommenderServiceStub(a_channel)
-        a_before, b_before = await _updates(a_channel), await _updates(b_channel)
-        decided = await a.DecideTips(
-            rec.DecideTipsRequest(parent=f"users/{user}", page_size=2), metadata=md, timeout=10
+        await a.ReactToTip(
+            rec.ReactToTipRequest(name=tip.name, reaction=reaction),  # type: ignore[arg-type]
+            metadata=md,
+            timeout=10,
         )
-        assert len(decided.tips) == 2
-        for tip, reaction in zip(
-            decided.tips,
-            (signal_pb2.TIP_REACTION_DONE, signal_pb2.TIP_REACTION_DISMISS),
-            strict=True,
-        ):
-            await a.ReactToTip(
-                rec.ReactToTipRequest(name=tip.name, reaction=reaction),  # type: ignore[arg-type]
-                metadata=md,
-                timeout=10,
-            )
-        # The replica that landed a reaction folded it at commit (A, unless B's share
-        # of the signals got there first); the other folds it from the feed.
-        for channel, before in ((a_channel, a_before), (b_channel, b_before)):
-            await eventually(
-                lambda channel=channel: _updates(channel), lambda n, b=before: n >= b + 2, within=30
-            )
-        # Once each: the feed, the reconcile passes (every 0.2 s) and A's own copy of
-        # the events fold nothing twice.
-        await asyncio.sleep(1.0)
-        assert await _updates(b_channel) == b_before + 2
-        assert await _updates(a_channel) == a_before + 2
+    # The replica that landed a reaction folded it at commit (A, unless B's share
+    # of the signals got there first); the other folds it from the feed.
+    for channel, before in ((a_channel, a_before), (b_channel, b_before)):
+        await eventually(
+            lambda channel=channel: _updates(channel), lambda n, b=before: n >= b + 2, within=30
+        )
+    # Once each: the feed, the reconcile passes (every 0.2 s) and A's own copy of
+    # the events fold nothing twice.
+    await asyncio.sleep(1.0)
+    assert await _updates(b_channel) == b_before + 2
+    assert await _updates(a_channel) == a_before + 2
 
 
-async def test_a_profile_update_reaches_every_replica(replicas: tuple[Rig, ServiceServer]) -> None:
+async def test_a_profile_update_reaches_every_replica(
+    replicas: tuple[Rig, ServiceServer], channels: tuple[grpc.aio.Channel, grpc.aio.Channel]
+) -> None:
     """Each replica's profile cache reads TIPS_PROFILE whole: quiet hours around now
     leave both without a tip (a shared durable would give each only its share)."""
-    rig, b = replicas
+    rig, _ = replicas
     users = [f"u_{secrets.token_hex(5)}" for _ in range(6)]
     now = datetime.now(UTC)
     window = profile_pb2.QuietHoursWindow(
@@ -141,63 +152,55 @@ async def test_a_profile_update_reaches_every_replica(replicas: tuple[Rig, Servi
             ),
         )
         await rig.bus.publish(event, msg_id=event.event_id)
-    async with (
-        grpc.aio.insecure_channel(rig.recommender.address) as a_channel,
-        grpc.aio.insecure_channel(b.address) as b_channel,
-    ):
-        for channel in (a_channel, b_channel):
-            stub = rec_grpc.RecommenderServiceStub(channel)
-            for user in users:
+    a_channel, b_channel = channels
+    for channel in (a_channel, b_channel):
+        stub = rec_grpc.RecommenderServiceStub(channel)
+        for user in users:
 
-                async def decide(stub: Any = stub, user: str = user) -> int:
-                    answer = await stub.DecideTips(
-                        rec.DecideTipsRequest(parent=f"users/{user}", page_size=1),
-                        metadata=as_user(user),
-                        timeout=10,
-                    )
-                    return len(answer.tips)
+            async def decide(stub: Any = stub, user: str = user) -> int:
+                answer = await stub.DecideTips(
+                    rec.DecideTipsRequest(parent=f"users/{user}", page_size=1),
+                    metadata=as_user(user),
+                    timeout=10,
+                )
+                return len(answer.tips)
 
-                await eventually(decide, lambda n: n == 0, within=30)
+            await eventually(decide, lambda n: n == 0, within=30)
 
 
 async def test_active_tips_are_the_same_on_every_replica(
-    replicas: tuple[Rig, ServiceServer],
+    replicas: tuple[Rig, ServiceServer], channels: tuple[grpc.aio.Channel, grpc.aio.Channel]
 ) -> None:
     """A screen served by either replica shows one decision's tips (no second decision),
     and a reaction on one replica takes the tip away on the other."""
-    rig, b = replicas
+    rig, _ = replicas
     user = f"u_{secrets.token_hex(5)}"
     md: Any = as_user(user)
-    async with (
-        grpc.aio.insecure_channel(rig.recommender.address) as a_channel,
-        grpc.aio.insecure_channel(b.address) as b_channel,
-    ):
-        a, b_stub = (rec_grpc.RecommenderServiceStub(c) for c in (a_channel, b_channel))
+    a_channel, b_channel = channels
+    a, b_stub = (rec_grpc.RecommenderServiceStub(c) for c in (a_channel, b_channel))
 
-        async def names(stub: Any) -> list[str]:
-            answer = await stub.ListTips(
-                rec.ListTipsRequest(parent=f"users/{user}", page_size=5), metadata=md, timeout=10
-            )
-            return [t.name for t in answer.tips]
+    async def names(stub: Any) -> list[str]:
+        answer = await stub.ListTips(
+            rec.ListTipsRequest(parent=f"users/{user}", page_size=5), metadata=md, timeout=10
+        )
+        return [t.name for t in answer.tips]
 
-        decided = await a.DecideTips(
-            rec.DecideTipsRequest(parent=f"users/{user}", page_size=2), metadata=md, timeout=10
-        )
-        shown = [t.name for t in decided.tips]
-        assert len(shown) == 2
-        await eventually(lambda: names(b_stub), lambda got: got == shown, within=30)
-        rows = await rig.db.fetchval(
-            "SELECT count(*) FROM recommender.tips WHERE user_id = $1", user
-        )
-        assert rows == 2  # B showed A's decision; it decided nothing itself
+    decided = await a.DecideTips(
+        rec.DecideTipsRequest(parent=f"users/{user}", page_size=2), metadata=md, timeout=10
+    )
+    shown = [t.name for t in decided.tips]
+    assert len(shown) == 2
+    await eventually(lambda: names(b_stub), lambda got: got == shown, within=30)
+    rows = await rig.db.fetchval("SELECT count(*) FROM recommender.tips WHERE user_id = $1", user)
+    assert rows == 2  # B showed A's decision; it decided nothing itself
 
-        await b_stub.ReactToTip(
-            rec.ReactToTipRequest(name=shown[0], reaction=signal_pb2.TIP_REACTION_DONE),
-            metadata=md,
-            timeout=10,
-        )
-        assert await names(b_stub) == shown[1:]
-        await eventually(lambda: names(a), lambda got: got == shown[1:], within=30)
+    await b_stub.ReactToTip(
+        rec.ReactToTipRequest(name=shown[0], reaction=signal_pb2.TIP_REACTION_DONE),
+        metadata=md,
+        timeout=10,
+    )
+    assert await names(b_stub) == shown[1:]
+    await eventually(lambda: names(a), lambda got: got == shown[1:], within=30)
 
 
 async def test_two_replicas_behind_the_gateway_show_one_decision(
