@@ -9,6 +9,12 @@ which is ``Policy.shared_scores``; the per-tip part is added by the policy
 
     <repository>/tip_scorer/config.pbtxt          platform "onnxruntime_onnx"
     <repository>/tip_scorer/<version>/model.onnx  version = 1, 2, ...
+    <repository>/tip_scorer/<version>/policy.npz  the whole policy (``Policy.state``)
+
+``policy.npz`` holds what the graph does not (the per-tip residuals, the
+softmax parameters) and the statistics themselves, so a promoted version can
+be served exactly and learned on from where it stands (the recommender's
+``Learner.promote``); Triton ignores the extra file.
 
 ``write_python_backend`` turns a copy of the repository into the variant the
 CPU test Triton serves (``backend: "python"``, model.py running ONNX Runtime
@@ -22,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +40,7 @@ from policy.features import ROW_NAMES
 from policy.triton_python import MODEL_PY
 
 MODEL_NAME = "tip_scorer"
+STATE_FILE = "policy.npz"
 INPUT = "rows"
 OUTPUT = "scores"
 OPSET = 17
@@ -119,8 +127,15 @@ def versions(repository: Path, name: str = MODEL_NAME) -> list[int]:
     )
 
 
-def export(policy: Policy, repository: Path, name: str = MODEL_NAME, keep: int = 3) -> str:
-    """Writes the next version of ``name`` and returns it; keeps the last ``keep``.
+def export(
+    policy: Policy,
+    repository: Path,
+    name: str = MODEL_NAME,
+    keep: int = 3,
+    keep_versions: Collection[int] = (),
+) -> str:
+    """Writes the next version of ``name`` and returns it; keeps the last ``keep``
+    and ``keep_versions`` (the ones serving), and any version the config pins.
 
     The version directory appears complete or not at all (written aside, then
     renamed), so a scorer reloading at any moment never reads half a file.
@@ -132,17 +147,24 @@ def export(policy: Policy, repository: Path, name: str = MODEL_NAME, keep: int =
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     staging.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
     onnx.save(build_model(policy), str(staging / "model.onnx"))
+    (staging / STATE_FILE).write_bytes(policy.state())
     os.replace(staging, root / str(version))
     config = root / "config.pbtxt"
     if not config.exists():
         tmp = config.with_suffix(".tmp")
         tmp.write_text(config_pbtxt(policy.dim, name))
         os.replace(tmp, config)
-    pinned = pinned_versions(config)
+    kept = pinned_versions(config) | set(keep_versions)
     for old in present[: max(len(present) + 1 - keep, 0)]:
-        if old not in pinned:  # a promoted version stays until promotion moves on
+        if old not in kept:  # a promoted or serving version stays until it is replaced
             shutil.rmtree(root / str(old), ignore_errors=True)
     return str(version)
+
+
+def read_state(repository: Path, name: str, version: str) -> bytes | None:
+    """A version's ``policy.npz``; None when it has none (written before it was kept)."""
+    path = repository / name / version / STATE_FILE
+    return path.read_bytes() if path.is_file() else None
 
 
 def pinned_versions(config: Path) -> set[int]:

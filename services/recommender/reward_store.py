@@ -43,6 +43,10 @@ policy_state = Table(
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Rewards folded in above reward_seq (migration 0003).
     Column("applied_above", ARRAY(BigInteger), nullable=False, server_default="{}"),
+    # The model version scoring, and the promotion the policy went on from (0004).
+    Column("serving_version", Text, nullable=False, server_default=""),
+    Column("promoted_version", Text, nullable=False, server_default=""),
+    Column("promote_time", DateTime(timezone=True), nullable=True),
 )
 policy_exports = Table(
     "policy_exports",
@@ -148,24 +152,40 @@ async def rewards_after(session: AsyncSession, seq: int) -> Sequence[Rewarded]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Policy statistics with every reward up to ``seq`` folded in, and ``above``."""
+    """Policy statistics with every reward up to ``seq`` folded in, and ``above``;
+    the version ``serving`` (its number) and the promotion gone on from."""
 
     state: bytes
     seq: int
     above: frozenset[int]
+    serving: str = ""
+    promoted: str = ""
+    promote_time: datetime | None = None
 
 
 async def load_snapshot(session: AsyncSession, name: str) -> Snapshot | None:
     row = (
         await session.execute(
             select(
-                policy_state.c.state, policy_state.c.reward_seq, policy_state.c.applied_above
+                policy_state.c.state,
+                policy_state.c.reward_seq,
+                policy_state.c.applied_above,
+                policy_state.c.serving_version,
+                policy_state.c.promoted_version,
+                policy_state.c.promote_time,
             ).where(policy_state.c.name == name)
         )
     ).first()
     if row is None:
         return None
-    return Snapshot(bytes(row.state), int(row.reward_seq), frozenset(row.applied_above))
+    return Snapshot(
+        bytes(row.state),
+        int(row.reward_seq),
+        frozenset(row.applied_above),
+        row.serving_version,
+        row.promoted_version,
+        row.promote_time,
+    )
 
 
 async def save_snapshot(session: AsyncSession, name: str, snapshot: Snapshot) -> None:
@@ -173,6 +193,9 @@ async def save_snapshot(session: AsyncSession, name: str, snapshot: Snapshot) ->
         "state": snapshot.state,
         "reward_seq": snapshot.seq,
         "applied_above": sorted(snapshot.above),
+        "serving_version": snapshot.serving,
+        "promoted_version": snapshot.promoted,
+        "promote_time": snapshot.promote_time,
     }
     stmt = insert(policy_state).values(name=name, **values)
     await session.execute(
@@ -192,6 +215,16 @@ async def reward_seqs_after(session: AsyncSession, seq: int) -> Sequence[tuple[i
         )
     ).all()
     return [(int(r.reward_seq), r.reward_time) for r in rows]
+
+
+async def rewards_since(session: AsyncSession, since: datetime) -> Sequence[Rewarded]:
+    """The rewards assigned after ``since``, in sequence order."""
+    rows = (
+        await session.execute(
+            select(*_REWARDED).where(tips.c.reward_time > since).order_by(tips.c.reward_seq)
+        )
+    ).all()
+    return [_rewarded(r) for r in rows]
 
 
 async def rewards_with_seqs(session: AsyncSession, seqs: Sequence[int]) -> Sequence[Rewarded]:

@@ -66,6 +66,7 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         runtime.spawn(relay.run())
         runtime.spawn(learner.sweep())
         runtime.spawn(learner.follow(bus))  # other replicas' rewards and reactions
+        runtime.spawn(learner.follow_promotions(bus))  # ml_pipelines' promoted versions
         runtime.spawn(PeerDecisions(db, history).run(bus))  # and their decisions
         runtime.spawn(learner.reconcile())
         runtime.spawn(learner.snapshots())

@@ -17,16 +17,24 @@
   after every ``recommender_model_refresh_updates`` rewards (``policy.serving``:
   the rule the learning and replay benches run), on demand, or on a schedule,
   and swapped into the scorer without failing a request.
+- Promotion: when ml_pipelines promotes a version (``ModelVersionPromoted``,
+  followed by every replica), the policy becomes that version (its ONNX model
+  and its ``policy.npz``) plus every reward assigned since the promotion, and
+  online learning goes on from there (docs/decisions.md, 34).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from sqlalchemy import Table
@@ -44,6 +52,7 @@ from services.recommender.history import HistoryKeeper
 from services.recommender.reward_store import Rewarded
 from services.recommender.settings import RecommenderSettings
 from tips.events.v1 import signal_pb2
+from tips.ml_pipelines.v1 import events_pb2 as ml_events
 from tips.recommender.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -85,6 +94,9 @@ class Learner:
         self.online_updates = 0  # since the deciding model was loaded
         self.model_load_time = datetime.now(UTC)
         self.exports = 0
+        # The registry's last promotion this policy went on from (ModelVersionPromoted).
+        self.promoted_version = ""
+        self.promote_time: datetime | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._started = datetime.now(UTC)
 
@@ -94,20 +106,29 @@ class Learner:
         """Statistics from the snapshot plus the rewards after it; the model loaded."""
         async with self.db.session() as session:
             snapshot = await reward_store.load_snapshot(session, POLICY_NAME)
+        serving: str | None = None
         if snapshot is not None:
             self.policy = bandit.Policy.from_state(snapshot.state)
             self.applied_seq, self._above = snapshot.seq, set(snapshot.above)
+            self.promoted_version, self.promote_time = snapshot.promoted, snapshot.promote_time
+            serving = snapshot.serving or None
         async with self.lock:
             replayed = await self.reconcile_once()
         self._saved_folded = self.folded
         self.online_updates = 0
-        if not onnx_export.versions(self.repository, self.model_name):
+        present = onnx_export.versions(self.repository, self.model_name)
+        if not present:
             await asyncio.to_thread(self._export_copy)
-        self.onnx = await asyncio.to_thread(scoring.OnnxScorer, self.repository, self.model_name)
+        elif serving is not None and int(serving) not in present:
+            serving = None  # gone from the repository: the newest serves
+        self.onnx = await asyncio.to_thread(
+            scoring.OnnxScorer, self.repository, self.model_name, serving
+        )
         self.scorer = self.onnx
         if self.settings.recommender_triton_url:
+            # Triton is asked for the version in-process scoring has: both score alike.
             self.triton = scoring.TritonScorer(
-                self.settings.recommender_triton_url, self.model_name
+                self.settings.recommender_triton_url, self.model_name, self.onnx.model_version
             )
             self.scorer = scoring.FallbackScorer(self.triton, self.onnx)
         log.info(
@@ -189,19 +210,25 @@ class Learner:
             self._above.add(r.seq)
             self.folded += 1
             self.history.record_reward(r.user_id, r.category, r.reward)
-            if r.row is None:
-                continue  # a decision of the rule policy: no feature row to learn from
-            x = np.frombuffer(r.row, dtype=np.float64)
-            if x.shape != (self.policy.dim,):
-                continue  # logged under another feature schema
-            self.policy.update(r.catalog_tip.removeprefix("catalogTips/"), x, r.reward)
-            self.online_updates += 1
-            count += 1
+            if self._learn(self.policy, r):
+                self.online_updates += 1
+                count += 1
         while self.applied_seq + 1 in self._above:  # in order, as one replica folds
             self.applied_seq += 1
             self._above.discard(self.applied_seq)
         self._refresh_if_due()
         return count
+
+    @staticmethod
+    def _learn(policy: bandit.Policy, r: Rewarded) -> bool:
+        """One reward into ``policy``; False when it has no row to learn from."""
+        if r.row is None:
+            return False  # a decision of the rule policy: no feature row to learn from
+        x = np.frombuffer(r.row, dtype=np.float64)
+        if x.shape != (policy.dim,):
+            return False  # logged under another feature schema
+        policy.update(r.catalog_tip.removeprefix("catalogTips/"), x, r.reward)
+        return True
 
     # --- replicas ---------------------------------------------------------------------
 
@@ -320,14 +347,19 @@ class Learner:
 
     # --- snapshots ----------------------------------------------------------------------
 
-    async def snapshot(self) -> bool:
-        """Save the statistics if they changed since the last snapshot."""
+    async def snapshot(self, force: bool = False) -> bool:
+        """Save the statistics if they changed since the last snapshot (or ``force``)."""
         async with self.lock:
-            if self.folded == self._saved_folded:
+            if self.folded == self._saved_folded and not force:
                 return False
             folded = self.folded
             snapshot = reward_store.Snapshot(
-                self.policy.state(), self.applied_seq, frozenset(self._above)
+                self.policy.state(),
+                self.applied_seq,
+                frozenset(self._above),
+                serving=self.onnx.model_version if self.onnx is not None else "",
+                promoted=self.promoted_version,
+                promote_time=self.promote_time,
             )
         async with self.db.transaction() as session:
             await reward_store.save_snapshot(session, POLICY_NAME, snapshot)
@@ -346,7 +378,15 @@ class Learner:
 
     def _export_copy(self, state: bytes | None = None) -> str:
         policy = bandit.Policy.from_state(state) if state is not None else self.policy
-        return onnx_export.export(policy, self.repository, self.model_name)
+        serving = {int(self.onnx.model_version)} if self.onnx is not None else set()
+        return onnx_export.export(policy, self.repository, self.model_name, keep_versions=serving)
+
+    async def _serve(self, version: str) -> None:
+        """Score with ``version`` from now on, in process and on Triton alike."""
+        if self.onnx is not None:
+            await self.onnx.reload(version)
+        if self.triton is not None:
+            self.triton.version = version
 
     async def export(self) -> tuple[str, str, int]:
         """Write a new model version from the live statistics and score with it.
@@ -363,8 +403,7 @@ class Learner:
                 updates = self.online_updates
             base = self.model_version
             version = await asyncio.to_thread(self._export_copy, state)
-            if self.onnx is not None:
-                await self.onnx.reload(version)
+            await self._serve(version)
             self.online_updates -= updates
             self.model_load_time = datetime.now(UTC)
             self.exports += 1
@@ -375,6 +414,95 @@ class Learner:
         while interval > 0:
             await asyncio.sleep(interval)
             await self._export_logged("schedule")
+
+    # --- promotion ------------------------------------------------------------------
+
+    async def follow_promotions(self, bus: Bus) -> None:
+        """Serve each version ml_pipelines promotes; every replica reads every promotion.
+
+        Read from the stream's start: promotions are few, and the last one
+        applied (kept in the snapshot) tells which are new to this policy.
+        """
+        await bus.follow(
+            stream=stream_of(ml_events.ModelVersionPromoted),
+            subjects=[subject_of(ml_events.ModelVersionPromoted)],
+            message_type=ml_events.ModelVersionPromoted,
+            handler=self._on_promoted,
+            start_time=datetime(2000, 1, 1, tzinfo=UTC),
+        )
+
+    async def _on_promoted(self, delivery: Delivery[ml_events.ModelVersionPromoted]) -> None:
+        event = delivery.message
+        if event.model != f"models/{self.model_name}":
+            return  # another model's promotion
+        promote_time = event.occur_time.ToDatetime(UTC)
+        await self.promote(event.model_version, event.artifact_uri, promote_time)
+
+    async def promote(self, model_version: str, artifact_uri: str, promote_time: datetime) -> bool:
+        """Go on from a promoted version: its model scores, its statistics learn.
+
+        The policy becomes the version's ``policy.npz`` with every reward
+        assigned after ``promote_time`` folded in, in sequence order, so every
+        replica ends with the same policy whenever the promotion reaches it.
+        A version without ``policy.npz`` changes only the shared part (the
+        live statistics stay). False when the promotion is not new or the
+        version cannot be read (logged; the current model keeps serving).
+        """
+        if self.promote_time is not None and promote_time <= self.promote_time:
+            return False  # applied before (a restart reads the stream again)
+        version = model_version.rsplit("/", 1)[-1]
+        async with self._export_lock:  # an export finishing now must not serve over it
+            try:
+                state = await asyncio.to_thread(self._take_in, version, artifact_uri)
+                promoted = bandit.Policy.from_state(state) if state is not None else None
+                if promoted is not None and promoted.dim != self.policy.dim:
+                    raise ValueError(f"feature dimension {promoted.dim}, serving {self.policy.dim}")
+                await self._serve(version)
+            except Exception as exc:
+                log.error(
+                    "promoted model version not served",
+                    extra={"model_version": model_version, "error": repr(exc)},
+                )
+                return False
+            async with self.lock:
+                refolded = 0
+                if promoted is not None:
+                    async with self.db.session() as session:
+                        since = await reward_store.rewards_since(session, promote_time)
+                    refolded = sum(self._learn(promoted, r) for r in since)
+                    self.policy = promoted
+                self.online_updates = refolded
+                self.promoted_version, self.promote_time = model_version, promote_time
+                self.model_load_time = datetime.now(UTC)
+        await self.snapshot(force=True)
+        log.info(
+            "serving the promoted model version",
+            extra={"model_version": model_version, "with_statistics": promoted is not None,
+                   "rewards_since": refolded},
+        )  # fmt: skip
+        return True
+
+    def _take_in(self, version: str, artifact_uri: str) -> bytes | None:
+        """The promoted version in this repository (copied in when it lives elsewhere);
+        its ``policy.npz``."""
+        target = self.repository / self.model_name / version
+        if not (target / "model.onnx").is_file():
+            source = Path(unquote(urlparse(artifact_uri).path)).parent
+            if not (source / "model.onnx").is_file():
+                raise FileNotFoundError(f"{artifact_uri}: no model.onnx")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+            for name in ("model.onnx", onnx_export.STATE_FILE):
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, staging / name)
+            staging.chmod(0o755)
+            try:
+                os.replace(staging, target)
+            except OSError:  # another replica copied it in first
+                shutil.rmtree(staging, ignore_errors=True)
+                if not (target / "model.onnx").is_file():
+                    raise
+        return onnx_export.read_state(self.repository, self.model_name, version)
 
     def artifact_uri(self, model_version: str) -> str:
         version = model_version.rsplit("/", 1)[-1]

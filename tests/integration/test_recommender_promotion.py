@@ -1,0 +1,156 @@
+"""The recommender serves the version ml_pipelines promotes (``ModelVersionPromoted``),
+with that version's statistics, and a restarted replica goes on serving it.
+
+The promoted version is written as ml_pipelines writes one (``model.onnx`` and
+``policy.npz`` in its own repository) and announced on the bus as its outbox
+relay announces it; the recommender takes it into its repository.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+
+from kernel.bus import streams_for
+from kernel.server import ServiceServer
+from kernel.settings import Settings
+from kernel.timestamps import timestamp
+from policy import bandit, onnx_export
+from services.recommender.service import definition
+from services.recommender.settings import RecommenderSettings
+from tests.support.recommender_rig import Rig, events_and_recommender
+from tests.support.tokens import as_user
+from tests.support.waiting import eventually, stream_events
+from tips.ml_pipelines.v1 import events_pb2 as ml_events
+from tips.recommender.v1 import events_pb2 as rec_events
+from tips.recommender.v1 import recommender_service_pb2 as rec
+from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+
+pytestmark = pytest.mark.integration
+
+MODEL = f"promo_{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="module")
+async def rig(
+    settings: Settings, nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Rig, Path]]:
+    models = tmp_path_factory.mktemp("promotion-models")
+    async with events_and_recommender(
+        settings, nats_url, database_url, models, recommender_model_name=MODEL
+    ) as started:
+        await started.bus.ensure_streams(streams_for(ml_events.ModelVersionPromoted))
+        yield started, models
+
+
+async def _status(channel: grpc.aio.Channel) -> rec.GetPolicyStatusResponse:
+    internal = rec_grpc.RecommenderInternalServiceStub(channel)
+    return await internal.GetPolicyStatus(rec.GetPolicyStatusRequest(), timeout=10)
+
+
+async def _decide(channel: grpc.aio.Channel, nats_url: str) -> rec_events.TipDecided:
+    """A new user's one-tip decision, as its ``TipDecided`` event logged it."""
+    user = f"u_{secrets.token_hex(5)}"
+    stub = rec_grpc.RecommenderServiceStub(channel)
+    await stub.DecideTips(
+        rec.DecideTipsRequest(parent=f"users/{user}", page_size=1),
+        metadata=as_user(user),
+        timeout=10,
+    )
+
+    async def decided() -> list[rec_events.TipDecided]:
+        events = await stream_events(
+            nats_url, "TIPS_RECOMMENDER", "tips.recommender.v1.tip_decided", rec_events.TipDecided
+        )
+        return [e for e in events if e.user == f"users/{user}"]
+
+    [event] = await eventually(decided, lambda events: len(events) == 1, within=30)
+    return event
+
+
+def _probability(event: rec_events.TipDecided, catalog_tip: str) -> float:
+    [candidate] = [c for c in event.candidates if c.catalog_tip == catalog_tip]
+    return candidate.probability
+
+
+def _trained_version(registry: Path, version: int, favourite: str) -> Path:
+    """A version trained to favour one tip, laid out as ml_pipelines lays one out."""
+    policy = bandit.Policy()
+    for _ in range(300):
+        policy.update(favourite, np.zeros(policy.dim), 1.0)
+    directory = registry / MODEL / str(version)
+    directory.mkdir(parents=True)
+    onnx.save(onnx_export.build_model(policy), str(directory / "model.onnx"))
+    (directory / onnx_export.STATE_FILE).write_bytes(policy.state())
+    return directory / "model.onnx"
+
+
+async def _promote(rig: Rig, version: int, artifact: Path) -> str:
+    name = f"models/{MODEL}/versions/{version}"
+    event = ml_events.ModelVersionPromoted(
+        event_id=str(uuid.uuid4()),
+        occur_time=timestamp(datetime.now(UTC)),
+        model=f"models/{MODEL}",
+        model_version=name,
+        artifact_uri=artifact.as_uri(),
+    )
+    await rig.bus.publish(event, msg_id=event.event_id)
+    return name
+
+
+async def test_the_promoted_version_serves_with_its_statistics_and_outlives_a_restart(
+    rig: tuple[Rig, Path],
+    nats_url: str,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    started, models = rig
+    async with grpc.aio.insecure_channel(started.recommender.address) as channel:
+        before = await _decide(channel, nats_url)
+        assert len(before.candidates) >= 3, before.candidates
+        # The tip the serving policy likes least becomes the promoted version's favourite.
+        favourite = min(before.candidates, key=lambda c: c.probability).catalog_tip
+        assert _probability(before, favourite) < 0.5
+
+        # An unreadable version is not served; the next promotion still is.
+        await _promote(started, 40, tmp_path / "nowhere" / "model.onnx")
+        registry = tmp_path / "registry"
+        artifact = _trained_version(registry, 41, favourite.removeprefix("catalogTips/"))
+        promoted = await _promote(started, 41, artifact)
+
+        status = await eventually(
+            lambda: _status(channel), lambda s: s.model_version == promoted, within=30
+        )
+        assert (models / MODEL / "41" / onnx_export.STATE_FILE).is_file()  # taken in
+        assert not (models / MODEL / "40").exists()
+        assert status.online_update_count == 0
+
+        after = await _decide(channel, nats_url)
+        assert after.model_version == promoted
+        assert _probability(after, favourite) > 0.9  # the version's statistics decide
+
+    # A restarted process (a second one on the same database) serves the same
+    # version and does not apply the promotion again.
+    rec_settings = RecommenderSettings(
+        **{**settings.model_dump(), "log_format": "text", "events_addr": started.events.address},
+        recommender_model_repository=str(models),
+        recommender_model_name=MODEL,
+    )
+    server = ServiceServer(definition(started.durable), rec_settings, port=0)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            assert (await _status(channel)).model_version == promoted
+            again = await _decide(channel, nats_url)
+            assert again.model_version == promoted
+            assert _probability(again, favourite) > 0.9
+    finally:
+        await server.stop(grace=0)
