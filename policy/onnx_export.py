@@ -98,15 +98,12 @@ def config_pbtxt(
 ) -> str:
     """Triton's config: production ``onnxruntime_onnx``, or the ``python`` backend.
 
-    ``version`` pins the served version (``specific``; ml_pipelines' promotion),
-    else the latest one serves.
+    ``version`` pins one version (``specific``); by default every version on
+    disk is loaded (``all``: the repository keeps a few), because the
+    recommender asks for the exact version it serves (decision 34).
     """
     runtime = 'platform: "onnxruntime_onnx"' if backend == "onnxruntime" else 'backend: "python"'
-    policy = (
-        "latest: { num_versions: 1 }"
-        if version is None
-        else f"specific: {{ versions: [{version}] }}"
-    )
+    policy = "all: {}" if version is None else f"specific: {{ versions: [{version}] }}"
     return f"""name: "{name}"
 {runtime}
 max_batch_size: 0

@@ -157,9 +157,14 @@ class TritonScorer:
             raise RuntimeError(f"triton {self.url}: no {self.output_name!r} in the response")
         return np.asarray(scores, dtype=np.float64)
 
-    async def ready(self) -> bool:
+    async def ready(self, version: str | None = None) -> bool:
+        """Whether Triton has ``version`` (default: the one asked for) loaded."""
         try:
-            return bool(await self._client.is_model_ready(self.name, self.version))
+            return bool(
+                await self._client.is_model_ready(
+                    self.name, self.version if version is None else version
+                )
+            )
         except Exception:  # any transport error means "not ready"
             return False
 

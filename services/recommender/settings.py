@@ -37,6 +37,9 @@ class RecommenderSettings(Settings):
     recommender_model_name: str = "tip_scorer"
     # KServe v2 gRPC address of a Triton server (host:port); unset: ONNX in process.
     recommender_triton_url: str | None = None
+    # How long a new version waits for Triton to load it (its repository poll)
+    # before Triton is asked for it anyway (a miss falls back to ONNX in process).
+    recommender_triton_load_wait_seconds: float = Field(default=30.0, ge=0)
     # Re-export the ONNX model after this many reward updates (policy.serving, the
     # rule the learning and replay benches run); 0: never by count.
     recommender_model_refresh_updates: int = Field(default=MODEL_REFRESH_UPDATES, ge=0)

@@ -117,10 +117,10 @@ class Learner:
         self._saved_folded = self.folded
         self.online_updates = 0
         present = onnx_export.versions(self.repository, self.model_name)
+        if serving is not None and int(serving) not in present:
+            serving = None  # not in this repository (any more): the newest serves
         if not present:
             await asyncio.to_thread(self._export_copy)
-        elif serving is not None and int(serving) not in present:
-            serving = None  # gone from the repository: the newest serves
         self.onnx = await asyncio.to_thread(
             scoring.OnnxScorer, self.repository, self.model_name, serving
         )
@@ -382,10 +382,20 @@ class Learner:
         return onnx_export.export(policy, self.repository, self.model_name, keep_versions=serving)
 
     async def _serve(self, version: str) -> None:
-        """Score with ``version`` from now on, in process and on Triton alike."""
+        """Score with ``version`` from now on, in process and on Triton alike.
+
+        Triton polls its repository: it is asked for the new version once it
+        has loaded it (bounded; then it is asked anyway and a miss falls back).
+        """
         if self.onnx is not None:
             await self.onnx.reload(version)
         if self.triton is not None:
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + self.settings.recommender_triton_load_wait_seconds
+            while loop.time() < give_up:  # Triton tells no one: ask it
+                if await self.triton.ready(version):
+                    break
+                await asyncio.sleep(0.5)
             self.triton.version = version
 
     async def export(self) -> tuple[str, str, int]:
