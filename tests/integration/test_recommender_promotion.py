@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,16 +39,22 @@ pytestmark = pytest.mark.integration
 MODEL = f"promo_{secrets.token_hex(3)}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def rig(
-    settings: Settings, nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[Rig, Path]]:
+    settings: Settings,
+    nats_url: str,
+    create_database: Callable[[], Awaitable[str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[Rig, Path, Settings]]:
+    # A database of its own: the promoted statistics must not reach other tests' policy.
+    database_url = await create_database()
+    settings = settings.model_copy(update={"database_url": database_url})
     models = tmp_path_factory.mktemp("promotion-models")
     async with events_and_recommender(
         settings, nats_url, database_url, models, recommender_model_name=MODEL
     ) as started:
         await started.bus.ensure_streams(streams_for(ml_events.ModelVersionPromoted))
-        yield started, models
+        yield started, models, settings
 
 
 async def _status(channel: grpc.aio.Channel) -> rec.GetPolicyStatusResponse:
@@ -107,12 +113,9 @@ async def _promote(rig: Rig, version: int, artifact: Path) -> str:
 
 
 async def test_the_promoted_version_serves_with_its_statistics_and_outlives_a_restart(
-    rig: tuple[Rig, Path],
-    nats_url: str,
-    settings: Settings,
-    tmp_path: Path,
+    rig: tuple[Rig, Path, Settings], nats_url: str, tmp_path: Path
 ) -> None:
-    started, models = rig
+    started, models, settings = rig
     async with grpc.aio.insecure_channel(started.recommender.address) as channel:
         before = await _decide(channel, nats_url)
         assert len(before.candidates) >= 3, before.candidates
