@@ -176,15 +176,33 @@ class Settings(BaseSettings):
         return value
 
 
+def _checkout() -> Path | None:
+    """The checkout this code runs from, or None (an installed package)."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "models").is_dir():
+        return root
+    return None
+
+
+def _user_state() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "tips-mesh"
+
+
 def default_model_repository() -> str:
     """Where a service keeps models when no setting names a repository: the
     checkout's ``models/`` (committed, seeded) when it runs from one, else a
     per-user state directory (an installed package's directory is not writable)."""
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and (root / "models").is_dir():
-        return str(root / "models")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(state) / "tips-mesh" / "models")
+    root = _checkout()
+    return str(root / "models" if root is not None else _user_state() / "models")
+
+
+def default_state_dir(name: str) -> str:
+    """Where a service keeps state of its own (``name``) when no setting says: the
+    checkout's git-ignored ``.run/<name>`` (``tips up``'s default run dir) when it
+    runs from one, else ``$XDG_STATE_HOME/tips-mesh/<name>``."""
+    root = _checkout()
+    return str(root / ".run" / name if root is not None else _user_state() / name)
 
 
 def load_settings(**overrides: object) -> Settings:

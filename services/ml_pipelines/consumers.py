@@ -1,8 +1,9 @@
 """Registers the recommender's exports (``PolicyModelExported``) as CANDIDATE versions.
 
 The recommender wrote ``models/<model>/<version>/model.onnx`` itself; the
-version keeps its number. Claimed per message id, and a version already
-registered is skipped, so redeliveries change nothing. An export whose file
+version keeps that directory number (the MLflow version is tagged with it,
+whatever number MLflow gives it: ``mlflow_registry``). Claimed per message id,
+and a version already registered is skipped, so redeliveries change nothing. An export whose file
 is missing, outside the repository or not a scorer model is logged and
 acknowledged: redelivering cannot fix it.
 """
@@ -11,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 
 from kernel.bus import Bus, Delivery
 from kernel.consumers import consume_forever
@@ -51,24 +49,17 @@ class ExportConsumer:
                 msg_id=delivery.msg_id or e.event_id,
             ):  # fmt: skip
                 return
-            await session.execute(
-                insert(store.models)
-                .values(
-                    model_id=model,
-                    algorithm=e.policy_name,
-                    description="policy exported by the recommender",
-                )
-                .on_conflict_do_nothing()
-            )
-            V = store.model_versions
-            exists = (
-                await session.execute(
-                    select(V.c.version).where(V.c.model_id == model, V.c.version == version)
-                )
-            ).first()
-            if exists is not None:
+            registry = self.registry
+            await registry.lock_model(session, model)
+            await registry.call(
+                registry.mlflow.create_model,
+                model,
+                "policy exported by the recommender",
+                e.policy_name,
+            )  # None when it exists already
+            if await registry.call(registry.mlflow.find_version, model, version) is not None:
                 return
-            await self.registry.register(
+            await registry.register(
                 NewVersion(
                     model=model,
                     artifact=path,
@@ -80,7 +71,6 @@ class ExportConsumer:
                     metrics={"online_update_count": float(e.online_update_count)},
                     in_place=version,
                 ),
-                session,
             )
         log.info("export registered", extra=where)
 

@@ -138,8 +138,9 @@ def write_trained(policy: bandit.Policy, repository: Path, model: str, version: 
     return _place(repository, model, version, staging)
 
 
-def pin(repository: Path, model: str, version: int) -> None:
-    """Rewrites the model's config.pbtxt so Triton serves exactly ``version``."""
+def pin(repository: Path, model: str, version: int | None) -> None:
+    """Rewrites the model's config.pbtxt so Triton serves exactly ``version`` (None: the
+    latest, as before any promotion)."""
     (repository / model).mkdir(parents=True, exist_ok=True)
     _write(
         repository / model / "config.pbtxt",

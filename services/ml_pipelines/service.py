@@ -1,6 +1,7 @@
 """How the kernel runs the ml_pipelines service.
 
-On start it resumes unfinished training runs and backfills, and spawns: the
+On start it connects to MLflow (the model registry), resumes unfinished
+training runs and backfills, and spawns: the
 outbox relay (ModelVersionPromoted, TrainingRunCompleted to TIPS_ML_PIPELINES),
 the logged-data consumers (TipDecided + RewardAssigned joined into
 ``logged_decisions``), the export consumer (PolicyModelExported -> CANDIDATE
@@ -34,6 +35,7 @@ async def build(runtime: Runtime) -> Sequence[Binding]:
     settings = ml_pipelines_settings(runtime.settings)
     db, bus = runtime.db, runtime.bus
     registry = Registry(db, settings)
+    await registry.open()  # MLflow, the registry: a new sqlite one gets its tables
     trainer = Trainer(db, settings, registry, runtime.spawn)
     backfiller = Backfiller(db, settings, runtime.spawn)
     runtime.spawn(OutboxRelay(db, bus, store.outbox).run())

@@ -1,7 +1,9 @@
 """The ml_pipelines service's tables, all in schema ``ml_pipelines``.
 
-- ``models`` / ``model_versions``: the registry (evaluation stored as the
-  serialized ``OfflineEvaluation``);
+The model registry (models, versions, their state, evaluations, the promoted
+version) is in MLflow, not here (``mlflow_registry``; migration 0004 dropped
+the ``models`` and ``model_versions`` tables it replaced).
+
 - ``logged_decisions``: the training/evaluation log, one row per decision
   (``TipDecided``) joined with its reward (``RewardAssigned``), whichever
   arrives first;
@@ -24,7 +26,6 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
-    UniqueConstraint,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -38,36 +39,6 @@ outbox = outbox_table(metadata)
 processed_messages = processed_table(metadata)
 
 _now = func.now()
-
-models = Table(
-    "models",
-    metadata,
-    Column("model_id", Text, primary_key=True),
-    Column("description", Text, nullable=False, server_default=""),
-    Column("algorithm", Text, nullable=False),
-    Column("promoted_version", Integer, nullable=True),
-    Column("create_time", DateTime(timezone=True), nullable=False, server_default=_now),
-    Column("update_time", DateTime(timezone=True), nullable=False, server_default=_now),
-)
-
-model_versions = Table(
-    "model_versions",
-    metadata,
-    Column("model_id", Text, nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("artifact_uri", Text, nullable=False),
-    Column("state", SmallInteger, nullable=False),
-    Column("metrics", JSONB, nullable=False, server_default="{}"),
-    Column("evaluation", LargeBinary, nullable=True),
-    Column("training_run", Text, nullable=False, server_default=""),
-    Column("feature_schema_version", Text, nullable=False),
-    Column("description", Text, nullable=False, server_default=""),
-    Column("request_id", Text, nullable=True),
-    Column("create_time", DateTime(timezone=True), nullable=False, server_default=_now),
-    Column("promote_time", DateTime(timezone=True), nullable=True),
-    PrimaryKeyConstraint("model_id", "version"),
-    UniqueConstraint("model_id", "request_id", name="uq_model_versions_request"),
-)
 
 logged_decisions = Table(
     "logged_decisions",
@@ -114,6 +85,8 @@ training_runs = Table(
     Column("metrics", JSONB, nullable=False, server_default="{}"),
     Column("model_version", Integer, nullable=True),
     Column("error", LargeBinary, nullable=True),  # google.rpc.Status
+    # The MLflow run of the latest attempt (params, metrics per chunk, artifacts).
+    Column("mlflow_run_id", Text, nullable=True),
     Column("content_hash", Text, nullable=False),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=_now),
     Column("start_time", DateTime(timezone=True), nullable=True),

@@ -1,65 +1,80 @@
-"""The model registry: models, versions, off-policy evaluation and promotion."""
+"""The model registry: models, versions, off-policy evaluation and promotion, kept in MLflow.
+
+MLflow holds the models, the versions, their state and the promoted version
+(``services.ml_pipelines.mlflow_registry``); the Triton repository holds the
+serving copy of each version's files (``repository``); PostgreSQL holds what
+MLflow cannot: the logged decisions, the training-run jobs and the outbox.
+Work that allocates a version number or moves the promoted version holds
+the model's advisory lock (``kernel.db.lock``), so replicas serialise on it.
+Every MLflow call blocks: each goes through ``asyncio.to_thread``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.db import Database
-from kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kernel.db import Database, lock
+from kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from kernel.outbox import enqueue
 from kernel.timestamps import optional_timestamp
 from policy import bandit, features
-from services.ml_pipelines import domain, repository, store
+from services.ml_pipelines import domain, promotion, repository, store
 from services.ml_pipelines.core import evaluation
+from services.ml_pipelines.mlflow_registry import (
+    MODEL_DIR,
+    MlflowRegistry,
+    ModelRecord,
+    NewVersionRecord,
+    VersionRecord,
+)
 from services.ml_pipelines.settings import MlPipelinesSettings
 from tips.ml_pipelines.v1 import events_pb2, model_pb2
 
 log = logging.getLogger(__name__)
-M, V = store.models, store.model_versions
 S = model_pb2.ModelVersionState
 ALGORITHMS = frozenset({bandit.ALGORITHM})
 FEATURE_SCHEMA_VERSION = f"features-v1-d{features.DIM}"  # the recommender's engine writes the same
 DEFAULT_EVAL_WINDOW = timedelta(days=14)
+T = TypeVar("T")
 
 
-def model_proto(row: Any) -> model_pb2.Model:
+def model_proto(record: ModelRecord) -> model_pb2.Model:
     return model_pb2.Model(
-        name=domain.model_name(row.model_id),
-        description=row.description,
-        algorithm=row.algorithm,
+        name=domain.model_name(record.model_id),
+        description=record.description,
+        algorithm=record.algorithm,
         promoted_version=(
-            domain.version_name(row.model_id, row.promoted_version) if row.promoted_version else ""
+            domain.version_name(record.model_id, record.promoted) if record.promoted else ""
         ),
-        create_time=optional_timestamp(row.create_time),
-        update_time=optional_timestamp(row.update_time),
+        create_time=optional_timestamp(record.create_time),
+        update_time=optional_timestamp(record.update_time),
     )
 
 
-def version_proto(row: Any) -> model_pb2.ModelVersion:
+def version_proto(record: VersionRecord) -> model_pb2.ModelVersion:
     out = model_pb2.ModelVersion(
-        name=domain.version_name(row.model_id, row.version),
-        artifact_uri=row.artifact_uri,
-        state=row.state,
-        metrics={k: float(v) for k, v in (row.metrics or {}).items()},
-        training_run=row.training_run,
-        feature_schema_version=row.feature_schema_version,
-        description=row.description,
-        create_time=optional_timestamp(row.create_time),
-        promote_time=optional_timestamp(row.promote_time),
+        name=domain.version_name(record.model_id, record.version),
+        artifact_uri=record.artifact_uri,
+        state=record.state,  # type: ignore[arg-type]
+        metrics=record.metrics,
+        training_run=record.training_run,
+        feature_schema_version=record.feature_schema_version,
+        description=record.description,
+        create_time=optional_timestamp(record.create_time),
+        promote_time=optional_timestamp(record.promote_time),
     )
-    if row.evaluation:
-        out.evaluation.ParseFromString(row.evaluation)
+    if record.evaluation:
+        out.evaluation.ParseFromString(record.evaluation)
     return out
 
 
@@ -83,6 +98,20 @@ class Registry:
         self.db = db
         self.settings = settings
         self.repository = Path(settings.ml_pipelines_model_repository)
+        self.mlflow = MlflowRegistry(settings.ml_pipelines_mlflow_uri)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (an MLflow or file call) in a worker thread, off the loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def open(self) -> None:
+        """Connects to MLflow (a new sqlite registry gets its tables)."""
+        await self.call(self.mlflow.open)
+
+    @staticmethod
+    async def lock_model(session: AsyncSession, model: str) -> None:
+        """Serialises numbering and promotion of ``model`` until ``session`` commits."""
+        await lock(session, f"ml_pipelines:model:{model}")
 
     # --- models ----------------------------------------------------------------------------
 
@@ -102,116 +131,69 @@ class Registry:
             problems.append(("model.description", "at most 1000 characters"))
         if problems:
             raise InvalidArgument(problems)
-        async with self.db.transaction() as session:
-            row = (
-                await session.execute(
-                    insert(M)
-                    .values(
-                        model_id=model_id, description=model.description, algorithm=model.algorithm
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(*M.c)
-                )
-            ).first()
-        if row is None:
+        record = await self.call(
+            self.mlflow.create_model, model_id, model.description, model.algorithm
+        )
+        if record is None:
             raise AlreadyExists(f"models/{model_id} already exists", metadata={"model": model_id})
-        return model_proto(row)
+        return model_proto(record)
 
-    async def get_model_row(self, session: AsyncSession, model: str, lock: bool = False) -> Any:
-        query = select(M).where(M.c.model_id == model)
-        row = (await session.execute(query.with_for_update() if lock else query)).first()
-        if row is None:
-            raise NotFound(domain.model_name(model), resource_type="tips.app/Model")
-        return row
+    async def model(self, model: str) -> ModelRecord:
+        return await self.call(self.mlflow.get_model, model)
 
     async def get_model(self, name: str) -> model_pb2.Model:
-        model = domain.parse_model(name)
-        async with self.db.session() as session:
-            return model_proto(await self.get_model_row(session, model))
+        return model_proto(await self.model(domain.parse_model(name)))
 
     async def list_models(self, after: str, limit: int) -> list[model_pb2.Model]:
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(M).where(M.c.model_id > after).order_by(M.c.model_id).limit(limit)
-            )
-            return [model_proto(r) for r in rows]
+        return [model_proto(r) for r in await self.call(self.mlflow.list_models, after, limit)]
 
     # --- versions --------------------------------------------------------------------------
 
-    async def get_version_row(
-        self, session: AsyncSession, model: str, version: int, lock: bool = False
-    ) -> Any:
-        query = select(V).where(V.c.model_id == model, V.c.version == version)
-        row = (await session.execute(query.with_for_update() if lock else query)).first()
-        if row is None:
-            raise NotFound(
-                domain.version_name(model, version), resource_type="tips.app/ModelVersion"
-            )
-        return row
+    async def version(self, model: str, version: int) -> VersionRecord:
+        return await self.call(self.mlflow.version, model, version)
 
     async def get_version(self, name: str) -> model_pb2.ModelVersion:
-        model, version = domain.parse_version(name)
-        async with self.db.session() as session:
-            return version_proto(await self.get_version_row(session, model, version))
+        return version_proto(await self.version(*domain.parse_version(name)))
 
     async def list_versions(
         self, model: str, states: Sequence[int], before: int | None, limit: int
     ) -> list[model_pb2.ModelVersion]:
-        async with self.db.session() as session:
-            await self.get_model_row(session, model)
-            query = select(V).where(V.c.model_id == model)
-            if states:
-                query = query.where(V.c.state.in_(list(states)))
-            if before is not None:
-                query = query.where(V.c.version < before)
-            rows = await session.execute(query.order_by(V.c.version.desc()).limit(limit))
-            return [version_proto(r) for r in rows]
+        await self.model(model)
+        records = [
+            r
+            for r in await self.call(self.mlflow.versions, model)
+            if (not states or r.state in states) and (before is None or r.version < before)
+        ]
+        return [version_proto(r) for r in records[:limit]]
 
-    async def find_request(self, model: str, request_id: str) -> model_pb2.ModelVersion | None:
-        async with self.db.session() as session:
-            row = (
-                await session.execute(
-                    select(V).where(V.c.model_id == model, V.c.request_id == request_id)
-                )
-            ).first()
-        return None if row is None else version_proto(row)
-
-    async def next_version(self, session: AsyncSession, model: str) -> int:
-        """One more than any version registered or on disk (call with the model row locked)."""
-        registered = (
-            await session.execute(select(func.max(V.c.version)).where(V.c.model_id == model))
-        ).scalar() or 0
-        on_disk = await asyncio.to_thread(repository.on_disk_versions, self.repository, model)
+    async def next_version(self, model: str) -> int:
+        """One more than any version registered or on disk (call holding the model's lock)."""
+        registered = await self.call(self.mlflow.highest, model)
+        on_disk = await self.call(repository.on_disk_versions, self.repository, model)
         return max([registered, *on_disk]) + 1
 
-    async def register(self, new: NewVersion, session: AsyncSession) -> model_pb2.ModelVersion:
-        """Registers ``new`` as a CANDIDATE in the caller's transaction (the model row locked)."""
-        await self.get_model_row(session, new.model, lock=True)
-        version = new.in_place
-        path = new.artifact
+    async def register(self, new: NewVersion, run_id: str | None = None) -> VersionRecord:
+        """Registers ``new`` as a CANDIDATE from MLflow run ``run_id`` (one is made when
+        None); the caller holds the model's lock. A file not in place is copied in
+        under the next number."""
+        version, path = new.in_place, new.artifact
         if version is None:
-            version = await self.next_version(session, new.model)
-            path = await asyncio.to_thread(
+            version = await self.next_version(new.model)
+            path = await self.call(
                 repository.copy_in, new.artifact, self.repository, new.model, version
             )
-        row = (
-            await session.execute(
-                insert(V)
-                .values(
-                    model_id=new.model,
-                    version=version,
-                    artifact_uri=repository.artifact_uri(path),
-                    state=S.MODEL_VERSION_STATE_CANDIDATE,
-                    metrics=new.metrics or {},
-                    training_run=new.training_run,
-                    feature_schema_version=new.feature_schema_version,
-                    description=new.description,
-                    request_id=new.request_id,
-                )
-                .returning(*V.c)
-            )
-        ).one()
-        return version_proto(row)
+        record = NewVersionRecord(
+            model_id=new.model,
+            version=version,
+            directory=path.parent,
+            artifact_uri=repository.artifact_uri(path),
+            feature_schema_version=new.feature_schema_version,
+            description=new.description,
+            metrics=new.metrics,
+            training_run=new.training_run,
+            request_id=new.request_id or "",
+        )
+        return await self.call(self.mlflow.register, record, run_id)
 
     async def create_version(
         self, parent: str, version: model_pb2.ModelVersion, request_id: str
@@ -233,17 +215,12 @@ class Registry:
             problems.append(("request_id", "at most 128 characters"))
         if problems:
             raise InvalidArgument(problems)
-        if request_id:
-            found = await self.find_request(model, request_id)
-            if found is not None:
-                return found
-        async with self.db.session() as session:
-            await self.get_model_row(session, model)
+        await self.model(model)
         field = "model_version.artifact_uri"
-        path = await asyncio.to_thread(
+        path = await self.call(
             repository.artifact_path, version.artifact_uri, self.repository, field
         )
-        await asyncio.to_thread(repository.check_model, path, field)
+        await self.call(repository.check_model, path, field)
         new = NewVersion(
             model=model,
             artifact=path,
@@ -253,7 +230,44 @@ class Registry:
             request_id=request_id or None,
         )
         async with self.db.transaction() as session:
-            return await self.register(new, session)
+            await self.lock_model(session, model)
+            if request_id:  # a retry returns the first registration
+                found = await self.call(self.mlflow.find_request, model, request_id)
+                if found is not None:
+                    return version_proto(found)
+            return version_proto(await self.register(new))
+
+    async def stored_file(self, record: VersionRecord) -> Path:
+        """The version's model file in the repository, restored from its MLflow run when
+        the directory was pruned; FailedPrecondition when neither has it."""
+        name = domain.version_name(record.model_id, record.version)
+        try:
+            return await self.call(
+                repository.artifact_path, record.artifact_uri, self.repository, "artifact_uri"
+            )
+        except InvalidArgument as exc:
+            problem = exc.violations[0][1]
+        if record.source:
+            try:
+                path = await self.call(self._restore, record)
+            except Exception as exc:  # MLflow's own errors: say which, keep the reason
+                problem = f"{problem}; restoring it from MLflow failed: {exc}"
+            else:
+                log.info("model version restored from MLflow", extra={"model_version": name})
+                return path
+        raise FailedPrecondition(
+            f"the model file of {name} cannot be read: {problem}",
+            reason="ARTIFACT_MISSING",
+            metadata={"model_version": name},
+        )
+
+    def _restore(self, record: VersionRecord) -> Path:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.mlflow.restore(record, Path(tmp))
+            files = Path(tmp) / MODEL_DIR
+            return repository.copy_in(
+                files / "model.onnx", self.repository, record.model_id, record.version
+            )
 
     # --- evaluation ------------------------------------------------------------------------
 
@@ -277,12 +291,12 @@ class Registry:
             start, end = domain.parse_window(window, "data_window", now)
         else:
             start, end = now - DEFAULT_EVAL_WINDOW, now
+        record = await self.version(model, version)
+        promoted = (await self.model(model)).promoted
+        baseline = None if promoted is None else await self.version(model, promoted)
+        target_file = await self.stored_file(record)
+        baseline_file = None if baseline is None else await self.stored_file(baseline)
         async with self.db.session() as session:
-            row = await self.get_version_row(session, model, version)
-            model_row = await self.get_model_row(session, model)
-            baseline = None
-            if model_row.promoted_version:
-                baseline = await self.get_version_row(session, model, model_row.promoted_version)
             rows = await evaluation.load(
                 session, start, end, self.settings.ml_pipelines_max_logged_rows
             )
@@ -290,17 +304,16 @@ class Registry:
             evaluation.run,
             rows,
             self.settings.ml_pipelines_catalog_path,
-            self._stored_file(row),
-            None if baseline is None else self._stored_file(baseline),
+            target_file,
+            baseline_file,
             kinds,
             confidence,
             self.settings.ml_pipelines_min_eval_decisions,
         )
-        result.baseline_version = (
-            "" if baseline is None else domain.version_name(model, baseline.version)
-        )
+        result.baseline_version = "" if promoted is None else domain.version_name(model, promoted)
         result.data_window.CopyFrom(domain.interval(start, end))
         result.evaluate_time.FromDatetime(datetime.now(UTC))
+        run_id = await self.call(self.mlflow.log_evaluation, record, result)
         # The result counts only the first picks it used; say what it left out.
         log.info(
             "model version evaluated on first picks",
@@ -310,27 +323,10 @@ class Registry:
                 "later_picks_left_out": picks.later_picks,
                 "unknown_rank_left_out": picks.unknown_rank,
                 "verdict": model_pb2.EvaluationVerdict.Name(result.verdict),
+                "mlflow_run": run_id,
             },
         )
-        async with self.db.transaction() as session:
-            await session.execute(
-                update(V)
-                .where(V.c.model_id == model, V.c.version == version)
-                .values(evaluation=result.SerializeToString())
-            )
         return result
-
-    def _stored_file(self, row: Any) -> Path:
-        """The model file of a registered version; FailedPrecondition when it is gone."""
-        name = domain.version_name(row.model_id, row.version)
-        try:
-            return repository.artifact_path(row.artifact_uri, self.repository, "artifact_uri")
-        except InvalidArgument as exc:
-            raise FailedPrecondition(
-                f"the model file of {name} cannot be read: {exc.violations[0][1]}",
-                reason="ARTIFACT_MISSING",
-                metadata={"model_version": name},
-            ) from None
 
     # --- promotion -------------------------------------------------------------------------
 
@@ -342,79 +338,39 @@ class Registry:
             raise InvalidArgument([("reason", "at most 1000 characters")])
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
-            model_row = await self.get_model_row(session, model, lock=True)
-            row = await self.get_version_row(session, model, version, lock=True)
-            if row.state == S.MODEL_VERSION_STATE_PROMOTED:
-                return version_proto(row)  # already serving: nothing to do
-            current = (
-                domain.version_name(model, model_row.promoted_version)
-                if model_row.promoted_version
-                else ""
-            )
+            await self.lock_model(session, model)
+            promoted = (await self.model(model)).promoted
+            record = await self.version(model, version)
+            if record.state == S.MODEL_VERSION_STATE_PROMOTED:
+                return version_proto(record)  # already serving: nothing to do
+            current = domain.version_name(model, promoted) if promoted else ""
             if not force:
-                _check_promotable(row, current)
-            if model_row.promoted_version:
-                await session.execute(
-                    update(V)
-                    .where(V.c.model_id == model, V.c.version == model_row.promoted_version)
-                    .values(state=S.MODEL_VERSION_STATE_ARCHIVED)
+                promotion.check(
+                    name, record.evaluation, current, self.settings.ml_pipelines_min_eval_decisions
                 )
-            promoted = (
-                await session.execute(
-                    update(V)
-                    .where(V.c.model_id == model, V.c.version == version)
-                    .values(state=S.MODEL_VERSION_STATE_PROMOTED, promote_time=now)
-                    .returning(*V.c)
-                )
-            ).one()
-            await session.execute(
-                update(M)
-                .where(M.c.model_id == model)
-                .values(promoted_version=version, update_time=now)
-            )
+            previous = None if promoted is None else await self.version(model, promoted)
+            path = await self.stored_file(record)
             event = events_pb2.ModelVersionPromoted(
                 event_id=f"promote:{model}:{version}:{uuid.uuid4().hex}",
                 occur_time=optional_timestamp(now),
                 model=domain.model_name(model),
-                model_version=domain.version_name(model, version),
-                artifact_uri=row.artifact_uri,
+                model_version=name,
+                artifact_uri=repository.artifact_uri(path),
                 previous_model_version=current,
-                feature_schema_version=row.feature_schema_version,
+                feature_schema_version=record.feature_schema_version,
                 forced=force,
             )
             await enqueue(session, store.outbox, event, msg_id=event.event_id)
-            # Pinned before the commit: a failed write rolls the promotion back.
-            await asyncio.to_thread(repository.pin, self.repository, model, version)
+            # Pinned before MLflow moves: a failed move puts the pin back, and
+            # the transaction (the event) rolls back.
+            await self.call(repository.pin, self.repository, model, version)
+            try:
+                await self.call(self.mlflow.promote, record, previous, now)
+            except BaseException:
+                await self.call(repository.pin, self.repository, model, promoted)
+                raise
         log.info(
             "model version promoted",
             extra={"model_version": name, "previous": current, "forced": force, "reason": reason},
         )
-        return version_proto(promoted)
-
-
-def _check_promotable(row: Any, current: str) -> None:
-    name = domain.version_name(row.model_id, row.version)
-    if not row.evaluation:
-        raise FailedPrecondition(
-            f"{name} has no evaluation: run :evaluate first, or promote with force and a reason",
-            reason="NOT_EVALUATED",
-            metadata={"model_version": name},
-        )
-    result = model_pb2.OfflineEvaluation.FromString(row.evaluation)
-    if result.baseline_version != current:
-        raise FailedPrecondition(
-            f"{name} was evaluated against {result.baseline_version or 'no baseline'}, but "
-            f"{current or 'no version'} is promoted now: evaluate it again",
-            reason="STALE_BASELINE",
-            metadata={
-                "model_version": name,
-                "baseline": result.baseline_version,
-                "promoted": current,
-            },
-        )
-    if result.verdict == model_pb2.EVALUATION_VERDICT_WORSE:
-        raise FailedPrecondition(
-            f"{name} evaluated WORSE than {current}: promote with force and a reason to override",
-            reason="EVALUATED_WORSE",
-            metadata={"model_version": name, "baseline": current},
-        )
+        return version_proto(await self.version(model, version))

@@ -4,9 +4,16 @@ A run is QUEUED, then RUNNING in a background task (``runtime.spawn``): it
 reads the joined decisions of its data window, folds them into a fresh
 ``bandit.Policy`` in chunks (progress and a cancel check between chunks, the
 maths in a worker thread), writes ``models/<model>/<next version>/`` (ONNX +
-statistics), registers it as a CANDIDATE and publishes ``TrainingRunCompleted``
-in the same transaction that marks the run SUCCEEDED. Runs left QUEUED or
-RUNNING by a restart start again.
+statistics), registers it in MLflow as a CANDIDATE and publishes
+``TrainingRunCompleted`` in the transaction that marks the run SUCCEEDED.
+Runs left QUEUED or RUNNING by a restart start again.
+
+Each attempt is an MLflow run in the model's experiment: the parameters and
+data window as params, ``decisions``, ``mean_reward``, ``train_loss`` and
+``progress`` after every chunk (step = rows learned so far), the version's
+files as artifacts (``model/``), and the version registered from that run.
+The job's state, its idempotency and cancellation stay in PostgreSQL
+(``training_runs``): MLflow has no place for them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from services.ml_pipelines.core.registry import (
     NewVersion,
     Registry,
 )
+from services.ml_pipelines.mlflow_registry import TRAINING_RUN as RUN_TAG
 from services.ml_pipelines.settings import MlPipelinesSettings
 from tips.ml_pipelines.v1 import events_pb2, training_run_pb2
 
@@ -128,9 +136,7 @@ class Trainer:
             run.data_window, "training_run.data_window", datetime.now(UTC)
         )
         params = parse_params(run.params)
-        async with self.db.session() as session:
-            model_row = await self.registry.get_model_row(session, model)
-        algorithm = run.algorithm or model_row.algorithm
+        algorithm = run.algorithm or (await self.registry.model(model)).algorithm
         if algorithm not in ALGORITHMS:
             raise InvalidArgument(
                 [("training_run.algorithm", f"must be one of {sorted(ALGORITHMS)}")]
@@ -276,11 +282,15 @@ class Trainer:
                 return
             if row.state == St.TRAINING_RUN_STATE_CANCELLING:
                 raise Cancelled
+            mlflow_run = await self._start_mlflow_run(row)
             await session.execute(
                 update(R)
                 .where(R.c.run_id == run_id)
                 .values(
-                    state=St.TRAINING_RUN_STATE_RUNNING, start_time=datetime.now(UTC), progress=0.0
+                    state=St.TRAINING_RUN_STATE_RUNNING,
+                    start_time=datetime.now(UTC),
+                    progress=0.0,
+                    mlflow_run_id=mlflow_run,
                 )
             )
             rows = await logged.load_rows(
@@ -311,22 +321,60 @@ class Trainer:
             sq, n = await asyncio.to_thread(offline.train_step, policy, part)
             squared, seen = squared + sq, seen + n
             metrics = _metrics(rounds[:seen], squared, seen)
-            await self._progress(run_id, 0.95 * seen / len(rounds), metrics)
+            progress = 0.95 * seen / len(rounds)
+            await self._progress(run_id, progress, metrics)
+            await self.registry.call(
+                self.registry.mlflow.log_metrics, mlflow_run, metrics | {"progress": progress}, seen
+            )
         if await self._state(run_id) == St.TRAINING_RUN_STATE_CANCELLING:
             raise Cancelled
-        await self._register(run_id, row.model_id, policy, _metrics(rounds, squared, seen))
+        final = _metrics(rounds, squared, seen)
+        await self._register(run_id, row.model_id, policy, final, mlflow_run)
+        await self.registry.call(
+            self.registry.mlflow.log_metrics, mlflow_run, final | {"progress": 1.0}, seen
+        )
+        await self.registry.call(self.registry.mlflow.end_run, mlflow_run, "FINISHED")
+
+    async def _start_mlflow_run(self, row: Any) -> str:
+        """A new MLflow run for this attempt; an earlier attempt's (a restart) is ended KILLED."""
+        reg = self.registry
+        if row.mlflow_run_id:
+            await reg.call(reg.mlflow.end_run, row.mlflow_run_id, "KILLED")
+        name = domain.TRAINING_RUN.format(row.run_id)
+        params = {
+            "algorithm": row.algorithm,
+            "data_window_start": row.window_start.isoformat(),
+            "data_window_end": row.window_end.isoformat(),
+            "train_chunk": self.settings.ml_pipelines_train_chunk,
+            **(row.params or {}),
+        }
+        return await reg.call(
+            reg.mlflow.start_run, row.model_id, f"train {row.run_id}", params, {RUN_TAG: name}
+        )
 
     async def _register(
-        self, run_id: str, model: str, policy: bandit.Policy, metrics: dict[str, float]
+        self,
+        run_id: str,
+        model: str,
+        policy: bandit.Policy,
+        metrics: dict[str, float],
+        mlflow_run: str,
     ) -> None:
         reg = self.registry
         async with self.db.transaction() as session:
-            await reg.get_model_row(session, model, lock=True)
-            version = await reg.next_version(session, model)
-            path = await asyncio.to_thread(
-                repository.write_trained, policy, reg.repository, model, version
-            )
-            await reg.register(
+            # The run's row locked first: a cancel waits for this transaction, and
+            # one that came before it stops the registration.
+            state = (
+                await session.execute(
+                    select(R.c.state).where(R.c.run_id == run_id).with_for_update()
+                )
+            ).scalar_one()
+            if state != St.TRAINING_RUN_STATE_RUNNING:
+                raise Cancelled
+            await reg.lock_model(session, model)
+            version = await reg.next_version(model)
+            path = await reg.call(repository.write_trained, policy, reg.repository, model, version)
+            record = await reg.register(
                 NewVersion(
                     model=model,
                     artifact=Path(path),
@@ -336,13 +384,13 @@ class Trainer:
                     training_run=domain.TRAINING_RUN.format(run_id),
                     in_place=version,
                 ),
-                session,
+                mlflow_run,
             )
-            now = datetime.now(UTC)
-            done = (
+            try:
+                now = datetime.now(UTC)
                 await session.execute(
                     update(R)
-                    .where(R.c.run_id == run_id, R.c.state == St.TRAINING_RUN_STATE_RUNNING)
+                    .where(R.c.run_id == run_id)
                     .values(
                         state=St.TRAINING_RUN_STATE_SUCCEEDED,
                         progress=1.0,
@@ -350,13 +398,12 @@ class Trainer:
                         model_version=version,
                         end_time=now,
                     )
-                    .returning(R.c.run_id)
                 )
-            ).first()
-            if done is None:
-                raise Cancelled  # cancelled meanwhile: the transaction (and the version) rolls back
-            await self._event(session, run_id, model, St.TRAINING_RUN_STATE_SUCCEEDED, now,
-                              domain.version_name(model, version), metrics)  # fmt: skip
+                await self._event(session, run_id, model, St.TRAINING_RUN_STATE_SUCCEEDED, now,
+                                  domain.version_name(model, version), metrics)  # fmt: skip
+            except BaseException:
+                await reg.call(reg.mlflow.delete, record)  # the run will not say it made it
+                raise
         log.info("training run succeeded", extra={"run": run_id, "model_version": version})
 
     async def _finish(self, run_id: str, state: int, error: bytes | None = None) -> None:
@@ -367,7 +414,7 @@ class Trainer:
                     update(R)
                     .where(R.c.run_id == run_id, R.c.state.not_in(list(FINAL)))
                     .values(state=state, error=error, end_time=now)
-                    .returning(R.c.model_id, R.c.metrics)
+                    .returning(R.c.model_id, R.c.metrics, R.c.mlflow_run_id)
                 )
             ).first()
             if row is None:
@@ -376,6 +423,12 @@ class Trainer:
             await self._event(
                 session, run_id, row.model_id, state, now, "", row.metrics or {}, status
             )
+        if row.mlflow_run_id:
+            ending = "KILLED" if state == St.TRAINING_RUN_STATE_CANCELLED else "FAILED"
+            try:
+                await self.registry.call(self.registry.mlflow.end_run, row.mlflow_run_id, ending)
+            except Exception:  # the job's own state is final already; MLflow shows RUNNING
+                log.exception("MLflow run not ended", extra={"run": run_id})
         log.info("training run ended", extra={"run": run_id, "state": _state_name(state)})
 
     async def _event(

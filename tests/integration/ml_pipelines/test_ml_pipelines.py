@@ -3,7 +3,8 @@
 The test plays the recommender (TipDecided / RewardAssigned /
 PolicyModelExported on TIPS_RECOMMENDER) and the profile service (UserDeleted);
 the events service runs for real for backfills. Models go to a temporary
-repository, never the repo's models/.
+repository, never the repo's models/, and the registry is a real MLflow on a
+sqlite file in a temporary directory, read back here with MLflow's own client.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import asyncio
 import contextlib
 import json
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import asyncpg
 import grpc
@@ -27,6 +30,7 @@ import onnxruntime as ort
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import interval_pb2
+from mlflow import MlflowClient
 
 from kernel.bus import Bus, streams_for, subject_of
 from kernel.errors import error_info, field_violations
@@ -100,6 +104,7 @@ class Env:
     db: asyncpg.Connection
     repo: Path
     nats_url: str
+    mlflow: MlflowClient  # blocking: call it through asyncio.to_thread
 
 
 async def _existing(nats_url: str) -> set[str]:
@@ -137,10 +142,12 @@ async def env(
     events_server = ServiceServer(events_def, events_settings, port=0)
     await events_server.start()
     repo = tmp_path_factory.mktemp("models")
+    mlflow_uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     tag = secrets.token_hex(3)
     ml_settings = MlPipelinesSettings(
         **{**settings.model_dump(), "events_addr": events_server.address, "log_format": "text"},
         ml_pipelines_model_repository=str(repo),
+        ml_pipelines_mlflow_uri=mlflow_uri,
         ml_pipelines_min_eval_decisions=50,
         ml_pipelines_train_chunk=200,
         ml_pipelines_decisions_durable=f"mlp-decisions-{tag}",
@@ -163,6 +170,7 @@ async def env(
                 db,
                 repo,
                 nats_url,
+                MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri),
             )
     finally:
         await ml_server.stop(grace=0)
@@ -505,6 +513,25 @@ async def _promote(env: Env, name: str, force: bool = False, reason: str = "") -
     return response.model_version
 
 
+async def mlflow_version(env: Env, model: str, version: int) -> Any:
+    """The MLflow model version registered as ``models/{model}/versions/{version}``."""
+    found = await asyncio.to_thread(
+        env.mlflow.search_model_versions,
+        f"name = '{model}' AND tags.`tips.version` = '{version}'",
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def promoted_file(event: ml_events.ModelVersionPromoted) -> Path:
+    """The event's ``file://`` artifact: model.onnx with its policy.npz beside it."""
+    uri = urlparse(event.artifact_uri)
+    assert uri.scheme == "file", event.artifact_uri
+    path = Path(uri.path)
+    assert path.name == "model.onnx" and path.is_file(), path
+    return path
+
+
 async def _refused(env: Env, name: str, reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _promote(env, name)
@@ -605,6 +632,22 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
     v2 = await _get_version(env, trained.model_version)
     assert v2.state == S.MODEL_VERSION_STATE_CANDIDATE and v2.training_run == run_name
 
+    # The training run is an MLflow run (params, metrics after every chunk of 200
+    # rows, the version's files), and v2 is registered from it.
+    mv2 = await mlflow_version(env, mid, 2)
+    assert mv2.tags["tips.training_run"] == run_name and mv2.tags["tips.state"] == "CANDIDATE"
+    assert mv2.tags["tips.artifact_uri"] == model_file.resolve().as_uri() == v2.artifact_uri
+    trained_run = await asyncio.to_thread(env.mlflow.get_run, mv2.run_id)
+    assert trained_run.info.status == "FINISHED"
+    assert trained_run.data.params["alpha"] == "0.3"
+    assert trained_run.data.metrics["decisions"] == 1800
+    assert trained_run.data.metrics["progress"] == 1.0
+    history = await asyncio.to_thread(env.mlflow.get_metric_history, mv2.run_id, "train_loss")
+    assert sorted({m.step for m in history}) == list(range(200, 1801, 200))
+    logged = await asyncio.to_thread(env.mlflow.list_artifacts, mv2.run_id, "model")
+    assert {f.path for f in logged} == {"model/model.onnx", "model/policy.npz"}
+    assert mv2.source.endswith("/model")
+
     async def completed() -> ml_events.TrainingRunCompleted | None:
         nc = await nats.connect(env.nats_url, connect_timeout=2, max_reconnect_attempts=1)
         try:
@@ -630,6 +673,22 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
         model_pb2.ESTIMATOR_IPS, model_pb2.ESTIMATOR_SNIPS, model_pb2.ESTIMATOR_DR
     }  # fmt: skip
     assert all(r.lift > 0 for r in better.results)
+    # :evaluate logged it in MLflow: on the version's tags and as a run of its own.
+    mv2 = await mlflow_version(env, mid, 2)
+    dr = next(r for r in better.results if r.estimator == model_pb2.ESTIMATOR_DR)
+    assert mv2.tags["tips.eval.verdict"] == "EVALUATION_VERDICT_BETTER"
+    assert mv2.tags["tips.eval.baseline"] == v1.name
+    assert dr.lift_ci_lower > 0
+    assert float(mv2.tags["tips.eval.dr.lift_ci_lower"]) == pytest.approx(dr.lift_ci_lower)
+    eval_run = await asyncio.to_thread(env.mlflow.get_run, mv2.tags["tips.eval.run_id"])
+    assert eval_run.data.params["baseline_version"] == v1.name
+    assert eval_run.data.metrics["decision_count"] == 1200
+    assert eval_run.data.metrics["dr.lift"] == pytest.approx(dr.lift)
+    assert eval_run.data.metrics["dr.lift_ci_upper"] == pytest.approx(dr.lift_ci_upper)
+    assert {"ips.estimated_reward", "snips.lift_ci_lower", "dr.ci_lower"} <= set(
+        eval_run.data.metrics
+    )
+    # The gate: DR's lift lower bound is above 0.
     assert (await _promote(env, v2.name)).state == S.MODEL_VERSION_STATE_PROMOTED
     assert (await _get_version(env, v1.name)).state == S.MODEL_VERSION_STATE_ARCHIVED
     assert "specific: { versions: [2] }" in (env.repo / mid / "config.pbtxt").read_text()
@@ -654,27 +713,70 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
     )
     assert (await _promote(env, v2.name)).state == S.MODEL_VERSION_STATE_PROMOTED
 
+    # v4: v2's files again, so no lift at all (the interval [0, 0] contains 0):
+    # NOT_WORSE, and the gate refuses it, naming the lower bound.
+    twin = env.repo / "incoming" / f"twin-{secrets.token_hex(3)}"
+    twin.mkdir(parents=True)
+    for name in ("model.onnx", "policy.npz"):
+        shutil.copyfile(env.repo / mid / "2" / name, twin / name)
+    v4 = await register(twin / "model.onnx")
+    assert v4.name == f"models/{mid}/versions/4"
+    tie = await _evaluate(env, v4.name, start, end)
+    assert tie.verdict == model_pb2.EVALUATION_VERDICT_NOT_WORSE, tie
+    tie_dr = next(r for r in tie.results if r.estimator == model_pb2.ESTIMATOR_DR)
+    assert tie_dr.lift_ci_lower <= 0.0 <= tie_dr.lift_ci_upper
+    await _refused(env, v4.name, "LIFT_LOWER_BOUND_NOT_ABOVE_ZERO")
+
     model = (await env.ml.GetModel(pb.GetModelRequest(name=f"models/{mid}"), metadata=ADMIN)).model
     assert model.promoted_version == v2.name
     listed = await env.ml.ListModelVersions(
         pb.ListModelVersionsRequest(parent=f"models/{mid}", page_size=2), metadata=ADMIN
     )
-    assert [v.name.rsplit("/", 1)[1] for v in listed.model_versions] == ["3", "2"]
+    assert [v.name.rsplit("/", 1)[1] for v in listed.model_versions] == ["4", "3"]
     rest = await env.ml.ListModelVersions(
         pb.ListModelVersionsRequest(
             parent=f"models/{mid}", page_size=2, page_token=listed.next_page_token
         ),
         metadata=ADMIN,
     )
-    assert [v.name.rsplit("/", 1)[1] for v in rest.model_versions] == ["1"]
+    assert [v.name.rsplit("/", 1)[1] for v in rest.model_versions] == ["2", "1"]
+    archived = await env.ml.ListModelVersions(
+        pb.ListModelVersionsRequest(
+            parent=f"models/{mid}", states=[S.MODEL_VERSION_STATE_ARCHIVED]
+        ),
+        metadata=ADMIN,
+    )
+    assert [v.name.rsplit("/", 1)[1] for v in archived.model_versions] == ["3", "1"]
+
+    # MLflow is the registry: the champion alias is v2, every version's state shows.
+    registered = await asyncio.to_thread(env.mlflow.get_registered_model, mid)
+    assert registered.tags["tips.algorithm"] == bandit.ALGORITHM
+    champion = await asyncio.to_thread(env.mlflow.get_model_version_by_alias, mid, "champion")
+    assert champion.tags["tips.version"] == "2"
+    states = {n: (await mlflow_version(env, mid, n)).tags["tips.state"] for n in (1, 2, 3, 4)}
+    assert states == {1: "ARCHIVED", 2: "PROMOTED", 3: "ARCHIVED", 4: "CANDIDATE"}
+
+    # A version whose directory was pruned from the repository (the recommender's
+    # exports keep three) is restored from its MLflow run when promoted: a forced
+    # rollback to v1.
+    shutil.rmtree(env.repo / mid / "1")
+    rolled = await _promote(env, v1.name, force=True, reason="rollback to v1")
+    assert rolled.state == S.MODEL_VERSION_STATE_PROMOTED
+    assert (env.repo / mid / "1" / "model.onnx").is_file()
+    assert "specific: { versions: [1] }" in (env.repo / mid / "config.pbtxt").read_text()
     promoted = await env.db.fetch(
         "SELECT payload FROM ml_pipelines.outbox WHERE subject = $1",
         subject_of(ml_events.ModelVersionPromoted),
     )
     events = [ml_events.ModelVersionPromoted.FromString(r["payload"]) for r in promoted]
     mine = [e for e in events if e.model == f"models/{mid}"]
-    assert [e.model_version.rsplit("/", 1)[1] for e in mine] == ["1", "2", "3", "2"]
-    assert [e.forced for e in mine] == [False, False, True, False]
+    assert [e.model_version.rsplit("/", 1)[1] for e in mine] == ["1", "2", "3", "2", "1"]
+    assert [e.forced for e in mine] == [False, False, True, False, True]
+    # What the recommender loads: a file:// URI of model.onnx, policy.npz beside it.
+    for e in mine:
+        path = promoted_file(e)
+        assert path.parent == (env.repo / mid / e.model_version.rsplit("/", 1)[1]).resolve()
+    assert (promoted_file(mine[1]).parent / "policy.npz").is_file()  # trained: v2
 
     # Cancel: a second run waits for the first's slot and is cancelled before it trains.
     runs = []
@@ -709,7 +811,10 @@ async def _succeeded(env: Env, name: str) -> bool:
 
 async def test_export_registers_a_candidate(env: Env) -> None:
     mid = f"ex_{secrets.token_hex(3)}"
-    version = onnx_export.export(bandit.Policy(), env.repo, mid)
+    # Two earlier exports nobody announced: this one's directory is 3.
+    for _ in range(3):
+        version = onnx_export.export(bandit.Policy(), env.repo, mid)
+    assert version == "3"
     path = env.repo / mid / version / "model.onnx"
     event = rec_events.PolicyModelExported(
         event_id=f"export:{mid}", occur_time=ts(datetime.now(UTC)),
@@ -728,8 +833,39 @@ async def test_export_registers_a_candidate(env: Env) -> None:
     got = await eventually(registered)
     assert got.state == S.MODEL_VERSION_STATE_CANDIDATE
     assert got.metrics["online_update_count"] == 12
+    # The export keeps its directory number; MLflow numbers it 1 and tags it 3.
+    mv = await mlflow_version(env, mid, 3)
+    assert mv.version == 1 and mv.tags["tips.state"] == "CANDIDATE"
+    assert mv.tags["tips.artifact_uri"] == path.resolve().as_uri() == got.artifact_uri
+    logged = await asyncio.to_thread(env.mlflow.list_artifacts, mv.run_id, "model")
+    # The export's directory as it is (model.onnx, and policy.npz where written).
+    assert {f.path for f in logged} == {f"model/{f.name}" for f in path.parent.iterdir()}
+    assert "model/model.onnx" in {f.path for f in logged}
+    # The same export again (another message): nothing more is registered. A
+    # marker export of another model, consumed after it, says when it was seen.
+    await env.bus.publish(event, msg_id=event.event_id + ":again")
+    marker_model = f"ex_{secrets.token_hex(3)}"
+    marker_version = onnx_export.export(bandit.Policy(), env.repo, marker_model)
+    marker = rec_events.PolicyModelExported(
+        event_id=f"export:{marker_model}", occur_time=ts(datetime.now(UTC)),
+        model_version=f"models/{marker_model}/versions/{marker_version}",
+        artifact_uri=(env.repo / marker_model / marker_version / "model.onnx").as_uri(),
+        policy_name=bandit.ALGORITHM, feature_schema_version=f"features-v1-d{features.DIM}",
+    )  # fmt: skip
+    await env.bus.publish(marker, msg_id=marker.event_id)
+    await eventually(lambda: _exists(env, marker.model_version))
+    versions = await asyncio.to_thread(env.mlflow.search_model_versions, f"name = '{mid}'")
+    assert [v.version for v in versions] == [1]
     model = (await env.ml.GetModel(pb.GetModelRequest(name=f"models/{mid}"), metadata=ADMIN)).model
     assert model.algorithm == bandit.ALGORITHM and not model.promoted_version
+
+
+async def _exists(env: Env, name: str) -> bool:
+    try:
+        await _get_version(env, name)
+    except grpc.aio.AioRpcError:
+        return False
+    return True
 
 
 async def test_feature_backfill_with_the_events_service(env: Env) -> None:
