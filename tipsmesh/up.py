@@ -306,7 +306,7 @@ class Mesh:
                         "stop it or use --run-dir"
                     )
         if self.options.fresh:
-            for sub in ("postgres", "nats", "models"):
+            for sub in ("postgres", "nats", "models", "mlflow"):
                 shutil.rmtree(self.run_dir / sub, ignore_errors=True)
         # The mesh exports and promotes models: into its own copy of the model
         # repository, never into the repo's models/ (which seeds it).
@@ -357,6 +357,9 @@ class Mesh:
         devsecrets.fill(env, self.run_dir / "secrets.env")
         for setting in MODEL_REPOSITORY_SETTINGS:
             env.setdefault(setting, str(self.models_dir))
+        # The model registry goes with the run's model repository (--fresh wipes both).
+        mlflow_db = self.run_dir / "mlflow" / "mlflow.db"
+        env.setdefault("TIPS_ML_PIPELINES_MLFLOW_URI", f"sqlite:///{mlflow_db}")
         # Fold online learning into the served model regularly (decision 9).
         env.setdefault("TIPS_RECOMMENDER_EXPORT_INTERVAL_SECONDS", "300")
         # The outbox relay publishes from its own process: ingest and publishing
