@@ -10,12 +10,13 @@ mistake. Services declare tables with ``MetaData(schema="<service>")``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import Table, func, select, text
@@ -248,6 +249,50 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on error."""
         async with self._sessions() as session, session.begin():
             yield session
+
+    async def listen(
+        self,
+        channel: str,
+        on_notify: Callable[[str], None],
+        *,
+        on_attach: Callable[[], Awaitable[None]] | None = None,
+        attached: asyncio.Event | None = None,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        """Hold a ``LISTEN channel`` connection until cancelled, re-opening it after failures.
+
+        ``on_notify`` gets each payload. Notifications sent while no connection
+        listens are lost: ``on_attach`` runs each time one is (re)attached, so
+        the caller can catch up from the tables. ``attached`` is set while one is.
+        """
+
+        def deliver(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            on_notify(payload)
+
+        while True:
+            try:
+                async with self._engine.connect() as conn:
+                    # asyncpg's own connection: LISTEN needs the driver's API.
+                    raw: Any = (await conn.get_raw_connection()).driver_connection
+                    closed = asyncio.Event()
+                    raw.add_termination_listener(lambda _conn, done=closed: done.set())
+                    await raw.add_listener(channel, deliver)
+                    if attached is not None:
+                        attached.set()
+                    try:
+                        if on_attach is not None:
+                            await on_attach()
+                        await closed.wait()
+                    finally:
+                        if attached is not None:
+                            attached.clear()
+                        with contextlib.suppress(Exception):
+                            await raw.remove_listener(channel, deliver)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listener failed", extra={"channel": channel, "error": repr(exc)})
+            await asyncio.sleep(retry_seconds)
 
     async def retrying(
         self,

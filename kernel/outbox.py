@@ -58,7 +58,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from kernel.bus import MSG_ID_HEADER, Bus, message_headers, raise_if_cancelled, subject_of
@@ -315,31 +315,13 @@ class OutboxRelay:
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def _listen(self) -> None:
-        """Hold a LISTEN connection, re-opening it after failures (polling covers gaps)."""
-        channel = notify_channel(self.table)
-
-        def on_notify(*_: Any) -> None:
-            self._wake.set()
-
-        while True:
-            try:
-                async with self.db.engine.connect() as conn:
-                    raw = await _driver_connection(conn)
-                    closed = asyncio.Event()
-                    raw.add_termination_listener(lambda _conn, done=closed: done.set())
-                    await raw.add_listener(channel, on_notify)
-                    self.listening.set()
-                    try:
-                        await closed.wait()
-                    finally:
-                        self.listening.clear()
-                        with contextlib.suppress(Exception):
-                            await raw.remove_listener(channel, on_notify)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox listener failed", extra={"error": repr(exc)})
-            await asyncio.sleep(self.poll_interval)
+        """Wake on the table's NOTIFY (polling covers the gaps between connections)."""
+        await self.db.listen(
+            notify_channel(self.table),
+            lambda _payload: self._wake.set(),
+            attached=self.listening,
+            retry_seconds=self.poll_interval,
+        )
 
     async def run(self) -> None:
         """Relay until cancelled. Never drops a row: failures are retried with backoff."""
@@ -386,11 +368,6 @@ class OutboxRelay:
 
 def _seconds_ago(seconds: float) -> ColumnElement[Any]:
     return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
-
-
-async def _driver_connection(conn: AsyncConnection) -> Any:
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection  # the asyncpg connection (LISTEN needs the driver's API)
 
 
 # --- consumer side: processed messages ---------------------------------------------------

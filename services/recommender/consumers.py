@@ -5,6 +5,13 @@ written to ``recommender.user_context`` in the same transaction as the
 message's claim, so a restart reloads the contexts and a redelivered message
 changes nothing. Memory is updated only after the commit.
 
+Replicas share the consumer, so each signal is folded by one of them. Every
+stored change bumps the row's version and is announced on NOTIFY
+(``store.CONTEXT_CHANNEL``); each replica reloads the users another one
+changed (``follow``). A replica whose copy is stale when it folds finds out
+from the version (the conditional write touches no row) and folds onto the
+stored context instead, so no replica's write can undo another's.
+
 A ``tip_reaction`` signal is landed by ``core.reactions`` in the same
 transaction (tip row, reward, done history, suppression); ``ReactToTip``
 applies its own signal through ``apply`` with the same message id, so the
@@ -13,7 +20,11 @@ consumer skips it when it arrives.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from kernel.bus import Bus, Delivery
 from kernel.consumers import consume_forever, event_user
@@ -22,13 +33,15 @@ from kernel.erasure import guard_user
 from kernel.outbox import claim
 from services.recommender import domain, reward_store, store
 from services.recommender.core.learning import Learner
-from services.recommender.core.reactions import Reactions
+from services.recommender.core.reactions import Reactions, unchanged
 from services.recommender.history import HistoryKeeper
 from tips.events.v1 import events_pb2, signal_pb2
 
 log = logging.getLogger(__name__)
 
 DURABLE = "recommender-context"
+# Clocks of replicas and database differ a little: catching up re-reads a margin.
+CATCH_UP_MARGIN = timedelta(seconds=60)
 
 
 class ContextKeeper:
@@ -46,22 +59,79 @@ class ContextKeeper:
         self.learner = learner
         self.reactions = Reactions(learner, history)
         self._contexts: dict[str, domain.UserContext] = {}
+        self._versions: dict[str, int] = {}  # the stored version each copy is of
+        self._changed: set[str] = set()  # users another replica changed: reload them
+        self._reloaded = asyncio.Event()
+        self.following = asyncio.Event()  # set while the change feed is attached
+        self._loaded_at = datetime.now(UTC)
 
     def get(self, user_id: str) -> domain.UserContext:
         return self._contexts.get(user_id) or domain.UserContext(user_id=user_id)
 
-    def remember(self, ctx: domain.UserContext) -> None:
-        self._contexts[ctx.user_id] = ctx
+    def _remember(self, ctx: domain.UserContext, version: int) -> None:
+        if version > self._versions.get(ctx.user_id, 0):
+            self._contexts[ctx.user_id], self._versions[ctx.user_id] = ctx, version
 
     def forget(self, user_id: str) -> None:
         """Drop an erased user's context."""
         self._contexts.pop(user_id, None)
+        self._versions.pop(user_id, None)
 
-    async def load(self) -> int:
-        """Rebuild memory from the persisted contexts; returns how many were loaded."""
+    async def load(
+        self, user_ids: Sequence[str] | None = None, changed_since: datetime | None = None
+    ) -> int:
+        """Memory from the persisted contexts (every user's, ``user_ids``', or those
+        changed since ``changed_since``); how many were read."""
+        if user_ids is None and changed_since is None:
+            self._loaded_at = datetime.now(UTC)
         async with self.db.session() as session:
-            self._contexts = await store.load_contexts(session)
-        return len(self._contexts)
+            stored = await store.load_contexts(session, user_ids, changed_since)
+        for ctx, version in stored.values():
+            self._remember(ctx, version)
+        return len(stored)
+
+    # --- other replicas' changes ------------------------------------------------------
+
+    async def follow(self) -> None:
+        """Reload the users other replicas change, as their NOTIFYs arrive; until cancelled."""
+        reloader = asyncio.create_task(self._reload_changed())
+        try:
+            await self.db.listen(
+                store.CONTEXT_CHANNEL,
+                self._on_change,
+                on_attach=self._caught_up,
+                attached=self.following,
+            )
+        finally:
+            reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reloader
+
+    def _on_change(self, payload: str) -> None:
+        user_id, _, version = payload.rpartition(" ")
+        if version == "-1":
+            self.forget(user_id)  # erased (by whichever replica's eraser)
+        elif int(version) > self._versions.get(user_id, 0):
+            self._changed.add(user_id)  # another replica's change (ours is in already)
+            self._reloaded.set()
+
+    async def _caught_up(self) -> None:
+        """After (re)attaching: changes made while nobody listened are in the table."""
+        since, self._loaded_at = self._loaded_at - CATCH_UP_MARGIN, datetime.now(UTC)
+        await self.load(changed_since=since)
+
+    async def _reload_changed(self) -> None:
+        while True:
+            await self._reloaded.wait()
+            self._reloaded.clear()
+            users, self._changed = sorted(self._changed), set()
+            try:
+                await self.load(users)
+            except Exception as exc:
+                self._changed.update(users)  # next time
+                log.warning("context reload failed", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+                self._reloaded.set()
 
     async def handle(self, delivery: Delivery[events_pb2.SignalRecorded]) -> None:
         event = delivery.message
@@ -96,11 +166,19 @@ class ContextKeeper:
                 return None  # a redelivery: already folded in
             if await guard_user(session, store.processed, user_id):
                 return []  # delivered after the user's erasure: nothing may come back
-            ctx = domain.fold(self.get(user_id), signal)
+            quiet: Callable[[domain.UserContext], domain.UserContext] = unchanged
             if signal.WhichOneof("payload") == "tip_reaction":
-                ctx = await self.reactions.land(session, user_id, signal, ctx, rewarded)
-            await store.save_context(session, ctx)
-        self.remember(ctx)
+                quiet = await self.reactions.land(session, user_id, signal, rewarded)
+            base, version = self.get(user_id), self._versions.get(user_id, 0)
+            ctx = quiet(domain.fold(base, signal))
+            saved = await store.save_context(session, ctx, version)
+            if saved is None:  # another replica changed it since our copy: fold onto theirs
+                base, version = await store.lock_context(session, user_id)
+                ctx = quiet(domain.fold(base, signal))
+                saved = await store.save_context(session, ctx, version)
+                if saved is None:
+                    raise RuntimeError(f"context of {user_id} changed while locked")
+        self._remember(ctx, saved)
         return rewarded
 
     async def run(self, bus: Bus) -> None:

@@ -61,6 +61,7 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         engine = DecisionEngine(settings, catalog, contexts, profiles, history, learner, writer)
         runtime.spawn(writer.run())
         runtime.spawn(contexts.run(bus))
+        runtime.spawn(contexts.follow())  # other replicas' context changes
         runtime.spawn(profiles.run(bus))
         relay = OutboxRelay(db, bus, store.outbox, linger=settings.recommender_relay_linger_seconds)
         runtime.spawn(relay.run())

@@ -8,7 +8,7 @@ idempotent; the outbox carries ``TipDecided`` to ``TIPS_RECOMMENDER``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,6 +86,8 @@ user_context = Table(
     Column("user_id", Text, primary_key=True),
     Column("context", JSONB, nullable=False),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Bumped by every change; each change is NOTIFYed to every replica (0005).
+    Column("version", BigInteger, nullable=False, server_default="1"),
 )
 
 outbox = outbox_table(metadata)
@@ -217,16 +219,54 @@ async def apply_reaction(
     return None if found is None else str(found)
 
 
-async def save_context(session: AsyncSession, ctx: UserContext) -> None:
-    stmt = insert(user_context).values(user_id=ctx.user_id, context=ctx.to_json())
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["user_id"],
-            set_={"context": stmt.excluded.context, "update_time": func.now()},
+CONTEXT_CHANNEL = "recommender_context"  # NOTIFY "<user_id> <version>" (migration 0005)
+
+
+async def save_context(session: AsyncSession, ctx: UserContext, version: int) -> int | None:
+    """Store ``ctx`` over stored ``version`` (0: none stored); the new version, or
+    None when the stored one is not ``version`` (another replica changed it)."""
+    returning = user_context.c.version
+    if version == 0:
+        created = insert(user_context).values(user_id=ctx.user_id, context=ctx.to_json(), version=1)
+        result = await session.execute(
+            created.on_conflict_do_nothing(index_elements=["user_id"]).returning(returning)
         )
-    )
+    else:
+        result = await session.execute(
+            update(user_context)
+            .where(user_context.c.user_id == ctx.user_id, user_context.c.version == version)
+            .values(context=ctx.to_json(), version=version + 1, update_time=func.now())
+            .returning(returning)
+        )
+    saved = result.scalar()
+    return None if saved is None else int(saved)
 
 
-async def load_contexts(session: AsyncSession) -> dict[str, UserContext]:
-    rows = (await session.execute(select(user_context.c.user_id, user_context.c.context))).all()
-    return {r.user_id: UserContext.from_json(r.user_id, r.context) for r in rows}
+async def lock_context(session: AsyncSession, user_id: str) -> tuple[UserContext, int]:
+    """The stored context and its version, locked until the transaction ends."""
+    row = (
+        await session.execute(
+            select(user_context.c.context, user_context.c.version)
+            .where(user_context.c.user_id == user_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return UserContext(user_id=user_id), 0
+    return UserContext.from_json(user_id, row.context), int(row.version)
+
+
+async def load_contexts(
+    session: AsyncSession,
+    user_ids: Sequence[str] | None = None,
+    changed_since: datetime | None = None,
+) -> dict[str, tuple[UserContext, int]]:
+    """Stored contexts with their versions: every user's, ``user_ids``', or those
+    changed since ``changed_since``."""
+    query = select(user_context.c.user_id, user_context.c.context, user_context.c.version)
+    if user_ids is not None:
+        query = query.where(user_context.c.user_id.in_(list(user_ids)))
+    if changed_since is not None:
+        query = query.where(user_context.c.update_time >= changed_since)
+    rows = (await session.execute(query)).all()
+    return {r.user_id: (UserContext.from_json(r.user_id, r.context), int(r.version)) for r in rows}

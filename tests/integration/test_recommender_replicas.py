@@ -9,9 +9,10 @@ reconcile pass would find it in the table otherwise), and is folded in once.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from services.recommender.settings import RecommenderSettings
 from tests.support.recommender_rig import Rig, events_and_recommender
 from tests.support.tokens import as_user
 from tests.support.waiting import eventually
+from tips.events.v1 import events_service_pb2 as ev
+from tips.events.v1 import events_service_pb2_grpc as ev_grpc
 from tips.events.v1 import signal_pb2
 from tips.profile.v1 import events_pb2 as profile_events
 from tips.profile.v1 import profile_pb2
@@ -249,3 +252,52 @@ async def test_two_replicas_behind_the_gateway_show_one_decision(
             await eventually(both, lambda pages: pages == [shown[1:], shown[1:]], within=30)
         finally:
             await upstreams.close()
+
+
+async def test_each_replica_sees_every_signal_and_none_is_lost(
+    replicas: tuple[Rig, ServiceServer], channels: tuple[grpc.aio.Channel, grpc.aio.Channel]
+) -> None:
+    """The replicas share the context consumer, so each folds a share of a user's
+    signals: every replica's memory and the stored context still count them all."""
+    rig, _ = replicas
+    user = f"u_{secrets.token_hex(5)}"
+    sent = 40
+    async with grpc.aio.insecure_channel(rig.events.address) as events_channel:
+        await _ingest_one_by_one(ev_grpc.EventsServiceStub(events_channel), user, sent)
+
+    async def stored() -> int:
+        row = await rig.db.fetchrow(
+            "SELECT context FROM recommender.user_context WHERE user_id = $1", user
+        )
+        return 0 if row is None else int(json.loads(row["context"])["signal_count"])
+
+    await eventually(stored, lambda n: n == sent, within=60)
+    for channel in channels:
+
+        async def counted(channel: grpc.aio.Channel = channel) -> float:
+            got = await rec_grpc.RecommenderInternalServiceStub(channel).GetDecisionContext(
+                rec.GetDecisionContextRequest(name=f"users/{user}/decisionContext"), timeout=10
+            )
+            values = {f.name: f.value for f in got.decision_context.features}
+            return values.get("signal_count", 0.0)
+
+        await eventually(counted, lambda n: n == sent, within=30)
+
+
+async def _ingest_one_by_one(events: ev_grpc.EventsServiceStub, user: str, count: int) -> None:
+    """``count`` step signals, one call each: each replica takes some."""
+    for i in range(count):
+        now = datetime.now(UTC)
+        signal = signal_pb2.Signal(
+            client_signal_id=f"s{i}-{secrets.token_hex(4)}",
+            kind=signal_pb2.SIGNAL_KIND_STEPS,
+            source=signal_pb2.SIGNAL_SOURCE_PHONE,
+            start_time=timestamp(now - timedelta(seconds=30)),
+            end_time=timestamp(now),
+            steps=signal_pb2.StepsPayload(count=10),
+        )
+        await events.BatchIngestSignals(
+            ev.BatchIngestSignalsRequest(parent=f"users/{user}", signals=[signal]),
+            metadata=as_user(user),
+            timeout=10,
+        )

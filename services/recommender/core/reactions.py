@@ -21,6 +21,7 @@ them here).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +33,11 @@ from services.recommender.history import HistoryKeeper
 from tips.events.v1 import signal_pb2
 
 log = logging.getLogger(__name__)
+
+
+def unchanged(ctx: domain.UserContext) -> domain.UserContext:
+    """What a reaction that lands nothing does to a context."""
+    return ctx
 
 
 def reaction_signal(
@@ -66,10 +72,11 @@ class Reactions:
         session: AsyncSession,
         user_id: str,
         signal: signal_pb2.Signal,
-        ctx: domain.UserContext,
         rewarded: list[reward_store.Rewarded],
-    ) -> domain.UserContext:
-        """``ctx`` after the reaction in ``signal``, its writes made in ``session``.
+    ) -> Callable[[domain.UserContext], domain.UserContext]:
+        """The reaction in ``signal``: its writes made in ``session``, and what it
+        does to the user's context (applied by the caller to whichever copy it
+        stores).
 
         A reward assigned is appended to ``rewarded``: the caller folds it into
         the policy once the transaction has committed.
@@ -77,7 +84,7 @@ class Reactions:
         payload = signal.tip_reaction
         found = domain.TIP.match(payload.tip)
         if found is None or found[0] != user_id:
-            return ctx  # the events service validates this; never trust it blindly
+            return unchanged  # the events service validates this; never trust it blindly
         tip_id = found[1]
         react_time = to_datetime(signal.start_time)
         until = datetime_of(payload, "snooze_until")
@@ -89,7 +96,7 @@ class Reactions:
         )  # fmt: skip
         if catalog_tip is None:
             log.info("reaction to an unknown tip ignored", extra={"tip": payload.tip})
-            return ctx
+            return unchanged
         catalog_id = catalog_tip.removeprefix("catalogTips/")
         if self.history is not None:
             self.history.close(user_id, payload.tip)  # ListTips no longer shows it
@@ -105,6 +112,5 @@ class Reactions:
                 rewarded.append(got)
         if self.history is not None and payload.reaction == signal_pb2.TIP_REACTION_DONE:
             self.history.record_done(user_id, catalog_id, react_time)
-        return domain.suppress(
-            ctx, catalog_id, domain.quiet_until(payload.reaction, react_time, until)
-        )
+        quiet = domain.quiet_until(payload.reaction, react_time, until)
+        return lambda ctx: domain.suppress(ctx, catalog_id, quiet)
