@@ -1,8 +1,7 @@
 """The model registry, in MLflow: registered models, their versions, and the runs behind them.
 
 MLflow is the source of truth for models, versions, their state and the
-promoted version (docs/ml-pipelines.md, "Registry"; docs/decisions.md, "MLflow
-is the model registry"):
+promoted version (docs/ml-pipelines.md, "Registry"; docs/decisions.md, 36):
 
 - ``models/{model}`` is the registered model ``{model}`` (description; tag
   ``tips.algorithm``); its promoted version is the alias ``champion``;

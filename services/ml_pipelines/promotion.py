@@ -1,12 +1,11 @@
 """The promotion gate: a version serves only if it beats the incumbent with confidence. Pure.
 
-The rule (docs/ml-pipelines.md, "Promotion"; docs/decisions.md, "MLflow is the
-model registry"): with a version promoted (the incumbent), a candidate is
-promoted only when the **lower confidence bound of its DR lift over the
-incumbent is above 0**: the paired interval of ``V(candidate) -
-V(incumbent)``, both estimated on the same logged first picks
-(``ope.compare``). That is a one-sided test of "the candidate is no better"
-at level (1 - confidence) / 2 (2.5% at 95%).
+The rule (docs/ml-pipelines.md, "Promotion"; docs/decisions.md, 36): with a
+version promoted (the incumbent), a candidate is promoted only when the
+**lower confidence bound of its DR lift over the incumbent is above 0**: the
+paired interval of ``V(candidate) - V(incumbent)``, both estimated on the
+same logged first picks (``ope.compare``). That is a one-sided test of "the
+candidate is no better" at level (1 - confidence) / 2 (2.5% at 95%).
 
 Not "candidate's LCB above the incumbent's point estimate": that ignores the
 incumbent's own estimation error (a noisy incumbent estimate that happens to

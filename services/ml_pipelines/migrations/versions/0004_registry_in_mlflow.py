@@ -1,8 +1,8 @@
 """ml_pipelines: the model registry moves to MLflow; training runs name their MLflow run.
 
 Models, versions, their state, evaluations and the promoted version are kept
-in MLflow now (docs/decisions.md, "MLflow is the model registry"): the
-``models`` and ``model_versions`` tables go, so nothing holds a second copy.
+in MLflow now (docs/decisions.md, 36): the ``models`` and ``model_versions``
+tables go, so nothing holds a second copy.
 Rows there are not carried over: their version directories stay in the model
 repository, and a version is registered again by ``CreateModelVersion`` (or
 the recommender's next export).
