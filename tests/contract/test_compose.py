@@ -244,3 +244,56 @@ def test_the_collector_listens_where_the_mesh_sends_telemetry(resolved: dict[str
                 assert component in config[kind], (kind, component)
     for extension in config["service"].get("extensions", []):
         assert extension in config["extensions"], extension
+
+
+def test_mlflow_is_the_registry_with_its_artifacts_in_minio(resolved: dict[str, Any]) -> None:
+    """ml_pipelines' model registry (docs/decisions.md 36): an MLflow server of the
+    client's version, on a database of its own in the mesh's PostgreSQL, its
+    artifacts in MinIO over S3, proxied by the server (the service needs no S3)."""
+    from urllib.parse import urlsplit
+
+    from services.ml_pipelines.settings import MlPipelinesSettings
+
+    services = resolved["services"]
+    mlflow, pipelines = services["mlflow"], services["ml_pipelines"]
+    uri = pipelines["environment"]["TIPS_ML_PIPELINES_MLFLOW_URI"]
+    MlPipelinesSettings(ml_pipelines_mlflow_uri=uri)  # one the service accepts
+    others = [
+        n
+        for n, s in services.items()
+        if "TIPS_ML_PIPELINES_MLFLOW_URI" in (s.get("environment") or {})
+    ]
+    assert others == ["ml_pipelines"]
+    assert mlflow["command"][0] == "server"
+    flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in mlflow["command"][1:])
+    where = urlsplit(uri)
+    assert (where.hostname, str(where.port)) == ("mlflow", flags["port"])
+    assert f"mlflow:{where.port}" in flags["allowed-hosts"].split(",")  # the Host it is sent
+    assert "serve-artifacts" in flags
+    # Artifacts: the bucket minio-buckets makes, in the MinIO the server reaches.
+    bucket = urlsplit(flags["artifacts-destination"])
+    assert bucket.scheme == "s3"
+    assert (
+        f"mc mb --ignore-existing s3/{bucket.hostname}"
+        in services["minio-buckets"]["entrypoint"][-1]
+    )
+    assert urlsplit(mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"]).hostname == "minio"
+    minio_env = services["minio"]["environment"]
+    assert mlflow["environment"]["AWS_ACCESS_KEY_ID"] == minio_env["MINIO_ROOT_USER"]
+    assert mlflow["environment"]["AWS_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+    assert _volumes(services["minio"])["/data"] == ("miniodata", False)
+    # Backend: its own database in the mesh's PostgreSQL, made once by mlflow-db.
+    backend = urlsplit(flags["backend-store-uri"])
+    assert (backend.scheme, backend.hostname, backend.path) == ("postgresql", "postgres", "/mlflow")
+    assert "CREATE DATABASE mlflow" in services["mlflow-db"]["entrypoint"][-1]
+    # In order: ml_pipelines after a healthy MLflow, MLflow after its database and bucket.
+    assert pipelines["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "healthcheck" in mlflow
+    for job in ("mlflow-db", "minio-buckets"):
+        assert mlflow["depends_on"][job]["condition"] == "service_completed_successfully", job
+    # The server runs the version of the client the mesh pins.
+    dockerfile = (Path(mlflow["build"]["context"]) / "Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    [client] = [line for line in pyproject.splitlines() if '"mlflow-skinny==' in line]
+    version = client.split("==")[1].strip('",')
+    assert f"mlflow=={version} " in dockerfile, version
