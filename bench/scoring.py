@@ -1,4 +1,4 @@
-"""Scoring one decision's candidates: in process, through ml_serving, through Triton.
+"""Scoring one decision's candidates: in process, through a scoring service, through Triton.
 
     tips bench scoring [--seconds 3] [--k 15] [--sweep 1 64 256] [--sweep-seconds 1.5]
 
@@ -10,19 +10,27 @@ it:
 - ``inproc``: ``policy.scoring.OnnxScorer``, ONNX Runtime in the caller's
   process (the recommender's default): the baseline;
 - ``ml_serving``: ``MlServingInternalService.Score`` over mutual TLS (the
-  caller presents the recommender's certificate), served by ``tips serve
-  ml_serving`` scoring with ONNX Runtime;
+  caller presents the recommender's certificate) to a kernel server (its
+  interceptors and caller check, as every service runs) scoring with ONNX
+  Runtime: the hop ml_serving was;
 - ``triton``: ``policy.scoring.TritonScorer`` (``tritonclient.grpc.aio``) to
   a real tritonserver (``tipsmesh.localinfra.LocalTriton``, as the Triton
-  tests start it);
-- ``ml_serving_triton``: ``Score`` to ml_serving configured with that Triton
-  (``TIPS_ML_SERVING_TRITON_URL``), which forwards to it.
+  tests start it): the recommender's path with ``TIPS_RECOMMENDER_TRITON_URL``;
+- ``ml_serving_triton``: ``Score`` to that server configured with the Triton,
+  which it calls first (``FallbackScorer``, as ml_serving did).
+
+ml_serving itself was removed on these numbers (docs/decisions.md 37), and
+its contract is deprecated: the two ``ml_serving`` paths are served by this
+script (``--serve``), with ``policy.scoring``'s scorers behind the deprecated
+``Score``. The service measured before its removal (commit 57ce1b2) also
+resolved the version and checked each row per call, so it cost its server
+~100-300 us more per call than this stand-in (the decision gives both).
 
 The tritonserver here is pytriton's, with only the Python backend: the model
 runs in a backend stub process under ONNX Runtime (docs NOTES: Triton). A
 production Triton runs ``onnxruntime_onnx`` in its own C++ process, so the
 Triton server's CPU here is an upper bound; the client's side of a KServe
-call, and the hop ml_serving adds in front of Triton, do not depend on it.
+call, and the hop a scoring service adds in front of Triton, do not depend on it.
 
 Each path is loaded at concurrency 1 and 16 with K candidates for
 ``--seconds``, then at concurrency 1 with each K of ``--sweep``; the paths
@@ -240,39 +248,75 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return {**keep, "PYTHONPATH": f"{ROOT}:{ROOT / 'gen' / 'python'}", **extra}
 
 
-def _serve_ml_serving(
-    work: Path, tls_dir: Path, repository: Path, name: str, triton_url: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    from tipsmesh.localinfra import free_port
+# --- the scoring service (the hop ml_serving was) ------------------------------------------
 
-    port = free_port()
-    env = _env(
-        {
-            **_identity(tls_dir, "ml_serving"),
-            "TIPS_PORT": str(port),
-            "TIPS_LOG_LEVEL": "WARNING",
-            "TIPS_ML_SERVING_MODEL_REPOSITORY": str(repository),
-            "TIPS_ML_SERVING_TRITON_URL": triton_url,
-            "TIPS_ML_SERVING_TRITON_TIMEOUT_SECONDS": str(CALL_TIMEOUT_S),
-        }
+
+async def _serve(repository: Path, tls_dir: Path, triton_url: str) -> None:
+    """``Score`` on a kernel server over mTLS: ONNX Runtime in this process, or
+    Triton first with ONNX Runtime as its fallback; prints the port when serving."""
+    import numpy as np
+
+    from kernel.server import Started, serve
+    from kernel.service import Binding, Runtime, ServiceDefinition, bind
+    from kernel.settings import Settings
+    from policy.scoring import FallbackScorer, OnnxScorer, Scorer, TritonScorer
+    from tips.ml_serving.v1 import ml_serving_service_pb2 as pb
+    from tips.ml_serving.v1 import ml_serving_service_pb2_grpc as pb_grpc
+    from tips.ml_serving.v1 import model_pb2
+
+    onnx = OnnxScorer(repository)
+    fallback = (
+        FallbackScorer(TritonScorer(triton_url, timeout_s=CALL_TIMEOUT_S), onnx)
+        if triton_url
+        else None
     )
-    with (work / f"{name}.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tipsmesh.cli", "serve", "ml_serving"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+    scorer: Scorer = fallback or onnx
+
+    class ScoringHop(pb_grpc.MlServingInternalServiceServicer):  # type: ignore[misc]
+        async def Score(self, request: Any, context: Any) -> Any:
+            rows = np.array([r.values for r in request.rows], dtype=np.float32)
+            scores = await scorer.score(rows)
+            by_triton = fallback is not None and not fallback.using_fallback
+            return pb.ScoreResponse(
+                rows=[pb.ScoreRow(scores=[s]) for s in scores.tolist()],
+                model_version=scorer.model_version,
+                runtime=model_pb2.MODEL_RUNTIME_TRITON
+                if by_triton
+                else model_pb2.MODEL_RUNTIME_ONNX_RUNTIME,
+            )
+
+    async def build(runtime: Runtime) -> list[Binding]:
+        return [bind(ScoringHop(), pb_grpc, pb, "MlServingInternalService")]
+
+    env = _identity(tls_dir, "ml_serving")
+    settings = Settings(
+        tls_ca_file=env["TIPS_TLS_CA_FILE"],
+        tls_cert_file=env["TIPS_TLS_CERT_FILE"],
+        tls_key_file=env["TIPS_TLS_KEY_FILE"],
+        log_level="WARNING",
+    )
+    definition = ServiceDefinition(name="ml_serving", build=build, uses_db=False, uses_bus=False)
+    ready = Started()
+    task = asyncio.create_task(serve(definition, settings, ready=ready, port=0))
+    await ready.wait()
+    assert ready.server is not None
+    print(ready.server.port, flush=True)
+    await task
+
+
+def _start_server(
+    tls_dir: Path, repository: Path, triton_url: str
+) -> tuple[subprocess.Popen[str], str]:
+    me = str(Path(__file__).resolve())
+    proc = subprocess.Popen(
+        [sys.executable, me, "--serve", str(repository), str(tls_dir), triton_url],
+        stdout=subprocess.PIPE, text=True, env=_env({}), cwd=ROOT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    port = proc.stdout.readline().strip()
+    if not port.isdigit():
+        raise RuntimeError(f"the scoring server did not start ({proc.poll()})")
     return proc, f"127.0.0.1:{port}"
-
-
-async def _wait_serving(address: str, tls_dir: Path, proc: subprocess.Popen[bytes]) -> None:
-    from tipsmesh.health import grpc_serving
-
-    deadline = time.monotonic() + 60
-    settings = _client_settings(tls_dir)
-    while not await grpc_serving(address, tls=settings, server_name="ml_serving"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"ml_serving at {address} did not start ({proc.poll()})")
-        await asyncio.sleep(0.1)
 
 
 def _start_client(mode: str, target: str, repository: Path, tls_dir: Path) -> subprocess.Popen[str]:
@@ -357,19 +401,16 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
         log("building or reusing the Triton venv (tools/triton_env.sh)")
         venv = await asyncio.to_thread(triton_venv, ROOT)
         triton = LocalTriton(venv, repository, work / "triton.log")
-        servers: list[subprocess.Popen[bytes]] = []
+        servers: list[subprocess.Popen[str]] = []
         paths: dict[str, ScoringPath] = {}
         try:
-            log("starting tritonserver and two ml_serving processes")
+            log("starting tritonserver and two scoring servers")
             await asyncio.to_thread(triton.start)
             assert triton.process is not None
-            onnx_proc, onnx_addr = _serve_ml_serving(work, tls_dir, repository, "ml_serving", "")
-            fwd_proc, fwd_addr = _serve_ml_serving(
-                work, tls_dir, repository, "ml_serving_triton", triton.url
-            )
-            servers += [onnx_proc, fwd_proc]
-            await _wait_serving(onnx_addr, tls_dir, onnx_proc)
-            await _wait_serving(fwd_addr, tls_dir, fwd_proc)
+            onnx_proc, onnx_addr = _start_server(tls_dir, repository, "")
+            servers.append(onnx_proc)
+            fwd_proc, fwd_addr = _start_server(tls_dir, repository, triton.url)
+            servers.append(fwd_proc)
             targets = {
                 "inproc": ("", {}),
                 "ml_serving": (onnx_addr, {"ml_serving": onnx_proc.pid}),
@@ -417,7 +458,7 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
             r["ratio_to_inproc"] = _ratios(r, base)
             r["added_p50_ms"] = round(r["p50_ms"] - base["p50_ms"], 3)
             r["added_cpu_us_per_call"] = round(r["cpu_us_per_call"] - base["cpu_us_per_call"], 1)
-        # What ml_serving adds in front of Triton, measured against Triton alone.
+        # What a scoring service adds in front of Triton, measured against Triton alone.
         ahead, alone = results["ml_serving_triton"], results["triton"]
         ahead["added_over_triton"] = {
             "p50_ms": round(ahead["p50_ms"] - alone["p50_ms"], 3),
@@ -457,7 +498,12 @@ def main() -> None:
     parser.add_argument("--sweep", type=int, nargs="*", default=[1, 64, 256], help="more K, c1")
     parser.add_argument("--sweep-seconds", type=float, default=1.5)
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        repository, tls_dir, triton_url = args.serve
+        asyncio.run(_serve(Path(repository), Path(tls_dir), triton_url))
+        return
     if args.client:
         mode, target, repository, tls_dir = args.client
         asyncio.run(_client(mode, target, Path(repository), Path(tls_dir)))

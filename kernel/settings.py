@@ -25,7 +25,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "integrations": 50053,
     "events": 50054,
     "recommender": 50055,
-    "ml_serving": 50056,
+    # 50056 was ml_serving's (removed: docs/decisions.md 37); not reused.
     "ml_pipelines": 50057,
     "notifier": 50058,
 }
@@ -120,7 +120,6 @@ class Settings(BaseSettings):
     integrations_addr: str = f"127.0.0.1:{DEFAULT_PORTS['integrations']}"
     events_addr: str = f"127.0.0.1:{DEFAULT_PORTS['events']}"
     recommender_addr: str = f"127.0.0.1:{DEFAULT_PORTS['recommender']}"
-    ml_serving_addr: str = f"127.0.0.1:{DEFAULT_PORTS['ml_serving']}"
     ml_pipelines_addr: str = f"127.0.0.1:{DEFAULT_PORTS['ml_pipelines']}"
     notifier_addr: str = f"127.0.0.1:{DEFAULT_PORTS['notifier']}"
 

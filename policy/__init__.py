@@ -1,10 +1,10 @@
 """The contextual-bandit library: features, the policy, the ONNX export and the scorers.
 
 Pure, apart from reading and writing model files. Its own top-level package
-because three services and the lab share it: the recommender serves and
-learns online with it, ml_pipelines trains and evaluates offline with it,
-ml_serving scores its exports; ``sim`` and ``bench`` measure it. It imports
-nothing of ``services``.
+because two services and the lab share it: the recommender serves and
+learns online with it (scoring its exports in process, or through Triton),
+ml_pipelines trains and evaluates offline with it; ``sim`` and ``bench``
+measure it. It imports nothing of ``services``.
 
 How the recommender uses it (docs/policy.md argues the choices)::
 

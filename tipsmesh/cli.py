@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="gateway on N, services on N+1..N+8 (default: TIPS_PORT_BASE, else 50051.. and 8080)",
+        help=f"gateway on N, services on N+1..N+{len(SERVICE_NAMES)} "
+        "(default: TIPS_PORT_BASE, else 50051.. and 8080)",
     )
     ports.add_argument(
         "--free-ports", action="store_true", help="pick free ports instead of the defaults"

@@ -74,7 +74,8 @@ class UpError(RuntimeError):
 class UpOptions:
     run_dir: Path = ROOT / ".run"
     gateway: bool = True
-    # None: DEFAULT_PORTS and 8080; else gateway on BASE, services on BASE+1..BASE+8.
+    # None: DEFAULT_PORTS and 8080; else gateway on BASE, each service on BASE+1+its
+    # place in SERVICE_NAMES.
     port_base: int | None = None
     free_ports: bool = False
     fresh: bool = False
@@ -686,7 +687,6 @@ def seed_model_repository(target: Path) -> None:
 
 MODEL_REPOSITORY_SETTINGS = (
     "TIPS_RECOMMENDER_MODEL_REPOSITORY",
-    "TIPS_ML_SERVING_MODEL_REPOSITORY",
     "TIPS_ML_PIPELINES_MODEL_REPOSITORY",
 )
 

@@ -158,6 +158,26 @@ def test_every_service_and_the_gateway_run_from_the_one_image(resolved: dict[str
     assert services["migrate"]["command"] == ["migrate"]
 
 
+def test_compose_runs_exactly_the_processes_tips_up_runs(resolved: dict[str, Any]) -> None:
+    """No process more: ml_serving was removed from the mesh (docs/decisions.md 37),
+    and a service left in compose would start a process `tips serve` refuses."""
+    from tipsmesh.up import GATEWAY
+
+    served = {
+        service["command"][1]
+        for service in resolved["services"].values()
+        if (service.get("command") or [None])[0] == "serve"
+    }
+    assert served == {*SERVICE_NAMES, GATEWAY}
+    # Every certificate a process presents is one `tips certs` issues for the mesh.
+    certs = {
+        Path(service["environment"]["TIPS_TLS_CERT_FILE"]).stem
+        for service in resolved["services"].values()
+        if "TIPS_TLS_CERT_FILE" in (service.get("environment") or {})
+    }
+    assert certs == served
+
+
 def _volumes(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     """target -> (source, read only)."""
     return {
@@ -189,7 +209,7 @@ def test_the_model_repository_is_one_volume_seeded_before_its_users(
     services = resolved["services"]
     assert _volumes(services["models"]) == {"/app/models": ("models", False)}
     assert _volumes(services["triton"])["/models"] == ("models", True)
-    for name in ("recommender", "ml_serving", "ml_pipelines", "triton"):
+    for name in ("recommender", "ml_pipelines", "triton"):
         if name != "triton":
             assert _volumes(services[name])["/app/models"] == ("models", False), name
             env = services[name]["environment"]

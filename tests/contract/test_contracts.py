@@ -32,7 +32,7 @@ SERVICES = {
     "integrations",
     "events",
     "recommender",
-    "ml_serving",
+    "ml_serving",  # no process since decision 37: a deprecated contract, kept for buf breaking
     "ml_pipelines",
     "notifier",
     "gateway",  # screens the edge composes itself, tips.gateway.v1
@@ -202,6 +202,26 @@ def test_internal_rpcs_name_their_callers_and_only_known_processes(
     assert not violations, report(violations)
 
 
+def test_a_service_no_process_serves_is_deprecated(tips_files: Files) -> None:
+    """A package's services are served by the process of its name (the edge serves
+    tips.gateway's screens). A contract no process serves any more stays, for
+    buf breaking (decision 8), but must say it is deprecated, as ml_serving's does
+    (decision 37): a caller reading the API must not take it for a live one."""
+    from kernel.access import GATEWAY
+    from kernel.settings import SERVICE_NAMES
+
+    served = {*SERVICE_NAMES, GATEWAY}
+    violations = [
+        f"{file.name}: service {file.package}.{service.name} is served by no process "
+        "and not marked deprecated"
+        for file in tips_files
+        if (match := PACKAGE.match(file.package)) is None or match["service"] not in served
+        for service in file.service
+        if not service.options.deprecated
+    ]
+    assert not violations, report(violations)
+
+
 def test_event_messages_declare_subject_and_stream(
     tips_files: Files,
 ) -> None:
@@ -347,6 +367,7 @@ def test_the_checks_catch_violations(tmp_path: Path) -> None:
         test_internal_services_have_no_http_rules: "BogusInternalService.Sync is internal",
         test_event_messages_declare_subject_and_stream: "Thing has no (tips.options.v1.event)",
         test_packages_are_tips_service_version: "package 'tips.bogus.v1' is not",
+        test_a_service_no_process_serves_is_deprecated: "BogusService is served by no process",
         test_enum_zero_values_are_unspecified: "zero value KIND_NONE",
         test_resources_have_name_as_field_1: "field 1 is 'id'",
         test_generated_modules_import: "import tips.bogus.v1.events_pb2 failed",

@@ -34,7 +34,7 @@ STOP_TIMEOUT = 45.0
 
 
 def port_base() -> int:
-    """A base whose 9 ports (gateway + 8 services) are all free right now."""
+    """A base whose ports (the gateway and every service) are all free right now."""
     for _ in range(200):
         base = random.randrange(20000, 30000)
         if not any(port_taken(base + i) for i in range(len(SERVICE_NAMES) + 1)):

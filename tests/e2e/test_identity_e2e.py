@@ -211,7 +211,6 @@ SERVICE_SCHEMAS = (
     "integrations",
     "events",
     "recommender",
-    "ml_serving",
     "ml_pipelines",
     "notifier",
 )

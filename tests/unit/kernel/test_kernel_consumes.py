@@ -19,7 +19,7 @@ def test_the_declarations_are_read_from_the_service_protos() -> None:
     assert consumed_events("gateway") == {"tips.auth.v1.SessionRevoked"}
     # Its own stream too: each replica follows the others' decisions and rewards.
     assert consumed_streams("recommender") == ["TIPS_EVENTS", "TIPS_PROFILE", "TIPS_RECOMMENDER"]
-    assert consumed_streams("ml_serving") == []
+    assert consumed_streams("operator") == []  # a tool, no service: nothing
 
 
 def test_a_declared_event_may_be_consumed() -> None:

@@ -73,7 +73,7 @@ def test_call_timeout_is_min_of_inbound_and_explicit() -> None:
 def test_a_variable_no_setting_reads_is_refused_by_name() -> None:
     from kernel.settings import check_environment
 
-    known = {"TIPS_HOST", "TIPS_RECOMMENDER_TRITON_URL", "TIPS_ML_SERVING_TRITON_URL"}
+    known = {"TIPS_HOST", "TIPS_RECOMMENDER_TRITON_URL", "TIPS_RECOMMENDER_MODEL_REPOSITORY"}
     check_environment(known, {"TIPS_HOST": "0.0.0.0", "PATH": "/bin", "OTHER_TIPS_X": "1"})
     with pytest.raises(SettingsError) as err:
         check_environment(known, {"TIPS_HOST": "h", "TIPS_TRITON_URL": "t:8001", "TIPS_NOPE": "1"})

@@ -25,8 +25,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ModelVersionPromoted(_message.Message):
-    """A model version was promoted and should now serve. ml_serving and the
-    recommender load it on receipt.
+    """A model version was promoted and should now serve. The recommender
+    loads it on receipt (Triton, where one runs, by its version policy).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -177,10 +177,10 @@ class MlPipelinesServiceServicer:
     def PromoteModelVersion(self, request, context):
         """Makes a version the one serving: it becomes PROMOTED, the previous
         promoted version ARCHIVED, the repository's version policy selects it,
-        and `ModelVersionPromoted` is published so ml_serving and the
-        recommender load it. Fails with FAILED_PRECONDITION when the version has
-        no evaluation, its evaluation's baseline is no longer the promoted
-        version, or its verdict is WORSE, unless `force` is set.
+        and `ModelVersionPromoted` is published so the recommender loads it.
+        Fails with FAILED_PRECONDITION when the version has no evaluation, its
+        evaluation's baseline is no longer the promoted version, or its verdict
+        is WORSE, unless `force` is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,10 +65,10 @@ class MlPipelinesServiceStub:
     PromoteModelVersion: _grpc.UnaryUnaryMultiCallable[_ml_pipelines_service_pb2.PromoteModelVersionRequest, _ml_pipelines_service_pb2.PromoteModelVersionResponse]
     """Makes a version the one serving: it becomes PROMOTED, the previous
     promoted version ARCHIVED, the repository's version policy selects it,
-    and `ModelVersionPromoted` is published so ml_serving and the
-    recommender load it. Fails with FAILED_PRECONDITION when the version has
-    no evaluation, its evaluation's baseline is no longer the promoted
-    version, or its verdict is WORSE, unless `force` is set.
+    and `ModelVersionPromoted` is published so the recommender loads it.
+    Fails with FAILED_PRECONDITION when the version has no evaluation, its
+    evaluation's baseline is no longer the promoted version, or its verdict
+    is WORSE, unless `force` is set.
     """
     CreateTrainingRun: _grpc.UnaryUnaryMultiCallable[_ml_pipelines_service_pb2.CreateTrainingRunRequest, _ml_pipelines_service_pb2.CreateTrainingRunResponse]
     """Starts a training run; it is QUEUED, then RUNNING. Poll `GetTrainingRun`
@@ -124,10 +124,10 @@ class MlPipelinesServiceAsyncStub(MlPipelinesServiceStub):
     PromoteModelVersion: _aio.UnaryUnaryMultiCallable[_ml_pipelines_service_pb2.PromoteModelVersionRequest, _ml_pipelines_service_pb2.PromoteModelVersionResponse]  # type: ignore[assignment]
     """Makes a version the one serving: it becomes PROMOTED, the previous
     promoted version ARCHIVED, the repository's version policy selects it,
-    and `ModelVersionPromoted` is published so ml_serving and the
-    recommender load it. Fails with FAILED_PRECONDITION when the version has
-    no evaluation, its evaluation's baseline is no longer the promoted
-    version, or its verdict is WORSE, unless `force` is set.
+    and `ModelVersionPromoted` is published so the recommender loads it.
+    Fails with FAILED_PRECONDITION when the version has no evaluation, its
+    evaluation's baseline is no longer the promoted version, or its verdict
+    is WORSE, unless `force` is set.
     """
     CreateTrainingRun: _aio.UnaryUnaryMultiCallable[_ml_pipelines_service_pb2.CreateTrainingRunRequest, _ml_pipelines_service_pb2.CreateTrainingRunResponse]  # type: ignore[assignment]
     """Starts a training run; it is QUEUED, then RUNNING. Poll `GetTrainingRun`
@@ -228,10 +228,10 @@ class MlPipelinesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ml_pipelines_service_pb2.PromoteModelVersionResponse, _abc.Awaitable[_ml_pipelines_service_pb2.PromoteModelVersionResponse]]:
         """Makes a version the one serving: it becomes PROMOTED, the previous
         promoted version ARCHIVED, the repository's version policy selects it,
-        and `ModelVersionPromoted` is published so ml_serving and the
-        recommender load it. Fails with FAILED_PRECONDITION when the version has
-        no evaluation, its evaluation's baseline is no longer the promoted
-        version, or its verdict is WORSE, unless `force` is set.
+        and `ModelVersionPromoted` is published so the recommender loads it.
+        Fails with FAILED_PRECONDITION when the version has no evaluation, its
+        evaluation's baseline is no longer the promoted version, or its verdict
+        is WORSE, unless `force` is set.
         """
 
     @_abc_1.abstractmethod

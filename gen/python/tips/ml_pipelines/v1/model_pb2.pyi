@@ -141,7 +141,7 @@ class Model(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `models/{model}`; `{model}` is the repository directory
-    name and the name ml_serving scores it by, e.g. "tip_policy".
+    name and the name Triton serves it by, e.g. "tip_policy".
     """
     description: _builtins.str
     """What the model is for, for people."""

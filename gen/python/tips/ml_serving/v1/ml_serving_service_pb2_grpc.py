@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class MlServingInternalServiceStub:
-    """Scores feature rows with ONNX models and manages which model versions are
+    """Deprecated: no process serves it (decision 37); a call finds no server.
+    Scored feature rows with ONNX models and managed which model versions were
     loaded. Typed like KServe v2 inference, narrowed to what the mesh needs:
     a batch of float rows in, a row of float scores per input row out.
     """
@@ -70,7 +71,8 @@ class MlServingInternalServiceStub:
 
 
 class MlServingInternalServiceServicer:
-    """Scores feature rows with ONNX models and manages which model versions are
+    """Deprecated: no process serves it (decision 37); a call finds no server.
+    Scored feature rows with ONNX models and managed which model versions were
     loaded. Typed like KServe v2 inference, narrowed to what the mesh needs:
     a batch of float rows in, a row of float scores per input row out.
     """
@@ -168,7 +170,8 @@ def add_MlServingInternalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MlServingInternalService:
-    """Scores feature rows with ONNX models and manages which model versions are
+    """Deprecated: no process serves it (decision 37); a call finds no server.
+    Scored feature rows with ONNX models and managed which model versions were
     loaded. Typed like KServe v2 inference, narrowed to what the mesh needs:
     a batch of float rows in, a row of float scores per input row out.
     """

@@ -25,8 +25,8 @@ export const file_tips_ml_pipelines_v1_events: GenFile = /*@__PURE__*/
   fileDesc("CiF0aXBzL21sX3BpcGVsaW5lcy92MS9ldmVudHMucHJvdG8SFHRpcHMubWxfcGlwZWxpbmVzLnYxIqEDChRNb2RlbFZlcnNpb25Qcm9tb3RlZBIWCghldmVudF9pZBgBIAEoCUIE4kEBAhI0CgpvY2N1cl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAhImCgVtb2RlbBgDIAEoCUIX4kEBAvpBEAoOdGlwcy5hcHAvTW9kZWwSNQoNbW9kZWxfdmVyc2lvbhgEIAEoCUIe4kEBAvpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEhoKDGFydGlmYWN0X3VyaRgFIAEoCUIE4kEBAhI+ChZwcmV2aW91c19tb2RlbF92ZXJzaW9uGAYgASgJQh7iQQEB+kEXChV0aXBzLmFwcC9Nb2RlbFZlcnNpb24SJAoWZmVhdHVyZV9zY2hlbWFfdmVyc2lvbhgHIAEoCUIE4kEBAhIUCgZmb3JjZWQYCCABKAhCBOJBAQE6RMrzGEAKK3RpcHMubWxfcGlwZWxpbmVzLnYxLm1vZGVsX3ZlcnNpb25fcHJvbW90ZWQSEVRJUFNfTUxfUElQRUxJTkVTIqQEChRUcmFpbmluZ1J1bkNvbXBsZXRlZBIWCghldmVudF9pZBgBIAEoCUIE4kEBAhI0CgpvY2N1cl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAhIzCgx0cmFpbmluZ19ydW4YAyABKAlCHeJBAQL6QRYKFHRpcHMuYXBwL1RyYWluaW5nUnVuEiYKBW1vZGVsGAQgASgJQhfiQQEC+kEQCg50aXBzLmFwcC9Nb2RlbBI7CgVzdGF0ZRgFIAEoDjImLnRpcHMubWxfcGlwZWxpbmVzLnYxLlRyYWluaW5nUnVuU3RhdGVCBOJBAQISNQoNbW9kZWxfdmVyc2lvbhgGIAEoCUIe4kEBAfpBFwoVdGlwcy5hcHAvTW9kZWxWZXJzaW9uEk4KB21ldHJpY3MYByADKAsyNy50aXBzLm1sX3BpcGVsaW5lcy52MS5UcmFpbmluZ1J1bkNvbXBsZXRlZC5NZXRyaWNzRW50cnlCBOJBAQESJwoFZXJyb3IYCCABKAsyEi5nb29nbGUucnBjLlN0YXR1c0IE4kEBARouCgxNZXRyaWNzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ATpEyvMYQAordGlwcy5tbF9waXBlbGluZXMudjEudHJhaW5pbmdfcnVuX2NvbXBsZXRlZBIRVElQU19NTF9QSVBFTElORVNiBnByb3RvMw", [file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_timestamp, file_google_rpc_status, file_tips_ml_pipelines_v1_training_run, file_tips_options_v1_options]);
 
 /**
- * A model version was promoted and should now serve. ml_serving and the
- * recommender load it on receipt.
+ * A model version was promoted and should now serve. The recommender
+ * loads it on receipt (Triton, where one runs, by its version policy).
  *
  * @generated from message tips.ml_pipelines.v1.ModelVersionPromoted
  */
@@ -89,8 +89,8 @@ export type ModelVersionPromoted = Message<"tips.ml_pipelines.v1.ModelVersionPro
 };
 
 /**
- * A model version was promoted and should now serve. ml_serving and the
- * recommender load it on receipt.
+ * A model version was promoted and should now serve. The recommender
+ * loads it on receipt (Triton, where one runs, by its version policy).
  *
  * @generated from message tips.ml_pipelines.v1.ModelVersionPromoted
  */

@@ -91,10 +91,10 @@ export const MlPipelinesService = {
   /**
    * Makes a version the one serving: it becomes PROMOTED, the previous
    * promoted version ARCHIVED, the repository's version policy selects it,
-   * and `ModelVersionPromoted` is published so ml_serving and the
-   * recommender load it. Fails with FAILED_PRECONDITION when the version has
-   * no evaluation, its evaluation's baseline is no longer the promoted
-   * version, or its verdict is WORSE, unless `force` is set.
+   * and `ModelVersionPromoted` is published so the recommender loads it.
+   * Fails with FAILED_PRECONDITION when the version has no evaluation, its
+   * evaluation's baseline is no longer the promoted version, or its verdict
+   * is WORSE, unless `force` is set.
    */
   PromoteModelVersion: route<PromoteModelVersionRequestJson, ModelVersionJson>(
     "POST",

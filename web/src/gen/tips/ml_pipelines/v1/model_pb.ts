@@ -30,7 +30,7 @@ export const file_tips_ml_pipelines_v1_model: GenFile = /*@__PURE__*/
 export type Model = Message<"tips.ml_pipelines.v1.Model"> & {
   /**
    * Resource name, `models/{model}`; `{model}` is the repository directory
-   * name and the name ml_serving scores it by, e.g. "tip_policy".
+   * name and the name Triton serves it by, e.g. "tip_policy".
    *
    * @generated from field: string name = 1;
    */
@@ -82,7 +82,7 @@ export type Model = Message<"tips.ml_pipelines.v1.Model"> & {
 export type ModelJson = {
   /**
    * Resource name, `models/{model}`; `{model}` is the repository directory
-   * name and the name ml_serving scores it by, e.g. "tip_policy".
+   * name and the name Triton serves it by, e.g. "tip_policy".
    *
    * @generated from field: string name = 1;
    */

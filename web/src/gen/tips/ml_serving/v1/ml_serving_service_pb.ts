@@ -2,8 +2,12 @@
 // @generated from file tips/ml_serving/v1/ml_serving_service.proto (package tips.ml_serving.v1, syntax proto3)
 /* eslint-disable */
 
-// The ml_serving API. Internal only: the recommender (and ml_pipelines) call
-// it over gRPC; the REST edge never exposes it, so it has no HTTP rules.
+// The ml_serving API: DEPRECATED, and served by no process since
+// docs/decisions.md 37. Measured (`tips bench scoring`), a hop through it
+// cost a decision about as much CPU again as the whole decision, so the
+// recommender scores in process with ONNX Runtime, or calls Triton directly. The file stays,
+// unchanged in shape, so `buf breaking` (decision 8) holds; it may be deleted
+// in a later major version of the contract.
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
@@ -17,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tips/ml_serving/v1/ml_serving_service.proto.
  */
 export const file_tips_ml_serving_v1_ml_serving_service: GenFile = /*@__PURE__*/
-  fileDesc("Cit0aXBzL21sX3NlcnZpbmcvdjEvbWxfc2VydmluZ19zZXJ2aWNlLnByb3RvEhJ0aXBzLm1sX3NlcnZpbmcudjEiIgoKRmVhdHVyZVJvdxIUCgZ2YWx1ZXMYASADKAJCBOJBAQIiIAoIU2NvcmVSb3cSFAoGc2NvcmVzGAEgAygCQgTiQQEDInkKDFNjb3JlUmVxdWVzdBIYCgptb2RlbF9uYW1lGAEgASgJQgTiQQECEhsKDW1vZGVsX3ZlcnNpb24YAiABKAlCBOJBAQESMgoEcm93cxgDIAMoCzIeLnRpcHMubWxfc2VydmluZy52MS5GZWF0dXJlUm93QgTiQQECIoUBCg1TY29yZVJlc3BvbnNlEioKBHJvd3MYASADKAsyHC50aXBzLm1sX3NlcnZpbmcudjEuU2NvcmVSb3cSFQoNbW9kZWxfdmVyc2lvbhgCIAEoCRIxCgdydW50aW1lGAMgASgOMiAudGlwcy5tbF9zZXJ2aW5nLnYxLk1vZGVsUnVudGltZSItChFMaXN0TW9kZWxzUmVxdWVzdBIYCgpyZWFkeV9vbmx5GAEgASgIQgTiQQEBIkUKEkxpc3RNb2RlbHNSZXNwb25zZRIvCgZtb2RlbHMYASADKAsyHy50aXBzLm1sX3NlcnZpbmcudjEuU2VydmVkTW9kZWwiKwoPR2V0TW9kZWxSZXF1ZXN0EhgKCm1vZGVsX25hbWUYASABKAlCBOJBAQIiQgoQR2V0TW9kZWxSZXNwb25zZRIuCgVtb2RlbBgBIAEoCzIfLnRpcHMubWxfc2VydmluZy52MS5TZXJ2ZWRNb2RlbCJJChBMb2FkTW9kZWxSZXF1ZXN0EhgKCm1vZGVsX25hbWUYASABKAlCBOJBAQISGwoNbW9kZWxfdmVyc2lvbhgCIAEoCUIE4kEBASJDChFMb2FkTW9kZWxSZXNwb25zZRIuCgVtb2RlbBgBIAEoCzIfLnRpcHMubWxfc2VydmluZy52MS5TZXJ2ZWRNb2RlbCJLChJVbmxvYWRNb2RlbFJlcXVlc3QSGAoKbW9kZWxfbmFtZRgBIAEoCUIE4kEBAhIbCg1tb2RlbF92ZXJzaW9uGAIgASgJQgTiQQEBIkUKE1VubG9hZE1vZGVsUmVzcG9uc2USLgoFbW9kZWwYASABKAsyHy50aXBzLm1sX3NlcnZpbmcudjEuU2VydmVkTW9kZWwiMAoTUmVsb2FkTW9kZWxzUmVxdWVzdBIZCgttb2RlbF9uYW1lcxgBIAMoCUIE4kEBASJHChRSZWxvYWRNb2RlbHNSZXNwb25zZRIvCgZtb2RlbHMYASADKAsyHy50aXBzLm1sX3NlcnZpbmcudjEuU2VydmVkTW9kZWwyjAYKGE1sU2VydmluZ0ludGVybmFsU2VydmljZRJtCgVTY29yZRIgLnRpcHMubWxfc2VydmluZy52MS5TY29yZVJlcXVlc3QaIS50aXBzLm1sX3NlcnZpbmcudjEuU2NvcmVSZXNwb25zZSIf0vMYGxoLcmVjb21tZW5kZXIaDG1sX3BpcGVsaW5lcxKGAQoKTGlzdE1vZGVscxIlLnRpcHMubWxfc2VydmluZy52MS5MaXN0TW9kZWxzUmVxdWVzdBomLnRpcHMubWxfc2VydmluZy52MS5MaXN0TW9kZWxzUmVzcG9uc2UiKdLzGCUaC3JlY29tbWVuZGVyGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yEoABCghHZXRNb2RlbBIjLnRpcHMubWxfc2VydmluZy52MS5HZXRNb2RlbFJlcXVlc3QaJC50aXBzLm1sX3NlcnZpbmcudjEuR2V0TW9kZWxSZXNwb25zZSIp0vMYJRoLcmVjb21tZW5kZXIaDG1sX3BpcGVsaW5lcxoIb3BlcmF0b3ISdgoJTG9hZE1vZGVsEiQudGlwcy5tbF9zZXJ2aW5nLnYxLkxvYWRNb2RlbFJlcXVlc3QaJS50aXBzLm1sX3NlcnZpbmcudjEuTG9hZE1vZGVsUmVzcG9uc2UiHNLzGBgaDG1sX3BpcGVsaW5lcxoIb3BlcmF0b3ISfAoLVW5sb2FkTW9kZWwSJi50aXBzLm1sX3NlcnZpbmcudjEuVW5sb2FkTW9kZWxSZXF1ZXN0GicudGlwcy5tbF9zZXJ2aW5nLnYxLlVubG9hZE1vZGVsUmVzcG9uc2UiHNLzGBgaDG1sX3BpcGVsaW5lcxoIb3BlcmF0b3ISfwoMUmVsb2FkTW9kZWxzEicudGlwcy5tbF9zZXJ2aW5nLnYxLlJlbG9hZE1vZGVsc1JlcXVlc3QaKC50aXBzLm1sX3NlcnZpbmcudjEuUmVsb2FkTW9kZWxzUmVzcG9uc2UiHNLzGBgaDG1sX3BpcGVsaW5lcxoIb3BlcmF0b3JiBnByb3RvMw", [file_google_api_field_behavior, file_tips_ml_serving_v1_model, file_tips_options_v1_options]);
+  fileDesc("Cit0aXBzL21sX3NlcnZpbmcvdjEvbWxfc2VydmluZ19zZXJ2aWNlLnByb3RvEhJ0aXBzLm1sX3NlcnZpbmcudjEiIgoKRmVhdHVyZVJvdxIUCgZ2YWx1ZXMYASADKAJCBOJBAQIiIAoIU2NvcmVSb3cSFAoGc2NvcmVzGAEgAygCQgTiQQEDInkKDFNjb3JlUmVxdWVzdBIYCgptb2RlbF9uYW1lGAEgASgJQgTiQQECEhsKDW1vZGVsX3ZlcnNpb24YAiABKAlCBOJBAQESMgoEcm93cxgDIAMoCzIeLnRpcHMubWxfc2VydmluZy52MS5GZWF0dXJlUm93QgTiQQECIoUBCg1TY29yZVJlc3BvbnNlEioKBHJvd3MYASADKAsyHC50aXBzLm1sX3NlcnZpbmcudjEuU2NvcmVSb3cSFQoNbW9kZWxfdmVyc2lvbhgCIAEoCRIxCgdydW50aW1lGAMgASgOMiAudGlwcy5tbF9zZXJ2aW5nLnYxLk1vZGVsUnVudGltZSItChFMaXN0TW9kZWxzUmVxdWVzdBIYCgpyZWFkeV9vbmx5GAEgASgIQgTiQQEBIkUKEkxpc3RNb2RlbHNSZXNwb25zZRIvCgZtb2RlbHMYASADKAsyHy50aXBzLm1sX3NlcnZpbmcudjEuU2VydmVkTW9kZWwiKwoPR2V0TW9kZWxSZXF1ZXN0EhgKCm1vZGVsX25hbWUYASABKAlCBOJBAQIiQgoQR2V0TW9kZWxSZXNwb25zZRIuCgVtb2RlbBgBIAEoCzIfLnRpcHMubWxfc2VydmluZy52MS5TZXJ2ZWRNb2RlbCJJChBMb2FkTW9kZWxSZXF1ZXN0EhgKCm1vZGVsX25hbWUYASABKAlCBOJBAQISGwoNbW9kZWxfdmVyc2lvbhgCIAEoCUIE4kEBASJDChFMb2FkTW9kZWxSZXNwb25zZRIuCgVtb2RlbBgBIAEoCzIfLnRpcHMubWxfc2VydmluZy52MS5TZXJ2ZWRNb2RlbCJLChJVbmxvYWRNb2RlbFJlcXVlc3QSGAoKbW9kZWxfbmFtZRgBIAEoCUIE4kEBAhIbCg1tb2RlbF92ZXJzaW9uGAIgASgJQgTiQQEBIkUKE1VubG9hZE1vZGVsUmVzcG9uc2USLgoFbW9kZWwYASABKAsyHy50aXBzLm1sX3NlcnZpbmcudjEuU2VydmVkTW9kZWwiMAoTUmVsb2FkTW9kZWxzUmVxdWVzdBIZCgttb2RlbF9uYW1lcxgBIAMoCUIE4kEBASJHChRSZWxvYWRNb2RlbHNSZXNwb25zZRIvCgZtb2RlbHMYASADKAsyHy50aXBzLm1sX3NlcnZpbmcudjEuU2VydmVkTW9kZWwypAYKGE1sU2VydmluZ0ludGVybmFsU2VydmljZRJwCgVTY29yZRIgLnRpcHMubWxfc2VydmluZy52MS5TY29yZVJlcXVlc3QaIS50aXBzLm1sX3NlcnZpbmcudjEuU2NvcmVSZXNwb25zZSIiiAIB0vMYGxoLcmVjb21tZW5kZXIaDG1sX3BpcGVsaW5lcxKJAQoKTGlzdE1vZGVscxIlLnRpcHMubWxfc2VydmluZy52MS5MaXN0TW9kZWxzUmVxdWVzdBomLnRpcHMubWxfc2VydmluZy52MS5MaXN0TW9kZWxzUmVzcG9uc2UiLIgCAdLzGCUaC3JlY29tbWVuZGVyGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yEoMBCghHZXRNb2RlbBIjLnRpcHMubWxfc2VydmluZy52MS5HZXRNb2RlbFJlcXVlc3QaJC50aXBzLm1sX3NlcnZpbmcudjEuR2V0TW9kZWxSZXNwb25zZSIsiAIB0vMYJRoLcmVjb21tZW5kZXIaDG1sX3BpcGVsaW5lcxoIb3BlcmF0b3ISeQoJTG9hZE1vZGVsEiQudGlwcy5tbF9zZXJ2aW5nLnYxLkxvYWRNb2RlbFJlcXVlc3QaJS50aXBzLm1sX3NlcnZpbmcudjEuTG9hZE1vZGVsUmVzcG9uc2UiH4gCAdLzGBgaDG1sX3BpcGVsaW5lcxoIb3BlcmF0b3ISfwoLVW5sb2FkTW9kZWwSJi50aXBzLm1sX3NlcnZpbmcudjEuVW5sb2FkTW9kZWxSZXF1ZXN0GicudGlwcy5tbF9zZXJ2aW5nLnYxLlVubG9hZE1vZGVsUmVzcG9uc2UiH4gCAdLzGBgaDG1sX3BpcGVsaW5lcxoIb3BlcmF0b3ISggEKDFJlbG9hZE1vZGVscxInLnRpcHMubWxfc2VydmluZy52MS5SZWxvYWRNb2RlbHNSZXF1ZXN0GigudGlwcy5tbF9zZXJ2aW5nLnYxLlJlbG9hZE1vZGVsc1Jlc3BvbnNlIh+IAgHS8xgYGgxtbF9waXBlbGluZXMaCG9wZXJhdG9yGgOIAgFiBnByb3RvMw", [file_google_api_field_behavior, file_tips_ml_serving_v1_model, file_tips_options_v1_options]);
 
 /**
  * One input row: the model's feature vector, in the model's feature order.
@@ -602,11 +606,13 @@ export const ReloadModelsResponseSchema: GenMessage<ReloadModelsResponse, {jsonT
   messageDesc(file_tips_ml_serving_v1_ml_serving_service, 13);
 
 /**
- * Scores feature rows with ONNX models and manages which model versions are
+ * Deprecated: no process serves it (decision 37); a call finds no server.
+ * Scored feature rows with ONNX models and managed which model versions were
  * loaded. Typed like KServe v2 inference, narrowed to what the mesh needs:
  * a batch of float rows in, a row of float scores per input row out.
  *
  * @generated from service tips.ml_serving.v1.MlServingInternalService
+ * @deprecated
  */
 export const MlServingInternalService: GenService<{
   /**
@@ -616,6 +622,7 @@ export const MlServingInternalService: GenService<{
    * match the model's input width.
    *
    * @generated from rpc tips.ml_serving.v1.MlServingInternalService.Score
+   * @deprecated
    */
   score: {
     methodKind: "unary";
@@ -626,6 +633,7 @@ export const MlServingInternalService: GenService<{
    * Lists the models of the repository and the state of their versions.
    *
    * @generated from rpc tips.ml_serving.v1.MlServingInternalService.ListModels
+   * @deprecated
    */
   listModels: {
     methodKind: "unary";
@@ -636,6 +644,7 @@ export const MlServingInternalService: GenService<{
    * Returns one model: its versions, shapes, runtime and state.
    *
    * @generated from rpc tips.ml_serving.v1.MlServingInternalService.GetModel
+   * @deprecated
    */
   getModel: {
     methodKind: "unary";
@@ -649,6 +658,7 @@ export const MlServingInternalService: GenService<{
    * in-flight scoring never sees a gap.
    *
    * @generated from rpc tips.ml_serving.v1.MlServingInternalService.LoadModel
+   * @deprecated
    */
   loadModel: {
     methodKind: "unary";
@@ -659,6 +669,7 @@ export const MlServingInternalService: GenService<{
    * Unloads one version, or every version of a model.
    *
    * @generated from rpc tips.ml_serving.v1.MlServingInternalService.UnloadModel
+   * @deprecated
    */
   unloadModel: {
     methodKind: "unary";
@@ -672,6 +683,7 @@ export const MlServingInternalService: GenService<{
    * promotion, or by operators.
    *
    * @generated from rpc tips.ml_serving.v1.MlServingInternalService.ReloadModels
+   * @deprecated
    */
   reloadModels: {
     methodKind: "unary";

@@ -2,10 +2,12 @@
 // @generated from file tips/ml_serving/v1/model.proto (package tips.ml_serving.v1, syntax proto3)
 /* eslint-disable */
 
-// The scoring runtime and the models it serves. ml_serving is stateless: it
-// loads ONNX models from a Triton-layout model repository
-// (`<repository>/<model>/<version>/model.onnx`) and scores feature rows with
-// them, in process with ONNX Runtime or through a Triton server.
+// The scoring runtime and the models it serves. `ModelRuntime` names the
+// runtime that scores the recommender's policy model
+// (`tips.recommender.v1.GetPolicyStatusResponse.runtime`): ONNX Runtime in
+// its process, or Triton over KServe v2 gRPC, both loading the same
+// `<repository>/<model>/<version>/model.onnx`. The other types are those of
+// the deprecated `MlServingInternalService` (docs/decisions.md 37).
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
