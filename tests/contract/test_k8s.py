@@ -52,7 +52,7 @@ Obj = dict[str, Any]
 
 
 def k8s_name(process: str) -> str:
-    """Kubernetes names are DNS labels: ml_serving runs as ml-serving."""
+    """Kubernetes names are DNS labels: ml_pipelines runs as ml-pipelines."""
     return process.replace("_", "-")
 
 
@@ -299,6 +299,18 @@ def test_every_piece_of_the_mesh_is_deployed(dev: list[Obj]) -> None:
     assert {o["metadata"].get("namespace") for o in dev if o["kind"] != "Namespace"} == {"tips"}
 
 
+def test_the_mesh_image_runs_exactly_the_processes_tips_up_runs(dev: list[Obj]) -> None:
+    """No process more: ml_serving was removed from the mesh (docs/decisions.md 37),
+    and a Deployment left behind would run a process `tips serve` refuses."""
+    served = {
+        tuple(c["args"])
+        for w in workloads(dev)
+        for c in containers(w)
+        if c["image"] == IMAGE and c.get("args", [None])[0] == "serve"
+    }
+    assert served == {("serve", p) for p in PROCESSES}
+
+
 def test_services_find_each_other_and_the_infrastructure_by_service_name(
     dev: list[Obj],
 ) -> None:
@@ -398,11 +410,10 @@ def test_each_process_environment_is_a_valid_configuration(
         from services.auth.settings import AuthSettings
 
         envelope_of(AuthSettings())
-    if process != "ml_serving":  # ml_serving has no database
-        from kernel.db import role_password
+    from kernel.db import role_password
 
-        assert role_password(settings, process), f"{process} logs in without a password"
-        assert urlsplit(settings.database_url).password is None, "the shared URL has none"
+    assert role_password(settings, process), f"{process} logs in without a password"
+    assert urlsplit(settings.database_url).password is None, "the shared URL has none"
 
 
 def test_migrate_and_the_services_agree_on_every_role_password(dev: list[Obj]) -> None:
@@ -416,9 +427,6 @@ def test_migrate_and_the_services_agree_on_every_role_password(dev: list[Obj]) -
     roles = json.loads(migrate_env["TIPS_DB_ROLE_PASSWORDS"])
     for process in SERVICE_NAMES:
         env = environment(dev, tips_container(dev, process))
-        if process == "ml_serving":
-            assert "TIPS_DB_ROLE_PASSWORD" not in env
-            continue
         assert env["TIPS_DB_ROLE_PASSWORD"] == roles[process], process
         assert "TIPS_DB_ROLE_PASSWORDS" not in env, f"{process} sees other roles' passwords"
 
@@ -724,8 +732,8 @@ async def test_the_probe_checks_grpc_health_over_mutual_tls(tmp_path: Path) -> N
     (client certificates required) and the standard health service."""
     from tipsmesh.devcerts import ensure_mesh_certs
 
-    ids = ensure_mesh_certs(tmp_path, ["ml_serving"])
-    me = ids["ml_serving"]
+    ids = ensure_mesh_certs(tmp_path, ["ml_pipelines"])
+    me = ids["ml_pipelines"]
     credentials = grpc.ssl_server_credentials(
         [(me.key_file.read_bytes(), me.cert_file.read_bytes())],
         root_certificates=me.ca_file.read_bytes(),
@@ -739,29 +747,32 @@ async def test_the_probe_checks_grpc_health_over_mutual_tls(tmp_path: Path) -> N
     env = {"PATH": os.environ.get("PATH", "")} | me.settings_env()
     try:
         await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        assert await _probe("ready", "ml_serving", port, env=env) == (
+        assert await _probe("ready", "ml_pipelines", port, env=env) == (
             1,
-            "ml_serving: NOT_SERVING",
+            "ml_pipelines: NOT_SERVING",
         )
         # Alive while NOT_SERVING: a dependency outage is not a reason to restart.
-        assert await _probe("live", "ml_serving", port, env=env) == (0, "ml_serving: NOT_SERVING")
+        assert await _probe("live", "ml_pipelines", port, env=env) == (
+            0,
+            "ml_pipelines: NOT_SERVING",
+        )
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        assert await _probe("ready", "ml_serving", port, env=env) == (0, "ml_serving: SERVING")
+        assert await _probe("ready", "ml_pipelines", port, env=env) == (0, "ml_pipelines: SERVING")
         # The server must show the certificate of the service named.
         code, output = await _probe("ready", "auth", port, env=env)
         assert code == 1 and "not valid for 'auth'" in output, output
         # A certificate of another CA is refused by the server.
-        stranger = ensure_mesh_certs(tmp_path / "other", ["ml_serving"])["ml_serving"]
+        stranger = ensure_mesh_certs(tmp_path / "other", ["ml_pipelines"])["ml_pipelines"]
         foreign = env | {
             "TIPS_TLS_CERT_FILE": str(stranger.cert_file),
             "TIPS_TLS_KEY_FILE": str(stranger.key_file),
         }
-        code, output = await _probe("live", "ml_serving", port, env=foreign)
+        code, output = await _probe("live", "ml_pipelines", port, env=foreign)
         # TLS 1.3: the client learns of the refusal when it reads.
         assert code == 1 and "SERVING" not in output, output
     finally:
         await server.stop(0)
-    code, output = await _probe("live", "ml_serving", port, env=env)
+    code, output = await _probe("live", "ml_pipelines", port, env=env)
     assert code == 1 and "no answer" in output, output
 
 
@@ -779,7 +790,7 @@ def test_the_model_repository_is_seeded_once_and_never_overwritten(
         if v.get("persistentVolumeClaim", {}).get("claimName") == "tips-models"
     ]
     names = {w["metadata"]["name"] for w in users}
-    assert names == {"recommender", "ml-serving", "ml-pipelines", "triton"}
+    assert names == {"recommender", "ml-pipelines", "triton"}
     seed = tmp_path / "volume"
     (seed / "lost+found").mkdir(parents=True)  # what a new ext4 volume holds
     seeded: list[str] = []
@@ -799,7 +810,7 @@ def test_the_model_repository_is_seeded_once_and_never_overwritten(
             config.write_text("promoted\n")  # what ml_pipelines' promotion rewrites
         seeded.append(workload["metadata"]["name"])
         assert config.read_text() == "promoted\n", seeded  # the next ones keep it
-    assert len(seeded) == 3
+    assert len(seeded) == 2
     assert (seed / "tip_scorer" / "1" / "model.onnx").is_file()
 
 
