@@ -436,8 +436,8 @@ class PromoteModelVersionRequest(_message.Message):
     name: _builtins.str
     """The version to promote: `models/{model}/versions/{version}`."""
     force: _builtins.bool
-    """Promote even without an evaluation, or with a WORSE one (a rollback, an
-    emergency). Logged with `reason`.
+    """Promote without passing the gate: no evaluation, or a lift whose lower
+    bound is not above 0 (a rollback, an emergency). Logged with `reason`.
     """
     reason: _builtins.str
     """Why the version is promoted; required when `force` is set."""

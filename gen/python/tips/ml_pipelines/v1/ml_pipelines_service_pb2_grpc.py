@@ -175,12 +175,18 @@ class MlPipelinesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PromoteModelVersion(self, request, context):
-        """Makes a version the one serving: it becomes PROMOTED, the previous
-        promoted version ARCHIVED, the repository's version policy selects it,
-        and `ModelVersionPromoted` is published so the recommender loads it.
-        Fails with FAILED_PRECONDITION when the version has no evaluation, its
-        evaluation's baseline is no longer the promoted version, or its verdict
-        is WORSE, unless `force` is set.
+        """Makes a version the one serving: it becomes PROMOTED (the registry's
+        `champion`), the previous promoted version ARCHIVED, the repository's
+        version policy selects it, and `ModelVersionPromoted` is published so the
+        recommender loads it. With a version promoted, it is allowed only when the
+        lower bound of the DR lift's confidence interval over that version (the
+        paired interval of its evaluation) is above 0; the first promotion of a
+        model has nothing to beat. Fails with FAILED_PRECONDITION and an
+        `ErrorInfo` reason otherwise, unless `force` is set: NOT_EVALUATED,
+        STALE_BASELINE (evaluated against another version than the one promoted
+        now), NO_DR_ESTIMATE, TOO_FEW_DECISIONS, EVALUATED_WORSE, or
+        LIFT_LOWER_BOUND_NOT_ABOVE_ZERO (NOT_WORSE, or INCONCLUSIVE over a
+        promoted version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -96,7 +96,9 @@ class _EvaluationVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Eva
     EVALUATION_VERDICT_BETTER: _EvaluationVerdict.ValueType  # 1
     """The primary estimator's confidence interval of the lift lies above 0."""
     EVALUATION_VERDICT_NOT_WORSE: _EvaluationVerdict.ValueType  # 2
-    """The interval of the lift contains 0: no detectable difference."""
+    """The interval of the lift contains 0: no detectable difference; promotion
+    over the baseline is refused unless forced.
+    """
     EVALUATION_VERDICT_WORSE: _EvaluationVerdict.ValueType  # 3
     """The interval of the lift lies below 0; promotion is refused unless
     forced.
@@ -114,7 +116,9 @@ EVALUATION_VERDICT_UNSPECIFIED: EvaluationVerdict.ValueType  # 0
 EVALUATION_VERDICT_BETTER: EvaluationVerdict.ValueType  # 1
 """The primary estimator's confidence interval of the lift lies above 0."""
 EVALUATION_VERDICT_NOT_WORSE: EvaluationVerdict.ValueType  # 2
-"""The interval of the lift contains 0: no detectable difference."""
+"""The interval of the lift contains 0: no detectable difference; promotion
+over the baseline is refused unless forced.
+"""
 EVALUATION_VERDICT_WORSE: EvaluationVerdict.ValueType  # 3
 """The interval of the lift lies below 0; promotion is refused unless
 forced.

@@ -730,8 +730,8 @@ export type PromoteModelVersionRequest = Message<"tips.ml_pipelines.v1.PromoteMo
   name: string;
 
   /**
-   * Promote even without an evaluation, or with a WORSE one (a rollback, an
-   * emergency). Logged with `reason`.
+   * Promote without passing the gate: no evaluation, or a lift whose lower
+   * bound is not above 0 (a rollback, an emergency). Logged with `reason`.
    *
    * @generated from field: bool force = 2;
    */
@@ -759,8 +759,8 @@ export type PromoteModelVersionRequestJson = {
   name?: string;
 
   /**
-   * Promote even without an evaluation, or with a WORSE one (a rollback, an
-   * emergency). Logged with `reason`.
+   * Promote without passing the gate: no evaluation, or a lift whose lower
+   * bound is not above 0 (a rollback, an emergency). Logged with `reason`.
    *
    * @generated from field: bool force = 2;
    */
@@ -1533,12 +1533,18 @@ export const MlPipelinesService: GenService<{
     output: typeof EvaluateModelVersionResponseSchema;
   },
   /**
-   * Makes a version the one serving: it becomes PROMOTED, the previous
-   * promoted version ARCHIVED, the repository's version policy selects it,
-   * and `ModelVersionPromoted` is published so the recommender loads it.
-   * Fails with FAILED_PRECONDITION when the version has no evaluation, its
-   * evaluation's baseline is no longer the promoted version, or its verdict
-   * is WORSE, unless `force` is set.
+   * Makes a version the one serving: it becomes PROMOTED (the registry's
+   * `champion`), the previous promoted version ARCHIVED, the repository's
+   * version policy selects it, and `ModelVersionPromoted` is published so the
+   * recommender loads it. With a version promoted, it is allowed only when the
+   * lower bound of the DR lift's confidence interval over that version (the
+   * paired interval of its evaluation) is above 0; the first promotion of a
+   * model has nothing to beat. Fails with FAILED_PRECONDITION and an
+   * `ErrorInfo` reason otherwise, unless `force` is set: NOT_EVALUATED,
+   * STALE_BASELINE (evaluated against another version than the one promoted
+   * now), NO_DR_ESTIMATE, TOO_FEW_DECISIONS, EVALUATED_WORSE, or
+   * LIFT_LOWER_BOUND_NOT_ABOVE_ZERO (NOT_WORSE, or INCONCLUSIVE over a
+   * promoted version).
    *
    * @generated from rpc tips.ml_pipelines.v1.MlPipelinesService.PromoteModelVersion
    */

@@ -725,7 +725,8 @@ export enum EvaluationVerdict {
   BETTER = 1,
 
   /**
-   * The interval of the lift contains 0: no detectable difference.
+   * The interval of the lift contains 0: no detectable difference; promotion
+   * over the baseline is refused unless forced.
    *
    * @generated from enum value: EVALUATION_VERDICT_NOT_WORSE = 2;
    */
