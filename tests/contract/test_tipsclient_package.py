@@ -10,7 +10,6 @@ same snippet fails once a ``py.typed`` is removed from a copy of the install.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.support.wheels import build_wheel, new_venv, ok, pip_install, run, site_packages
 
 pytestmark = pytest.mark.contract
 
@@ -88,18 +89,6 @@ EXPECTED_MISTAKES = [
 ]
 
 
-def _run(*cmd: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
-    return subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel, built from a copy of clients/python beside the checkout's gen/python."""
@@ -111,14 +100,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (work / "gen").mkdir()
     (work / "gen" / "python").symlink_to(GEN, target_is_directory=True)
-    dist = work / "dist"
-    build = [
-        sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-        "--wheel-dir", dist, source,
-    ]  # fmt: skip
-    _ok(_run(*build))
-    (built,) = dist.glob("tips_client-*.whl")
-    return built
+    return build_wheel(source, work / "dist", "tips_client")
 
 
 def _generated_files() -> set[str]:
@@ -180,30 +162,15 @@ class Installed:
     seconds: float
 
 
-def _site_packages(venv: Path) -> Path:
-    (found,) = venv.glob("lib/python3*/site-packages")
-    return found
-
-
-def _venv(path: Path) -> Path:
-    # No pip inside: the project's pip installs into it (--python), which is faster.
-    _ok(_run(sys.executable, "-m", "venv", "--without-pip", path))
-    return path / "bin" / "python"
-
-
 @pytest.fixture(scope="module")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """A fresh venv with the wheel and its dependencies from the package index."""
     began = time.monotonic()
-    python = _venv(tmp_path_factory.mktemp("client-venv") / "venv")
-    install = [
-        sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
-        f"{wheel}[health,typing]",
-    ]  # fmt: skip
-    _ok(_run(*install))
+    python = new_venv(tmp_path_factory.mktemp("client-venv") / "venv")
+    pip_install(python, f"{wheel}[health,typing]")
     seconds = time.monotonic() - began
     print(f"tips-client: fresh venv and install from the index in {seconds:.1f} s")
-    return Installed(python, _site_packages(python.parents[1]), seconds)
+    return Installed(python, site_packages(python.parents[1]), seconds)
 
 
 def test_a_clean_install_runs_every_stub_without_the_mesh(installed: Installed) -> None:
@@ -221,7 +188,7 @@ print(len(modules))
 print(",".join(sorted(d.metadata["Name"] for d in importlib.metadata.distributions())))
 print("kernel" in sys.modules, importlib.util.find_spec("kernel") is None)
 """
-    out = _ok(_run(installed.python, "-c", script, cwd=installed.python.parent))
+    out = ok(run(installed.python, "-c", script, cwd=installed.python.parent))
     count, dists, kernel = out.splitlines()
     # Every *_pb2 and *_pb2_grpc module imports on the versions the index gave.
     assert int(count) == len([f for f in _generated_files() if f.endswith(".py")])
@@ -239,7 +206,7 @@ def _mypy(python: Path, work: Path, name: str, source: str) -> subprocess.Comple
         sys.executable, "-m", "mypy", "--python-executable", python, "--config-file", "mypy.ini",
         "--cache-dir", work / ".mypy_cache", "--no-error-summary", name,
     ]  # fmt: skip
-    return _run(*mypy, cwd=work)
+    return run(*mypy, cwd=work)
 
 
 def test_mypy_strict_sees_the_installed_types(installed: Installed, tmp_path: Path) -> None:
@@ -252,8 +219,8 @@ def test_mypy_strict_sees_the_installed_types(installed: Installed, tmp_path: Pa
 def test_without_py_typed_the_same_snippet_fails(
     installed: Installed, package: str, tmp_path: Path
 ) -> None:
-    python = _venv(tmp_path / "venv")
-    copy = _site_packages(tmp_path / "venv")
+    python = new_venv(tmp_path / "venv")
+    copy = site_packages(tmp_path / "venv")
     shutil.copytree(installed.site_packages, copy, dirs_exist_ok=True)
     (copy / package / "py.typed").unlink()
     result = _mypy(python, tmp_path / "work", "snippet.py", SNIPPET)
