@@ -1,5 +1,6 @@
 """The product's wheel carries what the processes read at start (issue 14: the image's
-gateway crashed because `pip install .` left out the descriptor set).
+gateway crashed because `pip install .` left out the descriptor set). Installed into
+a clean venv and run as a whole mesh: tests/e2e/test_installed_wheel.py.
 """
 
 from __future__ import annotations
@@ -12,21 +13,15 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.contract
+from tests.support.wheels import ROOT, ok, product_wheel, run
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.contract
 
 
 @pytest.fixture(scope="module")
 def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel `pip install .` builds, unpacked as site-packages would hold it."""
-    dist = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(dist), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    (wheel,) = dist.glob("tips_mesh-*.whl")
+    """The wheel the image installs, unpacked as site-packages would hold it."""
+    wheel = product_wheel(tmp_path_factory.mktemp("wheel"))
     site = tmp_path_factory.mktemp("site")
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
@@ -83,3 +78,51 @@ def test_an_installed_package_keeps_models_outside_itself(unpacked: Path, tmp_pa
         cwd=unpacked.parent, capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile without continuation lines."""
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split()[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_the_image_installs_the_wheel_as_the_installed_mesh_test_does() -> None:
+    """tests/e2e/test_installed_wheel.py runs the mesh from `pip install WHEEL` into a
+    clean venv, the wheel built from the source as git sees it: the Dockerfile builds
+    the wheel in a stage of its own and installs only it, nothing of the source."""
+    stages: list[list[tuple[str, str]]] = []
+    for instruction, arguments in _instructions((ROOT / "Dockerfile").read_text()):
+        if instruction == "FROM":
+            stages.append([])
+        stages[-1].append((instruction, arguments))
+    build, image = stages
+    assert ("COPY", ". .") in build
+    assert [a for i, a in build if i == "RUN"] == [
+        "pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ."
+    ]
+    assert [a for i, a in image if i == "RUN"] == [
+        "pip install --no-cache-dir /wheels/tips_mesh-*.whl"
+    ]
+    assert [a for i, a in image if i == "COPY"] == [
+        "--from=wheel /wheels /wheels",
+        "models ./models",
+    ]
+    # The build context leaves out what git ignores: the same files the test builds from.
+    docker = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    tracked = ok(run("git", "ls-files", "-z", ".gitignore", "**/.gitignore", cwd=ROOT))
+    for gitignore in filter(None, tracked.split("\0")):
+        folder = str(Path(gitignore).parent)
+        for line in (ROOT / gitignore).read_text().splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            pattern = line.strip().strip("/")
+            covered = {pattern, f"**/{pattern}", f"{folder}/{pattern}"}
+            assert covered & docker, f"{gitignore}: {line!r} is not in .dockerignore"
