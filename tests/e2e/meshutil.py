@@ -131,10 +131,13 @@ def new_run_dir(tmp: Path) -> Path:
     return run_dir
 
 
-def launch(argv: list[str], env: dict[str, str], run_dir: Path, base: int) -> RunningMesh:
-    """Run ``argv`` (`tips up` or `make up`) until it reports SERVING; its output kept."""
+def launch(
+    argv: list[str], env: dict[str, str], run_dir: Path, base: int, cwd: Path = ROOT
+) -> RunningMesh:
+    """Run ``argv`` (`tips up` or `make up`) in ``cwd`` until it reports SERVING; its
+    output kept."""
     proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, text=True,
+        argv, cwd=cwd, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     mesh = RunningMesh(proc, run_dir, base)
