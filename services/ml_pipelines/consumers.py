@@ -52,11 +52,11 @@ class ExportConsumer:
             registry = self.registry
             await registry.lock_model(session, model)
             await registry.call(
-                registry.mlflow.create_model,
+                registry.mlflow.ensure_model,
                 model,
                 "policy exported by the recommender",
                 e.policy_name,
-            )  # None when it exists already
+            )
             if await registry.call(registry.mlflow.find_version, model, version) is not None:
                 return
             await registry.register(

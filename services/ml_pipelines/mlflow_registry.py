@@ -223,6 +223,15 @@ class MlflowRegistry:
             raise
         return self._model(rm)
 
+    def ensure_model(self, model_id: str, description: str, algorithm: str) -> None:
+        """Creates the model unless it exists."""
+        try:
+            self.client.get_registered_model(model_id)
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+            self.create_model(model_id, description, algorithm)
+
     def get_model(self, model_id: str) -> ModelRecord:
         try:
             rm = self.client.get_registered_model(model_id)
@@ -302,24 +311,26 @@ class MlflowRegistry:
         ]
         return sorted(found, key=lambda v: v.version, reverse=True)
 
-    def _tagged(self, model_id: str, key: str, value: str) -> VersionRecord | None:
+    def _tagged(self, model_id: str, key: str, value: int) -> VersionRecord | None:
+        # Only validated ids and numbers go into a filter string (no caller's text).
         found = list(self._search(f"name = '{model_id}' AND tags.`{key}` = '{value}'"))
         if not found:
             return None
         return self._version(found[-1], self._champion(model_id))
 
     def version(self, model_id: str, version: int) -> VersionRecord:
-        found = self._tagged(model_id, VERSION, str(version))
+        found = self._tagged(model_id, VERSION, version)
         if found is None:
             name = f"models/{model_id}/versions/{version}"
             raise NotFound(name, resource_type="tips.app/ModelVersion")
         return found
 
     def find_version(self, model_id: str, version: int) -> VersionRecord | None:
-        return self._tagged(model_id, VERSION, str(version))
+        return self._tagged(model_id, VERSION, version)
 
     def find_request(self, model_id: str, request_id: str) -> VersionRecord | None:
-        return self._tagged(model_id, REQUEST, request_id)
+        # Matched here, not in the filter string: a request id is the caller's text.
+        return next((v for v in self.versions(model_id) if v.request_id == request_id), None)
 
     def highest(self, model_id: str) -> int:
         """The highest version number registered (0 for none)."""

@@ -695,8 +695,9 @@ async def test_training_evaluation_and_promotion(env: Env) -> None:
 
     # v3: bad again -> WORSE -> refused unless forced with a reason.
     bad = inverted_policy_file(env, start)
-    v3 = await register(bad, request_id="req-3")
-    assert (await register(bad, request_id="req-3")).name == v3.name  # idempotent retry
+    request = "it's v3"  # a caller's text: never part of an MLflow filter
+    v3 = await register(bad, request_id=request)
+    assert (await register(bad, request_id=request)).name == v3.name  # idempotent retry
     worse = await _evaluate(env, v3.name, start, end)
     assert worse.verdict == model_pb2.EVALUATION_VERDICT_WORSE, worse
     await _refused(env, v3.name, "EVALUATED_WORSE")
