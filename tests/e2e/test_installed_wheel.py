@@ -135,7 +135,11 @@ def mesh(
     env = _env(installed, tmp, base, servers)
     argv = [str(installed.tips), "up", "--run-dir", str(run_dir), "--start-timeout", "120"]
     began = time.monotonic()
-    running = launch(argv, env, run_dir, base, cwd=cwd)
+    try:
+        running = launch(argv, env, run_dir, base, cwd=cwd)
+    except BaseException:  # pytest.fail with the output: the logs are in it
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
+        raise
     TIMINGS["serving_s"] = time.monotonic() - began
     yield Mesh(running, env, cwd)
     if running.proc.poll() is None:  # a test failed before the stop test
