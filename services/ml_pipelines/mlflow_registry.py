@@ -30,18 +30,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
 from kernel.errors import NotFound
+from services.ml_pipelines.mlflow_runs import MlflowRuns, exists, missing
 from tips.ml_pipelines.v1 import model_pb2
 
 log = logging.getLogger(__name__)
@@ -111,14 +109,6 @@ def _time(ms: int | None) -> datetime:
     return datetime.fromtimestamp((ms or 0) / 1000, UTC)
 
 
-def _missing(exc: Exception) -> bool:
-    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
-
-
-def _exists(exc: Exception) -> bool:
-    return getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS"
-
-
 def state_name(state: int) -> str:
     return S.Name(state).removeprefix("MODEL_VERSION_STATE_")  # type: ignore[arg-type]
 
@@ -163,32 +153,8 @@ def evaluation_metrics(result: model_pb2.OfflineEvaluation) -> dict[str, float]:
     return out
 
 
-class MlflowRegistry:
-    """One MLflow tracking + registry URI (``TIPS_ML_PIPELINES_MLFLOW_URI``)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self._client: Any = None
-        self._lock = threading.Lock()
-        self._experiments: dict[str, str] = {}
-
-    @property
-    def client(self) -> Any:
-        """The MlflowClient, made on first use (a new sqlite file is migrated then, ~2 s)."""
-        with self._lock:
-            if self._client is None:
-                # MLflow's usage telemetry calls out to the internet: never from here.
-                os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-                from mlflow import MlflowClient
-
-                if self.uri.startswith("sqlite:"):
-                    Path(urlsplit(self.uri).path[1:]).parent.mkdir(parents=True, exist_ok=True)
-                self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-            return self._client
-
-    def open(self) -> None:
-        """Connects (and creates a sqlite registry's tables): call once at start."""
-        self.client.search_registered_models(max_results=1)
+class MlflowRegistry(MlflowRuns):
+    """The registry on one MLflow tracking + registry URI (``TIPS_ML_PIPELINES_MLFLOW_URI``)."""
 
     # --- models ----------------------------------------------------------------------
 
@@ -218,7 +184,7 @@ class MlflowRegistry:
                 model_id, tags={ALGORITHM: algorithm}, description=description
             )
         except Exception as exc:
-            if _exists(exc):
+            if exists(exc):
                 return None
             raise
         return self._model(rm)
@@ -228,7 +194,7 @@ class MlflowRegistry:
         try:
             self.client.get_registered_model(model_id)
         except Exception as exc:
-            if not _missing(exc):
+            if not missing(exc):
                 raise
             self.create_model(model_id, description, algorithm)
 
@@ -236,7 +202,7 @@ class MlflowRegistry:
         try:
             rm = self.client.get_registered_model(model_id)
         except Exception as exc:
-            if _missing(exc):
+            if missing(exc):
                 raise NotFound(f"models/{model_id}", resource_type="tips.app/Model") from None
             raise
         if ALGORITHM not in rm.tags:  # another user's model in a shared MLflow
@@ -394,62 +360,6 @@ class MlflowRegistry:
         artifacts.download_artifacts(
             artifact_uri=record.source, dst_path=str(into), tracking_uri=self.uri
         )
-
-    # --- runs --------------------------------------------------------------------------
-
-    def experiment(self, model_id: str) -> str:
-        """The experiment of the model's runs (``ml_pipelines/{model}``), made on first use."""
-        name = f"ml_pipelines/{model_id}"
-        if name in self._experiments:
-            return self._experiments[name]
-        client = self.client
-        found = client.get_experiment_by_name(name)
-        if found is not None:
-            experiment_id = str(found.experiment_id)
-        else:
-            location = None
-            if self.uri.startswith("sqlite:"):  # else the server's artifact store
-                db = Path(urlsplit(self.uri).path[1:])
-                location = (db.parent / "artifacts" / model_id).as_uri()
-            try:
-                experiment_id = str(client.create_experiment(name, artifact_location=location))
-            except Exception as exc:
-                if not _exists(exc):
-                    raise
-                experiment_id = str(client.get_experiment_by_name(name).experiment_id)
-        self._experiments[name] = experiment_id
-        return experiment_id
-
-    def start_run(
-        self,
-        model_id: str,
-        name: str,
-        params: Mapping[str, Any] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> str:
-        from mlflow.entities import Param
-
-        client = self.client
-        run = client.create_run(self.experiment(model_id), run_name=name, tags=dict(tags or {}))
-        run_id: str = run.info.run_id
-        if params:
-            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run_id
-
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
-        now = int(datetime.now(UTC).timestamp() * 1000)
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-        )
-
-    def log_dict(self, run_id: str, content: dict[str, Any], file: str) -> None:
-        self.client.log_dict(run_id, content, file)
-
-    def end_run(self, run_id: str, status: str) -> None:
-        """Ends a run: FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(run_id, status)
 
     def log_evaluation(self, record: VersionRecord, result: model_pb2.OfflineEvaluation) -> str:
         """An evaluation run (params, every number as a metric, the result as JSON),
