@@ -3,7 +3,9 @@
 On ``tips.profile.v1.UserDeleted``, in one transaction with the message's
 claim: the user's decisions (tip history with their reactions and rewards)
 and their persisted context are deleted. After the commit the in-memory read
-models forget the user, so no later decision sees their past.
+models forget the user, so no later decision sees their past; every other
+replica forgets the user too, from its own feed of ``UserDeleted``
+(``ProfileCache.run``), since only one replica takes the shared consumer's message.
 
 Kept on purpose: the policy's statistics. They are sums over every user's
 features and rewards, not records of this user, and cannot be taken apart
@@ -11,6 +13,8 @@ per user (the same reason a trained model is not "the user's data").
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,16 +39,20 @@ async def purge_user(session: AsyncSession, user_id: str) -> int:
     return count
 
 
-def eraser(
-    db: Database,
-    durable: str,
-    contexts: ContextKeeper,
-    history: HistoryKeeper,
-    profiles: ProfileCache,
-) -> ErasureConsumer:
+def eraser(db: Database, durable: str, forget: Callable[[str], None]) -> ErasureConsumer:
+    """The shared consumer that deletes the rows; ``forget`` clears this replica's
+    memory (every replica clears its own from ``ProfileCache``'s feed)."""
+    return ErasureConsumer(db, store.processed, f"{durable}-erasure", purge_user, forget)
+
+
+def forgetter(
+    contexts: ContextKeeper, history: HistoryKeeper, profiles: ProfileCache
+) -> Callable[[str], None]:
+    """Forgets an erased user in every read model of this process."""
+
     def forget(user_id: str) -> None:
         contexts.forget(user_id)
         history.forget(user_id)
         profiles.forget(user_id)
 
-    return ErasureConsumer(db, store.processed, f"{durable}-erasure", purge_user, forget)
+    return forget

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,13 +135,25 @@ class ProfileCache:
         granted = prefs.granted | {purpose} if event.state == GRANTED else prefs.granted - {purpose}
         self._prefs[user_id] = replace(prefs, granted=granted)
 
-    async def run(self, bus: Bus) -> None:
+    async def run(self, bus: Bus, forget: Callable[[str], None] | None = None) -> None:
         """Follow TIPS_PROFILE until cancelled, from a little before this process
-        started (an update racing the first lookup is applied or found older)."""
+        started (an update racing the first lookup is applied or found older).
+
+        ``forget`` is called with each deleted user: every replica's memory
+        forgets them (the erasure consumer, shared, runs in one replica).
+        """
         start = datetime.now(UTC) - timedelta(seconds=FOLLOW_WINDOW_S)
+        forget_user = forget or self.forget
+
+        async def on_deleted(delivery: Delivery[events_pb2.UserDeleted]) -> None:
+            user_id = event_user(delivery)
+            if user_id is not None:
+                forget_user(user_id)
+
         feeds: list[tuple[Any, Any]] = [
             (events_pb2.ProfileChanged, self.on_profile),
             (events_pb2.ConsentChanged, self.on_consent),
+            (events_pb2.UserDeleted, on_deleted),
         ]
         for event, _ in feeds:
             check_declared(bus.name, event)

@@ -24,7 +24,7 @@ from services.recommender.consumers import DURABLE, ContextKeeper
 from services.recommender.core.decisions import DecisionEngine
 from services.recommender.core.learning import Learner
 from services.recommender.core.peers import PeerDecisions
-from services.recommender.erasure import eraser
+from services.recommender.erasure import eraser, forgetter
 from services.recommender.history import HistoryKeeper
 from services.recommender.profiles import ProfileCache
 from services.recommender.servicer import RecommenderInternalServicer, RecommenderServicer
@@ -62,7 +62,8 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         runtime.spawn(writer.run())
         runtime.spawn(contexts.run(bus))
         runtime.spawn(contexts.follow())  # other replicas' context changes
-        runtime.spawn(profiles.run(bus))
+        forget = forgetter(contexts, history, profiles)
+        runtime.spawn(profiles.run(bus, forget))  # also every replica's memory on erasure
         relay = OutboxRelay(db, bus, store.outbox, linger=settings.recommender_relay_linger_seconds)
         runtime.spawn(relay.run())
         runtime.spawn(learner.sweep())
@@ -73,7 +74,7 @@ def definition(durable: str = DURABLE) -> ServiceDefinition:
         runtime.spawn(learner.snapshots())
         runtime.spawn(learner.export_schedule())
         runtime.spawn(catalog.watch(settings.recommender_catalog_refresh_seconds))
-        runtime.spawn(eraser(db, durable, contexts, history, profiles).run(bus))
+        runtime.spawn(eraser(db, durable, forget).run(bus))
         runtime.cleanups.append(writer.close)
         runtime.cleanups.append(_final_snapshot(learner))
         rec, cat = recommender_service_pb2, tip_catalog_service_pb2

@@ -202,7 +202,8 @@ async def test_active_tips_are_the_same_on_every_replica(
         metadata=md,
         timeout=10,
     )
-    assert await names(b_stub) == shown[1:]
+    after = await names(b_stub)
+    assert after == shown[1:], {"after": after, "shown": shown}
     await eventually(lambda: names(a), lambda got: got == shown[1:], within=30)
 
 
@@ -282,6 +283,35 @@ async def test_each_replica_sees_every_signal_and_none_is_lost(
             return values.get("signal_count", 0.0)
 
         await eventually(counted, lambda n: n == sent, within=30)
+
+
+async def test_an_erased_user_is_forgotten_by_every_replica(
+    replicas: tuple[Rig, ServiceServer], channels: tuple[grpc.aio.Channel, grpc.aio.Channel]
+) -> None:
+    """One replica takes the shared erasure consumer's message; the other still
+    forgets the user's active tips (its own feed of UserDeleted)."""
+    rig, _ = replicas
+    user = f"u_{secrets.token_hex(5)}"
+    md: Any = as_user(user)
+    stubs = [rec_grpc.RecommenderServiceStub(c) for c in channels]
+
+    async def names(stub: Any) -> list[str]:
+        answer = await stub.ListTips(
+            rec.ListTipsRequest(parent=f"users/{user}", page_size=5), metadata=md, timeout=10
+        )
+        return [t.name for t in answer.tips]
+
+    decided = await stubs[0].DecideTips(
+        rec.DecideTipsRequest(parent=f"users/{user}", page_size=2), metadata=md, timeout=10
+    )
+    shown = {t.name for t in decided.tips}
+    await eventually(lambda: names(stubs[1]), lambda got: set(got) == shown, within=30)
+    deleted = profile_events.UserDeleted(
+        event_id=secrets.token_hex(8), occur_time=timestamp(datetime.now(UTC)), user=f"users/{user}"
+    )
+    await rig.bus.publish(deleted, msg_id=deleted.event_id)
+    for stub in stubs:  # a screen after the erasure shows none of the erased tips
+        await eventually(lambda stub=stub: names(stub), lambda got: not shown & set(got), within=30)
 
 
 async def _ingest_one_by_one(events: ev_grpc.EventsServiceStub, user: str, count: int) -> None:

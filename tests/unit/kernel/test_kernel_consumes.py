@@ -18,7 +18,12 @@ def test_the_declarations_are_read_from_the_service_protos() -> None:
     assert "tips.profile.v1.UserDeleted" in consumed_events("notifier")
     assert consumed_events("gateway") == {"tips.auth.v1.SessionRevoked"}
     # Its own stream too: each replica follows the others' decisions and rewards.
-    assert consumed_streams("recommender") == ["TIPS_EVENTS", "TIPS_PROFILE", "TIPS_RECOMMENDER"]
+    assert consumed_streams("recommender") == [
+        "TIPS_EVENTS",
+        "TIPS_ML_PIPELINES",
+        "TIPS_PROFILE",
+        "TIPS_RECOMMENDER",
+    ]
     assert consumed_streams("operator") == []  # a tool, no service: nothing
 
 
