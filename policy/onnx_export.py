@@ -41,6 +41,9 @@ from policy.triton_python import MODEL_PY
 
 MODEL_NAME = "tip_scorer"
 STATE_FILE = "policy.npz"
+ALL_VERSIONS = "all: {}"
+# A version_policy line as older repositories have it (latest N, or a promotion's pin).
+_VERSION_POLICY = re.compile(r"version_policy\s*:\s*\{.*\}\s*$", re.MULTILINE)
 INPUT = "rows"
 OUTPUT = "scores"
 OPSET = 17
@@ -93,23 +96,20 @@ def build_model(policy: Policy) -> onnx.ModelProto:
     return model
 
 
-def config_pbtxt(
-    dim: int, name: str = MODEL_NAME, backend: str = "onnxruntime", version: int | None = None
-) -> str:
+def config_pbtxt(dim: int, name: str = MODEL_NAME, backend: str = "onnxruntime") -> str:
     """Triton's config: production ``onnxruntime_onnx``, or the ``python`` backend.
 
-    ``version`` pins one version (``specific``); by default every version on
-    disk is loaded (``all``: the repository keeps a few), because the
-    recommender asks for the exact version it serves (decision 34).
+    Every version on disk is loaded (``all``: the repository keeps a few),
+    because the recommender asks for the exact version it serves (decision 34);
+    nothing pins one.
     """
     runtime = 'platform: "onnxruntime_onnx"' if backend == "onnxruntime" else 'backend: "python"'
-    policy = "all: {}" if version is None else f"specific: {{ versions: [{version}] }}"
     return f"""name: "{name}"
 {runtime}
 max_batch_size: 0
 input [{{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ -1, {dim} ] }}]
 output [{{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ -1 ] }}]
-version_policy: {{ {policy} }}
+version_policy: {{ {ALL_VERSIONS} }}
 instance_group [{{ kind: KIND_CPU count: 1 }}]
 """
 
@@ -132,7 +132,7 @@ def export(
     keep_versions: Collection[int] = (),
 ) -> str:
     """Writes the next version of ``name`` and returns it; keeps the last ``keep``
-    and ``keep_versions`` (the ones serving), and any version the config pins.
+    and ``keep_versions`` (the ones serving).
 
     The version directory appears complete or not at all (written aside, then
     renamed), so a scorer reloading at any moment never reads half a file.
@@ -146,32 +146,33 @@ def export(
     onnx.save(build_model(policy), str(staging / "model.onnx"))
     (staging / STATE_FILE).write_bytes(policy.state())
     os.replace(staging, root / str(version))
-    config = root / "config.pbtxt"
-    if not config.exists():
-        tmp = config.with_suffix(".tmp")
-        tmp.write_text(config_pbtxt(policy.dim, name))
-        os.replace(tmp, config)
-    kept = pinned_versions(config) | set(keep_versions)
+    _ensure_config(root / "config.pbtxt", policy.dim, name)
     for old in present[: max(len(present) + 1 - keep, 0)]:
-        if old not in kept:  # a promoted or serving version stays until it is replaced
+        if old not in keep_versions:  # a serving version stays until it is replaced
             shutil.rmtree(root / str(old), ignore_errors=True)
     return str(version)
+
+
+def _ensure_config(config: Path, dim: int, name: str) -> None:
+    """A config for the model, loading every version: written when missing; an
+    older version policy (the latest only, a pinned version) is replaced in place,
+    so the rest of the file (a test's python backend) stays."""
+    if not config.exists():
+        text = config_pbtxt(dim, name)
+    else:
+        current = config.read_text()
+        text = _VERSION_POLICY.sub(f"version_policy: {{ {ALL_VERSIONS} }}", current)
+        if text == current:
+            return
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, config)
 
 
 def read_state(repository: Path, name: str, version: str) -> bytes | None:
     """A version's ``policy.npz``; None when it has none (written before it was kept)."""
     path = repository / name / version / STATE_FILE
     return path.read_bytes() if path.is_file() else None
-
-
-def pinned_versions(config: Path) -> set[int]:
-    """Versions a ``version_policy: { specific: { versions: [...] } }`` pins (promotion)."""
-    if not config.exists():
-        return set()
-    match = re.search(r"specific\s*:\s*\{\s*versions\s*:\s*\[([\d,\s]*)\]", config.read_text())
-    if match is None:
-        return set()
-    return {int(v) for v in re.findall(r"\d+", match.group(1))}
 
 
 def write_python_backend(repository: Path, name: str = MODEL_NAME) -> None:

@@ -28,12 +28,8 @@ import onnxruntime as ort
 
 from policy import bandit, features
 from policy.catalog import entry, from_file
-from policy.onnx_export import INPUT, OUTPUT
+from policy.onnx_export import INPUT, OUTPUT, STATE_FILE
 from services.ml_pipelines import ope
-
-# Trained versions keep their full statistics next to model.onnx (Triton
-# ignores other files): the per-tip residuals the ONNX graph does not hold.
-STATE_FILE = "policy.npz"
 
 
 @dataclass(frozen=True)

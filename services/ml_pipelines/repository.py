@@ -1,4 +1,4 @@
-"""The Triton model repository on disk: artifact checks, new versions, the serving pin.
+"""The Triton model repository on disk: artifact checks, new versions.
 
 Layout (``policy.onnx_export``)::
 
@@ -21,8 +21,8 @@ import onnx
 
 from kernel.errors import InvalidArgument
 from policy import bandit, features, onnx_export
-from policy.onnx_export import INPUT, OUTPUT
-from services.ml_pipelines.offline import STATE_FILE, session_for
+from policy.onnx_export import INPUT, OUTPUT, STATE_FILE
+from services.ml_pipelines.offline import session_for
 
 
 def artifact_uri(path: Path) -> str:
@@ -136,13 +136,3 @@ def write_trained(policy: bandit.Policy, repository: Path, model: str, version: 
     onnx.save(onnx_export.build_model(policy), str(staging / "model.onnx"))
     (staging / STATE_FILE).write_bytes(policy.state())
     return _place(repository, model, version, staging)
-
-
-def pin(repository: Path, model: str, version: int | None) -> None:
-    """Rewrites the model's config.pbtxt so Triton serves exactly ``version`` (None: the
-    latest, as before any promotion)."""
-    (repository / model).mkdir(parents=True, exist_ok=True)
-    _write(
-        repository / model / "config.pbtxt",
-        onnx_export.config_pbtxt(features.DIM, model, version=version),
-    )

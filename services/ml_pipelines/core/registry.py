@@ -361,14 +361,9 @@ class Registry:
                 forced=force,
             )
             await enqueue(session, store.outbox, event, msg_id=event.event_id)
-            # Pinned before MLflow moves: a failed move puts the pin back, and
-            # the transaction (the event) rolls back.
-            await self.call(repository.pin, self.repository, model, version)
-            try:
-                await self.call(self.mlflow.promote, record, previous, now)
-            except BaseException:
-                await self.call(repository.pin, self.repository, model, promoted)
-                raise
+            # Serving follows the event (the recommender asks Triton for the
+            # version it serves, decision 34); a failed MLflow move rolls it back.
+            await self.call(self.mlflow.promote, record, previous, now)
         log.info(
             "model version promoted",
             extra={"model_version": name, "previous": current, "forced": force, "reason": reason},

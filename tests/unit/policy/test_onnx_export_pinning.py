@@ -1,4 +1,4 @@
-"""Exports prune old versions, but never the one promotion pinned."""
+"""Exports prune old versions, but never one that serves; every version is loadable."""
 
 from __future__ import annotations
 
@@ -12,23 +12,26 @@ from policy.bandit import Policy
 pytestmark = pytest.mark.unit
 
 
-def test_exports_keep_the_promoted_version(tmp_path: Path) -> None:
+def test_exports_keep_the_serving_version(tmp_path: Path) -> None:
     policy = Policy()
     for _ in range(2):
         onnx_export.export(policy, tmp_path, keep=2)
-    config = tmp_path / onnx_export.MODEL_NAME / "config.pbtxt"
-    config.write_text(onnx_export.config_pbtxt(policy.dim, onnx_export.MODEL_NAME, version=1))
     for _ in range(3):
-        onnx_export.export(policy, tmp_path, keep=2)
+        onnx_export.export(policy, tmp_path, keep=2, keep_versions={1})
     present = onnx_export.versions(tmp_path, onnx_export.MODEL_NAME)
-    assert 1 in present, "the pinned (promoted) version was pruned"
+    assert 1 in present, "the serving version was pruned"
     assert present[-2:] == [4, 5] and 2 not in present and 3 not in present
+    assert (tmp_path / onnx_export.MODEL_NAME / "5" / onnx_export.STATE_FILE).is_file()
 
 
-def test_pinned_versions_reads_the_version_policy(tmp_path: Path) -> None:
-    config = tmp_path / "config.pbtxt"
-    assert onnx_export.pinned_versions(config) == set()
-    config.write_text(onnx_export.config_pbtxt(113, "tip_scorer"))
-    assert onnx_export.pinned_versions(config) == set()
-    config.write_text(onnx_export.config_pbtxt(113, "tip_scorer", version=12))
-    assert onnx_export.pinned_versions(config) == {12}
+def test_an_older_version_policy_is_replaced_by_all_versions(tmp_path: Path) -> None:
+    """Older repositories load the latest version only, or the one a promotion
+    pinned; Triton must load whichever version the recommender asks for."""
+    root = tmp_path / onnx_export.MODEL_NAME
+    root.mkdir()
+    config = root / "config.pbtxt"
+    python_backend = onnx_export.config_pbtxt(113, backend="python")
+    for older in ("latest: { num_versions: 1 }", "specific: { versions: [12] }"):
+        config.write_text(python_backend.replace(onnx_export.ALL_VERSIONS, older))
+        onnx_export.export(Policy(), tmp_path)
+        assert config.read_text() == python_backend  # only the version policy changed
