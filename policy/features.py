@@ -79,6 +79,8 @@ ROW_NAMES: tuple[str, ...] = (
     *(f"{f}*{t}" for f in FEATURE_NAMES for t in _CROSSED_TIP),
 )
 DIM = len(ROW_NAMES)
+# The rows' schema, as decisions log it and registered versions must declare it.
+SCHEMA_VERSION = f"features-v1-d{DIM}"
 CONTEXT_DIM = len(FEATURE_NAMES)
 
 

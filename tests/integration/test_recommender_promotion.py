@@ -20,16 +20,22 @@ import onnx
 import pytest
 
 from kernel.bus import streams_for
+from kernel.migrations import migrate
 from kernel.server import ServiceServer
 from kernel.settings import Settings
 from kernel.timestamps import timestamp
-from policy import bandit, onnx_export
+from policy import bandit, features, onnx_export
+from services.ml_pipelines.service import SERVICE as ML_PIPELINES
+from services.ml_pipelines.settings import MlPipelinesSettings
 from services.recommender.service import definition
 from services.recommender.settings import RecommenderSettings
 from tests.support.recommender_rig import Rig, events_and_recommender
 from tests.support.tokens import as_user
 from tests.support.waiting import eventually, stream_events
 from tips.ml_pipelines.v1 import events_pb2 as ml_events
+from tips.ml_pipelines.v1 import ml_pipelines_service_pb2 as ml_pb
+from tips.ml_pipelines.v1 import ml_pipelines_service_pb2_grpc as ml_grpc
+from tips.ml_pipelines.v1 import model_pb2
 from tips.recommender.v1 import events_pb2 as rec_events
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
@@ -37,6 +43,7 @@ from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 pytestmark = pytest.mark.integration
 
 MODEL = f"promo_{secrets.token_hex(3)}"
+ADMIN = as_user("u_admin", "admin")
 
 
 @pytest.fixture
@@ -157,3 +164,68 @@ async def test_the_promoted_version_serves_with_its_statistics_and_outlives_a_re
             assert _probability(again, favourite) > 0.9
     finally:
         await server.stop(grace=0)
+
+
+async def test_a_version_promoted_in_the_registry_serves(
+    rig: tuple[Rig, Path, Settings], nats_url: str, tmp_path: Path
+) -> None:
+    """The whole way: ml_pipelines registers a trained version in MLflow and
+    promotes it (its outbox, its relay, the bus); the recommender serves it."""
+    started, models, settings = rig
+    registry = models  # one repository, as compose and Kubernetes mount it
+    tag = secrets.token_hex(3)
+    ml_settings = MlPipelinesSettings(
+        **{**settings.model_dump(), "log_format": "text"},
+        ml_pipelines_model_repository=str(registry),
+        ml_pipelines_mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ml_pipelines_decisions_durable=f"mlp-decisions-{tag}",
+        ml_pipelines_rewards_durable=f"mlp-rewards-{tag}",
+        ml_pipelines_exports_durable=f"mlp-exports-{tag}",
+        ml_pipelines_erasure_durable=f"mlp-erasure-{tag}",
+    )
+    await migrate(ml_settings, [ML_PIPELINES])
+    ml_server = ServiceServer(ML_PIPELINES, ml_settings, port=0)
+    await ml_server.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(started.recommender.address) as channel,
+            grpc.aio.insecure_channel(ml_server.address) as ml_channel,
+        ):
+            before = await _decide(channel, nats_url)
+            favourite = min(before.candidates, key=lambda c: c.probability).catalog_tip
+            trained = _trained_version(
+                registry / "incoming", 1, favourite.removeprefix("catalogTips/")
+            )
+            ml = ml_grpc.MlPipelinesServiceStub(ml_channel)
+            await ml.CreateModel(
+                ml_pb.CreateModelRequest(
+                    model=model_pb2.Model(algorithm=bandit.ALGORITHM), model_id=MODEL
+                ),
+                metadata=ADMIN,
+                timeout=30,
+            )
+            created = await ml.CreateModelVersion(
+                ml_pb.CreateModelVersionRequest(
+                    parent=f"models/{MODEL}",
+                    model_version=model_pb2.ModelVersion(
+                        artifact_uri=trained.as_uri(),
+                        feature_schema_version=features.SCHEMA_VERSION,
+                    ),
+                ),
+                metadata=ADMIN,
+                timeout=30,
+            )
+            name = created.model_version.name
+            await ml.PromoteModelVersion(
+                ml_pb.PromoteModelVersionRequest(
+                    name=name, force=True, reason="the recommender's test"
+                ),
+                metadata=ADMIN,
+                timeout=30,
+            )
+            await eventually(lambda: _status(channel), lambda s: s.model_version == name, within=60)
+            after = await _decide(channel, nats_url)
+            assert after.model_version == name
+            assert _probability(after, favourite) > 0.9
+    finally:
+        await ml_server.stop(grace=0)

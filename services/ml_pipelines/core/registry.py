@@ -43,7 +43,7 @@ from tips.ml_pipelines.v1 import events_pb2, model_pb2
 log = logging.getLogger(__name__)
 S = model_pb2.ModelVersionState
 ALGORITHMS = frozenset({bandit.ALGORITHM})
-FEATURE_SCHEMA_VERSION = f"features-v1-d{features.DIM}"  # the recommender's engine writes the same
+FEATURE_SCHEMA_VERSION = features.SCHEMA_VERSION
 DEFAULT_EVAL_WINDOW = timedelta(days=14)
 T = TypeVar("T")
 

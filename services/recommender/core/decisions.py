@@ -44,7 +44,7 @@ from tips.recommender.v1 import events_pb2, tip_pb2
 
 log = logging.getLogger(__name__)
 
-FEATURE_SCHEMA_VERSION = f"features-v1-d{features.DIM}"
+FEATURE_SCHEMA_VERSION = features.SCHEMA_VERSION
 # A decision stays relevant this long unless its free block ends sooner.
 DEFAULT_TTL = timedelta(hours=2)
 

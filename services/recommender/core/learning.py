@@ -496,8 +496,15 @@ class Learner:
         """The promoted version in this repository (copied in when it lives elsewhere);
         its ``policy.npz``."""
         target = self.repository / self.model_name / version
-        if not (target / "model.onnx").is_file():
-            source = Path(unquote(urlparse(artifact_uri).path)).parent
+        source = Path(unquote(urlparse(artifact_uri).path)).parent
+        if (target / "model.onnx").is_file():
+            if source != target and _differ(source / "model.onnx", target / "model.onnx"):
+                # Two repositories numbering versions on their own: never serve the wrong one.
+                raise ValueError(
+                    f"version {version} in {self.repository} is another model than "
+                    f"{artifact_uri}: the registry and the recommender must share one repository"
+                )
+        else:
             if not (source / "model.onnx").is_file():
                 raise FileNotFoundError(f"{artifact_uri}: no model.onnx")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -518,3 +525,10 @@ class Learner:
         version = model_version.rsplit("/", 1)[-1]
         path = (self.repository / self.model_name / version / "model.onnx").resolve()
         return path.as_uri()
+
+
+def _differ(a: Path, b: Path) -> bool:
+    """Whether two model files differ (one missing counts as the same: nothing to compare)."""
+    if not a.is_file():
+        return False
+    return a.stat().st_size != b.stat().st_size or a.read_bytes() != b.read_bytes()
