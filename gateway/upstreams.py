@@ -6,14 +6,22 @@ call); client-streaming, bidi, health and the screens' stubs use grpc.aio
 channels. Both kinds connect lazily, one connection per upstream address,
 with the same TLS identity and server-name check. An upstream given as
 replicas (``ip:port,ip:port``) gets its calls in turn, per call; a replica
-whose connection just failed is skipped while its backoff lasts.
+whose connection just failed is skipped while its backoff lasts. An upstream
+given as ``dns:///host:port`` (a Kubernetes headless Service) gets its calls
+in turn over every address the name has, looked up again every
+``RESOLVE_SECONDS`` (``ResolvedRoundRobin``); grpc.aio channels balance over
+the same name themselves (round_robin).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -24,6 +32,11 @@ from kernel.settings import SERVICE_NAMES, Settings
 from kernel.tls import client_ssl_context, grpc_target, secure_channel
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+DNS = "dns:///"
+RESOLVE_SECONDS = 10.0  # how stale a replica list may get (pods come and go)
+log = logging.getLogger(__name__)
+# host, port -> the addresses ("ip:port") a name has now
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class Upstreams:
@@ -43,8 +56,13 @@ class Upstreams:
         default: str | None = None,
         mesh: bool = False,
         settings: Settings | None = None,
+        resolve: Resolver | None = None,
+        resolve_every: float = RESOLVE_SECONDS,
     ) -> None:
         self.addresses = dict(addresses)
+        self._resolve = resolve or resolve_addresses
+        self._resolve_every = resolve_every
+        self._resolvers: list[ResolvedRoundRobin] = []
         self.settings = settings
         # address (each replica's too) -> the service name its certificate must carry
         self._names = {address: name for name, address in self.addresses.items()}
@@ -160,12 +178,28 @@ class Upstreams:
             if address is None:
                 return None
             replicas = _replicas(address)
-            if len(replicas) == 1:
+            if address.startswith(DNS):
+                call = self._resolved(address, build)
+            elif len(replicas) == 1:
                 call = build(replicas[0])[1]
             else:
                 call = RoundRobin([build(replica) for replica in replicas])
             self._calls[key] = call
         return call
+
+    def _resolved(
+        self, address: str, build: Callable[[str], tuple[Callable[[], bool], Any]]
+    ) -> ResolvedRoundRobin:
+        host, _, port = address.removeprefix(DNS).rpartition(":")
+        name = self._names.get(address, host)
+
+        def build_at(replica: str) -> tuple[Callable[[], bool], Any]:
+            self._names.setdefault(replica, name)  # each address proves the service's name
+            return build(replica)
+
+        turns = ResolvedRoundRobin(host, int(port), build_at, self._resolve, self._resolve_every)
+        self._resolvers.append(turns)
+        return turns
 
     async def health_of(self, name: str, deadline_s: float) -> str:
         """The service's overall health status name, or the RPC error's code name."""
@@ -184,6 +218,8 @@ class Upstreams:
         return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
+        resolvers, self._resolvers = self._resolvers, []
+        await asyncio.gather(*(r.close() for r in resolvers))
         channels, self._channels = list(self._channels.values()), {}
         h2, self._h2 = list(self._h2.values()), {}
         self._calls = {}
@@ -208,6 +244,68 @@ class RoundRobin:
         _, call = self._calls[self._next % count]
         self._next += 1
         return call(*args, **kwargs)
+
+
+class ResolvedRoundRobin:
+    """``RoundRobin`` over every address ``host`` has, looked up now and then.
+
+    Until the first lookup answers, calls go to ``host:port`` itself (one
+    connection, to whichever address the system resolver gives). A lookup
+    that fails or finds nothing keeps the addresses it had; connections to an
+    address that went are left to their idle end (the Upstreams close them).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        build: Callable[[str], tuple[Callable[[], bool], Any]],
+        resolve: Resolver,
+        every: float = RESOLVE_SECONDS,
+    ) -> None:
+        self.host, self.port = host, port
+        self._build = build
+        self._resolve = resolve
+        self._every = every
+        self._turns = RoundRobin([build(f"{host}:{port}")])
+        self.addresses: tuple[str, ...] = ()
+        self.resolved = asyncio.Event()  # set once a lookup has answered
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._refresh())
+        return self._turns(*args, **kwargs)
+
+    async def _refresh(self) -> None:
+        while True:
+            try:
+                found = tuple(sorted(set(await self._resolve(self.host, self.port))))
+            except Exception as exc:
+                log.warning("upstream lookup failed", extra={"host": self.host, "error": repr(exc)})
+            else:
+                if found and found != self.addresses:
+                    self._turns = RoundRobin([self._build(a) for a in found])
+                    self.addresses = found
+                    log.info("upstream replicas", extra={"host": self.host, "addresses": found})
+                self.resolved.set()
+            await asyncio.sleep(self._every)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def resolve_addresses(host: str, port: int) -> list[str]:
+    """Every address ``host`` has, as ``ip:port`` (``[ip]:port`` for IPv6)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        ip = str(sockaddr[0])
+        found.append(f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}")
+    return found
 
 
 def _replicas(address: str) -> list[str]:

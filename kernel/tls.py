@@ -96,11 +96,16 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
 
 
 def grpc_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
-    """A gRPC target and its channel options for ``address``: ``host:port``, or
-    replicas as ``ip:port,ip:port`` (IPv4 literals), taken in turn per call."""
+    """A gRPC target and its channel options for ``address``: ``host:port``;
+    replicas as ``ip:port,ip:port`` (IPv4 literals), taken in turn per call; or
+    ``dns:///host:port``, every address of the name taken in turn (gRPC's own
+    resolver looks the name up again as connections fail)."""
+    address = address.strip()
+    if address.startswith("dns:///"):
+        return address, [("grpc.lb_policy_name", "round_robin")]
     replicas = [a.strip() for a in address.split(",") if a.strip()]
     if len(replicas) <= 1:
-        return address.strip(), []
+        return address, []
     return "ipv4:" + ",".join(replicas), [("grpc.lb_policy_name", "round_robin")]
 
 

@@ -317,9 +317,14 @@ def test_services_find_each_other_and_the_infrastructure_by_service_name(
     services = {o["metadata"]["name"]: o for o in find(dev, "Service")}
     env = environment(dev, tips_container(dev, "events"))
     for process in SERVICE_NAMES:
-        host, port = env[f"TIPS_{process.upper()}_ADDR"].split(":")
+        address = env[f"TIPS_{process.upper()}_ADDR"]
+        host, port = address.removeprefix("dns:///").split(":")
         assert host == k8s_name(process)
         assert services[host]["spec"]["ports"][0]["port"] == int(port)
+        # Scaled services are headless and named by DNS: calls take turns over the pods.
+        scaled = process in {"recommender"}
+        assert address.startswith("dns:///") == scaled, address
+        assert (services[host]["spec"].get("clusterIP") == "None") == scaled, host
     for variable, service in (
         ("TIPS_DATABASE_URL", "postgres"),
         ("TIPS_NATS_URL", "nats"),
