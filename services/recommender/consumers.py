@@ -26,6 +26,8 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from kernel.bus import Bus, Delivery
 from kernel.consumers import consume_forever, event_user
 from kernel.db import Database
@@ -60,6 +62,7 @@ class ContextKeeper:
         self.reactions = Reactions(learner, history)
         self._contexts: dict[str, domain.UserContext] = {}
         self._versions: dict[str, int] = {}  # the stored version each copy is of
+        self._writing: dict[str, int] = {}  # versions this process is committing now
         self._changed: set[str] = set()  # users another replica changed: reload them
         self._reloaded = asyncio.Event()
         self.following = asyncio.Event()  # set while the change feed is attached
@@ -111,8 +114,8 @@ class ContextKeeper:
         user_id, _, version = payload.rpartition(" ")
         if version == "-1":
             self.forget(user_id)  # erased (by whichever replica's eraser)
-        elif int(version) > self._versions.get(user_id, 0):
-            self._changed.add(user_id)  # another replica's change (ours is in already)
+        elif int(version) > max(self._versions.get(user_id, 0), self._writing.get(user_id, 0)):
+            self._changed.add(user_id)  # another replica's change (not ours, not known)
             self._reloaded.set()
 
     async def _caught_up(self) -> None:
@@ -161,25 +164,41 @@ class ContextKeeper:
     ) -> list[reward_store.Rewarded] | None:
         """The rewards assigned; None when ``msg_id`` was claimed before (nothing done)."""
         rewarded: list[reward_store.Rewarded] = []
-        async with self.db.transaction() as session:
-            if not await claim(session, store.processed, consumer=self.durable, msg_id=msg_id):
-                return None  # a redelivery: already folded in
-            if await guard_user(session, store.processed, user_id):
-                return []  # delivered after the user's erasure: nothing may come back
-            quiet: Callable[[domain.UserContext], domain.UserContext] = unchanged
-            if signal.WhichOneof("payload") == "tip_reaction":
-                quiet = await self.reactions.land(session, user_id, signal, rewarded)
-            base, version = self.get(user_id), self._versions.get(user_id, 0)
+        try:
+            async with self.db.transaction() as session:
+                if not await claim(session, store.processed, consumer=self.durable, msg_id=msg_id):
+                    return None  # a redelivery: already folded in
+                if await guard_user(session, store.processed, user_id):
+                    return []  # delivered after the user's erasure: nothing may come back
+                quiet: Callable[[domain.UserContext], domain.UserContext] = unchanged
+                if signal.WhichOneof("payload") == "tip_reaction":
+                    quiet = await self.reactions.land(session, user_id, signal, rewarded)
+                ctx, saved = await self._store(session, user_id, signal, quiet)
+                # Our own NOTIFY may arrive before the commit returns: not a change to reload.
+                self._writing[user_id] = saved
+            self._remember(ctx, saved)
+        finally:
+            self._writing.pop(user_id, None)
+        return rewarded
+
+    async def _store(
+        self,
+        session: AsyncSession,
+        user_id: str,
+        signal: signal_pb2.Signal,
+        quiet: Callable[[domain.UserContext], domain.UserContext],
+    ) -> tuple[domain.UserContext, int]:
+        """The signal folded into the user's context, stored over the version our copy
+        is of, or, when another replica changed it since, folded onto theirs."""
+        ctx = quiet(domain.fold(self.get(user_id), signal))
+        saved = await store.save_context(session, ctx, self._versions.get(user_id, 0))
+        if saved is None:
+            base, version = await store.lock_context(session, user_id)
             ctx = quiet(domain.fold(base, signal))
             saved = await store.save_context(session, ctx, version)
-            if saved is None:  # another replica changed it since our copy: fold onto theirs
-                base, version = await store.lock_context(session, user_id)
-                ctx = quiet(domain.fold(base, signal))
-                saved = await store.save_context(session, ctx, version)
-                if saved is None:
-                    raise RuntimeError(f"context of {user_id} changed while locked")
-        self._remember(ctx, saved)
-        return rewarded
+            if saved is None:
+                raise RuntimeError(f"context of {user_id} changed while locked")
+        return ctx, saved
 
     async def run(self, bus: Bus) -> None:
         """Consume until cancelled; waits for the events stream if it is not there yet."""
