@@ -701,6 +701,7 @@ class Bus:
         expected_type = content_type_of(message_type)
         last_seq = 0
         backoff = 0.1
+        waiting_for_stream = False
         while not self._closing:
             raise_if_cancelled()
             config = ConsumerConfig(
@@ -723,10 +724,16 @@ class Bus:
             except Exception as exc:
                 if self._closing:
                     return
-                # A missing stream or an outage: wait, the client reconnects by itself.
-                log.warning(
-                    "follow: cannot create consumer", extra={"stream": stream, "error": repr(exc)}
-                )
+                # A missing stream (its publisher has not declared it yet: said
+                # once) or an outage: wait, the client reconnects by itself.
+                if not isinstance(exc, nats.js.errors.NotFoundError):
+                    log.warning(
+                        "follow: cannot create consumer",
+                        extra={"stream": stream, "error": repr(exc)},
+                    )
+                elif not waiting_for_stream:
+                    log.info("follow: waiting for the stream", extra={"stream": stream})
+                waiting_for_stream = isinstance(exc, nats.js.errors.NotFoundError)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
