@@ -13,7 +13,13 @@ process spent in both phases, which on a shared machine vary less than the
 rates), progress on stderr, and plots bench/out/ingest.png. ``--profile``
 records the service and its relay child with py-spy.
 
+The relay runs as deployed (``tips up``, compose and Kubernetes set
+``TIPS_EVENTS_RELAY_PROCESS=true``): in a child process of the service, so
+ingest and publishing each get a core. ``--relay inline`` runs it in the
+service's own loop instead (the default of a service embedded in a test).
+
     tips bench ingest [--signals 50000] [--batch 500] [--clients 4] [--users 20]
+                      [--relay process|inline]
 """
 
 from __future__ import annotations
@@ -250,6 +256,12 @@ def main() -> None:
     parser.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--key", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--relay",
+        choices=("process", "inline"),
+        default="process",
+        help="the relay in a child process, as deployed (default), or in the service's loop",
+    )
+    parser.add_argument(
         "--profile", metavar="FILE", help="record the service with py-spy (raw folded stacks)"
     )
     args = parser.parse_args()
@@ -288,6 +300,7 @@ def main() -> None:
             "TIPS_PORT": str(port),
             "TIPS_LOG_LEVEL": "WARNING",
             "TIPS_EVENTS_OUTBOX_MAX_BACKLOG": str(max(20_000, args.signals)),
+            "TIPS_EVENTS_RELAY_PROCESS": "true" if args.relay == "process" else "false",
             # Throughput, not consent: no profile service runs in this bench.
             "TIPS_EVENTS_CONSENT_GATE": "false",
             # Plaintext: what mTLS and the token check add per hop is bench/hop_security.py's.
@@ -352,6 +365,7 @@ def main() -> None:
             "batch": args.batch,
             "clients": args.clients,
             "users": args.users,
+            "relay": args.relay,
             "ingest_seconds": round(seconds, 3),
             "ingest_signals_per_s": round(total / seconds, 1),
             "raw_seconds": round(raw_seconds, 3),
