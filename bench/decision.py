@@ -2,8 +2,9 @@
 
     tips bench decision [--seconds S] [--users N] [--signals N] [--telemetry none|prometheus|otlp]
 
-Starts a local PostgreSQL and NATS, the events service and the recommender in
-this process (as `tips serve` runs them, ONNX Runtime in process), and a bare
+Starts a local PostgreSQL and NATS, the events service in its own process with
+its relay child (as `tips up` runs it), the recommender in this process (as
+`tips serve` runs it, ONNX Runtime in process), and a bare
 grpc.aio server with an empty RPC (health Check) in another process. The load
 comes from a separate client process (one channel, N concurrent calls):
 
@@ -49,6 +50,7 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from support.cpu import CpuMeter
+from support.services import start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -206,6 +208,30 @@ def _telemetry_settings(telemetry: str, sink_port: int | None) -> dict[str, Any]
     return {}
 
 
+def _events_env(settings: Any, telemetry: str, sink_port: int | None) -> dict[str, str]:
+    """``tips serve events``'s environment: this bench's database, NATS and token
+    signer, plaintext, no consent gate (no profile service runs here; the gate
+    is tested elsewhere), the relay in a child process, telemetry as asked."""
+    from tipsmesh.localinfra import free_port
+
+    env = {
+        "TIPS_DATABASE_URL": settings.database_url,
+        "TIPS_NATS_URL": settings.nats_url,
+        "TIPS_LOG_LEVEL": "WARNING",
+        "TIPS_INSECURE": "1",
+        "TIPS_JWKS_URL": settings.jwks_url,
+        "TIPS_DB_ROLE_PASSWORD": settings.db_role_password,
+        "TIPS_EVENTS_CONSENT_GATE": "false",
+        "TIPS_EVENTS_RELAY_PROCESS": "true",
+    }
+    if telemetry == "prometheus":
+        env["TIPS_METRICS_PORT"] = str(free_port())  # its own: the recommender has one
+    elif telemetry == "otlp":
+        env["TIPS_OTEL_EXPORTER"] = "otlp"
+        env["TIPS_OTEL_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
+    return env
+
+
 def _load(
     kind: str,
     addr: str,
@@ -293,13 +319,13 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
     from kernel.server import ServiceServer
     from kernel.settings import Settings
     from services.events.service import SERVICE as EVENTS
-    from services.events.settings import EventsSettings
     from services.recommender.service import SERVICE as RECOMMENDER
     from services.recommender.settings import RecommenderSettings
     from tipsmesh.devtokens import TokenIssuer
     from tipsmesh.localinfra import LocalNats, LocalPostgres
 
     tmp = Path(tempfile.mkdtemp(prefix="tips-bench-decision-"))
+    events: subprocess.Popen[bytes] | None = None
     pg, nats_server = LocalPostgres(tmp / "pg"), LocalNats(tmp / "nats")
     empty = await asyncio.to_thread(_start_empty)
     sink, sink_port = await asyncio.to_thread(_start_sink) if telemetry == "otlp" else (None, None)
@@ -317,12 +343,12 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             **_telemetry_settings(telemetry, sink_port),
         )  # fmt: skip
         await migrate(settings, [EVENTS, RECOMMENDER])
-        # No profile service in this bench: the consent gate is off (it is tested elsewhere).
-        events_settings = EventsSettings(**settings.model_dump(), events_consent_gate=False)
-        events_server = ServiceServer(EVENTS, events_settings, port=0)
-        await events_server.start()
+        # The events service in its own process with its relay child, as deployed.
+        events, events_addr = await asyncio.to_thread(
+            start_service, "events", _events_env(settings, telemetry, sink_port)
+        )
         rec_settings = RecommenderSettings(
-            **{**settings.model_dump(), "events_addr": events_server.address},
+            **{**settings.model_dump(), "events_addr": events_addr},
             recommender_model_repository=str(tmp / "models"),
         )
         rec_server = ServiceServer(RECOMMENDER, rec_settings, port=0)
@@ -331,7 +357,7 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
         empty_addr = f"127.0.0.1:{empty.stdout.readline().strip()}"
         users = [f"bench_{i:05d}" for i in range(n_users)]
         results: dict[str, Any] = {}
-        # The recommender (and the idle events service) run in this process.
+        # The recommender runs in this process (the events service in its own).
         servers = {"recommender": os.getpid(), **_infra_pids(pg, tmp)}
         if sink is not None:
             servers["otlp_sink"] = sink.pid
@@ -357,7 +383,7 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
                 "_lat": {"empty": base["_lat"], "decide_tips": tips["_lat"],
                          "list_tips (read)": reads["_lat"]},
             }  # fmt: skip
-        fresh = await _freshness(events_server.address, rec_server.address, n_signals, issuer)
+        fresh = await _freshness(events_addr, rec_server.address, n_signals, issuer)
         results["freshness_ms"] = {
             "n": len(fresh),
             "p50": float(np.percentile(fresh, 50)),
@@ -371,10 +397,12 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             "freshness_p99_under_20ms": results["freshness_ms"]["p99"] < 20,
         }
         await rec_server.stop(grace=1)
-        await events_server.stop(grace=1)
         await close_channels()
         return results
     finally:
+        if events is not None:
+            events.terminate()
+            await asyncio.to_thread(events.wait, 30)
         empty.terminate()
         if sink is not None:
             sink.kill()

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from support.cpu import CpuMeter
+from support.services import start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -195,16 +196,6 @@ async def _raw_publish(nats_url: str, count: int, batch: int, users: int) -> flo
         await nc.close()
 
 
-def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    from tipsmesh.health import grpc_serving
-
-    give_up = time.monotonic() + timeout
-    while not asyncio.run(grpc_serving(address, deadline_s=0.5)):
-        if proc.poll() is not None or time.monotonic() > give_up:
-            raise RuntimeError(f"events service did not start (exit {proc.poll()})")
-        time.sleep(0.1)
-
-
 def _cpu_roots(service: int, client: int, pg: Any, work: Path) -> dict[str, int]:
     """The processes whose CPU the bench reports: service, client, PostgreSQL, NATS."""
     import psutil
@@ -275,7 +266,7 @@ def main() -> None:
     from kernel.settings import Settings
     from services.events.service import SERVICE
     from tipsmesh.devtokens import TokenIssuer
-    from tipsmesh.localinfra import LocalNats, LocalPostgres, free_port
+    from tipsmesh.localinfra import LocalNats, LocalPostgres
 
     work = Path(tempfile.mkdtemp(prefix="tips-bench-ingest-"))
     # Users prove who they are with tokens from a local signer, as the auth service's.
@@ -292,12 +283,9 @@ def main() -> None:
             database_url=db_url, nats_url=nats_url, db_role_password=role_password
         )
         asyncio.run(migrate(migrate_settings, [SERVICE]))
-        port = free_port()
         env = {
-            **os.environ,
             "TIPS_DATABASE_URL": db_url,
             "TIPS_NATS_URL": nats_url,
-            "TIPS_PORT": str(port),
             "TIPS_LOG_LEVEL": "WARNING",
             "TIPS_EVENTS_OUTBOX_MAX_BACKLOG": str(max(20_000, args.signals)),
             "TIPS_EVENTS_RELAY_PROCESS": "true" if args.relay == "process" else "false",
@@ -308,19 +296,12 @@ def main() -> None:
             "TIPS_DB_ROLE_PASSWORD": role_password,
             "TIPS_JWKS_URL": issuer.jwks_url,
         }
-        command = [sys.executable, "-m", "tipsmesh.cli", "serve", "events"]
+        wrapper: list[str] = []
         if args.profile:  # py-spy (pip install py-spy) samples the service for the whole run
-            spy = [
-                str(Path(sys.executable).parent / "py-spy"),
-                "record",
-                "--format",
-                "raw",
-                "--subprocesses",
-            ]
-            command = [*spy, "-o", args.profile, "--rate", "200", "--", *command]
-        service = subprocess.Popen(command, cwd=ROOT, env=env)
-        address = f"127.0.0.1:{port}"
-        _wait_serving(address, service)
+            spy = str(Path(sys.executable).parent / "py-spy")
+            wrapper = [spy, "record", "--format", "raw", "--subprocesses"]
+            wrapper += ["-o", args.profile, "--rate", "200", "--"]
+        service, address = start_service("events", env, wrapper=wrapper)
         log("events service SERVING; warming up")
         warm = subprocess.run(
             [sys.executable, __file__, "--client", address, "--signals", str(args.batch * 2),
