@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from kernel.db import Database
 from services.recommender.eligibility import History
@@ -42,12 +42,26 @@ class HistoryKeeper:
         # User id -> active tips, newest decision first, best first within one.
         self._active: dict[str, list[tip_pb2.Tip]] = {}
         self._mine: dict[str, None] = {}  # insertion-ordered: the oldest go first
+        # A tip's state only moves on (ACTIVE, then reacted or expired): tips closed
+        # here, and users erased here (with when), never come back from a table
+        # read or an event that raced the commit which closed or erased them.
+        self._closed: dict[str, None] = {}
+        self._erased: dict[str, datetime] = {}
 
     def forget(self, user_id: str) -> None:
         """Drop an erased user's history, active tips and affinities."""
         self._users.pop(user_id, None)
         self._affinity.pop(user_id, None)
-        self._active.pop(user_id, None)
+        for tip in self._active.pop(user_id, ()):
+            self._remember_closed(tip.name)
+        self._erased[user_id] = datetime.now(UTC)
+        while len(self._erased) > MAX_MINE:
+            del self._erased[next(iter(self._erased))]
+
+    def _remember_closed(self, tip_name: str) -> None:
+        self._closed[tip_name] = None
+        while len(self._closed) > MAX_MINE:
+            del self._closed[next(iter(self._closed))]
 
     def active(self, user_id: str, now: datetime) -> list[tip_pb2.Tip]:
         """The user's tips neither reacted to nor expired at ``now``, newest decision first."""
@@ -79,9 +93,12 @@ class HistoryKeeper:
     def record_peer_decision(self, user_id: str, tip: tip_pb2.Tip) -> None:
         """Another replica's decision: counts for eligibility, and is active if ``tip`` is."""
         at = tip.decide_time.ToDatetime(UTC)
+        erased = self._erased.get(user_id)
+        if erased is not None and at <= erased:
+            return  # decided before the user's erasure, read before its purge committed
         if at not in self.get(user_id).decided.get(_id(tip.catalog_tip), ()):
             self.record_decision(user_id, _id(tip.catalog_tip), at)  # not loaded at start
-        if tip.state != tip_pb2.TIP_STATE_ACTIVE:
+        if tip.state != tip_pb2.TIP_STATE_ACTIVE or tip.name in self._closed:
             return
         listed = [t for t in self._active.get(user_id, ()) if t.name != tip.name]
         listed.append(tip)
@@ -90,24 +107,30 @@ class HistoryKeeper:
 
     def close(self, user_id: str, tip_name: str) -> None:
         """The tip was reacted to: no longer active."""
+        self._remember_closed(tip_name)
         tips_now = self._active.get(user_id)
         if tips_now:
             self._active[user_id] = [t for t in tips_now if t.name != tip_name]
 
-    async def load_active(self, db: Database, user_id: str, now: datetime) -> list[tip_pb2.Tip]:
+    def is_active(self, user_id: str, tip_name: str) -> bool:
+        return any(t.name == tip_name for t in self._active.get(user_id, ()))
+
+    async def load_active(
+        self, db: Database, user_id: str, now: datetime, also: str | None = None
+    ) -> list[tip_pb2.Tip]:
         """The user's active tips as the table has them (another replica's decision
-        that its feed has not brought yet), recorded here; newest decision first."""
+        that its feed has not brought yet, or brought in part: a decision's tips
+        arrive as one event each), and the tip ``also`` (its id) whatever its
+        state, recorded here; the active ones, newest decision first."""
+        active = and_(tips.c.state == int(tip_pb2.TIP_STATE_ACTIVE), tips.c.expire_time > now)
+        wanted = active if also is None else or_(active, tips.c.tip_id == also)
         async with db.session() as session:
             rows = (
                 await session.execute(
                     select(tips)
-                    .where(
-                        tips.c.user_id == user_id,
-                        tips.c.state == int(tip_pb2.TIP_STATE_ACTIVE),
-                        tips.c.expire_time > now,
-                    )
+                    .where(tips.c.user_id == user_id, wanted)
                     .order_by(tips.c.decide_time.desc(), tips.c.rank)
-                    .limit(MAX_ACTIVE)
+                    .limit(MAX_ACTIVE + 1)
                 )
             ).all()
         for row in rows:  # appended in order, sorted by decision: best first within one

@@ -3,8 +3,10 @@
 Each replica keeps the users' recent decisions (eligibility: cooldowns, the
 daily cap) and active tips (``ListTips``) in memory; a decision another
 replica made reaches it as ``TipDecided`` on an ephemeral consumer of its own
-(``Bus.follow``). The event names the tip; its row, read from the table,
-says whether it is still active (a reaction may have closed it already).
+(``Bus.follow``). The event names the tip; the first event of a decision
+reads the user's active tips from the table, so the decision's other tips
+come with it, and the tip's own row says whether it is still active (a
+reaction may have closed it already).
 Reactions landed elsewhere reach it with their reward (``Learner._on_reward``).
 """
 
@@ -16,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from kernel.bus import Bus, Delivery, stream_of, subject_of
 from kernel.consumers import event_user
 from kernel.db import Database
-from services.recommender import domain, store
+from services.recommender import domain
 from services.recommender.history import HistoryKeeper
 from tips.recommender.v1 import events_pb2
 
@@ -50,10 +52,9 @@ class PeerDecisions:
         found = domain.TIP.match(event.tip)
         if user_id is None or found is None or found[0] != user_id:
             return
-        if self.history.decided_here(event.tip):
-            return  # ours: recorded at commit
-        async with self.db.session() as session:
-            tip = await store.get_tip(session, user_id, found[1])
-        if tip is None:
-            return  # erased meanwhile
-        self.history.record_peer_decision(user_id, tip)
+        if self.history.decided_here(event.tip) or self.history.is_active(user_id, event.tip):
+            return  # ours (recorded at commit), or brought with another tip of its decision
+        # The whole decision at once, with the user's other active tips: a
+        # screen must never show part of an answer of several tips (one event
+        # each, arriving one by one). Erased meanwhile: nothing is found.
+        await self.history.load_active(self.db, user_id, datetime.now(UTC), also=found[1])
