@@ -93,9 +93,24 @@ class OnnxScorer:
         In-flight ``score`` calls keep the session they started with; a failed
         load leaves the current model serving and raises.
         """
-        loaded = await asyncio.to_thread(self._load, version)
-        self._loaded = loaded  # one reference assignment: atomic for readers
+        loaded = await self.prepare(version)
+        self.use(loaded)
         return loaded.version
+
+    async def prepare(self, version: str | None = None) -> _Loaded:
+        """``version`` loaded aside (a failed load raises, nothing changes)."""
+        return await asyncio.to_thread(self._load, version)
+
+    def use(self, loaded: _Loaded) -> None:
+        """Score with a prepared version from now on (one reference assignment:
+        atomic for readers)."""
+        self._loaded = loaded
+
+    @staticmethod
+    def width(loaded: _Loaded) -> int | None:
+        """The row width a prepared version takes (None: not fixed in the graph)."""
+        width = loaded.session.get_inputs()[0].shape[-1]
+        return width if isinstance(width, int) else None
 
     def score_sync(self, rows: np.ndarray) -> np.ndarray:
         loaded = self._loaded

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 DURABLE = "recommender-context"
 # Clocks of replicas and database differ a little: catching up re-reads a margin.
 CATCH_UP_MARGIN = timedelta(seconds=60)
+# Catch up from the table this often even while LISTEN seems attached: a
+# half-open connection looks attached and delivers nothing.
+CATCH_UP_EVERY_S = 30.0
+MAX_ERASED = 100_000
 
 
 class ContextKeeper:
@@ -63,6 +67,7 @@ class ContextKeeper:
         self._contexts: dict[str, domain.UserContext] = {}
         self._versions: dict[str, int] = {}  # the stored version each copy is of
         self._writing: dict[str, int] = {}  # versions this process is committing now
+        self._erased: dict[str, None] = {}  # users erased: insertion-ordered, bounded
         self._changed: set[str] = set()  # users another replica changed: reload them
         self._reloaded = asyncio.Event()
         self.following = asyncio.Event()  # set while the change feed is attached
@@ -72,13 +77,18 @@ class ContextKeeper:
         return self._contexts.get(user_id) or domain.UserContext(user_id=user_id)
 
     def _remember(self, ctx: domain.UserContext, version: int) -> None:
+        if ctx.user_id in self._erased:
+            return  # read before the purge committed: the user is gone
         if version > self._versions.get(ctx.user_id, 0):
             self._contexts[ctx.user_id], self._versions[ctx.user_id] = ctx, version
 
     def forget(self, user_id: str) -> None:
-        """Drop an erased user's context."""
+        """Drop an erased user's context, for good (no later read brings it back)."""
         self._contexts.pop(user_id, None)
         self._versions.pop(user_id, None)
+        self._erased[user_id] = None
+        while len(self._erased) > MAX_ERASED:
+            del self._erased[next(iter(self._erased))]
 
     async def load(
         self, user_ids: Sequence[str] | None = None, changed_since: datetime | None = None
@@ -96,8 +106,12 @@ class ContextKeeper:
     # --- other replicas' changes ------------------------------------------------------
 
     async def follow(self) -> None:
-        """Reload the users other replicas change, as their NOTIFYs arrive; until cancelled."""
-        reloader = asyncio.create_task(self._reload_changed())
+        """Reload the users other replicas change, as their NOTIFYs arrive, and catch
+        up from the table now and then; until cancelled."""
+        helpers = [
+            asyncio.create_task(self._reload_changed()),
+            asyncio.create_task(self._catch_up_every(CATCH_UP_EVERY_S)),
+        ]
         try:
             await self.db.listen(
                 store.CONTEXT_CHANNEL,
@@ -106,9 +120,19 @@ class ContextKeeper:
                 attached=self.following,
             )
         finally:
-            reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reloader
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _catch_up_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self._caught_up()
+            except Exception as exc:
+                log.warning("context catch-up failed", extra={"error": repr(exc)})
 
     def _on_change(self, payload: str) -> None:
         user_id, _, version = payload.rpartition(" ")
@@ -120,8 +144,9 @@ class ContextKeeper:
 
     async def _caught_up(self) -> None:
         """After (re)attaching: changes made while nobody listened are in the table."""
-        since, self._loaded_at = self._loaded_at - CATCH_UP_MARGIN, datetime.now(UTC)
-        await self.load(changed_since=since)
+        started = datetime.now(UTC)
+        await self.load(changed_since=self._loaded_at - CATCH_UP_MARGIN)
+        self._loaded_at = started  # only once the read succeeded
 
     async def _reload_changed(self) -> None:
         while True:

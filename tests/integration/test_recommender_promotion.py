@@ -42,7 +42,6 @@ from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 
 pytestmark = pytest.mark.integration
 
-MODEL = f"promo_{secrets.token_hex(3)}"
 ADMIN = as_user("u_admin", "admin")
 
 
@@ -52,16 +51,19 @@ async def rig(
     nats_url: str,
     create_database: Callable[[], Awaitable[str]],
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[Rig, Path, Settings]]:
+) -> AsyncIterator[tuple[Rig, Path, Settings, str]]:
     # A database of its own: the promoted statistics must not reach other tests' policy.
     database_url = await create_database()
     settings = settings.model_copy(update={"database_url": database_url})
     models = tmp_path_factory.mktemp("promotion-models")
+    # A model of its own per test: promotions stay on the stream, and every
+    # recommender reads them from its start.
+    model = f"promo_{secrets.token_hex(3)}"
     async with events_and_recommender(
-        settings, nats_url, database_url, models, recommender_model_name=MODEL
+        settings, nats_url, database_url, models, recommender_model_name=model
     ) as started:
         await started.bus.ensure_streams(streams_for(ml_events.ModelVersionPromoted))
-        yield started, models, settings
+        yield started, models, settings, model
 
 
 async def _status(channel: grpc.aio.Channel) -> rec.GetPolicyStatusResponse:
@@ -94,24 +96,24 @@ def _probability(event: rec_events.TipDecided, catalog_tip: str) -> float:
     return candidate.probability
 
 
-def _trained_version(registry: Path, version: int, favourite: str) -> Path:
+def _trained_version(registry: Path, model: str, version: int, favourite: str) -> Path:
     """A version trained to favour one tip, laid out as ml_pipelines lays one out."""
     policy = bandit.Policy()
     for _ in range(300):
         policy.update(favourite, np.zeros(policy.dim), 1.0)
-    directory = registry / MODEL / str(version)
+    directory = registry / model / str(version)
     directory.mkdir(parents=True)
     onnx.save(onnx_export.build_model(policy), str(directory / "model.onnx"))
     (directory / onnx_export.STATE_FILE).write_bytes(policy.state())
     return directory / "model.onnx"
 
 
-async def _promote(rig: Rig, version: int, artifact: Path) -> str:
-    name = f"models/{MODEL}/versions/{version}"
+async def _promote(rig: Rig, model: str, version: int, artifact: Path) -> str:
+    name = f"models/{model}/versions/{version}"
     event = ml_events.ModelVersionPromoted(
         event_id=str(uuid.uuid4()),
         occur_time=timestamp(datetime.now(UTC)),
-        model=f"models/{MODEL}",
+        model=f"models/{model}",
         model_version=name,
         artifact_uri=artifact.as_uri(),
     )
@@ -120,9 +122,9 @@ async def _promote(rig: Rig, version: int, artifact: Path) -> str:
 
 
 async def test_the_promoted_version_serves_with_its_statistics_and_outlives_a_restart(
-    rig: tuple[Rig, Path, Settings], nats_url: str, tmp_path: Path
+    rig: tuple[Rig, Path, Settings, str], nats_url: str, tmp_path: Path
 ) -> None:
-    started, models, settings = rig
+    started, models, settings, model = rig
     async with grpc.aio.insecure_channel(started.recommender.address) as channel:
         before = await _decide(channel, nats_url)
         assert len(before.candidates) >= 3, before.candidates
@@ -131,16 +133,16 @@ async def test_the_promoted_version_serves_with_its_statistics_and_outlives_a_re
         assert _probability(before, favourite) < 0.5
 
         # An unreadable version is not served; the next promotion still is.
-        await _promote(started, 40, tmp_path / "nowhere" / "model.onnx")
+        await _promote(started, model, 40, tmp_path / "nowhere" / "model.onnx")
         registry = tmp_path / "registry"
-        artifact = _trained_version(registry, 41, favourite.removeprefix("catalogTips/"))
-        promoted = await _promote(started, 41, artifact)
+        artifact = _trained_version(registry, model, 41, favourite.removeprefix("catalogTips/"))
+        promoted = await _promote(started, model, 41, artifact)
 
         status = await eventually(
             lambda: _status(channel), lambda s: s.model_version == promoted, within=30
         )
-        assert (models / MODEL / "41" / onnx_export.STATE_FILE).is_file()  # taken in
-        assert not (models / MODEL / "40").exists()
+        assert (models / model / "41" / onnx_export.STATE_FILE).is_file()  # taken in
+        assert not (models / model / "40").exists()
         assert status.online_update_count == 0
 
         after = await _decide(channel, nats_url)
@@ -152,7 +154,7 @@ async def test_the_promoted_version_serves_with_its_statistics_and_outlives_a_re
     rec_settings = RecommenderSettings(
         **{**settings.model_dump(), "log_format": "text", "events_addr": started.events.address},
         recommender_model_repository=str(models),
-        recommender_model_name=MODEL,
+        recommender_model_name=model,
     )
     server = ServiceServer(definition(started.durable), rec_settings, port=0)
     await server.start()
@@ -167,11 +169,11 @@ async def test_the_promoted_version_serves_with_its_statistics_and_outlives_a_re
 
 
 async def test_a_version_promoted_in_the_registry_serves(
-    rig: tuple[Rig, Path, Settings], nats_url: str, tmp_path: Path
+    rig: tuple[Rig, Path, Settings, str], nats_url: str, tmp_path: Path
 ) -> None:
     """The whole way: ml_pipelines registers a trained version in MLflow and
     promotes it (its outbox, its relay, the bus); the recommender serves it."""
-    started, models, settings = rig
+    started, models, settings, model = rig
     registry = models  # one repository, as compose and Kubernetes mount it
     tag = secrets.token_hex(3)
     ml_settings = MlPipelinesSettings(
@@ -194,19 +196,19 @@ async def test_a_version_promoted_in_the_registry_serves(
             before = await _decide(channel, nats_url)
             favourite = min(before.candidates, key=lambda c: c.probability).catalog_tip
             trained = _trained_version(
-                registry / "incoming", 1, favourite.removeprefix("catalogTips/")
+                registry / "incoming", model, 1, favourite.removeprefix("catalogTips/")
             )
             ml = ml_grpc.MlPipelinesServiceStub(ml_channel)
             await ml.CreateModel(
                 ml_pb.CreateModelRequest(
-                    model=model_pb2.Model(algorithm=bandit.ALGORITHM), model_id=MODEL
+                    model=model_pb2.Model(algorithm=bandit.ALGORITHM), model_id=model
                 ),
                 metadata=ADMIN,
                 timeout=30,
             )
             created = await ml.CreateModelVersion(
                 ml_pb.CreateModelVersionRequest(
-                    parent=f"models/{MODEL}",
+                    parent=f"models/{model}",
                     model_version=model_pb2.ModelVersion(
                         artifact_uri=trained.as_uri(),
                         feature_schema_version=features.SCHEMA_VERSION,

@@ -46,7 +46,7 @@ from kernel.db import Database
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
-from policy import bandit, onnx_export, scoring, serving
+from policy import bandit, features, onnx_export, scoring, serving
 from services.recommender import reward_store
 from services.recommender.history import HistoryKeeper
 from services.recommender.reward_store import Rewarded
@@ -382,20 +382,27 @@ class Learner:
         return onnx_export.export(policy, self.repository, self.model_name, keep_versions=serving)
 
     async def _serve(self, version: str) -> None:
-        """Score with ``version`` from now on, in process and on Triton alike.
+        """Score with ``version`` from now on, in process and on Triton alike."""
+        await self._triton_loaded(version)
+        await self._swap_model(version)
 
-        Triton polls its repository: it is asked for the new version once it
-        has loaded it (bounded; then it is asked anyway and a miss falls back).
-        """
+    async def _triton_loaded(self, version: str) -> None:
+        """Triton polls its repository: wait (bounded) until it has ``version``; after
+        that it is asked anyway and a miss falls back to ONNX Runtime in process."""
+        if self.triton is None:
+            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.recommender_triton_load_wait_seconds
+        while loop.time() < give_up:  # Triton tells no one: ask it
+            if await self.triton.ready(version):
+                return
+            await asyncio.sleep(0.5)
+
+    async def _swap_model(self, version: str) -> None:
+        """Both scorers on ``version``."""
         if self.onnx is not None:
             await self.onnx.reload(version)
         if self.triton is not None:
-            loop = asyncio.get_running_loop()
-            give_up = loop.time() + self.settings.recommender_triton_load_wait_seconds
-            while loop.time() < give_up:  # Triton tells no one: ask it
-                if await self.triton.ready(version):
-                    break
-                await asyncio.sleep(0.5)
             self.triton.version = version
 
     async def export(self) -> tuple[str, str, int]:
@@ -445,6 +452,13 @@ class Learner:
         event = delivery.message
         if event.model != f"models/{self.model_name}":
             return  # another model's promotion
+        if event.feature_schema_version not in ("", features.SCHEMA_VERSION):
+            log.error(
+                "promoted model version not served: another feature schema",
+                extra={"model_version": event.model_version,
+                       "feature_schema_version": event.feature_schema_version},
+            )  # fmt: skip
+            return
         promote_time = event.occur_time.ToDatetime(UTC)
         await self.promote(event.model_version, event.artifact_uri, promote_time)
 
@@ -467,7 +481,13 @@ class Learner:
                 promoted = bandit.Policy.from_state(state) if state is not None else None
                 if promoted is not None and promoted.dim != self.policy.dim:
                     raise ValueError(f"feature dimension {promoted.dim}, serving {self.policy.dim}")
-                await self._serve(version)
+                prepared = None if self.onnx is None else await self.onnx.prepare(version)
+                width = None if prepared is None else scoring.OnnxScorer.width(prepared)
+                if width is not None and width != self.policy.dim:
+                    raise ValueError(f"model rows of {width} features, serving {self.policy.dim}")
+                async with self.db.session() as session:
+                    since = await reward_store.rewards_since(session, promote_time)
+                await self._triton_loaded(version)
             except Exception as exc:
                 log.error(
                     "promoted model version not served",
@@ -477,9 +497,17 @@ class Learner:
             async with self.lock:
                 refolded = 0
                 if promoted is not None:
-                    async with self.db.session() as session:
-                        since = await reward_store.rewards_since(session, promote_time)
-                    refolded = sum(self._learn(promoted, r) for r in since)
+                    # Only the rewards this policy has folded in: the others reach
+                    # the promoted one through apply(), each once.
+                    mine = [r for r in since if self.folded_in(r.seq)]
+                    refolded = await asyncio.to_thread(self._learn_all, promoted, mine)
+                # The model and the statistics change together: no decision sees one
+                # without the other (nothing is awaited from here on).
+                if self.onnx is not None and prepared is not None:
+                    self.onnx.use(prepared)
+                if self.triton is not None:
+                    self.triton.version = version
+                if promoted is not None:
                     self.policy = promoted
                 self.online_updates = refolded
                 self.promoted_version, self.promote_time = model_version, promote_time
@@ -491,6 +519,10 @@ class Learner:
                    "rewards_since": refolded},
         )  # fmt: skip
         return True
+
+    @classmethod
+    def _learn_all(cls, policy: bandit.Policy, rewards: Iterable[Rewarded]) -> int:
+        return sum(cls._learn(policy, r) for r in rewards)
 
     def _take_in(self, version: str, artifact_uri: str) -> bytes | None:
         """The promoted version in this repository (copied in when it lives elsewhere);

@@ -26,6 +26,10 @@ def upgrade() -> None:
         sa.Column("version", sa.BigInteger, nullable=False, server_default=sa.text("1")),
         schema=SCHEMA,
     )
+    # Replicas catch up on the contexts changed since a time (a lost NOTIFY).
+    op.create_index(
+        "user_context_update_time", "user_context", ["update_time"], schema=SCHEMA
+    )
     op.execute(
         f"""
         CREATE FUNCTION {SCHEMA}.notify_context() RETURNS trigger
@@ -52,4 +56,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(f"DROP TRIGGER user_context_changed ON {SCHEMA}.user_context")
     op.execute(f"DROP FUNCTION {SCHEMA}.notify_context()")
+    op.drop_index("user_context_update_time", table_name="user_context", schema=SCHEMA)
     op.drop_column("user_context", "version", schema=SCHEMA)
