@@ -23,11 +23,13 @@ on the same model.onnx): no package ships Triton's ONNX Runtime backend for CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -42,6 +44,10 @@ from policy.triton_python import MODEL_PY
 MODEL_NAME = "tip_scorer"
 STATE_FILE = "policy.npz"
 ALL_VERSIONS = "all: {}"
+# A version serving in some replica holds a lease, renewed every snapshot period
+# (30 s): pruning skips versions leased in the last LEASE_SECONDS.
+LEASE_FILE = ".serving"
+LEASE_SECONDS = 600.0
 # A version_policy line as older repositories have it (latest N, or a promotion's pin).
 _VERSION_POLICY = re.compile(r"version_policy\s*:\s*\{.*\}\s*$", re.MULTILINE)
 INPUT = "rows"
@@ -131,29 +137,50 @@ def export(
     keep: int = 3,
     keep_versions: Collection[int] = (),
 ) -> str:
-    """Writes the next version of ``name`` and returns it; keeps the last ``keep``
-    and ``keep_versions`` (the ones serving).
+    """Writes the next version of ``name`` and returns it; keeps the last ``keep``,
+    ``keep_versions`` (the ones serving here) and those leased (serving elsewhere).
 
     The version directory appears complete or not at all (written aside, then
     renamed), so a scorer reloading at any moment never reads half a file.
     """
     root = repository / name
-    root.mkdir(parents=True, exist_ok=True)
     present = versions(repository, name)
     version = (present[-1] + 1) if present else 1
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
-    staging.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
+    staging = staging_dir(root, str(version))
     onnx.save(build_model(policy), str(staging / "model.onnx"))
     (staging / STATE_FILE).write_bytes(policy.state())
     os.replace(staging, root / str(version))
-    _ensure_config(root / "config.pbtxt", policy.dim, name)
+    ensure_config(root / "config.pbtxt", policy.dim, name)
     for old in present[: max(len(present) + 1 - keep, 0)]:
-        if old not in keep_versions:  # a serving version stays until it is replaced
+        if old not in keep_versions and not leased(root / str(old)):
             shutil.rmtree(root / str(old), ignore_errors=True)
     return str(version)
 
 
-def _ensure_config(config: Path, dim: int, name: str) -> None:
+def lease(version_dir: Path) -> None:
+    """Mark a version as serving somewhere (a replica renews it while it serves it):
+    exports by any replica on a shared repository leave it in place."""
+    with contextlib.suppress(OSError):  # gone or read-only: nothing to protect
+        (version_dir / LEASE_FILE).touch()
+
+
+def leased(version_dir: Path) -> bool:
+    try:
+        return (version_dir / LEASE_FILE).stat().st_mtime > time.time() - LEASE_SECONDS
+    except OSError:
+        return False
+
+
+def staging_dir(root: Path, label: str) -> Path:
+    """A directory to write a version in aside, beside where it goes (the same
+    filesystem, so renaming it into place is atomic)."""
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=root))
+    staging.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
+    return staging
+
+
+def ensure_config(config: Path, dim: int, name: str) -> None:
     """A config for the model, loading every version: written when missing; an
     older version policy (the latest only, a pinned version) is replaced in place,
     so the rest of the file (a test's python backend) stays."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -90,34 +89,18 @@ def on_disk_versions(repository: Path, model: str) -> list[int]:
     return onnx_export.versions(repository, model)
 
 
-def _ensure_config(repository: Path, model: str) -> None:
-    config = repository / model / "config.pbtxt"
-    if not config.exists():
-        _write(config, onnx_export.config_pbtxt(features.DIM, model))
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _place(repository: Path, model: str, version: int, fill: Path) -> Path:
     """Renames the staged directory ``fill`` to ``<model>/<version>`` (appears complete)."""
     target = repository / model / str(version)
     if target.exists():
         raise FileExistsError(f"{target} exists")
     os.replace(fill, target)
-    _ensure_config(repository, model)
+    onnx_export.ensure_config(repository / model / "config.pbtxt", features.DIM, model)
     return target / "model.onnx"
 
 
 def _staging(repository: Path, model: str) -> Path:
-    root = repository / model
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    staging.chmod(0o755)  # servers may run as another user
-    return staging
+    return onnx_export.staging_dir(repository / model, "staging")
 
 
 def copy_in(source: Path, repository: Path, model: str, version: int) -> Path:

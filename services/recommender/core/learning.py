@@ -29,7 +29,6 @@ import asyncio
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -125,6 +124,7 @@ class Learner:
             scoring.OnnxScorer, self.repository, self.model_name, serving
         )
         self.scorer = self.onnx
+        self._renew_lease()
         if self.settings.recommender_triton_url:
             # Triton is asked for the version in-process scoring has: both score alike.
             self.triton = scoring.TritonScorer(
@@ -369,10 +369,16 @@ class Learner:
     async def snapshots(self) -> None:
         while True:
             await asyncio.sleep(self.settings.recommender_policy_snapshot_seconds)
+            self._renew_lease()
             try:
                 await self.snapshot()
             except Exception as exc:
                 log.warning("policy snapshot failed", extra={"error": repr(exc)})
+
+    def _renew_lease(self) -> None:
+        """The version serving here stays in a shared repository (others' exports prune)."""
+        if self.onnx is not None:
+            onnx_export.lease(self.repository / self.model_name / self.onnx.model_version)
 
     # --- export -------------------------------------------------------------------------
 
@@ -404,6 +410,7 @@ class Learner:
             await self.onnx.reload(version)
         if self.triton is not None:
             self.triton.version = version
+        self._renew_lease()
 
     async def export(self) -> tuple[str, str, int]:
         """Write a new model version from the live statistics and score with it.
@@ -509,6 +516,7 @@ class Learner:
                     self.triton.version = version
                 if promoted is not None:
                     self.policy = promoted
+                self._renew_lease()
                 self.online_updates = refolded
                 self.promoted_version, self.promote_time = model_version, promote_time
                 self.model_load_time = datetime.now(UTC)
@@ -539,12 +547,10 @@ class Learner:
         else:
             if not (source / "model.onnx").is_file():
                 raise FileNotFoundError(f"{artifact_uri}: no model.onnx")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+            staging = onnx_export.staging_dir(target.parent, version)
             for name in ("model.onnx", onnx_export.STATE_FILE):
                 if (source / name).is_file():
                     shutil.copyfile(source / name, staging / name)
-            staging.chmod(0o755)
             try:
                 os.replace(staging, target)
             except OSError:  # another replica copied it in first

@@ -35,3 +35,24 @@ def test_an_older_version_policy_is_replaced_by_all_versions(tmp_path: Path) -> 
         config.write_text(python_backend.replace(onnx_export.ALL_VERSIONS, older))
         onnx_export.export(Policy(), tmp_path)
         assert config.read_text() == python_backend  # only the version policy changed
+
+
+def test_a_version_serving_in_another_replica_stays_while_its_lease_lasts(
+    tmp_path: Path,
+) -> None:
+    """Replicas export into one repository: each renews a lease on the version it
+    serves, and pruning by any of them leaves leased versions in place."""
+    import os
+    import time
+
+    policy = Policy()
+    onnx_export.export(policy, tmp_path, keep=2)  # version 1, served by another replica
+    root = tmp_path / onnx_export.MODEL_NAME
+    onnx_export.lease(root / "1")
+    onnx_export.export(policy, tmp_path, keep=2)
+    onnx_export.export(policy, tmp_path, keep=2)  # 1 is past the last two
+    assert onnx_export.versions(tmp_path) == [1, 2, 3]
+    stale = time.time() - onnx_export.LEASE_SECONDS - 1  # that replica stopped renewing
+    os.utime(root / "1" / onnx_export.LEASE_FILE, (stale, stale))
+    onnx_export.export(policy, tmp_path, keep=2)
+    assert onnx_export.versions(tmp_path) == [3, 4]
