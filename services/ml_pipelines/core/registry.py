@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -330,6 +329,23 @@ class Registry:
 
     # --- promotion -------------------------------------------------------------------------
 
+    @staticmethod
+    def _promoted_event(
+        name: str, record: VersionRecord, path: Path, previous: str, forced: bool, when: datetime
+    ) -> events_pb2.ModelVersionPromoted:
+        """The announcement; its id is the promotion's (version and time), so
+        announcing it again changes nothing."""
+        return events_pb2.ModelVersionPromoted(
+            event_id=f"promote:{name}:{when.isoformat()}",
+            occur_time=optional_timestamp(when),
+            model=domain.model_name(record.model_id),
+            model_version=name,
+            artifact_uri=repository.artifact_uri(path),
+            previous_model_version=previous,
+            feature_schema_version=record.feature_schema_version,
+            forced=forced,
+        )
+
     async def promote(self, name: str, force: bool, reason: str) -> model_pb2.ModelVersion:
         model, version = domain.parse_version(name)
         if force and not reason.strip():
@@ -342,7 +358,14 @@ class Registry:
             promoted = (await self.model(model)).promoted
             record = await self.version(model, version)
             if record.state == S.MODEL_VERSION_STATE_PROMOTED:
-                return version_proto(record)  # already serving: nothing to do
+                # Already promoted. Announced again, idempotently (same message id):
+                # MLflow moves before the commit, so a commit that failed after it
+                # left a promotion no event announced, and serving follows events.
+                path = await self.stored_file(record)
+                when = record.promote_time or now
+                event = self._promoted_event(name, record, path, "", False, when)
+                await enqueue(session, store.outbox, event, msg_id=event.event_id)
+                return version_proto(record)
             current = domain.version_name(model, promoted) if promoted else ""
             if not force:
                 promotion.check(
@@ -350,16 +373,7 @@ class Registry:
                 )
             previous = None if promoted is None else await self.version(model, promoted)
             path = await self.stored_file(record)
-            event = events_pb2.ModelVersionPromoted(
-                event_id=f"promote:{model}:{version}:{uuid.uuid4().hex}",
-                occur_time=optional_timestamp(now),
-                model=domain.model_name(model),
-                model_version=name,
-                artifact_uri=repository.artifact_uri(path),
-                previous_model_version=current,
-                feature_schema_version=record.feature_schema_version,
-                forced=force,
-            )
+            event = self._promoted_event(name, record, path, current, force, now)
             await enqueue(session, store.outbox, event, msg_id=event.event_id)
             # Serving follows the event (the recommender asks Triton for the
             # version it serves, decision 34); a failed MLflow move rolls it back.
