@@ -57,6 +57,10 @@ class MlPipelinesSettings(Settings):
             raise ValueError(f"must be a {', '.join(MLFLOW_SCHEMES)} URI, got {parts.scheme!r}")
         if parts.scheme == "sqlite" and not parts.path.startswith("//"):
             raise ValueError("a sqlite URI must name a file: sqlite:////absolute/path.db")
+        if parts.username or parts.password:
+            # A URI is logged and echoed in errors: credentials go in MLflow's own
+            # variables (MLFLOW_TRACKING_USERNAME/_PASSWORD or _TOKEN), never here.
+            raise ValueError("must not carry credentials (user:password@): use MLflow's variables")
         return value
 
 

@@ -249,8 +249,12 @@ class Registry:
         if record.source:
             try:
                 path = await self.call(self._restore, record)
-            except Exception as exc:  # MLflow's own errors: say which, keep the reason
-                problem = f"{problem}; restoring it from MLflow failed: {exc}"
+            except Exception as exc:  # MLflow's own error: logged, not echoed (it may name URLs)
+                log.warning(
+                    "model version not restored from MLflow",
+                    extra={"model_version": name, "error": type(exc).__name__},
+                )
+                problem = f"{problem}; restoring it from MLflow failed ({type(exc).__name__})"
             else:
                 log.info("model version restored from MLflow", extra={"model_version": name})
                 return path
