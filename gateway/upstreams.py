@@ -9,8 +9,10 @@ replicas (``ip:port,ip:port``) gets its calls in turn, per call; a replica
 whose connection just failed is skipped while its backoff lasts. An upstream
 given as ``dns:///host:port`` (a Kubernetes headless Service) gets its calls
 in turn over every address the name has, looked up again every
-``RESOLVE_SECONDS`` (``ResolvedRoundRobin``); grpc.aio channels balance over
-the same name themselves (round_robin).
+``RESOLVE_SECONDS`` (one ``NameLookup`` per name, shared by its calls'
+``ResolvedRoundRobin``); grpc.aio channels balance over the same name
+themselves (round_robin). Connections to an address that left the name stay
+open, idle, until the Upstreams close.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Upstreams:
         self.addresses = dict(addresses)
         self._resolve = resolve or resolve_addresses
         self._resolve_every = resolve_every
-        self._resolvers: list[ResolvedRoundRobin] = []
+        self._lookups: dict[str, NameLookup] = {}  # one per dns:/// address
         self.settings = settings
         # address (each replica's too) -> the service name its certificate must carry
         self._names = {address: name for name, address in self.addresses.items()}
@@ -197,9 +199,11 @@ class Upstreams:
             self._names.setdefault(replica, name)  # each address proves the service's name
             return build(replica)
 
-        turns = ResolvedRoundRobin(host, int(port), build_at, self._resolve, self._resolve_every)
-        self._resolvers.append(turns)
-        return turns
+        lookup = self._lookups.get(address)
+        if lookup is None:
+            lookup = NameLookup(host, int(port), self._resolve, self._resolve_every)
+            self._lookups[address] = lookup
+        return ResolvedRoundRobin(lookup, build_at)
 
     async def health_of(self, name: str, deadline_s: float) -> str:
         """The service's overall health status name, or the RPC error's code name."""
@@ -218,8 +222,8 @@ class Upstreams:
         return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
-        resolvers, self._resolvers = self._resolvers, []
-        await asyncio.gather(*(r.close() for r in resolvers))
+        lookups, self._lookups = list(self._lookups.values()), {}
+        await asyncio.gather(*(lookup.close() for lookup in lookups))
         channels, self._channels = list(self._channels.values()), {}
         h2, self._h2 = list(self._h2.values()), {}
         self._calls = {}
@@ -246,36 +250,26 @@ class RoundRobin:
         return call(*args, **kwargs)
 
 
-class ResolvedRoundRobin:
-    """``RoundRobin`` over every address ``host`` has, looked up now and then.
+class NameLookup:
+    """Every address a DNS name has, looked up now and then (one loop per name).
 
-    Until the first lookup answers, calls go to ``host:port`` itself (one
-    connection, to whichever address the system resolver gives). A lookup
-    that fails or finds nothing keeps the addresses it had; connections to an
-    address that went are left to their idle end (the Upstreams close them).
+    A lookup that fails or finds nothing keeps the addresses it had.
+    ``generation`` counts the changes, so the calls taking turns over them
+    rebuild their turns when it moves.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        build: Callable[[str], tuple[Callable[[], bool], Any]],
-        resolve: Resolver,
-        every: float = RESOLVE_SECONDS,
-    ) -> None:
+    def __init__(self, host: str, port: int, resolve: Resolver, every: float) -> None:
         self.host, self.port = host, port
-        self._build = build
         self._resolve = resolve
         self._every = every
-        self._turns = RoundRobin([build(f"{host}:{port}")])
         self.addresses: tuple[str, ...] = ()
+        self.generation = 0
         self.resolved = asyncio.Event()  # set once a lookup has answered
         self._task: asyncio.Task[None] | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._refresh())
-        return self._turns(*args, **kwargs)
 
     async def _refresh(self) -> None:
         while True:
@@ -285,8 +279,8 @@ class ResolvedRoundRobin:
                 log.warning("upstream lookup failed", extra={"host": self.host, "error": repr(exc)})
             else:
                 if found and found != self.addresses:
-                    self._turns = RoundRobin([self._build(a) for a in found])
                     self.addresses = found
+                    self.generation += 1
                     log.info("upstream replicas", extra={"host": self.host, "addresses": found})
                 self.resolved.set()
             await asyncio.sleep(self._every)
@@ -296,6 +290,33 @@ class ResolvedRoundRobin:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class ResolvedRoundRobin:
+    """``RoundRobin`` over the addresses a ``NameLookup`` has now.
+
+    Until the first lookup answers, calls go to ``host:port`` itself (one
+    connection, to whichever address the system resolver gives).
+    """
+
+    def __init__(
+        self, lookup: NameLookup, build: Callable[[str], tuple[Callable[[], bool], Any]]
+    ) -> None:
+        self._lookup = lookup
+        self._build = build
+        self._turns = RoundRobin([build(f"{lookup.host}:{lookup.port}")])
+        self._generation = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        lookup = self._lookup
+        lookup.start()
+        if lookup.generation != self._generation:
+            try:
+                self._turns = RoundRobin([self._build(a) for a in lookup.addresses])
+            except Exception as exc:  # keep the turns it had: the next change tries again
+                log.warning("upstream replicas not used", extra={"error": repr(exc)})
+            self._generation = lookup.generation
+        return self._turns(*args, **kwargs)
 
 
 async def resolve_addresses(host: str, port: int) -> list[str]:
