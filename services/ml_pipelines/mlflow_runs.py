@@ -24,6 +24,13 @@ def exists(exc: Exception) -> bool:
     return getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS"
 
 
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
 class MlflowRuns:
     """The runs side of one MLflow tracking URI."""
 
@@ -40,6 +47,11 @@ class MlflowRuns:
             if self._client is None:
                 # MLflow's usage telemetry calls out to the internet: never from here.
                 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+                # A server that is away fails a call in about half a minute, not in
+                # minutes (the defaults: 7 retries backing off, 120 s timeouts), so
+                # the RPC waiting on it answers instead of holding its locks.
+                for name, value in HTTP_LIMITS.items():
+                    os.environ.setdefault(name, value)
                 from mlflow import MlflowClient
 
                 if self.uri.startswith("sqlite:"):

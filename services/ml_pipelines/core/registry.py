@@ -12,9 +12,11 @@ Every MLflow call blocks: each goes through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,6 +94,10 @@ class NewVersion:
     in_place: int | None = None
 
 
+# MLflow and repository file calls; bounded, apart from the default executor.
+_MLFLOW_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlflow")
+
+
 class Registry:
     def __init__(self, db: Database, settings: MlPipelinesSettings) -> None:
         self.db = db
@@ -100,8 +106,11 @@ class Registry:
         self.mlflow = MlflowRegistry(settings.ml_pipelines_mlflow_uri)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` (an MLflow or file call) in a worker thread, off the loop."""
-        return await asyncio.to_thread(fn, *args)
+        """``fn(*args)`` (an MLflow or file call) off the loop, in threads of its own:
+        an MLflow that hangs fills these two, not the loop's default executor
+        (which DNS lookups and the training maths use)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_MLFLOW_THREADS, functools.partial(fn, *args))
 
     async def open(self) -> None:
         """Connects to MLflow (a new sqlite registry gets its tables)."""
