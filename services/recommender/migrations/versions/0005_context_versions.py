@@ -27,9 +27,7 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     # Replicas catch up on the contexts changed since a time (a lost NOTIFY).
-    op.create_index(
-        "user_context_update_time", "user_context", ["update_time"], schema=SCHEMA
-    )
+    op.create_index("user_context_update_time", "user_context", ["update_time"], schema=SCHEMA)
     op.execute(
         f"""
         CREATE FUNCTION {SCHEMA}.notify_context() RETURNS trigger

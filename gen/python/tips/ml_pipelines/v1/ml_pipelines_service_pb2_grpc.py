@@ -176,9 +176,10 @@ class MlPipelinesServiceServicer:
 
     def PromoteModelVersion(self, request, context):
         """Makes a version the one serving: it becomes PROMOTED (the registry's
-        `champion`), the previous promoted version ARCHIVED, the repository's
-        version policy selects it, and `ModelVersionPromoted` is published so the
-        recommender loads it. With a version promoted, it is allowed only when the
+        `champion`), the previous promoted version ARCHIVED, and
+        `ModelVersionPromoted` is published: every recommender replica then
+        serves it (and asks Triton for it), learning on from it. With a version
+        promoted, it is allowed only when the
         lower bound of the DR lift's confidence interval over that version (the
         paired interval of its evaluation) is above 0; the first promotion of a
         model has nothing to beat. Fails with FAILED_PRECONDITION and an

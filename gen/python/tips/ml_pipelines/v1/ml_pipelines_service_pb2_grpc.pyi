@@ -64,9 +64,10 @@ class MlPipelinesServiceStub:
     """
     PromoteModelVersion: _grpc.UnaryUnaryMultiCallable[_ml_pipelines_service_pb2.PromoteModelVersionRequest, _ml_pipelines_service_pb2.PromoteModelVersionResponse]
     """Makes a version the one serving: it becomes PROMOTED (the registry's
-    `champion`), the previous promoted version ARCHIVED, the repository's
-    version policy selects it, and `ModelVersionPromoted` is published so the
-    recommender loads it. With a version promoted, it is allowed only when the
+    `champion`), the previous promoted version ARCHIVED, and
+    `ModelVersionPromoted` is published: every recommender replica then
+    serves it (and asks Triton for it), learning on from it. With a version
+    promoted, it is allowed only when the
     lower bound of the DR lift's confidence interval over that version (the
     paired interval of its evaluation) is above 0; the first promotion of a
     model has nothing to beat. Fails with FAILED_PRECONDITION and an
@@ -129,9 +130,10 @@ class MlPipelinesServiceAsyncStub(MlPipelinesServiceStub):
     """
     PromoteModelVersion: _aio.UnaryUnaryMultiCallable[_ml_pipelines_service_pb2.PromoteModelVersionRequest, _ml_pipelines_service_pb2.PromoteModelVersionResponse]  # type: ignore[assignment]
     """Makes a version the one serving: it becomes PROMOTED (the registry's
-    `champion`), the previous promoted version ARCHIVED, the repository's
-    version policy selects it, and `ModelVersionPromoted` is published so the
-    recommender loads it. With a version promoted, it is allowed only when the
+    `champion`), the previous promoted version ARCHIVED, and
+    `ModelVersionPromoted` is published: every recommender replica then
+    serves it (and asks Triton for it), learning on from it. With a version
+    promoted, it is allowed only when the
     lower bound of the DR lift's confidence interval over that version (the
     paired interval of its evaluation) is above 0; the first promotion of a
     model has nothing to beat. Fails with FAILED_PRECONDITION and an
@@ -239,9 +241,10 @@ class MlPipelinesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ml_pipelines_service_pb2.PromoteModelVersionResponse, _abc.Awaitable[_ml_pipelines_service_pb2.PromoteModelVersionResponse]]:
         """Makes a version the one serving: it becomes PROMOTED (the registry's
-        `champion`), the previous promoted version ARCHIVED, the repository's
-        version policy selects it, and `ModelVersionPromoted` is published so the
-        recommender loads it. With a version promoted, it is allowed only when the
+        `champion`), the previous promoted version ARCHIVED, and
+        `ModelVersionPromoted` is published: every recommender replica then
+        serves it (and asks Triton for it), learning on from it. With a version
+        promoted, it is allowed only when the
         lower bound of the DR lift's confidence interval over that version (the
         paired interval of its evaluation) is above 0; the first promotion of a
         model has nothing to beat. Fails with FAILED_PRECONDITION and an
