@@ -186,3 +186,14 @@ def stop_and_check(mesh: RunningMesh, sig: signal.Signals, pid: int | None = Non
     assert took < STOP_TIMEOUT
     shutil.rmtree(mesh.run_dir.parent, ignore_errors=True)
     return code
+
+
+def stop_if_running(mesh: RunningMesh) -> None:
+    """After a module's tests: a mesh a failed test left running is stopped (SIGTERM,
+    then SIGKILL after ``STOP_TIMEOUT``)."""
+    if mesh.proc.poll() is None:
+        mesh.proc.send_signal(signal.SIGTERM)
+        try:
+            mesh.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            mesh.proc.kill()

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from tests.e2e.meshutil import (
     mesh_env,
     new_run_dir,
     port_base,
+    stop_if_running,
 )
 from tests.support.wheels import (
     ROOT,
@@ -142,12 +142,7 @@ def mesh(
         raise
     TIMINGS["serving_s"] = time.monotonic() - began
     yield Mesh(running, env, cwd)
-    if running.proc.poll() is None:  # a test failed before the stop test
-        running.proc.send_signal(signal.SIGTERM)
-        try:
-            running.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            running.proc.kill()
+    stop_if_running(running)  # a test failed before the stop test
     shutil.rmtree(run_dir.parent, ignore_errors=True)
 
 

@@ -32,7 +32,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kernel.settings import SERVICE_NAMES
-from tests.e2e.meshutil import ROOT, STOP_TIMEOUT, RunningMesh, start_mesh, stop_and_check
+from tests.e2e.meshutil import (
+    ROOT,
+    RunningMesh,
+    start_mesh,
+    stop_and_check,
+    stop_if_running,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -41,12 +47,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     running = start_mesh(tmp_path_factory.mktemp("mesh"))
     yield running
-    if running.proc.poll() is None:  # a test failed before the stop test
-        running.proc.send_signal(signal.SIGTERM)
-        try:
-            running.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            running.proc.kill()
+    stop_if_running(running)  # a test failed before the stop test
 
 
 def _reflection_services(mesh: RunningMesh, name: str) -> list[str]:
