@@ -1,4 +1,6 @@
-"""Registers the recommender's exports (``PolicyModelExported``) as CANDIDATE versions.
+"""Registers the recommender's exports (``PolicyModelExported``) as CANDIDATE versions,
+and keeps only the newest ``ml_pipelines_keep_exports`` of those nobody evaluated or
+promoted (``mlflow_registry.prune_exports``).
 
 The recommender wrote ``models/<model>/<version>/model.onnx`` itself; the
 version keeps that directory number (the MLflow version is tagged with it,
@@ -43,13 +45,13 @@ class ExportConsumer:
         except InvalidArgument as exc:
             log.error("export not registered", extra={**where, "error": exc.message})
             return
+        registry = self.registry
         async with self.db.transaction() as session:
             if not await claim(
                 session, store.processed_messages, consumer=self.durable,
                 msg_id=delivery.msg_id or e.event_id,
             ):  # fmt: skip
                 return
-            registry = self.registry
             await registry.lock_model(session, model)
             await registry.call(
                 registry.mlflow.ensure_model,
@@ -57,22 +59,32 @@ class ExportConsumer:
                 "policy exported by the recommender",
                 e.policy_name,
             )
-            if await registry.call(registry.mlflow.find_version, model, version) is not None:
-                return
-            await registry.register(
-                NewVersion(
-                    model=model,
-                    artifact=path,
-                    feature_schema_version=e.feature_schema_version,
-                    description=(
-                        f"export of the online policy ({e.online_update_count} updates"
-                        f" since {e.base_model_version or 'the start'})"
+            if await registry.call(registry.mlflow.find_version, model, version) is None:
+                await registry.register(
+                    NewVersion(
+                        model=model,
+                        artifact=path,
+                        feature_schema_version=e.feature_schema_version,
+                        description=(
+                            f"export of the online policy ({e.online_update_count} updates"
+                            f" since {e.base_model_version or 'the start'})"
+                        ),
+                        metrics={"online_update_count": float(e.online_update_count)},
+                        in_place=version,
+                        origin="export",
                     ),
-                    metrics={"online_update_count": float(e.online_update_count)},
-                    in_place=version,
-                ),
-            )
+                )
         log.info("export registered", extra=where)
+        # After the commit, and not part of it: a registry that fails to prune now
+        # prunes at the next export (the newest are kept, whatever came before).
+        keep = registry.settings.ml_pipelines_keep_exports
+        try:
+            pruned = await registry.call(registry.mlflow.prune_exports, model, keep)
+        except Exception as exc:
+            log.warning("older exports not deleted", extra={**where, "error": repr(exc)})
+        else:
+            if pruned:
+                log.info("older exports deleted", extra={**where, "deleted": pruned})
 
     async def run(self, bus: Bus) -> None:
         await consume_forever(

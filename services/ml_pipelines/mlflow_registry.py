@@ -56,6 +56,7 @@ REQUEST = "tips.request_id"
 METRICS = "tips.metrics"
 PROMOTE_TIME = "tips.promote_time"
 EVALUATION = "tips.evaluation"  # the OfflineEvaluation, serialized (base64)
+ORIGIN = "tips.origin"  # "export" for the recommender's exports (pruned: prune_exports)
 EVAL = "tips.eval."  # readable copies: verdict, baseline, each estimator's numbers
 MODEL_DIR = "model"  # the run's artifact folder a version is registered from
 _PAGE = 1000
@@ -103,6 +104,7 @@ class NewVersionRecord:
     metrics: Mapping[str, float] | None = None
     training_run: str = ""
     request_id: str = ""
+    origin: str = ""  # "export": the recommender's, kept only while among the newest
 
 
 def _time(ms: int | None) -> datetime:
@@ -328,10 +330,37 @@ class MlflowRegistry(MlflowRuns):
             tags[TRAINING_RUN] = new.training_run
         if new.request_id:
             tags[REQUEST] = new.request_id
+        if new.origin:
+            tags[ORIGIN] = new.origin
         mv = client.create_model_version(
             new.model_id, source, run_id=run_id, tags=tags, description=new.description or None
         )
         return self._version(mv, self._champion(new.model_id))
+
+    def prune_exports(self, model_id: str, keep: int) -> int:
+        """Deletes the recommender's exports beyond the newest ``keep`` that nobody
+        evaluated or promoted, with their runs; how many went.
+
+        The recommender exports every few hundred rewards: without this the
+        registry grows by hundreds of versions a day, and every lookup that
+        lists a model's versions slows down with it.
+        """
+        champion = self._champion(model_id)
+        query = f"name = '{model_id}' AND tags.`{ORIGIN}` = 'export'"
+        idle = [
+            mv
+            for mv in self._search(query)
+            if VERSION in mv.tags
+            and str(mv.version) != champion
+            and PROMOTE_TIME not in mv.tags
+            and EVALUATION not in mv.tags
+        ]
+        idle.sort(key=lambda mv: int(mv.tags[VERSION]), reverse=True)
+        for mv in idle[keep:]:
+            self.client.delete_model_version(model_id, mv.version)
+            if mv.run_id:
+                self.client.delete_run(mv.run_id)
+        return len(idle[keep:])
 
     def delete(self, record: VersionRecord) -> None:
         self.client.delete_model_version(record.model_id, record.mlflow_version)

@@ -40,6 +40,9 @@ class MlPipelinesSettings(Settings):
     ml_pipelines_rewards_durable: str = Field(default="ml-pipelines-rewards", pattern=_DURABLE)
     ml_pipelines_exports_durable: str = Field(default="ml-pipelines-exports", pattern=_DURABLE)
     ml_pipelines_erasure_durable: str = Field(default="ml-pipelines-erasure", pattern=_DURABLE)
+    # The recommender's exports kept in the registry, newest first, besides those
+    # evaluated or promoted (the rest are deleted with their runs).
+    ml_pipelines_keep_exports: int = Field(default=50, ge=1)
     # Fewer joined decisions than this make an evaluation INCONCLUSIVE.
     ml_pipelines_min_eval_decisions: int = Field(default=100, ge=1)
     # Most logged decisions one evaluation or training run reads.

@@ -92,6 +92,7 @@ class NewVersion:
     request_id: str | None = None
     # The version number the file already has in the repository (exports, trained runs).
     in_place: int | None = None
+    origin: str = ""  # "export": one of the recommender's (mlflow_registry.prune_exports)
 
 
 # MLflow and repository file calls; bounded, apart from the default executor.
@@ -200,6 +201,7 @@ class Registry:
             metrics=new.metrics,
             training_run=new.training_run,
             request_id=new.request_id or "",
+            origin=new.origin,
         )
         return await self.call(self.mlflow.register, record, run_id)
 

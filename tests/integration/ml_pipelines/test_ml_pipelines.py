@@ -149,6 +149,7 @@ async def env(
         ml_pipelines_model_repository=str(repo),
         ml_pipelines_mlflow_uri=mlflow_uri,
         ml_pipelines_min_eval_decisions=50,
+        ml_pipelines_keep_exports=2,
         ml_pipelines_train_chunk=200,
         ml_pipelines_decisions_durable=f"mlp-decisions-{tag}",
         ml_pipelines_rewards_durable=f"mlp-rewards-{tag}",
@@ -858,6 +859,38 @@ async def test_export_registers_a_candidate(env: Env) -> None:
     assert [v.version for v in versions] == [1]
     model = (await env.ml.GetModel(pb.GetModelRequest(name=f"models/{mid}"), metadata=ADMIN)).model
     assert model.algorithm == bandit.ALGORITHM and not model.promoted_version
+
+
+async def test_only_the_newest_idle_exports_stay_in_the_registry(env: Env) -> None:
+    """Exports arrive every few hundred rewards: the registry keeps the newest two
+    (the test's setting) of those nobody evaluated or promoted, and any promoted."""
+    mid = f"ex_{secrets.token_hex(3)}"
+
+    async def export_and_register(number: int) -> str:
+        version = onnx_export.export(bandit.Policy(), env.repo, mid, keep=10)
+        assert version == str(number)
+        event = rec_events.PolicyModelExported(
+            event_id=f"export:{mid}:{version}", occur_time=ts(datetime.now(UTC)),
+            model_version=f"models/{mid}/versions/{version}",
+            artifact_uri=(env.repo / mid / version / "model.onnx").as_uri(),
+            policy_name=bandit.ALGORITHM, feature_schema_version=features.SCHEMA_VERSION,
+        )  # fmt: skip
+        await env.bus.publish(event, msg_id=event.event_id)
+        await eventually(lambda: _exists(env, event.model_version))
+        return event.model_version
+
+    first = await export_and_register(1)
+    await _promote(env, first, force=True, reason="serve the first export")
+    for number in range(2, 6):
+        await export_and_register(number)
+
+    async def kept() -> list[int]:  # pruned right after the newest is registered
+        found = await asyncio.to_thread(env.mlflow.search_model_versions, f"name = '{mid}'")
+        # A version MLflow is writing may not have its tags yet: counted once it has.
+        return sorted(int(v.tags["tips.version"]) for v in found if "tips.version" in v.tags)
+
+    await wait_for(kept, lambda versions: versions == [1, 4, 5])
+    assert not await _exists(env, f"models/{mid}/versions/2")
 
 
 async def _exists(env: Env, name: str) -> bool:
