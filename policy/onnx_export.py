@@ -30,7 +30,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +43,9 @@ from policy.triton_python import MODEL_PY
 MODEL_NAME = "tip_scorer"
 STATE_FILE = "policy.npz"
 ALL_VERSIONS = "all: {}"
-# A version serving in some replica holds a lease, renewed every snapshot period
-# (30 s): pruning skips versions leased in the last LEASE_SECONDS.
+# A version serving in some replica holds that replica's lease (a file), renewed
+# every snapshot period (30 s) and released when it moves on: pruning skips
+# versions with a lease renewed in the last LEASE_SECONDS.
 LEASE_FILE = ".serving"
 LEASE_SECONDS = 600.0
 # A version_policy line as older repositories have it (latest N, or a promotion's pin).
@@ -135,10 +135,9 @@ def export(
     repository: Path,
     name: str = MODEL_NAME,
     keep: int = 3,
-    keep_versions: Collection[int] = (),
 ) -> str:
-    """Writes the next version of ``name`` and returns it; keeps the last ``keep``,
-    ``keep_versions`` (the ones serving here) and those leased (serving elsewhere).
+    """Writes the next version of ``name`` and returns it; keeps the last ``keep``
+    and those leased (``lease``: serving in some replica, this one included).
 
     The version directory appears complete or not at all (written aside, then
     renamed), so a scorer reloading at any moment never reads half a file.
@@ -152,23 +151,32 @@ def export(
     os.replace(staging, root / str(version))
     ensure_config(root / "config.pbtxt", policy.dim, name)
     for old in present[: max(len(present) + 1 - keep, 0)]:
-        if old not in keep_versions and not leased(root / str(old)):
+        if not leased(root / str(old)):
             shutil.rmtree(root / str(old), ignore_errors=True)
     return str(version)
 
 
-def lease(version_dir: Path) -> None:
-    """Mark a version as serving somewhere (a replica renews it while it serves it):
-    exports by any replica on a shared repository leave it in place."""
+def lease(version_dir: Path, holder: str) -> None:
+    """``holder`` (a replica) serves this version: exports by any replica on a shared
+    repository leave it in place while the lease is renewed."""
     with contextlib.suppress(OSError):  # gone or read-only: nothing to protect
-        (version_dir / LEASE_FILE).touch()
+        (version_dir / f"{LEASE_FILE}.{holder}").touch()
+
+
+def release(version_dir: Path, holder: str) -> None:
+    """``holder`` moved on from this version (other holders' leases stand)."""
+    with contextlib.suppress(OSError):
+        (version_dir / f"{LEASE_FILE}.{holder}").unlink()
 
 
 def leased(version_dir: Path) -> bool:
-    try:
-        return (version_dir / LEASE_FILE).stat().st_mtime > time.time() - LEASE_SECONDS
-    except OSError:
-        return False
+    """Whether some holder renewed its lease on this version lately."""
+    fresh = time.time() - LEASE_SECONDS
+    for path in version_dir.glob(f"{LEASE_FILE}.*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime > fresh:
+                return True
+    return False
 
 
 def staging_dir(root: Path, label: str) -> Path:

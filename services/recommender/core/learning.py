@@ -29,6 +29,7 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -97,6 +98,8 @@ class Learner:
         self.promoted_version = ""
         self.promote_time: datetime | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._lease_holder = f"{socket.gethostname()}-{os.getpid()}"  # this replica
+        self._leased = ""  # the version it holds a lease on
         self._started = datetime.now(UTC)
 
     # --- start ----------------------------------------------------------------------
@@ -376,16 +379,23 @@ class Learner:
                 log.warning("policy snapshot failed", extra={"error": repr(exc)})
 
     def _renew_lease(self) -> None:
-        """The version serving here stays in a shared repository (others' exports prune)."""
-        if self.onnx is not None:
-            onnx_export.lease(self.repository / self.model_name / self.onnx.model_version)
+        """The version serving here stays in a shared repository (every replica's
+        exports prune it); the one served before is released."""
+        if self.onnx is None:
+            return
+        serving = self.onnx.model_version
+        root = self.repository / self.model_name
+        if self._leased not in ("", serving):
+            onnx_export.release(root / self._leased, self._lease_holder)
+        onnx_export.lease(root / serving, self._lease_holder)
+        self._leased = serving
 
     # --- export -------------------------------------------------------------------------
 
     def _export_copy(self, state: bytes | None = None) -> str:
         policy = bandit.Policy.from_state(state) if state is not None else self.policy
-        serving = {int(self.onnx.model_version)} if self.onnx is not None else set()
-        return onnx_export.export(policy, self.repository, self.model_name, keep_versions=serving)
+        # The version serving here holds a lease (_renew_lease): pruning leaves it.
+        return onnx_export.export(policy, self.repository, self.model_name)
 
     async def _serve(self, version: str) -> None:
         """Score with ``version`` from now on, in process and on Triton alike."""

@@ -16,8 +16,9 @@ def test_exports_keep_the_serving_version(tmp_path: Path) -> None:
     policy = Policy()
     for _ in range(2):
         onnx_export.export(policy, tmp_path, keep=2)
+    onnx_export.lease(tmp_path / onnx_export.MODEL_NAME / "1", "here")  # what serving does
     for _ in range(3):
-        onnx_export.export(policy, tmp_path, keep=2, keep_versions={1})
+        onnx_export.export(policy, tmp_path, keep=2)
     present = onnx_export.versions(tmp_path, onnx_export.MODEL_NAME)
     assert 1 in present, "the serving version was pruned"
     assert present[-2:] == [4, 5] and 2 not in present and 3 not in present
@@ -48,11 +49,15 @@ def test_a_version_serving_in_another_replica_stays_while_its_lease_lasts(
     policy = Policy()
     onnx_export.export(policy, tmp_path, keep=2)  # version 1, served by another replica
     root = tmp_path / onnx_export.MODEL_NAME
-    onnx_export.lease(root / "1")
+    onnx_export.lease(root / "1", "a")
+    onnx_export.lease(root / "1", "b")
     onnx_export.export(policy, tmp_path, keep=2)
     onnx_export.export(policy, tmp_path, keep=2)  # 1 is past the last two
     assert onnx_export.versions(tmp_path) == [1, 2, 3]
-    stale = time.time() - onnx_export.LEASE_SECONDS - 1  # that replica stopped renewing
-    os.utime(root / "1" / onnx_export.LEASE_FILE, (stale, stale))
+    onnx_export.release(root / "1", "a")  # a moved on; b still serves it
     onnx_export.export(policy, tmp_path, keep=2)
-    assert onnx_export.versions(tmp_path) == [3, 4]
+    assert onnx_export.versions(tmp_path) == [1, 3, 4]
+    stale = time.time() - onnx_export.LEASE_SECONDS - 1  # b stopped renewing (it died)
+    os.utime(root / "1" / f"{onnx_export.LEASE_FILE}.b", (stale, stale))
+    onnx_export.export(policy, tmp_path, keep=2)
+    assert onnx_export.versions(tmp_path) == [4, 5]
