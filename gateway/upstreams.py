@@ -264,7 +264,6 @@ class NameLookup:
         self._every = every
         self.addresses: tuple[str, ...] = ()
         self.generation = 0
-        self.resolved = asyncio.Event()  # set once a lookup has answered
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -282,7 +281,6 @@ class NameLookup:
                     self.addresses = found
                     self.generation += 1
                     log.info("upstream replicas", extra={"host": self.host, "addresses": found})
-                self.resolved.set()
             await asyncio.sleep(self._every)
 
     async def close(self) -> None:

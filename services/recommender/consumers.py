@@ -70,7 +70,6 @@ class ContextKeeper:
         self._erased: dict[str, None] = {}  # users erased: insertion-ordered, bounded
         self._changed: set[str] = set()  # users another replica changed: reload them
         self._reloaded = asyncio.Event()
-        self.following = asyncio.Event()  # set while the change feed is attached
         self._loaded_at = datetime.now(UTC)
 
     def get(self, user_id: str) -> domain.UserContext:
@@ -117,7 +116,6 @@ class ContextKeeper:
                 store.CONTEXT_CHANNEL,
                 self._on_change,
                 on_attach=self._caught_up,
-                attached=self.following,
             )
         finally:
             for task in helpers:
