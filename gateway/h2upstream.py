@@ -23,40 +23,64 @@ ALPN ``h2`` and the server name checked against the certificate.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 import struct
 import time
-import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, cast
 from urllib.parse import unquote
 
 import grpc
-import hpack
 
-Metadata = Sequence[tuple[str, str | bytes]]
+from kernel.h2wire import (
+    ACK,
+    CANCEL,
+    CODES,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FRAME,
+    GOAWAY,
+    HEADERS,
+    MAX_FRAME,
+    MAX_STREAM_ID,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    HeaderDecoder,
+    Metadata,
+    decompress,
+    frame,
+    literal,
+    metadata_block,
+    metadata_item,
+    unpad,
+)
+
 Deserializer = Callable[[bytes], Any]
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-# SETTINGS identifiers (RFC 9113 6.5.2).
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
-S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
-# Error codes (RFC 9113 7).
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL, REFUSED_STREAM = 0, 1, 3, 8, 7
-ENHANCE_YOUR_CALM = 0xB
 
 # What we take: gRPC's default largest message (4 MiB) fits in one window.
 RECEIVE_WINDOW = 8 * 1024 * 1024
 MAX_RECEIVE_MESSAGE = 4 * 1024 * 1024
 MAX_HEADER_LIST = 64 * 1024
-DEFAULT_WINDOW = 65535
-MAX_FRAME = 16384  # the largest frame we allow (SETTINGS_MAX_FRAME_SIZE left at its default)
-MAX_STREAM_ID = 2**31 - 1
 CONNECT_TIMEOUT_S = 5.0
 # A call the server refused unseen is sent again, this many times at most: grpc-core
 # frees a stream's slot a moment after its trailers, so a full server may refuse the
@@ -67,9 +91,6 @@ MAX_REFUSALS = 5
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 2.0
 USER_AGENT = b"tips-gateway-h2/1"
 
-_FRAME = struct.Struct(">I B I")  # length (24 bits) + type in the first word, flags, stream
-_U32 = struct.Struct(">I")
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # HTTP status of a non-gRPC answer -> gRPC code (gRPC's http-grpc-status-mapping).
 _HTTP_TO_GRPC = {
     400: grpc.StatusCode.INTERNAL,
@@ -131,46 +152,12 @@ class UpstreamError(grpc.RpcError):  # type: ignore[misc]
         return self._initial
 
 
-# --- HPACK encoding of requests: literals, never indexed ---------------------
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def literal(name: bytes, value: bytes) -> bytes:
-    """A header field as 'literal without indexing, new name' (RFC 7541 6.2.2)."""
-    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
-
-
-def metadata_block(metadata: Metadata) -> bytes:
-    parts = []
-    for key, value in metadata:
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).rstrip(b"=").decode("ascii")
-        parts.append(literal(key.encode("ascii"), value.encode("latin-1")))
-    return b"".join(parts)
-
-
 def timeout_header(seconds: float) -> bytes:
     """``grpc-timeout`` (at most 8 digits) in milliseconds, or seconds when larger."""
     millis = max(1, int(seconds * 1000))
     if millis < 100_000_000:
         return literal(b"grpc-timeout", b"%dm" % millis)
     return literal(b"grpc-timeout", b"%dS" % min(int(seconds), 99_999_999))
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return _FRAME.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 
 # --- streams ----------------------------------------------------------------
@@ -241,7 +228,7 @@ class Stream:
                 elif name == "grpc-encoding":
                     self.encoding = value
                 elif not name.startswith(":") and name not in _RESERVED:
-                    metadata.append(_metadata_item(name, value))
+                    metadata.append(metadata_item(name, value))
             # A trailers-only answer has no header metadata: it is all trailers.
             self.initial = () if end_stream else metadata
             if http_status != 200:
@@ -269,11 +256,11 @@ class Stream:
         for name, value in fields:
             if name == "grpc-status":
                 seen_status = True
-                code = _CODES.get(int(value) if value.isdigit() else -1, grpc.StatusCode.UNKNOWN)
+                code = CODES.get(int(value) if value.isdigit() else -1, grpc.StatusCode.UNKNOWN)
             elif name == "grpc-message":
                 message = unquote(value)
             elif not name.startswith(":") and name not in _RESERVED:
-                trailing.append(_metadata_item(name, value))
+                trailing.append(metadata_item(name, value))
         if not seen_status:
             message = "upstream ended the call without a grpc-status"
         elif code is grpc.StatusCode.OK and self.buffer:
@@ -285,7 +272,7 @@ class Stream:
         self.buffer += data
         buffer = self.buffer
         while len(buffer) >= 5:
-            length = _U32.unpack_from(buffer, 1)[0]
+            length = U32.unpack_from(buffer, 1)[0]
             if length > MAX_RECEIVE_MESSAGE:
                 self.finish(
                     UpstreamError(
@@ -302,7 +289,7 @@ class Stream:
             del buffer[: 5 + length]
             try:
                 if compressed:
-                    payload = _decompress(payload, self.encoding)
+                    payload = decompress(payload, self.encoding)
                 self.messages.append(self.deserialize(payload))
             except Exception as exc:  # a malformed message is the upstream's fault
                 self.finish(
@@ -311,23 +298,6 @@ class Stream:
                 self.conn.reset(self, CANCEL)
                 return
             self.wake()
-
-
-def _decompress(payload: bytes, encoding: str) -> bytes:
-    if encoding == "gzip":
-        return zlib.decompress(payload, 16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompress(payload)
-    raise ValueError(f"compressed with {encoding or 'no grpc-encoding'}")
-
-
-def _metadata_item(name: str, value: str) -> tuple[str, str | bytes]:
-    if name.endswith("-bin"):
-        try:
-            return name, base64.b64decode(value + "=" * (-len(value) % 4))
-        except ValueError:
-            return name, b""
-    return name, value
 
 
 # --- a connection -----------------------------------------------------------
@@ -341,13 +311,7 @@ class Connection(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self.next_id = 1
         self.inbox = bytearray()
-        self.decoder = hpack.Decoder()
-        self.decoder.max_header_list_size = MAX_HEADER_LIST
-        self.decoder.max_allowed_table_size = 4096
-        # Header blocks that left the dynamic table as it was decode the same way
-        # again while it stays so: a server repeats them on every call
-        # (``:status 200``, ``content-type``, ``grpc-status: 0``).
-        self.unchanging: dict[bytes, list[tuple[str, str]]] = {}
+        self.decoder = HeaderDecoder(MAX_HEADER_LIST)
         # Frames written in one turn of the loop go out in one write (one syscall).
         self.outbox: list[bytes] = []
         self.peer_initial_window = DEFAULT_WINDOW
@@ -380,7 +344,7 @@ class Connection(asyncio.Protocol):
             S_INITIAL_WINDOW_SIZE, RECEIVE_WINDOW,
             S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST,
         )  # fmt: skip
-        raise_window = _U32.pack(RECEIVE_WINDOW - DEFAULT_WINDOW)
+        raise_window = U32.pack(RECEIVE_WINDOW - DEFAULT_WINDOW)
         self.transport.write(
             PREFACE + frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, raise_window)
         )
@@ -401,7 +365,7 @@ class Connection(asyncio.Protocol):
         offset = 0
         size = len(inbox)
         while size - offset >= 9:
-            head, flags, stream_id = _FRAME.unpack_from(inbox, offset)
+            head, flags, stream_id = FRAME.unpack_from(inbox, offset)
             length = head >> 8
             # The server's first frame is its SETTINGS; anything else is not HTTP/2 at
             # all (an HTTP/1.1 answer, say), as is a frame larger than we allowed.
@@ -448,10 +412,10 @@ class Connection(asyncio.Protocol):
     def on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         size = len(payload)
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = unpad(payload)
         self.recv_unacked += size
         if self.recv_unacked >= RECEIVE_WINDOW // 2:
-            self.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
+            self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_unacked)))
             self.recv_unacked = 0
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -466,12 +430,12 @@ class Connection(asyncio.Protocol):
                 )
             return
         if stream.recv_unacked >= RECEIVE_WINDOW // 2 and stream.status is None:
-            self.write(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.recv_unacked)))
+            self.write(frame(WINDOW_UPDATE, 0, stream_id, U32.pack(stream.recv_unacked)))
             stream.recv_unacked = 0
 
     def on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = unpad(payload)
         if flags & PRIORITY_FLAG:
             payload = payload[5:]
         stream = self.streams.get(stream_id)
@@ -495,19 +459,11 @@ class Connection(asyncio.Protocol):
 
     def header_block_done(self, stream: Stream | None, block: bytes, end_stream: bool) -> None:
         # Every block is decoded, a reset stream's too: the table is the connection's.
-        fields = self.unchanging.get(block)
-        if fields is None:
-            table = self.decoder.header_table
-            before = _table_state(table)
-            try:
-                fields = [(str(name), str(value)) for name, value in self.decoder.decode(block)]
-            except Exception as exc:  # hpack's errors: the connection cannot go on
-                self.fail_connection(PROTOCOL_ERROR, f"bad header block: {exc}")
-                return
-            if _table_state(table) == before:
-                self.unchanging[block] = fields
-            else:
-                self.unchanging.clear()  # what they decode to may have changed
+        try:
+            fields = self.decoder.decode(block)
+        except Exception as exc:  # hpack's errors: the connection cannot go on
+            self.fail_connection(PROTOCOL_ERROR, f"bad header block: {exc}")
+            return
         if stream is not None and stream.status is None:
             stream.on_headers(fields, end_stream)
 
@@ -529,7 +485,7 @@ class Connection(asyncio.Protocol):
         self.flush_pending()
 
     def on_window_update(self, stream_id: int, payload: bytes) -> None:
-        increment = _U32.unpack_from(payload)[0] & MAX_STREAM_ID if len(payload) >= 4 else 0
+        increment = U32.unpack_from(payload)[0] & MAX_STREAM_ID if len(payload) >= 4 else 0
         if stream_id == 0:
             self.send_window += increment
         else:
@@ -543,7 +499,7 @@ class Connection(asyncio.Protocol):
         stream = self.streams.get(stream_id)
         if stream is None:
             return
-        error = _U32.unpack_from(payload)[0] if len(payload) >= 4 else 0
+        error = U32.unpack_from(payload)[0] if len(payload) >= 4 else 0
         if error == REFUSED_STREAM:
             stream.finish(_refused())
             return
@@ -553,7 +509,7 @@ class Connection(asyncio.Protocol):
         stream.finish(UpstreamError(code, f"upstream reset the stream (HTTP/2 error {error})"))
 
     def on_goaway(self, payload: bytes) -> None:
-        last = _U32.unpack_from(payload)[0] & MAX_STREAM_ID if len(payload) >= 4 else 0
+        last = U32.unpack_from(payload)[0] & MAX_STREAM_ID if len(payload) >= 4 else 0
         self.goaway_last = last
         for stream in list(self.streams.values()):
             if stream.id > last:
@@ -637,7 +593,7 @@ class Connection(asyncio.Protocol):
 
     def reset(self, stream: Stream, error: int) -> None:
         self.forget(stream)
-        self.write(frame(RST_STREAM, 0, stream.id, _U32.pack(error)))
+        self.write(frame(RST_STREAM, 0, stream.id, U32.pack(error)))
 
     def forget(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is not None:
@@ -670,20 +626,6 @@ def _refused() -> UpstreamError:
     return UpstreamError(
         grpc.StatusCode.UNAVAILABLE, "the upstream did not take the call", retryable=True
     )
-
-
-def _table_state(table: Any) -> tuple[int, int, object]:
-    """What changes when a block adds to (or resizes) HPACK's dynamic table: its
-    size, its limit, and its newest entry (new entries are new objects)."""
-    entries = table.dynamic_entries
-    return len(entries), table.maxsize, entries[0] if entries else None
-
-
-def _unpad(payload: bytes) -> bytes:
-    if not payload:
-        return payload
-    pad = payload[0]
-    return payload[1 : len(payload) - pad] if pad < len(payload) else b""
 
 
 # --- calls --------------------------------------------------------------------
@@ -855,7 +797,7 @@ class Channel:
                 headers += timeout_header(timeout)
             if metadata:
                 headers += metadata_block(metadata)
-            framed = b"\x00" + _U32.pack(len(body)) + body
+            framed = b"\x00" + U32.pack(len(body)) + body
             deadline = None if timeout is None else time.monotonic() + timeout
             conn = self._connection
             stream = None

@@ -97,6 +97,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._tracer = telemetry.tracer("tips.grpc.server")
         self._callers = callers
         self._verifier = verifier
+        # method -> (the handler, its wrapped form): built once per method, not per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def _admit(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], outcome: _Outcome
@@ -117,6 +119,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
                 self._streaming(method, handler.stream_stream),

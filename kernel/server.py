@@ -35,6 +35,7 @@ from kernel import tls
 from kernel.access import CallerPolicy, callers_table
 from kernel.clients import channel, close_channels
 from kernel.dependency_health import DependencyHealth, Probe, bus_probe, db_probe
+from kernel.h2server import Server
 from kernel.interceptors import ServerInterceptor
 from kernel.logging import configure_logging, redact_text
 from kernel.metrics import MetricsEndpointError
@@ -52,15 +53,9 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 # A background task gets this long to finish once cancelled at shutdown.
 TASK_STOP_TIMEOUT_S = 10.0
 
-# gRPC refuses request metadata past a soft limit (8 KiB by default) at random, more
-# often the closer it is to the hard one (16 KiB): one limit, so a request the
-# gateway lets through (its caps leave room for its own headers) always arrives.
+# One limit on request metadata, so a request the gateway lets through (its caps
+# leave room for its own headers) always arrives.
 MAX_METADATA_BYTES = 16 * 1024
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.so_reuseport", 0),  # a busy port must fail loudly, not be shared
-    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
-]
 
 
 class StartupError(RuntimeError):
@@ -130,7 +125,7 @@ class ServiceServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers = _LateHandlers()
         self._health = HealthServicer()
-        self._server: grpc.aio.Server | None = None
+        self._server: Server | None = None
         self._stopped = False
         self._callers = CallerPolicy(verify_peers=not settings.insecure)
         # Users' tokens are checked against the auth service's keys (its GetJwks,
@@ -173,18 +168,18 @@ class ServiceServer:
             raise StartupError(str(exc)) from None
         tls.warn_if_insecure(settings, name)
         interceptor = ServerInterceptor(callers=self._callers, verifier=self._verifier)
-        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
+        server = Server([interceptor], max_metadata_bytes=MAX_METADATA_BYTES)
         self._server = server
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers((self._handlers,))
         await self._health.set("", NOT_SERVING)
         target = f"{settings.host}:{self._listen_port()}"
-        credentials = tls.server_credentials(settings)  # bad TLS settings: exit 2, not "port"
+        context = tls.server_ssl_context(settings)  # bad TLS settings: exit 2, not "port"
         try:
-            if credentials is None:
+            if context is None:
                 self.port = server.add_insecure_port(target)
             else:
-                self.port = server.add_secure_port(target, credentials)
+                self.port = server.add_secure_port(target, context)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {target}: {exc}") from None
         if not self.port:

@@ -29,8 +29,9 @@ from gateway.app import create_app
 from gateway.descriptors import build_pool
 from gateway.upstreams import Upstreams
 from kernel.errors import InvalidArgument, NotFound, Unauthenticated
+from kernel.h2server import Server
 from kernel.identity import Caller
-from kernel.server import SERVER_OPTIONS
+from kernel.server import MAX_METADATA_BYTES
 from kernel.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -305,7 +306,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     path = compile_descriptor_set(tmp_path_factory.mktemp("conformance"))
     image = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
     backend = Backend(build_pool(image))
-    server = grpc.aio.server(options=SERVER_OPTIONS)  # as every service of ours
+    server = Server(max_metadata_bytes=MAX_METADATA_BYTES)  # as every service of ours
     server.add_generic_rpc_handlers((backend.handler(),))
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -82,9 +82,10 @@ async def test_stop_names_a_task_that_ignores_cancellation_and_goes_on(
     import kernel.server
 
     monkeypatch.setattr(kernel.server, "TASK_STOP_TIMEOUT_S", 0.5)
-    release = asyncio.Event()
+    release, running = asyncio.Event(), asyncio.Event()
 
     async def stubborn() -> None:
+        running.set()  # a task cancelled before its first step never runs at all
         while not release.is_set():
             try:
                 await release.wait()
@@ -99,6 +100,8 @@ async def test_stop_names_a_task_that_ignores_cancellation_and_goes_on(
     srv = ServiceServer(definition, load_settings(log_format="text"), port=0)
     await srv.start()
     try:
+        async with asyncio.timeout(30):
+            await running.wait()
         with caplog.at_level(logging.ERROR, logger="tips.server"):
             async with asyncio.timeout(30):
                 await srv.stop(grace=0)

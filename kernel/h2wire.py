@@ -1,0 +1,150 @@
+"""gRPC over HTTP/2, the parts both our sides share: frames, HPACK, messages.
+
+The edge's client (``gateway.h2upstream``) and every service's server
+(``kernel.h2server``) speak gRPC's HTTP/2 mapping on the loop's own
+transport instead of through grpc-core (decisions 27 and 38). What they
+share is here: frame layout and constants (RFC 9113), header fields written
+as HPACK literals without indexing (so an encoder keeps no state), the
+decoding of header blocks with a cache for blocks that leave HPACK's dynamic
+table as it was, metadata values (``-bin`` keys are base64 on the wire),
+and compressed messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import hpack
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+# SETTINGS identifiers (RFC 9113 6.5.2).
+S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
+S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
+# Error codes (RFC 9113 7).
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 7, 8, 0xB
+
+DEFAULT_WINDOW = 65535
+MAX_FRAME = 16384  # the largest frame we allow (SETTINGS_MAX_FRAME_SIZE left at its default)
+MAX_STREAM_ID = 2**31 - 1
+MAX_WINDOW = 2**31 - 1
+
+FRAME = struct.Struct(">I B I")  # length (24 bits) + type in the first word, flags, stream
+U32 = struct.Struct(">I")
+CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return FRAME.pack((len(payload) << 8) | kind, flags, stream_id) + payload
+
+
+def unpad(payload: bytes) -> bytes:
+    if not payload:
+        return payload
+    pad = payload[0]
+    return payload[1 : len(payload) - pad] if pad < len(payload) else b""
+
+
+# --- HPACK encoding: literals, never indexed ----------------------------------
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """A header field as 'literal without indexing, new name' (RFC 7541 6.2.2)."""
+    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
+
+
+def metadata_block(metadata: Metadata) -> bytes:
+    parts = []
+    for key, value in metadata:
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).rstrip(b"=").decode("ascii")
+        parts.append(literal(key.encode("ascii"), value.encode("latin-1")))
+    return b"".join(parts)
+
+
+def metadata_item(name: str, value: str) -> tuple[str, str | bytes]:
+    """A received header as metadata: ``-bin`` values decoded to bytes."""
+    if name.endswith("-bin"):
+        try:
+            return name, base64.b64decode(value + "=" * (-len(value) % 4))
+        except ValueError:
+            return name, b""
+    return name, value
+
+
+# --- HPACK decoding -----------------------------------------------------------
+
+
+class HeaderDecoder:
+    """One connection's HPACK decoder. A header block that left the dynamic
+    table as it was decodes the same way again while the table stays so, so
+    it is decoded once: a peer repeats such blocks on every call (a server's
+    ``:status 200``, a client's ``:path`` and ``content-type`` once indexed)."""
+
+    def __init__(self, max_header_list: int) -> None:
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = max_header_list
+        self._decoder.max_allowed_table_size = 4096
+        self._unchanging: dict[bytes, list[tuple[str, str]]] = {}
+
+    def decode(self, block: bytes) -> list[tuple[str, str]]:
+        """The block's fields; hpack's errors propagate (the connection cannot go on)."""
+        fields = self._unchanging.get(block)
+        if fields is not None:
+            return fields
+        table = self._decoder.header_table
+        before = _table_state(table)
+        fields = [(str(name), str(value)) for name, value in self._decoder.decode(block)]
+        if _table_state(table) == before:
+            if len(self._unchanging) >= 256:
+                self._unchanging.clear()  # bounded: a peer's varying blocks cannot grow it
+            self._unchanging[block] = fields
+        else:
+            self._unchanging.clear()  # what they decode to may have changed
+        return fields
+
+
+def _table_state(table: Any) -> tuple[int, int, object]:
+    """What changes when a block adds to (or resizes) HPACK's dynamic table: its
+    size, its limit, and its newest entry (new entries are new objects)."""
+    entries = table.dynamic_entries
+    return len(entries), table.maxsize, entries[0] if entries else None
+
+
+# --- messages -----------------------------------------------------------------
+
+
+def decompress(payload: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return zlib.decompress(payload, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompress(payload)
+    raise ValueError(f"compressed with {encoding or 'no grpc-encoding'}")
+
+
+def framed(message: bytes) -> bytes:
+    """A message with gRPC's length prefix, uncompressed."""
+    return b"\x00" + U32.pack(len(message)) + message

@@ -1,0 +1,970 @@
+"""The kernel's own HTTP/2 gRPC server (kernel.h2server) against real clients.
+
+grpc.aio channels (plaintext, gzip, mutual TLS) and the edge's own client
+(gateway.h2upstream) call handlers over raw bytes, as a generated
+``add_XServicer_to_server`` would register them: the four call shapes,
+metadata and status details both ways, deadlines and cancellation seen by the
+handler, flow control with messages of megabytes, the receive and metadata
+limits, graceful stop, mTLS with the caller's certificate in the auth
+context, and the servicers every service serves beside its own (health,
+reflection) plus the kernel's interceptor. A bare HTTP/2 client checks what
+only the server can do (a deadline the client never enforces itself).
+Every wait is for a condition, with a generous deadline: the machine may be
+loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import struct
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import hpack
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from gateway.h2upstream import Channel, UpstreamError
+from kernel.access import CallerPolicy
+from kernel.errors import NotFound, error_info, status_details
+from kernel.h2server import Server
+from kernel.identity import current_caller
+from kernel.interceptors import ServerInterceptor
+from kernel.settings import Settings
+from kernel.tls import client_ssl_context, peer_name, server_ssl_context
+from kernel.tokens import verifier_from_settings
+from tests.support import tokens
+from tipsmesh.devcerts import MeshIdentity, ensure_mesh_certs
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+WAIT = 30.0
+SERVICE_NAME = "test.h2.Probe"
+SERVICE = f"/{SERVICE_NAME}/"
+MiB = 1024 * 1024
+Context = grpc.aio.ServicerContext[Any, Any]
+PEER = re.compile(r"ipv4:127\.0\.0\.1:\d+")
+# A message with what grpc-message must percent-encode: non-ASCII, and "%"
+# itself (a "%41" left as it is would reach the client as "A").
+MESSAGE = "it failed: 100% é ✓ %41"
+
+
+class Raw:
+    """A request that is already bytes (h2upstream only calls SerializeToString)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+
+def same(data: bytes) -> bytes:
+    return data
+
+
+class Probe:
+    """Handlers over raw bytes; what each call saw is kept for the test to read.
+
+    Calls that wait are keyed by their request: ``started[key]`` is set when
+    the handler runs, ``cancelled[key]`` when it sees CancelledError,
+    ``finished[key]`` when its context's done callback ran.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+        self.started: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
+        self.cancelled: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
+        self.finished: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
+        self.release = asyncio.Event()
+        self.active = 0
+        self.peak = 0
+
+    def _track(self, key: bytes, context: Context) -> None:
+        context.add_done_callback(lambda _: self.finished[key].set())
+        self.started[key].set()
+
+    # unary-unary
+
+    async def echo(self, request: bytes, context: Context) -> bytes:
+        self.seen = {
+            "metadata": list(context.invocation_metadata() or ()),
+            "peer": context.peer(),
+            "peer_name": peer_name(context),
+            "auth": context.auth_context(),
+        }
+        context.add_done_callback(lambda _: self.finished[b"echo"].set())
+        await context.send_initial_metadata((("x-first", "one"), ("x-raw-bin", b"\x00\xff")))
+        context.set_trailing_metadata((("x-last", "two"), ("x-trail-bin", b"\x00\xff")))
+        return request
+
+    async def sized(self, request: bytes, context: Context) -> bytes:
+        return b"z" * int(request.decode())
+
+    async def nap(self, request: bytes, context: Context) -> bytes:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(float(request.decode()))
+        finally:
+            self.active -= 1
+        return request
+
+    async def hold(self, request: bytes, context: Context) -> bytes:
+        """Waits for ``release``."""
+        self._track(request, context)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled[request].set()
+            raise
+        return b"released"
+
+    async def forever(self, request: bytes, context: Context) -> bytes:
+        self._track(request, context)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled[request].set()
+            raise
+        raise AssertionError("never set")
+
+    async def remaining(self, request: bytes, context: Context) -> bytes:
+        return repr(context.time_remaining()).encode()
+
+    async def fail(self, request: bytes, context: Context) -> bytes:
+        info = error_details_pb2.ErrorInfo(reason="PROBE_FAILED", domain="tips.test")
+        status = status_pb2.Status(code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
+        status.message = MESSAGE
+        status.details.add().Pack(info)
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            MESSAGE,
+            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+        )
+        raise AssertionError("abort raises")
+
+    async def crash(self, request: bytes, context: Context) -> bytes:
+        raise RuntimeError("the database password is hunter2")
+
+    async def set_status(self, request: bytes, context: Context) -> bytes:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("nothing here")
+        return b""
+
+    async def caller(self, request: bytes, context: Context) -> bytes:
+        found = current_caller()
+        return b"" if found is None else found.user.encode()
+
+    async def missing(self, request: bytes, context: Context) -> bytes:
+        raise NotFound("things/1", reason="THING_NOT_FOUND")
+
+    # unary-stream
+
+    async def many(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        for i in range(int(request.decode())):
+            yield b"%d" % i
+
+    async def chunks(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        for i in range(int(request.decode())):
+            yield bytes([i]) * MiB
+
+    async def written(self, request: bytes, context: Context) -> None:
+        await context.send_initial_metadata((("x-stream", "yes"),))
+        for i in range(int(request.decode())):
+            await context.write(b"w%d" % i)
+
+    async def abort_midway(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield b"%d" % i
+        await context.abort(grpc.StatusCode.ABORTED, "stopped midway")
+
+    async def endless(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        self._track(request, context)
+        yield b"first"
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled[request].set()
+            raise
+
+    # stream-unary
+
+    async def total(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
+        return b"%d" % sum([int(m.decode()) async for m in requests])
+
+    async def total_read(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
+        result = 0
+        while (message := await context.read()) is not grpc.aio.EOF:
+            result += int(message.decode())
+        return b"%d" % result
+
+    # stream-stream
+
+    async def bidi(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        async for message in requests:
+            yield b"re:" + message
+
+
+UNARY = (
+    "echo",
+    "sized",
+    "nap",
+    "hold",
+    "forever",
+    "remaining",
+    "fail",
+    "crash",
+    "set_status",
+    "caller",
+    "missing",
+)
+SERVER_STREAMS = ("many", "chunks", "written", "abort_midway", "endless")
+
+
+def handlers(probe: Probe) -> grpc.GenericRpcHandler:
+    methods = {
+        **{name: grpc.unary_unary_rpc_method_handler(getattr(probe, name)) for name in UNARY},
+        **{
+            name: grpc.unary_stream_rpc_method_handler(getattr(probe, name))
+            for name in SERVER_STREAMS
+        },
+        "total": grpc.stream_unary_rpc_method_handler(probe.total),
+        "total_read": grpc.stream_unary_rpc_method_handler(probe.total_read),
+        "bidi": grpc.stream_stream_rpc_method_handler(probe.bidi),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    probe: Probe,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ssl_context: Any = None,
+    extra: Sequence[Callable[[Server], None]] = (),
+    **limits: int,
+) -> AsyncIterator[tuple[Server, int]]:
+    server = Server(interceptors, **limits)
+    server.add_generic_rpc_handlers((handlers(probe),))
+    for add in extra:
+        add(server)
+    if ssl_context is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", ssl_context)
+    assert port > 0
+    await server.start()
+    try:
+        yield server, port
+    finally:
+        await within(server.stop(None), "the server to stop")
+
+
+@dataclass
+class Served:
+    probe: Probe
+    server: Server
+    port: int
+    channel: grpc.aio.Channel
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    probe = Probe()
+    async with (
+        serving(probe) as (server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield Served(probe, server, port, channel)
+
+
+def unary(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.unary_unary(SERVICE + method)
+
+
+def server_stream(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.unary_stream(SERVICE + method)
+
+
+def client_stream(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.stream_unary(SERVICE + method)
+
+
+def bidi_stream(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.stream_stream(SERVICE + method)
+
+
+async def within(awaitable: Awaitable[T], what: str) -> T:
+    try:
+        async with asyncio.timeout(WAIT):
+            return await awaitable
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
+async def happened(event: asyncio.Event, what: str) -> None:
+    await within(event.wait(), what)
+
+
+async def edge_call(channel: Channel, method: str, data: bytes, **kwargs: Any) -> Any:
+    return await channel.unary(SERVICE + method, same)(Raw(data), **kwargs)
+
+
+# --- unary calls, metadata, statuses ------------------------------------------
+
+
+async def test_a_unary_call_carries_metadata_both_ways_and_names_its_peer(served: Served) -> None:
+    call = unary(served.channel, "echo")(
+        b"hi", metadata=(("x-plain", "v a l"), ("x-key-bin", b"\x00\xff")), timeout=WAIT
+    )
+    assert await call == b"hi"
+    assert await call.code() is grpc.StatusCode.OK
+    initial = dict(tuple(await call.initial_metadata()))
+    assert initial["x-first"] == "one"
+    assert initial["x-raw-bin"] == b"\x00\xff"
+    trailing = dict(tuple(await call.trailing_metadata()))
+    assert trailing["x-last"] == "two"
+    assert trailing["x-trail-bin"] == b"\x00\xff"
+    seen = served.probe.seen
+    sent = dict(seen["metadata"])
+    assert sent["x-plain"] == "v a l"
+    assert sent["x-key-bin"] == b"\x00\xff"
+    assert not [key for key, _ in seen["metadata"] if key.startswith(":")]  # no pseudo-headers
+    assert PEER.fullmatch(seen["peer"]), seen["peer"]
+    assert seen["peer_name"] is None  # plaintext: no certificate, no name
+    await happened(served.probe.finished[b"echo"], "the done callback")
+
+
+async def test_an_abort_carries_code_message_and_details(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await unary(served.channel, "fail")(b"", timeout=WAIT)
+    error = failed.value
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == MESSAGE
+    status = status_details(error)
+    assert status.message == MESSAGE
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "PROBE_FAILED"
+
+
+async def test_unknown_methods_and_unexpected_exceptions(served: Served) -> None:
+    for path in (SERVICE + "nope", "/no.such.Service/Method"):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await served.channel.unary_unary(path)(b"", timeout=WAIT)
+        assert failed.value.code() is grpc.StatusCode.UNIMPLEMENTED, path
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await unary(served.channel, "crash")(b"", timeout=WAIT)
+    assert failed.value.code() is grpc.StatusCode.UNKNOWN
+    # A handler that sets its status instead of aborting.
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await unary(served.channel, "set_status")(b"", timeout=WAIT)
+    assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+    assert failed.value.details() == "nothing here"
+    assert await unary(served.channel, "echo")(b"still fine", timeout=WAIT) == b"still fine"
+
+
+# --- deadlines and cancellation -------------------------------------------------
+
+
+async def test_a_deadline_ends_the_call_and_cancels_the_handler(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await unary(served.channel, "forever")(b"d1", timeout=0.2)
+    assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await happened(served.probe.cancelled[b"d1"], "the handler to be cancelled")
+    await happened(served.probe.finished[b"d1"], "the done callback")
+
+
+async def test_time_remaining_follows_the_callers_timeout(served: Served) -> None:
+    left = float(await unary(served.channel, "remaining")(b"", timeout=5))
+    # grpc-core rounds the grpc-timeout it sends up (three significant digits: 10 ms here).
+    assert 0 < left <= 5.1
+    assert await unary(served.channel, "remaining")(b"") == b"None"
+
+
+async def test_the_server_enforces_grpc_timeout_itself(served: Served) -> None:
+    """A bare client that never cancels: the server's own timer answers DEADLINE_EXCEEDED."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await bare_call(served.port, SERVICE + "forever", b"bare", (("grpc-timeout", "200m"),))
+    assert answer.get("grpc-status") == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]), answer
+    assert loop.time() - started < WAIT
+    await happened(served.probe.cancelled[b"bare"], "the handler to be cancelled")
+
+
+async def test_a_cancelled_call_cancels_the_handler(served: Served) -> None:
+    call = unary(served.channel, "forever")(b"c1", timeout=WAIT * 2)
+    await happened(served.probe.started[b"c1"], "the handler to start")
+    assert call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await happened(served.probe.cancelled[b"c1"], "the handler to be cancelled")
+    await happened(served.probe.finished[b"c1"], "the done callback")
+    # A server stream cancelled after its first message.
+    stream = server_stream(served.channel, "endless")(b"c2", timeout=WAIT * 2)
+    assert await stream.read() == b"first"
+    assert stream.cancel()
+    await happened(served.probe.cancelled[b"c2"], "the streaming handler to be cancelled")
+    assert await unary(served.channel, "echo")(b"after", timeout=WAIT) == b"after"
+
+
+async def test_a_client_that_hangs_up_cancels_its_handlers(served: Served) -> None:
+    """The connection closes without RST_STREAM (the bare client just goes)."""
+    bare = asyncio.ensure_future(bare_call(served.port, SERVICE + "forever", b"g1"))
+    await happened(served.probe.started[b"g1"], "the handler to start")
+    bare.cancel()  # its socket is closed, nothing more is sent
+    with pytest.raises(asyncio.CancelledError):
+        await bare
+    await happened(served.probe.cancelled[b"g1"], "the handler to be cancelled")
+    await happened(served.probe.finished[b"g1"], "the done callback")
+
+
+# --- sizes, flow control, concurrency -------------------------------------------
+
+
+async def test_megabyte_messages_both_ways_and_many_calls_at_once(served: Served) -> None:
+    big = bytes(range(256)) * (3 * MiB // 256)
+    assert await unary(served.channel, "echo")(big, timeout=WAIT) == big
+    answer = await unary(served.channel, "sized")(str(3 * MiB).encode(), timeout=WAIT)
+    assert answer == b"z" * (3 * MiB)
+    answers = await asyncio.gather(
+        *(unary(served.channel, "echo")(b"%d" % i, timeout=WAIT) for i in range(200))
+    )
+    assert answers == [b"%d" % i for i in range(200)]
+
+
+async def test_a_request_over_the_receive_limit_is_resource_exhausted(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await unary(served.channel, "echo")(b"x" * (5 * MiB), timeout=WAIT)
+    assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await unary(served.channel, "echo")(b"still fine", timeout=WAIT) == b"still fine"
+    async with (
+        serving(Probe(), max_receive_message_bytes=1024) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        assert await unary(channel, "echo")(b"x" * 1024, timeout=WAIT) == b"x" * 1024
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await unary(channel, "echo")(b"x" * 1025, timeout=WAIT)
+        assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_metadata_up_to_the_limit_arrives_and_past_it_is_refused(served: Served) -> None:
+    fits = "m" * 10_000
+    assert await unary(served.channel, "echo")(b"a", metadata=(("x-big", fits),), timeout=WAIT)
+    assert dict(served.probe.seen["metadata"])["x-big"] == fits
+    edge = Channel("127.0.0.1", served.port)
+    try:
+        for channel_call in (
+            lambda md: unary(served.channel, "echo")(b"b", metadata=md, timeout=WAIT),
+            lambda md: edge_call(edge, "echo", b"b", metadata=md, timeout=WAIT),
+        ):
+            with pytest.raises(grpc.RpcError) as failed:
+                await channel_call((("x-big", "m" * 20_000),))
+            code = failed.value.code()
+            assert code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL), code
+        assert await unary(served.channel, "echo")(b"ok", timeout=WAIT) == b"ok"
+    finally:
+        await edge.close()
+    # A larger limit: a header block over one frame (HEADERS then CONTINUATION).
+    probe = Probe()
+    async with serving(probe, max_metadata_bytes=64 * 1024) as (_, port):
+        edge = Channel("127.0.0.1", port)
+        try:
+            large = "".join(f"{i:05d}" for i in range(8000))  # 40,000 characters
+            assert await edge_call(edge, "echo", b"c", metadata=(("x-big", large),), timeout=WAIT)
+            assert dict(probe.seen["metadata"])["x-big"] == large
+        finally:
+            await edge.close()
+
+
+async def test_calls_past_max_concurrent_streams_wait_their_turn() -> None:
+    probe = Probe()
+    async with (
+        serving(probe, max_concurrent_streams=2) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        answers = await asyncio.gather(
+            *(unary(channel, "nap")(b"0.05", timeout=WAIT) for _ in range(12))
+        )
+    assert answers == [b"0.05"] * 12
+    assert probe.peak <= 2
+
+
+# --- streams ----------------------------------------------------------------------
+
+
+async def test_server_streams_arrive_in_order(served: Served) -> None:
+    got = [m async for m in server_stream(served.channel, "many")(b"1000", timeout=WAIT)]
+    assert got == [b"%d" % i for i in range(1000)]
+    chunks = [m async for m in server_stream(served.channel, "chunks")(b"20", timeout=WAIT)]
+    assert [len(c) for c in chunks] == [MiB] * 20
+    assert [c[0] for c in chunks] == list(range(20))
+    assert all(c == c[:1] * MiB for c in chunks)
+    call = server_stream(served.channel, "written")(b"5", timeout=WAIT)
+    assert [m async for m in call] == [b"w%d" % i for i in range(5)]
+    assert dict(tuple(await call.initial_metadata()))["x-stream"] == "yes"
+    assert await call.code() is grpc.StatusCode.OK
+
+
+async def test_a_stream_that_aborts_midway_gives_its_messages_then_the_status(
+    served: Served,
+) -> None:
+    got: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        async for message in server_stream(served.channel, "abort_midway")(b"", timeout=WAIT):
+            got.append(message)
+    assert got == [b"0", b"1", b"2"]
+    assert failed.value.code() is grpc.StatusCode.ABORTED
+    assert failed.value.details() == "stopped midway"
+
+
+async def test_client_streams_and_bidi(served: Served) -> None:
+    numbers = [b"%d" % i for i in range(1, 101)]
+    assert await client_stream(served.channel, "total")(iter(numbers), timeout=WAIT) == b"5050"
+    assert await client_stream(served.channel, "total")(iter([]), timeout=WAIT) == b"0"
+    call = client_stream(served.channel, "total_read")(timeout=WAIT)
+    for i in range(1, 51):
+        await call.write(b"%d" % i)
+    await call.done_writing()
+    assert await call == b"1275"
+    # Ping-pong: each answer must arrive while the request stream is still open.
+    bidi = bidi_stream(served.channel, "bidi")(timeout=WAIT)
+    for i in range(100):
+        await bidi.write(b"%d" % i)
+        assert await bidi.read() == b"re:%d" % i
+    await bidi.done_writing()
+    assert await bidi.read() is grpc.aio.EOF
+    assert await bidi.code() is grpc.StatusCode.OK
+    # Streamed requests far past the window: it reopens as the handler reads them.
+    bidi = bidi_stream(served.channel, "bidi")(timeout=WAIT)
+    chunks = [bytes([i]) * MiB for i in range(8)]
+    for chunk in chunks:
+        await bidi.write(chunk)
+    await bidi.done_writing()
+    assert [m async for m in bidi] == [b"re:" + chunk for chunk in chunks]
+
+
+async def test_an_unknown_request_encoding_is_unimplemented(served: Served) -> None:
+    answer = await bare_call(
+        served.port, SERVICE + "echo", b"x", (("grpc-encoding", "snappy"),), compressed=True
+    )
+    assert answer.get("grpc-status") == str(grpc.StatusCode.UNIMPLEMENTED.value[0]), answer
+
+
+async def test_reflection_lists_the_services_as_grpcurl_does() -> None:
+    names = (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME)
+
+    def add(server: Server) -> None:
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ReflectionServicer(names), server
+        )
+
+    async with (
+        serving(Probe(), extra=(add,)) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=WAIT)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        reply = await call.read()
+        assert {s.name for s in reply.list_services_response.service} == set(names)
+        await call.write(
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health")
+        )
+        reply = await call.read()
+        assert reply.file_descriptor_response.file_descriptor_proto
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+
+
+# --- compression --------------------------------------------------------------------
+
+
+async def test_gzip_requests_are_read() -> None:
+    async with (
+        serving(Probe()) as (_, port),
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", compression=grpc.Compression.Gzip
+        ) as channel,
+    ):
+        text = b"a compressible request " * 20_000
+        assert await unary(channel, "echo")(text, timeout=WAIT) == text
+        numbers = [b"%d" % i for i in range(1, 101)]
+        assert await client_stream(channel, "total")(iter(numbers), timeout=WAIT) == b"5050"
+        bidi = bidi_stream(channel, "bidi")(timeout=WAIT)
+        for i in range(10):
+            await bidi.write(text[: 1000 + i])
+            assert await bidi.read() == b"re:" + text[: 1000 + i]
+        await bidi.done_writing()
+        assert await bidi.code() is grpc.StatusCode.OK
+        # The limit is on the message, not on its compressed form (a gzip bomb).
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await unary(channel, "echo")(b"\x00" * (5 * MiB), timeout=WAIT)
+        assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# --- both of our own sides ----------------------------------------------------------
+
+
+async def test_the_edges_own_client_talks_to_it(served: Served) -> None:
+    probe = served.probe
+    channel = Channel("127.0.0.1", served.port)
+    try:
+        pending = channel.unary(SERVICE + "echo", same)(
+            Raw(b"hi"), timeout=WAIT, metadata=[("x-plain", "v a l"), ("x-key-bin", b"\x00\xff")]
+        )
+        assert await pending == b"hi"
+        initial = dict(await pending.initial_metadata())
+        assert initial["x-first"] == "one"
+        assert initial["x-raw-bin"] == b"\x00\xff"
+        trailing = dict(pending.trailing_metadata())
+        assert trailing["x-last"] == "two"
+        assert trailing["x-trail-bin"] == b"\x00\xff"
+        sent = dict(probe.seen["metadata"])
+        assert sent["x-plain"] == "v a l"
+        assert sent["x-key-bin"] == b"\x00\xff"
+        assert PEER.fullmatch(probe.seen["peer"]), probe.seen["peer"]
+
+        big = bytes(range(256)) * (3 * MiB // 256)
+        assert await edge_call(channel, "echo", big, timeout=WAIT) == big
+        answers = await asyncio.gather(
+            *(edge_call(channel, "echo", b"%d" % i, timeout=WAIT) for i in range(200))
+        )
+        assert answers == [b"%d" % i for i in range(200)]
+
+        stream = channel.server_stream(SERVICE + "many", same)(Raw(b"1000"), timeout=WAIT)
+        got = []
+        while (message := await stream.read()) is not grpc.aio.EOF:
+            got.append(message)
+        assert got == [b"%d" % i for i in range(1000)]
+
+        with pytest.raises(UpstreamError) as failed:
+            await edge_call(channel, "fail", b"", timeout=WAIT)
+        assert failed.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert failed.value.details() == MESSAGE
+        info = error_details_pb2.ErrorInfo()
+        assert status_details(failed.value).details[0].Unpack(info)
+        assert info.reason == "PROBE_FAILED"
+
+        with pytest.raises(UpstreamError) as failed:
+            await edge_call(channel, "forever", b"e1", timeout=0.3)
+        assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await happened(probe.cancelled[b"e1"], "the handler to be cancelled")
+    finally:
+        await channel.close()
+
+
+# --- stopping ---------------------------------------------------------------------
+
+
+async def test_a_graceful_stop_lets_calls_in_flight_finish_and_refuses_new_ones() -> None:
+    probe = Probe()
+    async with serving(probe) as (server, port):
+        target = f"127.0.0.1:{port}"
+        async with grpc.aio.insecure_channel(target) as channel:
+            held = asyncio.ensure_future(unary(channel, "hold")(b"h1", timeout=WAIT * 2))
+            await happened(probe.started[b"h1"], "the call to reach its handler")
+            # As grpc.aio's: the answer says whether the wait timed out.
+            assert await server.wait_for_termination(timeout=0.01) is True  # timed out
+            stopping = asyncio.ensure_future(server.stop(grace=10))
+            await asyncio.sleep(0)  # stop() has begun
+            async with grpc.aio.insecure_channel(target) as late:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await unary(late, "echo")(b"late", timeout=WAIT)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert not stopping.done()  # the held call is still in flight
+            assert not held.done()
+            probe.release.set()
+            assert await within(held, "the held call to end") == b"released"
+            await within(stopping, "stop() to return")
+            assert not probe.cancelled[b"h1"].is_set()
+            assert await server.wait_for_termination(timeout=WAIT) is False  # terminated
+
+
+async def test_a_stop_cancels_what_outlives_its_grace() -> None:
+    probe = Probe()
+    async with (
+        serving(probe) as (server, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stuck = asyncio.ensure_future(unary(channel, "forever")(b"s1", timeout=WAIT * 2))
+        await happened(probe.started[b"s1"], "the call to reach its handler")
+        await within(server.stop(grace=0.2), "stop() to return")
+        await happened(probe.cancelled[b"s1"], "the handler to be cancelled")
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await within(stuck, "the stuck call to end")
+        assert ended.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.CANCELLED,
+        ), ended.value
+
+
+# --- mutual TLS ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MeshIdentity]:
+    return ensure_mesh_certs(tmp_path_factory.mktemp("h2server-tls"), ["profile", "gateway"])
+
+
+@pytest.fixture(scope="module")
+def rogue(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
+    """A certificate named "gateway" from a CA the mesh does not trust."""
+    return ensure_mesh_certs(tmp_path_factory.mktemp("h2server-rogue"), ["gateway"])["gateway"]
+
+
+def _credentials(who: MeshIdentity | None, ca: Path) -> grpc.ChannelCredentials:
+    if who is None:
+        return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=who.key_file.read_bytes(),
+        certificate_chain=who.cert_file.read_bytes(),
+    )
+
+
+def _tls_channel(port: int, who: MeshIdentity | None, ca: Path) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{port}",
+        _credentials(who, ca),
+        options=[("grpc.ssl_target_name_override", "profile")],
+    )
+
+
+async def test_mutual_tls_names_the_caller_and_refuses_strangers(
+    certs: dict[str, MeshIdentity], rogue: MeshIdentity
+) -> None:
+    probe = Probe()
+    context = server_ssl_context(certs["profile"].settings())
+    assert context is not None
+    ca = certs["profile"].ca_file
+    async with serving(probe, ssl_context=context) as (_, port):
+        async with _tls_channel(port, certs["gateway"], ca) as channel:
+            assert await unary(channel, "echo")(b"over tls", timeout=WAIT) == b"over tls"
+        auth = probe.seen["auth"]
+        assert b"gateway" in auth["x509_subject_alternative_name"]
+        assert auth["x509_common_name"] == [b"gateway"]
+        assert auth["transport_security_type"] == [b"ssl"]
+        assert probe.seen["peer_name"] == "gateway"
+        assert PEER.fullmatch(probe.seen["peer"]), probe.seen["peer"]
+
+        edge = Channel(
+            "127.0.0.1",
+            port,
+            ssl_context=client_ssl_context(certs["gateway"].settings()),
+            server_name="profile",
+        )
+        try:
+            assert await edge_call(edge, "echo", b"edge tls", timeout=WAIT) == b"edge tls"
+            assert probe.seen["peer_name"] == "gateway"
+        finally:
+            await edge.close()
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await unary(plain, "echo")(b"x", timeout=WAIT)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        for who in (None, rogue):  # no client certificate; one from another CA
+            async with _tls_channel(port, who, ca) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await unary(channel, "echo")(b"x", timeout=WAIT)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, who
+
+
+def test_no_server_tls_in_plaintext() -> None:
+    assert server_ssl_context(Settings(insecure=True)) is None
+
+
+# --- what every service serves beside its own ---------------------------------------
+
+
+def _no_auth_channel() -> grpc.aio.Channel:
+    raise AssertionError("keys come from the JWKS URL")
+
+
+async def test_the_kernels_interceptor_runs_on_it() -> None:
+    settings = Settings(insecure=True, jwks_url=tokens.issuer().jwks_url)
+    verifier = verifier_from_settings(settings, _no_auth_channel)
+    interceptor = ServerInterceptor(callers=CallerPolicy(verify_peers=False), verifier=verifier)
+    try:
+        async with (
+            serving(Probe(), interceptors=[interceptor]) as (_, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            me = tokens.as_user("u_h2server")
+            assert await unary(channel, "caller")(b"", metadata=me, timeout=WAIT) == b"u_h2server"
+            assert await unary(channel, "caller")(b"", timeout=WAIT) == b""
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await unary(channel, "caller")(
+                    b"", metadata=(("authorization", "Bearer not-a-token"),), timeout=WAIT
+                )
+            assert failed.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await unary(channel, "missing")(b"", timeout=WAIT)
+            assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+            info = error_info(failed.value)
+            assert info is not None and info.reason == "THING_NOT_FOUND"
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await unary(channel, "crash")(b"", timeout=WAIT)
+            assert failed.value.code() is grpc.StatusCode.INTERNAL
+            assert "hunter2" not in (failed.value.details() or "")
+            got = [m async for m in server_stream(channel, "many")(b"5", metadata=me)]
+            assert got == [b"0", b"1", b"2", b"3", b"4"]
+            numbers = [b"1", b"2", b"3"]
+            assert await client_stream(channel, "total")(iter(numbers), timeout=WAIT) == b"6"
+    finally:
+        await verifier.close()
+
+
+async def test_the_interceptor_checks_the_calling_process_by_its_certificate(
+    certs: dict[str, MeshIdentity],
+) -> None:
+    callers = CallerPolicy(verify_peers=True)
+    callers.add({SERVICE + "caller": frozenset({"recommender"})})
+    settings = Settings(insecure=True, jwks_url=tokens.issuer().jwks_url)
+    verifier = verifier_from_settings(settings, _no_auth_channel)
+    interceptor = ServerInterceptor(callers=callers, verifier=verifier)
+    context = server_ssl_context(certs["profile"].settings())
+    try:
+        async with (
+            serving(Probe(), interceptors=[interceptor], ssl_context=context) as (_, port),
+            _tls_channel(port, certs["gateway"], certs["profile"].ca_file) as channel,
+        ):
+            assert await unary(channel, "echo")(b"any caller", timeout=WAIT) == b"any caller"
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await unary(channel, "caller")(b"", timeout=WAIT)
+            assert failed.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            info = error_info(failed.value)
+            assert info is not None and info.reason == "CALLER_NOT_ALLOWED"
+            assert "'gateway' may not call" in (failed.value.details() or "")
+    finally:
+        await verifier.close()
+
+
+async def test_health_answers_check_and_watch() -> None:
+    health = HealthServicer()
+
+    def add(server: Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
+    serving_status = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    await health.set(SERVICE_NAME, serving_status)
+    async with (
+        serving(Probe(), extra=(add,)) as (_, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=WAIT)
+        assert reply.status == serving_status
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=WAIT)
+        assert reply.status == serving_status
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Check(health_pb2.HealthCheckRequest(service="no.such"), timeout=WAIT)
+        assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=WAIT)
+        assert (await watch.read()).status == serving_status
+        await health.set(SERVICE_NAME, not_serving)
+        assert (await watch.read()).status == not_serving
+        await health.set(SERVICE_NAME, serving_status)
+        assert (await watch.read()).status == serving_status
+        assert watch.cancel()
+
+
+# --- a bare HTTP/2 client --------------------------------------------------------------
+
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream_id)
+        + payload
+    )
+
+
+async def bare_call(
+    port: int,
+    path: str,
+    body: bytes,
+    headers: Sequence[tuple[str, str]] = (),
+    *,
+    compressed: bool = False,
+) -> dict[str, str]:
+    """One call on stream 1 from a client that never cancels nor times out by itself.
+
+    Returns the fields of the answer's header blocks (headers and trailers
+    merged), ``rst`` when the stream was reset, ``goaway`` when the connection
+    was closed.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", f"127.0.0.1:{port}"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *headers,
+    ]
+    message = bytes([compressed]) + struct.pack(">I", len(body)) + body
+    writer.write(
+        PREFACE
+        + _frame(SETTINGS, 0, 0)
+        + _frame(HEADERS, END_HEADERS, 1, hpack.Encoder().encode(fields))
+        + _frame(DATA, END_STREAM, 1, message)
+    )
+    decoder = hpack.Decoder()
+    answer: dict[str, str] = {}
+    block, block_ends_stream = b"", False
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                head = await reader.readexactly(9)
+                length = int.from_bytes(head[:3], "big")
+                kind, flags = head[3], head[4]
+                stream_id = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
+                payload = await reader.readexactly(length)
+                if kind == SETTINGS and not flags & ACK:
+                    writer.write(_frame(SETTINGS, ACK, 0))
+                elif kind == PING and not flags & ACK:
+                    writer.write(_frame(PING, ACK, 0, payload))
+                elif kind == GOAWAY:
+                    answer["goaway"] = str(int.from_bytes(payload[4:8], "big"))
+                    return answer
+                elif kind == RST_STREAM and stream_id == 1:
+                    answer["rst"] = str(int.from_bytes(payload[:4], "big"))
+                    return answer
+                elif kind in (HEADERS, CONTINUATION) and stream_id == 1:
+                    if kind == HEADERS:
+                        if flags & PADDED:
+                            payload = payload[1 : len(payload) - payload[0]]
+                        if flags & PRIORITY:
+                            payload = payload[5:]
+                        block_ends_stream = bool(flags & END_STREAM)
+                    block += payload
+                    if flags & END_HEADERS:
+                        answer.update(decoder.decode(block))
+                        block = b""
+                        if block_ends_stream:
+                            return answer
+                elif kind == DATA and stream_id == 1 and flags & END_STREAM:
+                    return answer  # no trailers
+    finally:
+        writer.close()
