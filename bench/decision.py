@@ -4,14 +4,17 @@
 
 Starts a local PostgreSQL and NATS, the events service in its own process with
 its relay child (as `tips up` runs it), the recommender in this process (as
-`tips serve` runs it, ONNX Runtime in process), and a bare
-grpc.aio server with an empty RPC (health Check) in another process. The load
-comes from a separate client process (one channel, N concurrent calls):
+`tips serve` runs it, ONNX Runtime in process, the heap settled), and an
+empty RPC (health Check) in another process twice: on a bare grpc.aio server
+(the baseline issue 13's goals are stated against) and on the kernel's own
+server (`kernel.h2server`, what every service runs on; decision 38). The load
+comes from a separate client process (one grpc.aio channel, N concurrent calls):
 
 - DecideTips (page_size 1, users rotated so eligibility never runs dry: every
-  call a new decision) and the empty RPC at concurrency 16 and 64: p50, p99,
-  throughput, their ratios, and CPU per call of the recommender, PostgreSQL and
-  NATS. Users are returning ones: each has had a decision (its token verified,
+  call a new decision) and the empty RPCs at concurrency 16 and 64: p50, p99,
+  throughput, their ratios (``ratio_*`` against grpc.aio's empty call,
+  ``kernel_server_ratio_*`` against ours), and CPU per call of the recommender,
+  PostgreSQL and NATS. Users are returning ones: each has had a decision (its token verified,
   profile looked up and history loaded) before the clock starts;
 - ListTips at the same concurrency on the same users, who then all have an
   active tip: what a screen refresh costs (a read, no decision);
@@ -62,7 +65,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 async def main() -> None:
-    server = grpc.aio.server()
+    if sys.argv[1] == "kernel":  # the server every service of ours runs on
+        from kernel.h2server import Server
+        server = Server()
+    else:  # a bare grpc.aio server: the issue's baseline
+        server = grpc.aio.server()
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -185,8 +192,10 @@ def _ts(value: datetime) -> Timestamp:
     return ts
 
 
-def _start_empty() -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", EMPTY_SERVER], stdout=subprocess.PIPE, text=True)
+def _start_empty(kind: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", EMPTY_SERVER, kind], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
 
 
 def _start_sink() -> tuple[subprocess.Popen[str], int]:
@@ -316,7 +325,7 @@ async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> li
 async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> dict[str, Any]:
     from kernel.clients import close_channels
     from kernel.migrations import migrate
-    from kernel.server import ServiceServer
+    from kernel.server import ServiceServer, settle_heap
     from kernel.settings import Settings
     from services.events.service import SERVICE as EVENTS
     from services.recommender.service import SERVICE as RECOMMENDER
@@ -327,7 +336,8 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
     tmp = Path(tempfile.mkdtemp(prefix="tips-bench-decision-"))
     events: subprocess.Popen[bytes] | None = None
     pg, nats_server = LocalPostgres(tmp / "pg"), LocalNats(tmp / "nats")
-    empty = await asyncio.to_thread(_start_empty)
+    empty = await asyncio.to_thread(_start_empty, "grpcio")
+    empty_kernel = await asyncio.to_thread(_start_empty, "kernel")
     sink, sink_port = await asyncio.to_thread(_start_sink) if telemetry == "otlp" else (None, None)
     try:
         # Plaintext in process: this bench measures the decision; what mTLS and the
@@ -353,8 +363,10 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
         )
         rec_server = ServiceServer(RECOMMENDER, rec_settings, port=0)
         await rec_server.start()
-        assert empty.stdout is not None
+        settle_heap()  # as `tips serve` does once it serves
+        assert empty.stdout is not None and empty_kernel.stdout is not None
         empty_addr = f"127.0.0.1:{empty.stdout.readline().strip()}"
+        kernel_addr = f"127.0.0.1:{empty_kernel.stdout.readline().strip()}"
         users = [f"bench_{i:05d}" for i in range(n_users)]
         results: dict[str, Any] = {}
         # The recommender runs in this process (the events service in its own).
@@ -366,6 +378,9 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             base = await asyncio.to_thread(
                 _load, "empty", empty_addr, conc, seconds, {"empty_server": empty.pid}
             )
+            ours = await asyncio.to_thread(
+                _load, "empty", kernel_addr, conc, seconds, {"empty_server": empty_kernel.pid}
+            )
             tips = await asyncio.to_thread(
                 _load, "decide_tips", rec_server.address, conc, seconds, servers, users, key
             )
@@ -374,12 +389,16 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             )
             results[f"c{conc}"] = {
                 "empty_rpc": {k: v for k, v in base.items() if k != "_lat"},
+                "empty_rpc_kernel_server": {k: v for k, v in ours.items() if k != "_lat"},
                 "decide_tips": {k: v for k, v in tips.items() if k != "_lat"},
                 "list_tips_read": {k: v for k, v in reads.items() if k != "_lat"},
                 "ratio_p50": tips["p50_ms"] / base["p50_ms"],
                 "ratio_p99": tips["p99_ms"] / base["p99_ms"],
                 "ratio_throughput": tips["rps"] / base["rps"],
                 "read_ratio_p99": reads["p99_ms"] / base["p99_ms"],
+                # The same ratios against the empty call on our own server.
+                "kernel_server_ratio_p99": tips["p99_ms"] / ours["p99_ms"],
+                "kernel_server_ratio_throughput": tips["rps"] / ours["rps"],
                 "_lat": {"empty": base["_lat"], "decide_tips": tips["_lat"],
                          "list_tips (read)": reads["_lat"]},
             }  # fmt: skip
@@ -404,6 +423,7 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             events.terminate()
             await asyncio.to_thread(events.wait, 30)
         empty.terminate()
+        empty_kernel.terminate()
         if sink is not None:
             sink.kill()
         nats_server.stop()

@@ -32,17 +32,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import socket
 import ssl
 import struct
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import grpc
 
+from kernel.h2call import RECEIVE_WINDOW, Call
 from kernel.h2wire import (
     ACK,
     CONTINUATION,
@@ -77,36 +76,23 @@ from kernel.h2wire import (
     WINDOW_UPDATE,
     HeaderDecoder,
     Metadata,
-    decompress,
     frame,
-    framed,
-    literal,
-    metadata_block,
     metadata_item,
     unpad,
 )
 
 log = logging.getLogger("tips.h2server")
 
-# A stream's receive window: gRPC's default largest message (4 MiB) fits in it.
-RECEIVE_WINDOW = 8 * 1024 * 1024
 # Header blocks past this fail the connection; past the server's metadata limit
 # (smaller) they fail only their call, with RESOURCE_EXHAUSTED.
 MAX_HEADER_BLOCK = 64 * 1024
-# A streaming handler's write waits while this much of its output is unsent.
-WRITE_BUFFER = 1024 * 1024
-# A streamed request's window reopens only while fewer messages wait unread.
-READ_AHEAD_MESSAGES = 16
 MAX_QUEUED_FRAMES = 10_000  # a peer that pings or resets without end is cut off
 
-_RESPONSE_HEAD = b"\x88" + literal(b"content-type", b"application/grpc")  # :status 200
-_TRAILERS_OK = literal(b"grpc-status", b"0")
 # Not metadata: the transport's own headers (grpc-core leaves user-agent in).
 _TRANSPORT_HEADERS = frozenset(
     {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
 )
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_MESSAGE_SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 
 class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]
@@ -153,7 +139,7 @@ class Server:
         self.max_concurrent_streams = max_concurrent_streams
         self._sockets: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._listeners: list[asyncio.Server] = []
-        self.connections: set[_Connection] = set()
+        self.connections: set[Connection] = set()
         self.stopping = False
         self._terminated: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -205,7 +191,7 @@ class Server:
         self._idle = asyncio.Event()
         for sock, context in self._sockets:
             listener = await loop.create_server(
-                lambda context=context: _Connection(self, context is not None),
+                lambda context=context: Connection(self, context is not None),
                 sock=sock,
                 ssl=context,
                 backlog=1024,
@@ -265,28 +251,42 @@ class Server:
         self, method: str, metadata: Metadata, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler | None:
         """``handler`` through the interceptors, outermost first."""
-        interceptors = self._interceptors
-        if not interceptors:
+        if not self._interceptors:
             return handler
-
-        async def continuation(details: grpc.HandlerCallDetails, index: int = 0) -> Any:
-            if index == len(interceptors):
-                return handler
-            return await interceptors[index].intercept_service(
-                lambda d: continuation(d, index + 1), details
-            )
-
-        return cast(grpc.RpcMethodHandler | None, await continuation(_Details(method, metadata)))
+        return await _Continuation(self._interceptors, 0, handler)(_Details(method, metadata))
 
 
-class _Connection(asyncio.Protocol):
+class _Continuation:
+    """What an interceptor calls to reach the next one (a class, not a closure
+    that names itself: that would be a reference cycle per call)."""
+
+    __slots__ = ("_handler", "_index", "_interceptors")
+
+    def __init__(
+        self,
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...],
+        index: int,
+        handler: grpc.RpcMethodHandler,
+    ) -> None:
+        self._interceptors = interceptors
+        self._index = index
+        self._handler = handler
+
+    async def __call__(self, details: grpc.HandlerCallDetails) -> Any:
+        if self._index == len(self._interceptors):
+            return self._handler
+        following = _Continuation(self._interceptors, self._index + 1, self._handler)
+        return await self._interceptors[self._index].intercept_service(following, details)
+
+
+class Connection(asyncio.Protocol):
     """One client's HTTP/2 connection: frames parsed on arrival, a task per call."""
 
     def __init__(self, server: Server, secure: bool) -> None:
         self.server = server
         self.secure = secure
         self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, Call] = {}
         self.inbox = bytearray()
         self.preface_seen = False
         self.decoder = HeaderDecoder(MAX_HEADER_BLOCK)
@@ -299,7 +299,7 @@ class _Connection(asyncio.Protocol):
         self.last_stream_id = 0
         self.goaway_sent = False
         self.closed = False
-        self.blocked: list[_Stream] = []  # streams waiting for the connection's window
+        self.blocked: list[Call] = []  # streams waiting for the connection's window
         self.continuing_id = 0
         self.continued_block = bytearray()
         self.continued_end_stream = False
@@ -472,7 +472,7 @@ class _Connection(asyncio.Protocol):
                     encoding = value
             else:
                 metadata.append(metadata_item(name, value))
-        stream = _Stream(self, stream_id, path, tuple(metadata), encoding)
+        stream = Call(self, stream_id, path, tuple(metadata), encoding)
         self.streams[stream_id] = stream
         if end_stream:
             stream.remote_closed = True
@@ -521,7 +521,7 @@ class _Connection(asyncio.Protocol):
         if stream is None or stream.remote_closed:
             return  # a stream that ended or we refused; its data still counted above
         stream.on_data(payload, size)
-        if flags & END_STREAM and not stream.done:
+        if flags & END_STREAM and not stream.ended:
             stream.on_end()
 
     def on_settings(self, payload: bytes) -> None:
@@ -560,7 +560,7 @@ class _Connection(asyncio.Protocol):
     def flush_blocked(self) -> None:
         blocked, self.blocked = self.blocked, []
         for stream in blocked:
-            if not stream.done:
+            if not stream.ended:
                 stream.flush()
 
     # -- frames out
@@ -593,7 +593,7 @@ class _Connection(asyncio.Protocol):
             chunk, rest = rest[:limit], rest[limit:]
             self.write(frame(CONTINUATION, 0 if rest else END_HEADERS, stream_id, chunk))
 
-    def stream_closed(self, stream: _Stream) -> None:
+    def stream_closed(self, stream: Call) -> None:
         if self.streams.pop(stream.id, None) is not None:
             self.server.stream_ended()
         if self.goaway_sent and not self.streams:
@@ -634,453 +634,6 @@ class _Connection(asyncio.Protocol):
             self.flush()
             self.transport.close()
         self.closed = True
-
-
-class _Stream:
-    """One call: its request as it arrives, its handler's task, its answer going out."""
-
-    def __init__(
-        self, conn: _Connection, stream_id: int, method: str, metadata: Metadata, encoding: str
-    ) -> None:
-        self.conn = conn
-        self.id = stream_id
-        self.method = method
-        self.metadata = metadata
-        self.encoding = encoding
-        self.handler: grpc.RpcMethodHandler | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.remote_closed = False
-        self.done = False  # trailers sent, or reset either way
-        self.buffer = bytearray()
-        self.messages: deque[bytes] = deque()
-        self.readable: asyncio.Future[None] | None = None
-        self.recv_unacked = 0
-        self.send_window = conn.peer_initial_window
-        self.pending = bytearray()
-        self.pending_trailers: bytes | None = None
-        self.drained: asyncio.Future[None] | None = None
-        self.headers_sent = False
-        self.deadline: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.context = _Context(self)
-
-    # -- the request
-
-    def set_deadline(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + seconds
-        self.timer = loop.call_at(self.deadline, self.expire)
-
-    def on_data(self, payload: bytes, size: int) -> None:
-        buffer = self.buffer
-        buffer += payload
-        limit = self.conn.server.max_receive_message_bytes
-        while len(buffer) >= 5:
-            length = U32.unpack_from(buffer, 1)[0]
-            if length > limit:
-                self.abandon(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"Received message larger than max ({length} vs. {limit})",
-                )
-                return
-            if len(buffer) < 5 + length:
-                break
-            message = bytes(buffer[5 : 5 + length])
-            if buffer[0] & 1:
-                try:
-                    message = decompress(message, self.encoding)
-                except Exception:
-                    self.abandon(grpc.StatusCode.INTERNAL, "a compressed message did not inflate")
-                    return
-                if len(message) > limit:
-                    self.abandon(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"Received message larger than max ({len(message)} vs. {limit})",
-                    )
-                    return
-            del buffer[: 5 + length]
-            self.messages.append(message)
-        self.recv_unacked += size
-        if len(self.messages) < READ_AHEAD_MESSAGES:
-            self.reopen_window()
-        self.wake_reader()
-
-    def reopen_window(self) -> None:
-        if self.recv_unacked >= RECEIVE_WINDOW // 2 and not self.remote_closed:
-            self.conn.write(frame(WINDOW_UPDATE, 0, self.id, U32.pack(self.recv_unacked)))
-            self.recv_unacked = 0
-
-    def on_end(self) -> None:
-        self.remote_closed = True
-        if self.buffer:
-            self.abandon(grpc.StatusCode.INTERNAL, "the request ended inside a message")
-            return
-        if self.task is None and self.handler is not None:
-            self.start()
-        self.wake_reader()
-
-    def wake_reader(self) -> None:
-        readable = self.readable
-        if readable is not None and not readable.done():
-            readable.set_result(None)
-
-    async def next_message(self) -> bytes | None:
-        """The next request message, or None once the request ended."""
-        while not self.messages:
-            if self.remote_closed or self.done:
-                return None
-            self.readable = asyncio.get_running_loop().create_future()
-            await self.readable
-        message = self.messages.popleft()
-        if len(self.messages) < READ_AHEAD_MESSAGES:
-            self.reopen_window()
-        return message
-
-    # -- the handler
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def run(self) -> None:
-        context = self.context
-        try:
-            handler = await self.conn.server.intercepted(
-                self.method, self.metadata, cast(grpc.RpcMethodHandler, self.handler)
-            )
-            if handler is None:
-                self.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {self.method}")
-                return
-            context.serializer = handler.response_serializer
-            request = await self.request_of(handler)
-            if handler.response_streaming:
-                behaviour = handler.unary_stream or handler.stream_stream
-                await _stream_out(behaviour(request, context), context)
-            else:
-                behaviour = handler.unary_unary or handler.stream_unary
-                if inspect.iscoroutinefunction(behaviour):
-                    response = await behaviour(request, context)
-                else:
-                    response = await asyncio.to_thread(behaviour, request, context)
-                    if inspect.isawaitable(response):
-                        response = await response
-                if context.code_value is grpc.StatusCode.OK and not self.done:
-                    context.send(response)
-            self.finish(context.code_value, context.details_value)
-        except grpc.aio.AbortError:
-            self.finish(context.code_value, context.details_value)
-        except _BadRequest as bad:
-            self.finish(grpc.StatusCode.INTERNAL, str(bad))
-        except asyncio.CancelledError:
-            # Reset by the client, past the deadline, or the server stopping:
-            # whoever cancelled us has answered already. A cancellation raised
-            # inside the handler (a downstream call's) is answered here.
-            self.abandon(grpc.StatusCode.CANCELLED, "the call was cancelled")
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-        except Exception as exc:
-            log.error("unhandled error in %s", self.method, exc_info=exc)
-            self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}")
-
-    async def request_of(self, handler: grpc.RpcMethodHandler) -> Any:
-        parse = handler.request_deserializer
-        if handler.request_streaming:
-            return _Requests(self, parse)
-        if len(self.messages) != 1:
-            raise _BadRequest(f"a unary call carries one request message, not {len(self.messages)}")
-        message = self.messages.popleft()
-        return _parse(parse, message)
-
-    # -- the answer
-
-    def send_headers(self, metadata: Metadata = ()) -> None:
-        if self.headers_sent or self.done:
-            return
-        self.headers_sent = True
-        block = _RESPONSE_HEAD + metadata_block(metadata) if metadata else _RESPONSE_HEAD
-        self.conn.write_headers(self.id, block, end_stream=False)
-
-    def send_message(self, message: bytes) -> None:
-        if self.done:
-            return
-        self.send_headers()
-        self.pending += framed(message)
-        self.flush()
-
-    def flush(self) -> None:
-        """Send what the peer's windows allow; the trailers once all data is out."""
-        conn, pending = self.conn, self.pending
-        while pending:
-            room = min(conn.send_window, self.send_window, conn.peer_max_frame)
-            if room <= 0:
-                if conn.send_window <= 0 and self not in conn.blocked:
-                    conn.blocked.append(self)
-                return
-            chunk = bytes(pending[:room])
-            del pending[:room]
-            conn.send_window -= len(chunk)
-            self.send_window -= len(chunk)
-            conn.write(frame(DATA, 0, self.id, chunk))
-        drained = self.drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-        if self.pending_trailers is not None:
-            trailers, self.pending_trailers = self.pending_trailers, None
-            conn.write_headers(self.id, trailers, end_stream=True)
-            self.closed()
-
-    async def wait_drained(self) -> None:
-        while len(self.pending) > WRITE_BUFFER and not self.done:
-            self.drained = asyncio.get_running_loop().create_future()
-            await self.drained
-
-    def finish(self, code: grpc.StatusCode, details: str) -> None:
-        """Send the status (after any data still waiting for the window)."""
-        if self.done or self.pending_trailers is not None:
-            return
-        trailers = _status_block(code, details, self.context.trailing)
-        if not self.headers_sent:  # trailers-only
-            self.headers_sent = True
-            self.pending_trailers = _RESPONSE_HEAD + trailers
-        else:
-            self.pending_trailers = trailers
-        self.flush()
-
-    def finish_early(
-        self, code: grpc.StatusCode, details: str, *, http_status: bytes = b"200"
-    ) -> None:
-        """Answer before any handler ran (trailers-only) and stop the request."""
-        head = _RESPONSE_HEAD if http_status == b"200" else literal(b":status", http_status)
-        self.headers_sent = True
-        self.conn.write_headers(self.id, head + _status_block(code, details, ()), end_stream=True)
-        self.closed()
-
-    def closed(self) -> None:
-        """Our side ended: the request is cut short (RST NO_ERROR) if it was still coming."""
-        self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if not self.remote_closed:
-            self.remote_closed = True
-            self.conn.write(frame(RST_STREAM, 0, self.id, U32.pack(NO_ERROR)))
-        self.wake_reader()
-        self.context.run_callbacks()
-        self.conn.stream_closed(self)
-
-    def abandon(self, code: grpc.StatusCode, details: str) -> None:
-        """End the call now with ``code``: data not yet sent is dropped, the handler cancelled."""
-        if self.done:
-            return
-        self.pending.clear()
-        self.pending_trailers = None
-        self.context.code_value, self.context.details_value = code, details
-        trailers = _status_block(code, details, self.context.trailing)
-        head = b"" if self.headers_sent else _RESPONSE_HEAD
-        self.headers_sent = True
-        self.conn.write_headers(self.id, head + trailers, end_stream=True)
-        self.cancel_task()
-        self.closed()
-
-    def expire(self) -> None:
-        self.timer = None
-        self.abandon(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-
-    def reset_by_peer(self) -> None:
-        """The client reset the stream or the connection is gone: nothing more is sent."""
-        if self.done:
-            return
-        self.done = self.remote_closed = True
-        self.context.cancelled_flag = True
-        if self.timer is not None:
-            self.timer.cancel()
-        self.cancel_task()
-        self.wake_reader()
-        drained = self.drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-        self.context.run_callbacks()
-
-    def cancel_task(self) -> None:
-        task = self.task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-
-
-class _BadRequest(Exception):
-    """A request that cannot be handed to the handler (answered INTERNAL)."""
-
-
-def _parse(parse: Callable[[bytes], Any] | None, message: bytes) -> Any:
-    if parse is None:
-        return message
-    try:
-        return parse(message)
-    except Exception:
-        raise _BadRequest("the request message could not be parsed") from None
-
-
-class _Requests:
-    """A streamed request as the handler reads it: ``async for`` or ``context.read()``."""
-
-    def __init__(self, stream: _Stream, parse: Callable[[bytes], Any] | None) -> None:
-        self._stream = stream
-        self._parse = parse
-
-    def __aiter__(self) -> _Requests:
-        return self
-
-    async def __anext__(self) -> Any:
-        message = await self._stream.next_message()
-        if message is None:
-            raise StopAsyncIteration
-        return _parse(self._parse, message)
-
-
-async def _stream_out(result: Any, context: _Context) -> None:
-    """Send what a response-streaming handler yields (or has written itself)."""
-    if inspect.isawaitable(result):
-        await result  # a handler that writes with context.write()
-    elif hasattr(result, "__aiter__"):
-        async for item in result:
-            await context.write(item)
-    else:  # a plain generator (sync servicers): each step off the loop
-        iterator = iter(result)
-        sentinel = object()
-        while (item := await asyncio.to_thread(next, iterator, sentinel)) is not sentinel:
-            await context.write(item)
-
-
-class _Context:
-    """What a handler gets: grpc.aio.ServicerContext's methods over one stream."""
-
-    def __init__(self, stream: _Stream) -> None:
-        self._stream = stream
-        self.serializer: Callable[[Any], bytes] | None = None
-        self.code_value = grpc.StatusCode.OK
-        self.details_value = ""
-        self.trailing: Metadata = ()
-        self.cancelled_flag = False
-        self._callbacks: list[Callable[[Any], None]] = []
-
-    # metadata and peer
-    def invocation_metadata(self) -> Metadata:
-        return self._stream.metadata
-
-    def peer(self) -> str:
-        return self._stream.conn.peer
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return self._stream.conn.auth_context
-
-    def peer_identities(self) -> list[bytes] | None:
-        return self._stream.conn.auth_context.get("x509_subject_alternative_name") or None
-
-    def peer_identity_key(self) -> str | None:
-        return "x509_subject_alternative_name" if self.peer_identities() else None
-
-    def time_remaining(self) -> float | None:
-        deadline = self._stream.deadline
-        if deadline is None:
-            return None
-        return max(0.0, deadline - asyncio.get_running_loop().time())
-
-    # status
-    async def abort(
-        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
-    ) -> None:
-        if code is grpc.StatusCode.OK:
-            raise ValueError("abort() needs an error code, not OK")
-        self.code_value, self.details_value = code, details
-        if trailing_metadata:
-            self.trailing = tuple(trailing_metadata)
-        raise grpc.aio.AbortError()
-
-    async def abort_with_status(self, status: grpc.Status) -> None:
-        await self.abort(status.code, status.details, status.trailing_metadata)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code_value = code
-
-    def set_details(self, details: str) -> None:
-        self.details_value = details
-
-    def code(self) -> grpc.StatusCode:
-        return self.code_value
-
-    def details(self) -> str:
-        return self.details_value
-
-    def set_trailing_metadata(self, trailing_metadata: Metadata) -> None:
-        self.trailing = tuple(trailing_metadata)
-
-    def trailing_metadata(self) -> Metadata:
-        return self.trailing
-
-    # messages
-    async def send_initial_metadata(self, initial_metadata: Metadata) -> None:
-        if self._stream.headers_sent:
-            raise RuntimeError("initial metadata was already sent")
-        self._stream.send_headers(tuple(initial_metadata))
-
-    def send(self, message: Any) -> None:
-        data = message if self.serializer is None else self.serializer(message)
-        self._stream.send_message(data)
-
-    async def write(self, message: Any) -> None:
-        if self._stream.done:
-            raise asyncio.CancelledError()  # the caller left: stop producing
-        self.send(message)
-        await self._stream.wait_drained()
-
-    async def read(self) -> Any:
-        handler = self._stream.handler
-        message = await self._stream.next_message()
-        if message is None:
-            return grpc.aio.EOF
-        return _parse(None if handler is None else handler.request_deserializer, message)
-
-    # life
-    def cancelled(self) -> bool:
-        return self.cancelled_flag
-
-    def done(self) -> bool:
-        return self._stream.done
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._callbacks.append(callback)
-
-    def run_callbacks(self) -> None:
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:
-                log.exception("a call's done callback failed")
-
-    # accepted and ignored: responses are never compressed
-    def set_compression(self, compression: grpc.Compression) -> None:
-        return None
-
-    def disable_next_message_compression(self) -> None:
-        return None
-
-
-def _status_block(code: grpc.StatusCode, details: str, trailing: Iterable[Any]) -> bytes:
-    if code is grpc.StatusCode.OK and not details and not trailing:
-        return _TRAILERS_OK
-    block = literal(b"grpc-status", str(code.value[0]).encode("ascii"))
-    if details:
-        block += literal(b"grpc-message", _percent_encode(details))
-    if trailing:
-        block += metadata_block(tuple(trailing))
-    return block
-
-
-def _percent_encode(text: str) -> bytes:
-    """grpc-message's encoding: printable ASCII but '%' as is, the rest %XX of UTF-8."""
-    return "".join(
-        chr(b) if b in _MESSAGE_SAFE else f"%{b:02X}" for b in text.encode("utf-8")
-    ).encode("ascii")
 
 
 def _parse_timeout(value: str) -> float | None:
