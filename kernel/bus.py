@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import nats
@@ -48,9 +47,9 @@ from nats.js.api import (
     StreamConfig,
 )
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
-from kernel import metrics
+from kernel import metrics, telemetry
 from kernel.settings import Settings
 from tips.options.v1 import options_pb2
 
@@ -162,33 +161,15 @@ def content_type_of(message: type[Message] | Message) -> str:
     return CONTENT_TYPE_PREFIX + message.DESCRIPTOR.full_name
 
 
-# --- trace context (kernel.telemetry when present, else the global propagator) -------
-
-
-def _telemetry_hook(name: str) -> Callable[..., Any] | None:
-    # kernel.telemetry is written in parallel and optional here: look it up lazily.
-    try:
-        module = importlib.import_module("kernel.telemetry")
-    except ImportError:
-        return None
-    hook = getattr(module, name, None)
-    return hook if callable(hook) else None
+# --- trace context (kernel.telemetry's propagator) -----------------------------------
 
 
 def _inject(headers: dict[str, str]) -> None:
-    hook = _telemetry_hook("inject_headers")
-    if hook is not None:
-        hook(headers)
-    else:
-        propagate.inject(headers)
+    telemetry.inject_headers(headers)
 
 
 def _extract(headers: Mapping[str, str]) -> otel_context.Context:
-    hook = _telemetry_hook("extract_headers")
-    if hook is not None:
-        ctx: otel_context.Context = hook(dict(headers))
-        return ctx
-    return propagate.extract(dict(headers))
+    return telemetry.extract_headers(headers)
 
 
 def raise_if_cancelled() -> None:

@@ -63,6 +63,7 @@ from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from kernel.bus import MSG_ID_HEADER, Bus, message_headers, raise_if_cancelled, subject_of
 from kernel.db import Database, insert_from_arrays
+from kernel.telemetry import inject_headers
 
 __all__ = [
     "EventRows",
@@ -127,18 +128,41 @@ class EventRows:
     """
 
     def __init__(self, message_type: type[Message] | Message) -> None:
-        self.subject = subject_of(message_type)
-        self.message_type = message_type.DESCRIPTOR.full_name
-        common = message_headers(message_type, "-")
-        del common[MSG_ID_HEADER]
-        head = json.dumps(common)[:-1] + (", " if common else "")
-        self._prefix = head + json.dumps(MSG_ID_HEADER) + ": "
+        kind = message_type if isinstance(message_type, type) else type(message_type)
+        self.subject, self.message_type, content = _event_basics(kind)
+        trace: dict[str, str] = {}
+        inject_headers(trace)  # nothing when no span is being traced
+        if trace:
+            common = {**message_headers(message_type, "-"), **trace}
+            del common[MSG_ID_HEADER]
+            head = json.dumps(common)[:-1] + ", "
+            self._prefix = head + json.dumps(MSG_ID_HEADER) + ": "
+        else:
+            self._prefix = content
 
     def headers(self, msg_id: str) -> str:
         return self._prefix + json.dumps(msg_id) + "}"
 
     def row(self, msg_id: str, payload: bytes) -> OutboxRow:
         return OutboxRow(msg_id, self.subject, self.message_type, payload, self.headers(msg_id))
+
+
+_BASICS: dict[str, tuple[str, str, str]] = {}
+
+
+def _event_basics(message_type: type[Message]) -> tuple[str, str, str]:
+    """A message type's subject, name, and its headers' JSON up to the message id
+    when there is no trace context (once per type, not per decision)."""
+    known = _BASICS.get(message_type.DESCRIPTOR.full_name)
+    if known is not None:
+        return known
+    common = message_headers(message_type, "-")
+    del common[MSG_ID_HEADER]
+    head = json.dumps(common)[:-1] + ", "
+    prefix = head + json.dumps(MSG_ID_HEADER) + ": "
+    name = message_type.DESCRIPTOR.full_name
+    _BASICS[name] = (subject_of(message_type), name, prefix)
+    return _BASICS[name]
 
 
 def outbox_row(message: Message, *, msg_id: str, subject: str | None = None) -> OutboxRow:

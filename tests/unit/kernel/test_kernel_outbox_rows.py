@@ -46,6 +46,20 @@ def test_event_rows_headers_equal_the_single_row_headers() -> None:
     assert row.message_type == "tips.events.v1.SignalRecorded"
 
 
+def test_event_rows_carry_the_trace_context_of_the_request_they_are_made_in() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    traced = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(traced)):
+        inside = EventRows(events_pb2.SignalRecorded).row("m1", b"")
+        expected = message_headers(events_pb2.SignalRecorded, "m1")
+    outside = EventRows(events_pb2.SignalRecorded).row("m1", b"")
+    assert json.loads(inside.headers) == expected
+    assert json.loads(inside.headers)["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-01"
+    assert "traceparent" not in json.loads(outside.headers)  # no span: the cached head
+
+
 def test_outbox_row_serialises_the_message() -> None:
     event = events_pb2.SignalRecorded(event_id="e1", user="users/u1")
     row = outbox_row(event, msg_id="e1")
