@@ -288,8 +288,8 @@ class Stream:
             payload = bytes(buffer[5 : 5 + length])
             del buffer[: 5 + length]
             try:
-                if compressed:
-                    payload = decompress(payload, self.encoding)
+                if compressed:  # inflated no further than the largest answer we take
+                    payload = decompress(payload, self.encoding, MAX_RECEIVE_MESSAGE)
                 self.messages.append(self.deserialize(payload))
             except Exception as exc:  # a malformed message is the upstream's fault
                 self.finish(

@@ -26,6 +26,7 @@ from kernel.h2wire import (
     U32,
     WINDOW_UPDATE,
     Metadata,
+    TooLarge,
     decompress,
     frame,
     framed,
@@ -69,6 +70,7 @@ class Call:
         self.encoding = encoding
         self.handler: grpc.RpcMethodHandler | None = None
         self.task: asyncio.Task[None] | None = None
+        self.started = False  # the handler runs once, however the request ends
         self.remote_closed = False
         self.ended = False  # trailers sent, or reset either way
         self.buffer = bytearray()
@@ -113,18 +115,22 @@ class Call:
             message = bytes(buffer[5 : 5 + length])
             if buffer[0] & 1:
                 try:
-                    message = decompress(message, self.encoding)
+                    message = decompress(message, self.encoding, limit)
+                except TooLarge:
+                    self.abandon(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"Received message larger than max (inflates past {limit})",
+                    )
+                    return
                 except Exception:
                     self.abandon(grpc.StatusCode.INTERNAL, "a compressed message did not inflate")
                     return
-                if len(message) > limit:
-                    self.abandon(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"Received message larger than max ({len(message)} vs. {limit})",
-                    )
-                    return
             del buffer[: 5 + length]
             self.messages.append(message)
+            handler = self.handler
+            if handler is not None and not handler.request_streaming and len(self.messages) > 1:
+                self.abandon(grpc.StatusCode.INTERNAL, "a unary call carries one request message")
+                return
         self.recv_unacked += size
         if len(self.messages) < READ_AHEAD_MESSAGES:
             self.reopen_window()
@@ -140,7 +146,7 @@ class Call:
         if self.buffer:
             self.abandon(grpc.StatusCode.INTERNAL, "the request ended inside a message")
             return
-        if self.task is None and self.handler is not None:
+        if not self.started and self.handler is not None:
             self.start()
         self.wake_reader()
 
@@ -164,6 +170,7 @@ class Call:
     # -- the handler
 
     def start(self) -> None:
+        self.started = True
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     async def run(self) -> None:
@@ -221,8 +228,8 @@ class Call:
     def send_headers(self, metadata: Metadata = ()) -> None:
         if self.headers_sent or self.ended:
             return
-        self.headers_sent = True
         block = RESPONSE_HEAD + metadata_block(metadata) if metadata else RESPONSE_HEAD
+        self.headers_sent = True
         self.conn.write_headers(self.id, block, end_stream=False)
 
     def send(self, message: Any) -> None:
@@ -264,13 +271,25 @@ class Call:
         """Send the status (after any data still waiting for the window)."""
         if self.ended or self.pending_trailers is not None:
             return
-        trailers = status_block(code, details, self.trailing)
+        trailers = self.status_of(code, details)
         if not self.headers_sent:  # trailers-only
             self.headers_sent = True
             self.pending_trailers = RESPONSE_HEAD + trailers
         else:
             self.pending_trailers = trailers
         self.flush()
+
+    def status_of(self, code: grpc.StatusCode, details: str) -> bytes:
+        """The trailers' block; a status or metadata that cannot be sent (not
+        ASCII, not text) still ends the call, as INTERNAL, and is logged."""
+        try:
+            return status_block(code, details, self.trailing)
+        except Exception as exc:
+            log.error(
+                "a status or trailing metadata could not be encoded",
+                extra={"rpc_method": self.method, "error": type(exc).__name__},
+            )
+            return status_block(grpc.StatusCode.INTERNAL, "the status could not be encoded", ())
 
     def finish_early(
         self, code: grpc.StatusCode, details: str, *, http_status: bytes = b"200"
@@ -301,7 +320,7 @@ class Call:
         self.pending.clear()
         self.pending_trailers = None
         self.status_code, self.status_details = code, details
-        trailers = status_block(code, details, self.trailing)
+        trailers = self.status_of(code, details)
         head = b"" if self.headers_sent else RESPONSE_HEAD
         self.headers_sent = True
         self.conn.write_headers(self.id, head + trailers, end_stream=True)

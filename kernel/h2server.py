@@ -54,6 +54,7 @@ from kernel.h2wire import (
     FRAME,
     GOAWAY,
     HEADERS,
+    INTERNAL_ERROR,
     MAX_FRAME,
     MAX_STREAM_ID,
     MAX_WINDOW,
@@ -305,6 +306,7 @@ class Connection(asyncio.Protocol):
         self.continued_end_stream = False
         self.peer = "unknown"
         self.auth_context: dict[str, list[bytes]] = {}
+        self.write_paused = False
 
     # -- asyncio.Protocol
 
@@ -341,6 +343,18 @@ class Connection(asyncio.Protocol):
         self.streams.clear()
         self.server.stream_ended()
 
+    def pause_writing(self) -> None:
+        # The peer reads slower than we write (pings it never reads the answers
+        # to, a window it grants but does not drain): stop reading it meanwhile.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         inbox = self.inbox
         inbox += data
@@ -366,7 +380,11 @@ class Connection(asyncio.Protocol):
                 break
             payload = bytes(inbox[offset + 9 : offset + 9 + length])
             offset += 9 + length
-            self.on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
+            try:
+                self.on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
+            except Exception:  # a bug of ours: this connection ends, the process goes on
+                log.exception("a frame could not be handled", extra={"peer": self.peer})
+                self.fail_connection(INTERNAL_ERROR, "internal error")
             if self.closed:
                 return
         del inbox[:offset]
@@ -420,6 +438,9 @@ class Connection(asyncio.Protocol):
         self.header_block_done(stream_id, payload, bool(flags & END_STREAM))
 
     def on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if not self.continuing_id:
+            self.fail_connection(PROTOCOL_ERROR, "CONTINUATION without a header block")
+            return
         block = self.continued_block
         block += payload
         if len(block) > MAX_HEADER_BLOCK:
@@ -427,6 +448,7 @@ class Connection(asyncio.Protocol):
             return
         if flags & END_HEADERS:
             self.continuing_id = 0
+            self.continued_block = bytearray()
             self.header_block_done(stream_id, bytes(block), self.continued_end_stream)
 
     def header_block_done(self, stream_id: int, block: bytes, end_stream: bool) -> None:
@@ -458,6 +480,9 @@ class Connection(asyncio.Protocol):
         size = 0
         for name, value in fields:
             size += len(name) + len(value) + 32
+            if not name or name != name.lower():
+                self.write(frame(RST_STREAM, 0, stream_id, U32.pack(PROTOCOL_ERROR)))
+                return  # RFC 9113 8.2.1: malformed
             if name[0] == ":":
                 if name == ":path":
                     path = value
@@ -538,10 +563,15 @@ class Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        self.fail_connection(FLOW_CONTROL_ERROR, "window over 2^31-1")
+                        return
             elif ident == S_MAX_FRAME_SIZE and 16384 <= value <= 2**24 - 1:
                 self.peer_max_frame = value
         self.write(frame(SETTINGS, ACK, 0))
-        self.flush_blocked()
+        for stream in list(self.streams.values()):  # a larger window lets waiting data out
+            if not stream.ended and (stream.pending or stream.pending_trailers is not None):
+                stream.flush()
 
     def on_window_update(self, stream_id: int, payload: bytes) -> None:
         increment = U32.unpack_from(payload)[0] & MAX_STREAM_ID if len(payload) >= 4 else 0
@@ -639,7 +669,7 @@ class Connection(asyncio.Protocol):
 def _parse_timeout(value: str) -> float | None:
     unit = _TIMEOUT_UNITS.get(value[-1:])
     digits = value[:-1]
-    if unit is None or not digits.isdigit() or len(digits) > 8:
+    if unit is None or not (digits.isascii() and digits.isdigit()) or len(digits) > 8:
         return None
     return int(digits) * unit
 

@@ -36,6 +36,7 @@ NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
 REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 7, 8, 0xB
 
 DEFAULT_WINDOW = 65535
+MAX_CACHED_BLOCK = 1024  # header blocks larger than this are decoded each time
 MAX_FRAME = 16384  # the largest frame we allow (SETTINGS_MAX_FRAME_SIZE left at its default)
 MAX_STREAM_ID = 2**31 - 1
 MAX_WINDOW = 2**31 - 1
@@ -126,13 +127,14 @@ class HeaderDecoder:
             return fields
         fields = self._read(block)
         if fields is not None:
-            if len(self._unchanging) < 256:  # bounded: varying blocks cannot grow it
+            # Bounded: varying blocks, or large ones, cannot make it hold much.
+            if len(block) <= MAX_CACHED_BLOCK and len(self._unchanging) < 256:
                 self._unchanging[block] = fields
             return fields
         table = self._decoder.header_table
         before = _table_state(table)
         fields = [(str(name), str(value)) for name, value in self._decoder.decode(block)]
-        if _table_state(table) != before:
+        if not _same_state(_table_state(table), before):
             self._unchanging.clear()  # what they decode to may have changed
         return fields
 
@@ -198,6 +200,11 @@ def _read_string(block: bytes, at: int) -> tuple[str, int]:
     return raw.decode(), at + length  # as hpack: UTF-8, or the block is refused
 
 
+def _same_state(a: tuple[int, int, object], b: tuple[int, int, object]) -> bool:
+    # The newest entry by identity: an equal field added again is still a change.
+    return a[0] == b[0] and a[1] == b[1] and a[2] is b[2]
+
+
 def _table_state(table: Any) -> tuple[int, int, object]:
     """What changes when a block adds to (or resizes) HPACK's dynamic table: its
     size, its limit, and its newest entry (new entries are new objects)."""
@@ -208,12 +215,23 @@ def _table_state(table: Any) -> tuple[int, int, object]:
 # --- messages -----------------------------------------------------------------
 
 
-def decompress(payload: bytes, encoding: str) -> bytes:
+class TooLarge(ValueError):
+    """A compressed message inflates past the limit."""
+
+
+def decompress(payload: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate a message, never past ``limit`` bytes (TooLarge): a small request
+    must not make the process allocate gigabytes before its size is known."""
     if encoding == "gzip":
-        return zlib.decompress(payload, 16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompress(payload)
-    raise ValueError(f"compressed with {encoding or 'no grpc-encoding'}")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise ValueError(f"compressed with {encoding or 'no grpc-encoding'}")
+    out = inflater.decompress(payload, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise TooLarge(f"inflates past {limit} bytes")
+    return out
 
 
 def framed(message: bytes) -> bytes:

@@ -61,7 +61,15 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement, TextClause
 
-from kernel.bus import MSG_ID_HEADER, Bus, message_headers, raise_if_cancelled, subject_of
+from kernel.bus import (
+    CONTENT_TYPE_HEADER,
+    MSG_ID_HEADER,
+    Bus,
+    content_type_of,
+    message_headers,
+    raise_if_cancelled,
+    subject_of,
+)
 from kernel.db import Database, insert_from_arrays
 from kernel.telemetry import inject_headers
 
@@ -133,9 +141,7 @@ class EventRows:
         trace: dict[str, str] = {}
         inject_headers(trace)  # nothing when no span is being traced
         if trace:
-            common = {**message_headers(message_type, "-"), **trace}
-            del common[MSG_ID_HEADER]
-            head = json.dumps(common)[:-1] + ", "
+            head = json.dumps({CONTENT_TYPE_HEADER: content_type_of(kind), **trace})[:-1] + ", "
             self._prefix = head + json.dumps(MSG_ID_HEADER) + ": "
         else:
             self._prefix = content
@@ -156,9 +162,8 @@ def _event_basics(message_type: type[Message]) -> tuple[str, str, str]:
     known = _BASICS.get(message_type.DESCRIPTOR.full_name)
     if known is not None:
         return known
-    common = message_headers(message_type, "-")
-    del common[MSG_ID_HEADER]
-    head = json.dumps(common)[:-1] + ", "
+    # Not message_headers(): it would add the trace context of whichever call came first.
+    head = json.dumps({CONTENT_TYPE_HEADER: content_type_of(message_type)})[:-1] + ", "
     prefix = head + json.dumps(MSG_ID_HEADER) + ": "
     name = message_type.DESCRIPTOR.full_name
     _BASICS[name] = (subject_of(message_type), name, prefix)
