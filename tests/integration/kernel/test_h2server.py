@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import re
 import struct
+import tracemalloc
+import zlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +56,7 @@ WAIT = 30.0
 SERVICE_NAME = "test.h2.Probe"
 SERVICE = f"/{SERVICE_NAME}/"
 MiB = 1024 * 1024
+FIRST_OF_ANSWER = 100_000
 Context = grpc.aio.ServicerContext[Any, Any]
 PEER = re.compile(r"ipv4:127\.0\.0\.1:\d+")
 # A message with what grpc-message must percent-encode: non-ASCII, and "%"
@@ -91,6 +94,7 @@ class Probe:
         self.release = asyncio.Event()
         self.active = 0
         self.peak = 0
+        self.runs = 0  # how many times first_of ran
 
     def _track(self, key: bytes, context: Context) -> None:
         context.add_done_callback(lambda _: self.finished[key].set())
@@ -171,6 +175,14 @@ class Probe:
     async def missing(self, request: bytes, context: Context) -> bytes:
         raise NotFound("things/1", reason="THING_NOT_FOUND")
 
+    async def bad_trailing(self, request: bytes, context: Context) -> bytes:
+        context.set_trailing_metadata((("x-note", "5 €"),))  # not Latin-1: cannot be sent
+        return request
+
+    async def bad_initial(self, request: bytes, context: Context) -> bytes:
+        await context.send_initial_metadata((("x-note", "5 €"),))
+        return request
+
     # unary-stream
 
     async def many(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
@@ -211,6 +223,13 @@ class Probe:
             result += int(message.decode())
         return b"%d" % result
 
+    async def first_of(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
+        """Decides after the first message, with an answer larger than a small window."""
+        self.runs += 1
+        async for _ in requests:
+            break
+        return b"r" * FIRST_OF_ANSWER
+
     # stream-stream
 
     async def bidi(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -230,6 +249,8 @@ UNARY = (
     "set_status",
     "caller",
     "missing",
+    "bad_trailing",
+    "bad_initial",
 )
 SERVER_STREAMS = ("many", "chunks", "written", "abort_midway", "endless")
 
@@ -243,6 +264,7 @@ def handlers(probe: Probe) -> grpc.GenericRpcHandler:
         },
         "total": grpc.stream_unary_rpc_method_handler(probe.total),
         "total_read": grpc.stream_unary_rpc_method_handler(probe.total_read),
+        "first_of": grpc.stream_unary_rpc_method_handler(probe.first_of),
         "bidi": grpc.stream_stream_rpc_method_handler(probe.bidi),
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
@@ -375,6 +397,20 @@ async def test_unknown_methods_and_unexpected_exceptions(served: Served) -> None
     assert failed.value.code() is grpc.StatusCode.NOT_FOUND
     assert failed.value.details() == "nothing here"
     assert await unary(served.channel, "echo")(b"still fine", timeout=WAIT) == b"still fine"
+
+
+async def test_trailing_metadata_that_cannot_be_sent_still_ends_the_call(served: Served) -> None:
+    """A value HTTP/2 cannot carry ends the call as INTERNAL, not in a call that hangs."""
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await unary(served.channel, "bad_trailing")(b"t", timeout=WAIT)
+    assert failed.value.code() is grpc.StatusCode.INTERNAL, failed.value
+    # Initial metadata the handler sends itself: its send fails, the call still ends.
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await unary(served.channel, "bad_initial")(b"i", timeout=WAIT)
+    assert failed.value.code() is not grpc.StatusCode.DEADLINE_EXCEEDED, failed.value
+    # The same connection serves the next call.
+    assert await unary(served.channel, "echo")(b"next", timeout=WAIT) == b"next"
+    assert len(served.server.connections) == 1
 
 
 # --- deadlines and cancellation -------------------------------------------------
@@ -968,3 +1004,270 @@ async def bare_call(
                     return answer  # no trailers
     finally:
         writer.close()
+
+
+# --- a bare HTTP/2 connection: what the review found -----------------------------------
+
+WINDOW_UPDATE = 8
+PROTOCOL_ERROR = 1
+S_INITIAL_WINDOW_SIZE = 4
+
+
+def _request_fields(method: str) -> list[tuple[str, str]]:
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", SERVICE + method),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+
+
+def _message(body: bytes, *, compressed: bool = False) -> bytes:
+    return bytes([compressed]) + struct.pack(">I", len(body)) + body
+
+
+@dataclass
+class BareStream:
+    """What one stream of a bare connection received."""
+
+    blocks: list[dict[str, str]] = field(default_factory=list)  # header blocks, decoded
+    body: bytearray = field(default_factory=bytearray)
+    ended: bool = False
+    reset: int | None = None
+
+    @property
+    def status(self) -> str | None:
+        return self.blocks[-1].get("grpc-status") if self.ended and self.blocks else None
+
+
+class BareConnection:
+    """A client that sends the frames a test writes, answers SETTINGS and PING,
+    never opens its receive window by itself, and records what arrives."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.encoder = hpack.Encoder()
+        self.streams: defaultdict[int, BareStream] = defaultdict(BareStream)
+        self.goaway: int | None = None
+        self.pongs = 0
+        self.closed = False
+        self.changed = asyncio.Event()
+        self.reading = asyncio.ensure_future(self._read())
+
+    def send(self, *frames: bytes) -> None:
+        self.writer.write(b"".join(frames))
+
+    def request(
+        self, stream_id: int, method: str, headers: Sequence[tuple[str, str]] = ()
+    ) -> bytes:
+        """The HEADERS frame of a call (its stream stays open)."""
+        block = self.encoder.encode([*_request_fields(method), *headers])
+        return _frame(HEADERS, END_HEADERS, stream_id, block)
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        async def wait() -> None:
+            while not condition():
+                if self.closed:
+                    pytest.fail(f"the connection closed before {what}")
+                self.changed.clear()
+                await self.changed.wait()
+
+        await within(wait(), what)
+
+    async def ping(self) -> None:
+        """A round trip: the server has handled every frame sent before it."""
+        expected = self.pongs + 1
+        self.send(_frame(PING, 0, 0, b"\0" * 8))
+        await self.until(lambda: self.pongs >= expected, "the PING's answer")
+
+    async def _read(self) -> None:
+        decoder = hpack.Decoder()
+        block, block_ends_stream = b"", False
+        try:
+            while True:
+                head = await self.reader.readexactly(9)
+                kind, flags = head[3], head[4]
+                stream_id = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
+                payload = await self.reader.readexactly(int.from_bytes(head[:3], "big"))
+                stream = self.streams[stream_id]
+                if kind == SETTINGS and not flags & ACK:
+                    self.send(_frame(SETTINGS, ACK, 0))
+                elif kind == PING:
+                    if flags & ACK:
+                        self.pongs += 1
+                    else:
+                        self.send(_frame(PING, ACK, 0, payload))
+                elif kind == GOAWAY:
+                    self.goaway = int.from_bytes(payload[4:8], "big")
+                elif kind == RST_STREAM:
+                    stream.reset = int.from_bytes(payload[:4], "big")
+                elif kind in (HEADERS, CONTINUATION):
+                    if kind == HEADERS:
+                        if flags & PADDED:
+                            payload = payload[1 : len(payload) - payload[0]]
+                        if flags & PRIORITY:
+                            payload = payload[5:]
+                        block_ends_stream = bool(flags & END_STREAM)
+                    block += payload
+                    if flags & END_HEADERS:
+                        stream.blocks.append(dict(decoder.decode(block)))
+                        stream.ended = block_ends_stream
+                        block = b""
+                elif kind == DATA:
+                    stream.body += payload
+                    stream.ended = bool(flags & END_STREAM)
+                self.changed.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed = True
+            self.changed.set()
+
+
+@contextlib.asynccontextmanager
+async def bare_connection(port: int, settings: bytes = b"") -> AsyncIterator[BareConnection]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(PREFACE + _frame(SETTINGS, 0, 0, settings))
+    conn = BareConnection(reader, writer)
+    try:
+        yield conn
+    finally:
+        conn.reading.cancel()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def _initial_window(size: int) -> bytes:
+    return struct.pack(">HI", S_INITIAL_WINDOW_SIZE, size)
+
+
+def _window_update(stream_id: int, increment: int) -> bytes:
+    return _frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment))
+
+
+OK = str(grpc.StatusCode.OK.value[0])
+
+
+async def test_a_client_streaming_handler_runs_once_when_its_answer_waits_for_the_window(
+    served: Served,
+) -> None:
+    """The handler has returned, its answer waits for the client's window, and
+    only then does the client half-close: the handler must not run again."""
+    probe = served.probe
+    async with bare_connection(served.port, _initial_window(1000)) as conn:
+        conn.send(conn.request(1, "first_of"), _frame(DATA, 0, 1, _message(b"1")))
+        stream = conn.streams[1]
+        # A unary answer is sent once the handler has returned: here it is, stuck.
+        await conn.until(lambda: len(stream.body) >= 1000, "the answer to fill the window")
+        assert len(stream.body) == 1000
+        assert probe.runs == 1
+        conn.send(_frame(DATA, END_STREAM, 1))  # the half-close any gRPC client sends
+        await conn.ping()
+        assert probe.runs == 1, "the half-close ran the handler again"
+        conn.send(_window_update(0, 4 * FIRST_OF_ANSWER), _window_update(1, 4 * FIRST_OF_ANSWER))
+        await conn.until(lambda: stream.ended or stream.reset is not None, "the answer's end")
+        assert stream.status == OK, stream
+        assert len(stream.body) == 5 + FIRST_OF_ANSWER
+        assert bytes(stream.body) == _message(b"r" * FIRST_OF_ANSWER)
+        await conn.ping()
+        assert probe.runs == 1
+
+
+async def test_a_settings_window_raise_lets_waiting_data_out(served: Served) -> None:
+    async with bare_connection(served.port, _initial_window(100)) as conn:
+        conn.send(conn.request(1, "sized"), _frame(DATA, END_STREAM, 1, _message(b"1000")))
+        stream = conn.streams[1]
+        await conn.until(lambda: len(stream.body) >= 100, "the answer to fill the window")
+        assert len(stream.body) == 100 and not stream.ended
+        # No WINDOW_UPDATE: a larger initial window is all the server is given.
+        conn.send(_frame(SETTINGS, 0, 0, _initial_window(65535)))
+        await conn.until(lambda: stream.ended, "the rest of the answer")
+        assert stream.status == OK, stream
+        assert bytes(stream.body) == _message(b"z" * 1000)
+
+
+def _gzip_bomb(size_mib: int) -> bytes:
+    """A gzip member of ``size_mib`` MiB of zeros, a few hundred kB compressed, built
+    from one compressed MiB repeated (a full flush makes each piece independent)."""
+    zeros = bytes(MiB)
+    piece = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunk = piece.compress(zeros) + piece.flush(zlib.Z_FULL_FLUSH)
+    last = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS).flush()  # an empty final block
+    crc = 0
+    for _ in range(size_mib):
+        crc = zlib.crc32(zeros, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    trailer = struct.pack("<II", crc, (size_mib * MiB) & 0xFFFFFFFF)
+    return header + chunk * size_mib + last + trailer
+
+
+async def test_a_gzip_bomb_is_refused_before_it_is_inflated(served: Served) -> None:
+    """256 MiB of zeros in 260 kB: refused under the 4 MiB limit without the
+    server (in this process) ever holding more than a few MiB of it."""
+    bomb = _message(_gzip_bomb(256), compressed=True)
+    assert len(bomb) < 4 * MiB  # the compressed message is well within the limit
+    async with bare_connection(served.port) as conn:
+        await conn.ping()  # connected, settings exchanged
+        frames = [conn.request(1, "echo", (("grpc-encoding", "gzip"),))]
+        for at in range(0, len(bomb), 16384):
+            last = at + 16384 >= len(bomb)
+            frames.append(_frame(DATA, END_STREAM if last else 0, 1, bomb[at : at + 16384]))
+        stream = conn.streams[1]
+        tracemalloc.start()
+        try:
+            conn.send(*frames)
+            del frames
+            await conn.until(lambda: stream.ended or stream.reset is not None, "the answer")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert stream.status == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]), stream
+        assert peak < 64 * MiB, f"{peak / MiB:.0f} MiB allocated while the bomb was read"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [("", "v"), ("grpc-timeout", "\u00b2S")],  # an empty name; a digit that is not ASCII
+    ids=["empty-name", "superscript-timeout"],
+)
+async def test_a_malformed_header_ends_only_its_stream(
+    served: Served, bad: tuple[str, str]
+) -> None:
+    probe = served.probe
+    async with bare_connection(served.port) as conn:
+        conn.send(conn.request(1, "hold"), _frame(DATA, END_STREAM, 1, _message(b"in flight")))
+        await happened(probe.started[b"in flight"], "the call in flight to reach its handler")
+        bad_block = conn.encoder.encode([*_request_fields("echo"), bad])
+        conn.send(_frame(HEADERS, END_HEADERS | END_STREAM, 3, bad_block))
+        malformed = conn.streams[3]
+        await conn.until(
+            lambda: malformed.ended or malformed.reset is not None, "the malformed stream's end"
+        )
+        assert malformed.reset == PROTOCOL_ERROR or malformed.status not in (None, OK), malformed
+        probe.release.set()
+        flight = conn.streams[1]
+        await conn.until(lambda: flight.ended, "the call in flight to end")
+        assert flight.status == OK, flight
+        assert bytes(flight.body) == _message(b"released")
+        assert conn.goaway is None
+
+
+async def test_a_continuation_without_a_header_block_ends_the_connection(served: Served) -> None:
+    async with bare_connection(served.port) as conn:
+        block = conn.encoder.encode(_request_fields("echo"))
+        conn.send(
+            _frame(HEADERS, 0, 1, block[:5]),  # a header block in two pieces: allowed
+            _frame(CONTINUATION, END_HEADERS, 1, block[5:]),
+            _frame(DATA, END_STREAM, 1, _message(b"x")),
+        )
+        # A CONTINUATION that no HEADERS started (RFC 9113 6.10: PROTOCOL_ERROR).
+        conn.send(_frame(CONTINUATION, END_HEADERS, 3), _frame(DATA, END_STREAM, 3, _message(b"y")))
+        stray = conn.streams[3]
+        await conn.until(
+            lambda: conn.goaway is not None or stray.ended or stray.reset is not None,
+            "the connection's or the stray stream's end",
+        )
+        assert conn.goaway == PROTOCOL_ERROR, (conn.goaway, stray)

@@ -95,3 +95,27 @@ def test_a_header_list_over_the_limit_is_refused() -> None:
     with pytest.raises(hpack.OversizedHeaderListError):
         HeaderDecoder(1024).decode(block)
     assert HeaderDecoder(4096).decode(block) == [("x-big", "v" * 2000)]
+
+
+def _indexed(name: bytes, value: bytes) -> bytes:
+    """A field as 'literal with incremental indexing, new name' (RFC 7541 6.2.1)."""
+    return b"\x40" + literal(name, value)[1:]
+
+
+def test_re_adding_the_newest_entry_to_a_full_table_clears_the_cache() -> None:
+    """The table's size and its newest entry's value stay the same, yet an entry
+    was evicted: a block cached before must not decode as it did."""
+    a, b, c = [(n, n * 1267) for n in (b"a", b"b", b"c")]  # 1,300 octets each: 3 fill 4,096
+    ours, reference = HeaderDecoder(65536), hpack.Decoder()
+
+    def both(block: bytes) -> list[tuple[str, str]]:
+        got = ours.decode(block)
+        assert got == _reference(reference, block)
+        return got
+
+    for entry in (c, b, a):
+        both(_indexed(*entry))
+    oldest = b"\xc0"  # index 64: the third dynamic entry, c
+    assert both(oldest) == [("c", "c" * 1267)]  # and now cached
+    both(_indexed(*a))  # a again: [a, a, b], c evicted
+    assert both(oldest) == [("b", "b" * 1267)]
