@@ -665,6 +665,7 @@ class Bus:
         inactive_threshold: float = 60.0,
         check_interval: float = 10.0,
         on_caught_up: Callable[[], None] | None = None,
+        passed_over: Callable[[str], bool] | None = None,
     ) -> None:
         """Read every message of ``subjects`` stored since ``start_time``, then new
         ones, until cancelled (or the bus closes).
@@ -675,6 +676,8 @@ class Bus:
         the process stops pulling. When the consumer is lost (server restart,
         an outage longer than the threshold) a new one resumes after the last
         message seen. ``on_caught_up`` is called whenever nothing is pending.
+        A message whose ``Nats-Msg-Id`` ``passed_over`` accepts is skipped
+        before it is parsed (a replica's own events coming back).
         A handler error is logged and the message skipped: no redelivery.
         """
         if not subjects:
@@ -722,7 +725,7 @@ class Bus:
                 last_seq = await self._follow_consumer(
                     sub, info.name, stream, expected_type, message_type, handler, last_seq,
                     info.num_pending or 0,
-                    batch, fetch_timeout, check_interval, on_caught_up,
+                    batch, fetch_timeout, check_interval, on_caught_up, passed_over,
                 )  # fmt: skip
                 backoff = 0.1
             finally:
@@ -747,6 +750,7 @@ class Bus:
         fetch_timeout: float,
         check_interval: float,
         on_caught_up: Callable[[], None] | None,
+        passed_over: Callable[[str], bool] | None = None,
     ) -> int:
         """Pull from one consumer until it fails or is gone; the last stream sequence seen."""
         checked = asyncio.get_running_loop().time()
@@ -782,6 +786,9 @@ class Bus:
                 if meta.sequence.stream <= last_seq:
                     continue  # already seen (a consumer recreated after an error)
                 last_seq = meta.sequence.stream
+                msg_id = (msg.headers or {}).get(MSG_ID_HEADER, "")
+                if passed_over is not None and passed_over(msg_id):
+                    continue
                 await self._follow_one(msg, stream, expected_type, message_type, handler)
             if on_caught_up is not None and msgs and msgs[-1].metadata.num_pending == 0:
                 on_caught_up()

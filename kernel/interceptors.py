@@ -184,17 +184,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if metrics.enabled():
                 metrics.record_rpc(method, outcome.code.name, seconds)
             level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
-            access_log.log(
-                level,
-                "rpc",
-                extra={
-                    "rpc_method": name,
-                    "code": outcome.code.name,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "trace_id": format(span.get_span_context().trace_id, "032x"),
-                    **({"user": outcome.caller.user} if outcome.caller else {}),
-                },
-            )
+            if access_log.isEnabledFor(level):  # its fields cost more than this check
+                access_log.log(
+                    level,
+                    "rpc",
+                    extra={
+                        "rpc_method": name,
+                        "code": outcome.code.name,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "trace_id": format(span.get_span_context().trace_id, "032x"),
+                        **({"user": outcome.caller.user} if outcome.caller else {}),
+                    },
+                )
 
     def _unary(self, method: str, inner: Behaviour) -> Behaviour:
         name = method.lstrip("/")

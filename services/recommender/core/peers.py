@@ -44,6 +44,9 @@ class PeerDecisions:
             message_type=events_pb2.TipDecided,
             handler=self.on_decided,
             start_time=start,
+            # This replica's own decisions come back too: skipped unparsed (the
+            # event id, its Nats-Msg-Id, is the tip's name).
+            passed_over=self.history.decided_here,
         )
 
     async def on_decided(self, delivery: Delivery[events_pb2.TipDecided]) -> None:

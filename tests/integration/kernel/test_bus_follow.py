@@ -68,3 +68,56 @@ async def test_follow_replays_from_start_time_then_live_and_cleans_up(
         assert info.state.consumer_count == 0
     finally:
         await bus.close()
+
+
+async def test_follow_passes_over_the_ids_it_is_told_to_unparsed(
+    nats_url: str, bus_ns: str, cleanup_streams: list[str], test_events: dict[str, Any]
+) -> None:
+    """A replica's own events come back on its follower: skipped by their message id,
+    before they are parsed; the others arrive in order, replayed and live."""
+    thing = test_events["ThingHappened"]
+    name, subject = f"TP{bus_ns}", f"tp{bus_ns}.thing"
+    bus = await Bus.connect(Settings(nats_url=nats_url), "follow-test")
+    try:
+        await bus.ensure_streams([StreamSpec(name, (subject,), max_age=300, memory=True)])
+        cleanup_streams.append(name)
+        start = datetime.now(UTC) - timedelta(seconds=1)
+        await bus.publish(thing(event_id="theirs-1"), msg_id="theirs-1", subject=subject)
+        await bus.publish(thing(event_id="mine-1"), msg_id="mine-1", subject=subject)
+        await bus.publish(thing(event_id="theirs-2"), msg_id="theirs-2", subject=subject)
+        seen: list[str] = []
+        arrived = asyncio.Event()
+
+        async def handler(delivery: Delivery[Any]) -> None:
+            seen.append(delivery.message.event_id)
+            arrived.set()
+
+        async def until(count: int) -> None:
+            async with asyncio.timeout(30):
+                while len(seen) < count:
+                    arrived.clear()
+                    await arrived.wait()
+
+        task = asyncio.create_task(
+            bus.follow(
+                stream=name,
+                subjects=[subject],
+                message_type=thing,
+                handler=handler,
+                start_time=start,
+                fetch_timeout=0.2,
+                passed_over=lambda msg_id: msg_id.startswith("mine-"),
+            )
+        )
+        try:
+            await until(2)
+            await bus.publish(thing(event_id="mine-2"), msg_id="mine-2", subject=subject)
+            await bus.publish(thing(event_id="theirs-3"), msg_id="theirs-3", subject=subject)
+            await until(3)
+            assert seen == ["theirs-1", "theirs-2", "theirs-3"]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await bus.close()
