@@ -49,12 +49,8 @@ from kernel.h2wire import (
     MAX_FRAME,
     MAX_STREAM_ID,
     NO_ERROR,
-    PADDED,
-    PING,
     PREFACE,
-    PRIORITY_FLAG,
     PROTOCOL_ERROR,
-    PUSH_PROMISE,
     REFUSED_STREAM,
     RST_STREAM,
     S_ENABLE_PUSH,
@@ -65,14 +61,13 @@ from kernel.h2wire import (
     SETTINGS,
     U32,
     WINDOW_UPDATE,
-    HeaderDecoder,
+    FrameHandler,
     Metadata,
     decompress,
     frame,
     literal,
     metadata_block,
     metadata_item,
-    unpad,
 )
 
 Deserializer = Callable[[bytes], Any]
@@ -303,22 +298,21 @@ class Stream:
 # --- a connection -----------------------------------------------------------
 
 
-class Connection(asyncio.Protocol):
+class Connection(FrameHandler):
     """One HTTP/2 connection to an upstream: streams multiplexed, frames parsed on arrival."""
 
     def __init__(self) -> None:
+        super().__init__(MAX_HEADER_LIST, RECEIVE_WINDOW)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self.next_id = 1
         self.inbox = bytearray()
-        self.decoder = HeaderDecoder(MAX_HEADER_LIST)
         # Frames written in one turn of the loop go out in one write (one syscall).
         self.outbox: list[bytes] = []
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = 16384
         self.peer_max_streams = 2**31
         self.send_window = DEFAULT_WINDOW
-        self.recv_unacked = 0
         self.closed = False
         self.goaway_last: int | None = None
         loop = asyncio.get_running_loop()
@@ -326,11 +320,6 @@ class Connection(asyncio.Protocol):
         self.settings_seen: asyncio.Future[None] = loop.create_future()
         self.stream_room: asyncio.Event = asyncio.Event()
         self.stream_room.set()
-        # A header block split over CONTINUATION frames (the stream may be gone).
-        self.continuing: Stream | None = None
-        self.continuing_id = 0
-        self.continued_block = bytearray()
-        self.continued_end_stream = False
         self.lost_reason = "the upstream closed the connection"
 
     # -- asyncio.Protocol
@@ -383,40 +372,7 @@ class Connection(asyncio.Protocol):
 
     # -- frames
 
-    def on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self.continuing_id and (kind != CONTINUATION or stream_id != self.continuing_id):
-            self.fail_connection(PROTOCOL_ERROR, "a header block was interrupted")
-            return
-        if kind == DATA:
-            self.on_data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            self.on_headers(flags, stream_id, payload)
-        elif kind == CONTINUATION:
-            self.on_continuation(flags, stream_id, payload)
-        elif kind == SETTINGS:
-            if not flags & ACK:
-                self.on_settings(payload)
-        elif kind == PING:
-            if not flags & ACK:
-                self.write(frame(PING, ACK, 0, payload))
-        elif kind == WINDOW_UPDATE:
-            self.on_window_update(stream_id, payload)
-        elif kind == RST_STREAM:
-            self.on_reset(stream_id, payload)
-        elif kind == GOAWAY:
-            self.on_goaway(payload)
-        elif kind == PUSH_PROMISE:
-            self.fail_connection(PROTOCOL_ERROR, "push is disabled")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 5.5).
-
-    def on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        size = len(payload)
-        if flags & PADDED:
-            payload = unpad(payload)
-        self.recv_unacked += size
-        if self.recv_unacked >= RECEIVE_WINDOW // 2:
-            self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_unacked)))
-            self.recv_unacked = 0
+    def on_data(self, flags: int, stream_id: int, payload: bytes, size: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             return  # a stream we reset; its data still counted for the connection
@@ -433,37 +389,8 @@ class Connection(asyncio.Protocol):
             self.write(frame(WINDOW_UPDATE, 0, stream_id, U32.pack(stream.recv_unacked)))
             stream.recv_unacked = 0
 
-    def on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if flags & PADDED:
-            payload = unpad(payload)
-        if flags & PRIORITY_FLAG:
-            payload = payload[5:]
+    def on_fields(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
-        if not flags & END_HEADERS:
-            self.continuing, self.continuing_id = stream, stream_id
-            self.continued_block = bytearray(payload)
-            self.continued_end_stream = bool(flags & END_STREAM)
-            return
-        self.header_block_done(stream, payload, bool(flags & END_STREAM))
-
-    def on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
-        block = self.continued_block
-        block += payload
-        if len(block) > MAX_HEADER_LIST:
-            self.fail_connection(ENHANCE_YOUR_CALM, "header block too large")
-            return
-        if flags & END_HEADERS:
-            stream = self.continuing
-            self.continuing, self.continuing_id = None, 0
-            self.header_block_done(stream, bytes(block), self.continued_end_stream)
-
-    def header_block_done(self, stream: Stream | None, block: bytes, end_stream: bool) -> None:
-        # Every block is decoded, a reset stream's too: the table is the connection's.
-        try:
-            fields = self.decoder.decode(block)
-        except Exception as exc:  # hpack's errors: the connection cannot go on
-            self.fail_connection(PROTOCOL_ERROR, f"bad header block: {exc}")
-            return
         if stream is not None and stream.status is None:
             stream.on_headers(fields, end_stream)
 

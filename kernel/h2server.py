@@ -45,7 +45,6 @@ from kernel.h2call import RECEIVE_WINDOW, Call
 from kernel.h2wire import (
     ACK,
     CONTINUATION,
-    DATA,
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
@@ -59,12 +58,8 @@ from kernel.h2wire import (
     MAX_STREAM_ID,
     MAX_WINDOW,
     NO_ERROR,
-    PADDED,
-    PING,
     PREFACE,
-    PRIORITY_FLAG,
     PROTOCOL_ERROR,
-    PUSH_PROMISE,
     REFUSED_STREAM,
     RST_STREAM,
     S_ENABLE_PUSH,
@@ -75,11 +70,10 @@ from kernel.h2wire import (
     SETTINGS,
     U32,
     WINDOW_UPDATE,
-    HeaderDecoder,
+    FrameHandler,
     Metadata,
     frame,
     metadata_item,
-    unpad,
 )
 
 log = logging.getLogger("tips.h2server")
@@ -280,7 +274,7 @@ class _Continuation:
         return await self._interceptors[self._index].intercept_service(following, details)
 
 
-class Connection(asyncio.Protocol):
+class Connection(FrameHandler):
     """One client's HTTP/2 connection: frames parsed on arrival, a task per call."""
 
     def __init__(self, server: Server, secure: bool) -> None:
@@ -288,22 +282,18 @@ class Connection(asyncio.Protocol):
         self.secure = secure
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Call] = {}
+        super().__init__(MAX_HEADER_BLOCK, RECEIVE_WINDOW)
         self.inbox = bytearray()
         self.preface_seen = False
-        self.decoder = HeaderDecoder(MAX_HEADER_BLOCK)
         self.outbox: list[bytes] = []
         self.flush_scheduled = False
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = MAX_FRAME
         self.send_window = DEFAULT_WINDOW
-        self.recv_unacked = 0
         self.last_stream_id = 0
         self.goaway_sent = False
         self.closed = False
         self.blocked: list[Call] = []  # streams waiting for the connection's window
-        self.continuing_id = 0
-        self.continued_block = bytearray()
-        self.continued_end_stream = False
         self.peer = "unknown"
         self.auth_context: dict[str, list[bytes]] = {}
         self.write_paused = False
@@ -385,6 +375,8 @@ class Connection(asyncio.Protocol):
             except Exception:  # a bug of ours: this connection ends, the process goes on
                 log.exception("a frame could not be handled", extra={"peer": self.peer})
                 self.fail_connection(INTERNAL_ERROR, "internal error")
+            if not self.closed and len(self.outbox) > MAX_QUEUED_FRAMES:
+                self.fail_connection(ENHANCE_YOUR_CALM, "too many frames queued")
             if self.closed:
                 return
         del inbox[:offset]
@@ -392,72 +384,18 @@ class Connection(asyncio.Protocol):
 
     # -- frames in
 
-    def on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self.continuing_id and (kind != CONTINUATION or stream_id != self.continuing_id):
-            self.fail_connection(PROTOCOL_ERROR, "a header block was interrupted")
-            return
-        if kind == DATA:
-            self.on_data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            self.on_headers(flags, stream_id, payload)
-        elif kind == CONTINUATION:
-            self.on_continuation(flags, stream_id, payload)
-        elif kind == SETTINGS:
-            if not flags & ACK:
-                self.on_settings(payload)
-        elif kind == PING:
-            if not flags & ACK:
-                self.write(frame(PING, ACK, 0, payload))
-        elif kind == WINDOW_UPDATE:
-            self.on_window_update(stream_id, payload)
-        elif kind == RST_STREAM:
-            stream = self.streams.pop(stream_id, None)
-            if stream is not None:
-                stream.reset_by_peer()
-                self.server.stream_ended()
-        elif kind == GOAWAY:
-            self.goaway_sent = True  # the client leaves: no new streams either way
-            if not self.streams:
-                self.close()
-        elif kind == PUSH_PROMISE:
-            self.fail_connection(PROTOCOL_ERROR, "a client cannot push")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 5.5).
-        if len(self.outbox) > MAX_QUEUED_FRAMES:
-            self.fail_connection(ENHANCE_YOUR_CALM, "too many frames queued")
+    def on_reset(self, stream_id: int, payload: bytes) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.reset_by_peer()
+            self.server.stream_ended()
 
-    def on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if flags & PADDED:
-            payload = unpad(payload)
-        if flags & PRIORITY_FLAG:
-            payload = payload[5:]
-        if not flags & END_HEADERS:
-            self.continuing_id = stream_id
-            self.continued_block = bytearray(payload)
-            self.continued_end_stream = bool(flags & END_STREAM)
-            return
-        self.header_block_done(stream_id, payload, bool(flags & END_STREAM))
+    def on_goaway(self, payload: bytes) -> None:
+        self.goaway_sent = True  # the client leaves: no new streams either way
+        if not self.streams:
+            self.close()
 
-    def on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if not self.continuing_id:
-            self.fail_connection(PROTOCOL_ERROR, "CONTINUATION without a header block")
-            return
-        block = self.continued_block
-        block += payload
-        if len(block) > MAX_HEADER_BLOCK:
-            self.fail_connection(ENHANCE_YOUR_CALM, "header block too large")
-            return
-        if flags & END_HEADERS:
-            self.continuing_id = 0
-            self.continued_block = bytearray()
-            self.header_block_done(stream_id, bytes(block), self.continued_end_stream)
-
-    def header_block_done(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        # Every block is decoded, a refused stream's too: the table is the connection's.
-        try:
-            fields = self.decoder.decode(block)
-        except Exception as exc:  # hpack's errors: the connection cannot go on
-            self.fail_connection(PROTOCOL_ERROR, f"bad header block: {exc}")
-            return
+    def on_fields(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: the request ends
             if end_stream:
@@ -534,14 +472,7 @@ class Connection(asyncio.Protocol):
         if handler.request_streaming or end_stream:
             stream.start()
 
-    def on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        size = len(payload)
-        if flags & PADDED:
-            payload = unpad(payload)
-        self.recv_unacked += size
-        if self.recv_unacked >= RECEIVE_WINDOW // 2:
-            self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_unacked)))
-            self.recv_unacked = 0
+    def on_data(self, flags: int, stream_id: int, payload: bytes, size: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
             return  # a stream that ended or we refused; its data still counted above

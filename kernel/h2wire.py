@@ -12,6 +12,7 @@ and compressed messages.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import zlib
@@ -237,3 +238,121 @@ def decompress(payload: bytes, encoding: str, limit: int) -> bytes:
 def framed(message: bytes) -> bytes:
     """A message with gRPC's length prefix, uncompressed."""
     return b"\x00" + U32.pack(len(message)) + message
+
+
+# --- frames in: what both ends do the same --------------------------------------
+
+
+class FrameHandler(asyncio.Protocol):
+    """The frame dispatch both our HTTP/2 ends share (the edge's client,
+    ``gateway.h2upstream.Connection``; every service's server,
+    ``kernel.h2server.Connection``): header blocks put together across
+    CONTINUATION frames and decoded in arrival order (HPACK's table is the
+    connection's), PING answered, PUSH_PROMISE refused. The rest is each end's:
+    ``on_fields`` (a decoded header block), ``on_data`` (the payload unpadded,
+    the connection's window already counted), ``on_settings``,
+    ``on_window_update``, ``on_reset``, ``on_goaway``, ``write`` and
+    ``fail_connection``."""
+
+    def __init__(self, max_header_block: int, receive_window: int) -> None:
+        self.decoder = HeaderDecoder(max_header_block)
+        self.max_header_block = max_header_block
+        # The connection's receive window, reopened once half of it has arrived.
+        self.receive_window = receive_window
+        self.recv_unacked = 0
+        # A header block split over CONTINUATION frames.
+        self.continuing_id = 0
+        self.continued_block = bytearray()
+        self.continued_end_stream = False
+
+    def on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.continuing_id and (kind != CONTINUATION or stream_id != self.continuing_id):
+            self.fail_connection(PROTOCOL_ERROR, "a header block was interrupted")
+            return
+        if kind == DATA:
+            size = len(payload)  # padding included: it counts against the windows
+            self.recv_unacked += size
+            if self.recv_unacked >= self.receive_window // 2:
+                self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_unacked)))
+                self.recv_unacked = 0
+            self.on_data(flags, stream_id, unpad(payload) if flags & PADDED else payload, size)
+        elif kind == HEADERS:
+            self.on_headers(flags, stream_id, payload)
+        elif kind == CONTINUATION:
+            self.on_continuation(flags, stream_id, payload)
+        elif kind == SETTINGS:
+            if not flags & ACK:
+                self.on_settings(payload)
+        elif kind == PING:
+            if not flags & ACK:
+                self.write(frame(PING, ACK, 0, payload))
+        elif kind == WINDOW_UPDATE:
+            self.on_window_update(stream_id, payload)
+        elif kind == RST_STREAM:
+            self.on_reset(stream_id, payload)
+        elif kind == GOAWAY:
+            self.on_goaway(payload)
+        elif kind == PUSH_PROMISE:
+            self.fail_connection(PROTOCOL_ERROR, "push is not allowed")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 5.5).
+
+    def on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if flags & PADDED:
+            payload = unpad(payload)
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        if not flags & END_HEADERS:
+            self.continuing_id = stream_id
+            self.continued_block = bytearray(payload)
+            self.continued_end_stream = bool(flags & END_STREAM)
+            return
+        self.header_block_done(stream_id, payload, bool(flags & END_STREAM))
+
+    def on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if not self.continuing_id:
+            self.fail_connection(PROTOCOL_ERROR, "CONTINUATION without a header block")
+            return
+        block = self.continued_block
+        block += payload
+        if len(block) > self.max_header_block:
+            self.fail_connection(ENHANCE_YOUR_CALM, "header block too large")
+            return
+        if flags & END_HEADERS:
+            self.continuing_id = 0
+            self.continued_block = bytearray()
+            self.header_block_done(stream_id, bytes(block), self.continued_end_stream)
+
+    def header_block_done(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        # Every block is decoded, a finished stream's too: the table is the connection's.
+        try:
+            fields = self.decoder.decode(block)
+        except Exception as exc:  # hpack's errors: the connection cannot go on
+            self.fail_connection(PROTOCOL_ERROR, f"bad header block: {exc}")
+            return
+        self.on_fields(stream_id, fields, end_stream)
+
+    # -- each end's own
+
+    def on_fields(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def on_data(self, flags: int, stream_id: int, payload: bytes, size: int) -> None:
+        raise NotImplementedError
+
+    def on_settings(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def on_window_update(self, stream_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def on_reset(self, stream_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def on_goaway(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def fail_connection(self, error: int, why: str) -> None:
+        raise NotImplementedError
