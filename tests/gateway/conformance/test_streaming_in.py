@@ -102,7 +102,7 @@ async def test_a_bad_value_anywhere_is_a_400_naming_it(rig: Rig, body: bytes, sa
 async def test_the_upstream_ending_the_stream_is_its_answer(rig: Rig) -> None:
     body = b'{"name":"a"}{"name":"refuse"}' + b'{"name":"more"}' * 50
     r = await rig.client.post("/v1/collect", content=body)
-    assert r.status_code == 400  # FAILED_PRECONDITION, as grpc-gateway maps it
+    assert r.status_code == 400, r.text  # FAILED_PRECONDITION, as grpc-gateway maps it
     assert r.json()["code"] == 9 and "refused mid-stream" in r.json()["message"]
 
 
