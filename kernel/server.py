@@ -13,7 +13,8 @@ the DB are closed, and the process exits 0. Invalid settings exit 2 and an
 unreachable dependency exits 1, each with one line on stderr.
 
 Servicers are added after the server started (so health answers while the
-DB is still being reached): a generic handler looks them up as they arrive.
+DB is still being reached): ``kernel.h2server.Server`` looks a call's handler
+up when the call arrives, so they go straight to it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
@@ -79,35 +79,6 @@ class StartupError(RuntimeError):
     """The service could not start (dependency unreachable, port busy)."""
 
 
-class _LateHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """Method handlers added after start; also what ``add_*_to_server`` sees."""
-
-    def __init__(self) -> None:
-        self._methods: dict[str, grpc.RpcMethodHandler] = {}
-        self._generic: list[grpc.GenericRpcHandler] = []
-
-    # grpc.GenericRpcHandler
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = self._methods.get(handler_call_details.method)
-        if handler is not None:
-            return handler
-        for generic in self._generic:
-            found = generic.service(handler_call_details)
-            if found is not None:
-                return found
-        return None
-
-    # The two calls generated ``add_XServicer_to_server`` functions make.
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._generic.extend(handlers)
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
-    ) -> None:
-        for name, handler in method_handlers.items():
-            self._methods[f"/{service_name}/{name}"] = handler
-
-
 async def connect_with_retry(what: str, connect: Callable[[], Awaitable[T]], limit: float) -> T:
     """Call ``connect`` until it succeeds, backing off; StartupError after ``limit`` seconds."""
     loop = asyncio.get_running_loop()
@@ -140,7 +111,6 @@ class ServiceServer:
         self.runtime = Runtime(settings=settings, spawn=self._spawn)
         self.service_names: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._handlers = _LateHandlers()
         self._health = HealthServicer()
         self._server: Server | None = None
         self._stopped = False
@@ -188,7 +158,6 @@ class ServiceServer:
         server = Server([interceptor], max_metadata_bytes=MAX_METADATA_BYTES)
         self._server = server
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        server.add_generic_rpc_handlers((self._handlers,))
         await self._health.set("", NOT_SERVING)
         target = f"{settings.host}:{self._listen_port()}"
         context = tls.server_ssl_context(settings)  # bad TLS settings: exit 2, not "port"
@@ -211,7 +180,7 @@ class ServiceServer:
             raise StartupError(
                 f"build did not finish within {settings.startup_timeout_seconds:g}s"
             ) from None
-        await self._bind(bindings)
+        await self._bind(server, bindings)
         log.info("serving", extra={"address": self.address, "port": self.port})
         self._watch_dependencies()
 
@@ -250,14 +219,14 @@ class ServiceServer:
             async with asyncio.timeout(timeout):
                 await bus.ensure_streams(self.definition.streams)
 
-    async def _bind(self, bindings: Sequence[Binding]) -> None:
+    async def _bind(self, server: Server, bindings: Sequence[Binding]) -> None:
         for binding in bindings:
-            binding.add_to_server(binding.servicer, self._handlers)  # type: ignore[arg-type]
+            binding.add_to_server(binding.servicer, server)  # type: ignore[arg-type]
         self.service_names = [b.full_name for b in bindings]
         self._callers.add(callers_table(b.descriptor for b in bindings))
         names = [*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            ReflectionServicer(names), self._handlers
+            ReflectionServicer(names), server
         )
         for full_name in self.service_names:
             await self._health.set(full_name, SERVING)
