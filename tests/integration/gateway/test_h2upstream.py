@@ -20,83 +20,34 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
 from gateway.h2upstream import Channel, UpstreamError
 from kernel.errors import status_details
 from kernel.tls import client_ssl_context, server_credentials
-from tipsmesh.devcerts import MeshIdentity, ensure_mesh_certs
+from tests.support import h2probe
+from tests.support.h2probe import SERVICE, WAIT, Raw, edge_call, probe_handler, same
+from tests.support.mesh_tls import certs, rogue
+from tipsmesh.devcerts import MeshIdentity
 
 pytestmark = pytest.mark.integration
-
-WAIT = 30.0
-SERVICE = "/test.h2.Probe/"
+__all__ = ["certs", "rogue"]  # the fixtures, from tests/support/mesh_tls.py
 
 
-class Raw:
-    """A request that is already bytes (the client only calls SerializeToString)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def SerializeToString(self) -> bytes:
-        return self.data
-
-
-def same(data: bytes) -> bytes:
-    return data
-
-
-class Probe:
-    """Handlers over raw bytes; what each call saw is kept for the test to read."""
-
-    def __init__(self) -> None:
-        self.cancelled: set[bytes] = set()
-        self.metadata: list[tuple[str, Any]] = []
-
-    async def echo(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        self.metadata = list(context.invocation_metadata() or ())
-        await context.send_initial_metadata((("x-first", "one"), ("x-raw-bin", b"\x00\xff")))
-        context.set_trailing_metadata((("x-last", "two"),))
-        return request
-
-    async def sized(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        return b"z" * int(request.decode())
+class Probe(h2probe.Probe):
+    """The shared probe's handlers, and ``sleep``."""
 
     async def sleep(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         try:
             await asyncio.sleep(float(request.decode()))
         except asyncio.CancelledError:
-            self.cancelled.add(request)
+            self.cancelled[request].set()
             raise
         return request
 
-    async def fail(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        info = error_details_pb2.ErrorInfo(reason="PROBE_FAILED", domain="tips.test")
-        status = status_pb2.Status(code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
-        status.message = "it failed: 100% é"
-        status.details.add().Pack(info)
-        await context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            status.message,
-            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-        )
-        raise AssertionError("abort raises")
-
-    async def many(
-        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
-        for i in range(int(request.decode())):
-            yield b"%d" % i
-
 
 def handlers(probe: Probe) -> grpc.GenericRpcHandler:
-    unary = {
-        name: grpc.unary_unary_rpc_method_handler(getattr(probe, name))
-        for name in ("echo", "sized", "sleep", "fail")
-    }
-    methods = {**unary, "many": grpc.unary_stream_rpc_method_handler(probe.many)}
-    return grpc.method_handlers_generic_handler("test.h2.Probe", methods)
+    return probe_handler(probe, unary=("echo", "sized", "sleep", "fail"), server_streams=("many",))
 
 
 def free_port() -> int:
@@ -140,10 +91,6 @@ def open_calls(channel: Channel) -> int:
     return 0 if connection is None else len(connection.streams)
 
 
-async def call(channel: Channel, method: str, data: bytes, **kwargs: Any) -> Any:
-    return await channel.unary(SERVICE + method, same)(Raw(data), **kwargs)
-
-
 @pytest.fixture
 async def probe_channel() -> AsyncIterator[tuple[Probe, Channel]]:
     probe = Probe()
@@ -161,13 +108,13 @@ async def test_megabyte_messages_both_ways_and_many_at_once(
     """Bodies far past the 64 KiB initial windows: the client must wait for WINDOW_UPDATEs."""
     _, channel = probe_channel
     big = bytes(range(256)) * (3 * 1024 * 4)  # 3 MiB
-    assert await call(channel, "echo", big, timeout=WAIT) == big
+    assert await edge_call(channel, "echo", big, timeout=WAIT) == big
     answers = await asyncio.gather(
-        *(call(channel, "sized", str(1_000_000 + i).encode(), timeout=WAIT) for i in range(8))
+        *(edge_call(channel, "sized", str(1_000_000 + i).encode(), timeout=WAIT) for i in range(8))
     )
     assert [len(a) for a in answers] == [1_000_000 + i for i in range(8)]
     small = await asyncio.gather(
-        *(call(channel, "echo", b"%d" % i, timeout=WAIT) for i in range(300))
+        *(edge_call(channel, "echo", b"%d" % i, timeout=WAIT) for i in range(300))
     )
     assert small == [b"%d" % i for i in range(300)]
 
@@ -177,9 +124,9 @@ async def test_an_answer_over_4_mib_is_resource_exhausted(
 ) -> None:
     _, channel = probe_channel
     with pytest.raises(UpstreamError) as failed:
-        await call(channel, "sized", str(4 * 1024 * 1024 + 1).encode(), timeout=WAIT)
+        await edge_call(channel, "sized", str(4 * 1024 * 1024 + 1).encode(), timeout=WAIT)
     assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert await call(channel, "echo", b"still fine", timeout=WAIT) == b"still fine"
+    assert await edge_call(channel, "echo", b"still fine", timeout=WAIT) == b"still fine"
 
 
 async def test_metadata_and_status_details_both_ways(probe_channel: tuple[Probe, Channel]) -> None:
@@ -190,10 +137,10 @@ async def test_metadata_and_status_details_both_ways(probe_channel: tuple[Probe,
     assert await pending == b"hi"
     assert dict(await pending.initial_metadata()) == {"x-first": "one", "x-raw-bin": b"\x00\xff"}
     assert ("x-last", "two") in pending.trailing_metadata()
-    sent = dict(probe.metadata)
+    sent = dict(probe.seen["metadata"])
     assert sent["x-plain"] == "v a l" and sent["x-key-bin"] == b"\x01\x02\xfe"
     with pytest.raises(UpstreamError) as failed:
-        await call(channel, "fail", b"", timeout=WAIT)
+        await edge_call(channel, "fail", b"", timeout=WAIT)
     error = failed.value
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == "it failed: 100% é"  # percent-encoded on the wire
@@ -219,10 +166,10 @@ async def test_the_deadline_ends_the_call_and_the_server_sees_it(
     probe, channel = probe_channel
     started = time.monotonic()
     with pytest.raises(UpstreamError) as failed:
-        await call(channel, "sleep", b"60", timeout=0.3)
+        await edge_call(channel, "sleep", b"60", timeout=0.3)
     assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < WAIT
-    await until("the server to see the call end", lambda: b"60" in probe.cancelled)
+    await until("the server to see the call end", lambda: probe.cancelled[b"60"].is_set())
 
 
 async def test_cancel_resets_the_stream_and_the_server_sees_it(
@@ -237,8 +184,8 @@ async def test_cancel_resets_the_stream_and_the_server_sees_it(
     assert pending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await until("the server to see the cancellation", lambda: b"61" in probe.cancelled)
-    assert await call(channel, "echo", b"after", timeout=WAIT) == b"after"
+    await until("the server to see the cancellation", lambda: probe.cancelled[b"61"].is_set())
+    assert await edge_call(channel, "echo", b"after", timeout=WAIT) == b"after"
 
 
 async def test_few_concurrent_streams_allowed_means_calls_wait_their_turn() -> None:
@@ -247,7 +194,7 @@ async def test_few_concurrent_streams_allowed_means_calls_wait_their_turn() -> N
         channel = Channel("127.0.0.1", port)
         try:
             answers = await asyncio.gather(
-                *(call(channel, "sleep", b"0.05", timeout=WAIT) for _ in range(12))
+                *(edge_call(channel, "sleep", b"0.05", timeout=WAIT) for _ in range(12))
             )
             assert answers == [b"0.05"] * 12
         finally:
@@ -260,7 +207,7 @@ async def test_compressed_answers_are_read() -> None:
         channel = Channel("127.0.0.1", port)
         try:
             text = b"a compressible answer " * 2000
-            assert await call(channel, "echo", text, timeout=WAIT) == text
+            assert await edge_call(channel, "echo", text, timeout=WAIT) == text
         finally:
             await channel.close()
 
@@ -271,8 +218,8 @@ async def test_a_restarted_server_is_reached_again_and_a_down_one_is_unavailable
     channel = Channel("127.0.0.1", port)
     try:
         async with serving(probe, port):
-            assert await call(channel, "echo", b"one", timeout=WAIT) == b"one"
-            slow = asyncio.ensure_future(call(channel, "sleep", b"0.5", timeout=WAIT))
+            assert await edge_call(channel, "echo", b"one", timeout=WAIT) == b"one"
+            slow = asyncio.ensure_future(edge_call(channel, "sleep", b"0.5", timeout=WAIT))
             await until(
                 "the slow call to be open",
                 lambda: bool(channel._connection and channel._connection.streams),
@@ -283,11 +230,13 @@ async def test_a_restarted_server_is_reached_again_and_a_down_one_is_unavailable
         assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         started = time.monotonic()
         with pytest.raises(UpstreamError) as down:
-            await call(channel, "echo", b"two", timeout=WAIT)
+            await edge_call(channel, "echo", b"two", timeout=WAIT)
         assert down.value.code() is grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 5.0  # refused at once, not at the deadline
         async with serving(probe, port):
-            answer = await _retry_until_ok(lambda: call(channel, "echo", b"three", timeout=WAIT))
+            answer = await _retry_until_ok(
+                lambda: edge_call(channel, "echo", b"three", timeout=WAIT)
+            )
             assert answer == b"three"
     finally:
         await channel.close()
@@ -344,7 +293,7 @@ async def test_a_peer_that_is_not_grpc_is_an_error_not_a_hang() -> None:
     channel = Channel("127.0.0.1", port)
     try:
         with pytest.raises(UpstreamError) as failed:
-            await call(channel, "echo", b"x", timeout=WAIT)
+            await edge_call(channel, "echo", b"x", timeout=WAIT)
         assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "does not speak HTTP/2" in failed.value.details()
     finally:
@@ -352,18 +301,8 @@ async def test_a_peer_that_is_not_grpc_is_an_error_not_a_hang() -> None:
         server.close()
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MeshIdentity]:
-    return ensure_mesh_certs(tmp_path_factory.mktemp("h2tls"), ["profile", "gateway"])
-
-
-@pytest.fixture(scope="module")
-def rogue(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
-    return ensure_mesh_certs(tmp_path_factory.mktemp("h2rogue"), ["gateway"])["gateway"]
-
-
 async def test_mutual_tls_with_the_server_name_checked(
-    certs: dict[str, MeshIdentity], rogue: MeshIdentity
+    certs: dict[str, MeshIdentity], rogue: dict[str, MeshIdentity]
 ) -> None:
     probe = Probe()
     credentials = server_credentials(certs["profile"].settings())
@@ -372,13 +311,13 @@ async def test_mutual_tls_with_the_server_name_checked(
         assert context is not None
         good = Channel("127.0.0.1", port, ssl_context=context, server_name="profile")
         wrong_name = Channel("127.0.0.1", port, ssl_context=context, server_name="recommender")
-        rogue_context = client_ssl_context(rogue.settings())
+        rogue_context = client_ssl_context(rogue["gateway"].settings())
         other_ca = Channel("127.0.0.1", port, ssl_context=rogue_context, server_name="profile")
         try:
-            assert await call(good, "echo", b"over tls", timeout=WAIT) == b"over tls"
+            assert await edge_call(good, "echo", b"over tls", timeout=WAIT) == b"over tls"
             for channel in (wrong_name, other_ca):
                 with pytest.raises(UpstreamError) as refused:
-                    await call(channel, "echo", b"x", timeout=WAIT)
+                    await edge_call(channel, "echo", b"x", timeout=WAIT)
                 assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         finally:
             for channel in (good, wrong_name, other_ca):

@@ -21,16 +21,13 @@ import re
 import struct
 import tracemalloc
 import zlib
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
-import hpack
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
@@ -43,79 +40,63 @@ from kernel.h2server import Server
 from kernel.identity import current_caller
 from kernel.interceptors import ServerInterceptor
 from kernel.settings import Settings
-from kernel.tls import client_ssl_context, peer_name, server_ssl_context
+from kernel.tls import client_ssl_context, server_ssl_context
 from kernel.tokens import verifier_from_settings
-from tests.support import tokens
-from tipsmesh.devcerts import MeshIdentity, ensure_mesh_certs
+from tests.support import h2probe, tokens
+from tests.support.h2bare import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PROTOCOL_ERROR,
+    SETTINGS,
+    bare_call,
+    bare_connection,
+    frame,
+    initial_window,
+    length_prefixed,
+    request_fields,
+    window_update,
+)
+from tests.support.h2probe import (
+    SERVICE,
+    SERVICE_NAME,
+    WAIT,
+    Context,
+    Raw,
+    edge_call,
+    probe_handler,
+    same,
+    within,
+)
+from tests.support.mesh_tls import certs, rogue, tls_channel
+from tipsmesh.devcerts import MeshIdentity
 
 pytestmark = pytest.mark.integration
+__all__ = ["certs", "rogue"]  # the fixtures, from tests/support/mesh_tls.py
 
-T = TypeVar("T")
-
-WAIT = 30.0
-SERVICE_NAME = "test.h2.Probe"
-SERVICE = f"/{SERVICE_NAME}/"
 MiB = 1024 * 1024
 FIRST_OF_ANSWER = 100_000
-Context = grpc.aio.ServicerContext[Any, Any]
 PEER = re.compile(r"ipv4:127\.0\.0\.1:\d+")
 # A message with what grpc-message must percent-encode: non-ASCII, and "%"
 # itself (a "%41" left as it is would reach the client as "A").
 MESSAGE = "it failed: 100% é ✓ %41"
 
 
-class Raw:
-    """A request that is already bytes (h2upstream only calls SerializeToString)."""
+class Probe(h2probe.Probe):
+    """The shared probe's handlers, and those only the server's tests call."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def SerializeToString(self) -> bytes:
-        return self.data
-
-
-def same(data: bytes) -> bytes:
-    return data
-
-
-class Probe:
-    """Handlers over raw bytes; what each call saw is kept for the test to read.
-
-    Calls that wait are keyed by their request: ``started[key]`` is set when
-    the handler runs, ``cancelled[key]`` when it sees CancelledError,
-    ``finished[key]`` when its context's done callback ran.
-    """
+    failure = MESSAGE
 
     def __init__(self) -> None:
-        self.seen: dict[str, Any] = {}
-        self.started: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
-        self.cancelled: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
-        self.finished: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
+        super().__init__()
         self.release = asyncio.Event()
         self.active = 0
         self.peak = 0
         self.runs = 0  # how many times first_of ran
 
-    def _track(self, key: bytes, context: Context) -> None:
-        context.add_done_callback(lambda _: self.finished[key].set())
-        self.started[key].set()
-
     # unary-unary
-
-    async def echo(self, request: bytes, context: Context) -> bytes:
-        self.seen = {
-            "metadata": list(context.invocation_metadata() or ()),
-            "peer": context.peer(),
-            "peer_name": peer_name(context),
-            "auth": context.auth_context(),
-        }
-        context.add_done_callback(lambda _: self.finished[b"echo"].set())
-        await context.send_initial_metadata((("x-first", "one"), ("x-raw-bin", b"\x00\xff")))
-        context.set_trailing_metadata((("x-last", "two"), ("x-trail-bin", b"\x00\xff")))
-        return request
-
-    async def sized(self, request: bytes, context: Context) -> bytes:
-        return b"z" * int(request.decode())
 
     async def nap(self, request: bytes, context: Context) -> bytes:
         self.active += 1
@@ -148,18 +129,6 @@ class Probe:
     async def remaining(self, request: bytes, context: Context) -> bytes:
         return repr(context.time_remaining()).encode()
 
-    async def fail(self, request: bytes, context: Context) -> bytes:
-        info = error_details_pb2.ErrorInfo(reason="PROBE_FAILED", domain="tips.test")
-        status = status_pb2.Status(code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
-        status.message = MESSAGE
-        status.details.add().Pack(info)
-        await context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            MESSAGE,
-            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-        )
-        raise AssertionError("abort raises")
-
     async def crash(self, request: bytes, context: Context) -> bytes:
         raise RuntimeError("the database password is hunter2")
 
@@ -184,10 +153,6 @@ class Probe:
         return request
 
     # unary-stream
-
-    async def many(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
-        for i in range(int(request.decode())):
-            yield b"%d" % i
 
     async def chunks(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         for i in range(int(request.decode())):
@@ -253,21 +218,17 @@ UNARY = (
     "bad_initial",
 )
 SERVER_STREAMS = ("many", "chunks", "written", "abort_midway", "endless")
+CLIENT_STREAMS = ("total", "total_read", "first_of")
 
 
 def handlers(probe: Probe) -> grpc.GenericRpcHandler:
-    methods = {
-        **{name: grpc.unary_unary_rpc_method_handler(getattr(probe, name)) for name in UNARY},
-        **{
-            name: grpc.unary_stream_rpc_method_handler(getattr(probe, name))
-            for name in SERVER_STREAMS
-        },
-        "total": grpc.stream_unary_rpc_method_handler(probe.total),
-        "total_read": grpc.stream_unary_rpc_method_handler(probe.total_read),
-        "first_of": grpc.stream_unary_rpc_method_handler(probe.first_of),
-        "bidi": grpc.stream_stream_rpc_method_handler(probe.bidi),
-    }
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+    return probe_handler(
+        probe,
+        unary=UNARY,
+        server_streams=SERVER_STREAMS,
+        client_streams=CLIENT_STREAMS,
+        bidi=("bidi",),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -329,20 +290,8 @@ def bidi_stream(channel: grpc.aio.Channel, method: str) -> Any:
     return channel.stream_stream(SERVICE + method)
 
 
-async def within(awaitable: Awaitable[T], what: str) -> T:
-    try:
-        async with asyncio.timeout(WAIT):
-            return await awaitable
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
-
-
 async def happened(event: asyncio.Event, what: str) -> None:
     await within(event.wait(), what)
-
-
-async def edge_call(channel: Channel, method: str, data: bytes, **kwargs: Any) -> Any:
-    return await channel.unary(SERVICE + method, same)(Raw(data), **kwargs)
 
 
 # --- unary calls, metadata, statuses ------------------------------------------
@@ -750,44 +699,15 @@ async def test_a_stop_cancels_what_outlives_its_grace() -> None:
 # --- mutual TLS ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MeshIdentity]:
-    return ensure_mesh_certs(tmp_path_factory.mktemp("h2server-tls"), ["profile", "gateway"])
-
-
-@pytest.fixture(scope="module")
-def rogue(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
-    """A certificate named "gateway" from a CA the mesh does not trust."""
-    return ensure_mesh_certs(tmp_path_factory.mktemp("h2server-rogue"), ["gateway"])["gateway"]
-
-
-def _credentials(who: MeshIdentity | None, ca: Path) -> grpc.ChannelCredentials:
-    if who is None:
-        return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca.read_bytes(),
-        private_key=who.key_file.read_bytes(),
-        certificate_chain=who.cert_file.read_bytes(),
-    )
-
-
-def _tls_channel(port: int, who: MeshIdentity | None, ca: Path) -> grpc.aio.Channel:
-    return grpc.aio.secure_channel(
-        f"127.0.0.1:{port}",
-        _credentials(who, ca),
-        options=[("grpc.ssl_target_name_override", "profile")],
-    )
-
-
 async def test_mutual_tls_names_the_caller_and_refuses_strangers(
-    certs: dict[str, MeshIdentity], rogue: MeshIdentity
+    certs: dict[str, MeshIdentity], rogue: dict[str, MeshIdentity]
 ) -> None:
     probe = Probe()
     context = server_ssl_context(certs["profile"].settings())
     assert context is not None
     ca = certs["profile"].ca_file
     async with serving(probe, ssl_context=context) as (_, port):
-        async with _tls_channel(port, certs["gateway"], ca) as channel:
+        async with tls_channel(f"127.0.0.1:{port}", certs["gateway"], ca) as channel:
             assert await unary(channel, "echo")(b"over tls", timeout=WAIT) == b"over tls"
         auth = probe.seen["auth"]
         assert b"gateway" in auth["x509_subject_alternative_name"]
@@ -812,8 +732,8 @@ async def test_mutual_tls_names_the_caller_and_refuses_strangers(
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await unary(plain, "echo")(b"x", timeout=WAIT)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-        for who in (None, rogue):  # no client certificate; one from another CA
-            async with _tls_channel(port, who, ca) as channel:
+        for who in (None, rogue["gateway"]):  # no client certificate; one from another CA
+            async with tls_channel(f"127.0.0.1:{port}", who, ca) as channel:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await unary(channel, "echo")(b"x", timeout=WAIT)
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, who
@@ -876,7 +796,7 @@ async def test_the_interceptor_checks_the_calling_process_by_its_certificate(
     try:
         async with (
             serving(Probe(), interceptors=[interceptor], ssl_context=context) as (_, port),
-            _tls_channel(port, certs["gateway"], certs["profile"].ca_file) as channel,
+            tls_channel(f"127.0.0.1:{port}", certs["gateway"], certs["profile"].ca_file) as channel,
         ):
             assert await unary(channel, "echo")(b"any caller", timeout=WAIT) == b"any caller"
             with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -919,234 +839,7 @@ async def test_health_answers_check_and_watch() -> None:
         assert watch.cancel()
 
 
-# --- a bare HTTP/2 client --------------------------------------------------------------
-
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream_id)
-        + payload
-    )
-
-
-async def bare_call(
-    port: int,
-    path: str,
-    body: bytes,
-    headers: Sequence[tuple[str, str]] = (),
-    *,
-    compressed: bool = False,
-) -> dict[str, str]:
-    """One call on stream 1 from a client that never cancels nor times out by itself.
-
-    Returns the fields of the answer's header blocks (headers and trailers
-    merged), ``rst`` when the stream was reset, ``goaway`` when the connection
-    was closed.
-    """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    fields = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", f"127.0.0.1:{port}"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-        *headers,
-    ]
-    message = bytes([compressed]) + struct.pack(">I", len(body)) + body
-    writer.write(
-        PREFACE
-        + _frame(SETTINGS, 0, 0)
-        + _frame(HEADERS, END_HEADERS, 1, hpack.Encoder().encode(fields))
-        + _frame(DATA, END_STREAM, 1, message)
-    )
-    decoder = hpack.Decoder()
-    answer: dict[str, str] = {}
-    block, block_ends_stream = b"", False
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                head = await reader.readexactly(9)
-                length = int.from_bytes(head[:3], "big")
-                kind, flags = head[3], head[4]
-                stream_id = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
-                payload = await reader.readexactly(length)
-                if kind == SETTINGS and not flags & ACK:
-                    writer.write(_frame(SETTINGS, ACK, 0))
-                elif kind == PING and not flags & ACK:
-                    writer.write(_frame(PING, ACK, 0, payload))
-                elif kind == GOAWAY:
-                    answer["goaway"] = str(int.from_bytes(payload[4:8], "big"))
-                    return answer
-                elif kind == RST_STREAM and stream_id == 1:
-                    answer["rst"] = str(int.from_bytes(payload[:4], "big"))
-                    return answer
-                elif kind in (HEADERS, CONTINUATION) and stream_id == 1:
-                    if kind == HEADERS:
-                        if flags & PADDED:
-                            payload = payload[1 : len(payload) - payload[0]]
-                        if flags & PRIORITY:
-                            payload = payload[5:]
-                        block_ends_stream = bool(flags & END_STREAM)
-                    block += payload
-                    if flags & END_HEADERS:
-                        answer.update(decoder.decode(block))
-                        block = b""
-                        if block_ends_stream:
-                            return answer
-                elif kind == DATA and stream_id == 1 and flags & END_STREAM:
-                    return answer  # no trailers
-    finally:
-        writer.close()
-
-
 # --- a bare HTTP/2 connection: what the review found -----------------------------------
-
-WINDOW_UPDATE = 8
-PROTOCOL_ERROR = 1
-S_INITIAL_WINDOW_SIZE = 4
-
-
-def _request_fields(method: str) -> list[tuple[str, str]]:
-    return [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", SERVICE + method),
-        (":authority", "127.0.0.1"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
-
-
-def _message(body: bytes, *, compressed: bool = False) -> bytes:
-    return bytes([compressed]) + struct.pack(">I", len(body)) + body
-
-
-@dataclass
-class BareStream:
-    """What one stream of a bare connection received."""
-
-    blocks: list[dict[str, str]] = field(default_factory=list)  # header blocks, decoded
-    body: bytearray = field(default_factory=bytearray)
-    ended: bool = False
-    reset: int | None = None
-
-    @property
-    def status(self) -> str | None:
-        return self.blocks[-1].get("grpc-status") if self.ended and self.blocks else None
-
-
-class BareConnection:
-    """A client that sends the frames a test writes, answers SETTINGS and PING,
-    never opens its receive window by itself, and records what arrives."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.encoder = hpack.Encoder()
-        self.streams: defaultdict[int, BareStream] = defaultdict(BareStream)
-        self.goaway: int | None = None
-        self.pongs = 0
-        self.closed = False
-        self.changed = asyncio.Event()
-        self.reading = asyncio.ensure_future(self._read())
-
-    def send(self, *frames: bytes) -> None:
-        self.writer.write(b"".join(frames))
-
-    def request(
-        self, stream_id: int, method: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> bytes:
-        """The HEADERS frame of a call (its stream stays open)."""
-        block = self.encoder.encode([*_request_fields(method), *headers])
-        return _frame(HEADERS, END_HEADERS, stream_id, block)
-
-    async def until(self, condition: Callable[[], bool], what: str) -> None:
-        async def wait() -> None:
-            while not condition():
-                if self.closed:
-                    pytest.fail(f"the connection closed before {what}")
-                self.changed.clear()
-                await self.changed.wait()
-
-        await within(wait(), what)
-
-    async def ping(self) -> None:
-        """A round trip: the server has handled every frame sent before it."""
-        expected = self.pongs + 1
-        self.send(_frame(PING, 0, 0, b"\0" * 8))
-        await self.until(lambda: self.pongs >= expected, "the PING's answer")
-
-    async def _read(self) -> None:
-        decoder = hpack.Decoder()
-        block, block_ends_stream = b"", False
-        try:
-            while True:
-                head = await self.reader.readexactly(9)
-                kind, flags = head[3], head[4]
-                stream_id = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
-                payload = await self.reader.readexactly(int.from_bytes(head[:3], "big"))
-                stream = self.streams[stream_id]
-                if kind == SETTINGS and not flags & ACK:
-                    self.send(_frame(SETTINGS, ACK, 0))
-                elif kind == PING:
-                    if flags & ACK:
-                        self.pongs += 1
-                    else:
-                        self.send(_frame(PING, ACK, 0, payload))
-                elif kind == GOAWAY:
-                    self.goaway = int.from_bytes(payload[4:8], "big")
-                elif kind == RST_STREAM:
-                    stream.reset = int.from_bytes(payload[:4], "big")
-                elif kind in (HEADERS, CONTINUATION):
-                    if kind == HEADERS:
-                        if flags & PADDED:
-                            payload = payload[1 : len(payload) - payload[0]]
-                        if flags & PRIORITY:
-                            payload = payload[5:]
-                        block_ends_stream = bool(flags & END_STREAM)
-                    block += payload
-                    if flags & END_HEADERS:
-                        stream.blocks.append(dict(decoder.decode(block)))
-                        stream.ended = block_ends_stream
-                        block = b""
-                elif kind == DATA:
-                    stream.body += payload
-                    stream.ended = bool(flags & END_STREAM)
-                self.changed.set()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.closed = True
-            self.changed.set()
-
-
-@contextlib.asynccontextmanager
-async def bare_connection(port: int, settings: bytes = b"") -> AsyncIterator[BareConnection]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(PREFACE + _frame(SETTINGS, 0, 0, settings))
-    conn = BareConnection(reader, writer)
-    try:
-        yield conn
-    finally:
-        conn.reading.cancel()
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-
-
-def _initial_window(size: int) -> bytes:
-    return struct.pack(">HI", S_INITIAL_WINDOW_SIZE, size)
-
-
-def _window_update(stream_id: int, increment: int) -> bytes:
-    return _frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment))
-
 
 OK = str(grpc.StatusCode.OK.value[0])
 
@@ -1157,36 +850,38 @@ async def test_a_client_streaming_handler_runs_once_when_its_answer_waits_for_th
     """The handler has returned, its answer waits for the client's window, and
     only then does the client half-close: the handler must not run again."""
     probe = served.probe
-    async with bare_connection(served.port, _initial_window(1000)) as conn:
-        conn.send(conn.request(1, "first_of"), _frame(DATA, 0, 1, _message(b"1")))
+    async with bare_connection(served.port, initial_window(1000)) as conn:
+        conn.send(conn.request(1, SERVICE + "first_of"), frame(DATA, 0, 1, length_prefixed(b"1")))
         stream = conn.streams[1]
         # A unary answer is sent once the handler has returned: here it is, stuck.
         await conn.until(lambda: len(stream.body) >= 1000, "the answer to fill the window")
         assert len(stream.body) == 1000
         assert probe.runs == 1
-        conn.send(_frame(DATA, END_STREAM, 1))  # the half-close any gRPC client sends
+        conn.send(frame(DATA, END_STREAM, 1))  # the half-close any gRPC client sends
         await conn.ping()
         assert probe.runs == 1, "the half-close ran the handler again"
-        conn.send(_window_update(0, 4 * FIRST_OF_ANSWER), _window_update(1, 4 * FIRST_OF_ANSWER))
+        conn.send(window_update(0, 4 * FIRST_OF_ANSWER), window_update(1, 4 * FIRST_OF_ANSWER))
         await conn.until(lambda: stream.ended or stream.reset is not None, "the answer's end")
         assert stream.status == OK, stream
         assert len(stream.body) == 5 + FIRST_OF_ANSWER
-        assert bytes(stream.body) == _message(b"r" * FIRST_OF_ANSWER)
+        assert bytes(stream.body) == length_prefixed(b"r" * FIRST_OF_ANSWER)
         await conn.ping()
         assert probe.runs == 1
 
 
 async def test_a_settings_window_raise_lets_waiting_data_out(served: Served) -> None:
-    async with bare_connection(served.port, _initial_window(100)) as conn:
-        conn.send(conn.request(1, "sized"), _frame(DATA, END_STREAM, 1, _message(b"1000")))
+    async with bare_connection(served.port, initial_window(100)) as conn:
+        conn.send(
+            conn.request(1, SERVICE + "sized"), frame(DATA, END_STREAM, 1, length_prefixed(b"1000"))
+        )
         stream = conn.streams[1]
         await conn.until(lambda: len(stream.body) >= 100, "the answer to fill the window")
         assert len(stream.body) == 100 and not stream.ended
         # No WINDOW_UPDATE: a larger initial window is all the server is given.
-        conn.send(_frame(SETTINGS, 0, 0, _initial_window(65535)))
+        conn.send(frame(SETTINGS, 0, 0, initial_window(65535)))
         await conn.until(lambda: stream.ended, "the rest of the answer")
         assert stream.status == OK, stream
-        assert bytes(stream.body) == _message(b"z" * 1000)
+        assert bytes(stream.body) == length_prefixed(b"z" * 1000)
 
 
 def _gzip_bomb(size_mib: int) -> bytes:
@@ -1207,14 +902,14 @@ def _gzip_bomb(size_mib: int) -> bytes:
 async def test_a_gzip_bomb_is_refused_before_it_is_inflated(served: Served) -> None:
     """256 MiB of zeros in 260 kB: refused under the 4 MiB limit without the
     server (in this process) ever holding more than a few MiB of it."""
-    bomb = _message(_gzip_bomb(256), compressed=True)
+    bomb = length_prefixed(_gzip_bomb(256), compressed=True)
     assert len(bomb) < 4 * MiB  # the compressed message is well within the limit
     async with bare_connection(served.port) as conn:
         await conn.ping()  # connected, settings exchanged
-        frames = [conn.request(1, "echo", (("grpc-encoding", "gzip"),))]
+        frames = [conn.request(1, SERVICE + "echo", (("grpc-encoding", "gzip"),))]
         for at in range(0, len(bomb), 16384):
             last = at + 16384 >= len(bomb)
-            frames.append(_frame(DATA, END_STREAM if last else 0, 1, bomb[at : at + 16384]))
+            frames.append(frame(DATA, END_STREAM if last else 0, 1, bomb[at : at + 16384]))
         stream = conn.streams[1]
         tracemalloc.start()
         try:
@@ -1238,10 +933,13 @@ async def test_a_malformed_header_ends_only_its_stream(
 ) -> None:
     probe = served.probe
     async with bare_connection(served.port) as conn:
-        conn.send(conn.request(1, "hold"), _frame(DATA, END_STREAM, 1, _message(b"in flight")))
+        conn.send(
+            conn.request(1, SERVICE + "hold"),
+            frame(DATA, END_STREAM, 1, length_prefixed(b"in flight")),
+        )
         await happened(probe.started[b"in flight"], "the call in flight to reach its handler")
-        bad_block = conn.encoder.encode([*_request_fields("echo"), bad])
-        conn.send(_frame(HEADERS, END_HEADERS | END_STREAM, 3, bad_block))
+        bad_block = conn.encoder.encode([*request_fields(SERVICE + "echo"), bad])
+        conn.send(frame(HEADERS, END_HEADERS | END_STREAM, 3, bad_block))
         malformed = conn.streams[3]
         await conn.until(
             lambda: malformed.ended or malformed.reset is not None, "the malformed stream's end"
@@ -1251,20 +949,22 @@ async def test_a_malformed_header_ends_only_its_stream(
         flight = conn.streams[1]
         await conn.until(lambda: flight.ended, "the call in flight to end")
         assert flight.status == OK, flight
-        assert bytes(flight.body) == _message(b"released")
+        assert bytes(flight.body) == length_prefixed(b"released")
         assert conn.goaway is None
 
 
 async def test_a_continuation_without_a_header_block_ends_the_connection(served: Served) -> None:
     async with bare_connection(served.port) as conn:
-        block = conn.encoder.encode(_request_fields("echo"))
+        block = conn.encoder.encode(request_fields(SERVICE + "echo"))
         conn.send(
-            _frame(HEADERS, 0, 1, block[:5]),  # a header block in two pieces: allowed
-            _frame(CONTINUATION, END_HEADERS, 1, block[5:]),
-            _frame(DATA, END_STREAM, 1, _message(b"x")),
+            frame(HEADERS, 0, 1, block[:5]),  # a header block in two pieces: allowed
+            frame(CONTINUATION, END_HEADERS, 1, block[5:]),
+            frame(DATA, END_STREAM, 1, length_prefixed(b"x")),
         )
         # A CONTINUATION that no HEADERS started (RFC 9113 6.10: PROTOCOL_ERROR).
-        conn.send(_frame(CONTINUATION, END_HEADERS, 3), _frame(DATA, END_STREAM, 3, _message(b"y")))
+        conn.send(
+            frame(CONTINUATION, END_HEADERS, 3), frame(DATA, END_STREAM, 3, length_prefixed(b"y"))
+        )
         stray = conn.streams[3]
         await conn.until(
             lambda: conn.goaway is not None or stray.ended or stray.reset is not None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -28,29 +28,17 @@ from kernel.server import ServiceServer
 from kernel.settings import Settings
 from services.profile.service import SERVICE as PROFILE
 from services.profile.settings import ProfileSettings
+from tests.support.mesh_tls import certs, rogue, tls_channel
 from tests.support.streams import left_as_found
 from tests.support.tokens import as_user
 from tips.auth.v1 import events_pb2 as auth_events
 from tips.profile.v1 import profile_service_pb2 as pb
 from tips.profile.v1 import profile_service_pb2_grpc as pb_grpc
-from tipsmesh.devcerts import MeshIdentity, ensure_mesh_certs
+from tipsmesh.devcerts import MeshIdentity
 from tipsmesh.devtokens import TokenIssuer
 
 pytestmark = pytest.mark.integration
-
-NAMES = ("profile", "recommender", "gateway", "operator")
-Channel = Callable[..., grpc.aio.Channel]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MeshIdentity]:
-    return ensure_mesh_certs(tmp_path_factory.mktemp("tls"), NAMES)
-
-
-@pytest.fixture(scope="module")
-def rogue(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
-    """A certificate named "recommender", from a CA the mesh does not trust."""
-    return ensure_mesh_certs(tmp_path_factory.mktemp("rogue"), ["recommender"])["recommender"]
+__all__ = ["certs", "rogue"]  # the fixtures, from tests/support/mesh_tls.py
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +70,11 @@ async def address(
             await bus.close()
 
 
-def _credentials(who: MeshIdentity | None, ca: Path) -> grpc.ChannelCredentials:
-    if who is None:
-        return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca.read_bytes(),
-        private_key=who.key_file.read_bytes(),
-        certificate_chain=who.cert_file.read_bytes(),
-    )
-
-
 @contextlib.asynccontextmanager
 async def _as(
     address: str, who: MeshIdentity | None, ca: Path, server_name: str = "profile"
 ) -> AsyncIterator[tuple[pb_grpc.ProfileServiceStub, pb_grpc.ProfileInternalServiceStub]]:
-    options = [("grpc.ssl_target_name_override", server_name)]
-    async with grpc.aio.secure_channel(address, _credentials(who, ca), options=options) as ch:
+    async with tls_channel(address, who, ca, server_name) as ch:
         yield pb_grpc.ProfileServiceStub(ch), pb_grpc.ProfileInternalServiceStub(ch)
 
 
@@ -116,7 +93,7 @@ async def _context(internal: pb_grpc.ProfileInternalServiceStub, user: str) -> N
 
 
 async def test_plaintext_and_certificate_less_calls_never_reach_a_handler(
-    address: str, certs: dict[str, MeshIdentity], rogue: MeshIdentity
+    address: str, certs: dict[str, MeshIdentity], rogue: dict[str, MeshIdentity]
 ) -> None:
     ca = certs["profile"].ca_file
     async with grpc.aio.insecure_channel(address) as plain:
@@ -125,7 +102,7 @@ async def test_plaintext_and_certificate_less_calls_never_reach_a_handler(
                 pb.GetUserContextRequest(user="users/u_1"), timeout=10
             )
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-    for who in (None, rogue):  # no client certificate; one from another CA
+    for who in (None, rogue["recommender"]):  # no client certificate; one from another CA
         async with _as(address, who, ca) as (_, internal):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await _context(internal, "u_1")
@@ -208,9 +185,7 @@ async def test_any_mesh_process_may_ask_for_health(
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    options = [("grpc.ssl_target_name_override", "profile")]
-    credentials = _credentials(certs["operator"], certs["profile"].ca_file)
-    async with grpc.aio.secure_channel(address, credentials, options=options) as ch:
+    async with tls_channel(address, certs["operator"], certs["profile"].ca_file) as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(), timeout=10
         )

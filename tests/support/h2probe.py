@@ -1,0 +1,133 @@
+"""A gRPC service over raw bytes, for the tests of our own HTTP/2 ends.
+
+The server's tests (tests/integration/kernel/test_h2server.py) and the edge's
+client's (tests/integration/gateway/test_h2upstream.py) call ``test.h2.Probe``:
+handlers that take and answer bytes, registered as a generated
+``add_XServicer_to_server`` would, and requests that are already bytes
+(``Raw``, read back with ``same``). A test module subclasses ``Probe`` with
+the handlers only it needs and registers them with ``probe_handler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.h2upstream import Channel
+from kernel.tls import peer_name
+
+T = TypeVar("T")
+
+# Every wait is for a condition, with a generous deadline: the machine may be loaded.
+WAIT = 30.0
+SERVICE_NAME = "test.h2.Probe"
+SERVICE = f"/{SERVICE_NAME}/"
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Raw:
+    """A request that is already bytes (h2upstream only calls SerializeToString)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+
+def same(data: bytes) -> bytes:
+    return data
+
+
+class Probe:
+    """Handlers over raw bytes; what each call saw is kept for the test to read.
+
+    Calls that wait are keyed by their request: ``started[key]`` is set when
+    the handler runs, ``cancelled[key]`` when it sees CancelledError,
+    ``finished[key]`` when its context's done callback ran.
+    """
+
+    failure = "it failed: 100% é"  # what ``fail`` aborts with
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+        self.started: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
+        self.cancelled: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
+        self.finished: defaultdict[bytes, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def _track(self, key: bytes, context: Context) -> None:
+        context.add_done_callback(lambda _: self.finished[key].set())
+        self.started[key].set()
+
+    # unary-unary
+
+    async def echo(self, request: bytes, context: Context) -> bytes:
+        self.seen = {
+            "metadata": list(context.invocation_metadata() or ()),
+            "peer": context.peer(),
+            "peer_name": peer_name(context),
+            "auth": context.auth_context(),
+        }
+        context.add_done_callback(lambda _: self.finished[b"echo"].set())
+        await context.send_initial_metadata((("x-first", "one"), ("x-raw-bin", b"\x00\xff")))
+        context.set_trailing_metadata((("x-last", "two"), ("x-trail-bin", b"\x00\xff")))
+        return request
+
+    async def sized(self, request: bytes, context: Context) -> bytes:
+        return b"z" * int(request.decode())
+
+    async def fail(self, request: bytes, context: Context) -> bytes:
+        info = error_details_pb2.ErrorInfo(reason="PROBE_FAILED", domain="tips.test")
+        status = status_pb2.Status(code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
+        status.message = self.failure
+        status.details.add().Pack(info)
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            self.failure,
+            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+        )
+        raise AssertionError("abort raises")
+
+    # unary-stream
+
+    async def many(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        for i in range(int(request.decode())):
+            yield b"%d" % i
+
+
+def probe_handler(
+    probe: Probe,
+    *,
+    unary: Iterable[str] = (),
+    server_streams: Iterable[str] = (),
+    client_streams: Iterable[str] = (),
+    bidi: Iterable[str] = (),
+) -> grpc.GenericRpcHandler:
+    """``test.h2.Probe`` with the named methods of ``probe``, by call shape."""
+    shapes: list[tuple[Iterable[str], Callable[..., grpc.RpcMethodHandler]]] = [
+        (unary, grpc.unary_unary_rpc_method_handler),
+        (server_streams, grpc.unary_stream_rpc_method_handler),
+        (client_streams, grpc.stream_unary_rpc_method_handler),
+        (bidi, grpc.stream_stream_rpc_method_handler),
+    ]
+    methods = {name: make(getattr(probe, name)) for names, make in shapes for name in names}
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+async def edge_call(channel: Channel, method: str, data: bytes, **kwargs: Any) -> Any:
+    """A unary call of ``test.h2.Probe`` from the edge's own client."""
+    return await channel.unary(SERVICE + method, same)(Raw(data), **kwargs)
+
+
+async def within(awaitable: Awaitable[T], what: str) -> T:
+    try:
+        async with asyncio.timeout(WAIT):
+            return await awaitable
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
