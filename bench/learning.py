@@ -51,303 +51,43 @@ import argparse
 import json
 import sys
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `sim` is a top-level package of the repository
 
-from policy.bandit import REWARD_DONE, REWARD_SNOOZE, PolicyParams  # noqa: E402
+from policy.bandit import REWARD_DONE, REWARD_SNOOZE  # noqa: E402
 from policy.features import DIM, ROW_NAMES  # noqa: E402
-from sim.agents import NS_ID, NS_ROW, NS_SHARED, Agent, OurAgent, UniformAgent, VwAgent  # noqa: E402
+from sim.agents import Agent, OurAgent, UniformAgent, VwAgent  # noqa: E402
 from sim.reactions import DONE, SNOOZE, draw  # noqa: E402
+from sim.tuning import (  # noqa: E402
+    OURS_SPACE,
+    TUNE_BUDGET,
+    TUNE_PASSES,
+    TUNE_SEEDS,
+    VW_SPACE,
+    Config,
+    Search,
+    close,
+    make_agent,
+    report,
+    search,
+    vw_describe,
+)
 from sim.world import Affinity, World  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 AFFINITY = ROW_NAMES.index("category_affinity")
 REWARD = {DONE: REWARD_DONE, SNOOZE: REWARD_SNOOZE}
 
-TUNE_SEEDS = (100, 101)
-TUNE_BUDGET = 24
-TUNE_PASSES = 3
 BUDGET_MEANING = (
     "configurations per side (ours, VW), each run once over every tuning world (the "
     "evaluation's size, each tuning seed); the same search for both sides"
 )
 OBJECTIVE = "average expected reward per round over the tuning run (mean over tuning seeds)"
-
-
-# --- search spaces --------------------------------------------------------------------
-
-
-Config = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Space:
-    """Configurations as one choice per dimension. Ordered dimensions' neighbours
-    are the adjacent values; an unordered dimension's are all its other values.
-    ``canonical`` drops the knobs a configuration does not use, so two
-    configurations that run the same are tried once."""
-
-    dims: Mapping[str, tuple[Any, ...]]
-    default: Mapping[str, Any]
-    unordered: frozenset[str] = frozenset()
-    stratify: str | None = None  # random draws cycle over this dimension's values
-    canonical: Callable[[Config], Config] | None = None  # default: every dimension kept
-
-    def normal(self, config: Config) -> Config:
-        """``config`` with the defaults filled in, in the dimensions' order, canonical."""
-        full = {d: config.get(d, self.default[d]) for d in self.dims}
-        return self.canonical(full) if self.canonical is not None else full
-
-    def key(self, config: Config) -> str:
-        return json.dumps(self.normal(config), sort_keys=True)
-
-    def sample(self, rng: np.random.Generator, i: int) -> Config:
-        config = {d: values[int(rng.integers(len(values)))] for d, values in self.dims.items()}
-        if self.stratify is not None:
-            values = self.dims[self.stratify]
-            config[self.stratify] = values[i % len(values)]
-        return self.normal(config)
-
-    def neighbours(self, config: Config) -> list[Config]:
-        full = {**self.default, **config}
-        out = []
-        for d, values in self.dims.items():
-            at = values.index(full[d])
-            if d in self.unordered:
-                moves = [v for v in values if v != full[d]]
-            else:
-                moves = [values[j] for j in (at - 1, at + 1) if 0 <= j < len(values)]
-            out += [self.normal({**full, d: v}) for v in moves]
-        return out
-
-    def size(self) -> int:
-        """Distinct configurations (after ``canonical``), by enumerating per value of
-        ``stratify`` only the dimensions the configurations of that value use."""
-        keys: set[str] = set()
-        for value in self.dims[self.stratify] if self.stratify else (None,):
-            base = dict(self.default)
-            if self.stratify is not None:
-                base[self.stratify] = value
-            configs = [base]
-            for d in self.normal(base):
-                if d != self.stratify:
-                    configs = [{**c, d: v} for c in configs for v in self.dims[d]]
-            keys |= {self.key(c) for c in configs}
-        return len(keys)
-
-
-OURS_SPACE = Space(
-    dims={
-        "alpha": (0.03, 0.1, 0.2, 0.3, 0.5, 1.0),
-        "temperature": (0.001, 0.003, 0.01, 0.03, 0.1),
-        "epsilon": (0.005, 0.01, 0.02, 0.05),
-        "arm_prior": (0.5, 1.0, 2.0, 5.0, 10.0, 20.0),
-        "ridge": (0.1, 0.3, 1.0, 3.0, 10.0),
-    },
-    default=PolicyParams().__dict__,
-)
-
-_VW_KNOBS = {
-    "epsilon": ("epsilon",),
-    "squarecb": ("gamma_scale",),
-    "regcb": ("regcb", "mellowness"),
-    "cover": ("cover", "psi"),
-}
-
-
-def _vw_canonical(config: Config) -> Config:
-    keep = {"explore", *_VW_KNOBS[config["explore"]], "l", "power_t", "tip_id", "q"}
-    out = {k: v for k, v in config.items() if k in keep}
-    if any(NS_ID in pair for pair in str(config["q"]).split()):
-        out["tip_id"] = True  # crossing with the tip id needs it as a feature
-    return out
-
-
-VW_SPACE = Space(
-    dims={
-        "explore": ("epsilon", "squarecb", "regcb", "cover"),
-        "epsilon": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
-        "gamma_scale": (1, 10, 100, 1000, 10000, 100000),
-        "regcb": ("regcb", "regcbopt"),
-        "mellowness": (0.001, 0.01, 0.1, 1.0),
-        "cover": (2, 4, 8),
-        "psi": (0.01, 0.1, 1.0),
-        "l": (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-        "power_t": (0.0, 0.25, 0.5),
-        "tip_id": (False, True),
-        # -q pairs: s = the shared context, a = the row, i = the tip id (sim.agents).
-        "q": ("", NS_SHARED + NS_ROW, NS_SHARED + NS_ID, f"{NS_SHARED}{NS_ROW} {NS_SHARED}{NS_ID}"),
-    },
-    # VW's own defaults: epsilon-greedy 0.05, -l 0.5, --power_t 0.5, no interactions.
-    default={
-        "explore": "epsilon",
-        "epsilon": 0.05,
-        "gamma_scale": 10,
-        "regcb": "regcb",
-        "mellowness": 0.1,
-        "cover": 4,
-        "psi": 1.0,
-        "l": 0.5,
-        "power_t": 0.5,
-        "tip_id": False,
-        "q": "",
-    },
-    unordered=frozenset({"explore", "regcb", "tip_id", "q"}),
-    stratify="explore",
-    canonical=_vw_canonical,
-)
-
-
-COST_RANGE = f"--cb_min_cost {-REWARD_DONE:g} --cb_max_cost 0"
-
-
-def vw_setup(config: Config) -> tuple[str, bool]:
-    """VW options (after ``--cb_explore_adf``) and whether the tip id is a feature."""
-    c = {**VW_SPACE.default, **config}
-    explore = {
-        "epsilon": f"--epsilon {c['epsilon']:g}",
-        "squarecb": f"--squarecb --gamma_scale {c['gamma_scale']:g}",
-        # RegCB clips its cost estimates to [cb_min_cost, cb_max_cost] (default [0, 1]):
-        # our costs are -reward, in [-1, 0]; without the range every estimate is 0.
-        "regcb": f"--{c['regcb']} --mellowness {c['mellowness']:g} {COST_RANGE}",
-        "cover": f"--cover {c['cover']} --psi {c['psi']:g}",
-    }[c["explore"]]
-    parts = [explore, f"-l {c['l']:g}", f"--power_t {c['power_t']:g}"]
-    parts += [f"-q {pair}" for pair in str(c["q"]).split()]
-    tip_id = bool(_vw_canonical(c)["tip_id"])
-    return " ".join(parts), tip_id
-
-
-def vw_describe(config: Config) -> str:
-    """The configuration as one string: VW's command line and the features it sees."""
-    options, tip_id = vw_setup(config)
-    layout = f"shared |{NS_SHARED} context, |{NS_ROW} rest of the row"
-    return f"--cb_explore_adf {options}  [{layout}{f', |{NS_ID} tip id' if tip_id else ''}]"
-
-
-def make_agent(side: str, config: Config, name: str) -> Agent:
-    if side == "ours":
-        return OurAgent(DIM, PolicyParams(**config), name=name)
-    options, tip_id = vw_setup(config)
-    return VwAgent(options, name=name, with_arm_id=tip_id, shared_context=True)
-
-
-def describe(side: str, config: Config) -> str:
-    if side == "ours":
-        return " ".join(f"{k}={v:g}" for k, v in config.items())
-    return vw_describe(config)
-
-
-# --- the search -----------------------------------------------------------------------
-
-
-@dataclass
-class Trial:
-    config: Config
-    score: float
-    index: int  # order tried (0: the side's defaults)
-
-
-@dataclass
-class Search:
-    """Budgeted search over one side's space; ``trials`` in the order tried."""
-
-    space: Space
-    trials: list[Trial] = field(default_factory=list)
-    _keys: set[str] = field(default_factory=set)
-    _draws: int = 0
-
-    @property
-    def best(self) -> Trial:
-        # Ties go to the earlier trial (the defaults come first).
-        return max(self.trials, key=lambda t: (t.score, -t.index))
-
-    def propose(self, n: int, rng: np.random.Generator, first: bool) -> list[Config]:
-        picks: list[Config] = []
-        keys = set(self._keys)
-
-        def take(config: Config) -> None:
-            if len(picks) < n and self.space.key(config) not in keys:
-                keys.add(self.space.key(config))
-                picks.append(self.space.normal(config))
-
-        if first:
-            take(dict(self.space.default))
-        else:
-            near = [
-                c
-                for t in sorted(self.trials, key=lambda t: -t.score)
-                for c in self._shuffled(self.space.neighbours(t.config), rng)
-            ]
-            for config in near:
-                if len(picks) >= n // 2:
-                    break
-                take(config)
-        for _ in range(200 * n):
-            if len(picks) >= n:
-                break
-            take(self.space.sample(rng, self._draws))
-            self._draws += 1
-        return picks
-
-    @staticmethod
-    def _shuffled(configs: list[Config], rng: np.random.Generator) -> list[Config]:
-        return [configs[i] for i in rng.permutation(len(configs))]
-
-    def record(self, config: Config, score: float) -> Trial:
-        trial = Trial(config, score, len(self.trials))
-        self.trials.append(trial)
-        self._keys.add(self.space.key(config))
-        return trial
-
-
-Evaluate = Callable[[list[tuple[str, Config]]], list[float]]
-
-
-def search(
-    spaces: Mapping[str, Space],
-    budget: int,
-    passes: int,
-    evaluate: Evaluate,
-    seed: Sequence[int],
-    log: Callable[[str], None] = lambda _: None,
-) -> dict[str, Search]:
-    """Tries ``budget`` configurations per side in ``passes`` batches; each batch is
-    one ``evaluate`` call (all its configurations on the same rounds). Each side
-    draws from its own generator (``seed`` and its name), so a side's search does
-    not depend on which other sides are searched."""
-    searches = {side: Search(space) for side, space in spaces.items()}
-    rngs = {side: np.random.default_rng([*seed, zlib.crc32(side.encode())]) for side in spaces}
-    passes = max(1, min(passes, budget))
-    for p in range(passes):
-        size = budget * (p + 1) // passes - budget * p // passes
-        batch = [
-            (side, config)
-            for side, s in searches.items()
-            for config in s.propose(size, rngs[side], first=p == 0)
-        ]
-        if not batch:
-            break
-        start = time.perf_counter()
-        scores = evaluate(batch)
-        for (side, config), score in zip(batch, scores, strict=True):
-            searches[side].record(config, score)
-            log(f"  {side} {score:.4f}  {describe(side, config)}")
-        status = "; ".join(
-            f"{side} {len(s.trials)}/{budget} tried, best {s.best.score:.4f}"
-            f" ({describe(side, s.best.config)})"
-            for side, s in searches.items()
-        )
-        log(f"tune pass {p + 1}/{passes} ({time.perf_counter() - start:.0f} s): {status}")
-    return searches
 
 
 # --- one run of agents on a world -----------------------------------------------------
@@ -430,12 +170,6 @@ def run(world: World, agents: list[Agent], seed: int, label: str = "") -> dict[s
     }
 
 
-def _close(agents: Sequence[Agent]) -> None:
-    for agent in agents:
-        if isinstance(agent, VwAgent):
-            agent.close()
-
-
 def tune(
     worlds: Sequence[World], budget: int, passes: int, with_vw: bool, log: Callable[[str], None]
 ) -> dict[str, Search]:
@@ -452,7 +186,7 @@ def tune(
             try:
                 scores = run(world, agents, world.seed, label=label)["_scores"]
             finally:
-                _close(agents)
+                close(agents)
             assert isinstance(scores, dict)
             total += [scores[a.name] for a in agents]
         return [float(x) for x in total / len(worlds)]
@@ -557,21 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             passes=args.tune_passes,
             seconds=round(time.perf_counter() - began, 1),
         )
-        for side, s in searches.items():
-            tuned[side] = s.best.config
-            tuning[side] = {
-                "search_space": {d: " ".join(map(str, v)) for d, v in s.space.dims.items()},
-                "search_space_size": s.space.size(),
-                "default": describe(side, s.trials[0].config),
-                "default_score": round(s.trials[0].score, 4),
-                "best": describe(side, s.best.config),
-                "best_config": s.best.config,
-                "best_score": round(s.best.score, 4),
-                "tried": [
-                    {"score": round(t.score, 4), "config": describe(side, t.config)}
-                    for t in sorted(s.trials, key=lambda t: -t.score)
-                ],
-            }
+        tuned = {side: s.best.config for side, s in searches.items()}
+        tuning.update(report(searches))
 
     results: dict[int, dict[str, object]] = {}
     for seed in seeds:
@@ -581,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results[seed] = run(world, agents, seed, label=f"seed {seed}")
         finally:
-            _close(agents)
+            close(agents)
         line = ", ".join(
             f"{name} {p['average_expected_reward']}"  # type: ignore[index]
             for name, p in results[seed]["policies"].items()  # type: ignore[attr-defined]

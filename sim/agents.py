@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from policy.bandit import MODEL_REFRESH_UPDATES, Policy, PolicyParams
-from policy.features import DIM, FEATURE_NAMES, ROW_NAMES
+from policy.features import FEATURE_NAMES, ROW_NAMES
 from policy.serving import ServedPolicy
 
 
@@ -99,17 +99,18 @@ class VwAgent:
     features (the same rows ours sees); VW minimises cost, so cost = -reward.
 
     Namespaces: ``|a`` the row, ``|i`` the tip id (``with_arm_id``). With
-    ``shared_context`` the row's context columns (``CONTEXT_COLUMNS``, equal on
-    every candidate) move to a ``shared |s`` line, which VW adds to every action:
-    the same linear model, but ``-q sa`` / ``-q si`` can then cross the context
-    with the rest of the row / with the tip id."""
+    ``context_columns`` (the row's columns that are the round's context, equal on
+    every candidate: ``CONTEXT_COLUMNS`` for policy.features rows) those move to a
+    ``shared |s`` line, which VW adds to every action: the same linear model, but
+    ``-q sa`` / ``-q si`` can then cross the context with the rest of the row /
+    with the tip id."""
 
     def __init__(
         self,
         options: str = "",
         name: str = "vw",
         with_arm_id: bool = False,
-        shared_context: bool = False,
+        context_columns: Sequence[int] | None = None,
     ) -> None:
         from vowpalwabbit import Workspace  # type: ignore[import-untyped]  # dev dependency
 
@@ -117,17 +118,17 @@ class VwAgent:
         self.options = f"--cb_explore_adf --quiet {options}".strip()
         self._vw = Workspace(self.options)
         self._with_arm_id = with_arm_id
-        self._shared_context = shared_context
+        self._context = None if context_columns is None else list(context_columns)
         self._lines: list[str] = []
         self._pmf: list[float] = []
 
     def _example(self, arms: Sequence[str], rows: np.ndarray) -> list[str]:
         """The multi-line example: [shared line,] one line per candidate."""
         shared: list[str] = []
-        if self._shared_context:
-            context = list(CONTEXT_COLUMNS)
-            if rows.shape[1] != DIM or not (rows[:, context] == rows[0, context]).all():
-                raise ValueError("shared_context: rows are not policy.features rows")
+        if self._context is not None:
+            context = self._context
+            if not (rows[:, context] == rows[0, context]).all():
+                raise ValueError("context_columns: differ between the candidates")
             head = np.zeros((1, rows.shape[1]))
             head[0, context] = rows[0, context]
             shared = [f"shared |{NS_SHARED} {_feature_lists(head)[0]}"]
@@ -152,7 +153,7 @@ class VwAgent:
 
     def learn(self, index: int, reward: float) -> None:
         lines = list(self._lines)
-        at = index + (1 if self._shared_context else 0)
+        at = index + (1 if self._context is not None else 0)
         lines[at] = f"0:{-reward:.6g}:{self._pmf[index]:.6g} {lines[at]}"
         self._vw.learn(lines)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import learning
-from bench.learning import OURS_SPACE, VW_SPACE, Config, Space, make_agent, search, tune, vw_setup
+from bench.learning import tune
 from policy.bandit import PolicyParams
 from sim.agents import VwAgent
+from sim.tuning import OURS_SPACE, VW_SPACE, Config, Space, make_agent, search, vw_setup
 from sim.world import World
 
 pytest.importorskip("vowpalwabbit")
@@ -90,4 +90,4 @@ def test_spaces_contain_their_defaults() -> None:
         for d, value in space.default.items():
             assert value in space.dims[d], d
     assert OURS_SPACE.normal({}) == PolicyParams().__dict__
-    assert learning.vw_setup({})[0] == "--epsilon 0.05 -l 0.5 --power_t 0.5"  # VW's defaults
+    assert vw_setup({})[0] == "--epsilon 0.05 -l 0.5 --power_t 0.5"  # VW's defaults
