@@ -43,10 +43,8 @@ from kernel.h2wire import (
     END_HEADERS,
     END_STREAM,
     ENHANCE_YOUR_CALM,
-    FRAME,
     GOAWAY,
     HEADERS,
-    MAX_FRAME,
     MAX_STREAM_ID,
     NO_ERROR,
     PREFACE,
@@ -306,14 +304,10 @@ class Connection(FrameHandler):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self.next_id = 1
-        self.inbox = bytearray()
-        # Frames written in one turn of the loop go out in one write (one syscall).
-        self.outbox: list[bytes] = []
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = 16384
         self.peer_max_streams = 2**31
         self.send_window = DEFAULT_WINDOW
-        self.closed = False
         self.goaway_last: int | None = None
         loop = asyncio.get_running_loop()
         self.lost: asyncio.Future[None] = loop.create_future()
@@ -348,27 +342,15 @@ class Connection(FrameHandler):
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        inbox = self.inbox
-        inbox += data
-        offset = 0
-        size = len(inbox)
-        while size - offset >= 9:
-            head, flags, stream_id = FRAME.unpack_from(inbox, offset)
-            length = head >> 8
-            # The server's first frame is its SETTINGS; anything else is not HTTP/2 at
-            # all (an HTTP/1.1 answer, say), as is a frame larger than we allowed.
-            if length > MAX_FRAME or not (self.settings_seen.done() or head & 0xFF == SETTINGS):
-                self.fail_connection(PROTOCOL_ERROR, "the upstream does not speak HTTP/2 gRPC")
-                return
-            if size - offset - 9 < length:
-                break
-            payload = bytes(inbox[offset + 9 : offset + 9 + length])
-            offset += 9 + length
-            self.on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
-            if self.closed:
-                return
-        del inbox[:offset]
+    def opening(self, inbox: bytearray) -> int:
+        """The server's first frame is its SETTINGS; anything else is not HTTP/2 at
+        all (an HTTP/1.1 answer, say)."""
+        if len(inbox) < 9:
+            return -1
+        if inbox[3] != SETTINGS:
+            self.fail_connection(PROTOCOL_ERROR, "the upstream does not speak HTTP/2 gRPC")
+            return -1
+        return 0
 
     # -- frames
 
@@ -448,6 +430,7 @@ class Connection(FrameHandler):
     # -- sending
 
     def write(self, data: bytes) -> None:
+        """Queue ``data``: frames written in one turn of the loop go out in one write."""
         if self.transport is None or self.closed:
             return
         if not self.outbox:

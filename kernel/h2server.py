@@ -48,12 +48,9 @@ from kernel.h2wire import (
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
-    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
-    FRAME,
     GOAWAY,
     HEADERS,
-    INTERNAL_ERROR,
     MAX_FRAME,
     MAX_STREAM_ID,
     MAX_WINDOW,
@@ -81,7 +78,6 @@ log = logging.getLogger("tips.h2server")
 # Header blocks past this fail the connection; past the server's metadata limit
 # (smaller) they fail only their call, with RESOURCE_EXHAUSTED.
 MAX_HEADER_BLOCK = 64 * 1024
-MAX_QUEUED_FRAMES = 10_000  # a peer that pings or resets without end is cut off
 
 # Not metadata: the transport's own headers (grpc-core leaves user-agent in).
 _TRANSPORT_HEADERS = frozenset(
@@ -283,18 +279,13 @@ class Connection(FrameHandler):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Call] = {}
         super().__init__(MAX_HEADER_BLOCK, RECEIVE_WINDOW)
-        self.inbox = bytearray()
-        self.preface_seen = False
-        self.outbox: list[bytes] = []
         self.flush_scheduled = False
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = MAX_FRAME
         self.send_window = DEFAULT_WINDOW
         self.last_stream_id = 0
         self.goaway_sent = False
-        self.closed = False
         self.blocked: list[Call] = []  # streams waiting for the connection's window
-        self.peer = "unknown"
         self.auth_context: dict[str, list[bytes]] = {}
         self.write_paused = False
 
@@ -345,42 +336,14 @@ class Connection(FrameHandler):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
-        inbox = self.inbox
-        inbox += data
-        offset = 0
-        if not self.preface_seen:
-            if len(inbox) < len(PREFACE):
-                if not PREFACE.startswith(bytes(inbox)):
-                    self.fail_connection(PROTOCOL_ERROR, "not an HTTP/2 gRPC client")
-                return
-            if inbox[: len(PREFACE)] != PREFACE:
-                self.fail_connection(PROTOCOL_ERROR, "not an HTTP/2 gRPC client")
-                return
-            self.preface_seen = True
-            offset = len(PREFACE)
-        size = len(inbox)
-        while size - offset >= 9:
-            head, flags, stream_id = FRAME.unpack_from(inbox, offset)
-            length = head >> 8
-            if length > MAX_FRAME:
-                self.fail_connection(PROTOCOL_ERROR, "frame larger than allowed")
-                return
-            if size - offset - 9 < length:
-                break
-            payload = bytes(inbox[offset + 9 : offset + 9 + length])
-            offset += 9 + length
-            try:
-                self.on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
-            except Exception:  # a bug of ours: this connection ends, the process goes on
-                log.exception("a frame could not be handled", extra={"peer": self.peer})
-                self.fail_connection(INTERNAL_ERROR, "internal error")
-            if not self.closed and len(self.outbox) > MAX_QUEUED_FRAMES:
-                self.fail_connection(ENHANCE_YOUR_CALM, "too many frames queued")
-            if self.closed:
-                return
-        del inbox[:offset]
-        self.flush()
+    def opening(self, inbox: bytearray) -> int:
+        """A client opens with the connection preface."""
+        if len(inbox) < len(PREFACE) and PREFACE.startswith(bytes(inbox)):
+            return -1
+        if inbox[: len(PREFACE)] != PREFACE:
+            self.fail_connection(PROTOCOL_ERROR, "not an HTTP/2 gRPC client")
+            return -1
+        return len(PREFACE)
 
     # -- frames in
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import struct
 import zlib
 from collections.abc import Sequence
@@ -41,10 +42,13 @@ MAX_CACHED_BLOCK = 1024  # header blocks larger than this are decoded each time
 MAX_FRAME = 16384  # the largest frame we allow (SETTINGS_MAX_FRAME_SIZE left at its default)
 MAX_STREAM_ID = 2**31 - 1
 MAX_WINDOW = 2**31 - 1
+MAX_QUEUED_FRAMES = 10_000  # a peer that pings or resets without end is cut off
 
 FRAME = struct.Struct(">I B I")  # length (24 bits) + type in the first word, flags, stream
 U32 = struct.Struct(">I")
 CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+log = logging.getLogger("tips.h2")
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -246,13 +250,18 @@ def framed(message: bytes) -> bytes:
 class FrameHandler(asyncio.Protocol):
     """The frame dispatch both our HTTP/2 ends share (the edge's client,
     ``gateway.h2upstream.Connection``; every service's server,
-    ``kernel.h2server.Connection``): header blocks put together across
-    CONTINUATION frames and decoded in arrival order (HPACK's table is the
-    connection's), PING answered, PUSH_PROMISE refused. The rest is each end's:
-    ``on_fields`` (a decoded header block), ``on_data`` (the payload unpadded,
-    the connection's window already counted), ``on_settings``,
-    ``on_window_update``, ``on_reset``, ``on_goaway``, ``write`` and
-    ``fail_connection``."""
+    ``kernel.h2server.Connection``): bytes cut into frames (``data_received``),
+    header blocks put together across CONTINUATION frames and decoded in
+    arrival order (HPACK's table is the connection's), PING answered,
+    PUSH_PROMISE refused. The rest is each end's: ``opening`` (what the peer
+    must send first: a client's preface, a server's SETTINGS), ``on_fields``
+    (a decoded header block), ``on_data`` (the payload unpadded, the
+    connection's window already counted), ``on_settings``,
+    ``on_window_update``, ``on_reset``, ``on_goaway``, ``write``, ``flush``
+    (what ``write`` queued goes out) and ``fail_connection`` (which sets
+    ``closed``)."""
+
+    peer = "unknown"  # for the log
 
     def __init__(self, max_header_block: int, receive_window: int) -> None:
         self.decoder = HeaderDecoder(max_header_block)
@@ -264,6 +273,42 @@ class FrameHandler(asyncio.Protocol):
         self.continuing_id = 0
         self.continued_block = bytearray()
         self.continued_end_stream = False
+        self.inbox = bytearray()  # bytes of a frame not yet whole
+        self.opened = False  # the peer's opening (``opening``) was right
+        self.closed = False
+        self.outbox: list[bytes] = []  # frames queued by ``write``
+
+    def data_received(self, data: bytes) -> None:
+        inbox = self.inbox
+        inbox += data
+        offset = 0
+        if not self.opened:
+            offset = self.opening(inbox)
+            if offset < 0:
+                return
+            self.opened = True
+        size = len(inbox)
+        while size - offset >= 9:
+            head, flags, stream_id = FRAME.unpack_from(inbox, offset)
+            length = head >> 8
+            if length > MAX_FRAME:
+                self.fail_connection(PROTOCOL_ERROR, "frame larger than allowed")
+                return
+            if size - offset - 9 < length:
+                break
+            payload = bytes(inbox[offset + 9 : offset + 9 + length])
+            offset += 9 + length
+            try:
+                self.on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
+            except Exception:  # a bug of ours: this connection ends, the process goes on
+                log.exception("a frame could not be handled", extra={"peer": self.peer})
+                self.fail_connection(INTERNAL_ERROR, "internal error")
+            if not self.closed and len(self.outbox) > MAX_QUEUED_FRAMES:
+                self.fail_connection(ENHANCE_YOUR_CALM, "too many frames queued")
+            if self.closed:
+                return
+        del inbox[:offset]
+        self.flush()
 
     def on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self.continuing_id and (kind != CONTINUATION or stream_id != self.continuing_id):
@@ -333,6 +378,12 @@ class FrameHandler(asyncio.Protocol):
 
     # -- each end's own
 
+    def opening(self, inbox: bytearray) -> int:
+        """Check what the peer sends first, at the start of ``inbox``: how many
+        bytes of it precede the frames (a client's preface), or -1 to wait for
+        more bytes (or because the connection was failed)."""
+        raise NotImplementedError
+
     def on_fields(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
         raise NotImplementedError
 
@@ -352,6 +403,9 @@ class FrameHandler(asyncio.Protocol):
         raise NotImplementedError
 
     def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
         raise NotImplementedError
 
     def fail_connection(self, error: int, why: str) -> None:
