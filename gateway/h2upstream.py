@@ -1,12 +1,20 @@
-"""The edge's unary and server-streaming calls: gRPC over HTTP/2, written for the edge.
+"""The edge's calls to its upstreams: gRPC over HTTP/2, written for the edge.
 
 Why not grpc.aio here: measured on the 2-core machine, a grpc.aio unary call
 inside an HTTP server costs ~190 us of CPU (its event-engine threads hand
 every read and write across threads to the asyncio loop), seven times what
 uvicorn spends on the whole HTTP request. This client speaks gRPC's HTTP/2
-mapping on the loop's own transport: one ``write`` per call, the answer
-parsed where it lands (docs/decisions.md, decision 27). Client-streaming,
-bidi and health calls stay on grpc.aio (``gateway.upstreams``).
+mapping on the loop's own transport: one ``write`` per unary call, the answer
+parsed where it lands (docs/decisions.md, decision 27). It makes all four
+call shapes; health checks and the screens' stubs stay on grpc.aio
+(``gateway.upstreams``).
+
+A streamed request is written message by message (``StreamCall.write``, which
+waits while more than ``WRITE_BUFFER`` bytes are held back by the windows)
+and half-closed by ``done_writing``. A server may answer before the request
+has ended (an error mid-stream, say): its status is the call's answer, and a
+write after it is no error, only ``False`` (grpc.aio's client could report
+INTERNAL there instead of the server's status, decision 27).
 
 What it implements of HTTP/2 (RFC 9113) is what a gRPC client needs:
 multiplexed streams on one connection per upstream, flow control both ways,
@@ -63,6 +71,7 @@ from kernel.h2wire import (
     Metadata,
     decompress,
     frame,
+    framed,
     literal,
     metadata_block,
     metadata_item,
@@ -83,6 +92,11 @@ MAX_REFUSALS = 5
 # TRANSIENT_FAILURE), backing off from the first to the longest wait.
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 2.0
 USER_AGENT = b"tips-gateway-h2/1"
+# A streamed request's write waits while more than this is held back by the windows.
+WRITE_BUFFER = 256 * 1024
+# What a streamed request wrote is kept, up to this much, until the server answers:
+# a call it refused unseen is then sent again whole (as grpc-core's retry buffer).
+REPLAY_LIMIT = 1024 * 1024
 
 # HTTP status of a non-gRPC answer -> gRPC code (gRPC's http-grpc-status-mapping).
 _HTTP_TO_GRPC = {
@@ -164,16 +178,19 @@ class Stream:
         "conn",
         "deserialize",
         "encoding",
+        "end_after",
         "id",
         "initial",
+        "local_closed",
         "messages",
-        "pending",
+        "outgoing",
         "recv_unacked",
         "send_window",
         "status",
         "timer",
         "trailing",
         "waiter",
+        "writer",
     )
 
     def __init__(self, conn: Connection, stream_id: int, deserialize: Deserializer) -> None:
@@ -187,7 +204,10 @@ class Stream:
         self.waiter: asyncio.Future[None] | None = None
         self.buffer = bytearray()
         self.send_window = conn.peer_initial_window
-        self.pending: bytes | None = None  # request bytes the windows have not let out yet
+        self.outgoing = bytearray()  # request bytes the windows have not let out yet
+        self.end_after = False  # the request ends once ``outgoing`` is out
+        self.local_closed = False  # END_STREAM sent
+        self.writer: asyncio.Future[None] | None = None  # a write waiting for the windows
         self.recv_unacked = 0
         self.encoding = ""
         self.timer: asyncio.TimerHandle | None = None
@@ -197,14 +217,30 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def wake_writer(self) -> None:
+        writer = self.writer
+        if writer is not None and not writer.done():
+            writer.set_result(None)
+
     def finish(self, error: UpstreamError) -> None:
         """The call ended (``error.code()`` is OK for a clean end)."""
         if self.status is None:
             self.status = error
         if self.timer is not None:
             self.timer.cancel()
+        self.outgoing.clear()  # never sent now (a refused call is sent again whole)
         self.conn.forget(self)
         self.wake()
+        self.wake_writer()
+
+    def answered(self, error: UpstreamError) -> None:
+        """The server ended the call (its status, or an end without one). If the
+        request was still being sent, the rest is not: the server is told the
+        stream is over (it may have said so itself; RFC 9113 8.1)."""
+        self.finish(error)
+        if not self.local_closed:
+            self.local_closed = True
+            self.conn.reset(self, NO_ERROR)
 
     # -- what arrives
 
@@ -259,7 +295,7 @@ class Stream:
         elif code is grpc.StatusCode.OK and self.buffer:
             code, message = grpc.StatusCode.INTERNAL, "upstream ended inside a message"
         self.trailing = trailing
-        self.finish(UpstreamError(code, message, trailing, self.initial or ()))
+        self.answered(UpstreamError(code, message, trailing, self.initial or ()))
 
     def on_data(self, data: bytes) -> None:
         self.buffer += data
@@ -363,7 +399,7 @@ class Connection(FrameHandler):
             stream.on_data(payload)
         if flags & END_STREAM:
             if stream.status is None:
-                stream.finish(
+                stream.answered(
                     UpstreamError(grpc.StatusCode.INTERNAL, "upstream ended without trailers")
                 )
             return
@@ -459,46 +495,74 @@ class Connection(FrameHandler):
             self.stream_room.clear()
         return stream
 
-    def send_request(self, stream: Stream, headers: bytes, body: bytes) -> None:
-        """HEADERS, then the message as DATA with END_STREAM, as far as the windows allow."""
-        out = frame(HEADERS, END_HEADERS, stream.id, headers)
-        if len(headers) > self.peer_max_frame:
-            out = self._split_headers(stream.id, headers)
-        room = min(self.send_window, stream.send_window)
-        if len(body) <= room and len(body) <= self.peer_max_frame:
-            self.send_window -= len(body)
-            stream.send_window -= len(body)
-            self.write(out + frame(DATA, END_STREAM, stream.id, body))
+    def send_request(
+        self, stream: Stream, headers: bytes, body: bytes, end_stream: bool = True
+    ) -> None:
+        """HEADERS, then ``body`` as DATA, as far as the windows allow; with
+        ``end_stream`` the request ends there (the last frame has END_STREAM)."""
+        room = min(self.send_window, stream.send_window, self.peer_max_frame)
+        if not body or len(body) > room:  # the HEADERS end it, or DATA waits for the windows
+            stream.outgoing += body
+            stream.end_after = end_stream
+            self.write(self._headers_frames(stream.id, headers, end_stream and not body))
+            stream.local_closed = end_stream and not body
+            self.flush_stream(stream)
             return
-        self.write(out)
-        stream.pending = body
+        self.send_window -= len(body)
+        stream.send_window -= len(body)
+        stream.end_after = stream.local_closed = end_stream
+        data = frame(DATA, END_STREAM if end_stream else 0, stream.id, body)
+        if len(headers) <= self.peer_max_frame:  # the common case: one write for the call
+            self.write(frame(HEADERS, END_HEADERS, stream.id, headers) + data)
+        else:
+            self.write(self._headers_frames(stream.id, headers, False) + data)
+
+    def send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        """More of a streamed request, sent as the windows allow; ``end_stream``:
+        the request ends after it. Nothing is sent once the call has ended."""
+        if stream.status is not None or stream.end_after:
+            return
+        stream.outgoing += data
+        stream.end_after = end_stream
         self.flush_stream(stream)
 
-    def _split_headers(self, stream_id: int, headers: bytes) -> bytes:
+    def _headers_frames(self, stream_id: int, headers: bytes, end_stream: bool) -> bytes:
+        """A header block as HEADERS (and CONTINUATION frames past the peer's frame size)."""
         size = self.peer_max_frame
+        flags = END_STREAM if end_stream else 0
+        if len(headers) <= size:
+            return frame(HEADERS, flags | END_HEADERS, stream_id, headers)
         chunks = [headers[i : i + size] for i in range(0, len(headers), size)]
-        out = [frame(HEADERS, 0, stream_id, chunks[0])]
+        out = [frame(HEADERS, flags, stream_id, chunks[0])]
         for i, chunk in enumerate(chunks[1:], start=1):
             out.append(frame(CONTINUATION, END_HEADERS if i == len(chunks) - 1 else 0,
                              stream_id, chunk))  # fmt: skip
         return b"".join(out)
 
     def flush_stream(self, stream: Stream) -> None:
-        """Send what the windows allow of a request body; the last frame ends the stream."""
-        while stream.pending is not None and stream.status is None:
+        """Send what the windows allow of a request's bytes; END_STREAM once all of a
+        request that has ended is out. A write waiting for room is woken."""
+        pending = stream.outgoing
+        while pending and stream.status is None:
             room = min(self.send_window, stream.send_window, self.peer_max_frame)
-            data = stream.pending
-            if room <= 0 and data:
-                return  # a WINDOW_UPDATE or SETTINGS will call again
-            chunk, rest = data[:room], data[room:]
+            if room <= 0:
+                break  # a WINDOW_UPDATE or SETTINGS will call again
+            chunk = bytes(pending[:room])
+            del pending[:room]
             self.send_window -= len(chunk)
             stream.send_window -= len(chunk)
-            self.write(frame(DATA, 0 if rest else END_STREAM, stream.id, chunk))
-            stream.pending = rest or None
+            end = stream.end_after and not pending
+            self.write(frame(DATA, END_STREAM if end else 0, stream.id, chunk))
+            stream.local_closed = end
+        if stream.end_after and not pending and not stream.local_closed and stream.status is None:
+            self.write(frame(DATA, END_STREAM, stream.id))
+            stream.local_closed = True
+        if len(pending) <= WRITE_BUFFER:
+            stream.wake_writer()
 
     def flush_pending(self) -> None:
         for stream in list(self.streams.values()):
-            if stream.pending is not None:
+            if stream.outgoing:
                 self.flush_stream(stream)
 
     def reset(self, stream: Stream, error: int) -> None:
@@ -558,6 +622,11 @@ class Call:
         self._opening: asyncio.Future[Stream] | None = None
         self._cancelled = False
         self._refusals = 0
+        self._failed: UpstreamError | None = None  # the stream could not be opened
+
+    def _replayable(self) -> bool:
+        """Whether the request can be sent again whole (a unary one always can)."""
+        return True
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._unary().__await__()
@@ -593,10 +662,9 @@ class Call:
             return False
         self._cancelled = True
         stream = self._stream
-        if stream is not None and stream.status is None:
-            stream.finish(UpstreamError(grpc.StatusCode.CANCELLED, "cancelled"))
-            stream.conn.reset(stream, CANCEL)
-        elif stream is None and self._opening is not None:
+        if stream is not None:
+            _cancel_stream(stream)
+        elif self._opening is not None:
             self._opening.cancel()  # the caller's await ends now, as grpc.aio's does
         return True
 
@@ -604,13 +672,29 @@ class Call:
         """The stream once ``ready`` holds for it or it has ended."""
         while True:
             if self._stream is None:
+                if self._failed is not None:
+                    raise self._failed
                 if self._cancelled:
                     raise asyncio.CancelledError
-                self._opening = asyncio.ensure_future(self._start())
+                opening = self._opening
+                if opening is None:  # else a reader and a writer wait for the same
+                    opening = self._opening = asyncio.ensure_future(self._start())
                 try:
-                    self._stream = await self._opening
-                finally:
-                    self._opening = None
+                    stream = await asyncio.shield(opening)
+                except UpstreamError as exc:
+                    if self._opening is opening:
+                        self._opening, self._failed = None, exc
+                    raise
+                except asyncio.CancelledError:
+                    self.cancel()  # the opening too (unless cancel() was how we got here)
+                    if self._opening is opening:
+                        self._opening = None
+                        if opening.done() and not opening.cancelled() and not opening.exception():
+                            _cancel_stream(opening.result())  # it opened as we were cancelled
+                    raise
+                if self._opening is not opening:
+                    continue  # another waiter took this stream first
+                self._opening, self._stream = None, stream
                 if self._cancelled:  # cancelled as the stream opened
                     self._cancelled = False
                     self.cancel()
@@ -618,7 +702,7 @@ class Call:
             stream = self._stream
             status = stream.status
             retry = status is not None and status.retryable and not self._cancelled
-            if retry and self._refusals < MAX_REFUSALS:
+            if retry and self._refusals < MAX_REFUSALS and self._replayable():
                 self._refusals += 1
                 self._stream = None
                 if self._refusals > 1:  # refused again: give the server a moment
@@ -645,8 +729,114 @@ class Call:
             raise status
 
 
+class StreamCall(Call):
+    """A client-streaming or bidi call, used as grpc.aio's are at the edge.
+
+    ``await call.write(message)`` sends a message (waiting while the windows
+    hold back more than ``WRITE_BUFFER``); it is True, or False once the call
+    has ended: the server answered early, the deadline passed, the call was
+    cancelled or could not start. That is no error of the write: the call's
+    status is the answer, from ``await call`` (client streaming: the one
+    response) or ``await call.read()`` (bidi). ``done_writing()`` ends the
+    request. The stream opens at the first write or ``done_writing``; until the
+    server answers, what was written is kept (at most ``REPLAY_LIMIT`` bytes),
+    so a call the server refused unseen is sent again whole.
+    """
+
+    def __init__(
+        self, channel: Channel, headers: bytes, deserialize: Deserializer, deadline: float | None
+    ) -> None:
+        super().__init__(self._open, None)
+        self._channel = channel
+        self._headers = headers
+        self._deserialize = deserialize
+        self._deadline = deadline
+        self._written: list[bytes] | None = []  # None: too much to keep, or no longer needed
+        self._written_size = 0
+        self._writes_done = False
+
+    def _open(self) -> Awaitable[Stream]:
+        """A stream with the request so far on its way (again, after a refusal)."""
+        body = b"".join(self._written or ())
+        return self._channel._open_stream(
+            self._headers, body, self._deserialize, self._deadline, self._writes_done
+        )
+
+    def _replayable(self) -> bool:
+        return self._written is not None
+
+    async def write(self, message: Any) -> bool:
+        """Send ``message``; False (and nothing sent) if the call has ended."""
+        if self._writes_done:
+            raise grpc.aio.UsageError("write after done_writing")
+        data = framed(message.SerializeToString())
+        stream = await self._writable()
+        if stream is None:
+            return False
+        written = self._written
+        if written is not None:
+            if stream.initial is not None or self._written_size + len(data) > REPLAY_LIMIT:
+                self._written = None  # the server has the call, or it is too large to keep
+            else:
+                written.append(data)
+                self._written_size += len(data)
+        stream.conn.send_data(stream, data, end_stream=False)
+        while len(stream.outgoing) > WRITE_BUFFER and stream.status is None:
+            waiter = asyncio.get_running_loop().create_future()
+            stream.writer = waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+            finally:
+                stream.writer = None
+        return True
+
+    async def done_writing(self) -> bool:
+        """End the request (sent after what the windows still hold back); False if
+        the call had ended."""
+        if self._writes_done:
+            return True
+        self._writes_done = True
+        stream = await self._writable()  # a stream opened now carries END_STREAM already
+        if stream is None:
+            return False
+        stream.conn.send_data(stream, b"", end_stream=True)
+        return True
+
+    async def _writable(self) -> Stream | None:
+        """The call's open stream (opened now if need be); None once the call has ended."""
+        if self._cancelled:
+            return None
+        try:
+            stream = await self._until(_always)
+        except UpstreamError:
+            return None  # could not start: ``await call`` says why
+        except asyncio.CancelledError:
+            if self._cancelled and not _task_cancelling():
+                return None  # cancel() while the stream opened
+            raise
+        return stream if stream.status is None else None
+
+
+def _cancel_stream(stream: Stream) -> None:
+    if stream.status is None:
+        stream.finish(UpstreamError(grpc.StatusCode.CANCELLED, "cancelled"))
+        stream.conn.reset(stream, CANCEL)
+
+
+def _task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _never(stream: Stream) -> bool:
     return False
+
+
+def _always(stream: Stream) -> bool:
+    return True
 
 
 def _has_message(stream: Stream) -> bool:
@@ -696,9 +886,7 @@ class Channel:
 
     def unary(self, path: str, deserialize: Deserializer) -> Callable[..., Call]:
         """A callable as grpc.aio's multicallables: ``call(request, timeout=, metadata=)``."""
-        path_field = self._paths.get(path)
-        if path_field is None:
-            path_field = self._paths[path] = literal(b":path", path.encode("ascii"))
+        path_field = self._path_field(path)
 
         def call(request: Any, *, timeout: float | None = None, metadata: Metadata = ()) -> Call:
             body = request.SerializeToString()
@@ -707,22 +895,52 @@ class Channel:
                 headers += timeout_header(timeout)
             if metadata:
                 headers += metadata_block(metadata)
-            framed = b"\x00" + U32.pack(len(body)) + body
+            message = b"\x00" + U32.pack(len(body)) + body
             deadline = None if timeout is None else time.monotonic() + timeout
             conn = self._connection
             stream = None
             if conn is not None and conn.usable() and len(conn.streams) < conn.peer_max_streams:
-                stream = self._send(conn, headers, framed, deserialize, deadline)
-            return Call(lambda: self._open_stream(headers, framed, deserialize, deadline), stream)
+                stream = self._send(conn, headers, message, deserialize, deadline, True)
+            return Call(
+                lambda: self._open_stream(headers, message, deserialize, deadline, True), stream
+            )
 
         return call
 
     server_stream = unary  # the same call: the caller reads one message or many
 
+    def stream(self, path: str, deserialize: Deserializer) -> Callable[..., StreamCall]:
+        """A client-streaming or bidi call: ``call(timeout=, metadata=)``, then
+        ``write``s and ``done_writing`` (``StreamCall``)."""
+        path_field = self._path_field(path)
+
+        def call(*, timeout: float | None = None, metadata: Metadata = ()) -> StreamCall:
+            headers = self._prefix + path_field
+            if timeout is not None:
+                headers += timeout_header(timeout)
+            if metadata:
+                headers += metadata_block(metadata)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            return StreamCall(self, headers, deserialize, deadline)
+
+        return call
+
+    def _path_field(self, path: str) -> bytes:
+        path_field = self._paths.get(path)
+        if path_field is None:
+            path_field = self._paths[path] = literal(b":path", path.encode("ascii"))
+        return path_field
+
     async def _open_stream(
-        self, headers: bytes, body: bytes, deserialize: Deserializer, deadline: float | None
+        self,
+        headers: bytes,
+        body: bytes,
+        deserialize: Deserializer,
+        deadline: float | None,
+        end_stream: bool,
     ) -> Stream:
-        """A new stream with the request sent (or on its way, as the windows allow)."""
+        """A new stream with the request (so far) sent, or on its way as the windows
+        allow; ``end_stream``: that is all of it."""
         while True:
             conn = self._connection
             if conn is None or not conn.usable():
@@ -741,7 +959,7 @@ class Channel:
                 raise UpstreamError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for a stream"
                 ) from None
-        return self._send(conn, headers, body, deserialize, deadline)
+        return self._send(conn, headers, body, deserialize, deadline, end_stream)
 
     def _send(
         self,
@@ -750,13 +968,14 @@ class Channel:
         body: bytes,
         deserialize: Deserializer,
         deadline: float | None,
+        end_stream: bool,
     ) -> Stream:
         stream = conn.open_stream(deserialize)
         if deadline is not None:
             stream.timer = asyncio.get_running_loop().call_later(
                 max(0.0, deadline - time.monotonic()), _expire, stream
             )
-        conn.send_request(stream, headers, body)
+        conn.send_request(stream, headers, body, end_stream)
         return stream
 
     async def _connect(self, deadline: float | None) -> Connection:

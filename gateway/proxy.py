@@ -290,11 +290,11 @@ class Transcoder:
         try:
             async for value in json_values(_body_chunks(receive)):
                 message = request_from_json(self.codec, route.plan, values, query, value)
-                if not await _still_open(call.write(message)):
+                if not await call.write(message):
                     break  # the upstream ended the call: its status is the answer
             else:
-                await _still_open(call.done_writing())
-        except (DomainError, ClientGone):
+                await call.done_writing()
+        except BaseException:  # a bad value, the client gone, this request cancelled
             call.cancel()
             raise
         if route.streaming:
@@ -302,24 +302,6 @@ class Transcoder:
             return
         response = await _unless_gone(receive, call, call)
         await _respond_json(send, route, response, (await call.initial_metadata()) or (), headers)
-
-
-async def _still_open(step: Awaitable[None]) -> bool:
-    """Run a write or half-close of a call; False when the upstream had ended the call.
-
-    grpc.aio signals that in several ways: the call's status (RpcError), "RPC
-    already finished" (InvalidStateError), or CancelledError when the call ends
-    under a pending write, which must not be taken for this task's own cancellation.
-    """
-    try:
-        await step
-    except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-        return False
-    except asyncio.CancelledError:
-        if _being_cancelled():
-            raise  # this request is being cancelled: not the call's end
-        return False
-    return True
 
 
 def _being_cancelled() -> bool:
@@ -376,7 +358,7 @@ async def _unless_gone(receive: Receive, work: Awaitable[Any], call: Any) -> Any
             raise ClientGone from None
         if _being_cancelled():
             raise  # this request is being cancelled
-        # The call itself was cancelled (grpc.aio cancels a call whose write failed).
+        # The work itself was cancelled (a local handler's own grpc.aio call, say).
         raise CallCancelled("the upstream call was cancelled") from None
     finally:
         timer.cancel()

@@ -53,7 +53,8 @@ async def stream_response(
     sse: bool,
     http_body: Callable[[Any], Any] | None = None,
 ) -> None:
-    """Relay ``call`` (a grpc.aio unary-stream call) to the client.
+    """Relay ``call`` (server streaming or bidi: ``await call.read()`` until
+    ``grpc.aio.EOF``) to the client.
 
     A stream of google.api.HttpBody (``http_body`` gives each message's) is
     relayed as its bytes, under the first message's content type, as

@@ -1,18 +1,18 @@
 """The gRPC services behind the edge and their health (``/readyz``).
 
-Unary and server-streaming calls, the transcoded hot path, go over the edge's
-own HTTP/2 client (``gateway.h2upstream``: a quarter of grpc.aio's CPU per
-call); client-streaming, bidi, health and the screens' stubs use grpc.aio
-channels. Both kinds connect lazily, one connection per upstream address,
-with the same TLS identity and server-name check. An upstream given as
-replicas (``ip:port,ip:port``) gets its calls in turn, per call; a replica
-whose connection just failed is skipped while its backoff lasts. An upstream
-given as ``dns:///host:port`` (a Kubernetes headless Service) gets its calls
-in turn over every address the name has, looked up again every
-``RESOLVE_SECONDS`` (one ``NameLookup`` per name, shared by its calls'
-``ResolvedRoundRobin``); grpc.aio channels balance over the same name
-themselves (round_robin). Connections to an address that left the name stay
-open, idle, until the Upstreams close.
+Transcoded calls of every shape go over the edge's own HTTP/2 client
+(``gateway.h2upstream``: a quarter of grpc.aio's CPU per unary call, and a
+streamed request's early answer is its answer); health checks and the
+screens' stubs use grpc.aio channels. Both kinds connect lazily, one
+connection per upstream address, with the same TLS identity and server-name
+check. An upstream given as replicas (``ip:port,ip:port``) gets its calls in
+turn, per call; a replica whose connection just failed is skipped while its
+backoff lasts. An upstream given as ``dns:///host:port`` (a Kubernetes
+headless Service) gets its calls in turn over every address the name has,
+looked up again every ``RESOLVE_SECONDS`` (one ``NameLookup`` per name,
+shared by its calls' ``ResolvedRoundRobin``); grpc.aio channels balance over
+the same name themselves (round_robin). Connections to an address that left
+the name stay open, idle, until the Upstreams close.
 """
 
 from __future__ import annotations
@@ -152,16 +152,16 @@ class Upstreams:
 
     def client_stream(
         self, service: str, path: str, response: Callable[[bytes], Any], *, bidi: bool
-    ) -> Any:
-        """A generic client-streaming (or, with ``bidi``, bidi) call; None: no upstream."""
-        kind = "stream_stream" if bidi else "stream_unary"
+    ) -> Callable[..., h2upstream.StreamCall] | None:
+        """A client-streaming (or, with ``bidi``, bidi) call on ``path``:
+        ``call(timeout=, metadata=)``, then ``write``s and ``done_writing``; None: no upstream."""
 
         def build(address: str) -> tuple[Callable[[], bool], Any]:
-            factory = getattr(self._channel_to(address), kind)
-            call = factory(path, request_serializer=_serialize, response_deserializer=response)
-            return _always, call
+            channel = self._h2_to(address)
+            return channel.available, channel.stream(path, response)
 
-        return self._cached(service, (path, kind), build)
+        kind = "stream_stream" if bidi else "stream_unary"
+        return self._cached(service, (path, kind), build)  # type: ignore[no-any-return]
 
     def _cached(
         self,
@@ -329,15 +329,6 @@ async def resolve_addresses(host: str, port: int) -> list[str]:
 
 def _replicas(address: str) -> list[str]:
     return [a.strip() for a in address.split(",") if a.strip()]
-
-
-def _always() -> bool:
-    return True
-
-
-def _serialize(message: Any) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
 
 
 def not_serving(statuses: Mapping[str, str]) -> dict[str, str]:
