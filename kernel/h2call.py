@@ -46,10 +46,6 @@ WRITE_BUFFER = 1024 * 1024
 # A streamed request's window reopens only while fewer messages wait unread.
 READ_AHEAD_MESSAGES = 16
 
-# A request-streaming call answered while its client still sends: the status
-# waits this long for the client's half-close (see ``finish``).
-HOLD_STATUS_S = 0.2
-
 RESPONSE_HEAD = b"\x88" + literal(b"content-type", b"application/grpc")  # :status 200
 _TRAILERS_OK = literal(b"grpc-status", b"0")
 _MESSAGE_SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
@@ -84,7 +80,6 @@ class Call:
         self.send_window = conn.peer_initial_window
         self.pending = bytearray()
         self.pending_trailers: bytes | None = None
-        self.hold: asyncio.TimerHandle | None = None
         self.drained: asyncio.Future[None] | None = None
         self.headers_sent = False
         self.deadline: float | None = None
@@ -148,9 +143,6 @@ class Call:
 
     def on_end(self) -> None:
         self.remote_closed = True
-        if self.hold is not None:
-            self.release()
-            return
         if self.buffer:
             self.abandon(grpc.StatusCode.INTERNAL, "the request ended inside a message")
             return
@@ -265,7 +257,7 @@ class Call:
         drained = self.drained
         if drained is not None and not drained.done():
             drained.set_result(None)
-        if self.pending_trailers is not None and self.hold is None:
+        if self.pending_trailers is not None:
             trailers, self.pending_trailers = self.pending_trailers, None
             conn.write_headers(self.id, trailers, end_stream=True)
             self.closed()
@@ -285,21 +277,7 @@ class Call:
             self.pending_trailers = RESPONSE_HEAD + trailers
         else:
             self.pending_trailers = trailers
-        handler = self.handler
-        if not self.remote_closed and handler is not None and handler.request_streaming:
-            # The client is still sending. A grpc.aio client whose write fails as
-            # our status arrives reports INTERNAL ("Internal error from Core")
-            # instead of it, so the status waits, briefly, for its half-close.
-            self.hold = asyncio.get_running_loop().call_later(HOLD_STATUS_S, self.release)
         self.flush()
-
-    def release(self) -> None:
-        """Send the held status (the client half-closed, or the wait is over)."""
-        if self.hold is not None:
-            self.hold.cancel()
-            self.hold = None
-            if not self.ended:
-                self.flush()
 
     def status_of(self, code: grpc.StatusCode, details: str) -> bytes:
         """The trailers' block; a status or metadata that cannot be sent (not
@@ -341,9 +319,6 @@ class Call:
             return
         self.pending.clear()
         self.pending_trailers = None
-        if self.hold is not None:
-            self.hold.cancel()
-            self.hold = None
         self.status_code, self.status_details = code, details
         trailers = self.status_of(code, details)
         head = b"" if self.headers_sent else RESPONSE_HEAD
@@ -362,9 +337,6 @@ class Call:
             return
         self.ended = self.remote_closed = True
         self.was_cancelled = True
-        if self.hold is not None:
-            self.hold.cancel()
-            self.hold = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
