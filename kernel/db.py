@@ -250,6 +250,15 @@ class Database:
         async with self._sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[Any]:
+        """asyncpg's own connection, from the pool and back to it: for LISTEN, and for
+        hot statements where the ORM's per-statement work costs more than the
+        statement (the outbox relay). ``jsonb`` is best read as ``::text`` here:
+        the pool's connections carry SQLAlchemy's codecs for it."""
+        async with self._engine.connect() as conn:
+            yield (await conn.get_raw_connection()).driver_connection
+
     async def listen(
         self,
         channel: str,
@@ -271,9 +280,8 @@ class Database:
 
         while True:
             try:
-                async with self._engine.connect() as conn:
-                    # asyncpg's own connection: LISTEN needs the driver's API.
-                    raw: Any = (await conn.get_raw_connection()).driver_connection
+                # asyncpg's own connection: LISTEN needs the driver's API.
+                async with self.driver() as raw:
                     closed = asyncio.Event()
                     raw.add_termination_listener(lambda _conn, done=closed: done.set())
                     await raw.add_listener(channel, deliver)

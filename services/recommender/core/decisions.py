@@ -13,7 +13,6 @@ the scoring fallbacks (docs/operations.md, "Telemetry").
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -23,6 +22,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import orjson
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from kernel import metrics
@@ -68,6 +68,15 @@ _TIPS = _meter.create_counter(
     description="Tips decided, by whether the policy explored (picked other than its best "
     "guess): the exploration rate is explored=true over all",
 )
+
+
+def _json(value: object) -> str:
+    """JSON for the logged row's jsonb columns. orjson writes NaN and infinities as
+    null (jsonb has neither) and costs an eighth of json.dumps: 5 against 35 us for
+    30 candidates, 4% of a decision's CPU (py-spy, bench/decision.py)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 _OUTCOMES = {k: {"tips.outcome": k} for k in ("tip", "no_tip", "error")}
 _EXPLORED = {k: {"tips.explored": k} for k in (True, False)}
 # Every engine of the process, for the fallback counter's callback.
@@ -262,7 +271,7 @@ class DecisionEngine:
             _TIPS.add(1, _EXPLORED[bool(decision.explored)])
         values = f.values()
         feature_bytes = wire.context_features(values.items())
-        json_context = json.dumps({k: (None if v != v else v) for k, v in values.items()})
+        json_context = _json(values)  # unknown values (NaN) as null
         out: list[tip_pb2.Tip] = []
         db_rows: list[dict[str, object]] = []
         events: list[OutboxRow] = []
@@ -366,7 +375,7 @@ class DecisionEngine:
             "rank": rank,
             "row": np.asarray(x, dtype=np.float64).tobytes(),
             "context": context,
-            "candidates": json.dumps(
+            "candidates": _json(
                 {arm: [decision.scores[arm], p] for arm, p in decision.probabilities.items()}
             ),
         }

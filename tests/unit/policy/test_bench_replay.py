@@ -162,7 +162,7 @@ def test_vw_reads_the_replay_context_from_its_shared_line() -> None:
 
 def test_the_tuning_share_is_the_first_rounds_in_logged_order() -> None:
     n = 10
-    logs = {
+    logs: replay.Logs = {
         "ids": np.arange(2),
         "actions": np.arange(n) % 2,
         "reward": np.arange(n, dtype=float),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
+
 from services.recommender import wire
+from services.recommender.core.decisions import _json
 from tips.recommender.v1 import context_pb2, events_pb2
 
 
@@ -31,3 +35,12 @@ def test_tip_decided_bytes_parse_to_the_built_message() -> None:
     got.ClearField("context_features")  # NaN != NaN
     want.ClearField("context_features")
     assert got == want
+
+
+def test_the_logged_rows_json_has_no_nan_for_jsonb() -> None:
+    """jsonb has no NaN or infinity: unknown context values are logged as null,
+    and numpy floats are written as numbers."""
+    text = _json({"steps": float("nan"), "far": float("inf"), "hour": np.float64(7.5), "n": 3})
+    assert json.loads(text) == {"steps": None, "far": None, "hour": 7.5, "n": 3}
+    scores = {"tipA": [0.125, 0.5], "tipB": [-1e-300, 0.25]}
+    assert json.loads(_json(scores)) == scores  # floats round-trip exactly
