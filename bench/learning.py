@@ -65,12 +65,11 @@ from sim.agents import Agent, OurAgent, UniformAgent, VwAgent  # noqa: E402
 from sim.reactions import DONE, SNOOZE, draw  # noqa: E402
 from sim.tuning import (  # noqa: E402
     OURS_SPACE,
-    TUNE_BUDGET,
-    TUNE_PASSES,
     TUNE_SEEDS,
     VW_SPACE,
     Config,
     Search,
+    add_tuning_arguments,
     close,
     make_agent,
     report,
@@ -250,13 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=6, help="decisions per user per day")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="evaluation seeds")
     parser.add_argument("--seed", type=int, help="one evaluation seed (same as --seeds N)")
-    parser.add_argument(
-        "--tune-budget",
-        type=int,
-        default=TUNE_BUDGET,
-        help="configurations tried per side (ours, VW); 0 skips tuning",
-    )
-    parser.add_argument("--tune-passes", type=int, default=TUNE_PASSES)
+    add_tuning_arguments(parser)
     parser.add_argument(
         "--tune-seeds",
         type=int,

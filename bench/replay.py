@@ -56,12 +56,11 @@ from sim.agents import NS_ROW, NS_SHARED, Agent, OurAgent, UniformAgent, VwAgent
 from sim.reactions import DONE, SNOOZE, draw  # noqa: E402
 from sim.tuning import (  # noqa: E402
     OURS_SPACE,
-    TUNE_BUDGET,
-    TUNE_PASSES,
     TUNE_SEEDS,
     Config,
     Layout,
     Search,
+    add_tuning_arguments,
     close,
     make_agent,
     report,
@@ -404,13 +403,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tune-seeds", type=int, nargs="+", default=list(TUNE_SEEDS))
     sim.add_argument("--logs-dir", type=Path, default=OUT / "replay-logs")
     parser.add_argument("--seed", type=int, default=1, help="policies' (and --generate's) seed")
-    parser.add_argument(
-        "--tune-budget",
-        type=int,
-        default=TUNE_BUDGET,
-        help="configurations tried per side (ours, VW); 0 skips tuning",
-    )
-    parser.add_argument("--tune-passes", type=int, default=TUNE_PASSES)
+    add_tuning_arguments(parser)
     parser.add_argument("--no-vw", action="store_true", help="skip Vowpal Wabbit")
     parser.add_argument("--plot", type=Path, default=OUT / "replay.png")
     return parser

@@ -36,7 +36,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import unquote
 
 import grpc
@@ -710,15 +710,20 @@ class Call:
                 continue
             if status is not None or ready(stream):
                 return stream
-            waiter = asyncio.get_running_loop().create_future()
-            stream.waiter = waiter
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
-            finally:
-                stream.waiter = None
+            await self._park(stream, "waiter")
+
+    async def _park(self, stream: Stream, slot: Literal["waiter", "writer"]) -> None:
+        """Wait for ``stream`` to wake ``slot`` (``waiter``: something arrived;
+        ``writer``: the windows opened); a cancelled wait cancels the call."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        setattr(stream, slot, future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        finally:
+            setattr(stream, slot, None)
 
     def _raise_unless_ok(self, stream: Stream) -> None:
         status = stream.status
@@ -782,15 +787,7 @@ class StreamCall(Call):
                 self._written_size += len(data)
         stream.conn.send_data(stream, data, end_stream=False)
         while len(stream.outgoing) > WRITE_BUFFER and stream.status is None:
-            waiter = asyncio.get_running_loop().create_future()
-            stream.writer = waiter
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
-            finally:
-                stream.writer = None
+            await self._park(stream, "writer")
         return True
 
     async def done_writing(self) -> bool:

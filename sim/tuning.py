@@ -14,6 +14,7 @@ share.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import zlib
@@ -32,6 +33,17 @@ from sim.agents import CONTEXT_COLUMNS, NS_ID, NS_ROW, NS_SHARED, Agent, OurAgen
 TUNE_BUDGET = 24
 TUNE_PASSES = 3
 TUNE_SEEDS = (100, 101)
+
+
+def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tune-budget`` and ``--tune-passes``, as both benches take them."""
+    parser.add_argument(
+        "--tune-budget",
+        type=int,
+        default=TUNE_BUDGET,
+        help="configurations tried per side (ours, VW); 0 skips tuning",
+    )
+    parser.add_argument("--tune-passes", type=int, default=TUNE_PASSES)
 
 
 # --- search spaces --------------------------------------------------------------------
