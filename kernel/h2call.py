@@ -60,6 +60,8 @@ class Call:
     """One call: the stream's state, the handler's task, and the handler's context
     (the ``grpc.aio.ServicerContext`` methods, in the last section)."""
 
+    timeout = 0.0  # the grpc-timeout's seconds, with ``deadline`` (set only then)
+
     def __init__(
         self, conn: Connection, stream_id: int, method: str, metadata: Metadata, encoding: str
     ) -> None:
@@ -95,6 +97,7 @@ class Call:
 
     def set_deadline(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
+        self.timeout = seconds
         self.deadline = loop.time() + seconds
         self.timer = loop.call_at(self.deadline, self.expire)
 
@@ -206,8 +209,7 @@ class Call:
             # whoever cancelled us has answered already. A cancellation raised
             # inside the handler (a downstream call's) is answered here.
             self.abandon(grpc.StatusCode.CANCELLED, "the call was cancelled")
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if _being_cancelled():  # no local naming the task: see _being_cancelled
                 raise
         except Exception as exc:
             log.error("unhandled error in %s", self.method, exc_info=exc)
@@ -253,6 +255,7 @@ class Call:
             del pending[:room]
             conn.send_window -= len(chunk)
             self.send_window -= len(chunk)
+            conn.data_seen = True
             conn.write(frame(DATA, 0, self.id, chunk))
         drained = self.drained
         if drained is not None and not drained.done():
@@ -306,6 +309,7 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.unblock()
         if not self.remote_closed:
             self.remote_closed = True
             self.conn.write(frame(RST_STREAM, 0, self.id, U32.pack(NO_ERROR)))
@@ -332,7 +336,8 @@ class Call:
         self.abandon(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     def reset_by_peer(self) -> None:
-        """The client reset the stream or the connection is gone: nothing more is sent."""
+        """The client reset the stream or the connection is gone: nothing more is
+        sent, the handler is cancelled now, and what waited to be sent is dropped."""
         if self.ended:
             return
         self.ended = self.remote_closed = True
@@ -340,12 +345,22 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.pending.clear()
+        self.pending_trailers = None
+        self.unblock()
         self.cancel_task()
         self.wake_reader()
         drained = self.drained
         if drained is not None and not drained.done():
             drained.set_result(None)
         self.run_callbacks()
+
+    def unblock(self) -> None:
+        """An ended stream no longer waits for the connection's window (nor keeps
+        its answer alive there until the client opens it)."""
+        blocked = self.conn.blocked
+        if blocked and self in blocked:
+            blocked.remove(self)
 
     def cancel_task(self) -> None:
         task = self.task
@@ -448,6 +463,16 @@ class Call:
 
     def disable_next_message_compression(self) -> None:
         return None
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled (not a CancelledError of the
+    handler's own). A function, so that no frame in the traceback of the
+    cancellation names the task: the task keeps that error, and the cycle
+    would leave the call, its handler's frames and the task to the cyclic
+    collector."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _parse(parse: Callable[[bytes], Any] | None, message: bytes) -> Any:

@@ -26,6 +26,12 @@ the metadata size limit, trailers-only answers, status details in
 verified client certificate becomes the context's ``auth_context()`` as
 grpc-core reports it (``x509_subject_alternative_name``), which
 ``kernel.access`` reads. Responses are never compressed.
+
+Abuse (decision 38): a client that resets streams as fast as it opens them
+("rapid reset", CVE-2023-44487), floods PINGs (CVE-2019-9512) or SETTINGS
+(CVE-2019-9515) without calls in between, gets GOAWAY ENHANCE_YOUR_CALM
+and is cut off; one that sends no preface within ``PREFACE_TIMEOUT_S``
+likewise. The limits are the constants below (``Server`` takes each).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import struct
@@ -48,6 +55,7 @@ from kernel.h2wire import (
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     GOAWAY,
     HEADERS,
@@ -55,6 +63,7 @@ from kernel.h2wire import (
     MAX_STREAM_ID,
     MAX_WINDOW,
     NO_ERROR,
+    PING,
     PREFACE,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
@@ -78,6 +87,38 @@ log = logging.getLogger("tips.h2server")
 # Header blocks past this fail the connection; past the server's metadata limit
 # (smaller) they fail only their call, with RESOURCE_EXHAUSTED.
 MAX_HEADER_BLOCK = 64 * 1024
+
+# --- abuse: past any of these a client gets GOAWAY ENHANCE_YOUR_CALM and is cut off
+# (decision 38 says why these numbers). Server(...) takes each but the windows.
+#
+# The client preface (and, with TLS, the handshake before it) within this, as Go's
+# http2 server (10 s); grpc-core allows 120 s. Connections idle after it are kept,
+# as grpc-core's max_connection_idle and Go's IdleTimeout do by default.
+PREFACE_TIMEOUT_S = 10.0
+# Rapid reset (CVE-2023-44487): streams the client resets while we still answer
+# them, counted over a window from the first such reset. Not counted: resets of
+# streams already answered (the client lost a race), and resets past half of the
+# call's own grpc-timeout (the client's deadline fired: it started its clock
+# first). Past MAX_EARLY_RESETS in the window, and more than half of the streams
+# opened in it (a busy client whose callers give up on a slow service still has
+# most of its calls answered; an attacker has none), the connection is cut off.
+# A reset handler is cancelled at once, so the harm is the work per stream we
+# throw away: ~25 us for a stream opened and reset in one read (measured), more
+# if its handler ran; 200 a second is under 1% of a core. Netty allows 200 RST
+# frames per 30 s and nghttp2 bursts of 1000 then 33/s: less than the edge, with
+# thousands of calls a second on one connection, might cancel when a service stalls.
+MAX_EARLY_RESETS = 200
+RESET_WINDOW_S = 1.0
+# PING flood (CVE-2019-9512): PINGs with no call's HEADERS or DATA in between
+# (ours or the client's; grpc-core and grpc-go count only the server's), within a
+# window. grpc-core's server allows 2 strikes at one PING per 5 min; the edge
+# sends none, grpc-core clients a keepalive at most once a second (1.85, asked for
+# every 200 ms) and BDP probes only while data flows: 10 in a second is far off.
+MAX_PINGS_WITHOUT_DATA = 10
+PING_WINDOW_S = 1.0
+# SETTINGS flood (CVE-2019-9515): each one is acknowledged and may walk every
+# stream's window; clients send one at the start and a few as their windows grow.
+MAX_SETTINGS_WITHOUT_DATA = 100
 
 # Not metadata: the transport's own headers (grpc-core leaves user-agent in).
 _TRANSPORT_HEADERS = frozenset(
@@ -122,12 +163,20 @@ class Server:
         max_metadata_bytes: int = 16 * 1024,
         max_receive_message_bytes: int = 4 * 1024 * 1024,
         max_concurrent_streams: int = 1000,
+        preface_timeout_s: float = PREFACE_TIMEOUT_S,
+        max_early_resets: int = MAX_EARLY_RESETS,
+        max_pings_without_data: int = MAX_PINGS_WITHOUT_DATA,
+        max_settings_without_data: int = MAX_SETTINGS_WITHOUT_DATA,
     ) -> None:
         self._interceptors = tuple(interceptors)
         self._handlers = _Handlers()
         self.max_metadata_bytes = max_metadata_bytes
         self.max_receive_message_bytes = max_receive_message_bytes
         self.max_concurrent_streams = max_concurrent_streams
+        self.preface_timeout_s = preface_timeout_s
+        self.max_early_resets = max_early_resets
+        self.max_pings_without_data = max_pings_without_data
+        self.max_settings_without_data = max_settings_without_data
         self._sockets: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._listeners: list[asyncio.Server] = []
         self.connections: set[Connection] = set()
@@ -185,6 +234,7 @@ class Server:
                 lambda context=context: Connection(self, context is not None),
                 sock=sock,
                 ssl=context,
+                ssl_handshake_timeout=None if context is None else self.preface_timeout_s,
                 backlog=1024,
             )
             self._listeners.append(listener)
@@ -288,6 +338,15 @@ class Connection(FrameHandler):
         self.blocked: list[Call] = []  # streams waiting for the connection's window
         self.auth_context: dict[str, list[bytes]] = {}
         self.write_paused = False
+        # Abuse counters (the limits at the top of the module).
+        self.preface_timer: asyncio.TimerHandle | None = None
+        self.data_seen = False  # a call's HEADERS or DATA, either way, since the counts below
+        self.pings = 0
+        self.pings_since = -math.inf  # when the pings' window began
+        self.settings_frames = 0
+        self.early_resets = 0
+        self.resets_since = -math.inf
+        self.resets_after_id = 0  # streams opened in the reset window have larger ids
 
     # -- asyncio.Protocol
 
@@ -313,12 +372,19 @@ class Connection(FrameHandler):
         self.transport.write(
             frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, raise_window)
         )
+        self.preface_timer = asyncio.get_running_loop().call_later(
+            self.server.preface_timeout_s, self.preface_overdue
+        )
         if self.server.stopping:
             self.go_away()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.preface_timer is not None:
+            self.preface_timer.cancel()
+            self.preface_timer = None
         self.server.connections.discard(self)
+        self.blocked.clear()
         for stream in list(self.streams.values()):
             stream.reset_by_peer()
         self.streams.clear()
@@ -343,15 +409,57 @@ class Connection(FrameHandler):
         if inbox[: len(PREFACE)] != PREFACE:
             self.fail_connection(PROTOCOL_ERROR, "not an HTTP/2 gRPC client")
             return -1
+        if self.preface_timer is not None:
+            self.preface_timer.cancel()
+            self.preface_timer = None
         return len(PREFACE)
+
+    def preface_overdue(self) -> None:
+        self.preface_timer = None
+        if not self.opened and not self.closed:
+            self.fail_connection(
+                ENHANCE_YOUR_CALM, f"no client preface within {self.server.preface_timeout_s:g} s"
+            )
 
     # -- frames in
 
     def on_reset(self, stream_id: int, payload: bytes) -> None:
         stream = self.streams.pop(stream_id, None)
-        if stream is not None:
-            stream.reset_by_peer()
-            self.server.stream_ended()
+        if stream is None:
+            return  # one we had answered or refused: it cost us nothing more
+        stream.reset_by_peer()
+        self.server.stream_ended()
+        if self.reset_too_early(stream):
+            self.fail_connection(ENHANCE_YOUR_CALM, "too many streams reset before their answer")
+
+    def reset_too_early(self, stream: Call) -> bool:
+        """Count a client's reset of a stream we were still answering; True once
+        the connection is past the rapid-reset limit (``MAX_EARLY_RESETS``)."""
+        now = asyncio.get_running_loop().time()
+        deadline = stream.deadline
+        if deadline is not None and deadline - now < stream.timeout / 2:
+            return False  # the client's deadline, not a cancellation
+        if now - self.resets_since >= RESET_WINDOW_S:
+            self.resets_since = now
+            self.early_resets = 0
+            self.resets_after_id = self.last_stream_id
+        self.early_resets += 1
+        opened = (self.last_stream_id - self.resets_after_id) // 2
+        return self.early_resets > self.server.max_early_resets and 2 * self.early_resets > opened
+
+    def on_ping(self, payload: bytes) -> None:
+        if self.data_seen:
+            self.data_seen = False
+            self.pings = self.settings_frames = 0
+        now = asyncio.get_running_loop().time()
+        if now - self.pings_since >= PING_WINDOW_S:
+            self.pings_since = now
+            self.pings = 0
+        self.pings += 1
+        if self.pings > self.server.max_pings_without_data:
+            self.fail_connection(ENHANCE_YOUR_CALM, "too many pings")
+            return
+        self.write(frame(PING, ACK, 0, payload))
 
     def on_goaway(self, payload: bytes) -> None:
         self.goaway_sent = True  # the client leaves: no new streams either way
@@ -361,6 +469,7 @@ class Connection(FrameHandler):
     def on_fields(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: the request ends
+            self.data_seen = True
             if end_stream:
                 stream.on_end()
             return
@@ -369,6 +478,7 @@ class Connection(FrameHandler):
                 self.fail_connection(PROTOCOL_ERROR, "a client stream id must be odd")
             return  # a stream that already ended
         self.last_stream_id = stream_id
+        self.data_seen = True
         if self.goaway_sent or len(self.streams) >= self.server.max_concurrent_streams:
             self.write(frame(RST_STREAM, 0, stream_id, U32.pack(REFUSED_STREAM)))
             return
@@ -439,11 +549,19 @@ class Connection(FrameHandler):
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
             return  # a stream that ended or we refused; its data still counted above
+        self.data_seen = True
         stream.on_data(payload, size)
         if flags & END_STREAM and not stream.ended:
             stream.on_end()
 
     def on_settings(self, payload: bytes) -> None:
+        if self.data_seen:
+            self.data_seen = False
+            self.pings = self.settings_frames = 0
+        self.settings_frames += 1
+        if self.settings_frames > self.server.max_settings_without_data:
+            self.fail_connection(ENHANCE_YOUR_CALM, "too many SETTINGS")
+            return
         if len(payload) % 6:
             self.fail_connection(PROTOCOL_ERROR, "malformed SETTINGS")
             return
@@ -506,6 +624,7 @@ class Connection(FrameHandler):
             self.transport.write(data)
 
     def write_headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        self.data_seen = True
         flags = END_STREAM if end_stream else 0
         limit = self.peer_max_frame
         if len(block) <= limit:
@@ -549,6 +668,7 @@ class Connection(FrameHandler):
                 frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream_id, error) + why.encode())
             )
             self.flush()
+        self.blocked.clear()
         for stream in list(self.streams.values()):
             stream.reset_by_peer()
         self.close()

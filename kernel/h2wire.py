@@ -252,8 +252,8 @@ class FrameHandler(asyncio.Protocol):
     ``gateway.h2upstream.Connection``; every service's server,
     ``kernel.h2server.Connection``): bytes cut into frames (``data_received``),
     header blocks put together across CONTINUATION frames and decoded in
-    arrival order (HPACK's table is the connection's), PING answered,
-    PUSH_PROMISE refused. The rest is each end's: ``opening`` (what the peer
+    arrival order (HPACK's table is the connection's), PING answered
+    (``on_ping``), PUSH_PROMISE refused. The rest is each end's: ``opening`` (what the peer
     must send first: a client's preface, a server's SETTINGS), ``on_fields``
     (a decoded header block), ``on_data`` (the payload unpadded, the
     connection's window already counted), ``on_settings``,
@@ -330,7 +330,7 @@ class FrameHandler(asyncio.Protocol):
                 self.on_settings(payload)
         elif kind == PING:
             if not flags & ACK:
-                self.write(frame(PING, ACK, 0, payload))
+                self.on_ping(payload)
         elif kind == WINDOW_UPDATE:
             self.on_window_update(stream_id, payload)
         elif kind == RST_STREAM:
@@ -375,6 +375,10 @@ class FrameHandler(asyncio.Protocol):
             self.fail_connection(PROTOCOL_ERROR, f"bad header block: {exc}")
             return
         self.on_fields(stream_id, fields, end_stream)
+
+    def on_ping(self, payload: bytes) -> None:
+        """A PING (not an answer to ours): answered. The server counts them first."""
+        self.write(frame(PING, ACK, 0, payload))
 
     # -- each end's own
 

@@ -3,8 +3,9 @@ gRPC client sends, and a client that never cancels nor times out by itself.
 
 ``bare_connection`` opens a connection whose frames a test writes (``frame``,
 ``BareConnection.request``); it answers SETTINGS and PING, never opens its
-receive window by itself, and records what arrives by stream. ``bare_call``
-makes one whole call on one.
+receive window by itself, and records what arrives by stream (and a GOAWAY's
+code and debug data). With ``preface=False`` it sends nothing at all, not even
+answers. ``bare_call`` makes one whole call on one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.support.h2probe import within
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
 WINDOW_UPDATE = 8
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-PROTOCOL_ERROR = 1
+PROTOCOL_ERROR, CANCEL, ENHANCE_YOUR_CALM = 1, 8, 0xB
 S_INITIAL_WINDOW_SIZE = 4
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -81,11 +82,15 @@ class BareConnection:
     """A client that sends the frames a test writes, answers SETTINGS and PING,
     never opens its receive window by itself, and records what arrives."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, answers: bool = True
+    ) -> None:
         self.reader, self.writer = reader, writer
+        self.answers = answers  # SETTINGS and PING are answered
         self.encoder = hpack.Encoder()
         self.streams: defaultdict[int, BareStream] = defaultdict(BareStream)
         self.goaway: int | None = None
+        self.goaway_debug = b""
         self.pongs = 0
         self.closed = False
         self.changed = asyncio.Event()
@@ -93,6 +98,10 @@ class BareConnection:
 
     def send(self, *frames: bytes) -> None:
         self.writer.write(b"".join(frames))
+
+    def answer(self, *frames: bytes) -> None:
+        if self.answers:
+            self.send(*frames)
 
     def request(self, stream_id: int, path: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
         """The HEADERS frame of a call (its stream stays open)."""
@@ -126,14 +135,15 @@ class BareConnection:
                 payload = await self.reader.readexactly(int.from_bytes(head[:3], "big"))
                 stream = self.streams[stream_id]
                 if kind == SETTINGS and not flags & ACK:
-                    self.send(frame(SETTINGS, ACK, 0))
+                    self.answer(frame(SETTINGS, ACK, 0))
                 elif kind == PING:
                     if flags & ACK:
                         self.pongs += 1
                     else:
-                        self.send(frame(PING, ACK, 0, payload))
+                        self.answer(frame(PING, ACK, 0, payload))
                 elif kind == GOAWAY:
                     self.goaway = int.from_bytes(payload[4:8], "big")
+                    self.goaway_debug = payload[8:]
                 elif kind == RST_STREAM:
                     stream.reset = int.from_bytes(payload[:4], "big")
                 elif kind in (HEADERS, CONTINUATION):
@@ -160,10 +170,15 @@ class BareConnection:
 
 
 @contextlib.asynccontextmanager
-async def bare_connection(port: int, settings: bytes = b"") -> AsyncIterator[BareConnection]:
+async def bare_connection(
+    port: int, settings: bytes = b"", *, preface: bool = True
+) -> AsyncIterator[BareConnection]:
+    """A connection that opens with the preface and ``settings`` (``preface=False``:
+    a client that connects and says nothing, not even answers)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(PREFACE + frame(SETTINGS, 0, 0, settings))
-    conn = BareConnection(reader, writer)
+    if preface:
+        writer.write(PREFACE + frame(SETTINGS, 0, 0, settings))
+    conn = BareConnection(reader, writer, answers=preface)
     try:
         yield conn
     finally:
