@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -241,6 +242,31 @@ def _events_env(settings: Any, telemetry: str, sink_port: int | None) -> dict[st
     return env
 
 
+class GcPauses:
+    """The cyclic collector's pauses in this process (the recommender's), by time:
+    a pause stalls every call in flight, so they show in the tail."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self.pauses: list[tuple[float, int, float]] = []  # (end, generation, seconds)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._start = now
+        else:
+            self.pauses.append((now, info["generation"], now - self._start))
+
+    def between(self, start: float, end: float) -> dict[str, Any]:
+        seen = [(g, s) for t, g, s in self.pauses if start <= t <= end]
+        return {
+            "collections": {str(g): sum(1 for x, _ in seen if x == g) for g in (0, 1, 2)},
+            "pause_ms_total": round(1000 * sum(s for _, s in seen), 1),
+            "pause_ms_max": round(1000 * max((s for _, s in seen), default=0.0), 1),
+            "share_of_time": round(sum(s for _, s in seen) / max(end - start, 1e-9), 4),
+        }
+
+
 def _load(
     kind: str,
     addr: str,
@@ -364,6 +390,8 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
         rec_server = ServiceServer(RECOMMENDER, rec_settings, port=0)
         await rec_server.start()
         settle_heap()  # as `tips serve` does once it serves
+        pauses = GcPauses()
+        gc.callbacks.append(pauses)
         assert empty.stdout is not None and empty_kernel.stdout is not None
         empty_addr = f"127.0.0.1:{empty.stdout.readline().strip()}"
         kernel_addr = f"127.0.0.1:{empty_kernel.stdout.readline().strip()}"
@@ -381,9 +409,11 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             ours = await asyncio.to_thread(
                 _load, "empty", kernel_addr, conc, seconds, {"empty_server": empty_kernel.pid}
             )
+            began = time.perf_counter()
             tips = await asyncio.to_thread(
                 _load, "decide_tips", rec_server.address, conc, seconds, servers, users, key
             )
+            tips["gc"] = pauses.between(began, time.perf_counter())
             reads = await asyncio.to_thread(
                 _load, "list_tips", rec_server.address, conc, seconds, servers, users, key
             )
@@ -415,6 +445,7 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             "throughput_ratio_c16_at_least_0.3": results["c16"]["ratio_throughput"] >= 0.3,
             "freshness_p99_under_20ms": results["freshness_ms"]["p99"] < 20,
         }
+        gc.callbacks.remove(pauses)
         await rec_server.stop(grace=1)
         await close_channels()
         return results
