@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     LargeBinary,
     Row,
+    Select,
     Table,
     Text,
     func,
@@ -217,13 +218,14 @@ async def reward_seqs_after(session: AsyncSession, seq: int) -> Sequence[tuple[i
     return [(int(r.reward_seq), r.reward_time) for r in rows]
 
 
+def rewards_since_statement(since: datetime) -> Select[Any]:
+    """The rewards assigned after ``since``, in sequence order (``ix_tips_reward_time``)."""
+    return select(*_REWARDED).where(tips.c.reward_time > since).order_by(tips.c.reward_seq)
+
+
 async def rewards_since(session: AsyncSession, since: datetime) -> Sequence[Rewarded]:
     """The rewards assigned after ``since``, in sequence order."""
-    rows = (
-        await session.execute(
-            select(*_REWARDED).where(tips.c.reward_time > since).order_by(tips.c.reward_seq)
-        )
-    ).all()
+    rows = (await session.execute(rewards_since_statement(since))).all()
     return [_rewarded(r) for r in rows]
 
 
