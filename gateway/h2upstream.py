@@ -876,6 +876,9 @@ class Channel:
         )
         self._paths: dict[str, bytes] = {}
         self._closed = False
+        # Replicas of one upstream (``gateway.upstreams``): the channel a call goes
+        # to when this one cannot connect (it stopped, say); None: there is none.
+        self.elsewhere: Callable[[Channel], Channel | None] | None = None
 
     def available(self) -> bool:
         """False while a failed connect's backoff lasts (calls would fail at once)."""
@@ -935,15 +938,29 @@ class Channel:
         deserialize: Deserializer,
         deadline: float | None,
         end_stream: bool,
+        hops: int = 0,
     ) -> Stream:
         """A new stream with the request (so far) sent, or on its way as the windows
-        allow; ``end_stream``: that is all of it."""
+        allow; ``end_stream``: that is all of it. ``hops``: replicas tried before."""
         while True:
             conn = self._connection
             if conn is None or not conn.usable():
-                conn = await self._connect(deadline)
-                if not conn.usable():
-                    raise UpstreamError(grpc.StatusCode.UNAVAILABLE, conn.lost_reason)
+                try:
+                    conn = await self._connect(deadline)
+                    if not conn.usable():
+                        raise UpstreamError(grpc.StatusCode.UNAVAILABLE, conn.lost_reason)
+                except UpstreamError as exc:
+                    other = None
+                    unsent = exc.code() is grpc.StatusCode.UNAVAILABLE
+                    if unsent and self.elsewhere is not None and hops < MAX_REFUSALS:
+                        other = self.elsewhere(self)
+                    if other is None:
+                        raise
+                    # Never sent: another replica takes it (its own :authority).
+                    headers = other._prefix + headers[len(self._prefix) :]
+                    return await other._open_stream(
+                        headers, body, deserialize, deadline, end_stream, hops + 1
+                    )
             if len(conn.streams) < conn.peer_max_streams:
                 break
             # As many streams open as the server allows: wait for one to end.

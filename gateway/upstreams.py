@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 import socket
 import ssl
@@ -185,9 +186,28 @@ class Upstreams:
             elif len(replicas) == 1:
                 call = build(replicas[0])[1]
             else:
+                self._fail_over(replicas)
                 call = RoundRobin([build(replica) for replica in replicas])
             self._calls[key] = call
         return call
+
+    def _fail_over(self, replicas: list[str]) -> None:
+        """A call that cannot reach its replica (it stopped or is restarting: the
+        connect fails, or is backing off) goes to the next one that can be tried."""
+        channels = [self._h2_to(replica) for replica in replicas]
+        if channels[0].elsewhere is not None:
+            return
+        turn = itertools.count()
+
+        def elsewhere(failed: h2upstream.Channel) -> h2upstream.Channel | None:
+            for _ in channels:
+                channel = channels[next(turn) % len(channels)]
+                if channel is not failed and channel.available():
+                    return channel
+            return None
+
+        for channel in channels:
+            channel.elsewhere = elsewhere
 
     def _resolved(
         self, address: str, build: Callable[[str], tuple[Callable[[], bool], Any]]

@@ -17,8 +17,8 @@ handler gets a context with the ``grpc.aio.ServicerContext`` methods
 
 HTTP/2 (RFC 9113): SETTINGS, PING, flow control both ways (a response
 waits for the peer's window; a streamed request's window reopens as the
-handler reads), CONTINUATION, padding, RST_STREAM both ways, GOAWAY on
-stop, a limit on concurrent streams. gRPC: all four call shapes,
+handler reads), CONTINUATION, padding, RST_STREAM both ways, a graceful GOAWAY
+on stop (below), a limit on concurrent streams. gRPC: all four call shapes,
 ``grpc-timeout`` (the handler is cancelled and the caller gets
 DEADLINE_EXCEEDED), gzip/deflate requests, the largest request message,
 the metadata size limit, trailers-only answers, status details in
@@ -32,6 +32,19 @@ Abuse (decision 38): a client that resets streams as fast as it opens them
 (CVE-2019-9515) without calls in between, gets GOAWAY ENHANCE_YOUR_CALM
 and is cut off; one that sends no preface within ``PREFACE_TIMEOUT_S``
 likewise. The limits are the constants below (``Server`` takes each).
+
+Stopping (``Server.stop``, decision 38) is grpc-core's and Go's two-phase
+GOAWAY: first GOAWAY with the largest stream id and a PING, so a client's
+HEADERS already on the wire are still taken; once the PING's answer shows the
+client has read the first (or after ``GOAWAY_PING_TIMEOUT_S``), the final
+GOAWAY names the last stream taken, and later streams are refused
+(REFUSED_STREAM: the client may send them elsewhere). A connection whose
+streams have ended is then half-closed and read until the client closes it
+(``LINGER_S`` at most): a socket closed with bytes unread, or with the client
+still sending, answers with a TCP RST, which can discard what the client has
+not read yet (the GOAWAY, the last answers). With TLS the loop's close sends
+close_notify and reads until the client's, not waited for. Abuse and protocol
+errors still cut a connection off at once.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ import math
 import socket
 import ssl
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -120,6 +133,16 @@ PING_WINDOW_S = 1.0
 # stream's window; clients send one at the start and a few as their windows grow.
 MAX_SETTINGS_WITHOUT_DATA = 100
 
+# --- a graceful stop (the module docstring): the final GOAWAY once the PING sent
+# with the first is answered, or after this (grpc-core and Go wait 1 s too).
+GOAWAY_PING_TIMEOUT_S = 1.0
+# A connection with its streams ended is read until the client closes it, at most
+# this long; stop() waits for that until GOAWAY_PING_TIMEOUT_S after it began, and
+# at least LINGER_AFTER_GRACE_S after the grace.
+LINGER_S = 1.0
+LINGER_AFTER_GRACE_S = 0.25
+_DRAIN_PING = b"tipsstop"  # the PING sent with the first GOAWAY
+
 # Not metadata: the transport's own headers (grpc-core leaves user-agent in).
 _TRANSPORT_HEADERS = frozenset(
     {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
@@ -181,8 +204,9 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self.connections: set[Connection] = set()
         self.stopping = False
+        self.refusing = False  # stop()'s grace is over: new streams are refused
         self._terminated: asyncio.Event | None = None
-        self._idle: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None  # set as streams and connections end
 
     # -- what the generated add_XServicer_to_server functions call
 
@@ -240,31 +264,59 @@ class Server:
             self._listeners.append(listener)
 
     async def stop(self, grace: float | None) -> None:
-        """Refuse new calls (GOAWAY, listeners closed), give the calls in flight
-        ``grace`` seconds (None or 0: none), cancel what is left, close."""
+        """Refuse new calls (listeners closed, the two GOAWAYs of the module
+        docstring), give the calls in flight ``grace`` seconds (None or 0: none),
+        cancel what is left, close once the clients have read it all.
+
+        Streams a client opens before the final GOAWAY are served while the
+        grace lasts (after it they are refused). Beyond the grace, stop() waits
+        at most until ``GOAWAY_PING_TIMEOUT_S`` after it began for the final
+        GOAWAYs and the clients' closing, and at least ``LINGER_AFTER_GRACE_S``
+        for the closing."""
         if self.stopping:
             if self._terminated is not None:
                 await self._terminated.wait()
             return
         self.stopping = True
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         for listener in self._listeners:
             listener.close()
         for conn in list(self.connections):
             conn.go_away()
-        if grace and self._idle is not None and self.active_streams():
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    while self.active_streams():
-                        await self._idle.wait()
-                        self._idle.clear()
+        if grace:
+            await self._until(lambda: not self.active_streams() and self._told(), began + grace)
+        self.refusing = True
         tasks = [t for conn in self.connections for t in conn.cancel_all()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        await self._until(self._told, began + GOAWAY_PING_TIMEOUT_S)
+        for conn in list(self.connections):
+            conn.final_go_away()  # the PING was not answered in time
+        linger = max(began + GOAWAY_PING_TIMEOUT_S, loop.time() + LINGER_AFTER_GRACE_S)
+        await self._until(self._closed, linger)
         for conn in list(self.connections):
             conn.close()
         if self._terminated is not None:
             self._terminated.set()
+
+    def _closed(self) -> bool:
+        """No connection lingers (one the client asked to close is not waited for)."""
+        return all(conn.closed and not conn.lingering for conn in self.connections)
+
+    def _told(self) -> bool:
+        """Every connection has had its final GOAWAY (or is closing)."""
+        return all(conn.goaway_sent or conn.closed for conn in self.connections)
+
+    async def _until(self, condition: Callable[[], bool], deadline: float) -> None:
+        idle = self._idle
+        if idle is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while not condition():
+                    idle.clear()
+                    await idle.wait()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until stopped; as grpc.aio's, True means the wait timed out first."""
@@ -334,7 +386,10 @@ class Connection(FrameHandler):
         self.peer_max_frame = MAX_FRAME
         self.send_window = DEFAULT_WINDOW
         self.last_stream_id = 0
-        self.goaway_sent = False
+        self.draining = False  # the first GOAWAY of a graceful stop went out
+        self.goaway_sent = False  # the final one (or the client's): no new streams
+        self.lingering = False  # closing once the client has read it all (``linger``)
+        self.timer: asyncio.TimerHandle | None = None  # for the final GOAWAY, then the close
         self.blocked: list[Call] = []  # streams waiting for the connection's window
         self.auth_context: dict[str, list[bytes]] = {}
         self.write_paused = False
@@ -383,6 +438,9 @@ class Connection(FrameHandler):
         if self.preface_timer is not None:
             self.preface_timer.cancel()
             self.preface_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.server.connections.discard(self)
         self.blocked.clear()
         for stream in list(self.streams.values()):
@@ -404,6 +462,9 @@ class Connection(FrameHandler):
 
     def opening(self, inbox: bytearray) -> int:
         """A client opens with the connection preface."""
+        if self.closed:  # lingering (``linger``): what still arrives is read and dropped
+            inbox.clear()
+            return -1
         if len(inbox) < len(PREFACE) and PREFACE.startswith(bytes(inbox)):
             return -1
         if inbox[: len(PREFACE)] != PREFACE:
@@ -461,6 +522,10 @@ class Connection(FrameHandler):
             return
         self.write(frame(PING, ACK, 0, payload))
 
+    def on_ping_ack(self, payload: bytes) -> None:
+        if payload == _DRAIN_PING and self.draining:
+            self.final_go_away()  # frames the client sent before it are all handled
+
     def on_goaway(self, payload: bytes) -> None:
         self.goaway_sent = True  # the client leaves: no new streams either way
         if not self.streams:
@@ -479,7 +544,11 @@ class Connection(FrameHandler):
             return  # a stream that already ended
         self.last_stream_id = stream_id
         self.data_seen = True
-        if self.goaway_sent or len(self.streams) >= self.server.max_concurrent_streams:
+        if (
+            self.goaway_sent
+            or len(self.streams) >= self.server.max_concurrent_streams
+            or self.server.refusing
+        ):
             self.write(frame(RST_STREAM, 0, stream_id, U32.pack(REFUSED_STREAM)))
             return
         self.open_stream(stream_id, fields, end_stream)
@@ -640,18 +709,76 @@ class Connection(FrameHandler):
         if self.streams.pop(stream.id, None) is not None:
             self.server.stream_ended()
         if self.goaway_sent and not self.streams:
-            self.close()
+            if self.draining:
+                self.linger()
+            else:
+                self.close()
 
     def go_away(self) -> None:
-        """Tell the client no new stream will be taken; close once the last ends."""
-        if self.goaway_sent or self.closed:
+        """A graceful stop's first GOAWAY (the largest stream id: streams on their
+        way are still taken) and a PING; its answer, or ``GOAWAY_PING_TIMEOUT_S``,
+        brings the final one (``final_go_away``)."""
+        if self.closed or self.draining:
+            return
+        if self.goaway_sent:  # the client's GOAWAY: it closes once its streams end
             if not self.streams:
                 self.close()
             return
-        self.goaway_sent = True
+        self.draining = True
+        self.write(
+            frame(GOAWAY, 0, 0, struct.pack(">II", MAX_STREAM_ID, NO_ERROR))
+            + frame(PING, 0, 0, _DRAIN_PING)
+        )
+        self.timer = asyncio.get_running_loop().call_later(
+            GOAWAY_PING_TIMEOUT_S, self.final_go_away
+        )
+
+    def final_go_away(self) -> None:
+        """The final GOAWAY: the last stream taken; any later one is refused.
+        Once the streams have ended, ``linger``."""
+        if self.closed or self.goaway_sent:
+            return
+        self.draining = self.goaway_sent = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream_id, NO_ERROR)))
+        self.server.stream_ended()  # stop() waits for this
         if not self.streams:
+            self.linger()
+
+    def linger(self) -> None:
+        """After the final GOAWAY and the last stream: send what is queued, then
+        half-close (FIN) and read, dropping it, until the client closes, at most
+        ``LINGER_S``. Closing the socket with bytes unread, or while the client
+        still sends, would answer with a TCP RST, which can discard what the client
+        has not read yet. TLS cannot half-close: the loop's close sends
+        close_notify and reads on until the client's (or its own timeout), which
+        stop() does not wait for: grpc-core's TLS clients were seen to leave it
+        unanswered for a second and more."""
+        transport = self.transport
+        if (
+            self.closed
+            or transport is None
+            or transport.is_closing()
+            or not transport.can_write_eof()
+        ):
             self.close()
+            return
+        self.flush()
+        self.closed = self.lingering = True  # nothing more is sent, nor handled (``opening``)
+        self.opened = False
+        self.blocked.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(LINGER_S, self.close)
+        if self.write_paused:
+            transport.resume_reading()
+        try:
+            transport.write_eof()
+        except OSError:  # the client has gone already
+            self.lingering = False
+            transport.close()
 
     def cancel_all(self) -> list[asyncio.Task[None]]:
         tasks = []
@@ -674,9 +801,13 @@ class Connection(FrameHandler):
         self.close()
 
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.flush()
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if not transport.is_closing():
+                self.flush()
+                transport.close()
+            elif self.lingering:
+                transport.abort()  # the client has not closed in time
         self.closed = True
 
 

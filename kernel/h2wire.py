@@ -253,9 +253,10 @@ class FrameHandler(asyncio.Protocol):
     ``kernel.h2server.Connection``): bytes cut into frames (``data_received``),
     header blocks put together across CONTINUATION frames and decoded in
     arrival order (HPACK's table is the connection's), PING answered
-    (``on_ping``), PUSH_PROMISE refused. The rest is each end's: ``opening`` (what the peer
-    must send first: a client's preface, a server's SETTINGS), ``on_fields``
-    (a decoded header block), ``on_data`` (the payload unpadded, the
+    (``on_ping``; an answer to ours is ``on_ping_ack``), PUSH_PROMISE
+    refused. The rest is each end's: ``opening`` (what the peer must send
+    first: a client's preface, a server's SETTINGS), ``on_fields`` (a
+    decoded header block), ``on_data`` (the payload unpadded, the
     connection's window already counted), ``on_settings``,
     ``on_window_update``, ``on_reset``, ``on_goaway``, ``write``, ``flush``
     (what ``write`` queued goes out) and ``fail_connection`` (which sets
@@ -329,7 +330,9 @@ class FrameHandler(asyncio.Protocol):
             if not flags & ACK:
                 self.on_settings(payload)
         elif kind == PING:
-            if not flags & ACK:
+            if flags & ACK:
+                self.on_ping_ack(payload)
+            else:
                 self.on_ping(payload)
         elif kind == WINDOW_UPDATE:
             self.on_window_update(stream_id, payload)
@@ -379,6 +382,9 @@ class FrameHandler(asyncio.Protocol):
     def on_ping(self, payload: bytes) -> None:
         """A PING (not an answer to ours): answered. The server counts them first."""
         self.write(frame(PING, ACK, 0, payload))
+
+    def on_ping_ack(self, payload: bytes) -> None:
+        """The answer to a PING of ours (the server's graceful stop sends one)."""
 
     # -- each end's own
 

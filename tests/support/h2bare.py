@@ -4,8 +4,10 @@ gRPC client sends, and a client that never cancels nor times out by itself.
 ``bare_connection`` opens a connection whose frames a test writes (``frame``,
 ``BareConnection.request``); it answers SETTINGS and PING, never opens its
 receive window by itself, and records what arrives by stream (and a GOAWAY's
-code and debug data). With ``preface=False`` it sends nothing at all, not even
-answers. ``bare_call`` makes one whole call on one.
+code and debug data; every GOAWAY and the server's PINGs in ``frames``). With
+``answers_pings = False`` it leaves the server's PINGs unanswered. With
+``preface=False`` it sends nothing at all, not even answers. ``bare_call``
+makes one whole call on one.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ class BareConnection:
         self.streams: defaultdict[int, BareStream] = defaultdict(BareStream)
         self.goaway: int | None = None
         self.goaway_debug = b""
+        self.answers_pings = True
+        # GOAWAYs as ("goaway", last stream id, code), the server's PINGs as ("ping", payload)
+        self.frames: list[tuple[str, int | bytes, int]] = []
         self.pongs = 0
         self.closed = False
         self.changed = asyncio.Event()
@@ -140,10 +145,14 @@ class BareConnection:
                     if flags & ACK:
                         self.pongs += 1
                     else:
-                        self.answer(frame(PING, ACK, 0, payload))
+                        self.frames.append(("ping", payload, 0))
+                        if self.answers_pings:
+                            self.answer(frame(PING, ACK, 0, payload))
                 elif kind == GOAWAY:
                     self.goaway = int.from_bytes(payload[4:8], "big")
                     self.goaway_debug = payload[8:]
+                    last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                    self.frames.append(("goaway", last, self.goaway))
                 elif kind == RST_STREAM:
                     stream.reset = int.from_bytes(payload[:4], "big")
                 elif kind in (HEADERS, CONTINUATION):

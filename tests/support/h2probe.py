@@ -125,6 +125,15 @@ async def edge_call(channel: Channel, method: str, data: bytes, **kwargs: Any) -
     return await channel.unary(SERVICE + method, same)(Raw(data), **kwargs)
 
 
+async def until(what: str, check: Callable[[], bool]) -> None:
+    """Wait for ``check`` to hold (polled every 10 ms), at most ``WAIT``."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 async def within(awaitable: Awaitable[T], what: str) -> T:
     try:
         async with asyncio.timeout(WAIT):

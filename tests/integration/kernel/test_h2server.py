@@ -664,7 +664,11 @@ async def test_a_graceful_stop_lets_calls_in_flight_finish_and_refuses_new_ones(
             # As grpc.aio's: the answer says whether the wait timed out.
             assert await server.wait_for_termination(timeout=0.01) is True  # timed out
             stopping = asyncio.ensure_future(server.stop(grace=10))
-            await asyncio.sleep(0)  # stop() has begun
+            # A call the client sends before the final GOAWAY is still taken
+            # (test_h2server_graceful.py); one after it is refused.
+            await h2probe.until(
+                "the final GOAWAY", lambda: all(c.goaway_sent for c in server.connections)
+            )
             async with grpc.aio.insecure_channel(target) as late:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await unary(late, "echo")(b"late", timeout=WAIT)
