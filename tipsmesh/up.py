@@ -41,7 +41,7 @@ from tipsmesh import devcerts, devlogin, devsecrets
 from tipsmesh.devidp import OidcIssuer
 from tipsmesh.devproviders import ProviderStandIn, dev_provider_settings, dev_standin
 from tipsmesh.health import grpc_serving, http_ok
-from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_port
+from tipsmesh.localinfra import LocalInfraError, LocalNats, LocalPostgres, free_ports
 
 __all__ = [
     "GATEWAY",
@@ -90,7 +90,9 @@ def plan_ports(
     """Port of each process of the mesh (services, then the gateway)."""
     names = [*SERVICE_NAMES, *([GATEWAY] if gateway else [])]
     if free:
-        return {name: free_port() for name in names}
+        # All bound at once: ports taken one at a time can repeat (the one just
+        # released is free again for the next).
+        return dict(zip(names, free_ports(len(names)), strict=True))
     if port_base is None:
         ports = dict(DEFAULT_PORTS)
         ports[GATEWAY] = GATEWAY_DEFAULT_PORT

@@ -46,7 +46,7 @@ from tips.events.v1 import events_pb2 as signal_events
 from tips.recommender.v1 import events_pb2 as rec_events
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
-from tipsmesh.localinfra import free_port
+from tipsmesh.localinfra import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -251,8 +251,10 @@ async def stack(
         ("TIPS_PROFILE", f"{durable}-{suffix}") for suffix in ("profile", "consent", "erasure")
     ]
     tmp = tmp_path_factory.mktemp("telemetry")
-    ports = {name: free_port() for name in ("events", "recommender", "gateway", "metrics")}
-    nobody = f"127.0.0.1:{free_port()}"  # services not started here, and Triton
+    # All at once: ports taken one at a time can repeat.
+    *taken, spare = free_ports(5)
+    ports = dict(zip(("events", "recommender", "gateway", "metrics"), taken, strict=True))
+    nobody = f"127.0.0.1:{spare}"  # services not started here, and Triton
     async with (
         otlp_receiver() as (receiver, otlp_port),
         left_as_found(nats_url, STREAMS, consumers),
