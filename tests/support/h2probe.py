@@ -79,6 +79,16 @@ class Probe:
         context.set_trailing_metadata((("x-last", "two"), ("x-trail-bin", b"\x00\xff")))
         return request
 
+    async def forever(self, request: bytes, context: Context) -> bytes:
+        """Never answers: the call ends by its deadline, a reset or the server's stop."""
+        self._track(request, context)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled[request].set()
+            raise
+        raise AssertionError("never set")
+
     async def sized(self, request: bytes, context: Context) -> bytes:
         return b"z" * int(request.decode())
 

@@ -117,15 +117,6 @@ class Probe(h2probe.Probe):
             raise
         return b"released"
 
-    async def forever(self, request: bytes, context: Context) -> bytes:
-        self._track(request, context)
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled[request].set()
-            raise
-        raise AssertionError("never set")
-
     async def remaining(self, request: bytes, context: Context) -> bytes:
         return repr(context.time_remaining()).encode()
 

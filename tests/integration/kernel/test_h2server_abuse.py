@@ -45,7 +45,7 @@ from tests.support.h2bare import (
     frame,
     length_prefixed,
 )
-from tests.support.h2probe import SERVICE, SERVICE_NAME, WAIT, Context, edge_call, within
+from tests.support.h2probe import SERVICE, SERVICE_NAME, WAIT, edge_call, within
 from tests.support.mesh_tls import certs
 from tipsmesh.devcerts import MeshIdentity
 
@@ -55,15 +55,7 @@ __all__ = ["certs"]  # the fixture, from tests/support/mesh_tls.py
 LONG_WINDOW_S = 3600.0  # every frame of a test falls in one window of a limit
 
 
-class Probe(h2probe.Probe):
-    async def forever(self, request: bytes, context: Context) -> bytes:
-        self._track(request, context)
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled[request].set()
-            raise
-        raise AssertionError("never set")
+Probe = h2probe.Probe
 
 
 @contextlib.asynccontextmanager
