@@ -57,6 +57,8 @@ from support.cpu import CpuMeter
 from support.echo_protos import compile_protos
 from support.grpc_gateway_go import GoProxy, Unavailable, apt_install, ensure_binary
 
+from tipsmesh.localinfra import free_port, free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ROOT / "bench" / "support"
 OUT = ROOT / "bench" / "out"
@@ -105,12 +107,6 @@ class Server:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -352,7 +348,8 @@ def start_proxies(
     tmp: Path, descriptor_set: Path, backend: Server, go: GoProxy | str, stack: contextlib.ExitStack
 ) -> dict[str, Server]:
     upstream = f"127.0.0.1:{backend.port}"
-    ports = {name: free_port() for name in PROXIES}
+    # All at once: ports taken one at a time can repeat.
+    ports = dict(zip(PROXIES, free_ports(len(PROXIES)), strict=True))
     commands = {"ours": our_gateway_command(descriptor_set, upstream, f"127.0.0.1:{ports['ours']}")}
     if isinstance(go, GoProxy):
         commands["grpc_gateway_go"] = go.command(f"127.0.0.1:{ports['grpc_gateway_go']}", upstream)
