@@ -18,12 +18,13 @@ the same budget:
 
 * Budget: ``--tune-budget N`` configurations per side (default 24 for ours,
   24 for VW; both spaces hold about 3,600 distinct configurations), each run
-  once over every tuning world: the evaluation's size (users, days,
-  decisions) on other seeds (``--tune-seeds``, default 100 101: other users,
-  other days), so nothing is selected on the evaluation seeds. Score: the
-  average expected reward per round over a run (learning speed and asymptote
-  both count; the expected reward avoids the draws' noise), averaged over the
-  tuning worlds (two, because one lets a lucky greedy configuration win).
+  ``--tune-repeats`` times (default once) over every tuning world: the
+  evaluation's size (users, days, decisions) on other seeds (``--tune-seeds``,
+  default 100 101: other users, other days), so nothing is selected on the
+  evaluation seeds. Score: the average expected reward per round over a run
+  (learning speed and asymptote both count; the expected reward avoids the
+  draws' noise), averaged over the tuning worlds and runs (two worlds, because
+  one lets a lucky greedy configuration win).
 * Search (the same code for both sides): ``--tune-passes`` passes (default 3),
   each a third of the budget run in lockstep; the first pass is the side's
   defaults (ours: ``PolicyParams()``; VW: its own, epsilon-greedy 0.05, -l 0.5)
@@ -41,8 +42,14 @@ taken); writes bench/out/learning.png (learning curves, one row per
 evaluation seed); progress on stderr (each configuration's score, then per
 pass the configurations tried and the best so far).
 
+Evaluation: every policy runs ``--repeats`` times (default 5) on each
+evaluation seed's world, each run with its own policy seed (the world and the
+reactions' draws stay the same); every number is the mean over the runs, and
+the average expected reward comes with its standard error from their spread.
+
     tips bench learning [--users 40] [--days 28] [--decisions 6] [--seeds 1 2]
-        [--tune-budget 24] [--tune-passes 3] [--tune-seeds 100 101] [--no-vw]
+        [--tune-budget 24] [--tune-passes 3] [--tune-seeds 100 101] [--repeats 5]
+        [--tune-repeats 1] [--no-vw]
 """
 
 from __future__ import annotations
@@ -68,10 +75,12 @@ from sim.tuning import (  # noqa: E402
     TUNE_SEEDS,
     VW_SPACE,
     Config,
+    Estimate,
     Search,
     add_tuning_arguments,
     close,
     make_agent,
+    policy_seeds,
     report,
     search,
     vw_describe,
@@ -83,10 +92,12 @@ AFFINITY = ROW_NAMES.index("category_affinity")
 REWARD = {DONE: REWARD_DONE, SNOOZE: REWARD_SNOOZE}
 
 BUDGET_MEANING = (
-    "configurations per side (ours, VW), each run once over every tuning world (the "
-    "evaluation's size, each tuning seed); the same search for both sides"
+    "configurations per side (ours, VW), each run --tune-repeats times over every tuning"
+    " world (the evaluation's size, each tuning seed); the same search for both sides"
 )
-OBJECTIVE = "average expected reward per round over the tuning run (mean over tuning seeds)"
+OBJECTIVE = (
+    "average expected reward per round over the tuning run (mean over tuning seeds and runs)"
+)
 
 
 # --- one run of agents on a world -----------------------------------------------------
@@ -169,25 +180,80 @@ def run(world: World, agents: list[Agent], seed: int, label: str = "") -> dict[s
     }
 
 
+def runs(
+    world: World, make_agents: Callable[[], list[Agent]], seeds: Sequence[int], label: str
+) -> dict[str, object]:
+    """``run`` once per policy seed, fresh agents each time, combined: every number
+    is the mean over the runs (curves too); ``average_expected_reward`` also comes
+    with each run's value and its standard error from their spread."""
+    done = []
+    for k, seed in enumerate(seeds):
+        agents = make_agents()
+        tag = f"{label}, run {k + 1}/{len(seeds)}" if len(seeds) > 1 else label
+        try:
+            done.append(run(world, agents, seed, label=tag))
+        finally:
+            close(agents)
+    first = done[0]
+    policies: dict[str, dict[str, object]] = {}
+    for name, numbers in first["policies"].items():  # type: ignore[attr-defined]
+        per = [r["policies"][name] for r in done]  # type: ignore[index]
+        mean = {
+            k: None if v is None else float(np.mean([p[k] for p in per]))
+            for k, v in numbers.items()
+        }
+        estimate = Estimate(tuple(p["average_expected_reward"] for p in per))
+        policies[name] = {
+            k: None if v is None else round(v, 1 if k == "us_per_round" else 4)
+            for k, v in mean.items()
+        }
+        se = estimate.standard_error
+        policies[name]["expected_reward_standard_error"] = None if se is None else round(se, 4)
+        policies[name]["expected_reward_runs"] = [round(v, 4) for v in estimate.runs]
+    curves = {n: np.mean([r["_curves"][n] for r in done], axis=0) for n in first["_curves"]}  # type: ignore[index,attr-defined]
+    expected = {n: np.mean([r["_expected"][n] for r in done], axis=0) for n in first["_expected"]}  # type: ignore[index,attr-defined]
+    return {
+        **{k: v for k, v in first.items() if not k.startswith("_")},
+        "runs": len(done),
+        "policy_seeds": list(seeds),
+        "seconds": round(sum(float(r["seconds"]) for r in done), 1),  # type: ignore[arg-type]
+        "policies": policies,
+        "_curves": curves,
+        "_expected": expected,
+        "_scores": {n: float(e.mean()) for n, e in expected.items()},
+        "_estimates": {
+            n: Estimate(tuple(r["_scores"][n] for r in done))  # type: ignore[index]
+            for n in first["_scores"]  # type: ignore[attr-defined]
+        },
+    }
+
+
 def tune(
-    worlds: Sequence[World], budget: int, passes: int, with_vw: bool, log: Callable[[str], None]
+    worlds: Sequence[World],
+    budget: int,
+    passes: int,
+    with_vw: bool,
+    repeats: int,
+    log: Callable[[str], None],
 ) -> dict[str, Search]:
     """Searches ours (and VW): each pass runs its batch in lockstep on every tuning
-    world; a configuration's score is its mean over the worlds."""
+    world, ``repeats`` times; a configuration's score is its mean over the worlds
+    and runs."""
     count = [0]
 
     def evaluate(batch: list[tuple[str, Config]]) -> list[float]:
         count[0] += 1
         total = np.zeros(len(batch))
         for world in worlds:
-            agents = [make_agent(side, c, f"{side}#{i}") for i, (side, c) in enumerate(batch)]
-            label = f"tune pass {count[0]}, seed {world.seed}"
-            try:
-                scores = run(world, agents, world.seed, label=label)["_scores"]
-            finally:
-                close(agents)
+            result = runs(
+                world,
+                lambda: [make_agent(side, c, f"{side}#{i}") for i, (side, c) in enumerate(batch)],
+                policy_seeds(world.seed, repeats),
+                f"tune pass {count[0]}, seed {world.seed}",
+            )
+            scores = result["_scores"]
             assert isinstance(scores, dict)
-            total += [scores[a.name] for a in agents]
+            total += [scores[f"{side}#{i}"] for i, (side, _) in enumerate(batch)]
         return [float(x) for x in total / len(worlds)]
 
     spaces = {"ours": OURS_SPACE, **({"vw": VW_SPACE} if with_vw else {})}
@@ -275,13 +341,16 @@ def main(argv: list[str] | None = None) -> int:
             f"tuning on seeds {tune_seeds} ({worlds[0].n_rounds} rounds each):"
             f" {args.tune_budget} configurations per side in {args.tune_passes} passes"
         )
-        searches = tune(worlds, args.tune_budget, args.tune_passes, with_vw, _log)
+        searches = tune(
+            worlds, args.tune_budget, args.tune_passes, with_vw, args.tune_repeats, _log
+        )
         tuning.update(
             budget_meaning=BUDGET_MEANING,
             objective=OBJECTIVE,
             seeds=tune_seeds,
             rounds=worlds[0].n_rounds,
             passes=args.tune_passes,
+            runs_per_world=args.tune_repeats,
             seconds=round(time.perf_counter() - began, 1),
         )
         tuned = {side: s.best.config for side, s in searches.items()}
@@ -289,13 +358,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[int, dict[str, object]] = {}
     for seed in seeds:
-        agents = _agents(with_vw, tuned)
         world = World(args.users, args.days, args.decisions, seed)
-        _log(f"evaluating on seed {seed} ({world.n_rounds} rounds): {len(agents)} policies")
-        try:
-            results[seed] = run(world, agents, seed, label=f"seed {seed}")
-        finally:
-            close(agents)
+        _log(f"evaluating on seed {seed} ({world.n_rounds} rounds): {args.repeats} run(s)")
+        results[seed] = runs(
+            world,
+            lambda: _agents(with_vw, tuned),
+            policy_seeds(seed, args.repeats),
+            f"seed {seed}",
+        )
         line = ", ".join(
             f"{name} {p['average_expected_reward']}"  # type: ignore[index]
             for name, p in results[seed]["policies"].items()  # type: ignore[attr-defined]
@@ -323,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         name: {
             str(seed): {
                 "expected": r["policies"][name]["average_expected_reward"],  # type: ignore[index]
+                "expected_se": r["policies"][name]["expected_reward_standard_error"],  # type: ignore[index]
                 "realized": r["policies"][name]["average_reward"],  # type: ignore[index]
                 "regret": r["policies"][name]["regret_vs_oracle"],  # type: ignore[index]
             }
@@ -332,9 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "vw_tuned" in names:
         # Ours minus tuned VW, average expected reward per round: > 0 is ours ahead.
+        # With its standard error over the runs (None for one run).
         public["ours_minus_vw_tuned"] = {
             str(seed): {
-                name: round(r["_scores"][name] - r["_scores"]["vw_tuned"], 4)  # type: ignore[index]
+                name: r["_estimates"][name].minus(r["_estimates"]["vw_tuned"])  # type: ignore[index]
                 for name in ("ours", "ours_tuned")
                 if name in names
             }

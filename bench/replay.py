@@ -22,7 +22,13 @@ score is its replay estimate averaged over the tuning logs.
         [--tune-rounds T.csv ... | --tune-share 0.3]
     tips bench replay --generate DIR [--count 20000] [--tips 16] [--seed 1]
         only write sample logs
-    common: [--tune-budget 24] [--tune-passes 3] [--seed 1] [--no-vw] [--plot PATH]
+    common: [--tune-budget 24] [--tune-passes 3] [--repeats 5] [--tune-repeats 2]
+        [--seed 1] [--no-vw] [--plot PATH]
+
+Every evaluated policy runs ``--repeats`` times per evaluation log, each run
+with its own policy seed; its estimate is the mean over the runs, and its
+standard error comes from their spread (a learning policy's result moves more
+between its own seeds than one run's matched rounds suggest).
 
 Rows: with ACTIONS.csv, ``[1, x, a, x (x) a]`` (context, action features, their
 cross; VW reads ``[1, x]`` from its shared line, so it can tune ``-q`` crosses);
@@ -55,14 +61,16 @@ from policy.features import (  # noqa: E402
 from sim.agents import NS_ROW, NS_SHARED, Agent, OurAgent, UniformAgent, VwAgent  # noqa: E402
 from sim.reactions import DONE, SNOOZE, draw  # noqa: E402
 from sim.tuning import (  # noqa: E402
-    OURS_SPACE,
     TUNE_SEEDS,
     Config,
+    Estimate,
     Layout,
     Search,
     add_tuning_arguments,
     close,
     make_agent,
+    ours_space,
+    policy_seeds,
     report,
     search,
     vw_describe,
@@ -72,11 +80,17 @@ from sim.world import World  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 TUNE_SHARE = 0.3
+# A configuration's replay estimate moves by 0.02-0.05 between policy seeds: one
+# run per tuning log lets a lucky configuration win, so each runs twice.
+TUNE_REPEATS = 2
 BUDGET_MEANING = (
     "configurations per side (ours, VW), each replayed once over every tuning log; the"
     " same search for both sides"
 )
-OBJECTIVE = "replay estimate (reward per matched round), mean over the tuning logs"
+OBJECTIVE = (
+    "replay estimate (reward per matched round), mean over the tuning logs and the"
+    " --tune-repeats runs on each"
+)
 
 # What ``load`` returns: ids, per-round arrays (actions, reward, propensity, x), and
 # the action features (None: disjoint rows).
@@ -252,6 +266,46 @@ def replay(
     }
 
 
+def replay_runs(
+    logs: Logs, make_agents: Callable[[], list[Agent]], seeds: Sequence[int], label: str
+) -> dict[str, object]:
+    """``replay`` once per policy seed, fresh agents each time, combined: per policy
+    the mean estimate over the runs and its standard error from their spread (the
+    log is fixed; the spread is the policy's own: which rounds it matches, what it
+    learns from them). One run keeps its matched rounds' standard error."""
+    runs = []
+    for k, seed in enumerate(seeds):
+        agents = make_agents()
+        tag = f"{label}, run {k + 1}/{len(seeds)}" if len(seeds) > 1 else label
+        try:
+            runs.append(replay(logs, agents, seed, label=tag))
+        finally:
+            close(agents)
+    first = runs[0]
+    policies: dict[str, dict[str, object]] = {}
+    estimates: dict[str, Estimate] = {}
+    for name, one in first["policies"].items():  # type: ignore[attr-defined]
+        per = [r["policies"][name] for r in runs]  # type: ignore[index]
+        estimate = estimates[name] = Estimate(tuple(r["_scores"][name] for r in runs))  # type: ignore[index]
+        se = estimate.standard_error if len(runs) > 1 else one["standard_error"]
+        policies[name] = {
+            "estimated_reward_per_round": round(estimate.mean, 4),
+            "standard_error": None if se is None else round(se, 4),
+            "runs": [round(v, 4) for v in estimate.runs],
+            "rounds_matched": round(float(np.mean([p["rounds_matched"] for p in per]))),
+            "ips_estimate": round(float(np.mean([p["ips_estimate"] for p in per])), 4),
+        }
+    return {
+        **{k: first[k] for k in ("rounds", "actions", "logged_average_reward")},
+        "runs": len(runs),
+        "policy_seeds": list(seeds),
+        "seconds": round(sum(float(r["seconds"]) for r in runs), 1),  # type: ignore[arg-type]
+        "policies": policies,
+        "_curves": [r["_curves"] for r in runs],
+        "_scores": {name: e.mean for name, e in estimates.items()},
+    }
+
+
 def split(logs: Logs, share: float) -> tuple[Logs, Logs]:
     """The first ``share`` of the rounds (in logged order) and the rest."""
     n = len(np.asarray(logs["actions"]))
@@ -270,31 +324,33 @@ def tune(
     budget: int,
     passes: int,
     with_vw: bool,
-    seed: int,
+    seeds: Sequence[int],
     log: Callable[[str], None],
 ) -> dict[str, Search]:
     """Searches ours (and VW) on the tuning logs: a configuration's score is its
-    replay estimate (reward per matched round), averaged over the tuning logs."""
+    replay estimate (reward per matched round), averaged over the tuning logs and
+    the policy ``seeds`` (one run per seed)."""
     count = [0]
 
     def evaluate(batch: list[tuple[str, Config]]) -> list[float]:
         count[0] += 1
         total = np.zeros(len(batch))
         for k, logs in enumerate(tuning_logs):
-            agents = [
-                make_agent(side, c, f"{side}#{i}", layout) for i, (side, c) in enumerate(batch)
-            ]
-            label = f"tune pass {count[0]}, log {k + 1}/{len(tuning_logs)}"
-            try:
-                scores = replay(logs, agents, seed, label=label)["_scores"]
-            finally:
-                close(agents)
+            result = replay_runs(
+                logs,
+                lambda: [
+                    make_agent(side, c, f"{side}#{i}", layout) for i, (side, c) in enumerate(batch)
+                ],
+                seeds,
+                f"tune pass {count[0]}, log {k + 1}/{len(tuning_logs)}",
+            )
+            scores = result["_scores"]
             assert isinstance(scores, dict)
-            total += [scores[a.name] for a in agents]
+            total += [scores[f"{side}#{i}"] for i, (side, _) in enumerate(batch)]
         return [float(v) for v in total / len(tuning_logs)]
 
-    spaces = {"ours": OURS_SPACE, **({"vw": vw_space(layout)} if with_vw else {})}
-    return search(spaces, budget, passes, evaluate, [seed], log, layout)
+    spaces = {"ours": ours_space(layout), **({"vw": vw_space(layout)} if with_vw else {})}
+    return search(spaces, budget, passes, evaluate, [seeds[0]], log, layout)
 
 
 def agents_for(layout: Layout, tuned: Mapping[str, Config], with_vw: bool) -> list[Agent]:
@@ -309,7 +365,7 @@ def agents_for(layout: Layout, tuned: Mapping[str, Config], with_vw: bool) -> li
     return agents
 
 
-def margins(result: Mapping[str, object]) -> dict[str, dict[str, float]]:
+def margins(result: Mapping[str, object]) -> dict[str, dict[str, float | None]]:
     """Ours (defaults, tuned) minus tuned VW per matched round, with the difference's
     standard error (the two estimates' errors combined as if independent)."""
     policies = result["policies"]
@@ -320,8 +376,9 @@ def margins(result: Mapping[str, object]) -> dict[str, dict[str, float]]:
         if name in policies and policies[name]["rounds_matched"] and vw["rounds_matched"]:
             ours = policies[name]
             diff = ours["estimated_reward_per_round"] - vw["estimated_reward_per_round"]
-            se = float(np.hypot(ours["standard_error"] or 0.0, vw["standard_error"] or 0.0))
-            out[name] = {"difference": round(diff, 4), "standard_error": round(se, 4)}
+            errors = (ours["standard_error"], vw["standard_error"])
+            se = None if None in errors else round(float(np.hypot(*errors)), 4)
+            out[name] = {"difference": round(diff, 4), "standard_error": se}
     return out
 
 
@@ -365,12 +422,22 @@ def plot(results: Mapping[str, dict[str, object]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.5), squeeze=False)
     for (name, result), ax in zip(results.items(), axes[0], strict=True):
-        curves = result["_curves"]
-        assert isinstance(curves, dict)
-        for policy, curve in curves.items():
+        runs = result["_curves"]
+        assert isinstance(runs, list)
+        for i, policy in enumerate(runs[0]):
             width = 2.2 if policy.endswith("_tuned") else 1.2
-            ax.plot(np.arange(1, len(curve) + 1), curve, label=policy, linewidth=width)
-        ax.set(title=f"Replay on {name}: reward per matched round", xlabel="matched rounds")
+            for k, curves in enumerate(runs):  # every run, in the policy's colour
+                curve = curves[policy]
+                ax.plot(
+                    np.arange(1, len(curve) + 1),
+                    curve,
+                    color=f"C{i % 10}",
+                    linewidth=width if k == 0 else width / 2,
+                    alpha=1.0 if k == 0 else 0.45,
+                    label=policy if k == 0 else None,
+                )
+        title = f"Replay on {name}: reward per matched round, {len(runs)} run(s)"
+        ax.set(title=title, xlabel="matched rounds")
         ax.set(ylabel="running mean reward")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -403,7 +470,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tune-seeds", type=int, nargs="+", default=list(TUNE_SEEDS))
     sim.add_argument("--logs-dir", type=Path, default=OUT / "replay-logs")
     parser.add_argument("--seed", type=int, default=1, help="policies' (and --generate's) seed")
-    add_tuning_arguments(parser)
+    add_tuning_arguments(parser, tune_repeats=TUNE_REPEATS)
     parser.add_argument("--no-vw", action="store_true", help="skip Vowpal Wabbit")
     parser.add_argument("--plot", type=Path, default=OUT / "replay.png")
     return parser
@@ -460,7 +527,13 @@ def main(argv: list[str] | None = None) -> int:
             f" in {args.tune_passes} passes"
         )
         searches = tune(
-            tuning_logs, layout, args.tune_budget, args.tune_passes, with_vw, args.seed, _log
+            tuning_logs,
+            layout,
+            args.tune_budget,
+            args.tune_passes,
+            with_vw,
+            policy_seeds(args.seed, args.tune_repeats),
+            _log,
         )
         tuned = {side: s.best.config for side, s in searches.items()}
         tuning.update(
@@ -468,18 +541,20 @@ def main(argv: list[str] | None = None) -> int:
             objective=OBJECTIVE,
             rounds=[len(np.asarray(logs["actions"])) for logs in tuning_logs],
             passes=args.tune_passes,
+            runs_per_log=args.tune_repeats,
             seconds=round(time.perf_counter() - began, 1),
             **report(searches, layout),
         )
 
     results: dict[str, dict[str, object]] = {}
     for name, logs in evaluations.items():
-        agents = agents_for(layout, tuned, with_vw)
-        _log(f"evaluating on {name}: {len(agents)} policies")
-        try:
-            results[name] = replay(logs, agents, args.seed, label=f"evaluating on {name}")
-        finally:
-            close(agents)
+        _log(f"evaluating on {name}: {args.repeats} run(s) of each policy")
+        results[name] = replay_runs(
+            logs,
+            lambda: agents_for(layout, tuned, with_vw),
+            policy_seeds(args.seed, args.repeats),
+            f"evaluating on {name}",
+        )
         line = ", ".join(
             f"{policy} {p['estimated_reward_per_round']}"
             for policy, p in results[name]["policies"].items()  # type: ignore[attr-defined]

@@ -82,6 +82,8 @@ DIM = len(ROW_NAMES)
 # The rows' schema, as decisions log it and registered versions must declare it.
 SCHEMA_VERSION = f"features-v1-d{DIM}"
 CONTEXT_DIM = len(FEATURE_NAMES)
+# The row's columns that are the user's context: the same on every candidate.
+CONTEXT_COLUMNS: tuple[int, ...] = tuple(ROW_NAMES.index(f) for f in FEATURE_NAMES)
 
 
 @dataclass(frozen=True)

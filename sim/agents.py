@@ -13,7 +13,6 @@ from typing import Protocol
 import numpy as np
 
 from policy.bandit import MODEL_REFRESH_UPDATES, Policy, PolicyParams
-from policy.features import FEATURE_NAMES, ROW_NAMES
 from policy.serving import ServedPolicy
 
 
@@ -38,9 +37,12 @@ class OurAgent:
         params: PolicyParams | None = None,
         name: str = "ours",
         refresh_updates: int = MODEL_REFRESH_UPDATES,
+        context: Sequence[int] | None = None,
     ) -> None:
         self.name = name
-        self.served = ServedPolicy(params, dim=dim, refresh_updates=refresh_updates)
+        self.served = ServedPolicy(
+            params, dim=dim, refresh_updates=refresh_updates, context=context
+        )
         self.policy: Policy = self.served.policy
         self._last: tuple[Sequence[str], np.ndarray] | None = None
 
@@ -75,8 +77,6 @@ class UniformAgent:
 NS_ROW = "a"
 NS_SHARED = "s"
 NS_ID = "i"
-# Columns of the row that are the user's context: the same on every candidate.
-CONTEXT_COLUMNS: tuple[int, ...] = tuple(ROW_NAMES.index(f) for f in FEATURE_NAMES)
 
 
 def _feature_lists(rows: np.ndarray) -> list[str]:
@@ -100,7 +100,7 @@ class VwAgent:
 
     Namespaces: ``|a`` the row, ``|i`` the tip id (``with_arm_id``). With
     ``context_columns`` (the row's columns that are the round's context, equal on
-    every candidate: ``CONTEXT_COLUMNS`` for policy.features rows) those move to a
+    every candidate: ``policy.features.CONTEXT_COLUMNS`` for its rows) those move to a
     ``shared |s`` line, which VW adds to every action: the same linear model, but
     ``-q sa`` / ``-q si`` can then cross the context with the rest of the row /
     with the tip id."""

@@ -25,18 +25,25 @@ from typing import Any
 import numpy as np
 
 from policy.bandit import REWARD_DONE, PolicyParams
-from policy.features import DIM
-from sim.agents import CONTEXT_COLUMNS, NS_ID, NS_ROW, NS_SHARED, Agent, OurAgent, VwAgent
+from policy.features import CONTEXT_COLUMNS, DIM
+from sim.agents import NS_ID, NS_ROW, NS_SHARED, Agent, OurAgent, VwAgent
 
 # The benches' defaults: configurations per side, passes, the seeds tuned on (the
 # evaluation uses others).
 TUNE_BUDGET = 24
 TUNE_PASSES = 3
 TUNE_SEEDS = (100, 101)
+# Runs of each evaluated policy per evaluation log or world, and of each tuned
+# configuration per tuning log or world. A learning policy's result depends on its
+# own draws (what it tries, so what it learns): on 20,000-round replay logs one
+# configuration's estimate moved by 0.024 (ours) and 0.052 (VW) between policy
+# seeds, two to four times the standard error of one run's matched rounds.
+REPEATS = 5
 
 
-def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tune-budget`` and ``--tune-passes``, as both benches take them."""
+def add_tuning_arguments(parser: argparse.ArgumentParser, tune_repeats: int = 1) -> None:
+    """``--tune-budget``, ``--tune-passes``, ``--repeats`` and ``--tune-repeats``, as
+    both benches take them (each with its own default number of tuning runs)."""
     parser.add_argument(
         "--tune-budget",
         type=int,
@@ -44,6 +51,55 @@ def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
         help="configurations tried per side (ours, VW); 0 skips tuning",
     )
     parser.add_argument("--tune-passes", type=int, default=TUNE_PASSES)
+    parser.add_argument(
+        "--repeats",
+        type=_positive,
+        default=REPEATS,
+        help="runs of every evaluated policy, each with its own policy seed; the result"
+        " is their mean, its standard error their spread",
+    )
+    parser.add_argument(
+        "--tune-repeats",
+        type=_positive,
+        default=tune_repeats,
+        help="runs of every tuned configuration per tuning log or world",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def policy_seeds(seed: int, repeats: int) -> list[int]:
+    """The policies' seeds of ``repeats`` runs: the first is ``seed`` itself."""
+    return [seed + 1000 * k for k in range(repeats)]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One policy's result over repeated runs: their mean and its standard error."""
+
+    runs: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.runs))
+
+    @property
+    def standard_error(self) -> float | None:
+        """The runs' spread / sqrt(runs); None for one run (no spread to measure)."""
+        if len(self.runs) < 2:
+            return None
+        return float(np.std(self.runs, ddof=1) / np.sqrt(len(self.runs)))
+
+    def minus(self, other: Estimate) -> dict[str, float | None]:
+        """The difference of the means, with its standard error (independent runs)."""
+        mine, theirs = self.standard_error, other.standard_error
+        se = None if mine is None or theirs is None else round(float(np.hypot(mine, theirs)), 4)
+        return {"difference": round(self.mean - other.mean, 4), "standard_error": se}
 
 
 # --- search spaces --------------------------------------------------------------------
@@ -115,8 +171,10 @@ OURS_SPACE = Space(
         "epsilon": (0.005, 0.01, 0.02, 0.05),
         "arm_prior": (0.5, 1.0, 2.0, 5.0, 10.0, 20.0),
         "ridge": (0.1, 0.3, 1.0, 3.0, 10.0),
+        "tip_context": (False, True),
     },
     default=PolicyParams().__dict__,
+    unordered=frozenset({"tip_context"}),
 )
 
 _VW_KNOBS = {
@@ -204,6 +262,13 @@ class Layout:
 POLICY_ROWS = Layout(DIM, CONTEXT_COLUMNS)
 
 
+def ours_space(layout: Layout) -> Space:
+    """Ours' space for ``layout``: without context columns a tip's model is an intercept."""
+    if layout.context is not None:
+        return OURS_SPACE
+    return replace(OURS_SPACE, dims={**OURS_SPACE.dims, "tip_context": (False,)})
+
+
 def vw_space(layout: Layout) -> Space:
     """VW's space for ``layout``: without context columns there is nothing to cross."""
     if layout.context is not None:
@@ -223,14 +288,18 @@ def vw_describe(config: Config, layout: Layout = POLICY_ROWS) -> str:
 
 def make_agent(side: str, config: Config, name: str, layout: Layout = POLICY_ROWS) -> Agent:
     if side == "ours":
-        return OurAgent(layout.dim, PolicyParams(**config), name=name)
+        # Column 0 is the bias on both layouts; ours' per-tip input adds its own 1.
+        context = tuple(c for c in layout.context or () if c != 0)
+        return OurAgent(layout.dim, PolicyParams(**config), name=name, context=context)
     options, tip_id = vw_setup(config)
     return VwAgent(options, name=name, with_arm_id=tip_id, context_columns=layout.context)
 
 
 def describe(side: str, config: Config, layout: Layout = POLICY_ROWS) -> str:
     if side == "ours":
-        return " ".join(f"{k}={v:g}" for k, v in config.items())
+        return " ".join(
+            f"{k}={v}" if isinstance(v, bool) else f"{k}={v:g}" for k, v in config.items()
+        )
     return vw_describe(config, layout)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bench import replay
-from sim.agents import VwAgent
-from sim.tuning import Layout
+from sim.agents import Agent, UniformAgent, VwAgent
+from sim.tuning import Layout, make_agent
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "bench" / "replay.py"
@@ -60,6 +60,34 @@ def test_replay_runs_on_generated_logs(tmp_path: Path) -> None:
     assert json.loads(bare.stdout)["evaluations"]["ROUNDS.csv"]["actions"] == 8
 
 
+def test_repeated_runs_give_the_mean_and_its_spread(tmp_path: Path) -> None:
+    """Each policy runs once per policy seed; its estimate is the runs' mean and its
+    standard error their spread / sqrt(runs)."""
+    paths = replay.generate(tmp_path, 900, 8, seed=3)
+    logs = replay.load(*paths)
+    layout = replay.layout_of(logs)
+    seeds = [1, 1001, 2001]
+    made: list[int] = []
+
+    def agents() -> list[Agent]:
+        made.append(1)
+        return [make_agent("ours", {"alpha": 0.3}, "ours", layout), UniformAgent()]
+
+    result = replay.replay_runs(logs, agents, seeds, "test")
+    assert len(made) == 3 and result["runs"] == 3 and result["policy_seeds"] == seeds
+    for name, numbers in result["policies"].items():
+        runs = numbers["runs"]
+        one = [replay.replay(logs, agents(), s)["_scores"][name] for s in seeds]
+        assert runs == pytest.approx(one, abs=1e-4)
+        assert len(set(runs)) > 1  # the policy seed matters
+        assert numbers["estimated_reward_per_round"] == pytest.approx(np.mean(runs), abs=1e-4)
+        spread = float(np.std(runs, ddof=1) / np.sqrt(3))
+        assert numbers["standard_error"] == pytest.approx(spread, abs=1e-4)
+
+    bad = _run("--count", "300", "--repeats", "0", "--no-vw")
+    assert bad.returncode == 2 and "--repeats" in bad.stderr
+
+
 def test_replay_tunes_both_sides_on_rounds_it_does_not_evaluate(tmp_path: Path) -> None:
     assert _run("--generate", str(tmp_path), "--count", "600", "--tips", "8").returncode == 0
     out = _run(
@@ -71,11 +99,16 @@ def test_replay_tunes_both_sides_on_rounds_it_does_not_evaluate(tmp_path: Path) 
         "3",
         "--tune-passes",
         "2",
+        "--repeats",
+        "2",
+        "--tune-repeats",
+        "2",
         "--plot",
         str(tmp_path / "replay.png"),
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
+    assert result["tuning"]["runs_per_log"] == 2
     # The first 30% tune, the other 70% are evaluated.
     assert result["tuning"]["rounds"] == [180]
     [(name, evaluation)] = result["evaluations"].items()

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.learning import tune
+from bench.learning import run, runs, tune
 from policy.bandit import PolicyParams
-from sim.agents import VwAgent
+from sim.agents import UniformAgent, VwAgent
 from sim.tuning import OURS_SPACE, VW_SPACE, Config, Space, make_agent, search, vw_setup
 from sim.world import World
 
@@ -44,8 +44,8 @@ def test_search_keeps_the_budget_and_returns_the_best_it_tried() -> None:
 def test_tuning_on_a_tiny_world_returns_the_best_of_what_it_ran() -> None:
     worlds = [World(users=2, days=2, decisions_per_day=3, seed=s) for s in (100, 101)]
     lines: list[str] = []
-    first = tune(worlds, budget=4, passes=2, with_vw=True, log=lines.append)
-    again = tune(worlds, budget=4, passes=2, with_vw=True, log=lambda _: None)
+    first = tune(worlds, budget=4, passes=2, with_vw=True, repeats=1, log=lines.append)
+    again = tune(worlds, budget=4, passes=2, with_vw=True, repeats=1, log=lambda _: None)
     for side in ("ours", "vw"):
         trials = first[side].trials
         assert len(trials) == 4
@@ -57,6 +57,22 @@ def test_tuning_on_a_tiny_world_returns_the_best_of_what_it_ran() -> None:
         ]
     assert PolicyParams(**first["ours"].best.config)
     assert any("tune pass 2/2" in line and "best" in line for line in lines)
+
+
+def test_repeated_runs_report_their_mean_and_spread() -> None:
+    world = World(users=3, days=3, decisions_per_day=4, seed=100)
+    seeds = [1, 1001, 2001]
+    result = runs(world, lambda: [make_agent("ours", {}, "ours"), UniformAgent()], seeds, "t")
+    assert result["runs"] == 3 and result["policy_seeds"] == seeds
+    ours = result["policies"]["ours"]
+    one = [run(world, [make_agent("ours", {}, "ours")], s)["_scores"]["ours"] for s in seeds]
+    assert ours["expected_reward_runs"] == pytest.approx(one, abs=1e-4)
+    assert len(set(ours["expected_reward_runs"])) > 1  # the policy seed matters
+    assert ours["average_expected_reward"] == pytest.approx(np.mean(one), abs=1e-4)
+    se = float(np.std(one, ddof=1) / np.sqrt(3))
+    assert ours["expected_reward_standard_error"] == pytest.approx(se, abs=1e-4)
+    # The world's draws do not depend on the policy seed: the best single tip is the same.
+    assert result["policies"]["best_single_tip"]["expected_reward_standard_error"] == 0.0
 
 
 @pytest.mark.parametrize("explore", VW_SPACE.dims["explore"])
