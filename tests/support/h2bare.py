@@ -164,7 +164,9 @@ class BareConnection:
                         block_ends_stream = bool(flags & END_STREAM)
                     block += payload
                     if flags & END_HEADERS:
-                        stream.blocks.append(dict(decoder.decode(block)))
+                        # raw: hpack's types say bytes pairs, true only when raw (UTF-8 as hpack's)
+                        fields = decoder.decode(block, raw=True)
+                        stream.blocks.append({n.decode(): v.decode() for n, v in fields})
                         stream.ended = block_ends_stream
                         block = b""
                 elif kind == DATA:

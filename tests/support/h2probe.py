@@ -5,21 +5,25 @@ client's (tests/integration/gateway/test_h2upstream.py) call ``test.h2.Probe``:
 handlers that take and answer bytes, registered as a generated
 ``add_XServicer_to_server`` would, and requests that are already bytes
 (``Raw``, read back with ``same``). A test module subclasses ``Probe`` with
-the handlers only it needs and registers them with ``probe_handler``.
+the handlers only it needs and registers them with ``probe_handler``;
+``serving`` starts a ``kernel.h2server.Server`` with them for the server's tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.h2upstream import Channel
+from kernel.h2server import Server
 from kernel.tls import peer_name
 
 T = TypeVar("T")
@@ -28,7 +32,7 @@ T = TypeVar("T")
 WAIT = 30.0
 SERVICE_NAME = "test.h2.Probe"
 SERVICE = f"/{SERVICE_NAME}/"
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class Raw:
@@ -128,6 +132,35 @@ def probe_handler(
     ]
     methods = {name: make(getattr(probe, name)) for names, make in shapes for name in names}
     return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    handler: grpc.GenericRpcHandler,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ssl_context: ssl.SSLContext | None = None,
+    extra: Sequence[Callable[[Server], None]] = (),
+    **limits: Any,
+) -> AsyncIterator[tuple[Server, int]]:
+    """A started ``kernel.h2server.Server`` with ``handler`` on a free port of
+    127.0.0.1 (TLS with ``ssl_context``); ``extra`` adds more servicers,
+    ``limits`` are the Server's keyword arguments. Yields the server and its
+    port; stops it (no grace) on the way out."""
+    server = Server(interceptors, **limits)
+    server.add_generic_rpc_handlers((handler,))
+    for add in extra:
+        add(server)
+    if ssl_context is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", ssl_context)
+    assert port > 0
+    await server.start()
+    try:
+        yield server, port
+    finally:
+        await within(server.stop(None), "the server to stop")
 
 
 async def edge_call(channel: Channel, method: str, data: bytes, **kwargs: Any) -> Any:

@@ -16,12 +16,11 @@ loaded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import struct
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +67,7 @@ from tests.support.h2probe import (
     edge_call,
     probe_handler,
     same,
+    serving,
     within,
 )
 from tests.support.mesh_tls import certs, rogue, tls_channel
@@ -222,31 +222,6 @@ def handlers(probe: Probe) -> grpc.GenericRpcHandler:
     )
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    probe: Probe,
-    *,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-    ssl_context: Any = None,
-    extra: Sequence[Callable[[Server], None]] = (),
-    **limits: int,
-) -> AsyncIterator[tuple[Server, int]]:
-    server = Server(interceptors, **limits)
-    server.add_generic_rpc_handlers((handlers(probe),))
-    for add in extra:
-        add(server)
-    if ssl_context is None:
-        port = server.add_insecure_port("127.0.0.1:0")
-    else:
-        port = server.add_secure_port("127.0.0.1:0", ssl_context)
-    assert port > 0
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await within(server.stop(None), "the server to stop")
-
-
 @dataclass
 class Served:
     probe: Probe
@@ -259,7 +234,7 @@ class Served:
 async def served() -> AsyncIterator[Served]:
     probe = Probe()
     async with (
-        serving(probe) as (server, port),
+        serving(handlers(probe)) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         yield Served(probe, server, port, channel)
@@ -428,7 +403,7 @@ async def test_a_request_over_the_receive_limit_is_resource_exhausted(served: Se
     assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await unary(served.channel, "echo")(b"still fine", timeout=WAIT) == b"still fine"
     async with (
-        serving(Probe(), max_receive_message_bytes=1024) as (_, port),
+        serving(handlers(Probe()), max_receive_message_bytes=1024) as (_, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         assert await unary(channel, "echo")(b"x" * 1024, timeout=WAIT) == b"x" * 1024
@@ -456,7 +431,7 @@ async def test_metadata_up_to_the_limit_arrives_and_past_it_is_refused(served: S
         await edge.close()
     # A larger limit: a header block over one frame (HEADERS then CONTINUATION).
     probe = Probe()
-    async with serving(probe, max_metadata_bytes=64 * 1024) as (_, port):
+    async with serving(handlers(probe), max_metadata_bytes=64 * 1024) as (_, port):
         edge = Channel("127.0.0.1", port)
         try:
             large = "".join(f"{i:05d}" for i in range(8000))  # 40,000 characters
@@ -469,7 +444,7 @@ async def test_metadata_up_to_the_limit_arrives_and_past_it_is_refused(served: S
 async def test_calls_past_max_concurrent_streams_wait_their_turn() -> None:
     probe = Probe()
     async with (
-        serving(probe, max_concurrent_streams=2) as (_, port),
+        serving(handlers(probe), max_concurrent_streams=2) as (_, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         answers = await asyncio.gather(
@@ -549,7 +524,7 @@ async def test_reflection_lists_the_services_as_grpcurl_does() -> None:
         )
 
     async with (
-        serving(Probe(), extra=(add,)) as (_, port),
+        serving(handlers(Probe()), extra=(add,)) as (_, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=WAIT)
@@ -570,7 +545,7 @@ async def test_reflection_lists_the_services_as_grpcurl_does() -> None:
 
 async def test_gzip_requests_are_read() -> None:
     async with (
-        serving(Probe()) as (_, port),
+        serving(handlers(Probe())) as (_, port),
         grpc.aio.insecure_channel(
             f"127.0.0.1:{port}", compression=grpc.Compression.Gzip
         ) as channel,
@@ -647,7 +622,7 @@ async def test_the_edges_own_client_talks_to_it(served: Served) -> None:
 
 async def test_a_graceful_stop_lets_calls_in_flight_finish_and_refuses_new_ones() -> None:
     probe = Probe()
-    async with serving(probe) as (server, port):
+    async with serving(handlers(probe)) as (server, port):
         target = f"127.0.0.1:{port}"
         async with grpc.aio.insecure_channel(target) as channel:
             held = asyncio.ensure_future(unary(channel, "hold")(b"h1", timeout=WAIT * 2))
@@ -676,7 +651,7 @@ async def test_a_graceful_stop_lets_calls_in_flight_finish_and_refuses_new_ones(
 async def test_a_stop_cancels_what_outlives_its_grace() -> None:
     probe = Probe()
     async with (
-        serving(probe) as (server, port),
+        serving(handlers(probe)) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         stuck = asyncio.ensure_future(unary(channel, "forever")(b"s1", timeout=WAIT * 2))
@@ -701,7 +676,7 @@ async def test_mutual_tls_names_the_caller_and_refuses_strangers(
     context = server_ssl_context(certs["profile"].settings())
     assert context is not None
     ca = certs["profile"].ca_file
-    async with serving(probe, ssl_context=context) as (_, port):
+    async with serving(handlers(probe), ssl_context=context) as (_, port):
         async with tls_channel(f"127.0.0.1:{port}", certs["gateway"], ca) as channel:
             assert await unary(channel, "echo")(b"over tls", timeout=WAIT) == b"over tls"
         auth = probe.seen["auth"]
@@ -751,7 +726,7 @@ async def test_the_kernels_interceptor_runs_on_it() -> None:
     interceptor = ServerInterceptor(callers=CallerPolicy(verify_peers=False), verifier=verifier)
     try:
         async with (
-            serving(Probe(), interceptors=[interceptor]) as (_, port),
+            serving(handlers(Probe()), interceptors=[interceptor]) as (_, port),
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             me = tokens.as_user("u_h2server")
@@ -788,9 +763,10 @@ async def test_the_interceptor_checks_the_calling_process_by_its_certificate(
     verifier = verifier_from_settings(settings, _no_auth_channel)
     interceptor = ServerInterceptor(callers=callers, verifier=verifier)
     context = server_ssl_context(certs["profile"].settings())
+    handler = handlers(Probe())
     try:
         async with (
-            serving(Probe(), interceptors=[interceptor], ssl_context=context) as (_, port),
+            serving(handler, interceptors=[interceptor], ssl_context=context) as (_, port),
             tls_channel(f"127.0.0.1:{port}", certs["gateway"], certs["profile"].ca_file) as channel,
         ):
             assert await unary(channel, "echo")(b"any caller", timeout=WAIT) == b"any caller"
@@ -814,7 +790,7 @@ async def test_health_answers_check_and_watch() -> None:
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     await health.set(SERVICE_NAME, serving_status)
     async with (
-        serving(Probe(), extra=(add,)) as (_, port),
+        serving(handlers(Probe()), extra=(add,)) as (_, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         stub = health_pb2_grpc.HealthStub(channel)

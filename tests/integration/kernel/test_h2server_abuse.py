@@ -18,8 +18,7 @@ import contextlib
 import gc
 import struct
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -45,7 +44,7 @@ from tests.support.h2bare import (
     frame,
     length_prefixed,
 )
-from tests.support.h2probe import SERVICE, SERVICE_NAME, WAIT, edge_call, within
+from tests.support.h2probe import SERVICE, SERVICE_NAME, WAIT, edge_call, serving, within
 from tests.support.mesh_tls import certs
 from tipsmesh.devcerts import MeshIdentity
 
@@ -58,33 +57,10 @@ LONG_WINDOW_S = 3600.0  # every frame of a test falls in one window of a limit
 Probe = h2probe.Probe
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    probe: Probe,
-    *,
-    extra: Sequence[Callable[[Server], None]] = (),
-    ssl_context: Any = None,
-    **limits: Any,
-) -> AsyncIterator[tuple[Server, int]]:
-    server = Server(**limits)
-    server.add_generic_rpc_handlers(
-        (
-            h2probe.probe_handler(
-                probe, unary=("echo", "sized", "forever"), server_streams=("many",)
-            ),
-        )
+def handlers(probe: Probe) -> grpc.GenericRpcHandler:
+    return h2probe.probe_handler(
+        probe, unary=("echo", "sized", "forever"), server_streams=("many",)
     )
-    for add in extra:
-        add(server)
-    if ssl_context is None:
-        port = server.add_insecure_port("127.0.0.1:0")
-    else:
-        port = server.add_secure_port("127.0.0.1:0", ssl_context)
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await within(server.stop(None), "the server to stop")
 
 
 @pytest.fixture
@@ -156,7 +132,7 @@ def no_cyclic_collector() -> Iterator[None]:
 async def test_a_rapid_reset_flood_is_told_to_calm_down_and_cut_off() -> None:
     """300 streams opened and reset in one write (the CVE-2023-44487 pattern)."""
     probe = Probe()
-    async with serving(probe) as (server, port), bare_connection(port) as conn:
+    async with serving(handlers(probe)) as (server, port), bare_connection(port) as conn:
         await conn.ping()
         frames = []
         for n in range(h2server.MAX_EARLY_RESETS + 100):
@@ -175,7 +151,7 @@ async def test_resets_over_many_reads_count_until_the_limit(long_windows: None) 
     probe = Probe()
     limit = 20
     async with (
-        serving(probe, max_early_resets=limit) as (_, port),
+        serving(handlers(probe), max_early_resets=limit) as (_, port),
         bare_connection(port) as conn,
     ):
         for n in range(limit + 1):
@@ -197,7 +173,7 @@ async def test_cancellations_among_mostly_answered_calls_are_not_a_flood(
     callers give up on some calls."""
     probe = Probe()
     async with (
-        serving(probe, max_early_resets=5) as (server, port),
+        serving(handlers(probe), max_early_resets=5) as (server, port),
         bare_connection(port) as conn,
     ):
         for n in range(20):
@@ -218,7 +194,7 @@ async def test_a_reset_streams_handler_is_cancelled_at_once_and_its_call_freed(
     long_windows: None,
 ) -> None:
     probe = Probe()
-    async with serving(probe) as (server, port), bare_connection(port) as conn:
+    async with serving(handlers(probe)) as (server, port), bare_connection(port) as conn:
         conn.send(*call_frames(conn, 1, "forever", b"x1"))
         await happened(probe.started[b"x1"], "the handler to start")
         served = only_connection(server)
@@ -250,14 +226,14 @@ async def test_a_reset_streams_handler_is_cancelled_at_once_and_its_call_freed(
 
 
 async def test_a_ping_flood_is_told_to_calm_down() -> None:
-    async with serving(Probe()) as (_, port), bare_connection(port) as conn:
+    async with serving(handlers(Probe())) as (_, port), bare_connection(port) as conn:
         await conn.ping()
         conn.send(*(frame(PING, 0, 0, b"%08d" % n) for n in range(50)))
         await told_to_calm_down(conn, b"ping")
 
 
 async def test_pings_between_calls_are_fine(long_windows: None) -> None:
-    async with serving(Probe()) as (_, port), bare_connection(port) as conn:
+    async with serving(handlers(Probe())) as (_, port), bare_connection(port) as conn:
         for n in range(10):
             for _ in range(h2server.MAX_PINGS_WITHOUT_DATA):
                 await conn.ping()
@@ -266,14 +242,14 @@ async def test_pings_between_calls_are_fine(long_windows: None) -> None:
 
 
 async def test_a_settings_flood_is_told_to_calm_down() -> None:
-    async with serving(Probe()) as (_, port), bare_connection(port) as conn:
+    async with serving(handlers(Probe())) as (_, port), bare_connection(port) as conn:
         await conn.ping()
         conn.send(*(frame(SETTINGS, 0, 0) for _ in range(150)))
         await told_to_calm_down(conn, b"SETTINGS")
 
 
 async def test_settings_between_calls_are_fine() -> None:
-    async with serving(Probe()) as (_, port), bare_connection(port) as conn:
+    async with serving(handlers(Probe())) as (_, port), bare_connection(port) as conn:
         for n in range(4):  # (the first round: the bare client's own opening SETTINGS too)
             many = h2server.MAX_SETTINGS_WITHOUT_DATA - 1
             conn.send(*(frame(SETTINGS, 0, 0) for _ in range(many)))
@@ -288,7 +264,7 @@ async def test_settings_between_calls_are_fine() -> None:
 @pytest.mark.parametrize("sent", [b"", PREFACE[:10]], ids=["silent", "half-a-preface"])
 async def test_a_connection_without_a_preface_is_closed(sent: bytes) -> None:
     async with (
-        serving(Probe(), preface_timeout_s=0.3) as (server, port),
+        serving(handlers(Probe()), preface_timeout_s=0.3) as (server, port),
         bare_connection(port, preface=False) as conn,
     ):
         conn.send(sent)
@@ -302,7 +278,7 @@ async def test_a_tls_connection_without_a_handshake_is_closed(
     context = server_ssl_context(certs["profile"].settings())
     assert context is not None
     async with (
-        serving(Probe(), ssl_context=context, preface_timeout_s=0.3) as (_, port),
+        serving(handlers(Probe()), ssl_context=context, preface_timeout_s=0.3) as (_, port),
         bare_connection(port, preface=False) as conn,
     ):
         await conn.until(lambda: conn.closed, "the connection to close")
@@ -310,7 +286,7 @@ async def test_a_tls_connection_without_a_handshake_is_closed(
 
 async def test_a_client_past_its_preface_is_not_timed_out() -> None:
     async with (
-        serving(Probe(), preface_timeout_s=0.2) as (server, port),
+        serving(handlers(Probe()), preface_timeout_s=0.2) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         echo = channel.unary_unary(SERVICE + "echo")
@@ -333,7 +309,7 @@ async def test_busy_clients_that_give_up_on_some_calls_keep_their_connections(
     than the default) and one window for the whole test, neither is cut off."""
     probe = Probe()
     async with (
-        serving(probe, max_early_resets=20) as (server, port),
+        serving(handlers(probe), max_early_resets=20) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         echo = channel.unary_unary(SERVICE + "echo")
@@ -381,7 +357,7 @@ async def test_calls_past_their_deadline_are_not_cancellations(long_windows: Non
     their deadlines, and none counts, under a limit of 5."""
     probe = Probe()
     async with (
-        serving(probe, max_early_resets=5) as (server, port),
+        serving(handlers(probe), max_early_resets=5) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         forever = channel.unary_unary(SERVICE + "forever")
@@ -440,7 +416,7 @@ async def test_a_health_watch_with_keepalive_pings_keeps_its_connection(
         ("grpc.http2.max_pings_without_data", 0),
     ]
     async with (
-        serving(Probe(), extra=(add,), max_pings_without_data=3) as (server, port),
+        serving(handlers(Probe()), extra=(add,), max_pings_without_data=3) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
     ):
         watch = health_pb2_grpc.HealthStub(channel).Watch(
