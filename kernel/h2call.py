@@ -15,7 +15,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -178,9 +178,7 @@ class Call:
 
     async def run(self) -> None:
         try:
-            handler = await self.conn.server.intercepted(
-                self.method, self.metadata, cast(grpc.RpcMethodHandler, self.handler)
-            )
+            handler = await self.conn.server.intercepted(self.method, self.metadata, self.handler)
             if handler is None:
                 self.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {self.method}")
                 return

@@ -341,9 +341,10 @@ class Server:
         return self._handlers.find(_Details(method, metadata))
 
     async def intercepted(
-        self, method: str, metadata: Metadata, handler: grpc.RpcMethodHandler
+        self, method: str, metadata: Metadata, handler: grpc.RpcMethodHandler | None
     ) -> grpc.RpcMethodHandler | None:
-        """``handler`` through the interceptors, outermost first."""
+        """``handler`` through the interceptors, outermost first (None: no such
+        method; an interceptor may answer it with a handler of its own)."""
         if not self._interceptors:
             return handler
         return await _Continuation(self._interceptors, 0, handler)(_Details(method, metadata))
@@ -359,7 +360,7 @@ class _Continuation:
         self,
         interceptors: tuple[grpc.aio.ServerInterceptor, ...],
         index: int,
-        handler: grpc.RpcMethodHandler,
+        handler: grpc.RpcMethodHandler | None,
     ) -> None:
         self._interceptors = interceptors
         self._index = index
@@ -597,7 +598,10 @@ class Connection(FrameHandler):
             return
         handler = self.server.lookup(path, stream.metadata)
         if handler is None:
-            stream.finish_early(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+            # No such method: the interceptors still see the call, as grpc.aio's
+            # do (their continuation answers None), so the access log has it
+            # (kernel.interceptors); Call.run answers UNIMPLEMENTED if none does.
+            stream.start()
             return
         if encoding not in ("", "identity", "gzip", "deflate"):
             stream.finish_early(

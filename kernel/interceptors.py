@@ -12,6 +12,12 @@ INTERNAL with nothing leaked, traceback logged); write one
 access-log line (method, code, duration) and, when metrics are read, record
 the RPC's duration by method and code (``kernel.metrics.record_rpc``).
 
+A method no handler serves (an unknown service, or an unknown method of a
+known one) is answered UNIMPLEMENTED here, with its access-log line too, so
+that a client probing for methods is seen; none of the rest runs for it (no
+span, no metrics: its path is the client's text, unbounded in number). The
+log shows that path escaped and cut (``shown_path``).
+
 grpc.aio interceptors only see the RpcMethodHandler, so the interceptor
 wraps the handler's behaviour for each of the four call shapes.
 """
@@ -26,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 from opentelemetry import context as otel_context
@@ -44,6 +51,8 @@ log = logging.getLogger("tips.server")
 
 # Probes and tooling: logged at DEBUG so access logs stay readable.
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+# An unknown method's path, as the access log shows it, is cut past this.
+SHOWN_PATH_CHARS = 200
 
 Behaviour = Callable[..., Any]
 
@@ -116,8 +125,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+        if handler is None:  # no such method: answered, and logged, by _unknown
+            return _unknown(handler_call_details.method)
         method: str = handler_call_details.method
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
@@ -183,19 +192,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             seconds = time.perf_counter() - start
             if metrics.enabled():
                 metrics.record_rpc(method, outcome.code.name, seconds)
-            level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
-            if access_log.isEnabledFor(level):  # its fields cost more than this check
-                access_log.log(
-                    level,
-                    "rpc",
-                    extra={
-                        "rpc_method": name,
-                        "code": outcome.code.name,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "trace_id": format(span.get_span_context().trace_id, "032x"),
-                        **({"user": outcome.caller.user} if outcome.caller else {}),
-                    },
-                )
+            _log_rpc(method, name, outcome.code, seconds, span, outcome.caller)
 
     def _unary(self, method: str, inner: Behaviour) -> Behaviour:
         name = method.lstrip("/")
@@ -244,6 +241,61 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 outcome.code = _code_of(context, grpc.StatusCode.OK)
 
         return behaviour
+
+
+def _log_rpc(
+    method: str,
+    name: str,
+    code: grpc.StatusCode,
+    seconds: float,
+    span: trace.Span,
+    caller: Caller | None,
+) -> None:
+    """The access-log line of one RPC: ``method`` as called, ``name`` as shown."""
+    level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
+    if access_log.isEnabledFor(level):  # its fields cost more than this check
+        access_log.log(
+            level,
+            "rpc",
+            extra={
+                "rpc_method": name,
+                "code": code.name,
+                "duration_ms": round(seconds * 1000, 3),
+                "trace_id": format(span.get_span_context().trace_id, "032x"),
+                **({"user": caller.user} if caller else {}),
+            },
+        )
+
+
+def _unknown(method: str) -> grpc.RpcMethodHandler:
+    """A method no handler serves: UNIMPLEMENTED, as the server answers it, and
+    its access-log line (the trace the caller sent, if any). Made per call and
+    never kept: the paths are the client's. Request-streaming, so that it runs
+    at once, whatever the request carries."""
+
+    async def behaviour(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        start = time.perf_counter()
+        try:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {method}")
+        finally:
+            seconds = time.perf_counter() - start
+            remote = telemetry.extract_metadata(context.invocation_metadata())
+            shown = shown_path(method.lstrip("/"))
+            code = grpc.StatusCode.UNIMPLEMENTED
+            _log_rpc(method, shown, code, seconds, trace.get_current_span(remote), None)
+
+    return grpc.stream_unary_rpc_method_handler(behaviour)
+
+
+def shown_path(path: str) -> str:
+    """A method path the client chose, as a log line may carry it: every
+    character but letters, digits, ``/`` and ``_.-~`` percent-encoded (UTF-8),
+    so no newline, space or ``=`` can start a line or a field of its own; past
+    ``SHOWN_PATH_CHARS`` cut, with the length it had."""
+    shown = quote(path[:SHOWN_PATH_CHARS], safe="/", errors="backslashreplace")
+    if len(path) <= SHOWN_PATH_CHARS and len(shown) <= SHOWN_PATH_CHARS:
+        return shown
+    return f"{shown[:SHOWN_PATH_CHARS]}...[cut:{len(path)}chars]"
 
 
 async def _call(inner: Behaviour, request: Any, context: Any) -> Any:

@@ -14,10 +14,9 @@ deadline: the machine may be loaded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,7 +26,6 @@ import pytest
 from gateway.h2upstream import Channel
 from gateway.upstreams import Upstreams
 from kernel import h2server
-from kernel.h2server import Server
 from tests.support import h2probe
 from tests.support.h2bare import (
     ACK,
@@ -44,7 +42,16 @@ from tests.support.h2bare import (
     frame,
     length_prefixed,
 )
-from tests.support.h2probe import SERVICE, SERVICE_NAME, WAIT, Context, edge_call, same, within
+from tests.support.h2probe import (
+    SERVICE,
+    SERVICE_NAME,
+    WAIT,
+    Context,
+    edge_call,
+    same,
+    serving,
+    within,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +76,8 @@ class Probe(h2probe.Probe):
         return self.name
 
 
-@contextlib.asynccontextmanager
-async def serving(probe: Probe) -> AsyncIterator[tuple[Server, int]]:
-    server = Server()
-    server.add_generic_rpc_handlers(
-        (h2probe.probe_handler(probe, unary=("echo", "hold", "whoami")),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await within(server.stop(None), "the server to stop")
+def handlers(probe: Probe) -> grpc.GenericRpcHandler:
+    return h2probe.probe_handler(probe, unary=("echo", "hold", "whoami"))
 
 
 def call(conn: BareConnection, stream_id: int, method: str, body: bytes) -> None:
@@ -96,7 +93,7 @@ def goaways(conn: BareConnection) -> list[tuple[str, int | bytes, int]]:
 
 async def test_a_stop_sends_goaway_and_ping_then_the_final_goaway_once_answered() -> None:
     probe = Probe()
-    async with serving(probe) as (server, port), bare_connection(port) as conn:
+    async with serving(handlers(probe)) as (server, port), bare_connection(port) as conn:
         conn.answers_pings = False
         call(conn, 1, "hold", b"h1")
         await within(probe.started[b"h1"].wait(), "the held call to reach its handler")
@@ -130,7 +127,7 @@ async def test_a_stop_sends_goaway_and_ping_then_the_final_goaway_once_answered(
 
 async def test_a_client_that_never_answers_the_ping_gets_the_final_goaway_all_the_same() -> None:
     probe = Probe()
-    async with serving(probe) as (server, port), bare_connection(port) as conn:
+    async with serving(handlers(probe)) as (server, port), bare_connection(port) as conn:
         conn.answers_pings = False
         call(conn, 1, "echo", b"e1")
         await conn.until(lambda: conn.streams[1].ended, "the call's end")
@@ -160,7 +157,7 @@ async def test_a_client_that_answers_the_ping_is_told_at_once(
     monkeypatch.setattr(h2server, "GOAWAY_PING_TIMEOUT_S", WAIT * 2)
     probe = Probe()
     async with (
-        serving(probe) as (server, port),
+        serving(handlers(probe)) as (server, port),
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         assert await channel.unary_unary(SERVICE + "echo")(b"e", timeout=WAIT) == b"e"
@@ -199,7 +196,7 @@ async def _steady_calls(
 
 async def test_grpc_aio_calls_during_a_stop_are_answered_or_sent_to_the_other_server() -> None:
     a, b = Probe(b"a"), Probe(b"b")
-    async with serving(a) as (_, a_port), serving(b) as (b_server, b_port):
+    async with serving(handlers(a)) as (_, a_port), serving(handlers(b)) as (b_server, b_port):
         target = f"ipv4:127.0.0.1:{a_port},127.0.0.1:{b_port}"
         options = [("grpc.lb_policy_name", "round_robin"), ("grpc.use_local_subchannel_pool", 1)]
         async with grpc.aio.insecure_channel(target, options=options) as channel:
@@ -215,7 +212,7 @@ async def test_grpc_aio_calls_during_a_stop_are_answered_or_sent_to_the_other_se
 
 async def test_the_edge_calls_during_a_stop_are_answered_or_sent_to_the_other_server() -> None:
     a, b = Probe(b"a"), Probe(b"b")
-    async with serving(a) as (_, a_port), serving(b) as (b_server, b_port):
+    async with serving(handlers(a)) as (_, a_port), serving(handlers(b)) as (b_server, b_port):
         upstreams = Upstreams({}, services={SERVICE_NAME: f"127.0.0.1:{a_port},127.0.0.1:{b_port}"})
         whoami: Any = upstreams.unary(SERVICE_NAME, SERVICE + "whoami", same)
         try:

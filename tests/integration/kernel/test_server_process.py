@@ -1,10 +1,12 @@
-"""The server as a real process: drain on SIGTERM, clear failures at start."""
+"""The server as a real process: drain on SIGTERM, clear failures at start, the
+access log as it is written (unknown methods too)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from kernel_echo_service import echo_pb2, echo_pb2_grpc
+from kernel_echo_service import SERVICE_NAME, echo_pb2, echo_pb2_grpc
+
+from kernel.interceptors import SHOWN_PATH_CHARS
+from tests.support.h2bare import bare_call
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +83,76 @@ async def test_sigterm_drains_in_flight_rpc_and_exits_zero() -> None:
     assert messages.index("draining") < messages.index("stopped")
     access = [e for e in logs if e["logger"] == "tips.access"]
     assert any(e["rpc_method"].endswith("/Slow") and e["code"] == "OK" for e in access)
+
+
+# A caller's trace, and values no log line may carry.
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+SECRETS = ("Bearer probe-secret-token", "probe-secret-value")
+# A path to inject a line of its own, then a field, into text logs; and long.
+FORGED = "\n12:00:00.000 INFO    echo tips.access: rpc rpc_method=Forged code=OK user=u_admin"
+LONG_PATH = f"/probe.Unknown/Probe{FORGED} user=u_admin{'x' * 1000}"
+# One access-log line in text logs, and its fields (values have no spaces).
+ACCESS = re.compile(r"^\S+ INFO +echo tips\.access: rpc (?P<fields>.*)$")
+
+
+async def test_unknown_methods_are_logged_once_each_bounded_and_on_one_line() -> None:
+    """A client probing for methods is seen: a call to an unknown method, of a
+    known service or not, has one access-log line at INFO as any call, with
+    the path it sent (escaped and cut: in text logs a newline or a space in it
+    starts no line nor field of its own), UNIMPLEMENTED, and no metadata value;
+    a known call's line is as it was. Unknown tooling paths stay at DEBUG."""
+    proc = await _spawn(TIPS_LOG_FORMAT="text")
+    assert proc.stderr is not None
+    lines: list[str] = []
+    port = 0
+    while not port:
+        async with asyncio.timeout(20):
+            raw = await proc.stderr.readline()
+        assert raw, "server exited before serving"
+        lines.append(raw.decode().rstrip("\n"))
+        if serving := re.search(r" tips\.server: serving .*\bport=(\d+)", lines[-1]):
+            port = int(serving[1])
+    metadata = (("authorization", SECRETS[0]), ("x-probe", SECRETS[1]))
+    unknown = [f"/{SERVICE_NAME}/Nope", "/no.such.Service/Probe"]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await echo_pb2_grpc.EchoServiceStub(channel).Echo(
+            echo_pb2.EchoRequest(message="hi"), timeout=10
+        )
+        assert reply.message == "hi"
+        for path in [*unknown, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"]:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await channel.unary_unary(path)(
+                    b"", metadata=(*metadata, ("traceparent", TRACEPARENT)), timeout=10
+                )
+            assert failed.value.code() is grpc.StatusCode.UNIMPLEMENTED, path
+    answer = await bare_call(port, LONG_PATH, b"", metadata)
+    assert answer.get("grpc-status") == str(grpc.StatusCode.UNIMPLEMENTED.value[0]), answer
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        _, rest = await proc.communicate()
+    assert proc.returncode == 0
+    lines += rest.decode().splitlines()
+    access = [_fields(m["fields"]) for m in map(ACCESS.match, lines) if m]
+    assert len(access) == 4, lines  # none at INFO for the tooling path, none forged
+    assert not any(secret in line for line in lines for secret in SECRETS)
+    known, *probes = access
+    assert known.keys() == {"rpc_method", "code", "duration_ms", "trace_id"}
+    assert known["rpc_method"] == f"{SERVICE_NAME}/Echo" and known["code"] == "OK"
+    assert [p["rpc_method"] for p in probes[:2]] == [path[1:] for path in unknown]
+    assert [p["trace_id"] for p in probes[:2]] == [TRACE_ID, TRACE_ID]
+    long = probes[2]["rpc_method"]
+    assert long.startswith("probe.Unknown/Probe%0A12%3A00%3A00.000%20INFO%20%20%20%20echo")
+    assert long.endswith(f"...[cut:{len(LONG_PATH) - 1}chars]")
+    assert len(long) == SHOWN_PATH_CHARS + len(f"...[cut:{len(LONG_PATH) - 1}chars]")
+    for probe in probes:
+        assert probe.keys() == known.keys()
+        assert probe["code"] == "UNIMPLEMENTED" and float(probe["duration_ms"]) >= 0
+
+
+def _fields(text: str) -> dict[str, str]:
+    """A text log line's ``name=value`` fields."""
+    return {name: value for name, _, value in (f.partition("=") for f in text.split(" "))}
 
 
 async def test_invalid_settings_exit_2_with_one_line() -> None:
