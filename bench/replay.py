@@ -61,6 +61,7 @@ from policy.features import (  # noqa: E402
 from sim.agents import NS_ROW, NS_SHARED, Agent, OurAgent, UniformAgent, VwAgent  # noqa: E402
 from sim.reactions import DONE, SNOOZE, draw  # noqa: E402
 from sim.tuning import (  # noqa: E402
+    OURS_SPACE,
     TUNE_SEEDS,
     Config,
     Estimate,
@@ -69,7 +70,6 @@ from sim.tuning import (  # noqa: E402
     add_tuning_arguments,
     close,
     make_agent,
-    ours_space,
     policy_seeds,
     report,
     search,
@@ -349,7 +349,7 @@ def tune(
             total += [scores[f"{side}#{i}"] for i, (side, _) in enumerate(batch)]
         return [float(v) for v in total / len(tuning_logs)]
 
-    spaces = {"ours": ours_space(layout), **({"vw": vw_space(layout)} if with_vw else {})}
+    spaces = {"ours": OURS_SPACE, **({"vw": vw_space(layout)} if with_vw else {})}
     return search(spaces, budget, passes, evaluate, [seeds[0]], log, layout)
 
 
@@ -425,18 +425,21 @@ def plot(results: Mapping[str, dict[str, object]], path: Path) -> None:
         runs = result["_curves"]
         assert isinstance(runs, list)
         for i, policy in enumerate(runs[0]):
+            # The runs' mean, and the band their range spans, over the matched
+            # rounds every run reached.
+            n = min(len(curves[policy]) for curves in runs)
+            if n == 0:
+                continue
+            stack = np.array([curves[policy][:n] for curves in runs])
+            x = np.arange(1, n + 1)
             width = 2.2 if policy.endswith("_tuned") else 1.2
-            for k, curves in enumerate(runs):  # every run, in the policy's colour
-                curve = curves[policy]
-                ax.plot(
-                    np.arange(1, len(curve) + 1),
-                    curve,
-                    color=f"C{i % 10}",
-                    linewidth=width if k == 0 else width / 2,
-                    alpha=1.0 if k == 0 else 0.45,
-                    label=policy if k == 0 else None,
-                )
-        title = f"Replay on {name}: reward per matched round, {len(runs)} run(s)"
+            ax.plot(x, stack.mean(axis=0), color=f"C{i % 10}", linewidth=width, label=policy)
+            if len(runs) > 1:
+                low, high = stack.min(axis=0), stack.max(axis=0)
+                ax.fill_between(x, low, high, color=f"C{i % 10}", alpha=0.12, linewidth=0)
+        title = f"Replay on {name}: reward per matched round"
+        if len(runs) > 1:
+            title += f", mean of {len(runs)} runs (band: their range)"
         ax.set(title=title, xlabel="matched rounds")
         ax.set(ylabel="running mean reward")
         ax.legend(fontsize=8)

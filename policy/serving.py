@@ -57,9 +57,8 @@ class ServedPolicy:
         params: PolicyParams | None = None,
         dim: int = DIM,
         refresh_updates: int = MODEL_REFRESH_UPDATES,
-        context: Sequence[int] | None = None,
     ) -> None:
-        self.policy = Policy(params, dim=dim, context=context)
+        self.policy = Policy(params, dim=dim)
         self.refresh_updates = refresh_updates
         self.model = SharedModel(self.policy)
         self.exports = 1

@@ -37,12 +37,9 @@ class OurAgent:
         params: PolicyParams | None = None,
         name: str = "ours",
         refresh_updates: int = MODEL_REFRESH_UPDATES,
-        context: Sequence[int] | None = None,
     ) -> None:
         self.name = name
-        self.served = ServedPolicy(
-            params, dim=dim, refresh_updates=refresh_updates, context=context
-        )
+        self.served = ServedPolicy(params, dim=dim, refresh_updates=refresh_updates)
         self.policy: Policy = self.served.policy
         self._last: tuple[Sequence[str], np.ndarray] | None = None
 

@@ -171,10 +171,8 @@ OURS_SPACE = Space(
         "epsilon": (0.005, 0.01, 0.02, 0.05),
         "arm_prior": (0.5, 1.0, 2.0, 5.0, 10.0, 20.0),
         "ridge": (0.1, 0.3, 1.0, 3.0, 10.0),
-        "tip_context": (False, True),
     },
     default=PolicyParams().__dict__,
-    unordered=frozenset({"tip_context"}),
 )
 
 _VW_KNOBS = {
@@ -262,13 +260,6 @@ class Layout:
 POLICY_ROWS = Layout(DIM, CONTEXT_COLUMNS)
 
 
-def ours_space(layout: Layout) -> Space:
-    """Ours' space for ``layout``: without context columns a tip's model is an intercept."""
-    if layout.context is not None:
-        return OURS_SPACE
-    return replace(OURS_SPACE, dims={**OURS_SPACE.dims, "tip_context": (False,)})
-
-
 def vw_space(layout: Layout) -> Space:
     """VW's space for ``layout``: without context columns there is nothing to cross."""
     if layout.context is not None:
@@ -288,18 +279,14 @@ def vw_describe(config: Config, layout: Layout = POLICY_ROWS) -> str:
 
 def make_agent(side: str, config: Config, name: str, layout: Layout = POLICY_ROWS) -> Agent:
     if side == "ours":
-        # Column 0 is the bias on both layouts; ours' per-tip input adds its own 1.
-        context = tuple(c for c in layout.context or () if c != 0)
-        return OurAgent(layout.dim, PolicyParams(**config), name=name, context=context)
+        return OurAgent(layout.dim, PolicyParams(**config), name=name)
     options, tip_id = vw_setup(config)
     return VwAgent(options, name=name, with_arm_id=tip_id, context_columns=layout.context)
 
 
 def describe(side: str, config: Config, layout: Layout = POLICY_ROWS) -> str:
     if side == "ours":
-        return " ".join(
-            f"{k}={v}" if isinstance(v, bool) else f"{k}={v:g}" for k, v in config.items()
-        )
+        return " ".join(f"{k}={v:g}" for k, v in config.items())
     return vw_describe(config, layout)
 
 

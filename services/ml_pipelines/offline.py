@@ -220,7 +220,9 @@ def predicted_rewards(model: bandit.Policy, rounds: Sequence[Round]) -> list[np.
     """The model's expected reward of every candidate, per round, clipped to [0, 1]."""
     out = []
     for r in rounds:
-        out.append(np.clip(model.expected(r.arms, r.rows), 0.0, 1.0))
+        shared = r.rows @ model.theta
+        residual = np.array([model.arm_terms(a)[0] for a in r.arms])
+        out.append(np.clip(shared + residual, 0.0, 1.0))
     return out
 
 
@@ -253,7 +255,7 @@ def train_step(policy: bandit.Policy, rounds: Sequence[Round]) -> tuple[float, i
     squared = 0.0
     for r in rounds:
         arm, x = r.arms[r.action], r.rows[r.action]
-        predicted = float(policy.expected([arm], x[None, :])[0])
+        predicted = float(x @ policy.theta) + policy.arm_terms(arm)[0]
         squared += (r.reward - predicted) ** 2
         policy.update(arm, x, r.reward)
     return squared, len(rounds)

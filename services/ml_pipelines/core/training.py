@@ -56,8 +56,6 @@ FINAL = (
     St.TRAINING_RUN_STATE_CANCELLED,
 )
 PARAMS = {f.name for f in dataclasses.fields(bandit.PolicyParams)}
-# Switches among them ("true"/"false"); the others are numbers.
-SWITCHES = {f.name for f in dataclasses.fields(bandit.PolicyParams) if f.type in (bool, "bool")}
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
@@ -65,21 +63,14 @@ class Cancelled(Exception):
     """The run was asked to stop."""
 
 
-def parse_params(params: Mapping[str, str]) -> dict[str, float | bool]:
+def parse_params(params: Mapping[str, str]) -> dict[str, float]:
     """Hyper-parameters by name; unknown names and bad values are named in the error."""
-    out: dict[str, float | bool] = {}
+    out: dict[str, float] = {}
     problems = []
     for key in sorted(params):
         field = f"training_run.params[{key}]"
         if key not in PARAMS:
             problems.append((field, f"unknown parameter; known: {', '.join(sorted(PARAMS))}"))
-            continue
-        if key in SWITCHES:
-            switch = {"true": True, "false": False}.get(params[key].strip().lower())
-            if switch is None:
-                problems.append((field, "must be true or false"))
-            else:
-                out[key] = switch
             continue
         try:
             value = float(params[key])
@@ -97,17 +88,12 @@ def parse_params(params: Mapping[str, str]) -> dict[str, float | bool]:
     return out
 
 
-def _param_text(value: float | bool) -> str:
-    """A stored parameter as the API shows it (what ``parse_params`` reads back)."""
-    return str(value).lower() if isinstance(value, bool) else repr(value)
-
-
 def run_proto(row: Any) -> training_run_pb2.TrainingRun:
     out = training_run_pb2.TrainingRun(
         name=domain.TRAINING_RUN.format(row.run_id),
         model=domain.model_name(row.model_id),
         algorithm=row.algorithm,
-        params={k: _param_text(v) for k, v in (row.params or {}).items()},
+        params={k: repr(v) for k, v in (row.params or {}).items()},
         data_window=domain.interval(row.window_start, row.window_end),
         state=row.state,
         progress_fraction=row.progress,

@@ -4,8 +4,6 @@ ONNX export scoring what the policy scores."""
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -98,76 +96,8 @@ def test_update_reflects_at_once_and_state_round_trips() -> None:
     copy = Policy.from_state(policy.state())
     rows = np.stack([x, feature_vector({"local_hour": 20.0}, WIND_DOWN)])
     np.testing.assert_allclose(copy.shared_scores(rows), policy.shared_scores(rows))
-    np.testing.assert_allclose(
-        copy.tip_means(["walk", "wind"], rows), policy.tip_means(["walk", "wind"], rows)
-    )
-    np.testing.assert_allclose(
-        copy.expected(["walk", "wind"], rows), policy.expected(["walk", "wind"], rows)
-    )
+    assert copy.arm_terms("walk") == policy.arm_terms("walk")
     assert copy.version == policy.version
-
-
-def _context_world(policy: Policy, rounds: int, seed: int = 4) -> None:
-    """Two tips with the same row; "early" is done when column 1 (the context) is
-    positive, "late" when it is negative: only per-tip context weights tell them apart."""
-    rng = np.random.default_rng(seed)
-    for _ in range(rounds):
-        z = float(rng.choice([-1.0, 1.0]))
-        x = np.array([1.0, z, 0.0, 0.0])
-        tip = "early" if rng.random() < 0.5 else "late"
-        policy.update(tip, x, float((z > 0) == (tip == "early")))
-
-
-def test_tip_context_learns_what_a_tips_intercept_cannot() -> None:
-    with_context = Policy(PolicyParams(tip_context=True), dim=4, context=[1])
-    intercept = Policy(PolicyParams(), dim=4, context=[1])
-    for policy in (with_context, intercept):
-        _context_world(policy, 400)
-    morning, evening = np.array([[1.0, 1.0, 0, 0]] * 2), np.array([[1.0, -1.0, 0, 0]] * 2)
-    tips = ["early", "late"]
-    early_gap = with_context.expected(tips, morning) @ [1, -1]
-    late_gap = with_context.expected(tips, evening) @ [-1, 1]
-    assert early_gap > 0.8 and late_gap > 0.8
-    # The intercept's row is the same for both tips: the same score whatever the context.
-    assert abs(intercept.expected(tips, morning) @ [1, -1]) < 0.1
-    assert abs(intercept.expected(tips, evening) @ [1, -1]) < 0.1
-    rng = np.random.default_rng(0)
-    assert with_context.choose_rows(tips, morning, rng).probabilities["early"] > 0.9
-    assert with_context.choose_rows(tips, evening, rng).probabilities["late"] > 0.9
-
-
-def test_tip_context_state_round_trips_and_old_states_load() -> None:
-    policy = Policy(PolicyParams(tip_context=True), dim=4, context=[1])
-    _context_world(policy, 60)
-    rows = np.array([[1.0, 1.0, 0, 0], [1.0, 1.0, 0, 0]])
-    copy = Policy.from_state(policy.state())
-    assert copy.context == (1,) and copy.params.tip_context
-    assert copy.expected(["early", "late"], rows).tolist() == pytest.approx(
-        policy.expected(["early", "late"], rows).tolist(), abs=1e-12
-    )
-    ours = policy.choose_rows(["early", "late"], rows, np.random.default_rng(3))
-    theirs = copy.choose_rows(["early", "late"], rows, np.random.default_rng(3))
-    assert theirs.arm == ours.arm
-    assert theirs.probabilities == pytest.approx(ours.probabilities, abs=1e-12)
-
-    # An intercept-only state written before tip_context existed: no context in its
-    # meta, only each tip's count and residual sum, read as the intercept's statistics.
-    old = Policy(dim=4)
-    _context_world(old, 60)
-    with np.load(io.BytesIO(old.state())) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(str(arrays["meta"]))
-    del meta["context"], meta["params"]["tip_context"]
-    arrays["meta"] = np.array(json.dumps(meta))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    loaded = Policy.from_state(buf.getvalue())
-    tips = [str(a) for a in arrays["arms"]]
-    assert sorted(tips) == ["early", "late"]
-    means = loaded.tip_means([*tips, "new"], rows[[0, 0, 0]])
-    n, total = arrays["arm_n"], arrays["arm_sum"]
-    prior = loaded.params.arm_prior
-    assert means.tolist() == pytest.approx([*(total / (n + prior)).tolist(), 0.0], abs=1e-12)
 
 
 def _trained(seed: int = 2) -> Policy:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from policy import onnx_export
-from policy.bandit import Policy, PolicyParams
+from policy.bandit import Policy
 from policy.scoring import OnnxScorer
 from policy.serving import ServedPolicy, SharedModel, refresh_due
 from sim.agents import OurAgent
@@ -17,7 +17,6 @@ pytestmark = pytest.mark.unit
 
 DIM = 12
 ARMS = [f"tip_{i}" for i in range(8)]
-CONTEXT = (1, 2, 3)  # columns treated as the round's context
 
 
 def _rows(rng: np.random.Generator, k: int = len(ARMS)) -> np.ndarray:
@@ -43,19 +42,15 @@ def test_the_in_memory_model_scores_as_the_recommenders_repository_model(tmp_pat
     assert np.allclose(served, policy.shared_scores(rows), atol=1e-4)  # float32 vs float64
 
 
-@pytest.mark.parametrize("tip_context", [False, True])
-def test_served_decisions_are_the_recommenders_decisions(tmp_path: Path, tip_context: bool) -> None:
-    """Same statistics, same model, same draws: the same arm and the same propensities,
-    with per-tip context weights too (live, beside the exported shared part)."""
+def test_served_decisions_are_the_recommenders_decisions(tmp_path: Path) -> None:
+    """Same statistics, same model, same draws: the same arm and the same propensities."""
     rng = np.random.default_rng(5)
-    params = PolicyParams(tip_context=tip_context)
-    served = ServedPolicy(params, dim=DIM, refresh_updates=50, context=CONTEXT)
+    served = ServedPolicy(dim=DIM, refresh_updates=50)
     _learn(served, rng, 120)  # two refreshes, then 20 updates the model does not have yet
     assert served.exports == 3
     # The recommender: its live statistics, its last exported model (after 100 updates).
     live = Policy.from_state(served.policy.state())
-    assert live.tip_inputs(_rows(rng)).shape[1] == (1 + len(CONTEXT) if tip_context else 1)
-    at_export = Policy(params, dim=DIM, context=CONTEXT)
+    at_export = Policy(dim=DIM)
     replay = np.random.default_rng(5)
     _learn(at_export, replay, 100)
     onnx_export.export(at_export, tmp_path)

@@ -141,9 +141,8 @@ class TrainingRun(_message.Message):
     """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Hyperparameters by name, as strings, e.g. {"alpha": "0.5", "ridge": "1.0",
-        "tip_context": "true"}: numbers, or "true"/"false" for switches; unknown
-        names are rejected.
+        """Hyperparameters by name, as strings, e.g. {"alpha": "0.5", "ridge": "1.0"};
+        unknown names are rejected.
         """
 
     @_builtins.property

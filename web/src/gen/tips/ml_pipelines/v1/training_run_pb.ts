@@ -52,9 +52,8 @@ export type TrainingRun = Message<"tips.ml_pipelines.v1.TrainingRun"> & {
   algorithm: string;
 
   /**
-   * Hyperparameters by name, as strings, e.g. {"alpha": "0.5", "ridge": "1.0",
-   * "tip_context": "true"}: numbers, or "true"/"false" for switches; unknown
-   * names are rejected.
+   * Hyperparameters by name, as strings, e.g. {"alpha": "0.5", "ridge": "1.0"};
+   * unknown names are rejected.
    *
    * @generated from field: map<string, string> params = 4;
    */
@@ -155,9 +154,8 @@ export type TrainingRunJson = {
   algorithm?: string;
 
   /**
-   * Hyperparameters by name, as strings, e.g. {"alpha": "0.5", "ridge": "1.0",
-   * "tip_context": "true"}: numbers, or "true"/"false" for switches; unknown
-   * names are rejected.
+   * Hyperparameters by name, as strings, e.g. {"alpha": "0.5", "ridge": "1.0"};
+   * unknown names are rejected.
    *
    * @generated from field: map<string, string> params = 4;
    */
