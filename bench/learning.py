@@ -78,9 +78,9 @@ from sim.tuning import (  # noqa: E402
     Estimate,
     Search,
     add_tuning_arguments,
-    close,
     make_agent,
     policy_seeds,
+    repeated,
     report,
     search,
     vw_describe,
@@ -186,14 +186,9 @@ def runs(
     """``run`` once per policy seed, fresh agents each time, combined: every number
     is the mean over the runs (curves too); ``average_expected_reward`` also comes
     with each run's value and its standard error from their spread."""
-    done = []
-    for k, seed in enumerate(seeds):
-        agents = make_agents()
-        tag = f"{label}, run {k + 1}/{len(seeds)}" if len(seeds) > 1 else label
-        try:
-            done.append(run(world, agents, seed, label=tag))
-        finally:
-            close(agents)
+    done = repeated(
+        lambda agents, seed, tag: run(world, agents, seed, label=tag), make_agents, seeds, label
+    )
     first = done[0]
     policies: dict[str, dict[str, object]] = {}
     for name, numbers in first["policies"].items():  # type: ignore[attr-defined]

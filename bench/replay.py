@@ -68,9 +68,9 @@ from sim.tuning import (  # noqa: E402
     Layout,
     Search,
     add_tuning_arguments,
-    close,
     make_agent,
     policy_seeds,
+    repeated,
     report,
     search,
     vw_describe,
@@ -273,14 +273,9 @@ def replay_runs(
     the mean estimate over the runs and its standard error from their spread (the
     log is fixed; the spread is the policy's own: which rounds it matches, what it
     learns from them). One run keeps its matched rounds' standard error."""
-    runs = []
-    for k, seed in enumerate(seeds):
-        agents = make_agents()
-        tag = f"{label}, run {k + 1}/{len(seeds)}" if len(seeds) > 1 else label
-        try:
-            runs.append(replay(logs, agents, seed, label=tag))
-        finally:
-            close(agents)
+    runs = repeated(
+        lambda agents, seed, tag: replay(logs, agents, seed, label=tag), make_agents, seeds, label
+    )
     first = runs[0]
     policies: dict[str, dict[str, object]] = {}
     estimates: dict[str, Estimate] = {}

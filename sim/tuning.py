@@ -78,6 +78,28 @@ def policy_seeds(seed: int, repeats: int) -> list[int]:
     return [seed + 1000 * k for k in range(repeats)]
 
 
+Result = dict[str, object]
+
+
+def repeated(
+    run_once: Callable[[list[Agent], int, str], Result],
+    make_agents: Callable[[], list[Agent]],
+    seeds: Sequence[int],
+    label: str,
+) -> list[Result]:
+    """``run_once(agents, seed, label)`` once per policy seed, each time with fresh
+    agents (their VW workspaces ended after)."""
+    results = []
+    for k, seed in enumerate(seeds):
+        agents = make_agents()
+        tag = f"{label}, run {k + 1}/{len(seeds)}" if len(seeds) > 1 else label
+        try:
+            results.append(run_once(agents, seed, tag))
+        finally:
+            close(agents)
+    return results
+
+
 @dataclass(frozen=True)
 class Estimate:
     """One policy's result over repeated runs: their mean and its standard error."""
