@@ -1,6 +1,7 @@
 """The decision hot path under load, against an empty gRPC call, and signal freshness.
 
-    tips bench decision [--seconds S] [--users N] [--signals N] [--telemetry none|prometheus|otlp]
+    tips bench decision [--seconds S] [--users N] [--signals N] [--rounds N]
+        [--telemetry none|prometheus|otlp]
 
 Starts a local PostgreSQL and NATS, the events service in its own process with
 its relay child (as `tips up` runs it), the recommender in this process (as
@@ -16,6 +17,11 @@ comes from a separate client process (one grpc.aio channel, N concurrent calls):
   ``kernel_server_ratio_*`` against ours), and CPU per call of the recommender,
   PostgreSQL and NATS. Users are returning ones: each has had a decision (its token verified,
   profile looked up and history loaded) before the clock starts;
+- the c16 pair (grpc.aio's empty call, then DecideTips) ``--rounds`` times in
+  all (default 3), each pair seconds apart: ``c16_rounds`` gives each
+  round's ratios and their medians, which issue 13's goals are judged on (one
+  pair's p99 ratio, two tails measured a minute apart on a shared machine,
+  moved by 10% between runs of an unchanged build);
 - ListTips at the same concurrency on the same users, who then all have an
   active tip: what a screen refresh costs (a read, no decision);
 - freshness: a steps signal is ingested (BatchIngestSignals returns), then the
@@ -348,7 +354,9 @@ async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> li
     return out
 
 
-async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> dict[str, Any]:
+async def run(
+    seconds: float, n_users: int, n_signals: int, telemetry: str, rounds: int = 3
+) -> dict[str, Any]:
     from kernel.clients import close_channels
     from kernel.migrations import migrate
     from kernel.server import ServiceServer, settle_heap
@@ -432,6 +440,25 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
                 "_lat": {"empty": base["_lat"], "decide_tips": tips["_lat"],
                          "list_tips (read)": reads["_lat"]},
             }  # fmt: skip
+            if conc == 16:
+                # The c16 pair again, before c64 so that every round meets the
+                # same service. Each round has users of its own (returning ones,
+                # warmed by _load): the earlier loads leave theirs with few tips
+                # still eligible, and an empty answer is no decision.
+                pairs = [(base, tips)]
+                for k in range(1, rounds):
+                    fresh_users = [f"bench_r{k}_{i:05d}" for i in range(n_users)]
+                    pair = (
+                        await asyncio.to_thread(
+                            _load, "empty", empty_addr, 16, seconds, {"empty_server": empty.pid}
+                        ),
+                        await asyncio.to_thread(
+                            _load, "decide_tips", rec_server.address, 16, seconds, servers,
+                            fresh_users, key,
+                        ),
+                    )  # fmt: skip
+                    pairs.append(pair)
+                results["c16_rounds"] = _rounds(pairs)
         fresh = await _freshness(events_addr, rec_server.address, n_signals, issuer)
         results["freshness_ms"] = {
             "n": len(fresh),
@@ -440,9 +467,11 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
             "max": float(max(fresh)),
         }
         results["telemetry"] = {"mode": telemetry, **_telemetry_seen(settings, sink)}
+        complete = not any(results["c16_rounds"]["decisions_missing"])
         results["goals"] = {  # issue 13
-            "p99_ratio_c16_under_3": results["c16"]["ratio_p99"] < 3,
-            "throughput_ratio_c16_at_least_0.3": results["c16"]["ratio_throughput"] >= 0.3,
+            "p99_ratio_c16_under_3": complete and results["c16_rounds"]["median_ratio_p99"] < 3,
+            "throughput_ratio_c16_at_least_0.3": complete
+            and results["c16_rounds"]["median_ratio_throughput"] >= 0.3,
             "freshness_p99_under_20ms": results["freshness_ms"]["p99"] < 20,
         }
         gc.callbacks.remove(pauses)
@@ -460,6 +489,27 @@ async def run(seconds: float, n_users: int, n_signals: int, telemetry: str) -> d
         nats_server.stop()
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rounds(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """Each c16 round's (empty call, DecideTips) ratios and the medians the goals use."""
+    p99 = [tips["p99_ms"] / base["p99_ms"] for base, tips in pairs]
+    throughput = [tips["rps"] / base["rps"] for base, tips in pairs]
+    return {
+        "ratio_p99": [round(r, 3) for r in p99],
+        "ratio_throughput": [round(r, 3) for r in throughput],
+        "median_ratio_p99": float(np.median(p99)),
+        "median_ratio_throughput": float(np.median(throughput)),
+        "empty_rpc_rps": [round(base["rps"]) for base, _ in pairs],
+        "decide_tips_rps": [round(tips["rps"]) for _, tips in pairs],
+        "decide_tips_p99_ms": [round(tips["p99_ms"], 2) for _, tips in pairs],
+        "recommender_cpu_ms_per_decision": [
+            tips["cpu_ms_per_call"].get("recommender") for _, tips in pairs
+        ],
+        # DecideTips calls that failed or came back without a tip, per round:
+        # the goals hold only if every round made every decision.
+        "decisions_missing": [tips["errors"] + tips["empty"] for _, tips in pairs],
+    }
 
 
 def _telemetry_seen(settings: Any, sink: subprocess.Popen[str] | None) -> dict[str, Any]:
@@ -502,13 +552,17 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=3000)
     parser.add_argument("--signals", type=int, default=200)
     parser.add_argument(
+        "--rounds", type=int, default=3, choices=range(1, 21), metavar="1..20",
+        help="c16 pairs (empty call, DecideTips) the goals' medians are taken over",
+    )  # fmt: skip
+    parser.add_argument(
         "--telemetry", choices=("none", "prometheus", "otlp"), default="none",
         help="what reads the telemetry (default: nothing, TIPS_OTEL_EXPORTER=none)",
     )  # fmt: skip
     args = parser.parse_args()
     os.environ.pop("TIPS_DATABASE_URL", None)
     os.environ.pop("TIPS_NATS_URL", None)
-    results = asyncio.run(run(args.seconds, args.users, args.signals, args.telemetry))
+    results = asyncio.run(run(args.seconds, args.users, args.signals, args.telemetry, args.rounds))
     OUT.mkdir(parents=True, exist_ok=True)
     name = "decision" if args.telemetry == "none" else f"decision-{args.telemetry}"
     try:
