@@ -8,7 +8,6 @@ second use is recognised as theft and revokes the whole session.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from kernel.errors import (
     NotFound,
     Unauthenticated,
 )
+from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from services.auth import crypto, domain, signing, store
@@ -74,7 +74,7 @@ class Introspection:
 
 
 def _event_ids(message: Message, now: datetime) -> str:
-    event_id = uuid.uuid4().hex
+    event_id = random_id()
     message.event_id = event_id  # type: ignore[attr-defined]
     message.occur_time.FromDatetime(now)  # type: ignore[attr-defined]
     return event_id

@@ -8,7 +8,6 @@ outbox rows, within the backpressure limits of ``backpressure.Ingress``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
+from kernel.ids import random_ids
 from kernel.names import USER
 from kernel.timestamps import timestamp
 from services.events import domain, queries, selectors, store
@@ -33,12 +33,6 @@ REJECTED = pb.INGEST_OUTCOME_REJECTED
 
 Pending = list[tuple[pb.IngestResult, store.NewSignal]]
 IngestResponse = pb.BatchIngestSignalsResponse | pb.BatchIngestConnectorSignalsResponse
-
-
-def new_signal_ids(count: int) -> list[str]:
-    """``count`` random 128-bit hex ids from one read of the OS's random source."""
-    raw = os.urandom(16 * count).hex()
-    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
 
 class Signals:
@@ -68,7 +62,7 @@ class Signals:
         response = pb.BatchIngestSignalsResponse()
         pending: Pending = []
         max_bytes = self.settings.events_max_signal_bytes
-        ids = new_signal_ids(len(signals))
+        ids = random_ids(len(signals))
         for index, signal in enumerate(signals):
             result = response.results.add(index=index)
             violations = domain.validate_signal(signal, user_id, now, max_bytes)
@@ -90,7 +84,7 @@ class Signals:
         response = pb.BatchIngestConnectorSignalsResponse()
         pending: Pending = []
         max_bytes = self.settings.events_max_signal_bytes
-        ids = new_signal_ids(len(items))
+        ids = random_ids(len(items))
         for index, item in enumerate(items):
             result = response.results.add(index=index)
             checked = _connector_item(item, now, max_bytes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +9,7 @@ from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
@@ -80,7 +80,7 @@ async def enqueue_purged(
 ) -> None:
     """The SignalsPurged event of a purge, in the caller's transaction."""
     event = events_pb2.SignalsPurged(
-        event_id=f"users/{selector.user_id}/purges/{uuid.uuid4().hex}",
+        event_id=f"users/{selector.user_id}/purges/{random_id()}",
         user=user_name(selector.user_id),
         source=selector.source,  # type: ignore[arg-type]
         connection=selector.connection,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +9,7 @@ from kernel.clients import channel
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
 from kernel.identity import require_owner, require_user_parent
+from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.settings import Settings
@@ -160,7 +160,7 @@ class RecommenderInternalServicer(pb_grpc.RecommenderInternalServiceServicer):
         version, base, updates = await self.learner.export()
         now = datetime.now(UTC)
         values = {
-            "request_id": request.request_id or uuid.uuid4().hex,
+            "request_id": request.request_id or random_id(),
             "model_version": version,
             "artifact_uri": self.learner.artifact_uri(version),
             "base_model_version": base,

@@ -7,7 +7,6 @@ outside any transaction. The caller's ownership is checked by the servicer.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -25,6 +24,7 @@ from kernel.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from kernel.ids import random_id
 from kernel.timestamps import timestamp
 from services.integrations import domain, oauth, store
 from services.integrations.connectors.base import Connector
@@ -361,7 +361,7 @@ class Connections:
                 raise ResourceExhausted(
                     f"synced less than {connector.min_sync_interval} ago", retry_after=wait
                 )
-        sync_id = row.pending_sync_id or uuid.uuid4().hex
+        sync_id = row.pending_sync_id or random_id()
         async with self.db.transaction() as session:
             updated = await store.update_connection(
                 session, user_id, connection_id,

@@ -13,7 +13,6 @@ failures, the provider's ``Retry-After`` when rate limited) and a
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +22,7 @@ import httpx
 from google.rpc import code_pb2  # type: ignore[import-untyped]
 
 from kernel.db import Database
+from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.timestamps import timestamp
@@ -99,7 +99,7 @@ class SyncEngine:
         """Run a sync of the leased connection ``row``; always releases the lease."""
         connector = get_connector(row.provider)
         run = RunState(
-            sync_id=sync_id or row.pending_sync_id or uuid.uuid4().hex,
+            sync_id=sync_id or row.pending_sync_id or random_id(),
             trigger=trigger or row.pending_trigger or connection_pb2.SYNC_TRIGGER_SCHEDULED,
             start=datetime.now(UTC),
         )
@@ -300,7 +300,7 @@ class SyncEngine:
                 await publish_change(session, row.user_id, change, connection)
             result = self._result(row, run, outcome, end)
             event = events_pb2.SyncCompleted(
-                event_id=uuid.uuid4().hex,
+                event_id=random_id(),
                 occur_time=timestamp(end),
                 user=user_name(row.user_id),
                 result=result,
@@ -348,7 +348,7 @@ async def publish_change(
 ) -> None:
     """Enqueue a ``ConnectionChanged`` in the caller's transaction."""
     event = events_pb2.ConnectionChanged(
-        event_id=uuid.uuid4().hex,
+        event_id=random_id(),
         occur_time=timestamp(datetime.now(UTC)),
         user=user_name(user_id),
         change=change,  # type: ignore[arg-type]

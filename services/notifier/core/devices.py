@@ -10,7 +10,6 @@ accounts), the old user's device is removed.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from kernel import paging
 from kernel.crypto import Envelope, KeyRing, sha256_digest
 from kernel.db import Database
 from kernel.errors import AlreadyExists, NotFound
+from kernel.ids import random_id
 from services.notifier import domain, store
 from tips.notifier.v1 import device_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
@@ -83,7 +83,7 @@ class Devices:
                         d.c.user_id == existing.user_id, d.c.device_id == existing.device_id
                     )
                 )
-            device_id = request.device_id or f"d-{uuid.uuid4().hex[:16]}"
+            device_id = request.device_id or f"d-{random_id()[:16]}"
             sealed = self.ring.seal(seal_context(user_id, device_id), token.encode())
             row = (
                 await session.execute(

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import paging
 from kernel.db import Database
 from kernel.errors import InvalidArgument, NotFound
+from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from services.notifier import domain, store
@@ -24,7 +25,7 @@ _RESOURCE = "tips.app/Notification"
 
 
 def new_id() -> str:
-    return f"n-{uuid.uuid4().hex}"
+    return f"n-{random_id()}"
 
 
 def to_proto(row: Any) -> notification_pb2.Notification:

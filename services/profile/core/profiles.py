@@ -16,7 +16,6 @@ so nothing can recreate a deleted user's rows (a late sign-up event included).
 from __future__ import annotations
 
 import unicodedata
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db import Database, lock
 from kernel.errors import Aborted, NotFound
+from kernel.ids import random_id
 from kernel.outbox import enqueue
 from services.profile import domain, names, store
 from services.profile.readmodel import UserContexts
@@ -36,7 +36,7 @@ def now() -> datetime:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return random_id()
 
 
 async def lock_user(session: AsyncSession, user_id: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 import weakref
 from collections import Counter
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ import orjson
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from kernel import metrics
+from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import EventRows, OutboxRow
 from kernel.timestamps import timestamp
@@ -298,7 +298,7 @@ class DecisionEngine:
         if e.min_free_block_minutes and f.next_event_start is not None:
             expire = min(expire, f.next_event_start)
         return tip_pb2.Tip(
-            name=tip_name(user_id, uuid.uuid4().hex),
+            name=tip_name(user_id, random_id()),
             catalog_tip=e.name,
             title=title,
             body=body,
