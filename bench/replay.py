@@ -84,8 +84,8 @@ TUNE_SHARE = 0.3
 # run per tuning log lets a lucky configuration win, so each runs twice.
 TUNE_REPEATS = 2
 BUDGET_MEANING = (
-    "configurations per side (ours, VW), each replayed once over every tuning log; the"
-    " same search for both sides"
+    "configurations per side (ours, VW), each replayed --tune-repeats times over every"
+    " tuning log; the same search for both sides"
 )
 OBJECTIVE = (
     "replay estimate (reward per matched round), mean over the tuning logs and the"
