@@ -67,7 +67,7 @@ from kernel.bus import (
     raise_if_cancelled,
     subject_of,
 )
-from kernel.db import Database, insert_from_arrays
+from kernel.db import Database, HeldConnection, insert_from_arrays
 from kernel.telemetry import inject_headers
 
 __all__ = [
@@ -297,17 +297,28 @@ class OutboxRelay:
         )
         self._mark_sql = f"UPDATE {name} SET published_at = now() WHERE id = ANY($1::bigint[])"
         self._last_prune = 0.0
+        # Held while rounds find rows (``drain_once``).
+        self._conn = HeldConnection(db)
 
     async def drain_once(self) -> int:
         """Publish up to ``batch`` pending rows in id order; return how many were published.
 
         Raises if publishing fails; rows published before the failure stay marked.
+        The connection stays held after a round that found rows (more are likely
+        to come: ``close`` gives it back), and goes back to the pool after one
+        that found none.
         """
+        published = await self._round()
+        if not published:
+            await self.close()
+        return published
+
+    async def _round(self) -> int:
         published: list[int] = []
         error: Exception | None = None
         # asyncpg itself, three prepared statements: through the ORM the lock,
         # select and update cost more than the publishing (py-spy, bench/decision.py).
-        async with self.db.driver() as conn, conn.transaction():
+        async with self._conn.use() as conn, conn.transaction():
             # One publisher per table at a time keeps the stream in outbox order.
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_key):
                 return 0
@@ -381,6 +392,12 @@ class OutboxRelay:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+            await self.close()
+
+    async def close(self) -> None:
+        """Give the held connection back to the pool (``run`` does at exit; a caller
+        of ``drain_once`` alone does when done)."""
+        await self._conn.release()
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from kernel import localtime, paging
 from kernel.errors import InvalidArgument
 from kernel.names import Pattern
+from kernel.timestamps import to_datetime
 from tips.events.v1 import signal_pb2
 
 # Calendar events kept per user: the next ones matter, not the whole calendar.
@@ -137,8 +140,8 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _time(ts: Any) -> datetime:
-    return ts.ToDatetime(UTC)  # type: ignore[no-any-return]
+def _time(ts: Timestamp) -> datetime:
+    return to_datetime(ts)
 
 
 def fold(ctx: UserContext, signal: signal_pb2.Signal) -> UserContext:

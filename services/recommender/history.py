@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import and_, or_, select
 
 from kernel.db import Database
+from kernel.timestamps import to_datetime
 from services.recommender.eligibility import History
 from services.recommender.store import tip_from_row, tips
 from tips.events.v1 import signal_pb2
@@ -92,7 +93,7 @@ class HistoryKeeper:
 
     def record_peer_decision(self, user_id: str, tip: tip_pb2.Tip) -> None:
         """Another replica's decision: counts for eligibility, and is active if ``tip`` is."""
-        at = tip.decide_time.ToDatetime(UTC)
+        at = to_datetime(tip.decide_time)
         erased = self._erased.get(user_id)
         if erased is not None and at <= erased:
             return  # decided before the user's erasure, read before its purge committed

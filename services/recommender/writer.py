@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kernel.db import Database, insert_from_arrays, is_unavailable
+from kernel.db import Database, HeldConnection, insert_from_arrays, is_unavailable
 from kernel.outbox import ROW_COLUMNS, OutboxRow, insert_rows_sql, notify_channel, row_arrays
 from services.recommender.store import tips
 
@@ -57,8 +56,7 @@ class DecisionWriter:
         self.db = db
         self.outbox = outbox
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._sa_conn: AsyncConnection | None = None
-        self._raw: Any = None
+        self._conn = HeldConnection(db)
         params = [f"${n}" for n in range(1, len(COLUMNS) + len(ROW_COLUMNS) + 2)]
         tip_params, outbox_params = params[: len(COLUMNS)], params[len(COLUMNS) : -1]
         self._sql = (
@@ -104,20 +102,6 @@ class DecisionWriter:
                     if not p.done.done():
                         p.done.set_result(None)
 
-    async def _connection(self) -> Any:
-        if self._raw is None:
-            self._sa_conn = await self.db.engine.connect()
-            raw = await self._sa_conn.get_raw_connection()
-            self._raw = raw.driver_connection
-        return self._raw
-
-    async def _drop(self) -> None:
-        conn, self._sa_conn, self._raw = self._sa_conn, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-                await conn.close()
-
     async def _commit(self, batch: list[_Pending]) -> None:
         rows = [r for p in batch for r in p.rows]
         if not rows:
@@ -126,12 +110,11 @@ class DecisionWriter:
         args: list[Any] = [[r[c] for r in rows] for c, _ in COLUMNS]
         args += row_arrays(events)
         for attempt in (1, 2):
-            conn = await self._connection()
             try:
-                await conn.execute(self._sql, *args, self._channel)
+                async with self._conn.use() as conn:  # dropped if the statement fails
+                    await conn.execute(self._sql, *args, self._channel)
                 break
             except Exception as exc:
-                await self._drop()  # a broken connection is not reused
                 # A server restart leaves the held connection dead: one fresh try
                 # (the statement is idempotent), then the callers get UNAVAILABLE.
                 if attempt == 2 or not is_unavailable(exc):
@@ -141,7 +124,7 @@ class DecisionWriter:
         self.written += len(rows)
 
     async def close(self) -> None:
-        await self._drop()
+        await self._conn.drop()
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
                 p = self._queue.get_nowait()

@@ -18,7 +18,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import orjson
@@ -278,9 +278,10 @@ class DecisionEngine:
         # Made in the request: the headers carry its trace context.
         event_rows = EventRows(events_pb2.TipDecided)
         for rank, (entry, at, decision) in enumerate(picks):
-            tip = self._render(user_id, entry, f, now, model_version)
+            expire = self._expiry(entry, f, now)
+            tip = self._render(user_id, entry, f, now, expire, model_version)
             db_rows.append(self._row(user_id, tip, rank, decision, rows[at],
-                                     json_context, policy.version))  # fmt: skip
+                                     json_context, policy.version, now, expire))  # fmt: skip
             events.append(self._event(event_rows, user_id, tip, rank, decision, feature_bytes))
             out.append(tip)
         await self.writer.write(db_rows, events)
@@ -290,13 +291,24 @@ class DecisionEngine:
         self.decisions += len(out)
         return out
 
-    def _render(
-        self, user_id: str, e: Entry, f: domain.Features, now: datetime, model_version: str
-    ) -> tip_pb2.Tip:
-        title, body, why = explain.explain(f, e)
+    @staticmethod
+    def _expiry(e: Entry, f: domain.Features, now: datetime) -> datetime:
+        """When the tip stops being relevant: its TTL, or the end of its free block."""
         expire = now + DEFAULT_TTL
         if e.min_free_block_minutes and f.next_event_start is not None:
             expire = min(expire, f.next_event_start)
+        return expire
+
+    def _render(
+        self,
+        user_id: str,
+        e: Entry,
+        f: domain.Features,
+        now: datetime,
+        expire: datetime,
+        model_version: str,
+    ) -> tip_pb2.Tip:
+        title, body, why = explain.explain(f, e)
         return tip_pb2.Tip(
             name=tip_name(user_id, random_id()),
             catalog_tip=e.name,
@@ -352,6 +364,8 @@ class DecisionEngine:
         x: np.ndarray,
         context: str,
         policy_version: str,
+        decide_time: datetime,
+        expire_time: datetime,
     ) -> dict[str, object]:
         return {
             "user_id": user_id,
@@ -365,8 +379,8 @@ class DecisionEngine:
             "minutes_needed": tip.minutes_needed,
             "state": int(tip.state),
             "reaction": 0,
-            "decide_time": tip.decide_time.ToDatetime(UTC),
-            "expire_time": tip.expire_time.ToDatetime(UTC),
+            "decide_time": decide_time,
+            "expire_time": expire_time,
             "model_version": tip.model_version,
             "catalog_version": self.catalog.version,
             "policy_version": policy_version,

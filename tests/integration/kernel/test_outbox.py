@@ -91,6 +91,7 @@ async def test_committed_event_is_published_once(
         relay = OutboxRelay(env.db, bus, env.outbox)
         assert await relay.drain_once() == 1
         assert await relay.drain_once() == 0
+        await relay.close()
     finally:
         await bus.close()
     msgs = await stream_messages(nats_url, env.stream, subject)
@@ -123,7 +124,9 @@ async def test_bulk_rows_are_one_writer_with_the_single_path(
         assert await enqueue_rows(session, env.outbox, []) == 0
     bus = await Bus.connect(settings, "relay")
     try:
-        assert await OutboxRelay(env.db, bus, env.outbox).drain_once() == 3
+        relay = OutboxRelay(env.db, bus, env.outbox)
+        assert await relay.drain_once() == 3
+        await relay.close()
     finally:
         await bus.close()
     msgs = await stream_messages(nats_url, env.stream, subject)
@@ -174,6 +177,57 @@ async def test_relay_wakes_on_notify(
         await bus.close()
     msgs = await stream_messages(nats_url, env.stream, subject)
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["n0", "n1", "n2"]
+
+
+async def test_relay_holds_its_connection_while_busy_and_survives_losing_it(
+    env: Env, settings: Settings, nats_url: str, test_events: dict[str, Any]
+) -> None:
+    """Rounds with rows keep one connection (no pool checkout and pre-ping per
+    round); a held connection the server killed costs one failed round, then a
+    fresh one publishes everything; an idle relay gives its connection back."""
+    subject = f"{env.prefix}.thing"
+    thing = test_events["ThingHappened"]
+
+    async def add(msg_id: str) -> None:
+        async with env.db.transaction() as session:
+            await enqueue(session, env.outbox, thing(), msg_id=msg_id, subject=subject)
+
+    bus = await Bus.connect(settings, "relay")
+    relay = OutboxRelay(env.db, bus, env.outbox, poll_interval=0.2, max_backoff=0.2)
+    try:
+        await add("h0")
+        assert await relay.drain_once() == 1
+        async with relay._conn.use() as conn:  # the connection the round used, still held
+            first = conn.get_server_pid()
+        await add("h1")
+        assert await relay.drain_once() == 1
+        async with relay._conn.use() as conn:
+            assert conn.get_server_pid() == first
+        # The server ends that session (a restart, an admin): the held one is dead.
+        async with env.db.driver() as admin:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+        await add("h2")
+        task = asyncio.create_task(relay.run())
+        try:
+            await eventually(lambda: _pending(env), lambda n: n == 0, within=30)
+            # Drained, then idle: the connection went back to the pool.
+            await eventually(_async(lambda: relay._conn.held), lambda held: not held, within=30)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await relay.close()
+        await bus.close()
+    msgs = await stream_messages(nats_url, env.stream, subject)
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["h0", "h1", "h2"]
+
+
+def _async(read: Any) -> Any:
+    async def value() -> Any:
+        return read()
+
+    return value
 
 
 async def test_relay_stops_when_cancelled_as_it_is_woken(env: Env, settings: Settings) -> None:

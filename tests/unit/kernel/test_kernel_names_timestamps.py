@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.errors import InvalidArgument
 from kernel.names import USER, Pattern, user_name
@@ -67,3 +68,27 @@ def test_timestamps_are_aware_and_optional_fields_read_as_none() -> None:
     assert datetime_of(signal, "end_time") is None
     with pytest.raises(ValueError):
         timestamp(datetime(2026, 1, 1))  # naive
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # before the epoch
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(
+            2026, 12, 7, 19, 45, 1, 123_456, tzinfo=timezone(timedelta(hours=-7, minutes=-30))
+        ),
+        datetime(2026, 3, 29, 1, 30, 0, 1, tzinfo=timezone(timedelta(hours=14))),
+    ],
+)
+def test_conversions_agree_with_protobufs_own(at: datetime) -> None:
+    """The kernel's integer arithmetic gives protobuf's FromDatetime/ToDatetime numbers."""
+    theirs = Timestamp()
+    theirs.FromDatetime(at)
+    assert timestamp(at) == theirs
+    assert to_datetime(theirs) == theirs.ToDatetime(UTC) == at
+    # Nanoseconds below a microsecond are cut, as ToDatetime cuts them.
+    fine = Timestamp(seconds=theirs.seconds, nanos=theirs.nanos + 999)
+    assert to_datetime(fine) == fine.ToDatetime(UTC)
