@@ -192,7 +192,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             seconds = time.perf_counter() - start
             if metrics.enabled():
                 metrics.record_rpc(method, outcome.code.name, seconds)
-            _log_rpc(method, name, outcome.code, seconds, span, outcome.caller)
+            _log_rpc(method, name, outcome.code, seconds, span, outcome.caller, context)
 
     def _unary(self, method: str, inner: Behaviour) -> Behaviour:
         name = method.lstrip("/")
@@ -250,8 +250,10 @@ def _log_rpc(
     seconds: float,
     span: trace.Span,
     caller: Caller | None,
+    context: grpc.aio.ServicerContext[Any, Any],
 ) -> None:
-    """The access-log line of one RPC: ``method`` as called, ``name`` as shown."""
+    """The access-log line of one RPC: ``method`` as called, ``name`` as shown, and
+    the peer's address (who probes for methods, who calls too often)."""
     level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
     if access_log.isEnabledFor(level):  # its fields cost more than this check
         access_log.log(
@@ -262,6 +264,7 @@ def _log_rpc(
                 "code": code.name,
                 "duration_ms": round(seconds * 1000, 3),
                 "trace_id": format(span.get_span_context().trace_id, "032x"),
+                "peer": context.peer(),
                 **({"user": caller.user} if caller else {}),
             },
         )
@@ -282,7 +285,8 @@ def _unknown(method: str) -> grpc.RpcMethodHandler:
             remote = telemetry.extract_metadata(context.invocation_metadata())
             shown = shown_path(method.lstrip("/"))
             code = grpc.StatusCode.UNIMPLEMENTED
-            _log_rpc(method, shown, code, seconds, trace.get_current_span(remote), None)
+            span = trace.get_current_span(remote)
+            _log_rpc(method, shown, code, seconds, span, None, context)
 
     return grpc.stream_unary_rpc_method_handler(behaviour)
 

@@ -100,7 +100,8 @@ async def test_unknown_methods_are_logged_once_each_bounded_and_on_one_line() ->
     """A client probing for methods is seen: a call to an unknown method, of a
     known service or not, has one access-log line at INFO as any call, with
     the path it sent (escaped and cut: in text logs a newline or a space in it
-    starts no line nor field of its own), UNIMPLEMENTED, and no metadata value;
+    starts no line nor field of its own), UNIMPLEMENTED, the peer's address,
+    and no metadata value;
     a known call's line is as it was. Unknown tooling paths stay at DEBUG."""
     proc = await _spawn(TIPS_LOG_FORMAT="text")
     assert proc.stderr is not None
@@ -137,7 +138,8 @@ async def test_unknown_methods_are_logged_once_each_bounded_and_on_one_line() ->
     assert len(access) == 4, lines  # none at INFO for the tooling path, none forged
     assert not any(secret in line for line in lines for secret in SECRETS)
     known, *probes = access
-    assert known.keys() == {"rpc_method", "code", "duration_ms", "trace_id"}
+    assert known.keys() == {"rpc_method", "code", "duration_ms", "trace_id", "peer"}
+    assert re.fullmatch(r"ipv4:127\.0\.0\.1:\d+", known["peer"]), known
     assert known["rpc_method"] == f"{SERVICE_NAME}/Echo" and known["code"] == "OK"
     assert [p["rpc_method"] for p in probes[:2]] == [path[1:] for path in unknown]
     assert [p["trace_id"] for p in probes[:2]] == [TRACE_ID, TRACE_ID]
@@ -148,6 +150,8 @@ async def test_unknown_methods_are_logged_once_each_bounded_and_on_one_line() ->
     for probe in probes:
         assert probe.keys() == known.keys()
         assert probe["code"] == "UNIMPLEMENTED" and float(probe["duration_ms"]) >= 0
+    # The probes' address is known: the calls came on the first call's connection.
+    assert {p["peer"] for p in probes[:2]} == {known["peer"]}
 
 
 def _fields(text: str) -> dict[str, str]:
