@@ -10,15 +10,15 @@ reward over all rounds, shown every round). Regret is against the simulator's
 oracle (the tip with the highest expected reward each round).
 
 Tuning, before the evaluation: ours (``PolicyParams``: alpha, temperature,
-epsilon, arm_prior, ridge) and VW (exploration algorithm and its knobs:
-epsilon, squarecb's gamma_scale, regcb/regcbopt's mellowness, cover's n and
-psi; learning rate, power_t, the tip id as a feature, ``-q`` crosses of the
-shared context with the row and with the tip id) are tuned the same way on
-the same budget:
+epsilon, arm_prior, ridge, arm_alpha, arm_optimism) and VW (exploration
+algorithm and its knobs: epsilon, squarecb's gamma_scale, regcb/regcbopt's
+mellowness, cover's n and psi; learning rate, power_t, the tip id as a
+feature, ``-q`` crosses of the shared context with the row and with the tip
+id) are tuned the same way on the same budget:
 
 * Budget: ``--tune-budget N`` configurations per side (default 24 for ours,
-  24 for VW; both spaces hold about 3,600 distinct configurations), each run
-  ``--tune-repeats`` times (default once) over every tuning world: the
+  24 for VW; ours' space holds 74,400 distinct configurations, VW's 3,654),
+  each run ``--tune-repeats`` times (default once) over every tuning world: the
   evaluation's size (users, days, decisions) on other seeds (``--tune-seeds``,
   default 100 101: other users, other days), so nothing is selected on the
   evaluation seeds. Score: the average expected reward per round over a run

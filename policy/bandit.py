@@ -11,8 +11,18 @@ is the tip's own residual mean (the part its features do not explain), shrunk
 towards 0 with ``arm_prior`` pseudo-observations. A candidate's score is the
 upper confidence bound::
 
-    score = theta . x + alpha * sqrt(x' A^-1 x)  +  beta_a + alpha * sqrt(1 / (n_a + arm_prior))
-            '------------ shared part -------'     '------------ per-tip part ------------'
+    score = theta . x + alpha * sqrt(x' A^-1 x)  +  beta_a + alpha_a * sqrt(1 / (n_a + arm_prior))
+            '------------ shared part -------'          + optimism * arm_prior / (n_a + arm_prior)
+                                                   '------------ per-tip part --------------'
+
+``alpha_a`` is ``arm_alpha``, or ``alpha`` when that is None (the defaults: one
+width for both parts); ``optimism`` is ``arm_optimism`` (default 0): a tip's
+prior pseudo-observations count that much in its score, so an unseen tip
+looks a little better than its features say and the lift fades as 1/n, while
+the residual the shared model fits around stays shrunk to 0. Tuning narrows
+the shared bonus (alpha 0.1); the per-tip part's own width and optimism are
+meant to keep a tip tried early and unluckily from being written off
+(docs/policy.md).
 
 The shared part is what the exported ONNX model computes (``onnx_export``), so
 a decision can take it from ONNX Runtime or Triton and add the per-tip part
@@ -63,6 +73,16 @@ class PolicyParams:
     arm_prior: float = 5.0  # pseudo-observations shrinking a tip's residual to 0
     temperature: float = 0.03  # softmax temperature over scores
     epsilon: float = 0.02  # uniform floor mixed into the probabilities
+    # Width of the per-tip bonus; None: ``alpha`` (one width for both parts).
+    arm_alpha: float | None = None
+    # Optimism about a tip's residual: its arm_prior pseudo-observations count as
+    # this much in the score (not in the residual the shared model fits around).
+    arm_optimism: float = 0.0
+
+    @property
+    def arm_width(self) -> float:
+        """The per-tip bonus's width: ``arm_alpha``, or ``alpha`` when it is None."""
+        return self.alpha if self.arm_alpha is None else self.arm_alpha
 
 
 @dataclass(frozen=True)
@@ -116,10 +136,18 @@ class Policy:
         return scores
 
     def arm_terms(self, arm: str) -> tuple[float, float]:
-        """(residual mean, confidence bonus) of one tip."""
-        n = self._arm_n.get(arm, 0.0)
-        mean = self._arm_sum.get(arm, 0.0) / (n + self.params.arm_prior)
-        return mean, self.params.alpha * float(np.sqrt(1.0 / (n + self.params.arm_prior)))
+        """(residual mean, bonus: confidence plus optimism) of one tip."""
+        n = self._arm_n.get(arm, 0.0) + self.params.arm_prior
+        mean = self._arm_sum.get(arm, 0.0) / n
+        return mean, float(self._arm_bonus(np.array([n]))[0])
+
+    def _arm_bonus(self, n: np.ndarray) -> np.ndarray:
+        """The per-tip bonus for counts ``n`` (observations + arm_prior)."""
+        p = self.params
+        bonus: np.ndarray = p.arm_width * np.sqrt(1.0 / n)
+        if p.arm_optimism:
+            bonus = bonus + p.arm_optimism * p.arm_prior / n
+        return bonus
 
     def choose(
         self,
@@ -147,7 +175,7 @@ class Policy:
         shared = self.shared_scores(rows) if base_scores is None else np.asarray(base_scores)
         n = np.array([self._arm_n.get(arm, 0.0) for arm in arms]) + self.params.arm_prior
         arm_mean = np.array([self._arm_sum.get(arm, 0.0) for arm in arms]) / n
-        arm_bonus = self.params.alpha * np.sqrt(1.0 / n)
+        arm_bonus = self._arm_bonus(n)
         scores = shared + arm_mean + arm_bonus
         probs = self._probabilities(scores)
         # Inverse-CDF draw: rng.choice(p=...) costs more than the scoring.

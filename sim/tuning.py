@@ -186,6 +186,13 @@ class Space:
         return len(keys)
 
 
+def _ours_canonical(config: Config) -> Config:
+    out = dict(config)
+    if out.get("arm_alpha") == out["alpha"]:
+        out["arm_alpha"] = None  # the per-tip bonus as wide as the shared one
+    return out
+
+
 OURS_SPACE = Space(
     dims={
         "alpha": (0.03, 0.1, 0.2, 0.3, 0.5, 1.0),
@@ -193,8 +200,13 @@ OURS_SPACE = Space(
         "epsilon": (0.005, 0.01, 0.02, 0.05),
         "arm_prior": (0.5, 1.0, 2.0, 5.0, 10.0, 20.0),
         "ridge": (0.1, 0.3, 1.0, 3.0, 10.0),
+        # None: alpha. Its own width lets the per-tip bonus stay wide when tuning
+        # narrows the shared one.
+        "arm_alpha": (None, 0.1, 0.2, 0.3, 0.5, 1.0),
+        "arm_optimism": (0.0, 0.03, 0.1, 0.3),
     },
     default=PolicyParams().__dict__,
+    canonical=_ours_canonical,
 )
 
 _VW_KNOBS = {
@@ -308,7 +320,7 @@ def make_agent(side: str, config: Config, name: str, layout: Layout = POLICY_ROW
 
 def describe(side: str, config: Config, layout: Layout = POLICY_ROWS) -> str:
     if side == "ours":
-        return " ".join(f"{k}={v:g}" for k, v in config.items())
+        return " ".join(f"{k}={v:g}" for k, v in config.items() if v is not None)
     return vw_describe(config, layout)
 
 

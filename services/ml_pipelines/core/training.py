@@ -79,7 +79,9 @@ def parse_params(params: Mapping[str, str]) -> dict[str, float]:
             continue
         if key == "epsilon" and not 0.0 <= value < 1.0:
             problems.append((field, "must be in [0, 1)"))
-        elif key != "epsilon" and not value > 0.0:
+        elif key == "arm_optimism" and not value >= 0.0:
+            problems.append((field, "must not be negative"))
+        elif key not in ("epsilon", "arm_optimism") and not value > 0.0:
             problems.append((field, "must be positive"))
         else:
             out[key] = value

@@ -4,6 +4,8 @@ ONNX export scoring what the policy scores."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,48 @@ def test_update_reflects_at_once_and_state_round_trips() -> None:
     np.testing.assert_allclose(copy.shared_scores(rows), policy.shared_scores(rows))
     assert copy.arm_terms("walk") == policy.arm_terms("walk")
     assert copy.version == policy.version
+
+
+def test_per_tip_bonus_has_its_own_width_and_optimism() -> None:
+    x = feature_vector({"local_hour": 9.0}, WALK)
+    same = Policy(PolicyParams(alpha=0.1, arm_prior=4.0))
+    wide = Policy(PolicyParams(alpha=0.1, arm_prior=4.0, arm_alpha=1.0))
+    hopeful = Policy(PolicyParams(alpha=0.1, arm_prior=4.0, arm_optimism=0.2))
+    for policy in (same, wide, hopeful):
+        policy.update("walk", x, 1.0)
+    # arm_alpha None: the per-tip bonus is as wide as the shared one (as before).
+    assert same.arm_terms("walk")[1] == pytest.approx(0.1 / np.sqrt(5.0))
+    assert same.arm_terms("new")[1] == pytest.approx(0.1 / 2.0)
+    assert wide.arm_terms("walk")[1] == pytest.approx(1.0 / np.sqrt(5.0))
+    # Optimism: the prior's pseudo-observations count 0.2 each in the score, not in
+    # the residual mean (so not in what the shared model learns around).
+    assert hopeful.arm_terms("new")[1] == pytest.approx(0.1 / 2.0 + 0.2)
+    assert hopeful.arm_terms("walk")[1] == pytest.approx(0.1 / np.sqrt(5.0) + 0.2 * 4 / 5)
+    assert hopeful.arm_terms("walk")[0] == same.arm_terms("walk")[0]
+    np.testing.assert_allclose(hopeful.theta, same.theta)
+    # The wider bonus is in the scores a decision draws from, and in no shared part.
+    rng = np.random.default_rng(0)
+    d_same, d_wide = same.choose([("walk", x)], rng), wide.choose([("walk", x)], rng)
+    assert d_wide.scores["walk"] - d_same.scores["walk"] == pytest.approx(0.9 / np.sqrt(5.0))
+    np.testing.assert_allclose(wide.shared_scores(x[None]), same.shared_scores(x[None]))
+    # Persisted with the other parameters; a state written before they existed loads
+    # with the old behaviour.
+    copy = Policy.from_state(wide.state())
+    assert copy.params == wide.params and copy.arm_terms("walk") == wide.arm_terms("walk")
+    old = _without_params(same.state(), "arm_alpha", "arm_optimism")
+    assert Policy.from_state(old).arm_terms("walk") == same.arm_terms("walk")
+
+
+def _without_params(state: bytes, *names: str) -> bytes:
+    """``state`` as a policy without the parameters ``names`` wrote it."""
+    with np.load(io.BytesIO(state), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["params"] = {k: v for k, v in meta["params"].items() if k not in names}
+    arrays["meta"] = np.array(json.dumps(meta))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 def _trained(seed: int = 2) -> Policy:

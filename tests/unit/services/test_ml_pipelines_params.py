@@ -15,6 +15,8 @@ def test_numbers_parse_into_policy_params() -> None:
     params = parse_params({"alpha": "0.1", "ridge": "3", "epsilon": "0"})
     assert params == {"alpha": 0.1, "ridge": 3.0, "epsilon": 0.0}
     assert PolicyParams(**params).ridge == 3.0
+    per_tip = parse_params({"arm_alpha": "0.3", "arm_optimism": "0"})
+    assert PolicyParams(**per_tip).arm_width == 0.3
 
 
 def test_bad_values_are_named() -> None:
@@ -28,5 +30,6 @@ def test_bad_values_are_named() -> None:
         "training_run.params[temperature]": "must be a number",
     }
     assert fields["training_run.params[nope]"] == (
-        "unknown parameter; known: alpha, arm_prior, epsilon, ridge, temperature"
+        "unknown parameter; known: alpha, arm_alpha, arm_optimism, arm_prior, epsilon, ridge,"
+        " temperature"
     )
