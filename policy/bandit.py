@@ -66,13 +66,14 @@ _REFRESH_EVERY = 2000
 
 @dataclass(frozen=True)
 class PolicyParams:
-    """Hyper-parameters (tuned on the simulator, docs/policy.md)."""
+    """Hyper-parameters. The defaults were chosen on both benches' tuning seeds
+    (docs/policy.md, "The defaults"); a saved policy keeps its own."""
 
-    alpha: float = 0.3  # width of the confidence bonus
-    ridge: float = 1.0  # prior precision of theta
+    alpha: float = 0.1  # width of the confidence bonus
+    ridge: float = 3.0  # prior precision of theta
     arm_prior: float = 5.0  # pseudo-observations shrinking a tip's residual to 0
-    temperature: float = 0.03  # softmax temperature over scores
-    epsilon: float = 0.02  # uniform floor mixed into the probabilities
+    temperature: float = 0.01  # softmax temperature over scores
+    epsilon: float = 0.02  # uniform floor mixed into the probabilities (bounds IPS weights)
     # Width of the per-tip bonus; None: ``alpha`` (one width for both parts).
     arm_alpha: float | None = None
     # Optimism about a tip's residual: its arm_prior pseudo-observations count as

@@ -21,10 +21,15 @@ def test_numbers_parse_into_policy_params() -> None:
 
 def test_bad_values_are_named() -> None:
     with pytest.raises(InvalidArgument) as caught:
-        parse_params({"temperature": "warm", "epsilon": "1.5", "alpha": "-1", "nope": "2"})
+        parse_params(
+            {"temperature": "warm", "epsilon": "1.5", "alpha": "-1", "nope": "2",
+             "arm_optimism": "-0.1", "arm_alpha": "0"}
+        )  # fmt: skip
     fields = dict(caught.value.violations)
     assert fields == {
         "training_run.params[alpha]": "must be positive",
+        "training_run.params[arm_alpha]": "must be positive",
+        "training_run.params[arm_optimism]": "must not be negative",
         "training_run.params[epsilon]": "must be in [0, 1)",
         "training_run.params[nope]": fields["training_run.params[nope]"],
         "training_run.params[temperature]": "must be a number",
