@@ -19,10 +19,10 @@ upper confidence bound::
 width for both parts); ``optimism`` is ``arm_optimism`` (default 0): a tip's
 prior pseudo-observations count that much in its score, so an unseen tip
 looks a little better than its features say and the lift fades as 1/n, while
-the residual the shared model fits around stays shrunk to 0. Tuning narrows
-the shared bonus (alpha 0.1); the per-tip part's own width and optimism are
-meant to keep a tip tried early and unluckily from being written off
-(docs/policy.md).
+the residual the shared model fits around stays shrunk to 0. The shared
+bonus is narrow (alpha 0.1, as every tuning run chose); the per-tip part's
+own width and optimism are meant to keep a tip tried early and unluckily
+from being written off. Both are off in the defaults (docs/policy.md).
 
 The shared part is what the exported ONNX model computes (``onnx_export``), so
 a decision can take it from ONNX Runtime or Triton and add the per-tip part
