@@ -21,12 +21,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from kernel import localtime, paging
 from kernel.errors import InvalidArgument
 from kernel.names import Pattern
-from kernel.timestamps import to_datetime
+from kernel.timestamps import datetime_of, to_datetime
 from tips.events.v1 import signal_pb2
 
 # Calendar events kept per user: the next ones matter, not the whole calendar.
@@ -140,15 +138,11 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _time(ts: Timestamp) -> datetime:
-    return to_datetime(ts)
-
-
 def fold(ctx: UserContext, signal: signal_pb2.Signal) -> UserContext:
     """``ctx`` after ``signal``. Callers apply each signal once (claimed by msg id)."""
-    start = _time(signal.start_time)
-    end = _time(signal.end_time) if signal.HasField("end_time") else start
-    seen = _time(signal.ingest_time) if signal.HasField("ingest_time") else start
+    start = to_datetime(signal.start_time)
+    end = datetime_of(signal, "end_time") or start
+    seen = datetime_of(signal, "ingest_time") or start
     last = max(ctx.last_signal_time, seen) if ctx.last_signal_time else seen
     kinds = dict(ctx.kinds_seen)
     if signal.kind and (signal.kind not in kinds or kinds[signal.kind] < start):
