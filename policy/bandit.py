@@ -5,13 +5,19 @@ Model of the expected reward of tip ``a`` on row ``x`` (``features.DIM``)::
 
     r ~ theta . x  +  beta_a
 
-``theta`` is shared by all tips (Bayesian ridge, inverse Gram matrix kept by
-Sherman-Morrison rank-one updates, so an update is O(DIM^2), ~20 us); ``beta_a``
-is the tip's own residual mean (the part its features do not explain), shrunk
-towards 0 with ``arm_prior`` pseudo-observations. A candidate's score is the
-upper confidence bound::
+``theta`` is **shared** by all tips; ``beta_a`` is the tip's own residual mean
+(the part its features do not explain). Both come from one ridge regression on
+``[x, one-hot(a)]``: prior precision ``ridge`` on ``theta`` and ``arm_prior`` on
+each ``beta_a``, fitted jointly (the exact posterior mean). The tips' means are
+profiled out: given ``theta``, ``beta_a = (R_a - S_a . theta) / (n_a + arm_prior)``
+(``R_a``, ``S_a``: the tip's sums of rewards and of rows), and ``theta``'s own
+precision is ``P = A - sum_a S_a S_a' / (n_a + arm_prior)``. A reward changes
+``P`` by one rank-one term, ``m/(m+1) v v'`` with ``v = x - S_a/m``, so ``P^-1``
+is kept by Sherman-Morrison (O(DIM^2), ~40 us) and rebuilt every 2000 updates
+against drift; ``P^-1`` is ``theta``'s posterior covariance (``a_inv``). A
+candidate's score is the upper confidence bound::
 
-    score = theta . x + alpha * sqrt(x' A^-1 x)  +  beta_a + alpha_a * sqrt(1 / (n_a + arm_prior))
+    score = theta . x + alpha * sqrt(x' P^-1 x)  +  beta_a + alpha_a * sqrt(1 / (n_a + arm_prior))
             '------------ shared part -------'          + optimism * arm_prior / (n_a + arm_prior)
                                                    '------------ per-tip part --------------'
 
@@ -23,6 +29,13 @@ the residual the shared model fits around stays shrunk to 0. The shared
 bonus is narrow (alpha 0.1, as every tuning run chose); the per-tip part's
 own width and optimism are meant to keep a tip tried early and unluckily
 from being written off. Both are off in the defaults (docs/policy.md).
+
+Until decision 43 the two parts were fitted one after the other: a reward's
+residual against the ``theta`` of that moment went into ``beta_a`` for good,
+and ``theta`` learned from the reward minus that ``beta_a``. Early residuals,
+taken against a ``theta`` near 0, stayed in a tip's mean (docs/policy.md, "The
+joint fit"). A state written then loads with the scores it had
+(``from_state``).
 
 The shared part is what the exported ONNX model computes (``onnx_export``), so
 a decision can take it from ONNX Runtime or Triton and add the per-tip part
@@ -60,7 +73,7 @@ REWARD_NO_REACTION = 0.0
 # every 200 rewards keeps the shared part close to the live statistics.
 MODEL_REFRESH_UPDATES = 200
 
-# Rebuild A^-1 from A every so many updates: rank-one updates drift slowly.
+# Rebuild P^-1 from the sums every so many updates: rank-one updates drift slowly.
 _REFRESH_EVERY = 2000
 
 
@@ -104,12 +117,22 @@ class Policy:
     def __init__(self, params: PolicyParams | None = None, dim: int = DIM) -> None:
         self.params = params or PolicyParams()
         self.dim = dim
-        self._a: np.ndarray = np.eye(dim) * self.params.ridge
-        self._a_inv: np.ndarray = np.eye(dim) / self.params.ridge
-        self._b: np.ndarray = np.zeros(dim)
+        ridge = self.params.ridge
+        self._a: np.ndarray = np.eye(dim) * ridge  # ridge I + sum x x'
+        self._b: np.ndarray = np.zeros(dim)  # sum r x
+        # theta's precision with the tips' means profiled out (P), its inverse, and
+        # P theta = q.
+        self._p_inv: np.ndarray = np.eye(dim) / ridge
+        self._q: np.ndarray = np.zeros(dim)
         self._theta: np.ndarray = np.zeros(dim)
+        # Per tip, by the index ``_arm_index`` gives: count, sum of rewards, sum of rows.
+        self._arm_index: dict[str, int] = {}
+        self._count: np.ndarray = np.zeros(0)
+        self._reward_sum: np.ndarray = np.zeros(0)
+        self._row_sum: np.ndarray = np.zeros((0, dim))
+        # What a decision looks up per candidate: count and residual mean at theta.
         self._arm_n: dict[str, float] = {}
-        self._arm_sum: dict[str, float] = {}
+        self._arm_mean: dict[str, float] = {}
         self.updates = 0
 
     # --- the version a decision records -----------------------------------------------
@@ -127,20 +150,20 @@ class Policy:
 
     @property
     def a_inv(self) -> np.ndarray:
-        return self._a_inv
+        """theta's posterior covariance over the noise variance: ``P^-1``."""
+        return self._p_inv
 
     def shared_scores(self, rows: np.ndarray) -> np.ndarray:
         """The shared part for rows [K, DIM]: what the exported ONNX model returns."""
         mean = rows @ self._theta
-        var = ((rows @ self._a_inv) * rows).sum(axis=1)
+        var = ((rows @ self._p_inv) * rows).sum(axis=1)
         scores: np.ndarray = mean + self.params.alpha * np.sqrt(np.maximum(var, 0.0))
         return scores
 
     def arm_terms(self, arm: str) -> tuple[float, float]:
         """(residual mean, bonus: confidence plus optimism) of one tip."""
         n = self._arm_n.get(arm, 0.0) + self.params.arm_prior
-        mean = self._arm_sum.get(arm, 0.0) / n
-        return mean, float(self._arm_bonus(np.array([n]))[0])
+        return self._arm_mean.get(arm, 0.0), float(self._arm_bonus(np.array([n]))[0])
 
     def _arm_bonus(self, n: np.ndarray) -> np.ndarray:
         """The per-tip bonus for counts ``n`` (observations + arm_prior)."""
@@ -175,7 +198,7 @@ class Policy:
         mean_shared = rows @ self._theta
         shared = self.shared_scores(rows) if base_scores is None else np.asarray(base_scores)
         n = np.array([self._arm_n.get(arm, 0.0) for arm in arms]) + self.params.arm_prior
-        arm_mean = np.array([self._arm_sum.get(arm, 0.0) for arm in arms]) / n
+        arm_mean = np.array([self._arm_mean.get(arm, 0.0) for arm in arms])
         arm_bonus = self._arm_bonus(n)
         scores = shared + arm_mean + arm_bonus
         probs = self._probabilities(scores)
@@ -207,26 +230,54 @@ class Policy:
         x = np.asarray(x, dtype=np.float64)
         if x.shape != (self.dim,):
             raise ValueError(f"x: expected shape ({self.dim},), got {x.shape}")
-        residual = reward - float(x @ self._theta)
-        self._arm_n[arm] = self._arm_n.get(arm, 0.0) + 1.0
-        self._arm_sum[arm] = self._arm_sum.get(arm, 0.0) + residual
-        # The shared model fits what the tip's own residual does not explain.
-        beta, _ = self.arm_terms(arm)
-        target = reward - beta
-        ax = self._a_inv @ x
-        self._a_inv -= np.outer(ax, ax) / (1.0 + float(x @ ax))
+        i = self._arm_index.get(arm)
+        if i is None:
+            i = self._add_arm(arm)
+        m = self._count[i] + self.params.arm_prior
+        rows, rewards = self._row_sum[i], self._reward_sum[i]
+        # P gains (m / (m + 1)) v v' with v the row minus the tip's shrunk mean row.
+        v = x - rows / m
+        pv = self._p_inv @ v
+        c = m / (m + 1.0)
+        self._p_inv -= np.outer(pv, pv) * (c / (1.0 + c * float(v @ pv)))
+        self._q += reward * x + rows * (rewards / m) - (rows + x) * ((rewards + reward) / (m + 1.0))
         self._a += np.outer(x, x)
-        self._b += target * x
+        self._b += reward * x
+        self._count[i] += 1.0
+        self._reward_sum[i] += reward
+        self._row_sum[i] += x
+        self._arm_n[arm] = float(self._count[i])
         self.updates += 1
         if self.updates % _REFRESH_EVERY == 0:
-            self._a_inv = np.linalg.inv(self._a)
-        self._theta = self._a_inv @ self._b
+            self._refit()
+        self._solve()
+
+    def _add_arm(self, arm: str) -> int:
+        i = self._arm_index[arm] = len(self._count)
+        self._count = np.append(self._count, 0.0)
+        self._reward_sum = np.append(self._reward_sum, 0.0)
+        self._row_sum = np.vstack([self._row_sum, np.zeros(self.dim)])
+        return i
+
+    def _refit(self) -> None:
+        """``P^-1`` and ``q`` from the sums: rank-one updates drift slowly."""
+        m = self._count + self.params.arm_prior
+        scaled = self._row_sum / m[:, None]
+        self._p_inv = np.linalg.inv(self._a - self._row_sum.T @ scaled)
+        self._q = self._b - scaled.T @ self._reward_sum
+
+    def _solve(self) -> None:
+        """theta from ``P^-1 q``, then every tip's residual mean at that theta."""
+        self._theta = self._p_inv @ self._q
+        means = (self._reward_sum - self._row_sum @ self._theta) / (
+            self._count + self.params.arm_prior
+        )
+        self._arm_mean = dict(zip(self._arm_index, means.tolist(), strict=True))
 
     # --- persistence -----------------------------------------------------------------
 
     def state(self) -> bytes:
         """The statistics as bytes (npz, no pickle): what ``from_state`` reads back."""
-        arms = sorted(self._arm_n)
         meta = {
             "algorithm": ALGORITHM,
             "params": self.params.__dict__,
@@ -239,26 +290,40 @@ class Policy:
             meta=np.array(json.dumps(meta)),
             a=self._a,
             b=self._b,
-            arms=np.array(arms, dtype=str),
-            arm_n=np.array([self._arm_n[a] for a in arms]),
-            arm_sum=np.array([self._arm_sum[a] for a in arms]),
+            arms=np.array(list(self._arm_index), dtype=str),
+            arm_n=self._count,
+            arm_reward=self._reward_sum,
+            arm_rows=self._row_sum,
         )
         return buf.getvalue()
 
     @classmethod
     def from_state(cls, data: bytes) -> Policy:
-        """A policy with the statistics ``state`` wrote."""
+        """A policy with the statistics ``state`` wrote.
+
+        A state from before the joint fit (``arm_sum``: residual sums, ``b``: rows
+        times reward minus the tip's mean then) loads with the scores it had: its
+        residual sums become reward sums of tips whose rows sum to 0, so ``theta``
+        is ``A^-1 b`` and each tip's mean its old one; what it learns from then on
+        is fitted jointly."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("algorithm") != ALGORITHM:
                 raise ValueError(f"state: algorithm {meta.get('algorithm')!r} is not {ALGORITHM}")
             policy = cls(PolicyParams(**meta["params"]), dim=int(meta["dim"]))
+            arms = [str(a) for a in z["arms"].tolist()]
             policy._a = z["a"].copy()
             policy._b = z["b"].copy()
-            policy._a_inv = np.linalg.inv(policy._a)
-            policy._theta = policy._a_inv @ policy._b
-            for arm, n, s in zip(z["arms"].tolist(), z["arm_n"], z["arm_sum"], strict=True):
-                policy._arm_n[str(arm)] = float(n)
-                policy._arm_sum[str(arm)] = float(s)
+            policy._arm_index = {arm: i for i, arm in enumerate(arms)}
+            policy._count = np.asarray(z["arm_n"], dtype=np.float64).copy()
+            if "arm_rows" in z.files:
+                policy._reward_sum = np.asarray(z["arm_reward"], dtype=np.float64).copy()
+                policy._row_sum = np.asarray(z["arm_rows"], dtype=np.float64).copy()
+            else:
+                policy._reward_sum = np.asarray(z["arm_sum"], dtype=np.float64).copy()
+                policy._row_sum = np.zeros((len(arms), policy.dim))
+            policy._arm_n = dict(zip(arms, policy._count.tolist(), strict=True))
             policy.updates = int(meta["updates"])
+        policy._refit()
+        policy._solve()
         return policy

