@@ -184,15 +184,37 @@ class TipBlock:
 
     ``rows`` builds every candidate's row from it with a few array operations,
     the same numbers ``feature_vector`` gives one tip at a time (~5 us a row in
-    Python, most of a decision's CPU with 64 tips).
+    Python, most of a decision's CPU with 64 tips). A row is
+    ``base + coefficient * context[spread]`` (every context-dependent column is
+    a context feature times a tip constant: 1, a category's one-hot or the
+    tip's effort or length) with three columns set per call: day-part fit,
+    fits the free block, affinity.
     """
 
     tips: tuple[TipFeatures, ...]
-    static: np.ndarray  # [N, len(CATEGORIES) + 2]: category one-hot, effort, minutes_needed
+    base: np.ndarray  # [N, DIM]: bias and the static tip features; 0 elsewhere
+    coefficient: np.ndarray  # [N, DIM]: what multiplies the column's context feature
     minutes_needed: np.ndarray  # [N] raw minutes, for fits_free_block
     part_fit: Mapping[str, np.ndarray]  # day part -> [N] day_part_fit
     categories: tuple[str, ...]  # the distinct categories, for affinity look-ups
     category_index: np.ndarray  # [N] index into ``categories``
+    affinity_keys: tuple[str, ...]  # the context key of each category's affinity
+
+
+# The context feature behind each row column (CONTEXT_DIM: none, a padded 0).
+_SPREAD = np.array(
+    [
+        FEATURE_NAMES.index(name.split("*")[0])
+        if name in FEATURE_NAMES or "*" in name
+        else CONTEXT_DIM
+        for name in ROW_NAMES
+    ],
+    dtype=np.intp,
+)
+_TIP_AT = 1 + CONTEXT_DIM  # the first tip feature's column
+_PART_FIT, _FITS_FREE, _AFFINITY = (
+    ROW_NAMES.index(n) for n in ("day_part_fit", "fits_free_block", "category_affinity")
+)
 
 
 def tip_block(tips: Sequence[TipFeatures]) -> TipBlock:
@@ -203,6 +225,16 @@ def tip_block(tips: Sequence[TipFeatures]) -> TipBlock:
         static[i, :n_cat] = [1.0 if tip.category == c else 0.0 for c in CATEGORIES]
         static[i, n_cat] = (min(max(tip.effort, 1), 3) - 2) / 1.0
         static[i, n_cat + 1] = _minutes(float(tip.minutes_needed)) * 4.0
+    base = np.zeros((len(tips), DIM))
+    base[:, 0] = 1.0
+    base[:, _TIP_AT : _TIP_AT + n_cat + 2] = static
+    coefficient = np.zeros((len(tips), DIM))
+    coefficient[:, 1:_TIP_AT] = 1.0
+    at = _TIP_AT + len(TIP_FEATURE_NAMES)
+    # Context-major, as ``row_from_parts``: each context feature times every category.
+    coefficient[:, at : at + CONTEXT_DIM * n_cat] = np.tile(static[:, :n_cat], CONTEXT_DIM)
+    at += CONTEXT_DIM * n_cat
+    coefficient[:, at:] = np.tile(static[:, n_cat : n_cat + len(_CROSSED_TIP)], CONTEXT_DIM)
     part_fit = {
         part: np.array([1.0 if not t.day_parts or part in t.day_parts else 0.0 for t in tips])
         for part in DAY_PARTS
@@ -211,43 +243,29 @@ def tip_block(tips: Sequence[TipFeatures]) -> TipBlock:
     where = {c: i for i, c in enumerate(categories)}
     return TipBlock(
         tips=tuple(tips),
-        static=static,
+        base=base,
+        coefficient=coefficient,
         minutes_needed=np.array([float(t.minutes_needed) for t in tips]),
         part_fit=part_fit,
         categories=categories,
         category_index=np.array([where[t.category] for t in tips], dtype=np.intp),
+        affinity_keys=tuple(f"affinity_{c}" for c in categories),
     )
 
 
 def rows(context: Mapping[str, float], block: TipBlock, index: Sequence[int]) -> np.ndarray:
     """Rows [K, DIM] of the tips ``block.tips[i] for i in index``, as ``feature_vector``."""
     pick = np.asarray(index, dtype=np.intp)
-    k, n_cat, n_ctx = len(pick), len(CATEGORIES), CONTEXT_DIM
-    ctx = context_features(context)
+    spread = np.append(context_features(context), 0.0)[_SPREAD]
     part = day_part(float(context.get("local_hour", 12.0)) % 24.0)
     free = float(context.get("free_block_minutes", MINUTES_CAP))
     affinity = np.array(
-        [
-            (min(max(float(context.get(f"affinity_{c}", 0.5)), 0.0), 1.0) - 0.5) * 2.0
-            for c in block.categories
-        ]
+        [(min(max(float(context.get(k, 0.5)), 0.0), 1.0) - 0.5) * 2.0 for k in block.affinity_keys]
     )
-    tipf = np.empty((k, len(TIP_FEATURE_NAMES)))
-    tipf[:, : n_cat + 2] = block.static[pick]
-    tipf[:, n_cat + 2] = block.part_fit[part][pick]
-    tipf[:, n_cat + 3] = block.minutes_needed[pick] <= free
-    tipf[:, n_cat + 4] = affinity[block.category_index[pick]]
-    out = np.empty((k, DIM))
-    out[:, 0] = 1.0
-    out[:, 1 : 1 + n_ctx] = ctx
-    at = 1 + n_ctx
-    out[:, at : at + len(TIP_FEATURE_NAMES)] = tipf
-    at += len(TIP_FEATURE_NAMES)
-    # Row-wise np.outer(ctx, ...).ravel(): context-major, the same products.
-    out[:, at : at + n_ctx * n_cat] = (ctx[None, :, None] * tipf[:, None, :n_cat]).reshape(
-        k, n_ctx * n_cat
-    )
-    at += n_ctx * n_cat
-    crossed = tipf[:, None, n_cat : n_cat + len(_CROSSED_TIP)]
-    out[:, at:] = (ctx[None, :, None] * crossed).reshape(k, n_ctx * len(_CROSSED_TIP))
+    out = block.coefficient[pick]
+    out *= spread
+    out += block.base[pick]
+    out[:, _PART_FIT] = block.part_fit[part][pick]
+    out[:, _FITS_FREE] = block.minutes_needed[pick] <= free
+    out[:, _AFFINITY] = affinity[block.category_index[pick]]
     return out
