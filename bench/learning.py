@@ -18,7 +18,7 @@ id) are tuned the same way on the same budget:
 
 * Budget: ``--tune-budget N`` configurations per side (default 24 for ours,
   24 for VW; ours' space holds 74,400 distinct configurations, VW's 3,654),
-  each run ``--tune-repeats`` times (default once) over every tuning world: the
+  each run ``--tune-repeats`` times (default twice) over every tuning world: the
   evaluation's size (users, days, decisions) on other seeds (``--tune-seeds``,
   default 100 101: other users, other days), so nothing is selected on the
   evaluation seeds. Score: the average expected reward per round over a run
@@ -49,7 +49,7 @@ the average expected reward comes with its standard error from their spread.
 
     tips bench learning [--users 40] [--days 28] [--decisions 6] [--seeds 1 2]
         [--tune-budget 24] [--tune-passes 3] [--tune-seeds 100 101] [--repeats 5]
-        [--tune-repeats 1] [--no-vw]
+        [--tune-repeats 2] [--no-vw]
 """
 
 from __future__ import annotations

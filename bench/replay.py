@@ -80,9 +80,6 @@ from sim.world import World  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 TUNE_SHARE = 0.3
-# A configuration's replay estimate moves by 0.02-0.05 between policy seeds: one
-# run per tuning log lets a lucky configuration win, so each runs twice.
-TUNE_REPEATS = 2
 BUDGET_MEANING = (
     "configurations per side (ours, VW), each replayed --tune-repeats times over every"
     " tuning log; the same search for both sides"
@@ -468,7 +465,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tune-seeds", type=int, nargs="+", default=list(TUNE_SEEDS))
     sim.add_argument("--logs-dir", type=Path, default=OUT / "replay-logs")
     parser.add_argument("--seed", type=int, default=1, help="policies' (and --generate's) seed")
-    add_tuning_arguments(parser, tune_repeats=TUNE_REPEATS)
+    add_tuning_arguments(parser)
     parser.add_argument("--no-vw", action="store_true", help="skip Vowpal Wabbit")
     parser.add_argument("--plot", type=Path, default=OUT / "replay.png")
     return parser
