@@ -60,6 +60,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
+from support.clock import daytime_zone
 from support.cpu import CpuMeter
 from support.services import start_service
 
@@ -355,6 +356,37 @@ async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> li
     return out
 
 
+async def _daytime_profiles(settings: Any, users: list[str]) -> str:
+    """Publishes a ``ProfileChanged`` per user with a zone where it is early
+    afternoon now (TIPS_PROFILE declared here: no profile service runs), so
+    every run meets the same eligibility, whatever the time of day."""
+    from kernel.bus import Bus, message_headers, streams_for, subject_of
+    from tips.profile.v1 import events_pb2 as profile_events
+    from tips.profile.v1 import profile_pb2
+
+    now = datetime.now(UTC)
+    zone = daytime_zone(now)
+    occur = Timestamp()
+    occur.FromDatetime(now)
+    bus = await Bus.connect(settings, "bench-decision")
+    try:
+        await bus.ensure_streams(streams_for(profile_events.ProfileChanged))
+        items = []
+        for user in users:
+            event = profile_events.ProfileChanged(
+                event_id=secrets.token_hex(8), occur_time=occur, user=f"users/{user}",
+                profile=profile_pb2.Profile(name=f"users/{user}/profile", time_zone=zone),
+            )  # fmt: skip
+            headers = message_headers(event, event.event_id)
+            items.append((subject_of(event), event.SerializeToString(), headers))
+        failed = [o for o in await bus.publish_many(items) if isinstance(o, Exception)]
+        if failed:
+            raise RuntimeError(f"profiles not published: {failed[0]!r}")
+    finally:
+        await bus.close()
+    return zone
+
+
 async def run(
     seconds: float, n_users: int, n_signals: int, telemetry: str, rounds: int = 3
 ) -> dict[str, Any]:
@@ -388,6 +420,14 @@ async def run(
             **_telemetry_settings(telemetry, sink_port),
         )  # fmt: skip
         await migrate(settings, [EVENTS, RECOMMENDER])
+        users = [f"bench_{i:05d}" for i in range(n_users)]
+        user_sets = {
+            "c16": users,
+            "c64": [f"bench_c64_{i:05d}" for i in range(n_users)],
+            **{f"r{k}": [f"bench_r{k}_{i:05d}" for i in range(n_users)] for k in range(1, rounds)},
+        }
+        # Before the recommender starts: it follows TIPS_PROFILE from a minute back.
+        zone = await _daytime_profiles(settings, [u for group in user_sets.values() for u in group])
         # The events service in its own process with its relay child, as deployed.
         events, events_addr = await asyncio.to_thread(
             start_service, "events", _events_env(settings, telemetry, sink_port)
@@ -404,8 +444,7 @@ async def run(
         assert empty.stdout is not None and empty_kernel.stdout is not None
         empty_addr = f"127.0.0.1:{empty.stdout.readline().strip()}"
         kernel_addr = f"127.0.0.1:{empty_kernel.stdout.readline().strip()}"
-        users = [f"bench_{i:05d}" for i in range(n_users)]
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = {"users_time_zone": zone}
         # The recommender runs in this process (the events service in its own).
         servers = {"recommender": os.getpid(), **_infra_pids(pg, tmp)}
         if sink is not None:
@@ -413,9 +452,7 @@ async def run(
         for conc in (16, 64):
             # Users of its own for c64 too: the c16 loads leave theirs with few
             # tips still eligible (1.5% of c64's calls came back empty without).
-            phase_users = (
-                users if conc == 16 else [f"bench_c{conc}_{i:05d}" for i in range(n_users)]
-            )
+            phase_users = user_sets[f"c{conc}"]
             # The client runs in a thread so this loop keeps serving the recommender.
             base = await asyncio.to_thread(
                 _load, "empty", empty_addr, conc, seconds, {"empty_server": empty.pid}
@@ -453,7 +490,7 @@ async def run(
                 # still eligible, and an empty answer is no decision.
                 pairs = [(base, tips)]
                 for k in range(1, rounds):
-                    fresh_users = [f"bench_r{k}_{i:05d}" for i in range(n_users)]
+                    fresh_users = user_sets[f"r{k}"]
                     pair = (
                         await asyncio.to_thread(
                             _load, "empty", empty_addr, 16, seconds, {"empty_server": empty.pid}
