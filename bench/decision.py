@@ -17,7 +17,9 @@ comes from a separate client process (one grpc.aio channel, N concurrent calls):
   (``ratio_*`` against grpc.aio's empty call, ``kernel_server_ratio_*``
   against ours), and CPU per call of the recommender, PostgreSQL and NATS.
   Users are returning ones: each has had a decision (its token verified,
-  profile looked up and history loaded) before the clock starts;
+  profile looked up and history loaded) before the clock starts. Their
+  profiles (``ProfileChanged``, published here) put them in a zone where it
+  is early afternoon, so eligibility is the same whenever the bench runs;
 - the c16 pair (grpc.aio's empty call, then DecideTips) ``--rounds`` times in
   all (default 3), each pair seconds apart: ``c16_rounds`` gives each
   round's ratios and their medians, which issue 13's goals are judged on (one
@@ -60,7 +62,6 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
-from support.clock import daytime_zone
 from support.cpu import CpuMeter
 from support.services import start_service
 
@@ -363,9 +364,10 @@ async def _daytime_profiles(settings: Any, users: list[str]) -> str:
     from kernel.bus import Bus, message_headers, streams_for, subject_of
     from tips.profile.v1 import events_pb2 as profile_events
     from tips.profile.v1 import profile_pb2
+    from tipsmesh.clock import afternoon_zone
 
     now = datetime.now(UTC)
-    zone = daytime_zone(now)
+    zone = afternoon_zone(now)
     occur = Timestamp()
     occur.FromDatetime(now)
     bus = await Bus.connect(settings, "bench-decision")

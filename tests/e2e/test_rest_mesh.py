@@ -21,7 +21,7 @@ from joserfc.jwk import ECKey
 from openapi_spec_validator import validate
 
 from tests.e2e.meshutil import RunningMesh, start_mesh, stop_and_check
-from tests.support.clock import afternoon_zone
+from tipsmesh.clock import afternoon_zone
 from tipsmesh.devtokens import JwksServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -33,9 +33,9 @@ from services.recommender.explain import clock
 from tests.e2e import identity_support as idp
 from tests.e2e.identity_support import Issuers, eventually, user_id
 from tests.e2e.meshutil import ROOT, RunningMesh
-from tests.support.clock import afternoon_zone
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+from tipsmesh.clock import afternoon_zone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -317,6 +317,13 @@ def test_sign_in_consent_signals_explained_tip_react_and_learn(stage: Stage) -> 
     eventually(
         "the policy to learn the five rewards",
         lambda: True if policy_updates(stage) >= updates + len(reactions) else None,
+    )
+
+    # Decisions take the shared part from the exported model, and the joint fit gives
+    # most of a reward to it (docs/policy.md, "The joint fit"): export now, as the
+    # refresh rule does after 200 rewards, so the probe sees all the five taught.
+    stage.internal().ExportPolicyModel(
+        rec.ExportPolicyModelRequest(request_id=str(uuid.uuid4())), timeout=30
     )
 
     # Later decisions change: for a new user in the same situation the tip done is

@@ -27,7 +27,6 @@ from kernel.errors import field_violations, unpack_details
 from kernel.settings import Settings
 from services.recommender import domain
 from services.recommender.consumers import ContextKeeper
-from tests.support.clock import afternoon_zone
 from tests.support.recommender_rig import events_and_recommender
 from tests.support.tokens import as_user
 from tests.support.waiting import eventually, stream_msg_ids
@@ -39,6 +38,7 @@ from tips.profile.v1 import events_pb2 as profile_events
 from tips.recommender.v1 import recommender_service_pb2 as rec
 from tips.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from tips.recommender.v1 import tip_pb2
+from tipsmesh.clock import afternoon_zone
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ async def grant(mesh: Mesh, user: str, *purposes: int) -> None:
 
 
 async def in_the_afternoon(mesh: Mesh, user: str) -> None:
-    """Publish ProfileChanged with a zone where it is mid-afternoon (tests/support/clock.py)."""
+    """Publish ProfileChanged with a zone where it is mid-afternoon (tipsmesh/clock.py)."""
     event = profile_events.ProfileChanged(
         event_id=secrets.token_hex(8),
         occur_time=_ts(datetime.now(UTC)),
