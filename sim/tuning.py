@@ -40,8 +40,8 @@ TUNE_SEEDS = (100, 101)
 # seeds, two to four times the standard error of one run's matched rounds.
 REPEATS = 5
 # Runs of each tuned configuration per tuning world or log: with one, the best of
-# 24 was the luckiest as often as the best (the simulator's top five configurations
-# of one tuning run lay within 0.004, one run's noise; decision 43).
+# 24 is often just the luckiest (the simulator's top five configurations of one
+# tuning run lay within 0.004, one run's noise; decision 43).
 TUNE_REPEATS = 2
 
 
