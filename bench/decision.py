@@ -61,7 +61,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 from support.cpu import CpuMeter
 from support.services import start_service
 
@@ -196,12 +195,6 @@ def _infra_pids(pg: Any, work: Path) -> dict[str, int]:
     return pids
 
 
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def _start_empty(kind: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", EMPTY_SERVER, kind], stdout=subprocess.PIPE, text=True, cwd=ROOT
@@ -316,6 +309,7 @@ def _load(
 
 
 async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> list[float]:
+    from kernel.timestamps import timestamp
     from tips.events.v1 import events_service_pb2 as ev
     from tips.events.v1 import events_service_pb2_grpc as ev_grpc
     from tips.events.v1 import signal_pb2
@@ -336,8 +330,9 @@ async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> li
             now = datetime.now(UTC)
             signal = signal_pb2.Signal(
                 client_signal_id=secrets.token_hex(8), kind=signal_pb2.SIGNAL_KIND_STEPS,
-                source=signal_pb2.SIGNAL_SOURCE_PHONE, start_time=_ts(now - timedelta(seconds=1)),
-                end_time=_ts(now), steps=signal_pb2.StepsPayload(count=1000 + i),
+                source=signal_pb2.SIGNAL_SOURCE_PHONE,
+                start_time=timestamp(now - timedelta(seconds=1)), end_time=timestamp(now),
+                steps=signal_pb2.StepsPayload(count=1000 + i),
             )  # fmt: skip
             md = signer.metadata(user)
             await events.BatchIngestSignals(
@@ -358,25 +353,26 @@ async def _freshness(events_addr: str, rec_addr: str, n: int, signer: Any) -> li
 
 
 async def _daytime_profiles(settings: Any, users: list[str]) -> str:
-    """Publishes a ``ProfileChanged`` per user with a zone where it is early
-    afternoon now (TIPS_PROFILE declared here: no profile service runs), so
+    """Publishes a ``ProfileChanged`` per user with a zone where it is
+    mid-afternoon now (TIPS_PROFILE declared here: no profile service runs), so
     every run meets the same eligibility, whatever the time of day."""
     from kernel.bus import Bus, message_headers, streams_for, subject_of
+    from kernel.ids import random_id
+    from kernel.timestamps import timestamp
     from tips.profile.v1 import events_pb2 as profile_events
     from tips.profile.v1 import profile_pb2
     from tipsmesh.clock import afternoon_zone
 
     now = datetime.now(UTC)
     zone = afternoon_zone(now)
-    occur = Timestamp()
-    occur.FromDatetime(now)
+    occur = timestamp(now)
     bus = await Bus.connect(settings, "bench-decision")
     try:
         await bus.ensure_streams(streams_for(profile_events.ProfileChanged))
         items = []
         for user in users:
             event = profile_events.ProfileChanged(
-                event_id=secrets.token_hex(8), occur_time=occur, user=f"users/{user}",
+                event_id=random_id(), occur_time=occur, user=f"users/{user}",
                 profile=profile_pb2.Profile(name=f"users/{user}/profile", time_zone=zone),
             )  # fmt: skip
             headers = message_headers(event, event.event_id)
