@@ -15,7 +15,12 @@ comes from a separate client process (one grpc.aio channel, N concurrent calls):
   call a new decision; c16 and c64 each with users of their own) and the
   empty RPCs at concurrency 16 and 64: p50, p99, throughput, their ratios
   (``ratio_*`` against grpc.aio's empty call, ``kernel_server_ratio_*``
-  against ours), and CPU per call of the recommender, PostgreSQL and NATS.
+  against ours), and CPU per call of the recommender, PostgreSQL, NATS and
+  the client. Every load phase also gives the machine's share of busy CPU,
+  of steal (the hypervisor's other guests) and of CPU no metered process
+  spent (``machine``), and every DecideTips phase the group commit's batch
+  (``group_commit``: decisions per commit, from the logged rows' ``xmin``),
+  so that a slow round can be told from a busy machine;
   Users are returning ones: each has had a decision (its token verified,
   profile looked up and history loaded) before the clock starts. Their
   profiles (``ProfileChanged``, published here) put them in a zone where it
@@ -61,7 +66,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from support.cpu import CpuMeter
+from support.cpu import CpuMeter, MachineMeter
 from support.services import start_service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +161,7 @@ async def main(kind, addr, conc, seconds, users, signer):
                                           metadata=auth[u])
             await asyncio.gather(*(warm() for _ in range(conc)))
         print("go", flush=True)  # the bench's CPU meter starts now
+        cpu_start = time.process_time()
         lat, counter, errors, empty = [], [0], [0], [0]
         stop = time.perf_counter() + seconds
         warm = time.perf_counter() + min(1.0, seconds / 5)
@@ -175,7 +181,8 @@ async def main(kind, addr, conc, seconds, users, signer):
         await asyncio.gather(*(worker() for _ in range(conc)))
         measured = stop - warm
         print(json.dumps({"lat": lat, "rps": len(lat) / measured, "errors": errors[0],
-                          "empty": empty[0], "calls": counter[0]}))
+                          "empty": empty[0], "calls": counter[0],
+                          "cpu_s": time.process_time() - cpu_start}))
 
 kind, addr, conc, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 users = sys.argv[5].split(",") if len(sys.argv) > 5 else []
@@ -290,12 +297,20 @@ def _load(
     if proc.stdout.readline().strip() != "go":
         raise RuntimeError(f"{kind} load did not start (exit {proc.wait()})")
     meter = CpuMeter(servers, alone=frozenset({"recommender"}))
+    machine = MachineMeter()
     meter.start()
+    machine.start()
+    began = time.time()
     out, _ = proc.communicate()
+    ended = time.time()
     cpu = meter.stop()
     if proc.returncode:
         raise RuntimeError(f"{kind} load failed (exit {proc.returncode})")
     data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    # The client reports its own CPU (it has exited by now), so that what neither
+    # it nor the servers spent is the machine's other load.
+    cpu["client"] = round(data.pop("cpu_s"), 2)
+    seen = machine.stop(metered_seconds=sum(cpu.values()))
     lat = np.array(data.pop("lat")) * 1000
     calls = max(data["calls"], 1)
     data.update(
@@ -303,7 +318,9 @@ def _load(
         p99_ms=float(np.percentile(lat, 99)),
         n=len(lat),
         cpu_ms_per_call={name: round(1000 * spent / calls, 3) for name, spent in cpu.items()},
+        machine=seen,
         _lat=lat.tolist(),
+        _window=(began, ended),
     )
     return data
 
@@ -444,7 +461,7 @@ async def run(
         kernel_addr = f"127.0.0.1:{empty_kernel.stdout.readline().strip()}"
         results: dict[str, Any] = {"users_time_zone": zone}
         # The recommender runs in this process (the events service in its own).
-        servers = {"recommender": os.getpid(), **_infra_pids(pg, tmp)}
+        servers = {"recommender": os.getpid(), "events": events.pid, **_infra_pids(pg, tmp)}
         if sink is not None:
             servers["otlp_sink"] = sink.pid
         for conc in (16, 64):
@@ -463,14 +480,15 @@ async def run(
                 _load, "decide_tips", rec_server.address, conc, seconds, servers, phase_users, key
             )
             tips["gc"] = pauses.between(began, time.perf_counter())
+            tips["group_commit"] = await _group_commits(settings, tips["_window"])
             reads = await asyncio.to_thread(
                 _load, "list_tips", rec_server.address, conc, seconds, servers, phase_users, key
             )
             results[f"c{conc}"] = {
-                "empty_rpc": {k: v for k, v in base.items() if k != "_lat"},
-                "empty_rpc_kernel_server": {k: v for k, v in ours.items() if k != "_lat"},
-                "decide_tips": {k: v for k, v in tips.items() if k != "_lat"},
-                "list_tips_read": {k: v for k, v in reads.items() if k != "_lat"},
+                "empty_rpc": {k: v for k, v in base.items() if not k.startswith("_")},
+                "empty_rpc_kernel_server": {k: v for k, v in ours.items() if not k.startswith("_")},
+                "decide_tips": {k: v for k, v in tips.items() if not k.startswith("_")},
+                "list_tips_read": {k: v for k, v in reads.items() if not k.startswith("_")},
                 "ratio_p50": tips["p50_ms"] / base["p50_ms"],
                 "ratio_p99": tips["p99_ms"] / base["p99_ms"],
                 "ratio_throughput": tips["rps"] / base["rps"],
@@ -498,6 +516,7 @@ async def run(
                             fresh_users, key,
                         ),
                     )  # fmt: skip
+                    pair[1]["group_commit"] = await _group_commits(settings, pair[1]["_window"])
                     pairs.append(pair)
                 results["c16_rounds"] = _rounds(pairs)
         fresh = await _freshness(events_addr, rec_server.address, n_signals, issuer)
@@ -532,6 +551,32 @@ async def run(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def _group_commits(settings: Any, window: tuple[float, float]) -> dict[str, Any]:
+    """The decisions logged in ``window`` (epoch seconds) and the transactions that
+    committed them (their rows' ``xmin``): the group commit's batch size, read from
+    PostgreSQL itself. Fewer decisions per commit means more commits, statements
+    and socket writes per decision."""
+    import asyncpg
+
+    from services.recommender.store import tips
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        row = await conn.fetchrow(
+            f"SELECT count(*), count(DISTINCT xmin::text) FROM {tips.schema}.{tips.name}"
+            " WHERE decide_time >= to_timestamp($1) AND decide_time < to_timestamp($2)",
+            *window,
+        )
+    finally:
+        await conn.close()
+    decisions, commits = row[0], row[1]
+    return {
+        "decisions": decisions,
+        "commits": commits,
+        "decisions_per_commit": round(decisions / commits, 2) if commits else None,
+    }
+
+
 def _rounds(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
     """Each c16 round's (empty call, DecideTips) ratios and the medians the goals use."""
     p99 = [tips["p99_ms"] / base["p99_ms"] for base, tips in pairs]
@@ -547,6 +592,11 @@ def _rounds(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any
         "recommender_cpu_ms_per_decision": [
             tips["cpu_ms_per_call"].get("recommender") for _, tips in pairs
         ],
+        # What a round's decision cost may move with (decision 44): the group
+        # commit's batch, the hypervisor's steal and the machine's other load.
+        "decisions_per_commit": [tips["group_commit"]["decisions_per_commit"] for _, tips in pairs],
+        "steal_share": [tips["machine"].get("steal_share") for _, tips in pairs],
+        "unmetered_share": [tips["machine"].get("unmetered_share") for _, tips in pairs],
         # DecideTips calls that failed or came back without a tip, per round:
         # the goals hold only if every round made every decision.
         "decisions_missing": [tips["errors"] + tips["empty"] for _, tips in pairs],

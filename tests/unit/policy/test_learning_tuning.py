@@ -41,6 +41,29 @@ def test_search_keeps_the_budget_and_returns_the_best_it_tried() -> None:
     assert len(both["other"].trials) == 3  # all there is
 
 
+def test_the_first_pass_tries_the_default_then_the_known_starts() -> None:
+    space = Space(
+        dims={"x": (0, 1, 2, 3, 4, 5), "y": ("a", "b", "c")},
+        default={"x": 0, "y": "a"},
+        unordered=frozenset({"y"}),
+        # The last is outside the space (no y "z"): skipped, not tried.
+        starts=({"x": 4, "y": "c"}, {"x": 2}, {"x": 3, "y": "z"}),
+    )
+    tried: list[Config] = []
+
+    def evaluate(batch: list[tuple[str, Config]]) -> list[float]:
+        tried.extend(c for _, c in batch)
+        return [-abs(c["x"] - 4) + (0.5 if c["y"] == "c" else 0.0) for _, c in batch]
+
+    result = search({"toy": space}, budget=5, passes=1, evaluate=evaluate, seed=[0])
+    assert tried[:3] == [{"x": 0, "y": "a"}, {"x": 4, "y": "c"}, {"x": 2, "y": "a"}]
+    assert all(c["y"] != "z" for c in tried) and len(tried) == 5
+    assert result["toy"].best.config == {"x": 4, "y": "c"}
+    # Both real spaces hold their starts (a typo would silently drop one).
+    for real in (OURS_SPACE, VW_SPACE):
+        assert real.starts and all(real.holds(c) for c in real.starts)
+
+
 def test_tuning_on_a_tiny_world_returns_the_best_of_what_it_ran() -> None:
     worlds = [World(users=2, days=2, decisions_per_day=3, seed=s) for s in (100, 101)]
     lines: list[str] = []
