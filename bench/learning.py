@@ -27,8 +27,9 @@ id) are tuned the same way on the same budget:
   one lets a lucky greedy configuration win).
 * Search (the same code for both sides): ``--tune-passes`` passes (default 3),
   each a third of the budget run in lockstep; the first pass is the side's
-  defaults (ours: ``PolicyParams()``; VW: its own, epsilon-greedy 0.05, -l 0.5)
-  plus random configurations, later passes half neighbours of the best so far
+  defaults (ours: ``PolicyParams()``; VW: its own, epsilon-greedy 0.05, -l 0.5),
+  then its ``starts`` (the best configurations of both benches' last runs, for
+  each side), then random configurations; later passes half neighbours of the best so far
   (one knob moved one step), half random. VW's random draws cycle over its
   exploration families, so each family gets its share.
 * The best configuration of each side is then evaluated on the evaluation
@@ -42,13 +43,13 @@ taken); writes bench/out/learning.png (learning curves, one row per
 evaluation seed); progress on stderr (each configuration's score, then per
 pass the configurations tried and the best so far).
 
-Evaluation: every policy runs ``--repeats`` times (default 5) on each
+Evaluation: every policy runs ``--repeats`` times (default 10) on each
 evaluation seed's world, each run with its own policy seed (the world and the
 reactions' draws stay the same); every number is the mean over the runs, and
 the average expected reward comes with its standard error from their spread.
 
     tips bench learning [--users 40] [--days 28] [--decisions 6] [--seeds 1 2]
-        [--tune-budget 24] [--tune-passes 3] [--tune-seeds 100 101] [--repeats 5]
+        [--tune-budget 24] [--tune-passes 3] [--tune-seeds 100 101] [--repeats 10]
         [--tune-repeats 2] [--no-vw]
 """
 

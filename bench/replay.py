@@ -22,7 +22,7 @@ score is its replay estimate averaged over the tuning logs.
         [--tune-rounds T.csv ... | --tune-share 0.3]
     tips bench replay --generate DIR [--count 20000] [--tips 16] [--seed 1]
         only write sample logs
-    common: [--tune-budget 24] [--tune-passes 3] [--repeats 5] [--tune-repeats 2]
+    common: [--tune-budget 24] [--tune-passes 3] [--repeats 10] [--tune-repeats 2]
         [--seed 1] [--no-vw] [--plot PATH]
 
 Every evaluated policy runs ``--repeats`` times per evaluation log, each run
