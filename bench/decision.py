@@ -19,8 +19,10 @@ comes from a separate client process (one grpc.aio channel, N concurrent calls):
   the client. Every load phase also gives the machine's share of busy CPU,
   of steal (the hypervisor's other guests) and of CPU no metered process
   spent (``machine``), and every DecideTips phase the group commit's batch
-  (``group_commit``: decisions per commit, from the logged rows' ``xmin``),
-  so that a slow round can be told from a busy machine;
+  (``group_commit``: decisions per commit, from the logged rows' ``xmin``)
+  and a speed probe taken before and after it (``speed_probe``: fixed
+  interpreter and memory workloads), so that a slow round can be told from a
+  busy or slower machine;
   Users are returning ones: each has had a decision (its token verified,
   profile looked up and history loaded) before the clock starts. Their
   profiles (``ProfileChanged``, published here) put them in a zone where it
@@ -66,7 +68,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from support.cpu import CpuMeter, MachineMeter
+from support.cpu import CpuMeter, MachineMeter, speed_probe
 from support.services import start_service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -468,6 +470,7 @@ async def run(
             # Users of its own for c64 too: the c16 loads leave theirs with few
             # tips still eligible (1.5% of c64's calls came back empty without).
             phase_users = user_sets[f"c{conc}"]
+            probe = await asyncio.to_thread(speed_probe)
             # The client runs in a thread so this loop keeps serving the recommender.
             base = await asyncio.to_thread(
                 _load, "empty", empty_addr, conc, seconds, {"empty_server": empty.pid}
@@ -481,6 +484,7 @@ async def run(
             )
             tips["gc"] = pauses.between(began, time.perf_counter())
             tips["group_commit"] = await _group_commits(settings, tips["_window"])
+            tips["speed_probe"] = {"before": probe, "after": await asyncio.to_thread(speed_probe)}
             reads = await asyncio.to_thread(
                 _load, "list_tips", rec_server.address, conc, seconds, servers, phase_users, key
             )
@@ -507,6 +511,7 @@ async def run(
                 pairs = [(base, tips)]
                 for k in range(1, rounds):
                     fresh_users = user_sets[f"r{k}"]
+                    probe = await asyncio.to_thread(speed_probe)
                     pair = (
                         await asyncio.to_thread(
                             _load, "empty", empty_addr, 16, seconds, {"empty_server": empty.pid}
@@ -517,6 +522,10 @@ async def run(
                         ),
                     )  # fmt: skip
                     pair[1]["group_commit"] = await _group_commits(settings, pair[1]["_window"])
+                    pair[1]["speed_probe"] = {
+                        "before": probe,
+                        "after": await asyncio.to_thread(speed_probe),
+                    }
                     pairs.append(pair)
                 results["c16_rounds"] = _rounds(pairs)
         fresh = await _freshness(events_addr, rec_server.address, n_signals, issuer)
@@ -593,8 +602,14 @@ def _rounds(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any
             tips["cpu_ms_per_call"].get("recommender") for _, tips in pairs
         ],
         # What a round's decision cost may move with (decision 44): the group
-        # commit's batch, the hypervisor's steal and the machine's other load.
+        # commit's batch, the machine's own speed (the empty server's CPU per
+        # call, the probe before and after), the hypervisor's steal and the
+        # machine's other load.
         "decisions_per_commit": [tips["group_commit"]["decisions_per_commit"] for _, tips in pairs],
+        "empty_rpc_cpu_ms_per_call": [
+            base["cpu_ms_per_call"].get("empty_server") for base, _ in pairs
+        ],
+        "speed_probe": [tips["speed_probe"] for _, tips in pairs],
         "steal_share": [tips["machine"].get("steal_share") for _, tips in pairs],
         "unmetered_share": [tips["machine"].get("unmetered_share") for _, tips in pairs],
         # DecideTips calls that failed or came back without a tip, per round:

@@ -12,6 +12,7 @@ what they spent since ``start``.
 from __future__ import annotations
 
 import os
+import time
 
 import psutil
 
@@ -106,3 +107,35 @@ class MachineMeter:
             "steal_share": round(steal / total, 3),
             "unmetered_share": round(max(busy - metered_seconds * tick, 0) / total, 3),
         }
+
+
+def speed_probe(repeats: int = 5) -> dict[str, float]:
+    """This machine's speed now: the CPU milliseconds (this thread's) that two
+    fixed workloads take, the fastest of ``repeats``. ``python``: the
+    interpreter's own work (dicts, calls, small ints), which an empty RPC is
+    mostly; ``memory``: random reads over 64 MiB, which lose most when another
+    tenant of the host fills the shared caches. Taken before and after a load,
+    it tells a slower machine from a slower program: with the same code, more
+    CPU per call and a slower probe is the machine."""
+    import numpy as np
+
+    def python_work() -> None:
+        d: dict[int, int] = {}
+        for i in range(100_000):
+            d[i & 1023] = d.get(i & 1023, 0) + i
+
+    table = np.arange(8 * 1024 * 1024, dtype=np.int64)  # 64 MiB
+    at = np.random.default_rng(0).integers(0, table.size, 1_000_000)
+
+    def memory_work() -> None:
+        table[at].sum()
+
+    out = {}
+    for name, work in (("python_ms", python_work), ("memory_ms", memory_work)):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.thread_time()
+            work()
+            best = min(best, time.thread_time() - start)
+        out[name] = round(1000 * best, 2)
+    return out

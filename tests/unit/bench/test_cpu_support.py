@@ -1,5 +1,6 @@
-"""bench/support/cpu.py's MachineMeter: the machine's busy, steal and unmetered
-shares over a window, which the decision bench reads a slow round against."""
+"""bench/support/cpu.py: the MachineMeter (the machine's busy, steal and unmetered
+shares over a window) and the speed probe, which the decision bench reads a slow
+round against."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.cpu import MachineMeter
+from bench.support.cpu import MachineMeter, speed_probe
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux /proc/stat")
 
@@ -45,3 +46,9 @@ def test_without_proc_stat_it_reports_nothing(
     meter = MachineMeter()
     meter.start()
     assert meter.stop() == {}
+
+
+def test_the_speed_probe_times_both_workloads() -> None:
+    seen = speed_probe(repeats=2)
+    assert set(seen) == {"python_ms", "memory_ms"}
+    assert all(v > 0 for v in seen.values())  # each workload took CPU time
