@@ -22,9 +22,9 @@ comes from a separate client process (one grpc.aio channel, N concurrent calls):
   (``group_commit``: decisions per commit, from the logged rows' ``xmin``)
   and a speed probe taken before and after it (``speed_probe``: fixed
   interpreter and memory workloads), so that a slow round can be told from a
-  busy or slower machine;
-  Users are returning ones: each has had a decision (its token verified,
-  profile looked up and history loaded) before the clock starts. Their
+  busy or slower machine. Users are returning ones: each has had a decision
+  (its token verified, profile looked up and history loaded) before the
+  clock starts. Their
   profiles (``ProfileChanged``, published here) put them in a zone where it
   is early afternoon, so eligibility is the same whenever the bench runs;
 - the c16 pair (grpc.aio's empty call, then DecideTips) ``--rounds`` times in

@@ -28,9 +28,9 @@ id) are tuned the same way on the same budget:
 * Search (the same code for both sides): ``--tune-passes`` passes (default 3),
   each a third of the budget run in lockstep; the first pass is the side's
   defaults (ours: ``PolicyParams()``; VW: its own, epsilon-greedy 0.05, -l 0.5),
-  then its ``starts`` (the best configurations of both benches' last runs, for
-  each side), then random configurations; later passes half neighbours of the best so far
-  (one knob moved one step), half random. VW's random draws cycle over its
+  then its ``starts`` (the best configurations of both benches' runs before
+  decision 44, for each side), then random configurations; later passes half
+  neighbours of the best so far (one knob moved one step), half random. VW's random draws cycle over its
   exploration families, so each family gets its share.
 * The best configuration of each side is then evaluated on the evaluation
   seeds (``--seeds``, default 1 2) next to the defaults. ``--tune-budget 0``

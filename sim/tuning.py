@@ -221,8 +221,9 @@ OURS_SPACE = Space(
     },
     default=PolicyParams().__dict__,
     canonical=_ours_canonical,
-    # The tuned configurations of the last runs of `tips bench learning` and
-    # `tips bench replay` (docs/policy.md, decision 44).
+    # What `tips bench learning` and `tips bench replay` tuned ours to in their
+    # runs before decision 44 (docs/policy.md). Changing them changes every
+    # later search's path: do it with the benches run again and recorded.
     starts=(
         {
             "alpha": 1.0,
@@ -293,7 +294,7 @@ VW_SPACE = Space(
     unordered=frozenset({"explore", "regcb", "tip_id", "q"}),
     stratify="explore",
     canonical=_vw_canonical,
-    # VW's best of the last runs of both benches, as ours' starts: `--squarecb
+    # VW's best of the same runs of both benches, as ours' starts: `--squarecb
     # --gamma_scale 100` with the tip id, -l 4 --power_t 0 -q sa -q si (the
     # learning bench) and -l 2 --power_t 0.5 -q si (replay). Without them one
     # run's search ended on epsilon-greedy, 0.04 below these (decision 44).
