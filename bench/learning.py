@@ -30,8 +30,9 @@ id) are tuned the same way on the same budget:
   defaults (ours: ``PolicyParams()``; VW: its own, epsilon-greedy 0.05, -l 0.5),
   then its ``starts`` (the best configurations of both benches' runs before
   decision 44, for each side), then random configurations; later passes half
-  neighbours of the best so far (one knob moved one step), half random. VW's random draws cycle over its
-  exploration families, so each family gets its share.
+  neighbours of the best so far (one knob moved one step), half random. VW's
+  random draws cycle over its exploration families, so each family gets its
+  share.
 * The best configuration of each side is then evaluated on the evaluation
   seeds (``--seeds``, default 1 2) next to the defaults. ``--tune-budget 0``
   skips tuning (a quick run).
