@@ -11,8 +11,8 @@ what they spent since ``start``.
 
 from __future__ import annotations
 
-import os
 import time
+from typing import Any
 
 import psutil
 
@@ -63,49 +63,33 @@ class CpuMeter:
 
 
 class MachineMeter:
-    """The whole machine's CPU over a window, from /proc/stat: how busy it was and
-    how much the hypervisor gave to other guests (steal). With a ``CpuMeter``'s
-    totals, ``stop`` also gives what processes the bench does not meter spent: a
-    neighbour's load, which a noisy run's numbers should be read against.
-
-    Shares are of the machine's CPU time over the window (all cores: 1.0 is every
-    core busy). On a system without /proc/stat (not Linux) ``stop`` is empty."""
-
-    _STAT = "/proc/stat"
+    """The whole machine's CPU over a window (``psutil.cpu_times``): how busy it
+    was and how much the hypervisor gave to other guests (steal, Linux only).
+    With a ``CpuMeter``'s totals, ``stop`` also gives what processes the bench
+    does not meter spent: a neighbour's load, which a noisy run's numbers should
+    be read against. Shares are of the machine's CPU time over the window (all
+    cores: 1.0 is every core busy)."""
 
     def __init__(self) -> None:
-        self._start: list[int] | None = None
-
-    @classmethod
-    def _read(cls) -> list[int] | None:
-        try:
-            with open(cls._STAT) as f:
-                fields = f.readline().split()
-        except OSError:
-            return None
-        # cpu user nice system idle iowait irq softirq steal [guest guest_nice]:
-        # guest time is already inside user and nice.
-        return [int(v) for v in fields[1:9]]
+        self._start: Any = None
 
     def start(self) -> None:
-        self._start = self._read()
+        self._start = psutil.cpu_times()
 
     def stop(self, metered_seconds: float = 0.0) -> dict[str, float]:
-        now = self._read()
-        if self._start is None or now is None:
-            return {}
-        user, nice, system, idle, iowait, irq, softirq, steal = (
-            b - a for a, b in zip(self._start, now, strict=True)
-        )
-        total = user + nice + system + idle + iowait + irq + softirq + steal
+        now = psutil.cpu_times()
+        spent = {f: getattr(now, f) - getattr(self._start, f) for f in now._fields}
+        # Guest time is already inside user and nice.
+        total = sum(v for f, v in spent.items() if not f.startswith("guest"))
         if total <= 0:
             return {}
-        tick = float(os.sysconf("SC_CLK_TCK"))
-        busy = user + nice + system + irq + softirq
+        idle = spent["idle"] + spent.get("iowait", 0.0)
+        steal = spent.get("steal", 0.0)
+        busy = total - idle - steal
         return {
             "busy_share": round(busy / total, 3),
             "steal_share": round(steal / total, 3),
-            "unmetered_share": round(max(busy - metered_seconds * tick, 0) / total, 3),
+            "unmetered_share": round(max(busy - metered_seconds, 0.0) / total, 3),
         }
 
 
