@@ -483,8 +483,7 @@ async def run(
                 _load, "decide_tips", rec_server.address, conc, seconds, servers, phase_users, key
             )
             tips["gc"] = pauses.between(began, time.perf_counter())
-            tips["group_commit"] = await _group_commits(settings, tips["_window"])
-            tips["speed_probe"] = {"before": probe, "after": await asyncio.to_thread(speed_probe)}
+            await _readings(settings, tips, probe)
             reads = await asyncio.to_thread(
                 _load, "list_tips", rec_server.address, conc, seconds, servers, phase_users, key
             )
@@ -521,11 +520,7 @@ async def run(
                             fresh_users, key,
                         ),
                     )  # fmt: skip
-                    pair[1]["group_commit"] = await _group_commits(settings, pair[1]["_window"])
-                    pair[1]["speed_probe"] = {
-                        "before": probe,
-                        "after": await asyncio.to_thread(speed_probe),
-                    }
+                    await _readings(settings, pair[1], probe)
                     pairs.append(pair)
                 results["c16_rounds"] = _rounds(pairs)
         fresh = await _freshness(events_addr, rec_server.address, n_signals, issuer)
@@ -558,6 +553,13 @@ async def run(
         nats_server.stop()
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _readings(settings: Any, tips: dict[str, Any], probe: dict[str, float]) -> None:
+    """What a DecideTips phase's cost is read against: its group commit's batch
+    and the speed probe taken before it (``probe``) and now, after it."""
+    tips["group_commit"] = await _group_commits(settings, tips["_window"])
+    tips["speed_probe"] = {"before": probe, "after": await asyncio.to_thread(speed_probe)}
 
 
 async def _group_commits(settings: Any, window: tuple[float, float]) -> dict[str, Any]:
