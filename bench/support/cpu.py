@@ -77,6 +77,8 @@ class MachineMeter:
         self._start = psutil.cpu_times()
 
     def stop(self, metered_seconds: float = 0.0) -> dict[str, float]:
+        if self._start is None:
+            return {}  # never started: no window to read
         now = psutil.cpu_times()
         spent = {f: getattr(now, f) - getattr(self._start, f) for f in now._fields}
         # Guest time is already inside user and nice.

@@ -38,3 +38,7 @@ def test_the_speed_probe_times_both_workloads() -> None:
     seen = speed_probe(repeats=2)
     assert set(seen) == {"python_ms", "memory_ms"}
     assert all(v > 0 for v in seen.values())  # each workload took CPU time
+
+
+def test_a_meter_never_started_reports_nothing() -> None:
+    assert MachineMeter().stop() == {}
