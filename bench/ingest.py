@@ -53,14 +53,11 @@ def log(message: str) -> None:
 
 
 def _signals(count: int, batch: int, users: int) -> list[tuple[str, list[Any]]]:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
+    from kernel.timestamps import timestamp
     from tips.events.v1 import signal_pb2
 
     now = datetime.now(UTC)
-    start, end = Timestamp(), Timestamp()
-    start.FromDatetime(now - timedelta(minutes=5))
-    end.FromDatetime(now)
+    start, end = timestamp(now - timedelta(minutes=5)), timestamp(now)
     run = secrets.token_hex(3)
     out = []
     for b in range(count // batch):

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from kernel.bus import Bus, Delivery, stream_of, subject_of
 from kernel.consumers import check_declared, retry_forever
 from kernel.settings import Settings
+from kernel.timestamps import to_datetime
 from tips.auth.v1 import events_pb2
 
 log = logging.getLogger("tips.gateway.revocations")
@@ -87,10 +88,10 @@ def refuse_until(
     token expiry + leeway when the event says that is later (auth may run
     with a longer lifetime than ours). An event without a time counts from now.
     """
-    revoked = event.occur_time.ToDatetime(UTC).timestamp() if event.HasField("occur_time") else now
+    revoked = to_datetime(event.occur_time).timestamp() if event.HasField("occur_time") else now
     until = revoked + ttl_s + leeway_s
     if event.HasField("access_token_expire_time"):
-        expire = event.access_token_expire_time.ToDatetime(UTC).timestamp()
+        expire = to_datetime(event.access_token_expire_time).timestamp()
         until = max(until, expire + leeway_s)
     return until
 

@@ -31,6 +31,7 @@ from kernel.errors import (
 from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
+from kernel.timestamps import timestamp
 from services.auth import crypto, domain, signing, store
 from services.auth.crypto import Envelope, Sealed
 from services.auth.providers import IdClaims, Provider, Providers, invalid_token
@@ -76,7 +77,7 @@ class Introspection:
 def _event_ids(message: Message, now: datetime) -> str:
     event_id = random_id()
     message.event_id = event_id  # type: ignore[attr-defined]
-    message.occur_time.FromDatetime(now)  # type: ignore[attr-defined]
+    message.occur_time.CopyFrom(timestamp(now))  # type: ignore[attr-defined]
     return event_id
 
 
@@ -491,7 +492,7 @@ class AuthCore:
                 session=domain.session_name(row.user_id, row.id),
                 reason=reason,  # type: ignore[arg-type]
             )
-            event.access_token_expire_time.FromDatetime(row.access_expire_time)
+            event.access_token_expire_time.CopyFrom(timestamp(row.access_expire_time))
             await _publish(session, event, now)
         return len(rows)
 

@@ -10,7 +10,7 @@ from typing import Any
 from kernel.errors import InvalidArgument
 from kernel.identity import Caller, require_caller, require_owner
 from kernel.names import USER, Pattern
-from kernel.timestamps import optional_timestamp
+from kernel.timestamps import optional_timestamp, timestamp
 from tips.auth.v1 import identity_pb2, session_pb2
 
 PROVIDERS = (identity_pb2.IDENTITY_PROVIDER_GOOGLE, identity_pb2.IDENTITY_PROVIDER_APPLE)
@@ -118,7 +118,7 @@ def session_proto(row: Any, now: datetime, current_session: str | None) -> sessi
         current=current_session == row.id,
     )
     if row.revoke_time is not None:
-        out.revoke_time.FromDatetime(row.revoke_time)
+        out.revoke_time.CopyFrom(timestamp(row.revoke_time))
     return out
 
 

@@ -32,6 +32,7 @@ from kernel.erasure import guard_user
 from kernel.errors import DomainError, FailedPrecondition, Unavailable
 from kernel.outbox import claim
 from kernel.profile_context import ProfileUnavailable, consent_id, user_context
+from kernel.timestamps import to_datetime
 from services.events import store
 from services.events.settings import EventsSettings
 from tips.profile.v1 import consent_pb2, events_pb2
@@ -78,7 +79,7 @@ class ConsentModel:
         user_id = event_user(delivery)
         if user_id is None:
             return
-        at = event.occur_time.ToDatetime(UTC) if event.HasField("occur_time") else datetime.now(UTC)
+        at = to_datetime(event.occur_time) if event.HasField("occur_time") else datetime.now(UTC)
         table = store.consents
         async with self.db.transaction() as session:
             msg_id = delivery.msg_id or event.event_id

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kernel import paging
 from kernel.errors import InvalidArgument
 from kernel.names import Pattern
-from kernel.timestamps import timestamp
+from kernel.timestamps import datetime_of, timestamp
 from tips.events.v1 import events_service_pb2, signal_pb2
 from tips.profile.v1 import consent_pb2
 
@@ -336,8 +336,8 @@ def parse_list_request(request: events_service_pb2.ListSignalsRequest, user_id: 
     start = end = None
     if request.HasField("time_range"):
         tr = request.time_range
-        start = tr.start_time.ToDatetime(UTC) if tr.HasField("start_time") else None
-        end = tr.end_time.ToDatetime(UTC) if tr.HasField("end_time") else None
+        start = datetime_of(tr, "start_time")
+        end = datetime_of(tr, "end_time")
         if start and end and end < start:
             v.append(("time_range.end_time", "must not be before time_range.start_time"))
     time_field = (

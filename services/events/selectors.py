@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.type import interval_pb2
 
@@ -12,6 +12,7 @@ from kernel import paging
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
 from kernel.names import user_name
+from kernel.timestamps import datetime_of
 from services.events.domain import CONNECTION, PAYLOAD_OF_KIND, Violations, is_child_name
 from tips.events.v1 import events_service_pb2 as pb
 from tips.events.v1 import signal_pb2
@@ -25,8 +26,8 @@ MAX_CHUNK_ALL = 5000
 def _interval(
     interval: interval_pb2.Interval, field: str, v: Violations
 ) -> tuple[datetime | None, datetime | None]:
-    start = interval.start_time.ToDatetime(UTC) if interval.HasField("start_time") else None
-    end = interval.end_time.ToDatetime(UTC) if interval.HasField("end_time") else None
+    start = datetime_of(interval, "start_time")
+    end = datetime_of(interval, "end_time")
     if start and end and end < start:
         v.append((f"{field}.end_time", f"must not be before {field}.start_time"))
     return start, end

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
+from kernel.timestamps import datetime_of, to_datetime
 from tips.events.v1 import signal_pb2
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
@@ -52,10 +53,6 @@ class _Day:
         self.counts[key] = self.counts.get(key, 0.0) + value
 
 
-def _t(ts: object) -> datetime:
-    return ts.ToDatetime(UTC)  # type: ignore[attr-defined,no-any-return]
-
-
 class DailyFeatures:
     """Accumulates signals into (user, day) rows."""
 
@@ -67,8 +64,8 @@ class DailyFeatures:
             user = s.name.split("/")[1] if s.name.startswith("users/") else ""
             if not user:
                 continue
-            start = _t(s.start_time)
-            end = _t(s.end_time) if s.HasField("end_time") else start
+            start = to_datetime(s.start_time)
+            end = datetime_of(s, "end_time") or start
             payload = s.WhichOneof("payload")
             day_of = end if payload == "sleep" else start
             d = self.days.setdefault((user, day_of.date()), _Day())

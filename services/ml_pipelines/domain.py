@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from google.type import interval_pb2
 
 from kernel.errors import InvalidArgument
 from kernel.names import Pattern
-from kernel.timestamps import timestamp
+from kernel.timestamps import timestamp, to_datetime
 
 MODEL_ID = re.compile(r"^[a-z][a-z0-9_]{2,62}$")
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -81,8 +81,8 @@ def parse_window(
         problems.append((f"{field}.end_time", "is required"))
     if problems:
         raise InvalidArgument(problems)
-    start = window.start_time.ToDatetime(UTC)
-    end = window.end_time.ToDatetime(UTC)
+    start = to_datetime(window.start_time)
+    end = to_datetime(window.end_time)
     if end <= start:
         raise InvalidArgument([(f"{field}.end_time", "must be after start_time")])
     if end > now + SKEW:

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
@@ -23,6 +23,7 @@ from kernel.bus import Bus, Delivery
 from kernel.consumers import consume_forever, event_user
 from kernel.db import Database
 from kernel.outbox import claim
+from kernel.timestamps import to_datetime
 from services.ml_pipelines import store
 from services.ml_pipelines.offline import LoggedRow
 from tips.recommender.v1 import events_pb2 as rec_events
@@ -55,7 +56,7 @@ class LogConsumer:
         values = {
             "user_id": user_id,
             "decided": True,
-            "decide_time": e.occur_time.ToDatetime(UTC),
+            "decide_time": to_datetime(e.occur_time),
             "catalog_tip": _tip_id(e.catalog_tip),
             "propensity": e.propensity,
             "candidates": [[_tip_id(c.catalog_tip), c.score, c.probability] for c in e.candidates],
@@ -86,7 +87,7 @@ class LogConsumer:
         reward = {
             "reward": e.reward,
             "reward_source": int(e.source),
-            "reward_time": e.occur_time.ToDatetime(UTC),
+            "reward_time": to_datetime(e.occur_time),
         }
         msg_id = delivery.msg_id or e.event_id
         async with self.db.transaction() as session:
@@ -101,7 +102,7 @@ class LogConsumer:
                     tip=e.tip,
                     user_id=user_id,
                     catalog_tip=_tip_id(e.catalog_tip),
-                    decide_time=e.decide_time.ToDatetime(UTC),
+                    decide_time=to_datetime(e.decide_time),
                     propensity=e.propensity,
                     model_version=e.model_version,
                     **reward,

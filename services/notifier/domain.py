@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from kernel.errors import InvalidArgument
 from kernel.identity import parse_user
 from kernel.names import Pattern
+from kernel.timestamps import datetime_of
 from tips.notifier.v1 import device_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
 from tips.profile.v1 import consent_pb2, user_context_pb2
@@ -140,10 +141,8 @@ def check_send(request: pb.SendNotificationRequest, now: datetime) -> SendInput:
             bad.append((f"channels[{i}]", "must be NOTIFICATION_CHANNEL_PUSH or _EMAIL"))
     if len(set(request.channels)) != len(request.channels):
         bad.append(("channels", "must not repeat a channel"))
-    not_before = (
-        request.not_before_time.ToDatetime(UTC) if request.HasField("not_before_time") else None
-    )
-    expire = request.expire_time.ToDatetime(UTC) if request.HasField("expire_time") else None
+    not_before = datetime_of(request, "not_before_time")
+    expire = datetime_of(request, "expire_time")
     if expire is not None and expire <= now:
         bad.append(("expire_time", "must be in the future"))
     if expire is not None and not_before is not None and expire <= not_before:

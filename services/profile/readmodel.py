@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from kernel.timestamps import timestamp, to_datetime
 from services.profile import names
 from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2, user_context_pb2
 
@@ -51,7 +52,7 @@ class UserContexts:
         for profile in profiles:
             user_id = profile.name.split("/")[1]
             entry = _Entry(profile, set(granted.get(user_id, ())))
-            entry.update_time = profile.update_time.ToDatetime(UTC)
+            entry.update_time = to_datetime(profile.update_time)
             users[user_id] = entry
         self._users = users
 
@@ -60,7 +61,7 @@ class UserContexts:
         if user_id in self._users or user_id in self._erased:
             return
         entry = _Entry(profile, set(granted))
-        entry.update_time = profile.update_time.ToDatetime(UTC)
+        entry.update_time = to_datetime(profile.update_time)
         self._users[user_id] = entry
 
     def get(self, user_id: str) -> user_context_pb2.UserContext | None:
@@ -72,18 +73,18 @@ class UserContexts:
             profile=entry.profile,
             granted_purposes=sorted(entry.granted),  # type: ignore[arg-type]
         )
-        ctx.update_time.FromDatetime(entry.update_time)
+        ctx.update_time.CopyFrom(timestamp(entry.update_time))
         return ctx
 
     # --- this process's writes ---------------------------------------------------------
 
     def put_profile(self, user_id: str, profile: profile_pb2.Profile) -> None:
-        at = profile.update_time.ToDatetime(UTC)
+        at = to_datetime(profile.update_time)
         entry = self._users.get(user_id)
         if entry is None:
             self._users[user_id] = _Entry(profile, update_time=at)
             return
-        if at >= entry.profile.update_time.ToDatetime(UTC):
+        if at >= to_datetime(entry.profile.update_time):
             entry.profile = profile
             entry.update_time = max(entry.update_time, at)
 
@@ -117,7 +118,7 @@ class UserContexts:
 
     def apply_consent_changed(self, event: events_pb2.ConsentChanged) -> None:
         user_id = event.user.split("/")[-1]
-        self.set_purpose(user_id, event.purpose, event.state, event.occur_time.ToDatetime(UTC))
+        self.set_purpose(user_id, event.purpose, event.state, to_datetime(event.occur_time))
 
     def apply_user_deleted(self, event: events_pb2.UserDeleted) -> None:
         self.forget(event.user.split("/")[-1])

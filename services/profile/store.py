@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.outbox import outbox_table, processed_table
+from kernel.timestamps import timestamp, to_datetime
 from services.profile import names
 from tips.profile.v1 import consent_pb2, erasure_pb2, profile_pb2
 
@@ -107,8 +108,8 @@ def _profile_from(
 ) -> profile_pb2.Profile:
     profile = profile_pb2.Profile.FromString(payload)
     profile.name = names.profile_name(user_id)
-    profile.create_time.FromDatetime(create)
-    profile.update_time.FromDatetime(upd)
+    profile.create_time.CopyFrom(timestamp(create))
+    profile.update_time.CopyFrom(timestamp(upd))
     return profile
 
 
@@ -143,8 +144,8 @@ async def insert_profile(
             user_id=user_id,
             payload=_payload(profile),
             seeded=seeded,
-            create_time=profile.create_time.ToDatetime(UTC),
-            update_time=profile.update_time.ToDatetime(UTC),
+            create_time=to_datetime(profile.create_time),
+            update_time=to_datetime(profile.update_time),
         )
         .on_conflict_do_nothing(index_elements=["user_id"])
         .returning(profiles.c.user_id)
@@ -157,7 +158,7 @@ async def save_profile(
 ) -> None:
     values: dict[str, object] = {
         "payload": _payload(profile),
-        "update_time": profile.update_time.ToDatetime(UTC),
+        "update_time": to_datetime(profile.update_time),
     }
     if seeded is not None:
         values["seeded"] = seeded
@@ -189,7 +190,7 @@ def consent_from(user_id: str, purpose: int, row: Row[Any] | None) -> consent_pb
         consent.text_version = row.text_version
         consent.source = row.source
         if row.update_time is not None:
-            consent.update_time.FromDatetime(row.update_time)
+            consent.update_time.CopyFrom(timestamp(row.update_time))
     return consent
 
 
@@ -221,7 +222,7 @@ async def record_decision(
     session: AsyncSession, user_id: str, event: consent_pb2.ConsentEvent, event_id: str
 ) -> None:
     """Write the new current state and append ``event`` to the history."""
-    at = event.create_time.ToDatetime(UTC)
+    at = to_datetime(event.create_time)
     await session.execute(
         update(consents)
         .where(consents.c.user_id == user_id, consents.c.purpose == int(event.purpose))
@@ -273,7 +274,7 @@ async def list_consent_events(
             text_version=r.text_version,
             source=r.source,
         )
-        event.create_time.FromDatetime(r.create_time)
+        event.create_time.CopyFrom(timestamp(r.create_time))
         out.append(event)
     cursor = (page[-1].create_time, page[-1].id) if len(rows) > page_size else None
     return out, cursor
@@ -302,9 +303,9 @@ async def get_erasure(session: AsyncSession, user_id: str) -> erasure_pb2.Erasur
     if row is None:
         return None
     erasure = erasure_pb2.Erasure(name=names.erasure_name(user_id), state=row.state)
-    erasure.request_time.FromDatetime(row.request_time)
+    erasure.request_time.CopyFrom(timestamp(row.request_time))
     if row.complete_time is not None:
-        erasure.complete_time.FromDatetime(row.complete_time)
+        erasure.complete_time.CopyFrom(timestamp(row.complete_time))
     return erasure
 
 

@@ -25,6 +25,7 @@ from kernel import localtime
 from kernel.bus import Bus, Delivery, stream_of, subject_of
 from kernel.consumers import check_declared, event_user
 from kernel.profile_context import ProfileUnavailable, consent_id, granted_ids, user_context
+from kernel.timestamps import to_datetime
 from services.recommender.eligibility import Prefs
 from services.recommender.settings import RecommenderSettings
 from tips.profile.v1 import consent_pb2, events_pb2, profile_pb2
@@ -98,7 +99,7 @@ class ProfileCache:
             return prefs
         prefs = prefs_of(context.profile, granted_ids(context))
         self._prefs[user_id] = prefs
-        self._times[user_id] = context.update_time.ToDatetime(UTC)
+        self._times[user_id] = to_datetime(context.update_time)
         return prefs
 
     # --- events --------------------------------------------------------------------
@@ -115,7 +116,7 @@ class ProfileCache:
         user_id = event_user(delivery)
         if user_id is None:
             return
-        if not self._newer(user_id, event.occur_time.ToDatetime(UTC)):
+        if not self._newer(user_id, to_datetime(event.occur_time)):
             return
         granted = self._prefs.get(user_id, Prefs()).granted
         known = self._prefs.get(user_id, Prefs()).known
@@ -128,7 +129,7 @@ class ProfileCache:
             return
         # Consents are per purpose: order them per purpose, not per user.
         key = f"{user_id}#{event.purpose}"
-        if not self._newer(key, event.occur_time.ToDatetime(UTC)):
+        if not self._newer(key, to_datetime(event.occur_time)):
             return
         prefs = self._prefs.get(user_id, Prefs())
         purpose = consent_id(event.purpose)

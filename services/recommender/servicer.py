@@ -13,7 +13,7 @@ from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.settings import Settings
-from kernel.timestamps import timestamp
+from kernel.timestamps import timestamp, to_datetime
 from policy import bandit
 from services.recommender import domain, reward_store, store
 from services.recommender.core.decisions import FEATURE_SCHEMA_VERSION, DecisionEngine
@@ -75,7 +75,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         until = domain.snooze_until(
             request.reaction,
             now,
-            until=request.snooze_until.ToDatetime(UTC) if has_until else None,
+            until=to_datetime(request.snooze_until) if has_until else None,
             duration=(
                 request.snooze_duration.ToTimedelta()
                 if request.HasField("snooze_duration")

@@ -9,7 +9,7 @@ idempotent; the outbox carries ``TipDecided`` to ``TIPS_RECOMMENDER``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.outbox import outbox_table, processed_table
-from kernel.timestamps import optional_timestamp
+from kernel.timestamps import optional_timestamp, to_datetime
 from services.recommender.domain import TIP, UserContext
 from tips.events.v1 import signal_pb2
 from tips.recommender.v1 import tip_pb2
@@ -134,8 +134,8 @@ async def insert_tip(session: AsyncSession, user_id: str, tip_id: str, tip: tip_
             minutes_needed=tip.minutes_needed,
             state=int(tip.state),
             reaction=int(tip.reaction),
-            decide_time=tip.decide_time.ToDatetime(UTC),
-            expire_time=tip.expire_time.ToDatetime(UTC),
+            decide_time=to_datetime(tip.decide_time),
+            expire_time=to_datetime(tip.expire_time),
             model_version=tip.model_version,
         )
     )

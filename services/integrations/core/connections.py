@@ -25,7 +25,7 @@ from kernel.errors import (
     Unavailable,
 )
 from kernel.ids import random_id
-from kernel.timestamps import timestamp
+from kernel.timestamps import timestamp, to_datetime
 from services.integrations import domain, oauth, store
 from services.integrations.connectors.base import Connector
 from services.integrations.connectors.http import ProviderError
@@ -410,9 +410,7 @@ class Connections:
 
     async def due(self, request: pb.ListDueConnectionsRequest) -> pb.ListDueConnectionsResponse:
         size = paging.page_size(request.page_size, default=100, maximum=1000)
-        due = (
-            request.due_time.ToDatetime(UTC) if request.HasField("due_time") else datetime.now(UTC)
-        )
+        due = to_datetime(request.due_time) if request.HasField("due_time") else datetime.now(UTC)
         provider = (
             domain.parse_provider_name(request.provider, "provider") if request.provider else None
         )

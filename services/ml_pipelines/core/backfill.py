@@ -25,7 +25,7 @@ from kernel.db import Database
 from kernel.deadline import deadline_in
 from kernel.errors import DomainError, InvalidArgument, NotFound
 from kernel.identity import acting_as, parse_user
-from kernel.timestamps import optional_timestamp
+from kernel.timestamps import optional_timestamp, to_datetime
 from services.ml_pipelines import daily, domain, jobs, logged, store
 from services.ml_pipelines.core.training import Spawn
 from services.ml_pipelines.settings import MlPipelinesSettings
@@ -244,7 +244,7 @@ class Backfiller:
                     acc.add(chunk.signals)
                     token = chunk.resume_token or token
                     if chunk.signals:
-                        at = chunk.signals[-1].start_time.ToDatetime(UTC)
+                        at = to_datetime(chunk.signals[-1].start_time)
                         done = (at - row.window_start).total_seconds() / span
                         await self._set(row.backfill_id, progress=0.9 * min(max(done, 0.0), 1.0))
                 return

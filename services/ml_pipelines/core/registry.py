@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db import Database, lock
 from kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from kernel.outbox import enqueue
-from kernel.timestamps import optional_timestamp
+from kernel.timestamps import optional_timestamp, timestamp
 from policy import bandit, features
 from services.ml_pipelines import domain, promotion, repository, store
 from services.ml_pipelines.core import evaluation
@@ -326,7 +326,7 @@ class Registry:
         )
         result.baseline_version = "" if promoted is None else domain.version_name(model, promoted)
         result.data_window.CopyFrom(domain.interval(start, end))
-        result.evaluate_time.FromDatetime(datetime.now(UTC))
+        result.evaluate_time.CopyFrom(timestamp(datetime.now(UTC)))
         run_id = await self.call(self.mlflow.log_evaluation, record, result)
         # The result counts only the first picks it used; say what it left out.
         log.info(

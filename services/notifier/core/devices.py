@@ -23,6 +23,7 @@ from kernel.crypto import Envelope, KeyRing, sha256_digest
 from kernel.db import Database
 from kernel.errors import AlreadyExists, NotFound
 from kernel.ids import random_id
+from kernel.timestamps import timestamp
 from services.notifier import domain, store
 from tips.notifier.v1 import device_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
@@ -52,10 +53,10 @@ def to_proto(row: Any) -> device_pb2.Device:
         display_name=row.display_name,
         state=row.state,
     )
-    device.create_time.FromDatetime(row.create_time)
-    device.update_time.FromDatetime(row.update_time)
+    device.create_time.CopyFrom(timestamp(row.create_time))
+    device.update_time.CopyFrom(timestamp(row.update_time))
     if row.last_push_time is not None:
-        device.last_push_time.FromDatetime(row.last_push_time)
+        device.last_push_time.CopyFrom(timestamp(row.last_push_time))
     return device
 
 

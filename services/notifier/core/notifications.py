@@ -16,6 +16,7 @@ from kernel.errors import InvalidArgument, NotFound
 from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
+from kernel.timestamps import timestamp, to_datetime
 from services.notifier import domain, store
 from tips.notifier.v1 import events_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
@@ -57,7 +58,7 @@ def to_proto(row: Any) -> notification_pb2.Notification:
     ):
         value = getattr(row, field)
         if value is not None:
-            getattr(out, field).FromDatetime(value)
+            getattr(out, field).CopyFrom(timestamp(value))
     return out
 
 
@@ -82,7 +83,7 @@ async def publish_outcome(session: AsyncSession, row: Any) -> None:
         )
     else:
         return
-    event.occur_time.FromDatetime(datetime.now(UTC))
+    event.occur_time.CopyFrom(timestamp(datetime.now(UTC)))
     # One outcome per notification: the msg id makes a repeat a no-op.
     msg_id = f"notifier/{row.user_id}/{row.notification_id}/{row.state}"
     await enqueue(session, store.outbox, event, msg_id=msg_id)
@@ -163,9 +164,9 @@ class Log:
             query = query.where(n.c.digest_id == _digest_id(user_id, request.digest))
         window = request.create_time_range
         if window.HasField("start_time"):
-            query = query.where(n.c.create_time >= window.start_time.ToDatetime(UTC))
+            query = query.where(n.c.create_time >= to_datetime(window.start_time))
         if window.HasField("end_time"):
-            query = query.where(n.c.create_time < window.end_time.ToDatetime(UTC))
+            query = query.where(n.c.create_time < to_datetime(window.end_time))
         fingerprint = "|".join(
             (
                 user_id,

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import paging
 from kernel.errors import InvalidArgument, NotFound
 from kernel.outbox import enqueue
+from kernel.timestamps import timestamp, to_datetime
 from services.profile import names, store
 from services.profile.core.profiles import Profiles, lock_user, new_id, now, refuse_erased
 from tips.profile.v1 import consent_pb2, erasure_pb2, events_pb2
@@ -82,7 +83,7 @@ class Consents:
         self.contexts.put_profile(user_id, profile)
         if decided.HasField("update_time"):
             self.contexts.set_purpose(
-                user_id, purpose, decided.state, decided.update_time.ToDatetime(UTC)
+                user_id, purpose, decided.state, to_datetime(decided.update_time)
             )
         return decided
 
@@ -106,7 +107,7 @@ class Consents:
             source=source,  # type: ignore[arg-type]
         )
         event.purpose = purpose  # type: ignore[assignment]
-        event.create_time.FromDatetime(now())
+        event.create_time.CopyFrom(timestamp(now()))
         await store.record_decision(session, user_id, event, event_id)
         await self._publish(session, user_id, event)
         return await store.lock_consent(session, user_id, purpose)
@@ -195,7 +196,7 @@ class Consents:
                 event = events_pb2.UserDeleted(
                     event_id=new_id(), user=names.user_name(user_id), erasure=erasure_name
                 )
-                event.occur_time.FromDatetime(at)
+                event.occur_time.CopyFrom(timestamp(at))
                 # The erasure's name as msg id: one deletion, one message.
                 await enqueue(session, store.outbox, event, msg_id=erasure_name)
             erasure = await store.get_erasure(session, user_id)

@@ -26,6 +26,7 @@ from kernel.db import Database, lock
 from kernel.errors import Aborted, NotFound
 from kernel.ids import random_id
 from kernel.outbox import enqueue
+from kernel.timestamps import timestamp
 from services.profile import domain, names, store
 from services.profile.readmodel import UserContexts
 from tips.profile.v1 import events_pb2, profile_pb2, user_context_pb2
@@ -103,8 +104,8 @@ class Profiles:
             return stored.profile
         profile = domain.default_profile(names.profile_name(user_id))
         at = now()
-        profile.create_time.FromDatetime(at)
-        profile.update_time.FromDatetime(at)
+        profile.create_time.CopyFrom(timestamp(at))
+        profile.update_time.CopyFrom(timestamp(at))
         await store.insert_profile(session, user_id, profile, seeded=False)
         await self._publish(session, user_id, profile, domain.set_fields(profile), created=True)
         return profile
@@ -165,7 +166,7 @@ class Profiles:
             changed = domain.changed_fields(current, updated)
             if not changed:
                 return with_etag(current)
-            updated.update_time.FromDatetime(now())
+            updated.update_time.CopyFrom(timestamp(now()))
             await store.save_profile(session, user_id, updated)
             await self._publish(session, user_id, updated, changed)
         self.contexts.put_profile(user_id, updated)
@@ -200,8 +201,8 @@ class Profiles:
             seeded.language_code = signup.language_code
         at = now()
         if stored is None:
-            seeded.create_time.FromDatetime(at)
-            seeded.update_time.FromDatetime(at)
+            seeded.create_time.CopyFrom(timestamp(at))
+            seeded.update_time.CopyFrom(timestamp(at))
             await store.insert_profile(session, user_id, seeded, seeded=True)
             await self._publish(session, user_id, seeded, domain.set_fields(seeded), created=True)
             return seeded, True
@@ -209,7 +210,7 @@ class Profiles:
         if base.email != seeded.email:
             changed.append("email")
         if changed:
-            seeded.update_time.FromDatetime(at)
+            seeded.update_time.CopyFrom(timestamp(at))
         await store.save_profile(session, user_id, seeded, seeded=True)
         if changed:
             await self._publish(session, user_id, seeded, changed)

@@ -45,7 +45,7 @@ from kernel.consumers import event_user
 from kernel.db import Database
 from kernel.names import user_name
 from kernel.outbox import enqueue
-from kernel.timestamps import timestamp
+from kernel.timestamps import timestamp, to_datetime
 from policy import bandit, features, onnx_export, scoring, serving
 from services.recommender import reward_store
 from services.recommender.history import HistoryKeeper
@@ -288,7 +288,7 @@ class Learner:
             self.history.close(user_id, event.tip)
             if event.reaction == R.TIP_REACTION_DONE:
                 catalog_id = event.catalog_tip.removeprefix("catalogTips/")
-                self.history.record_done(user_id, catalog_id, event.react_time.ToDatetime(UTC))
+                self.history.record_done(user_id, catalog_id, to_datetime(event.react_time))
         seq = event.reward_seq
         if seq <= 0 or self.folded_in(seq):
             return  # ours (folded at commit), seen before, or from before reward_seq
@@ -476,7 +476,7 @@ class Learner:
                        "feature_schema_version": event.feature_schema_version},
             )  # fmt: skip
             return
-        promote_time = event.occur_time.ToDatetime(UTC)
+        promote_time = to_datetime(event.occur_time)
         await self.promote(event.model_version, event.artifact_uri, promote_time)
 
     async def promote(self, model_version: str, artifact_uri: str, promote_time: datetime) -> bool:

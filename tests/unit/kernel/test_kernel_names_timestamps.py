@@ -92,3 +92,29 @@ def test_conversions_agree_with_protobufs_own(at: datetime) -> None:
     # Nanoseconds below a microsecond are cut, as ToDatetime cuts them.
     fine = Timestamp(seconds=theirs.seconds, nanos=theirs.nanos + 999)
     assert to_datetime(fine) == fine.ToDatetime(UTC)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (253_402_300_800, 0),  # 10000-01-01: past the last valid second
+        (-62_135_596_801, 0),  # before 0001-01-01
+        (10**12, 0),
+        (0, 1_000_000_000),
+        (0, -5),
+    ],
+)
+def test_an_invalid_timestamp_is_refused_as_protobuf_refuses_it(seconds: int, nanos: int) -> None:
+    """A client may send any numbers: a ValueError, as ToDatetime raises, not an
+    OverflowError or a datetime shifted by the stray nanos."""
+    value = Timestamp(seconds=seconds, nanos=nanos)
+    with pytest.raises(ValueError, match="Timestamp is not valid"):
+        value.ToDatetime(UTC)
+    with pytest.raises(ValueError, match="Timestamp is not valid"):
+        to_datetime(value)
+
+
+def test_the_first_and_last_valid_seconds_convert() -> None:
+    for seconds in (-62_135_596_800, 253_402_300_799):
+        value = Timestamp(seconds=seconds, nanos=999_999_999)
+        assert to_datetime(value) == value.ToDatetime(UTC)
