@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kernel.errors import InvalidArgument
+
 __all__ = ["datetime_of", "optional_timestamp", "timestamp", "to_datetime"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -53,9 +55,17 @@ def to_datetime(value: Timestamp) -> datetime:
     return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
-def datetime_of(message: Message, field: str) -> datetime | None:
-    """``message.field`` as an aware UTC datetime, None when the field is unset."""
+def datetime_of(message: Message, field: str, name: str | None = None) -> datetime | None:
+    """``message.field`` as an aware UTC datetime, None when the field is unset.
+
+    For a request's field: a Timestamp out of its range is the caller's error,
+    InvalidArgument naming ``name`` (the field's path in the request; default
+    ``field``), not a ValueError that would surface as INTERNAL."""
     if not message.HasField(field):
         return None
     found: Timestamp = getattr(message, field)
-    return to_datetime(found)
+    try:
+        return to_datetime(found)
+    except ValueError:
+        why = "must be a valid Timestamp (years 1-9999, nanos 0-999999999)"
+        raise InvalidArgument([(name or field, why)]) from None

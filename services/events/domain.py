@@ -336,8 +336,8 @@ def parse_list_request(request: events_service_pb2.ListSignalsRequest, user_id: 
     start = end = None
     if request.HasField("time_range"):
         tr = request.time_range
-        start = datetime_of(tr, "start_time")
-        end = datetime_of(tr, "end_time")
+        start = datetime_of(tr, "start_time", "time_range.start_time")
+        end = datetime_of(tr, "end_time", "time_range.end_time")
         if start and end and end < start:
             v.append(("time_range.end_time", "must not be before time_range.start_time"))
     time_field = (

@@ -26,8 +26,8 @@ MAX_CHUNK_ALL = 5000
 def _interval(
     interval: interval_pb2.Interval, field: str, v: Violations
 ) -> tuple[datetime | None, datetime | None]:
-    start = datetime_of(interval, "start_time")
-    end = datetime_of(interval, "end_time")
+    start = datetime_of(interval, "start_time", f"{field}.start_time")
+    end = datetime_of(interval, "end_time", f"{field}.end_time")
     if start and end and end < start:
         v.append((f"{field}.end_time", f"must not be before {field}.start_time"))
     return start, end

@@ -9,7 +9,7 @@ from google.type import interval_pb2
 
 from kernel.errors import InvalidArgument
 from kernel.names import Pattern
-from kernel.timestamps import timestamp, to_datetime
+from kernel.timestamps import datetime_of, timestamp
 
 MODEL_ID = re.compile(r"^[a-z][a-z0-9_]{2,62}$")
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -81,8 +81,9 @@ def parse_window(
         problems.append((f"{field}.end_time", "is required"))
     if problems:
         raise InvalidArgument(problems)
-    start = to_datetime(window.start_time)
-    end = to_datetime(window.end_time)
+    start = datetime_of(window, "start_time", f"{field}.start_time")
+    end = datetime_of(window, "end_time", f"{field}.end_time")
+    assert start is not None and end is not None  # both present: checked above
     if end <= start:
         raise InvalidArgument([(f"{field}.end_time", "must be after start_time")])
     if end > now + SKEW:

@@ -13,7 +13,7 @@ from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.settings import Settings
-from kernel.timestamps import timestamp, to_datetime
+from kernel.timestamps import datetime_of, timestamp
 from policy import bandit
 from services.recommender import domain, reward_store, store
 from services.recommender.core.decisions import FEATURE_SCHEMA_VERSION, DecisionEngine
@@ -71,11 +71,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.ReactToTipRequest, context: Any
     ) -> pb.ReactToTipResponse:
         now = datetime.now(UTC)
-        has_until = request.HasField("snooze_until")
         until = domain.snooze_until(
             request.reaction,
             now,
-            until=to_datetime(request.snooze_until) if has_until else None,
+            until=datetime_of(request, "snooze_until"),
             duration=(
                 request.snooze_duration.ToTimedelta()
                 if request.HasField("snooze_duration")

@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import dayofweek_pb2, timeofday_pb2
 
 from kernel.bus import Bus
+from kernel.errors import field_violations
 from kernel.settings import Settings
 from tests.support.recommender_rig import events_and_recommender
 from tests.support.tokens import as_user
@@ -290,6 +291,22 @@ async def test_snooze_and_done_keep_a_tip_away(mesh: Mesh) -> None:
     assert first.name not in {t.name for t in await _list(mesh, user)}
     for _ in range(4):
         assert first.catalog_tip not in {t.catalog_tip for t in await _decide(mesh, user)}
+
+
+async def test_a_snooze_until_out_of_timestamps_range_is_the_callers_error(mesh: Mesh) -> None:
+    """A Timestamp past year 9999 names the field (it surfaced as INTERNAL before)."""
+    user = _user()
+    tip = (await _list(mesh, user, 1))[0]
+    for bad in (Timestamp(seconds=10**12), Timestamp(seconds=0, nanos=-5)):
+        request = rec.ReactToTipRequest(
+            name=tip.name, reaction=signal_pb2.TIP_REACTION_SNOOZE, snooze_until=bad
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.tips.ReactToTip(request, metadata=_md(user), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(field_violations(caught.value)) == ["snooze_until"]
+    state = await mesh.db.fetchval("SELECT state FROM recommender.tips WHERE user_id = $1", user)
+    assert state == tip_pb2.TIP_STATE_ACTIVE  # nothing landed
 
 
 async def test_done_reaction_reaches_the_policy_before_react_to_tip_answers(mesh: Mesh) -> None:

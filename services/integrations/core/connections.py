@@ -25,7 +25,7 @@ from kernel.errors import (
     Unavailable,
 )
 from kernel.ids import random_id
-from kernel.timestamps import timestamp, to_datetime
+from kernel.timestamps import datetime_of, timestamp
 from services.integrations import domain, oauth, store
 from services.integrations.connectors.base import Connector
 from services.integrations.connectors.http import ProviderError
@@ -410,7 +410,7 @@ class Connections:
 
     async def due(self, request: pb.ListDueConnectionsRequest) -> pb.ListDueConnectionsResponse:
         size = paging.page_size(request.page_size, default=100, maximum=1000)
-        due = to_datetime(request.due_time) if request.HasField("due_time") else datetime.now(UTC)
+        due = datetime_of(request, "due_time") or datetime.now(UTC)
         provider = (
             domain.parse_provider_name(request.provider, "provider") if request.provider else None
         )

@@ -16,7 +16,7 @@ from kernel.errors import InvalidArgument, NotFound
 from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
-from kernel.timestamps import timestamp, to_datetime
+from kernel.timestamps import datetime_of, timestamp
 from services.notifier import domain, store
 from tips.notifier.v1 import events_pb2, notification_pb2
 from tips.notifier.v1 import notifier_service_pb2 as pb
@@ -163,10 +163,12 @@ class Log:
         if request.digest:
             query = query.where(n.c.digest_id == _digest_id(user_id, request.digest))
         window = request.create_time_range
-        if window.HasField("start_time"):
-            query = query.where(n.c.create_time >= to_datetime(window.start_time))
-        if window.HasField("end_time"):
-            query = query.where(n.c.create_time < to_datetime(window.end_time))
+        start = datetime_of(window, "start_time", "create_time_range.start_time")
+        end = datetime_of(window, "end_time", "create_time_range.end_time")
+        if start is not None:
+            query = query.where(n.c.create_time >= start)
+        if end is not None:
+            query = query.where(n.c.create_time < end)
         fingerprint = "|".join(
             (
                 user_id,

@@ -118,3 +118,16 @@ def test_the_first_and_last_valid_seconds_convert() -> None:
     for seconds in (-62_135_596_800, 253_402_300_799):
         value = Timestamp(seconds=seconds, nanos=999_999_999)
         assert to_datetime(value) == value.ToDatetime(UTC)
+
+
+def test_an_invalid_request_timestamp_names_its_field() -> None:
+    """datetime_of is for a request's fields: the caller's error, with the field's path."""
+    window = signal_pb2.Signal(start_time=Timestamp(seconds=10**12))
+    with pytest.raises(InvalidArgument) as caught:
+        datetime_of(window, "start_time", "time_range.start_time")
+    assert caught.value.violations == [
+        ("time_range.start_time", "must be a valid Timestamp (years 1-9999, nanos 0-999999999)")
+    ]
+    with pytest.raises(InvalidArgument) as unnamed:
+        datetime_of(window, "start_time")
+    assert [field for field, _ in unnamed.value.violations] == ["start_time"]
