@@ -1,4 +1,5 @@
-"""``google.protobuf.Timestamp`` <-> aware ``datetime``, one way for every service.
+"""``google.protobuf.Timestamp`` <-> aware ``datetime`` (and a request's
+``Duration`` -> ``timedelta``), one way for every service.
 
 Protobuf's own ``FromDatetime`` treats a naive datetime as UTC and mutates in
 place; these return new messages, refuse naive datetimes (a local wall-clock
@@ -9,17 +10,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.errors import InvalidArgument
 
-__all__ = ["datetime_of", "optional_timestamp", "timestamp", "to_datetime"]
+__all__ = ["datetime_of", "optional_timestamp", "timedelta_of", "timestamp", "to_datetime"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: a Timestamp's valid seconds.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
+# A Duration's valid seconds: about 10,000 years either way (duration.proto).
+_MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -69,3 +73,26 @@ def datetime_of(message: Message, field: str, name: str | None = None) -> dateti
     except ValueError:
         why = "must be a valid Timestamp (years 1-9999, nanos 0-999999999)"
         raise InvalidArgument([(name or field, why)]) from None
+
+
+def timedelta_of(message: Message, field: str, name: str | None = None) -> timedelta | None:
+    """A request's ``message.field`` Duration as a timedelta, None when unset.
+
+    Out of its range (seconds within about 10,000 years, nanos below a second
+    and of the seconds' sign), InvalidArgument naming ``name`` (default
+    ``field``): protobuf's ``ToTimedelta`` raises OverflowError or ValueError,
+    which would surface as INTERNAL. Nanoseconds are cut toward zero, as there."""
+    if not message.HasField(field):
+        return None
+    found: Duration = getattr(message, field)
+    seconds, nanos = found.seconds, found.nanos
+    same_sign = seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0)
+    if not (
+        -_MAX_DURATION_SECONDS <= seconds <= _MAX_DURATION_SECONDS
+        and -999_999_999 <= nanos <= 999_999_999
+        and same_sign
+    ):
+        why = "must be a valid Duration (at most 315576000000 seconds either way)"
+        raise InvalidArgument([(name or field, why)])
+    micros = nanos // 1000 if nanos >= 0 else -(-nanos // 1000)
+    return timedelta(seconds=seconds, microseconds=micros)

@@ -22,6 +22,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from kernel.errors import InvalidArgument
+from kernel.timestamps import timedelta_of
 from tips.events.v1 import signal_pb2
 from tips.recommender.v1 import catalog_tip_pb2
 
@@ -186,7 +187,8 @@ def validate_tip(tip: catalog_tip_pb2.CatalogTip, prefix: str = "catalog_tip") -
     if any(s not in SIGNAL_NAMES for s in tip.signals_needed):
         bad.append((f"{prefix}.signals_needed", "unknown or unusable signal kind"))
     rules = tip.eligibility
-    if rules.HasField("cooldown") and rules.cooldown.ToTimedelta() < timedelta(0):
+    cooldown = timedelta_of(rules, "cooldown", f"{prefix}.eligibility.cooldown")
+    if cooldown is not None and cooldown < timedelta(0):
         bad.append((f"{prefix}.eligibility.cooldown", "must not be negative"))
     if rules.max_per_day < 0:
         bad.append((f"{prefix}.eligibility.max_per_day", "must not be negative"))
@@ -310,7 +312,7 @@ class Entry:
 
 def entry(tip: catalog_tip_pb2.CatalogTip) -> Entry:
     rules = tip.eligibility
-    cooldown = rules.cooldown.ToTimedelta() if rules.HasField("cooldown") else None
+    cooldown = timedelta_of(rules, "cooldown", "eligibility.cooldown")
     return Entry(
         id=tip.name.removeprefix("catalogTips/"),
         title=tip.title,

@@ -11,7 +11,7 @@ from kernel import paging
 from kernel.errors import InvalidArgument, Unauthenticated
 from kernel.identity import parse_user
 from kernel.names import user_name
-from kernel.timestamps import optional_timestamp
+from kernel.timestamps import optional_timestamp, timedelta_of
 from services.auth import domain
 from services.auth.core import AuthCore, Device, Issued
 from services.auth.ratelimit import FailureLimiter
@@ -215,8 +215,9 @@ class AuthInternalServicer(pb_grpc.AuthInternalServiceServicer):
         self, request: pb.RotateSigningKeysRequest, context: Any
     ) -> pb.RotateSigningKeysResponse:
         grace = None
-        if request.HasField("previous_key_grace_period"):
-            grace = request.previous_key_grace_period.ToTimedelta().total_seconds()
+        period = timedelta_of(request, "previous_key_grace_period")
+        if period is not None:
+            grace = period.total_seconds()
             if grace < 0:
                 raise InvalidArgument([("previous_key_grace_period", "must not be negative")])
         kid = await self.core.rotate_keys(grace)

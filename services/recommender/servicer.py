@@ -13,7 +13,7 @@ from kernel.ids import random_id
 from kernel.names import user_name
 from kernel.outbox import enqueue
 from kernel.settings import Settings
-from kernel.timestamps import datetime_of, timestamp
+from kernel.timestamps import datetime_of, timedelta_of, timestamp
 from policy import bandit
 from services.recommender import domain, reward_store, store
 from services.recommender.core.decisions import FEATURE_SCHEMA_VERSION, DecisionEngine
@@ -75,11 +75,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             request.reaction,
             now,
             until=datetime_of(request, "snooze_until"),
-            duration=(
-                request.snooze_duration.ToTimedelta()
-                if request.HasField("snooze_duration")
-                else None
-            ),
+            duration=timedelta_of(request, "snooze_duration"),
         )
         client_id = domain.reaction_signal_id(request.request_id, request.name, request.reaction)
         tip = await self._owned_tip(request.name)

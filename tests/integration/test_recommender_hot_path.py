@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import dayofweek_pb2, timeofday_pb2
@@ -293,8 +294,9 @@ async def test_snooze_and_done_keep_a_tip_away(mesh: Mesh) -> None:
         assert first.catalog_tip not in {t.catalog_tip for t in await _decide(mesh, user)}
 
 
-async def test_a_snooze_until_out_of_timestamps_range_is_the_callers_error(mesh: Mesh) -> None:
-    """A Timestamp past year 9999 names the field (it surfaced as INTERNAL before)."""
+async def test_a_snooze_time_out_of_its_types_range_is_the_callers_error(mesh: Mesh) -> None:
+    """A Timestamp past year 9999 or an absurd Duration names the field (both
+    surfaced as INTERNAL before)."""
     user = _user()
     tip = (await _list(mesh, user, 1))[0]
     for bad in (Timestamp(seconds=10**12), Timestamp(seconds=0, nanos=-5)):
@@ -305,6 +307,14 @@ async def test_a_snooze_until_out_of_timestamps_range_is_the_callers_error(mesh:
             await mesh.tips.ReactToTip(request, metadata=_md(user), timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert list(field_violations(caught.value)) == ["snooze_until"]
+    for wait in (Duration(seconds=10**15), Duration(seconds=1, nanos=-5)):
+        request = rec.ReactToTipRequest(
+            name=tip.name, reaction=signal_pb2.TIP_REACTION_SNOOZE, snooze_duration=wait
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.tips.ReactToTip(request, metadata=_md(user), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(field_violations(caught.value)) == ["snooze_duration"]
     state = await mesh.db.fetchval("SELECT state FROM recommender.tips WHERE user_id = $1", user)
     assert state == tip_pb2.TIP_STATE_ACTIVE  # nothing landed
 

@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from kernel.errors import error_info
+from kernel.errors import error_info, field_violations
 from services.auth.service import rotate_signing_keys
 from tests.support.auth_mesh import APPLE, GOOGLE, REDIRECT_URI, AuthMesh, auth
 from tips.auth.v1 import auth_service_pb2 as pb
@@ -178,6 +178,17 @@ async def test_revoke_user_sessions(auth: AuthMesh) -> None:
     assert response.revoked_session_count == 2
     again = await auth.internal.RevokeUserSessions(pb.RevokeUserSessionsRequest(user=one.user))
     assert again.revoked_session_count == 0
+
+
+async def test_a_grace_period_out_of_durations_range_is_named(auth: AuthMesh) -> None:
+    """protobuf's ToTimedelta overflowed on it (INTERNAL); now the field is named."""
+    for bad in (Duration(seconds=10**15), Duration(seconds=-1, nanos=5)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await auth.internal.RotateSigningKeys(
+                pb.RotateSigningKeysRequest(previous_key_grace_period=bad)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(field_violations(caught.value)) == ["previous_key_grace_period"]
 
 
 async def test_rotation_keeps_the_previous_key_until_its_tokens_expire(auth: AuthMesh) -> None:

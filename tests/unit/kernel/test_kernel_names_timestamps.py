@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kernel.errors import InvalidArgument
 from kernel.names import USER, Pattern, user_name
-from kernel.timestamps import datetime_of, optional_timestamp, timestamp, to_datetime
+from kernel.timestamps import (
+    datetime_of,
+    optional_timestamp,
+    timedelta_of,
+    timestamp,
+    to_datetime,
+)
 from tips.events.v1 import signal_pb2
+from tips.recommender.v1.recommender_service_pb2 import ReactToTipRequest
 
 pytestmark = pytest.mark.unit
 
@@ -131,3 +139,27 @@ def test_an_invalid_request_timestamp_names_its_field() -> None:
     with pytest.raises(InvalidArgument) as unnamed:
         datetime_of(window, "start_time")
     assert [field for field, _ in unnamed.value.violations] == ["start_time"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(90, 0), (0, 1_500), (-3, -999_999_999), (0, -1_500), (315_576_000_000, 999_999_999)],
+)
+def test_a_duration_converts_as_protobufs_own(seconds: int, nanos: int) -> None:
+    request = ReactToTipRequest(snooze_duration=Duration(seconds=seconds, nanos=nanos))
+    assert timedelta_of(request, "snooze_duration") == request.snooze_duration.ToTimedelta()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(10**15, 0), (315_576_000_001, 0), (1, -5), (-1, 5), (0, 1_000_000_000)],
+)
+def test_an_invalid_duration_names_its_field(seconds: int, nanos: int) -> None:
+    request = ReactToTipRequest(snooze_duration=Duration(seconds=seconds, nanos=nanos))
+    with pytest.raises(InvalidArgument) as caught:
+        timedelta_of(request, "snooze_duration", "reaction.snooze_duration")
+    assert [field for field, _ in caught.value.violations] == ["reaction.snooze_duration"]
+
+
+def test_an_unset_duration_is_none() -> None:
+    assert timedelta_of(ReactToTipRequest(), "snooze_duration") is None

@@ -83,6 +83,15 @@ def test_unknown_placeholders_and_bad_fields_are_named() -> None:
     assert fields == ["catalog_tip.body_template", "catalog_tip.minutes_needed"]
 
 
+def test_an_absurd_cooldown_is_named_not_an_overflow() -> None:
+    """protobuf's ToTimedelta overflowed on it (INTERNAL at the API); now the field is named."""
+    tip = catalog.content(TIPS[0])
+    tip.eligibility.cooldown.seconds = 10**15
+    with pytest.raises(InvalidArgument) as raised:
+        catalog.validate_tip(tip)
+    assert [f for f, _ in raised.value.violations] == ["catalog_tip.eligibility.cooldown"]
+
+
 def test_update_mask_changes_only_named_fields() -> None:
     stored, patch = TIPS[0], catalog.content(TIPS[1])
     out = catalog.apply_mask(stored, patch, FieldMask(paths=["title", "eligibility.max_per_day"]))
