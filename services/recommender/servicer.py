@@ -88,7 +88,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             # Landed now, as the consumer would (same message id), so the answer shows it.
             await self.engine.contexts.apply(result.signal, user_id, signal)
         # A DUPLICATE (retried request_id) changes nothing: answer the tip as it is.
-        return pb.ReactToTipResponse(tip=await self._owned_tip(tip.name))
+        answer = await self._owned_tip(tip.name)
+        if answer.state != tip_pb2.TIP_STATE_ACTIVE:
+            # Another replica's consumer may have landed it first (the message id
+            # was taken): its RewardAssigned would close the tip here only later,
+            # and this replica's next ListTips must not show it meanwhile.
+            self.engine.history.close(user_id, tip.name)
+        return pb.ReactToTipResponse(tip=answer)
 
     async def _ingest(
         self, parent: str, signal: signal_pb2.Signal
